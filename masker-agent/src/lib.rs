@@ -1,0 +1,25 @@
+//! masker: a host agent that relays PostgreSQL connections from tagged
+//! workloads and masks personal data in everything that flows back.
+//!
+//! Modules follow one connection along the data path:
+//!
+//! 1. [`interception`]: eBPF programs redirect tagged cgroups' connections to
+//!    the agent and record the original destination, cgroup and pid.
+//! 2. [`listener`]: accepts connections (transparent agent mode or explicit
+//!    proxy mode) and learns where each one was going.
+//! 3. [`session`]: startup handshake, upstream connection, the relay loop.
+//! 4. [`wire`]: PostgreSQL message framing, pure functions over buffers.
+//! 5. [`masking`]: column plans and per-cell masking of result data.
+//! 6. [`policy`]: the policy file that says what to mask for whom.
+//!
+//! [`cli`] is the `masker` command line; [`config`] the agent's config file.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod config;
+pub mod interception;
+pub mod listener;
+pub mod masking;
+pub mod policy;
+pub mod session;
+pub mod wire;

@@ -1,0 +1,1 @@
+//! The masking engine: what to do with each cell of a result.

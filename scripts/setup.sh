@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Installs everything masker needs to build, demo and test on a fresh Debian 12
+# machine (run as root). Idempotent: each step checks before it installs.
+#
+#   - nightly rust-src (the eBPF object is built with -Z build-std=core)
+#   - bpf-linker, built against the nightly toolchain's own libLLVM
+#   - PostgreSQL 15 server binaries, pgbouncer (benchmark peer), python3-venv
+#
+# Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+apt_updated=0
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  if [ "$apt_updated" = 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  log "apt-get install ${missing[*]}"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+setup_system_packages() {
+  if [ ! -x /usr/lib/postgresql/15/bin/postgres ]; then
+    apt_install postgresql-15 postgresql-client-15
+  fi
+  command -v psql >/dev/null 2>&1 || apt_install postgresql-client-15
+  command -v pgbouncer >/dev/null 2>&1 || apt_install pgbouncer
+  python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+}
+
+setup_nightly() {
+  if ! rustup toolchain list | grep -q '^nightly'; then
+    log "installing nightly toolchain"
+    rustup toolchain install nightly --profile minimal
+  fi
+  if ! rustup component list --toolchain nightly --installed | grep -q '^rust-src'; then
+    log "adding rust-src to nightly"
+    rustup component add rust-src --toolchain nightly
+  fi
+}
+
+# bpf-linker 0.13 links against an LLVM 22. The nightly toolchain ships exactly
+# that as a shared library; llvm-sys wants it under $PREFIX/lib as both
+# libLLVM.so and its versioned name. The links live under CARGO_HOME so they
+# outlast this checkout.
+setup_bpf_linker() {
+  if command -v bpf-linker >/dev/null 2>&1 && bpf-linker --version >/dev/null 2>&1; then
+    return 0
+  fi
+  local sysroot llvm_lib major prefix
+  sysroot=$(rustc +nightly --print sysroot)
+  llvm_lib=$(cd "$sysroot/lib" && ls libLLVM.so.* 2>/dev/null | head -n1)
+  [ -n "$llvm_lib" ] || { log "no libLLVM.so.* in $sysroot/lib"; return 1; }
+  major=$(rustc +nightly -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')
+  prefix="${CARGO_HOME:-$HOME/.cargo}/masker-llvm-$major"
+  mkdir -p "$prefix/lib"
+  ln -sfn "$sysroot/lib/$llvm_lib" "$prefix/lib/libLLVM.so"
+  ln -sfn "$sysroot/lib/$llvm_lib" "$prefix/lib/$llvm_lib"
+  log "building bpf-linker against $llvm_lib (LLVM $major); takes a few minutes"
+  LLVM_PREFIX="$prefix" LD_LIBRARY_PATH="$prefix/lib" \
+    cargo install --locked bpf-linker --version '^0.13' --no-default-features --features "llvm-$major"
+}
+
+setup_all() {
+  setup_system_packages
+  setup_nightly
+  setup_bpf_linker
+}
+
+if [ "${BASH_SOURCE[0]}" = "$0" ]; then
+  setup_all
+fi
