@@ -124,11 +124,9 @@ impl fmt::Display for FrameError {
             FrameError::BadLength { tag, len } => {
                 write!(f, "message {} has invalid length {len}", show_tag(*tag))
             }
-            FrameError::TooLarge { tag, len, max } => write!(
-                f,
-                "message {} of {len} bytes exceeds the limit of {max} bytes",
-                show_tag(*tag)
-            ),
+            FrameError::TooLarge { tag, len, max } => {
+                write!(f, "message {} of {len} bytes exceeds the limit of {max} bytes", show_tag(*tag))
+            }
             FrameError::UnknownTag { tag } => write!(f, "unexpected message type {}", show_tag(*tag)),
             FrameError::BadStartup(why) => write!(f, "invalid startup packet: {why}"),
             FrameError::BadBody { tag, what } => {
@@ -142,11 +140,7 @@ impl std::error::Error for FrameError {}
 
 /// A tag as a user reads it: `'D'` for printable tags, `0x00` otherwise.
 pub fn show_tag(tag: u8) -> String {
-    if tag.is_ascii_graphic() {
-        format!("'{}'", tag as char)
-    } else {
-        format!("0x{tag:02x}")
-    }
+    if tag.is_ascii_graphic() { format!("'{}'", tag as char) } else { format!("0x{tag:02x}") }
 }
 
 /// Reads the header of the regular message at the start of `buf`.
@@ -176,9 +170,15 @@ pub enum StartupPacket<'a> {
     SslRequest,
     GssEncRequest,
     /// `CancelRequest` for the backend `pid` with its secret `key`.
-    Cancel { pid: u32, key: u32 },
+    Cancel {
+        pid: u32,
+        key: u32,
+    },
     /// `StartupMessage` for protocol 3.x with its parameters in order.
-    Startup { minor: u16, params: Vec<(&'a str, &'a str)> },
+    Startup {
+        minor: u16,
+        params: Vec<(&'a str, &'a str)>,
+    },
 }
 
 /// Reads a startup-phase packet at the start of `buf`: `Ok(None)` until it is
@@ -211,16 +211,11 @@ pub fn parse_startup(buf: &[u8]) -> Result<Option<(StartupPacket<'_>, usize)>, F
                 key: u32::from_be_bytes([body[4], body[5], body[6], body[7]]),
             }
         }
-        _ if code >> 16 == PROTOCOL_MAJOR_3 => StartupPacket::Startup {
-            minor: (code & 0xffff) as u16,
-            params: parse_startup_params(body)?,
-        },
+        _ if code >> 16 == PROTOCOL_MAJOR_3 => {
+            StartupPacket::Startup { minor: (code & 0xffff) as u16, params: parse_startup_params(body)? }
+        }
         _ => {
-            return Err(FrameError::BadStartup(format!(
-                "unsupported protocol {}.{}",
-                code >> 16,
-                code & 0xffff
-            )));
+            return Err(FrameError::BadStartup(format!("unsupported protocol {}.{}", code >> 16, code & 0xffff)));
         }
     };
     Ok(Some((packet, len)))
@@ -511,10 +506,7 @@ mod tests {
     fn header_incomplete_vs_malformed() {
         assert_eq!(peek_header(b"Q\0\0\0", 100), Ok(None));
         assert_eq!(peek_header(b"Q\0\0\0\x03", 100), Err(FrameError::BadLength { tag: b'Q', len: 3 }));
-        assert_eq!(
-            peek_header(b"Q\0\0\x01\0", 100),
-            Err(FrameError::TooLarge { tag: b'Q', len: 257, max: 100 })
-        );
+        assert_eq!(peek_header(b"Q\0\0\x01\0", 100), Err(FrameError::TooLarge { tag: b'Q', len: 257, max: 100 }));
         assert_eq!(peek_header(b"Q\0\0\0\x09SEL", 100), Ok(Some(Header { tag: b'Q', total_len: 10 })));
     }
 
