@@ -21,5 +21,6 @@ pub mod interception;
 pub mod listener;
 pub mod masking;
 pub mod policy;
+pub mod registry;
 pub mod session;
 pub mod wire;

@@ -1,0 +1,181 @@
+//! Live sessions and agent-wide counters: what `masker status` shows.
+//!
+//! Sessions update their own atomics on the relay path (no lock); the registry
+//! lock is taken only when a session starts or ends and when the admin API
+//! takes a snapshot.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+/// Who is on the other end of a session and where it was going.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionOrigin {
+    /// Workload identity (from the cgroup tag), or `None` in proxy mode
+    /// without one.
+    pub identity: Option<String>,
+    /// Client socket address as the agent saw it.
+    pub client: SocketAddr,
+    /// The destination the client asked for (original destination in agent
+    /// mode, the configured upstream in proxy mode).
+    pub destination: String,
+    /// cgroup v2 id of the connecting task (agent mode).
+    pub cgroup_id: Option<u64>,
+    /// Process id of the connecting task (agent mode).
+    pub pid: Option<u32>,
+}
+
+/// Counters of one session, updated by its relay.
+#[derive(Debug, Default)]
+pub struct SessionCounters {
+    pub bytes_from_client: AtomicU64,
+    pub bytes_to_client: AtomicU64,
+    pub rows: AtomicU64,
+    pub masked_cells: AtomicU64,
+    pub statements: AtomicU64,
+}
+
+/// A live session as registered.
+#[derive(Debug)]
+pub struct SessionEntry {
+    pub id: u64,
+    pub origin: SessionOrigin,
+    pub started: Instant,
+    pub started_unix: u64,
+    /// Database user and database from the startup packet, once known.
+    pub startup: Mutex<Option<(String, String)>>,
+    pub counters: SessionCounters,
+}
+
+/// Agent-wide counters since start.
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    pub connections: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub rows: AtomicU64,
+    pub masked_cells: AtomicU64,
+    pub cancel_requests: AtomicU64,
+}
+
+/// The set of live sessions.
+#[derive(Debug, Default)]
+pub struct Registry {
+    next_id: AtomicU64,
+    sessions: Mutex<BTreeMap<u64, Arc<SessionEntry>>>,
+    pub counters: AgentCounters,
+}
+
+/// Removes its session from the registry when dropped (however the session
+/// ended) and folds its counters into the agent's.
+pub struct SessionGuard {
+    registry: Arc<Registry>,
+    pub entry: Arc<SessionEntry>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        let mut sessions = self.registry.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.remove(&self.entry.id);
+    }
+}
+
+impl Registry {
+    /// Registers a new session.
+    pub fn open(self: &Arc<Self>, origin: SessionOrigin) -> SessionGuard {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let started_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let entry = Arc::new(SessionEntry {
+            id,
+            origin,
+            started: Instant::now(),
+            started_unix,
+            startup: Mutex::new(None),
+            counters: SessionCounters::default(),
+        });
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
+        SessionGuard { registry: self.clone(), entry }
+    }
+
+    /// A consistent copy of the live sessions for display.
+    pub fn snapshot(&self) -> Vec<SessionSnapshot> {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        sessions.values().map(|e| SessionSnapshot::of(e)).collect()
+    }
+
+    /// Agent-wide counters as plain numbers.
+    pub fn counters_snapshot(&self) -> CountersSnapshot {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            connections: get(&c.connections),
+            sessions_refused: get(&c.sessions_refused),
+            protocol_errors: get(&c.protocol_errors),
+            upstream_errors: get(&c.upstream_errors),
+            rows: get(&c.rows),
+            masked_cells: get(&c.masked_cells),
+            cancel_requests: get(&c.cancel_requests),
+        }
+    }
+}
+
+/// One live session as `masker status` shows it.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct SessionSnapshot {
+    pub id: u64,
+    pub identity: Option<String>,
+    pub client: String,
+    pub destination: String,
+    pub cgroup_id: Option<u64>,
+    pub pid: Option<u32>,
+    pub user: Option<String>,
+    pub database: Option<String>,
+    pub started_unix: u64,
+    pub age_secs: u64,
+    pub bytes_from_client: u64,
+    pub bytes_to_client: u64,
+    pub rows: u64,
+    pub masked_cells: u64,
+    pub statements: u64,
+}
+
+impl SessionSnapshot {
+    fn of(e: &SessionEntry) -> Self {
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let startup = e.startup.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        SessionSnapshot {
+            id: e.id,
+            identity: e.origin.identity.clone(),
+            client: e.origin.client.to_string(),
+            destination: e.origin.destination.clone(),
+            cgroup_id: e.origin.cgroup_id,
+            pid: e.origin.pid,
+            user: startup.as_ref().map(|s| s.0.clone()),
+            database: startup.map(|s| s.1),
+            started_unix: e.started_unix,
+            age_secs: e.started.elapsed().as_secs(),
+            bytes_from_client: get(&e.counters.bytes_from_client),
+            bytes_to_client: get(&e.counters.bytes_to_client),
+            rows: get(&e.counters.rows),
+            masked_cells: get(&e.counters.masked_cells),
+            statements: get(&e.counters.statements),
+        }
+    }
+}
+
+/// Agent-wide counters as plain numbers.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct CountersSnapshot {
+    pub connections: u64,
+    pub sessions_refused: u64,
+    pub protocol_errors: u64,
+    pub upstream_errors: u64,
+    pub rows: u64,
+    pub masked_cells: u64,
+    pub cancel_requests: u64,
+}

@@ -1,1 +1,0 @@
-//! One client connection: startup handshake, upstream connection, relay.

@@ -1,0 +1,300 @@
+//! One client connection, from the first byte to the last: the startup
+//! handshake, the connection to the real server, then the relay of both
+//! directions until either side ends.
+//!
+//! The session is the same in agent mode and in proxy mode; only the
+//! [`SessionOrigin`] (where the client was going, who it is) differs.
+
+pub mod relay;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::registry::{Registry, SessionEntry, SessionOrigin};
+use crate::wire::{self, FrameError, Header, Severity, StartupPacket};
+use relay::{Filter, Pump, RelayError, Verdict};
+
+/// Limits that protect the agent from its peers.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest message a client may send (PostgreSQL's own limit is 1 GiB).
+    pub max_client_message: usize,
+    /// Largest server message the agent buffers when it must see it whole.
+    pub max_server_message: usize,
+    /// How long the client may take to send its startup packet.
+    pub startup_timeout: Duration,
+    /// How long connecting to the server may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_client_message: 64 << 20,
+            max_server_message: 1 << 30,
+            startup_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What every session of an agent or proxy shares.
+pub struct SessionContext {
+    pub registry: Arc<Registry>,
+    pub limits: Limits,
+    /// `SO_MARK` put on upstream sockets so the eBPF programs never redirect
+    /// the agent's own connections (a second guard besides the agent running
+    /// outside tagged cgroups). `None` in proxy mode.
+    pub socket_mark: Option<u32>,
+}
+
+/// Why a session ended early. Messages never contain row data.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("client: {0}")]
+    Client(RelayError),
+    #[error("server: {0}")]
+    Server(RelayError),
+    #[error("cannot connect to {dest}: {source}")]
+    Connect { dest: String, source: io::Error },
+    #[error("startup: {0}")]
+    Startup(FrameError),
+    #[error("startup: {0}")]
+    StartupIo(io::Error),
+    #[error("client sent no startup packet within {0:?}")]
+    StartupTimeout(Duration),
+}
+
+/// Serves one accepted client connection whose real destination is
+/// `destination` (`host:port`). Never panics on peer input; every outcome is
+/// logged without data values.
+pub async fn serve(mut client: TcpStream, origin: SessionOrigin, destination: String, ctx: Arc<SessionContext>) {
+    let _ = client.set_nodelay(true);
+    ctx.registry.counters.connections.fetch_add(1, Ordering::Relaxed);
+    let guard = ctx.registry.open(origin);
+    let entry = &guard.entry;
+    debug!(session = entry.id, client = %entry.origin.client, %destination, "connection accepted");
+    match run(&mut client, &destination, &ctx, entry).await {
+        Ok(()) => info!(
+            session = entry.id,
+            bytes_in = entry.counters.bytes_from_client.load(Ordering::Relaxed),
+            bytes_out = entry.counters.bytes_to_client.load(Ordering::Relaxed),
+            secs = entry.started.elapsed().as_secs_f64(),
+            "session ended"
+        ),
+        Err(e) => {
+            let counters = &ctx.registry.counters;
+            match &e {
+                SessionError::Connect { .. } => counters.upstream_errors.fetch_add(1, Ordering::Relaxed),
+                _ => counters.protocol_errors.fetch_add(1, Ordering::Relaxed),
+            };
+            warn!(session = entry.id, client = %entry.origin.client, "session failed: {e}");
+        }
+    }
+}
+
+async fn run(
+    client: &mut TcpStream,
+    destination: &str,
+    ctx: &SessionContext,
+    entry: &SessionEntry,
+) -> Result<(), SessionError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    let startup_len = loop {
+        match wire::parse_startup(&buf) {
+            Ok(Some((StartupPacket::SslRequest | StartupPacket::GssEncRequest, len))) => {
+                // No TLS towards the client yet: 'N' makes sslmode=prefer
+                // clients go on in plain text and sslmode=require ones stop.
+                buf.advance(len);
+                client.write_all(b"N").await.map_err(SessionError::StartupIo)?;
+            }
+            Ok(Some((StartupPacket::Cancel { .. }, len))) => {
+                ctx.registry.counters.cancel_requests.fetch_add(1, Ordering::Relaxed);
+                return forward_cancel(&buf[..len], destination, ctx).await;
+            }
+            Ok(Some((StartupPacket::Startup { params, .. }, len))) => {
+                let get = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| v.to_string());
+                let user = get("user").unwrap_or_default();
+                let database = get("database").unwrap_or_else(|| user.clone());
+                *entry.startup.lock().unwrap_or_else(|p| p.into_inner()) = Some((user, database));
+                break len;
+            }
+            Ok(None) => {
+                let read = tokio::time::timeout(ctx.limits.startup_timeout, client.read_buf(&mut buf)).await;
+                match read {
+                    Err(_) => return Err(SessionError::StartupTimeout(ctx.limits.startup_timeout)),
+                    Ok(Err(e)) => return Err(SessionError::StartupIo(e)),
+                    // The client hung up before starting (e.g. a port probe).
+                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(_)) => {}
+                }
+            }
+            Err(e) => {
+                let mut out = BytesMut::new();
+                wire::put_error(&mut out, Severity::Fatal, "08P01", &format!("masker: {e}"));
+                let _ = client.write_all(&out).await;
+                return Err(SessionError::Startup(e));
+            }
+        }
+    };
+
+    let mut server = match connect_upstream(destination, ctx).await {
+        Ok(s) => s,
+        Err(e) => {
+            let mut out = BytesMut::new();
+            let msg = format!("masker: cannot connect to the database server {destination}: {e}");
+            wire::put_error(&mut out, Severity::Fatal, "08006", &msg);
+            let _ = client.write_all(&out).await;
+            return Err(SessionError::Connect { dest: destination.to_string(), source: e });
+        }
+    };
+    server.write_all(&buf[..startup_len]).await.map_err(|e| SessionError::Server(e.into()))?;
+    buf.advance(startup_len);
+
+    let counters = &entry.counters;
+    let mut to_server = Pump::new(ctx.limits.max_client_message);
+    to_server.preload(&buf);
+    let mut to_client = Pump::new(ctx.limits.max_server_message);
+    let mut client_filter = ClientFilter;
+    let mut server_filter = ServerFilter;
+    let (mut cr, mut cw) = client.split();
+    let (mut sr, mut sw) = server.split();
+
+    let result = {
+        let c2s = async {
+            let r = to_server.run(&mut cr, &mut sw, &mut client_filter, &counters.bytes_from_client).await;
+            if r.is_ok() {
+                // The client is gone: let the server see end of stream too.
+                let _ = sw.shutdown().await;
+            }
+            r
+        };
+        let s2c = to_client.run(&mut sr, &mut cw, &mut server_filter, &counters.bytes_to_client);
+        tokio::pin!(c2s, s2c);
+        tokio::select! {
+            r = &mut c2s => match r {
+                // Let the server finish what it was sending.
+                Ok(()) => s2c.await.map_err(SessionError::Server),
+                Err(e) => Err(SessionError::Client(e)),
+            },
+            r = &mut s2c => r.map_err(SessionError::Server),
+        }
+    };
+
+    if let Err(e) = &result {
+        if to_client.at_boundary() {
+            let (code, message) = match e {
+                SessionError::Client(RelayError::Refused { code, message })
+                | SessionError::Server(RelayError::Refused { code, message }) => (*code, message.clone()),
+                SessionError::Client(RelayError::Frame(f)) => {
+                    ("08P01", format!("masker: invalid message from client: {f}"))
+                }
+                SessionError::Server(RelayError::Frame(_) | RelayError::Truncated) => {
+                    ("08P01", "masker: invalid message from the database server; session closed".to_string())
+                }
+                _ => return result,
+            };
+            let mut out = BytesMut::new();
+            wire::put_error(&mut out, Severity::Fatal, code, &message);
+            let _ = cw.write_all(&out).await;
+        }
+    }
+    match result {
+        // A client that vanished is not a failure of the session.
+        Err(SessionError::Client(RelayError::Io(e))) if is_disconnect(&e) => Ok(()),
+        Err(SessionError::Server(RelayError::Io(e))) if is_disconnect(&e) => Ok(()),
+        other => other,
+    }
+}
+
+fn is_disconnect(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::UnexpectedEof)
+}
+
+/// A CancelRequest is forwarded as is to the server the session's
+/// destination names: the client holds the server's own BackendKeyData
+/// because the relay passed it through unchanged.
+async fn forward_cancel(packet: &[u8], destination: &str, ctx: &SessionContext) -> Result<(), SessionError> {
+    let mut server = connect_upstream(destination, ctx)
+        .await
+        .map_err(|source| SessionError::Connect { dest: destination.to_string(), source })?;
+    server.write_all(packet).await.map_err(|e| SessionError::Server(e.into()))?;
+    // The server closes the connection without answering.
+    let mut sink = [0u8; 16];
+    let _ = tokio::time::timeout(Duration::from_secs(5), server.read(&mut sink)).await;
+    Ok(())
+}
+
+/// Connects to `destination` (`host:port`, names resolved now), trying each
+/// address in turn, within the connect timeout.
+async fn connect_upstream(destination: &str, ctx: &SessionContext) -> io::Result<TcpStream> {
+    let attempt = async {
+        let mut last = None;
+        for addr in tokio::net::lookup_host(destination).await? {
+            match connect_one(addr, ctx.socket_mark).await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "name resolved to no address")))
+    };
+    match tokio::time::timeout(ctx.limits.connect_timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, format!("timed out after {:?}", ctx.limits.connect_timeout)))
+        }
+    }
+}
+
+async fn connect_one(addr: SocketAddr, mark: Option<u32>) -> io::Result<TcpStream> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    if let Some(mark) = mark {
+        socket.set_mark(mark)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_tcp_nodelay(true)?;
+    let socket = tokio::net::TcpSocket::from_std_stream(socket.into());
+    socket.connect(addr).await
+}
+
+/// Client → server: rejects message types a client may not send; everything
+/// else streams through untouched.
+struct ClientFilter;
+
+impl Filter for ClientFilter {
+    fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
+        if !wire::is_frontend_tag(header.tag) {
+            return Err(FrameError::UnknownTag { tag: header.tag });
+        }
+        Ok(false)
+    }
+
+    async fn on_message(&mut self, _msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        Ok(Verdict::Forward)
+    }
+}
+
+/// Server → client: rejects message types a server does not send.
+struct ServerFilter;
+
+impl Filter for ServerFilter {
+    fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
+        if !wire::is_backend_tag(header.tag) {
+            return Err(FrameError::UnknownTag { tag: header.tag });
+        }
+        Ok(false)
+    }
+
+    async fn on_message(&mut self, _msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        Ok(Verdict::Forward)
+    }
+}

@@ -1,0 +1,305 @@
+//! The relay loop of one direction: read, frame, forward.
+//!
+//! A [`Pump`] reads whatever the peer sent into one buffer, walks the message
+//! headers in it and writes the batch on with a single `write_all` once the
+//! input is drained. Messages the [`Filter`] does not need to see whole are
+//! forwarded as the bytes they arrived as, even when only part of a large one
+//! has arrived (memory stays flat however large a row or a COPY chunk is).
+//! Only messages the filter rewrites are copied.
+
+use std::future::Future;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::wire::{self, FrameError, Header};
+
+/// Bytes read per `read` call at most (the buffer grows only for messages a
+/// filter needs whole).
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Why a relay direction stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("{0}")]
+    Frame(#[from] FrameError),
+    #[error("connection closed in the middle of a message")]
+    Truncated,
+    /// The filter refused to go on; the message is safe to show a client
+    /// (no data values in it).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
+}
+
+/// What a filter does with a whole message.
+pub enum Verdict {
+    /// Forward the original bytes.
+    Forward,
+    /// Drop the original; the filter wrote what goes in its place (possibly
+    /// nothing) into the output buffer it was given.
+    Replaced,
+}
+
+/// Looks at the messages of one direction.
+pub trait Filter {
+    /// Called for each header; `Ok(true)` asks for the whole message in
+    /// [`Filter::on_message`], `Ok(false)` lets it stream through unseen.
+    /// Also the place to reject a message type the peer may not send.
+    fn wants(&mut self, header: Header) -> Result<bool, FrameError>;
+
+    /// A whole message (header included) that [`Filter::wants`] asked for.
+    fn on_message(
+        &mut self,
+        msg: &[u8],
+        out: &mut BytesMut,
+    ) -> impl Future<Output = Result<Verdict, RelayError>> + Send;
+
+    /// Called once the current batch was written: the input is drained.
+    fn on_flush(&mut self) {}
+}
+
+/// One direction of a session.
+pub struct Pump {
+    buf: BytesMut,
+    out: BytesMut,
+    scratch: BytesMut,
+    max_message: usize,
+    /// Bytes of a partly forwarded message still to come.
+    stream_left: usize,
+    /// Set while a write is in progress: if the session is torn down then,
+    /// the peer has half a message and nothing more may be sent to it.
+    mid_write: bool,
+}
+
+impl Pump {
+    /// A pump that refuses messages longer than `max_message` bytes.
+    pub fn new(max_message: usize) -> Self {
+        Pump {
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            out: BytesMut::new(),
+            scratch: BytesMut::new(),
+            max_message,
+            stream_left: 0,
+            mid_write: false,
+        }
+    }
+
+    /// Starts with bytes already read (e.g. after the startup packet).
+    pub fn preload(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether the peer we write to is at a message boundary, so that one
+    /// more message (an error) can be sent to it.
+    pub fn at_boundary(&self) -> bool {
+        !self.mid_write && self.stream_left == 0
+    }
+
+    /// Relays until the reader reaches end of stream (`Ok`) or an error.
+    pub async fn run<R, W, F>(
+        &mut self,
+        r: &mut R,
+        w: &mut W,
+        filter: &mut F,
+        bytes: &AtomicU64,
+    ) -> Result<(), RelayError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+        F: Filter,
+    {
+        if !self.buf.is_empty() {
+            self.process(w, filter, bytes).await?;
+        }
+        loop {
+            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+                self.buf.reserve(READ_CHUNK);
+            }
+            let n = r.read_buf(&mut self.buf).await?;
+            if n == 0 {
+                return if self.buf.is_empty() && self.stream_left == 0 { Ok(()) } else { Err(RelayError::Truncated) };
+            }
+            self.process(w, filter, bytes).await?;
+        }
+    }
+
+    /// Frames what is buffered, lets the filter see what it asked for and
+    /// writes the batch. Complete messages before a malformed one are still
+    /// written, so the peer gets everything that was valid.
+    async fn process<W, F>(&mut self, w: &mut W, filter: &mut F, bytes: &AtomicU64) -> Result<(), RelayError>
+    where
+        W: AsyncWrite + Unpin,
+        F: Filter,
+    {
+        let mut pos = 0;
+        // Start of the run of original bytes not yet copied to `out`.
+        let mut fwd_start = 0;
+        let mut failure = None;
+
+        if self.stream_left > 0 {
+            let take = self.stream_left.min(self.buf.len());
+            self.stream_left -= take;
+            pos = take;
+        }
+        while pos < self.buf.len() {
+            let header = match wire::peek_header(&self.buf[pos..], self.max_message) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            };
+            let whole = match filter.wants(header) {
+                Ok(w) => w,
+                Err(e) => {
+                    failure = Some(e.into());
+                    break;
+                }
+            };
+            let avail = self.buf.len() - pos;
+            if !whole {
+                if avail >= header.total_len {
+                    pos += header.total_len;
+                } else {
+                    self.stream_left = header.total_len - avail;
+                    pos = self.buf.len();
+                }
+                continue;
+            }
+            if avail < header.total_len {
+                self.buf.reserve(header.total_len - avail);
+                break;
+            }
+            let end = pos + header.total_len;
+            self.scratch.clear();
+            match filter.on_message(&self.buf[pos..end], &mut self.scratch).await {
+                Ok(Verdict::Forward) => {}
+                Ok(Verdict::Replaced) => {
+                    self.out.extend_from_slice(&self.buf[fwd_start..pos]);
+                    self.out.extend_from_slice(&self.scratch);
+                    fwd_start = end;
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+            pos = end;
+        }
+
+        self.mid_write = true;
+        if self.out.is_empty() {
+            if pos > 0 {
+                w.write_all(&self.buf[..pos]).await?;
+                bytes.fetch_add(pos as u64, Ordering::Relaxed);
+            }
+        } else {
+            self.out.extend_from_slice(&self.buf[fwd_start..pos]);
+            w.write_all(&self.out).await?;
+            bytes.fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            self.out.clear();
+        }
+        self.mid_write = false;
+        self.buf.advance(pos);
+        filter.on_flush();
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+
+    struct Upper;
+
+    impl Filter for Upper {
+        fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
+            if header.tag == b'!' {
+                return Err(FrameError::UnknownTag { tag: b'!' });
+            }
+            Ok(header.tag == b'Q')
+        }
+
+        async fn on_message(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+            out.extend(msg.iter().map(|b| if b.is_ascii_lowercase() { b.to_ascii_uppercase() } else { *b }));
+            Ok(Verdict::Replaced)
+        }
+    }
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut m = BytesMut::new();
+        m.put_u8(tag);
+        m.put_u32(body.len() as u32 + 4);
+        m.extend_from_slice(body);
+        m.to_vec()
+    }
+
+    async fn relay(input: Vec<u8>, chunk: usize, max: usize) -> (Vec<u8>, Result<(), RelayError>) {
+        let (mut client, mut relay_in) = tokio::io::duplex(1 << 20);
+        let (mut relay_out, mut server) = tokio::io::duplex(1 << 20);
+        let writer = tokio::spawn(async move {
+            for piece in input.chunks(chunk) {
+                client.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+        });
+        let counter = AtomicU64::new(0);
+        let mut pump = Pump::new(max);
+        let res = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            writer.await.unwrap();
+            pump.run(&mut relay_in, &mut relay_out, &mut Upper, &counter).await
+        })
+        .await
+        .unwrap();
+        drop(relay_out);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(counter.load(Ordering::Relaxed), got.len() as u64);
+        (got, res)
+    }
+
+    #[tokio::test]
+    async fn forwards_untouched_and_rewrites_wanted_in_any_chunking() {
+        let big = vec![b'x'; 200_000];
+        let mut input = msg(b'd', &big);
+        input.extend(msg(b'Q', b"select 1\0"));
+        input.extend(msg(b'S', b""));
+        let mut expected = msg(b'd', &big);
+        expected.extend(msg(b'Q', b"SELECT 1\0"));
+        expected.extend(msg(b'S', b""));
+        for chunk in [1, 3, 7, 4096, 1 << 20] {
+            let (got, res) = relay(input.clone(), chunk, 1 << 20).await;
+            assert!(res.is_ok(), "chunk {chunk}: {res:?}");
+            assert!(got == expected, "chunk {chunk}");
+        }
+    }
+
+    #[tokio::test]
+    async fn valid_prefix_is_written_before_a_malformed_message() {
+        let mut input = msg(b'S', b"");
+        input.extend(msg(b'!', b""));
+        let (got, res) = relay(input, 1 << 20, 1 << 20).await;
+        assert_eq!(got, msg(b'S', b""));
+        assert!(matches!(res, Err(RelayError::Frame(FrameError::UnknownTag { tag: b'!' }))));
+    }
+
+    #[tokio::test]
+    async fn oversized_and_truncated() {
+        let (_, res) = relay(msg(b'd', &[0; 100]), 1 << 20, 50).await;
+        assert!(matches!(res, Err(RelayError::Frame(FrameError::TooLarge { .. }))));
+        let mut cut = msg(b'd', &[0; 100]);
+        cut.truncate(50);
+        let (got, res) = relay(cut, 1 << 20, 1 << 20).await;
+        assert_eq!(got.len(), 50, "a streamed partial message is forwarded as it comes");
+        assert!(matches!(res, Err(RelayError::Truncated)));
+    }
+}
