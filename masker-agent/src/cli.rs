@@ -1,27 +1,46 @@
 //! The `masker` command line: the daemon, the explicit proxy and the
-//! operator commands.
+//! operator commands that talk to the daemon over its admin socket.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use crate::admin::{self, Request, Status};
+use crate::catalog::{Catalog, CatalogAccess};
+use crate::config::{DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_DIR};
 use crate::listener;
+use crate::policy::Policy;
 use crate::registry::Registry;
 use crate::session::{Limits, SessionContext};
 
 /// masker: masks personal data in PostgreSQL results before workloads see it.
+///
+/// `masker agent` runs the daemon that transparently intercepts connections
+/// from tagged cgroups (eBPF); `masker proxy` runs the same relay as an
+/// explicit proxy. The other commands talk to a running agent as root.
 #[derive(Debug, Parser)]
-#[command(name = "masker", version, about, long_about = None)]
+#[command(name = "masker", version, about, long_about)]
 pub struct Cli {
+    /// The agent's admin socket.
+    #[arg(long, global = true, env = "MASKER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
+    pub admin_socket: PathBuf,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon: attach the eBPF programs, relay and mask redirected connections.
+    Agent {
+        /// Agent configuration file (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Run as an explicit proxy that clients point at (no eBPF needed).
     ///
     /// Every client connecting to --listen is relayed to --upstream through
@@ -34,7 +53,71 @@ pub enum Command {
         /// The real PostgreSQL server, HOST:PORT.
         #[arg(long)]
         upstream: String,
+        /// Policy file; without one, results are relayed unchanged.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        /// Identity the policy sees for every session of this proxy.
+        #[arg(long, default_value = "proxy")]
+        identity: String,
+        /// Role the proxy logs in as to read column names from the catalog.
+        #[arg(long, env = "MASKER_CATALOG_USER")]
+        catalog_user: Option<String>,
+        /// Environment variable holding that role's password.
+        #[arg(long, default_value = "MASKER_CATALOG_PASSWORD")]
+        catalog_password_env: String,
     },
+    /// Show the agent: programs, targets, tagged cgroups, live sessions, counters.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Tag a cgroup (and its descendants) with a workload identity.
+    Tag {
+        /// cgroup directory: absolute, or relative to the cgroup v2 mount.
+        cgroup: PathBuf,
+        #[arg(long)]
+        identity: String,
+    },
+    /// Remove a cgroup's tag; its new connections are no longer intercepted.
+    Untag {
+        /// cgroup directory: absolute, or relative to the cgroup v2 mount.
+        cgroup: PathBuf,
+    },
+    /// Run a command in a new tagged cgroup; exits with the command's status.
+    ///
+    /// Creates a transient cgroup under masker's subtree, tags it, runs the
+    /// command in it, then untags and removes the cgroup (killing anything
+    /// the command left running there).
+    Run {
+        #[arg(long)]
+        identity: String,
+        /// The command and its arguments.
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Policy file commands.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
+    /// Detach masker's eBPF programs and remove its pinned maps (tags included).
+    ///
+    /// For when the agent is stopped for good: while cgroups are tagged, a
+    /// stopped agent leaves its programs attached so tagged workloads cannot
+    /// bypass it.
+    Uninstall {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate a policy file; errors give file, line and what was expected.
+    Check { file: PathBuf },
+    /// Make the running agent load its policy file again (as SIGHUP does).
+    Reload,
 }
 
 /// Entry point of the `masker` binary.
@@ -48,8 +131,7 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(run(cli));
-    match result {
+    match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("masker: {e:#}");
@@ -68,22 +150,193 @@ fn init_logging() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let socket = cli.admin_socket.as_path();
     match cli.command {
-        Command::Proxy { listen, upstream } => {
-            let listener = tokio::net::TcpListener::bind(listen)
-                .await
-                .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
+        Command::Agent { config } => {
+            crate::agent::run(config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Proxy { listen, upstream, policy, identity, catalog_user, catalog_password_env } => {
+            let policy = match policy {
+                Some(p) => Some(Arc::new(Policy::from_file(&p).map_err(|e| anyhow::anyhow!("{e}"))?)),
+                None => None,
+            };
+            let catalog =
+                catalog_user.map(|user| CatalogAccess { user, password: std::env::var(&catalog_password_env).ok() });
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
             let local = listener.local_addr()?;
             let ctx = Arc::new(SessionContext {
                 registry: Arc::new(Registry::default()),
                 limits: Limits::default(),
                 socket_mark: None,
+                policy: RwLock::new(policy),
+                catalog: Arc::new(Catalog::new(catalog)),
             });
             println!("masker proxy listening on {local}");
-            listener::run_proxy(listener, upstream, ctx, shutdown_signal()).await;
+            listener::run_proxy(listener, upstream, identity, ctx, shutdown_signal()).await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let value = admin::request(socket, &Request::Status).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let status: Status = serde_json::from_value(value)?;
+                print!("{}", render_status(&status));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tag { cgroup, identity } => {
+            let dir = resolve_cgroup(&cgroup)?;
+            admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.clone() }).await?;
+            println!("tagged {} as {identity}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Untag { cgroup } => {
+            let dir = resolve_cgroup(&cgroup)?;
+            admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await?;
+            println!("untagged {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { identity, command } => run_tagged(socket, &identity, &command).await,
+        Command::Policy { command: PolicyCommand::Check { file } } => match Policy::from_file(&file) {
+            Ok(_) => {
+                println!("{}: ok", file.display());
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
+        Command::Policy { command: PolicyCommand::Reload } => {
+            let value = admin::request(socket, &Request::PolicyReload).await?;
+            println!("{}", value.as_str().unwrap_or("reloaded"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Uninstall { pin_dir } => {
+            require_root()?;
+            crate::interception::uninstall(&pin_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            println!("removed masker's eBPF programs and maps under {}", pin_dir.display());
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn require_root() -> anyhow::Result<()> {
+    if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1) != 0 {
+        anyhow::bail!("this command must run as root");
+    }
+    Ok(())
+}
+
+/// An existing cgroup directory, absolute or relative to the v2 mount.
+fn resolve_cgroup(cgroup: &Path) -> anyhow::Result<PathBuf> {
+    let root = crate::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::cgroup::resolve(&root, cgroup).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `masker run`: the command runs in a transient tagged cgroup. This process
+/// moves itself in before spawning (so the child starts inside, with no
+/// window where it runs untagged) and back out before removing the cgroup.
+async fn run_tagged(socket: &Path, identity: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+    require_root()?;
+    let root = crate::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let home = crate::cgroup::current(&root, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = crate::cgroup::create_transient(&root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cleanup = |tagged: bool| {
+        let dir = dir.clone();
+        let home = home.clone();
+        async move {
+            let _ = crate::cgroup::move_into(&home, std::process::id());
+            if tagged {
+                if let Err(e) = admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await {
+                    eprintln!("masker: untagging {}: {e:#}", dir.display());
+                }
+            }
+            if let Err(e) = crate::cgroup::remove(&dir) {
+                eprintln!("masker: {e}");
+            }
+        }
+    };
+    if let Err(e) = admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.to_string() }).await
+    {
+        cleanup(false).await;
+        return Err(e);
+    }
+    if let Err(e) = crate::cgroup::move_into(&dir, std::process::id()) {
+        cleanup(true).await;
+        return Err(anyhow::anyhow!("{e}"));
+    }
+    let status = tokio::process::Command::new(&command[0]).args(&command[1..]).status().await;
+    cleanup(true).await;
+    let status = status.with_context(|| format!("cannot run {:?}", command[0]))?;
+    let code = match status.code() {
+        Some(c) => c,
+        None => 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
+    };
+    Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+fn render_status(s: &Status) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "masker agent {} (pid {}, up {}s)", s.version, s.pid, s.uptime_secs);
+    let _ = writeln!(o, "listening:  {}", s.listen.join(", "));
+    let _ = writeln!(o, "programs:   {} (pinned under {})", s.programs.join(", "), s.pin_dir);
+    let _ = writeln!(o, "policy:     {}", s.policy.as_deref().unwrap_or("none (relay without masking)"));
+    let _ = writeln!(o, "\nTARGETS");
+    for t in &s.targets {
+        let _ = writeln!(o, "  {:<30} {}", t.target, t.addresses.join(", "));
+    }
+    let _ = writeln!(o, "\nTAGGED CGROUPS");
+    if s.tags.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for t in &s.tags {
+        let path = t.path.as_deref().unwrap_or("(cgroup removed)");
+        let _ = writeln!(o, "  {:<20} {:>10}  {}", t.identity, t.cgroup_id, path);
+    }
+    let _ = writeln!(o, "\nSESSIONS");
+    if s.sessions.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    } else {
+        let _ = writeln!(
+            o,
+            "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}",
+            "ID", "IDENTITY", "PID", "DESTINATION", "USER", "AGE", "BYTES IN", "BYTES OUT", "ROWS", "MASKED"
+        );
+    }
+    for x in &s.sessions {
+        let _ = writeln!(
+            o,
+            "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}",
+            x.id,
+            x.identity.as_deref().unwrap_or("-"),
+            x.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            x.destination,
+            x.user.as_deref().unwrap_or("-"),
+            x.age_secs,
+            x.bytes_from_client,
+            x.bytes_to_client,
+            x.rows,
+            x.masked_cells
+        );
+    }
+    let c = &s.counters;
+    let _ = writeln!(
+        o,
+        "\nCOUNTERS\n  connections {}  refused {}  protocol errors {}  upstream errors {}  cancels {}\n  rows {}  masked cells {}",
+        c.connections,
+        c.sessions_refused,
+        c.protocol_errors,
+        c.upstream_errors,
+        c.cancel_requests,
+        c.rows,
+        c.masked_cells
+    );
+    o
 }
 
 /// Resolves on SIGINT or SIGTERM.

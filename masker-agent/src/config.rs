@@ -1,1 +1,158 @@
-//! The agent's configuration file.
+//! The agent's configuration file (`masker agent --config FILE`), TOML.
+//!
+//! ```toml
+//! listen = "127.0.0.1:15432"        # where redirected connections land (IPv4)
+//! listen_v6 = "[::1]:15432"         # optional, for IPv6 targets
+//! admin_socket = "/run/masker/admin.sock"
+//! policy = "/etc/masker/policy.toml"
+//! pin_dir = "/sys/fs/bpf/masker"
+//! targets = ["db.internal:5432", "10.0.0.5:5432"]
+//! target_refresh_secs = 30
+//!
+//! [catalog]                         # how the agent reads column names
+//! user = "masker"
+//! password_env = "MASKER_CATALOG_PASSWORD"   # or password_file = "..."
+//! ```
+
+use std::net::{SocketAddrV4, SocketAddrV6};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::catalog::CatalogAccess;
+
+/// Default admin socket path.
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/masker/admin.sock";
+/// Default bpffs directory for pinned maps and links.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masker";
+
+/// The agent configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Listener that redirected IPv4 connections land on.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddrV4,
+    /// Listener for redirected IPv6 connections.
+    #[serde(default)]
+    pub listen_v6: Option<SocketAddrV6>,
+    #[serde(default = "default_admin_socket")]
+    pub admin_socket: PathBuf,
+    /// Policy file; without one the agent relays without masking.
+    #[serde(default)]
+    pub policy: Option<PathBuf>,
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// Databases whose connections are redirected, as `host:port`.
+    pub targets: Vec<String>,
+    /// How often target names are resolved again.
+    #[serde(default = "default_refresh")]
+    pub target_refresh_secs: u64,
+    #[serde(default)]
+    pub catalog: Option<CatalogConfig>,
+}
+
+/// Credentials of the agent's own catalog connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogConfig {
+    pub user: String,
+    #[serde(default)]
+    pub password_env: Option<String>,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl CatalogConfig {
+    /// Reads the password from its source.
+    pub fn access(&self) -> anyhow::Result<CatalogAccess> {
+        let password = match (&self.password_env, &self.password_file) {
+            (Some(var), _) => {
+                Some(std::env::var(var).map_err(|_| anyhow::anyhow!("catalog.password_env: {var} is not set"))?)
+            }
+            (None, Some(file)) => Some(
+                std::fs::read_to_string(file)
+                    .map_err(|e| anyhow::anyhow!("catalog.password_file {}: {e}", file.display()))?
+                    .trim_end_matches(['\n', '\r'])
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        Ok(CatalogAccess { user: self.user.clone(), password })
+    }
+}
+
+fn default_listen() -> SocketAddrV4 {
+    SocketAddrV4::new([127, 0, 0, 1].into(), 15432)
+}
+fn default_admin_socket() -> PathBuf {
+    PathBuf::from(DEFAULT_ADMIN_SOCKET)
+}
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+fn default_refresh() -> u64 {
+    30
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`; errors name the file, line and field.
+    pub fn from_file(path: &Path) -> anyhow::Result<AgentConfig> {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses a configuration; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> anyhow::Result<AgentConfig> {
+        let config: AgentConfig = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|s| line_col(text, s.start)).map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default();
+            anyhow::anyhow!("{origin}{at}: {}", e.message())
+        })?;
+        if config.targets.is_empty() {
+            anyhow::bail!("{origin}: `targets` is empty; list the databases to intercept as \"host:port\"");
+        }
+        for t in &config.targets {
+            if crate::catalog::split_host_port(t).is_none() {
+                anyhow::bail!("{origin}: target {t:?} is not \"host:port\"");
+            }
+        }
+        Ok(config)
+    }
+}
+
+/// 1-based line and column of byte offset `at` in `text`.
+pub fn line_col(text: &str, at: usize) -> (usize, usize) {
+    let before = &text[..at.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_minimal_and_full() {
+        let c = AgentConfig::parse("targets = [\"db:5432\"]\n", "a.toml").unwrap();
+        assert_eq!(c.listen.port(), 15432);
+        assert_eq!(c.admin_socket, PathBuf::from(DEFAULT_ADMIN_SOCKET));
+        let c = AgentConfig::parse(
+            "listen = \"127.0.0.1:7000\"\nlisten_v6 = \"[::1]:7000\"\ntargets = [\"[::1]:5432\"]\n\
+             [catalog]\nuser = \"masker\"\npassword_env = \"X\"\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(c.catalog.unwrap().user, "masker");
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let e = AgentConfig::parse("targets = [\"db:5432\"]\nlisen = \"x\"\n", "agent.toml").unwrap_err();
+        assert!(e.to_string().starts_with("agent.toml:2:1: unknown field `lisen`"), "{e}");
+        let e = AgentConfig::parse("targets = [\"nohostport\"]\n", "agent.toml").unwrap_err();
+        assert!(e.to_string().contains("not \"host:port\""), "{e}");
+        let e = AgentConfig::parse("targets = []\n", "agent.toml").unwrap_err();
+        assert!(e.to_string().contains("targets"), "{e}");
+    }
+}

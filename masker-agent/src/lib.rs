@@ -15,6 +15,10 @@
 //! [`cli`] is the `masker` command line; [`config`] the agent's config file.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod agent;
+pub mod catalog;
+pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod interception;

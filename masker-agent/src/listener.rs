@@ -11,13 +11,15 @@ use tokio::net::TcpListener;
 use tracing::{error, info};
 
 use crate::registry::SessionOrigin;
-use crate::session::{self, SessionContext};
+use crate::session::{self, Route, SessionContext};
 
 /// Serves `listener` as an explicit proxy: every client goes to `upstream`
-/// (`host:port`), until `shutdown` resolves.
+/// (`host:port`) with workload identity `identity`, until `shutdown`
+/// resolves.
 pub async fn run_proxy(
     listener: TcpListener,
     upstream: String,
+    identity: String,
     ctx: Arc<SessionContext>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
@@ -32,9 +34,14 @@ pub async fn run_proxy(
         };
         match accepted {
             Ok((stream, client)) => {
-                let origin =
-                    SessionOrigin { identity: None, client, destination: upstream.clone(), cgroup_id: None, pid: None };
-                tokio::spawn(session::serve(stream, origin, upstream.clone(), ctx.clone()));
+                let origin = SessionOrigin {
+                    identity: Some(identity.clone()),
+                    client,
+                    destination: upstream.clone(),
+                    cgroup_id: None,
+                    pid: None,
+                };
+                tokio::spawn(session::serve(stream, origin, Route::To(upstream.clone()), ctx.clone()));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of

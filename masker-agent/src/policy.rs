@@ -1,1 +1,746 @@
-//! The policy file.
+//! The policy file: what to mask for whom.
+//!
+//! A TOML file (see `examples/policy.toml` for a complete, commented one):
+//!
+//! ```toml
+//! version = 1
+//! [defaults]
+//! action = "detect"               # unclassified columns: detect | allow | redact
+//! comment_classification = true   # a column comment "pii:<name>" applies rule <name>
+//! [pseudonymize]
+//! key_env = "MASKER_PSEUDONYM_KEY" # or key_file = "/etc/masker/pseudonym.key"
+//! [[rule]]
+//! name = "email"
+//! columns = ["public.customers.email"]   # schema.table.column, globs * and ?
+//! column_names = ["*email*"]            # column name alone, any table
+//! action = "email"
+//! identities = ["ci-*"]                  # optional, default: every identity
+//! targets = ["db.internal:5432"]         # optional, default: every target
+//! ```
+//!
+//! # Precedence
+//!
+//! Rules are tried in file order and the **first matching rule wins**; list
+//! identity-specific rules before general ones. A rule matches a column when
+//! it applies to the session (its `identities` and `targets` globs match, or
+//! are absent) and any of its `columns` or `column_names` globs match, or the
+//! column's comment carries `pii:<rule name>`. When no rule matches, a
+//! `pii:<tag>` comment naming an action (`redact`, `null`, `email`,
+//! `pseudonymize`, `detect`) applies it; any other `pii:` tag redacts (the DBA
+//! said it is personal data; fail closed). Otherwise `defaults.action`
+//! applies. Globs are ASCII case-insensitive; `*` matches any run of
+//! characters, `?` one character.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::masking::{ColumnAction, Generalize, Keys};
+
+/// A loaded, validated policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    origin: String,
+    defaults: Defaults,
+    rules: Vec<Rule>,
+    keys: Keys,
+}
+
+#[derive(Debug, Clone)]
+struct Defaults {
+    action: ColumnAction,
+    comment_classification: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Rule {
+    name: String,
+    columns: Vec<[Glob; 3]>,
+    column_names: Vec<Glob>,
+    action: ColumnAction,
+    identities: Option<Vec<Glob>>,
+    targets: Option<Vec<Glob>>,
+}
+
+/// The rules of a policy that apply to one session (identity and target).
+#[derive(Debug, Clone)]
+pub struct SessionPolicy {
+    defaults: Defaults,
+    rules: Vec<Rule>,
+    keys: Keys,
+}
+
+/// A policy file that cannot be used: where, what is wrong and what was expected.
+///
+/// Displays as `file:line:column: message`. Never contains key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyError {
+    origin: String,
+    /// 1-based line and column, when the problem has a place in the file.
+    at: Option<(usize, usize)>,
+    message: String,
+}
+
+impl PolicyError {
+    /// The file (or origin name) the policy came from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// 1-based line of the problem, if it has one.
+    pub fn line(&self) -> Option<usize> {
+        self.at.map(|a| a.0)
+    }
+
+    /// 1-based column of the problem, if it has one.
+    pub fn column(&self) -> Option<usize> {
+        self.at.map(|a| a.1)
+    }
+
+    /// What is wrong and what was expected, without the location.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => write!(f, "{}:{line}:{col}: {}", self.origin, self.message),
+            None => write!(f, "{}: {}", self.origin, self.message),
+        }
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Builds errors located in one policy text.
+struct Errors<'a> {
+    origin: &'a str,
+    text: &'a str,
+}
+
+impl Errors<'_> {
+    fn at(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
+        let offset = span.start.min(self.text.len());
+        let before = &self.text[..offset];
+        let line = before.matches('\n').count() + 1;
+        let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        PolicyError { origin: self.origin.to_owned(), at: Some((line, col)), message: message.into() }
+    }
+
+    fn whole(&self, message: impl Into<String>) -> PolicyError {
+        PolicyError { origin: self.origin.to_owned(), at: None, message: message.into() }
+    }
+}
+
+// ---------------------------------------------------------------- file format
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    version: Spanned<i64>,
+    #[serde(default)]
+    defaults: RawDefaults,
+    pseudonymize: Option<Spanned<RawPseudonymize>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    action: Option<DefaultAction>,
+    comment_classification: Option<bool>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum DefaultAction {
+    Detect,
+    Allow,
+    Redact,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPseudonymize {
+    key_env: Option<Spanned<String>>,
+    key_file: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    #[allow(dead_code)]
+    description: Option<String>,
+    columns: Option<Spanned<Vec<Spanned<String>>>>,
+    column_names: Option<Spanned<Vec<Spanned<String>>>>,
+    action: Spanned<ActionName>,
+    keep_first: Option<Spanned<u16>>,
+    keep_last: Option<Spanned<u16>>,
+    format_preserving: Option<Spanned<bool>>,
+    to: Option<Spanned<GeneralizeTo>>,
+    bucket: Option<Spanned<u64>>,
+    ipv4_prefix: Option<Spanned<u8>>,
+    ipv6_prefix: Option<Spanned<u8>>,
+    identities: Option<Spanned<Vec<Spanned<String>>>>,
+    targets: Option<Spanned<Vec<Spanned<String>>>>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ActionName {
+    Redact,
+    Null,
+    Partial,
+    Email,
+    Pseudonymize,
+    Generalize,
+    Detect,
+    Allow,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum GeneralizeTo {
+    Hour,
+    Day,
+    Month,
+    Year,
+    Network,
+    Bucket,
+}
+
+/// Looks up an environment variable (injectable for tests).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+impl Policy {
+    /// Reads, parses and validates the policy file at `path`, and loads the
+    /// pseudonymisation key it names (from the environment or a key file).
+    pub fn from_file(path: &Path) -> Result<Policy, PolicyError> {
+        Policy::from_file_with_env(path, &process_env)
+    }
+
+    /// [`Policy::from_file`] with environment variables looked up by `env`.
+    pub fn from_file_with_env(path: &Path, env: EnvLookup<'_>) -> Result<Policy, PolicyError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| PolicyError {
+            origin: origin.clone(),
+            at: None,
+            message: format!("cannot read the policy file: {e}"),
+        })?;
+        Policy::parse_with_env(&text, &origin, env)
+    }
+
+    /// Parses and validates a policy; `origin` names it in errors (a path).
+    pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_with_env(text, origin, &process_env)
+    }
+
+    /// [`Policy::parse`] with environment variables looked up by `env`.
+    pub fn parse_with_env(text: &str, origin: &str, env: EnvLookup<'_>) -> Result<Policy, PolicyError> {
+        let errs = Errors { origin, text };
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| match e.span() {
+            Some(span) => errs.at(span, e.message().trim_end().to_owned()),
+            None => errs.whole(e.message().trim_end().to_owned()),
+        })?;
+        if *raw.version.get_ref() != 1 {
+            return Err(errs
+                .at(raw.version.span(), format!("unsupported policy version {}; expected 1", raw.version.get_ref())));
+        }
+        let defaults = Defaults {
+            action: match raw.defaults.action.unwrap_or(DefaultAction::Detect) {
+                DefaultAction::Detect => ColumnAction::Detect,
+                DefaultAction::Allow => ColumnAction::Allow,
+                DefaultAction::Redact => ColumnAction::Redact,
+            },
+            comment_classification: raw.defaults.comment_classification.unwrap_or(true),
+        };
+        let mut rules = Vec::with_capacity(raw.rule.len());
+        let mut pseudonymized_at = None;
+        for r in &raw.rule {
+            let rule = compile_rule(r.get_ref(), &defaults, &errs)?;
+            if matches!(rule.action, ColumnAction::Pseudonymize { .. }) && pseudonymized_at.is_none() {
+                pseudonymized_at = Some(r.get_ref().action.span());
+            }
+            rules.push(rule);
+        }
+        let keys = load_keys(raw.pseudonymize.as_ref(), pseudonymized_at, &errs, env)?;
+        Ok(Policy { origin: origin.to_owned(), defaults, rules, keys })
+    }
+
+    /// The rules that apply to sessions of `identity` towards `target`
+    /// (`host:port` as the workload dialled it), in file order.
+    pub fn for_session(&self, identity: &str, target: &str) -> Arc<SessionPolicy> {
+        let applies =
+            |globs: &Option<Vec<Glob>>, s: &str| globs.as_ref().is_none_or(|g| g.iter().any(|g| g.matches(s)));
+        let rules = self
+            .rules
+            .iter()
+            .filter(|r| applies(&r.identities, identity) && applies(&r.targets, target))
+            .cloned()
+            .collect();
+        Arc::new(SessionPolicy { defaults: self.defaults.clone(), rules, keys: self.keys.clone() })
+    }
+
+    /// The keys for the masking engine.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+
+    /// Where the policy came from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// A one-line description for `masker policy check` and logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} rule(s); unclassified columns: {}; column comments: {}; pseudonymisation key: {}",
+            self.rules.len(),
+            self.defaults.action.kind().map_or("allow", |k| k.as_str()),
+            if self.defaults.comment_classification { "on" } else { "off" },
+            if self.keys.has_pseudonym_key() { "loaded" } else { "none" },
+        )
+    }
+}
+
+impl SessionPolicy {
+    /// The action for a base column `schema.table.column`; `comment` is the
+    /// column's catalog comment, which may carry `pii:<name>`.
+    pub fn column_action(&self, schema: &str, table: &str, column: &str, comment: Option<&str>) -> ColumnAction {
+        let tag = if self.defaults.comment_classification { comment.and_then(pii_tag) } else { None };
+        for r in &self.rules {
+            let by_path = r.columns.iter().any(|[s, t, c]| s.matches(schema) && t.matches(table) && c.matches(column));
+            let by_name = r.column_names.iter().any(|g| g.matches(column));
+            let by_tag = tag.is_some_and(|t| t.eq_ignore_ascii_case(&r.name));
+            if by_path || by_name || by_tag {
+                return r.action.clone();
+            }
+        }
+        match tag {
+            Some(t) => match t.to_ascii_lowercase().as_str() {
+                "null" => ColumnAction::Null,
+                "email" => ColumnAction::Email,
+                "pseudonymize" => ColumnAction::Pseudonymize { format_preserving: false },
+                "detect" => ColumnAction::Detect,
+                _ => ColumnAction::Redact,
+            },
+            None => self.defaults.action.clone(),
+        }
+    }
+
+    /// The action for output columns no rule classifies (`defaults.action`:
+    /// detect, allow or redact).
+    pub fn unclassified_action(&self) -> ColumnAction {
+        self.defaults.action.clone()
+    }
+
+    /// Whether any rule applies to this session.
+    pub fn has_rules(&self) -> bool {
+        !self.rules.is_empty()
+    }
+
+    /// The keys for the masking engine.
+    pub fn keys(&self) -> &Keys {
+        &self.keys
+    }
+}
+
+/// The name after `pii:` in a column comment (`"Contact. pii:email"` → `email`).
+fn pii_tag(comment: &str) -> Option<&str> {
+    let lower = comment.as_bytes();
+    let at = lower.windows(4).position(|w| w.eq_ignore_ascii_case(b"pii:"))?;
+    let rest = &comment[at + 4..];
+    let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')).unwrap_or(rest.len());
+    (end > 0).then(|| &rest[..end])
+}
+
+fn compile_rule(r: &RawRule, defaults: &Defaults, errs: &Errors<'_>) -> Result<Rule, PolicyError> {
+    let name = r.name.get_ref();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(errs.at(
+            r.name.span(),
+            "invalid rule name; expected letters, digits, `_` or `-` (it is the tag in `pii:<name>` comments)",
+        ));
+    }
+    let action_name = *r.action.get_ref();
+    let only = |field: &str, span: Option<Range<usize>>, wanted: ActionName, what: &str| -> Result<(), PolicyError> {
+        match span {
+            Some(span) if action_name != wanted => {
+                Err(errs.at(span, format!("`{field}` applies only to action \"{what}\"")))
+            }
+            _ => Ok(()),
+        }
+    };
+    only("keep_first", r.keep_first.as_ref().map(Spanned::span), ActionName::Partial, "partial")?;
+    only("keep_last", r.keep_last.as_ref().map(Spanned::span), ActionName::Partial, "partial")?;
+    only(
+        "format_preserving",
+        r.format_preserving.as_ref().map(Spanned::span),
+        ActionName::Pseudonymize,
+        "pseudonymize",
+    )?;
+    only("to", r.to.as_ref().map(Spanned::span), ActionName::Generalize, "generalize")?;
+    only("bucket", r.bucket.as_ref().map(Spanned::span), ActionName::Generalize, "generalize")?;
+    only("ipv4_prefix", r.ipv4_prefix.as_ref().map(Spanned::span), ActionName::Generalize, "generalize")?;
+    only("ipv6_prefix", r.ipv6_prefix.as_ref().map(Spanned::span), ActionName::Generalize, "generalize")?;
+
+    let action = match action_name {
+        ActionName::Allow => ColumnAction::Allow,
+        ActionName::Redact => ColumnAction::Redact,
+        ActionName::Null => ColumnAction::Null,
+        ActionName::Email => ColumnAction::Email,
+        ActionName::Detect => ColumnAction::Detect,
+        ActionName::Pseudonymize => {
+            ColumnAction::Pseudonymize { format_preserving: r.format_preserving.as_ref().is_some_and(|s| *s.get_ref()) }
+        }
+        ActionName::Partial => {
+            if r.keep_first.is_none() && r.keep_last.is_none() {
+                return Err(errs.at(
+                    r.action.span(),
+                    "action \"partial\" needs `keep_first` and/or `keep_last` (characters kept)",
+                ));
+            }
+            ColumnAction::Partial {
+                first: r.keep_first.as_ref().map_or(0, |s| *s.get_ref()),
+                last: r.keep_last.as_ref().map_or(0, |s| *s.get_ref()),
+            }
+        }
+        ActionName::Generalize => ColumnAction::Generalize(generalize(r, errs)?),
+    };
+
+    let globs = |list: &Option<Spanned<Vec<Spanned<String>>>>, what: &str| -> Result<Option<Vec<Glob>>, PolicyError> {
+        let Some(list) = list else { return Ok(None) };
+        if list.get_ref().is_empty() {
+            return Err(errs.at(list.span(), format!("empty `{what}` list matches nothing; remove it or add patterns")));
+        }
+        list.get_ref()
+            .iter()
+            .map(|p| Glob::new(p.get_ref()).ok_or_else(|| errs.at(p.span(), "empty pattern")))
+            .collect::<Result<_, _>>()
+            .map(Some)
+    };
+    let mut columns = Vec::new();
+    if let Some(list) = &r.columns {
+        for p in list.get_ref() {
+            let parts: Vec<&str> = p.get_ref().split('.').collect();
+            let [s, t, c] = parts.as_slice() else {
+                return Err(
+                    errs.at(p.span(), "expected \"schema.table.column\" (globs * and ? allowed, e.g. \"*.*.email\")")
+                );
+            };
+            let g = |x: &str| Glob::new(x).ok_or_else(|| errs.at(p.span(), "empty part in \"schema.table.column\""));
+            columns.push([g(s)?, g(t)?, g(c)?]);
+        }
+    }
+    let column_names = globs(&r.column_names, "column_names")?.unwrap_or_default();
+    if columns.is_empty() && column_names.is_empty() && !defaults.comment_classification {
+        return Err(errs.at(
+            r.name.span(),
+            "rule selects no column; expected `columns` or `column_names` (or defaults.comment_classification = true to apply it through `pii:<name>` comments)",
+        ));
+    }
+    Ok(Rule {
+        name: name.clone(),
+        columns,
+        column_names,
+        action,
+        identities: globs(&r.identities, "identities")?,
+        targets: globs(&r.targets, "targets")?,
+    })
+}
+
+fn generalize(r: &RawRule, errs: &Errors<'_>) -> Result<Generalize, PolicyError> {
+    let Some(to) = &r.to else {
+        return Err(errs.at(
+            r.action.span(),
+            "action \"generalize\" needs `to`; expected one of hour, day, month, year, network, bucket",
+        ));
+    };
+    let to = *to.get_ref();
+    let not_for = |field: &str, span: Option<Range<usize>>, wanted: &str| match span {
+        Some(span) => Err(errs.at(span, format!("`{field}` applies only to to = \"{wanted}\""))),
+        None => Ok(()),
+    };
+    if to != GeneralizeTo::Bucket {
+        not_for("bucket", r.bucket.as_ref().map(Spanned::span), "bucket")?;
+    }
+    if to != GeneralizeTo::Network {
+        not_for("ipv4_prefix", r.ipv4_prefix.as_ref().map(Spanned::span), "network")?;
+        not_for("ipv6_prefix", r.ipv6_prefix.as_ref().map(Spanned::span), "network")?;
+    }
+    Ok(match to {
+        GeneralizeTo::Hour => Generalize::Hour,
+        GeneralizeTo::Day => Generalize::Day,
+        GeneralizeTo::Month => Generalize::Month,
+        GeneralizeTo::Year => Generalize::Year,
+        GeneralizeTo::Network => {
+            let v4 = r.ipv4_prefix.as_ref().map_or(Ok(24), |p| {
+                if *p.get_ref() <= 32 {
+                    Ok(*p.get_ref())
+                } else {
+                    Err(errs.at(p.span(), "expected a prefix length of 0 to 32"))
+                }
+            })?;
+            let v6 = r.ipv6_prefix.as_ref().map_or(Ok(64), |p| {
+                if *p.get_ref() <= 128 {
+                    Ok(*p.get_ref())
+                } else {
+                    Err(errs.at(p.span(), "expected a prefix length of 0 to 128"))
+                }
+            })?;
+            Generalize::Network { v4, v6 }
+        }
+        GeneralizeTo::Bucket => match &r.bucket {
+            Some(b) if *b.get_ref() > 0 => Generalize::Bucket(*b.get_ref()),
+            Some(b) => return Err(errs.at(b.span(), "expected a bucket size greater than 0")),
+            None => return Err(errs.at(r.action.span(), "to = \"bucket\" needs `bucket` = size (e.g. 1000)")),
+        },
+    })
+}
+
+fn load_keys(
+    raw: Option<&Spanned<RawPseudonymize>>,
+    used_at: Option<Range<usize>>,
+    errs: &Errors<'_>,
+    env: EnvLookup<'_>,
+) -> Result<Keys, PolicyError> {
+    use crate::masking::pseudonym::MIN_KEY_LEN;
+    let Some(raw) = raw else {
+        return match used_at {
+            Some(span) => Err(errs.at(
+                span,
+                "action \"pseudonymize\" needs a key; expected a [pseudonymize] table with key_env or key_file",
+            )),
+            None => Ok(Keys::none()),
+        };
+    };
+    let p = raw.get_ref();
+    let (secret, span, source) = match (&p.key_env, &p.key_file) {
+        (Some(_), Some(file)) => return Err(errs.at(file.span(), "set either key_env or key_file, not both")),
+        (None, None) => return Err(errs.at(raw.span(), "[pseudonymize] needs key_env or key_file")),
+        (Some(var), None) => (env(var.get_ref()), var.span(), format!("environment variable {}", var.get_ref())),
+        (None, Some(file)) => {
+            let secret = match std::fs::read_to_string(file.get_ref()) {
+                Ok(s) => Some(s),
+                Err(e) if used_at.is_some() => {
+                    return Err(errs.at(file.span(), format!("cannot read key file {}: {}", file.get_ref(), e.kind())));
+                }
+                Err(_) => None,
+            };
+            (secret, file.span(), format!("key file {}", file.get_ref()))
+        }
+    };
+    let Some(secret) = secret else {
+        return match used_at {
+            Some(_) => Err(errs.at(span, format!("{source} is not set; action \"pseudonymize\" needs its key"))),
+            None => Ok(Keys::none()),
+        };
+    };
+    Keys::new(secret.trim().as_bytes())
+        .ok_or_else(|| errs.at(span, format!("the key in {source} is shorter than {MIN_KEY_LEN} bytes")))
+}
+
+// ---------------------------------------------------------------- globs
+
+/// A glob over identifiers: `*` any run, `?` one character, ASCII
+/// case-insensitive.
+#[derive(Debug, Clone)]
+struct Glob(Box<[u8]>);
+
+impl Glob {
+    fn new(pattern: &str) -> Option<Glob> {
+        (!pattern.is_empty()).then(|| Glob(pattern.to_ascii_lowercase().into_bytes().into_boxed_slice()))
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        let (p, s) = (&self.0[..], s.as_bytes());
+        let (mut pi, mut si) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while si < s.len() {
+            if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si].to_ascii_lowercase()) {
+                pi += 1;
+                si += 1;
+            } else if pi < p.len() && p[pi] == b'*' {
+                star = Some((pi, si));
+                pi += 1;
+            } else if let Some((sp, ss)) = star {
+                pi = sp + 1;
+                si = ss + 1;
+                star = Some((sp, ss + 1));
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|&c| c == b'*')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn key_env(name: &str) -> Option<String> {
+        (name == "MASKER_PSEUDONYM_KEY").then(|| "test-key-0123456789abcdef".to_owned())
+    }
+
+    fn parse(text: &str) -> Result<Policy, PolicyError> {
+        Policy::parse_with_env(text, "policy.toml", &key_env)
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn example_policy_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
+        let p = Policy::from_file_with_env(&path, &key_env).unwrap();
+        assert!(p.keys().has_pseudonym_key());
+        assert!(p.summary().contains("rule(s)"));
+        // Without the key the error names the variable, not a value.
+        let e = Policy::from_file_with_env(&path, &no_env).unwrap_err();
+        assert!(e.message().contains("MASKER_PSEUDONYM_KEY is not set"), "{e}");
+        assert!(e.line().is_some());
+    }
+
+    #[test]
+    fn errors_have_exact_positions() {
+        let text = "version = 1\n\n[[rule]]\nname = \"emails\"\ncolumn_names = [\"*email*\"]\naction = \"redakt\"\n";
+        let e = err(text);
+        assert!(e.starts_with("policy.toml:6:10: unknown variant `redakt`, expected one of"), "{e}");
+        assert!(e.contains("`redact`"), "{e}");
+
+        let e = err("version = 1\n[[rule]]\nname = \"x\"\ncolumn_names = [\"a\"]\nacton = \"redact\"\n");
+        assert!(e.starts_with("policy.toml:5:1: unknown field `acton`"), "{e}");
+
+        let e = err("version = 2\n");
+        assert_eq!(e, "policy.toml:1:11: unsupported policy version 2; expected 1");
+
+        let e = err("version = 1\n[[rule]]\nname = \"x\"\ncolumns = [\"customers.email\"]\naction = \"null\"\n");
+        assert_eq!(e, "policy.toml:4:12: expected \"schema.table.column\" (globs * and ? allowed, e.g. \"*.*.email\")");
+
+        let e =
+            err("version = 1\n[[rule]]\nname = \"x\"\ncolumn_names = [\"a\"]\naction = \"redact\"\nkeep_first = 2\n");
+        assert_eq!(e, "policy.toml:6:14: `keep_first` applies only to action \"partial\"");
+
+        let e = err("version = 1\n[[rule]]\nname = \"x\"\ncolumn_names = [\"a\"]\naction = \"generalize\"\n");
+        assert!(e.starts_with("policy.toml:5:10: action \"generalize\" needs `to`"), "{e}");
+
+        let e = err("version = 1\n[[rule]]\nname = \"x\"\ncolumn_names = [\"a\"]\naction = \"pseudonymize\"\n");
+        assert!(e.starts_with("policy.toml:5:10: action \"pseudonymize\" needs a key"), "{e}");
+
+        let e = err("version = 1\n[defaults]\naction = \"email\"\n");
+        assert!(
+            e.starts_with("policy.toml:3:10: unknown variant `email`, expected one of `detect`, `allow`, `redact`"),
+            "{e}"
+        );
+
+        let e =
+            err("version = 1\n[[rule]]\nname = \"x\"\nidentities = []\ncolumn_names = [\"a\"]\naction = \"null\"\n");
+        assert!(e.starts_with("policy.toml:4:14: empty `identities` list"), "{e}");
+
+        let e = err("version = 1\n[[rule]\n");
+        assert!(e.starts_with("policy.toml:2:"), "{e}");
+
+        assert!(parse("version = 1\n[[rule]]\nname = \"x\"\naction = \"null\"\n").is_ok());
+        let e =
+            err("version = 1\n[defaults]\ncomment_classification = false\n[[rule]]\nname = \"x\"\naction = \"null\"\n");
+        assert!(e.starts_with("policy.toml:5:8: rule selects no column"), "{e}");
+    }
+
+    #[test]
+    fn precedence_identity_target_and_comments() {
+        let p = parse(
+            r#"
+version = 1
+[defaults]
+action = "detect"
+[pseudonymize]
+key_env = "MASKER_PSEUDONYM_KEY"
+[[rule]]
+name = "email"
+identities = ["ci-*"]
+column_names = ["*email*"]
+action = "pseudonymize"
+format_preserving = true
+[[rule]]
+name = "email"
+columns = ["public.*.email", "crm.contacts.mail"]
+action = "email"
+[[rule]]
+name = "card"
+column_names = ["card_number"]
+targets = ["db.internal:5432"]
+action = "partial"
+keep_last = 4
+[[rule]]
+name = "birthday"
+action = "generalize"
+to = "year"
+"#,
+        )
+        .unwrap();
+        let ci = p.for_session("ci-build-1", "db.internal:5432");
+        let dev = p.for_session("agent", "other:5432");
+        assert_eq!(
+            ci.column_action("public", "customers", "Email", None),
+            ColumnAction::Pseudonymize { format_preserving: true }
+        );
+        assert_eq!(dev.column_action("public", "customers", "email", None), ColumnAction::Email);
+        assert_eq!(dev.column_action("crm", "contacts", "mail", None), ColumnAction::Email);
+        assert_eq!(dev.column_action("crm", "contacts", "work_email", None), ColumnAction::Detect);
+        assert_eq!(ci.column_action("s", "t", "card_number", None), ColumnAction::Partial { first: 0, last: 4 });
+        assert_eq!(dev.column_action("s", "t", "card_number", None), ColumnAction::Detect);
+        // Comments classify: by rule name, by action name, unknown tags redact.
+        assert_eq!(
+            dev.column_action("s", "t", "dob", Some("Date of birth. PII:birthday")),
+            ColumnAction::Generalize(Generalize::Year)
+        );
+        assert_eq!(dev.column_action("s", "t", "x", Some("pii:null")), ColumnAction::Null);
+        assert_eq!(dev.column_action("s", "t", "x", Some("pii:mystery")), ColumnAction::Redact);
+        assert_eq!(dev.column_action("s", "t", "x", Some("no tag")), ColumnAction::Detect);
+        assert_eq!(dev.unclassified_action(), ColumnAction::Detect);
+    }
+
+    #[test]
+    fn key_file_and_short_keys() {
+        let dir = std::env::temp_dir().join(format!("masker-policy-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key");
+        std::fs::write(&key, "short\n").unwrap();
+        let text = format!(
+            "version = 1\n[pseudonymize]\nkey_file = \"{}\"\n[[rule]]\nname = \"x\"\ncolumn_names = [\"a\"]\naction = \"pseudonymize\"\n",
+            key.display()
+        );
+        let e = parse(&text).unwrap_err();
+        assert!(e.message().contains("shorter than 16 bytes") && !e.message().contains("short\n"), "{e}");
+        std::fs::write(&key, "a-much-longer-secret-key-value\n").unwrap();
+        assert!(parse(&text).unwrap().keys().has_pseudonym_key());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn globs() {
+        let g = Glob::new("*email*").unwrap();
+        assert!(g.matches("email") && g.matches("Work_EMAIL_addr") && !g.matches("mail"));
+        let g = Glob::new("ci-?-*").unwrap();
+        assert!(g.matches("ci-a-build") && !g.matches("ci-ab-build"));
+        assert!(Glob::new("*").unwrap().matches(""));
+    }
+}

@@ -82,6 +82,9 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut sessions = self.registry.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.remove(&self.entry.id);
+        let (mine, agent) = (&self.entry.counters, &self.registry.counters);
+        agent.rows.fetch_add(mine.rows.load(Ordering::Relaxed), Ordering::Relaxed);
+        agent.masked_cells.fetch_add(mine.masked_cells.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 }
 
@@ -108,17 +111,22 @@ impl Registry {
         sessions.values().map(|e| SessionSnapshot::of(e)).collect()
     }
 
-    /// Agent-wide counters as plain numbers.
+    /// Agent-wide counters as plain numbers (finished and live sessions).
     pub fn counters_snapshot(&self) -> CountersSnapshot {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let (mut live_rows, mut live_masked) = (0, 0);
+        for e in self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            live_rows += get(&e.counters.rows);
+            live_masked += get(&e.counters.masked_cells);
+        }
         CountersSnapshot {
             connections: get(&c.connections),
             sessions_refused: get(&c.sessions_refused),
             protocol_errors: get(&c.protocol_errors),
             upstream_errors: get(&c.upstream_errors),
-            rows: get(&c.rows),
-            masked_cells: get(&c.masked_cells),
+            rows: get(&c.rows) + live_rows,
+            masked_cells: get(&c.masked_cells) + live_masked,
             cancel_requests: get(&c.cancel_requests),
         }
     }

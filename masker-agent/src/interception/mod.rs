@@ -1,2 +1,670 @@
 //! eBPF interception: loading and attaching the programs, the target and tag
 //! maps, and the original destination of each redirected connection.
+//!
+//! The programs (`masker-ebpf`, embedded in the binary by `build.rs`) are
+//! attached to a cgroup v2 directory, the root by default:
+//!
+//! - `cgroup/connect4`, `cgroup/connect6`: a TCP `connect()` from a tagged
+//!   cgroup (or a descendant) to a target is rewritten to the agent's listener,
+//!   and the original destination, cgroup and pid are recorded.
+//! - `sockops`: when that connection is established, the record is re-keyed
+//!   by the client's local address, which the agent sees as its peer
+//!   ([`Interception::original_destination`]).
+//! - `cgroup/getpeername4/6`: the client sees the original destination.
+//!
+//! Kernel 5.8 or later (bpf links for cgroups, getpeername hooks).
+//!
+//! # Fail closed
+//!
+//! Attachments are bpf links pinned under the pin directory (default
+//! `/sys/fs/bpf/masker`), next to the pinned maps. They do not depend on the
+//! agent process: while the agent is down, tagged workloads' connections to
+//! targets still go to the (closed) agent port and are refused; they never
+//! reach the database directly. [`Interception::shutdown`] removes everything
+//! only when no cgroup is tagged; `masker uninstall` ([`uninstall`]) removes
+//! the pins (and so detaches the programs) unconditionally. A new agent
+//! started on the same pin directory takes the pins over: it reuses the maps
+//! (tags and targets survive) and atomically replaces the pinned links with
+//! its own programs.
+mod error;
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, MapData, MapError, MapInfo};
+use aya::programs::links::FdLink;
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
+use aya::{Ebpf, EbpfLoader};
+use masker_common::{
+    AF_INET, AgentConfig, CgroupTag, Endpoint, IDENTITY_MAX, OrigDst, map_names, program_names, unmapped_v4,
+};
+
+use crate::cgroup::{self, CgroupId};
+pub use error::{ErrorKind, InterceptionError};
+
+/// Default directory for the pinned maps and links.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/masker";
+
+/// How long [`Interception::original_destination`] waits for the `sock_ops`
+/// program to publish a record (it normally is there before `accept()`
+/// returns).
+const RECORD_WAIT: Duration = Duration::from_millis(100);
+
+/// File-name prefix of the pinned links.
+const LINK_PREFIX: &str = "link_";
+/// Suffix of a link pinned but not yet moved into place (bpffs refuses
+/// names with a dot).
+const NEW_SUFFIX: &str = "_new";
+
+/// The eBPF object built by `build.rs`.
+fn object() -> &'static [u8] {
+    aya::include_bytes_aligned!(env!("MASKER_EBPF_OBJECT"))
+}
+
+/// Expected `(name, key size, value size, max entries)` of each map; a pinned
+/// map that differs (left by another version) is replaced.
+const MAP_SHAPES: [(&str, usize, usize, u32); 5] = [
+    (map_names::TAGS, 8, size_of::<CgroupTag>(), 4096),
+    (map_names::TARGETS, size_of::<Endpoint>(), 4, 1024),
+    (map_names::CONFIG, 4, size_of::<AgentConfig>(), 1),
+    (map_names::BY_COOKIE, 8, size_of::<OrigDst>(), 65536),
+    (map_names::BY_PEER, size_of::<Endpoint>(), size_of::<OrigDst>(), 65536),
+];
+
+/// Where and how to intercept.
+#[derive(Clone, Debug)]
+pub struct InterceptionConfig {
+    /// The agent's IPv4 listener: redirected IPv4 (and IPv4-mapped)
+    /// connections go there. An unspecified address means 127.0.0.1.
+    pub listen_v4: SocketAddrV4,
+    /// The agent's IPv6 listener. Without one, IPv6 connections are sent to
+    /// `::ffff:<listen_v4>` (works for dual-stack client sockets; `IPV6_V6ONLY`
+    /// ones fail, which is still closed).
+    pub listen_v6: Option<SocketAddrV6>,
+    /// Directory on bpffs for the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// Mount point of the cgroup v2 hierarchy; discovered when `None`.
+    pub cgroup_root: Option<PathBuf>,
+    /// cgroup whose subtree is intercepted; the whole hierarchy when `None`.
+    /// (Tests attach to a cgroup of their own.)
+    pub attach_cgroup: Option<PathBuf>,
+}
+
+impl InterceptionConfig {
+    /// Defaults for an agent listening on `listen_v4`.
+    pub fn new(listen_v4: SocketAddrV4) -> Self {
+        Self {
+            listen_v4,
+            listen_v6: None,
+            pin_dir: PathBuf::from(DEFAULT_PIN_DIR),
+            cgroup_root: None,
+            attach_cgroup: None,
+        }
+    }
+}
+
+/// A tagged cgroup.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagEntry {
+    /// Its id.
+    pub cgroup: CgroupId,
+    /// Its directory, if it still exists.
+    pub path: Option<PathBuf>,
+    /// The identity bound to it.
+    pub identity: String,
+}
+
+/// Where a redirected connection was going, and who opened it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirected {
+    /// The destination the client asked for (IPv4-mapped destinations are
+    /// given as IPv4).
+    pub original: SocketAddr,
+    /// cgroup of the task that called `connect()`.
+    pub cgroup: CgroupId,
+    /// The tagged cgroup that matched: `cgroup` itself or an ancestor.
+    pub tagged_cgroup: CgroupId,
+    /// Process id (tgid, initial pid namespace) that called `connect()`.
+    pub pid: u32,
+    /// Identity of `tagged_cgroup`; `None` if its tag was removed since the
+    /// connect (the connection should be refused).
+    pub identity: Option<String>,
+}
+
+/// What [`Interception::shutdown`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Programs detached, pins removed.
+    Removed,
+    /// Left attached and pinned because this many cgroups are tagged.
+    LeftAttached {
+        /// Number of tagged cgroups.
+        tagged: usize,
+    },
+}
+
+/// The loaded and attached programs and their maps.
+///
+/// Dropping it leaves the programs attached (as a crash would: fail closed);
+/// call [`Interception::shutdown`] or [`uninstall`] to remove them.
+pub struct Interception {
+    tags: HashMap<MapData, u64, CgroupTag>,
+    targets: HashMap<MapData, Endpoint, u32>,
+    /// Behind a mutex so `original_destination` can take `&self`; held only
+    /// for single map operations, never across an await.
+    by_peer: Mutex<HashMap<MapData, Endpoint, OrigDst>>,
+    pin_dir: PathBuf,
+    cgroup_root: PathBuf,
+    attach_dir: PathBuf,
+    /// Keeps the loaded programs; the attachments themselves live in the pins.
+    _ebpf: Ebpf,
+}
+
+impl Interception {
+    /// Loads the embedded programs, attaches them to the cgroup (root by
+    /// default) and pins maps and links under `cfg.pin_dir`, taking over what
+    /// a previous agent left there. Targets and tags already in the pinned
+    /// maps stay in force.
+    pub fn start(cfg: &InterceptionConfig) -> Result<Self, InterceptionError> {
+        check_privileges()?;
+        let cgroup_root = match &cfg.cgroup_root {
+            Some(root) => root.clone(),
+            None => cgroup::v2_root()?,
+        };
+        let attach_dir = match &cfg.attach_cgroup {
+            Some(dir) => cgroup::resolve(&cgroup_root, dir)?,
+            None => cgroup_root.clone(),
+        };
+        ensure_bpffs(&cfg.pin_dir)?;
+        prepare_pin_dir(&cfg.pin_dir)?;
+
+        let mut loader = EbpfLoader::new();
+        for name in map_names::ALL {
+            loader.map_pin_path(name, cfg.pin_dir.join(name));
+        }
+        let mut ebpf = loader.load(object()).map_err(|e| InterceptionError::bpf("loading the eBPF object", e))?;
+
+        let mut config: Array<_, AgentConfig> = Array::try_from(take_map(&mut ebpf, map_names::CONFIG)?)
+            .map_err(|e| InterceptionError::bpf("opening the config map", e))?;
+        config
+            .set(0, agent_config(cfg), 0)
+            .map_err(|e| InterceptionError::bpf("writing the agent's address to the config map", e))?;
+        let tags = HashMap::try_from(take_map(&mut ebpf, map_names::TAGS)?)
+            .map_err(|e| InterceptionError::bpf("opening the tags map", e))?;
+        let targets = HashMap::try_from(take_map(&mut ebpf, map_names::TARGETS)?)
+            .map_err(|e| InterceptionError::bpf("opening the targets map", e))?;
+        let by_peer = HashMap::try_from(take_map(&mut ebpf, map_names::BY_PEER)?)
+            .map_err(|e| InterceptionError::bpf("opening the redirect map", e))?;
+
+        attach_all(&mut ebpf, &attach_dir, &cfg.pin_dir)?;
+        tracing::info!(
+            cgroup = %attach_dir.display(),
+            pins = %cfg.pin_dir.display(),
+            listen_v4 = %cfg.listen_v4,
+            "eBPF interception attached"
+        );
+        Ok(Self {
+            tags,
+            targets,
+            by_peer: Mutex::new(by_peer),
+            pin_dir: cfg.pin_dir.clone(),
+            cgroup_root,
+            attach_dir,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// The directory holding the pins.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The cgroup v2 mount point in use.
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    /// Replaces the set of intercepted destinations. New entries are added
+    /// before old ones are removed, so a destination in both sets is never
+    /// briefly unintercepted.
+    pub fn set_targets(&mut self, targets: &[SocketAddr]) -> Result<(), InterceptionError> {
+        let wanted: HashSet<Endpoint> = targets.iter().map(|t| endpoint(*t)).collect();
+        for key in &wanted {
+            self.targets.insert(key, 1, 0).map_err(|e| InterceptionError::bpf("adding a target", e))?;
+        }
+        let current: Vec<Endpoint> =
+            self.targets.keys().collect::<Result<_, _>>().map_err(|e| InterceptionError::bpf("listing targets", e))?;
+        for key in current.iter().filter(|k| !wanted.contains(k)) {
+            remove_key(&mut self.targets, key).map_err(|e| InterceptionError::bpf("removing a target", e))?;
+        }
+        Ok(())
+    }
+
+    /// Tags the cgroup `cgroup_dir` (absolute, `/proc/<pid>/cgroup` style, or
+    /// relative to the v2 root) and its descendants with `identity` (at most
+    /// 64 bytes). Re-tagging replaces the identity.
+    pub fn tag(&mut self, cgroup_dir: &Path, identity: &str) -> Result<CgroupId, InterceptionError> {
+        if identity.is_empty() || identity.len() > IDENTITY_MAX {
+            return Err(InterceptionError::new(
+                ErrorKind::InvalidInput,
+                format!("identity {identity:?} must be 1 to {IDENTITY_MAX} bytes long"),
+            ));
+        }
+        let dir = cgroup::resolve(&self.cgroup_root, cgroup_dir)?;
+        if !dir.starts_with(&self.attach_dir) {
+            return Err(InterceptionError::new(
+                ErrorKind::CgroupMissing,
+                format!("cgroup {} is outside the intercepted subtree {}", dir.display(), self.attach_dir.display()),
+            ));
+        }
+        let id = cgroup::id_of(&dir)?;
+        self.tags
+            .insert(id.0, CgroupTag::new(identity), 0)
+            .map_err(|e| InterceptionError::bpf("writing the tags map", e))?;
+        tracing::info!(cgroup = %dir.display(), cgroup_id = %id, identity, "cgroup tagged");
+        Ok(id)
+    }
+
+    /// Removes the tag of cgroup `id` (its directory may already be gone).
+    /// Returns whether it was tagged.
+    pub fn untag(&mut self, id: CgroupId) -> Result<bool, InterceptionError> {
+        let removed =
+            remove_key(&mut self.tags, &id.0).map_err(|e| InterceptionError::bpf("writing the tags map", e))?;
+        if removed {
+            tracing::info!(cgroup_id = %id, "cgroup untagged");
+        }
+        Ok(removed)
+    }
+
+    /// [`Interception::untag`] by directory.
+    pub fn untag_path(&mut self, cgroup_dir: &Path) -> Result<CgroupId, InterceptionError> {
+        let id = cgroup::id_of(&cgroup::resolve(&self.cgroup_root, cgroup_dir)?)?;
+        self.untag(id)?;
+        Ok(id)
+    }
+
+    /// The tagged cgroups, with their directories where they still exist.
+    pub fn tags(&self) -> Result<Vec<TagEntry>, InterceptionError> {
+        let entries: Vec<(u64, CgroupTag)> = self
+            .tags
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(|e| InterceptionError::bpf("reading the tags map", e))?;
+        let ids: Vec<CgroupId> = entries.iter().map(|(id, _)| CgroupId(*id)).collect();
+        let paths = cgroup::find_all_by_id(&self.attach_dir, &ids);
+        Ok(entries
+            .into_iter()
+            .map(|(id, tag)| TagEntry {
+                cgroup: CgroupId(id),
+                path: paths.iter().find(|(found, _)| found.0 == id).map(|(_, p)| p.clone()),
+                identity: tag.identity().to_owned(),
+            })
+            .collect())
+    }
+
+    /// Where the connection accepted from `peer` was going. Takes the record
+    /// (a second call for the same peer fails). Waits up to 100 ms for the
+    /// record to appear; [`ErrorKind::NotRedirected`] after that.
+    pub async fn original_destination(&self, peer: SocketAddr) -> Result<Redirected, InterceptionError> {
+        let key = endpoint(peer);
+        let deadline = Instant::now() + RECORD_WAIT;
+        let mut pause = Duration::from_millis(1);
+        let orig = loop {
+            if let Some(orig) = self.take_record(&key)? {
+                break orig;
+            }
+            if Instant::now() >= deadline {
+                return Err(InterceptionError::new(
+                    ErrorKind::NotRedirected,
+                    format!("no redirect record for peer {peer}: the connection was not redirected by masker"),
+                ));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(10));
+        };
+        let identity = match self.tags.get(&orig.tag_cgroup_id, 0) {
+            Ok(tag) => Some(tag.identity().to_owned()),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => return Err(InterceptionError::bpf("reading the tags map", e)),
+        };
+        Ok(Redirected {
+            original: original_addr(&orig),
+            cgroup: CgroupId(orig.cgroup_id),
+            tagged_cgroup: CgroupId(orig.tag_cgroup_id),
+            pid: orig.pid,
+            identity,
+        })
+    }
+
+    fn take_record(&self, key: &Endpoint) -> Result<Option<OrigDst>, InterceptionError> {
+        let mut by_peer = self.by_peer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        match by_peer.get(key, 0) {
+            Ok(orig) => {
+                // Already gone is fine: it is ours now either way.
+                let _ = remove_key(&mut by_peer, key);
+                Ok(Some(orig))
+            }
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(InterceptionError::bpf("reading the redirect map", e)),
+        }
+    }
+
+    /// Stops intercepting. With `keep_if_tagged` and at least one tagged
+    /// cgroup, leaves programs and pins in place so tagged workloads stay
+    /// unable to reach targets while the agent is down (fail closed);
+    /// otherwise removes everything.
+    pub fn shutdown(self, keep_if_tagged: bool) -> Result<Shutdown, InterceptionError> {
+        let tagged = self.tags.keys().filter(|k| k.is_ok()).count();
+        let pin_dir = self.pin_dir.clone();
+        drop(self);
+        if keep_if_tagged && tagged > 0 {
+            tracing::warn!(
+                tagged,
+                pins = %pin_dir.display(),
+                "leaving eBPF programs attached while cgroups are tagged (fail closed): their connections to \
+                 targets are refused until the agent is back; `masker uninstall` removes them"
+            );
+            return Ok(Shutdown::LeftAttached { tagged });
+        }
+        uninstall(&pin_dir)?;
+        Ok(Shutdown::Removed)
+    }
+}
+
+/// Removes masker's pins from `pin_dir` and the directory itself: the
+/// programs are detached (once no running agent holds them) and the maps,
+/// including all tags, are freed. Nothing to do if `pin_dir` does not exist.
+/// Only masker's own file names are removed; the directory is left if
+/// something else is in it.
+pub fn uninstall(pin_dir: &Path) -> Result<(), InterceptionError> {
+    let entries = match fs::read_dir(pin_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(InterceptionError::io(format!("reading {}", pin_dir.display()), e)),
+    };
+    for entry in entries {
+        let entry = entry.map_err(|e| InterceptionError::io(format!("reading {}", pin_dir.display()), e))?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if is_masker_pin(&name) {
+            fs::remove_file(entry.path())
+                .map_err(|e| InterceptionError::io(format!("removing {}", entry.path().display()), e))?;
+        }
+    }
+    match fs::remove_dir(pin_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(InterceptionError::io(
+            format!("removing {} (does it hold files that are not masker's?)", pin_dir.display()),
+            e,
+        )),
+    }
+}
+
+fn is_masker_pin(name: &str) -> bool {
+    let base = name.strip_suffix(NEW_SUFFIX).unwrap_or(name);
+    map_names::ALL.contains(&base) || base.starts_with(LINK_PREFIX)
+}
+
+enum ProgKind {
+    SockAddr,
+    SockOps,
+}
+
+const PROGRAMS: [(&str, ProgKind); 5] = [
+    (program_names::CONNECT4, ProgKind::SockAddr),
+    (program_names::CONNECT6, ProgKind::SockAddr),
+    (program_names::SOCK_OPS, ProgKind::SockOps),
+    (program_names::GETPEERNAME4, ProgKind::SockAddr),
+    (program_names::GETPEERNAME6, ProgKind::SockAddr),
+];
+
+/// Attach flags for `bpf_link_create` on a cgroup: must be 0 (the kernel
+/// rejects any flag with EINVAL); a cgroup link always attaches in
+/// multi-program mode, so ours coexist with other programs on the cgroup.
+const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+/// Loads each program, attaches it to `cgroup_dir` through a bpf link, pins the link as
+/// `<pin_dir>/link_<program>_new`, then renames it over `link_<program>`: a
+/// link left by a previous agent is replaced in one step, so there is no
+/// moment without an interception program attached.
+fn attach_all(ebpf: &mut Ebpf, cgroup_dir: &Path, pin_dir: &Path) -> Result<(), InterceptionError> {
+    let cgroup =
+        File::open(cgroup_dir).map_err(|e| InterceptionError::io(format!("opening {}", cgroup_dir.display()), e))?;
+    for (name, kind) in PROGRAMS {
+        let program = ebpf.program_mut(name).ok_or_else(|| {
+            InterceptionError::new(ErrorKind::Bpf, format!("program {name} missing from the embedded eBPF object"))
+        })?;
+        let link: FdLink = match kind {
+            ProgKind::SockAddr => {
+                let prog: &mut CgroupSockAddr =
+                    program.try_into().map_err(|e| InterceptionError::bpf(format!("program {name}"), e))?;
+                prog.load().map_err(|e| InterceptionError::bpf(format!("loading {name}"), e))?;
+                let id = prog
+                    .attach(&cgroup, LINK_MODE)
+                    .map_err(|e| InterceptionError::bpf(format!("attaching {name} to {}", cgroup_dir.display()), e))?;
+                let link = prog.take_link(id).map_err(|e| InterceptionError::bpf(format!("link of {name}"), e))?;
+                link.try_into().map_err(|e| InterceptionError::bpf(format!("link of {name} (kernel < 5.7?)"), e))?
+            }
+            ProgKind::SockOps => {
+                let prog: &mut SockOps =
+                    program.try_into().map_err(|e| InterceptionError::bpf(format!("program {name}"), e))?;
+                prog.load().map_err(|e| InterceptionError::bpf(format!("loading {name}"), e))?;
+                let id = prog
+                    .attach(&cgroup, LINK_MODE)
+                    .map_err(|e| InterceptionError::bpf(format!("attaching {name} to {}", cgroup_dir.display()), e))?;
+                let link = prog.take_link(id).map_err(|e| InterceptionError::bpf(format!("link of {name}"), e))?;
+                link.try_into().map_err(|e| InterceptionError::bpf(format!("link of {name} (kernel < 5.7?)"), e))?
+            }
+        };
+        let final_path = pin_dir.join(format!("{LINK_PREFIX}{name}"));
+        let new_path = pin_dir.join(format!("{LINK_PREFIX}{name}{NEW_SUFFIX}"));
+        let pinned = link.pin(&new_path).map_err(|e| InterceptionError::bpf(format!("pinning {name}"), e))?;
+        fs::rename(&new_path, &final_path)
+            .map_err(|e| InterceptionError::io(format!("moving the pin of {name} into place"), e))?;
+        // The pin keeps the attachment; our file descriptor is not needed.
+        drop(pinned);
+    }
+    Ok(())
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, InterceptionError> {
+    ebpf.take_map(name).ok_or_else(|| {
+        InterceptionError::new(ErrorKind::Bpf, format!("map {name} missing from the embedded eBPF object"))
+    })
+}
+
+/// Removes `key`; `Ok(false)` if it was not there.
+fn remove_key<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, key: &K) -> Result<bool, MapError> {
+    match map.remove(key) {
+        Ok(()) => Ok(true),
+        Err(MapError::KeyNotFound) => Ok(false),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn agent_config(cfg: &InterceptionConfig) -> AgentConfig {
+    let ip4 = if cfg.listen_v4.ip().is_unspecified() { Ipv4Addr::LOCALHOST } else { *cfg.listen_v4.ip() };
+    let (ip6, port6) = match cfg.listen_v6 {
+        Some(v6) if v6.ip().is_unspecified() => (Ipv6Addr::LOCALHOST, v6.port()),
+        Some(v6) => (*v6.ip(), v6.port()),
+        None => (Ipv6Addr::UNSPECIFIED, 0),
+    };
+    AgentConfig {
+        listen_ip4: ip4.octets(),
+        listen_port4: cfg.listen_v4.port(),
+        listen_port6: port6,
+        listen_ip6: ip6.octets(),
+        flags: 0,
+    }
+}
+
+/// The map key for an address: IPv4 in mapped form.
+fn endpoint(addr: SocketAddr) -> Endpoint {
+    match addr {
+        SocketAddr::V4(a) => Endpoint::from_v4(a.ip().octets(), a.port()),
+        SocketAddr::V6(a) => Endpoint::new(a.ip().octets(), a.port()),
+    }
+}
+
+fn original_addr(orig: &OrigDst) -> SocketAddr {
+    match unmapped_v4(&orig.addr) {
+        Some(v4) => SocketAddr::from((v4, orig.port)),
+        None if orig.family == AF_INET => SocketAddr::from(([0, 0, 0, 0], orig.port)),
+        None => SocketAddr::from((Ipv6Addr::from(orig.addr), orig.port)),
+    }
+}
+
+/// Fails early, with what to do, if this process cannot load and attach
+/// cgroup programs: it needs CAP_SYS_ADMIN, or CAP_BPF and CAP_NET_ADMIN.
+fn check_privileges() -> Result<(), InterceptionError> {
+    const CAP_NET_ADMIN: u32 = 12;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = fs::read_to_string("/proc/self/status") else {
+        return Ok(()); // Cannot tell: let the kernel decide.
+    };
+    let Some(caps) =
+        status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    else {
+        return Ok(());
+    };
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN)) {
+        return Ok(());
+    }
+    let root = fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    let message = if root {
+        "root, but without the capabilities to attach eBPF programs: masker needs CAP_BPF and CAP_NET_ADMIN \
+         (or CAP_SYS_ADMIN)"
+    } else {
+        "not running as root: attaching masker's eBPF programs needs root (CAP_BPF and CAP_NET_ADMIN, or \
+         CAP_SYS_ADMIN); run the agent as root, or use `masker proxy` where that is not possible"
+    };
+    Err(InterceptionError::new(ErrorKind::NotPermitted, message))
+}
+
+/// Where bpffs is conventionally mounted.
+const BPFFS: &str = "/sys/fs/bpf";
+
+/// The pin directory must be on a bpf filesystem. If it is under
+/// `/sys/fs/bpf` and nothing is mounted there (systemd normally does it, but
+/// minimal hosts and containers do not), mounts bpffs there, as bpftool and
+/// other agents do.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), InterceptionError> {
+    if check_bpffs(pin_dir).is_ok() || !pin_dir.starts_with(BPFFS) {
+        return check_bpffs(pin_dir);
+    }
+    let status = std::process::Command::new("mount")
+        .args(["-t", "bpf", "bpf", BPFFS])
+        .stderr(std::process::Stdio::null())
+        .status();
+    match status {
+        Ok(s) if s.success() => tracing::info!("mounted bpffs at {BPFFS}"),
+        _ => tracing::warn!("could not mount bpffs at {BPFFS}"),
+    }
+    check_bpffs(pin_dir)
+}
+
+fn check_bpffs(pin_dir: &Path) -> Result<(), InterceptionError> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| InterceptionError::io("reading /proc/self/mountinfo", e))?;
+    let on_bpffs = mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "bpf" {
+            return None;
+        }
+        Some(PathBuf::from(left.split_whitespace().nth(4)?))
+    });
+    // The deepest mount containing pin_dir decides.
+    let deepest_bpf = on_bpffs.filter(|m| pin_dir.starts_with(m)).map(|m| m.components().count()).max();
+    let deepest_any = mountinfo
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(PathBuf::from))
+        .filter(|m| pin_dir.starts_with(m))
+        .map(|m| m.components().count())
+        .max();
+    match deepest_bpf {
+        Some(depth) if Some(depth) == deepest_any => Ok(()),
+        _ => Err(InterceptionError::new(
+            ErrorKind::BpffsMissing,
+            format!(
+                "{} is not on a bpf filesystem; mount it with `mount -t bpf bpf /sys/fs/bpf` (masker pins its \
+                 programs and maps there so tagged workloads stay intercepted while the agent restarts)",
+                pin_dir.display()
+            ),
+        )),
+    }
+}
+
+/// Creates the pin directory, removes half-done link pins from a crashed
+/// start, and removes pinned maps whose shape does not match this build (they
+/// are recreated empty: tags from an incompatible version are lost).
+fn prepare_pin_dir(pin_dir: &Path) -> Result<(), InterceptionError> {
+    fs::create_dir_all(pin_dir).map_err(|e| InterceptionError::io(format!("creating {}", pin_dir.display()), e))?;
+    for (name, _) in PROGRAMS {
+        let _ = fs::remove_file(pin_dir.join(format!("{LINK_PREFIX}{name}{NEW_SUFFIX}")));
+    }
+    for (name, key_size, value_size, max_entries) in MAP_SHAPES {
+        let path = pin_dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        let fits = MapInfo::from_pin(&path).is_ok_and(|info| {
+            info.key_size() as usize == key_size
+                && info.value_size() as usize == value_size
+                && info.max_entries() == max_entries
+        });
+        if !fits {
+            tracing::warn!(map = %path.display(), "pinned map has another layout (older masker?); recreating it");
+            fs::remove_file(&path).map_err(|e| InterceptionError::io(format!("removing {}", path.display()), e))?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_map_ipv4() {
+        let v4: SocketAddr = "10.0.0.5:5432".parse().unwrap();
+        let mapped: SocketAddr = "[::ffff:10.0.0.5]:5432".parse().unwrap();
+        assert_eq!(endpoint(v4), endpoint(mapped));
+        assert_eq!(endpoint(v4).port, 5432);
+        let orig = OrigDst { addr: endpoint(mapped).addr, port: 5432, family: 10, ..Default::default() };
+        assert_eq!(original_addr(&orig), v4);
+        let v6: SocketAddr = "[::1]:6543".parse().unwrap();
+        let orig = OrigDst { addr: endpoint(v6).addr, port: 6543, family: 10, ..Default::default() };
+        assert_eq!(original_addr(&orig), v6);
+    }
+
+    #[test]
+    fn interception_can_be_shared_between_tasks() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Interception>();
+    }
+
+    #[test]
+    fn only_masker_pins_are_removed() {
+        assert!(is_masker_pin("MASKER_TAGS"));
+        assert!(is_masker_pin("link_masker_connect4"));
+        assert!(is_masker_pin("link_masker_connect4_new"));
+        assert!(!is_masker_pin("cilium_calls"));
+    }
+
+    #[test]
+    fn unspecified_listener_means_loopback() {
+        let cfg = InterceptionConfig::new("0.0.0.0:7000".parse().unwrap());
+        let c = agent_config(&cfg);
+        assert_eq!((c.listen_ip4, c.listen_port4, c.listen_port6), ([127, 0, 0, 1], 7000, 0));
+    }
+}

@@ -5,12 +5,14 @@
 //! The session is the same in agent mode and in proxy mode; only the
 //! [`SessionOrigin`] (where the client was going, who it is) differs.
 
+pub mod copy;
 pub mod relay;
+pub mod results;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -18,9 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
+use crate::catalog::Catalog;
+use crate::policy::Policy;
 use crate::registry::{Registry, SessionEntry, SessionOrigin};
 use crate::wire::{self, FrameError, Header, Severity, StartupPacket};
 use relay::{Filter, Pump, RelayError, Verdict};
+use results::{ClientTracker, ExpectQueue, MaskContext, ServerTracker};
 
 /// Limits that protect the agent from its peers.
 #[derive(Debug, Clone)]
@@ -54,6 +59,27 @@ pub struct SessionContext {
     /// the agent's own connections (a second guard besides the agent running
     /// outside tagged cgroups). `None` in proxy mode.
     pub socket_mark: Option<u32>,
+    /// The policy in force; replaced whole on reload. Sessions keep the one
+    /// they started with. `None`: relay without masking.
+    pub policy: RwLock<Option<Arc<Policy>>>,
+    pub catalog: Arc<Catalog>,
+}
+
+impl SessionContext {
+    /// The policy new sessions start with.
+    pub fn current_policy(&self) -> Option<Arc<Policy>> {
+        self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Where an accepted connection goes, or why it may not go anywhere.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Relay to this `host:port`.
+    To(String),
+    /// Refuse after the startup packet with this SQLSTATE and message (no
+    /// data values in it).
+    Refuse { code: &'static str, message: String },
 }
 
 /// Why a session ended early. Messages never contain row data.
@@ -71,18 +97,19 @@ enum SessionError {
     StartupIo(io::Error),
     #[error("client sent no startup packet within {0:?}")]
     StartupTimeout(Duration),
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
-/// Serves one accepted client connection whose real destination is
-/// `destination` (`host:port`). Never panics on peer input; every outcome is
-/// logged without data values.
-pub async fn serve(mut client: TcpStream, origin: SessionOrigin, destination: String, ctx: Arc<SessionContext>) {
+/// Serves one accepted client connection along `route`. Never panics on peer
+/// input; every outcome is logged without data values.
+pub async fn serve(mut client: TcpStream, origin: SessionOrigin, route: Route, ctx: Arc<SessionContext>) {
     let _ = client.set_nodelay(true);
     ctx.registry.counters.connections.fetch_add(1, Ordering::Relaxed);
     let guard = ctx.registry.open(origin);
     let entry = &guard.entry;
-    debug!(session = entry.id, client = %entry.origin.client, %destination, "connection accepted");
-    match run(&mut client, &destination, &ctx, entry).await {
+    debug!(session = entry.id, client = %entry.origin.client, "connection accepted");
+    match run(&mut client, &route, &ctx, entry).await {
         Ok(()) => info!(
             session = entry.id,
             bytes_in = entry.counters.bytes_from_client.load(Ordering::Relaxed),
@@ -94,6 +121,7 @@ pub async fn serve(mut client: TcpStream, origin: SessionOrigin, destination: St
             let counters = &ctx.registry.counters;
             match &e {
                 SessionError::Connect { .. } => counters.upstream_errors.fetch_add(1, Ordering::Relaxed),
+                SessionError::Refused(_) => counters.sessions_refused.fetch_add(1, Ordering::Relaxed),
                 _ => counters.protocol_errors.fetch_add(1, Ordering::Relaxed),
             };
             warn!(session = entry.id, client = %entry.origin.client, "session failed: {e}");
@@ -103,10 +131,15 @@ pub async fn serve(mut client: TcpStream, origin: SessionOrigin, destination: St
 
 async fn run(
     client: &mut TcpStream,
-    destination: &str,
+    route: &Route,
     ctx: &SessionContext,
-    entry: &SessionEntry,
+    entry: &Arc<SessionEntry>,
 ) -> Result<(), SessionError> {
+    let refuse = |code: &str, message: &str| {
+        let mut out = BytesMut::new();
+        wire::put_error(&mut out, Severity::Fatal, code, message);
+        out
+    };
     let mut buf = BytesMut::with_capacity(1024);
     let startup_len = loop {
         match wire::parse_startup(&buf) {
@@ -118,13 +151,22 @@ async fn run(
             }
             Ok(Some((StartupPacket::Cancel { .. }, len))) => {
                 ctx.registry.counters.cancel_requests.fetch_add(1, Ordering::Relaxed);
-                return forward_cancel(&buf[..len], destination, ctx).await;
+                return match route {
+                    Route::To(destination) => forward_cancel(&buf[..len], destination, ctx).await,
+                    Route::Refuse { message, .. } => Err(SessionError::Refused(message.clone())),
+                };
             }
             Ok(Some((StartupPacket::Startup { params, .. }, len))) => {
                 let get = |k: &str| params.iter().find(|(key, _)| *key == k).map(|(_, v)| v.to_string());
                 let user = get("user").unwrap_or_default();
                 let database = get("database").unwrap_or_else(|| user.clone());
+                let replication = get("replication").is_some_and(|v| !matches!(v.as_str(), "false" | "off" | "0"));
                 *entry.startup.lock().unwrap_or_else(|p| p.into_inner()) = Some((user, database));
+                if replication {
+                    let message = "masker: replication connections are not relayed";
+                    let _ = client.write_all(&refuse("42501", message)).await;
+                    return Err(SessionError::Refused(message.into()));
+                }
                 break len;
             }
             Ok(None) => {
@@ -146,6 +188,13 @@ async fn run(
         }
     };
 
+    let destination = match route {
+        Route::To(d) => d.as_str(),
+        Route::Refuse { code, message } => {
+            let _ = client.write_all(&refuse(code, message)).await;
+            return Err(SessionError::Refused(message.clone()));
+        }
+    };
     let mut server = match connect_upstream(destination, ctx).await {
         Ok(s) => s,
         Err(e) => {
@@ -159,12 +208,42 @@ async fn run(
     server.write_all(&buf[..startup_len]).await.map_err(|e| SessionError::Server(e.into()))?;
     buf.advance(startup_len);
 
+    let policy = ctx.current_policy();
+    match policy {
+        None => relay(client, &mut server, &buf, ClientFilter, ServerFilter, ctx, entry).await,
+        Some(policy) => {
+            let identity = entry.origin.identity.as_deref().unwrap_or("");
+            let database = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default().1;
+            let mask = MaskContext {
+                policy: policy.for_session(identity, destination),
+                catalog: ctx.catalog.clone(),
+                destination: destination.to_string(),
+                database,
+                entry: entry.clone(),
+            };
+            let queue = ExpectQueue::default();
+            let client_filter = ClientTracker::new(queue.clone());
+            let server_filter = ServerTracker::new(queue, mask);
+            relay(client, &mut server, &buf, client_filter, server_filter, ctx, entry).await
+        }
+    }
+}
+
+/// Relays both directions until either ends. `pending` holds client bytes
+/// read after the startup packet.
+async fn relay<CF: Filter, SF: Filter>(
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+    pending: &[u8],
+    mut client_filter: CF,
+    mut server_filter: SF,
+    ctx: &SessionContext,
+    entry: &SessionEntry,
+) -> Result<(), SessionError> {
     let counters = &entry.counters;
     let mut to_server = Pump::new(ctx.limits.max_client_message);
-    to_server.preload(&buf);
+    to_server.preload(pending);
     let mut to_client = Pump::new(ctx.limits.max_server_message);
-    let mut client_filter = ClientFilter;
-    let mut server_filter = ServerFilter;
     let (mut cr, mut cw) = client.split();
     let (mut sr, mut sw) = server.split();
 

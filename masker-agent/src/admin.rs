@@ -1,0 +1,158 @@
+//! The local admin socket: how `masker status`, `tag`, `untag`, `run` and
+//! `policy reload` talk to the running agent.
+//!
+//! A Unix stream socket (mode 0600 in a 0700 directory, and the peer must be
+//! root), one JSON request line, one JSON response line.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{info, warn};
+
+use crate::registry::{CountersSnapshot, SessionSnapshot};
+
+/// A request to the agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Tag { cgroup: PathBuf, identity: String },
+    Untag { cgroup: PathBuf },
+    PolicyReload,
+}
+
+/// The agent's answer: `{"ok": ...}` or `{"error": "..."}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// What `masker status` shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_secs: u64,
+    pub listen: Vec<String>,
+    pub programs: Vec<String>,
+    pub pin_dir: String,
+    pub targets: Vec<TargetStatus>,
+    pub tags: Vec<TagStatus>,
+    pub policy: Option<String>,
+    pub sessions: Vec<SessionSnapshot>,
+    pub counters: CountersSnapshot,
+}
+
+/// One configured target and the addresses it resolved to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub target: String,
+    pub addresses: Vec<String>,
+}
+
+/// One tagged cgroup.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagStatus {
+    pub cgroup_id: u64,
+    pub path: Option<String>,
+    pub identity: String,
+}
+
+/// Answers admin requests (implemented by the agent).
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, request: Request) -> impl Future<Output = Response> + Send;
+}
+
+/// Creates the socket at `path` (root only) and serves it until the task is
+/// dropped.
+pub async fn serve<H: Handler>(path: &Path, handler: Arc<H>) -> io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    // A socket left by an agent that did not exit cleanly.
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("another agent answers on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    info!(socket = %path.display(), "admin socket ready");
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            if let Err(e) = serve_one(stream, handler).await {
+                warn!("admin connection: {e}");
+            }
+        });
+    }
+}
+
+async fn serve_one<H: Handler>(stream: UnixStream, handler: Arc<H>) -> io::Result<()> {
+    let peer = stream.peer_cred()?;
+    let (r, mut w) = stream.into_split();
+    let response = if peer.uid() != 0 {
+        Response::Error("the masker admin socket is for root only".into())
+    } else {
+        let mut line = String::new();
+        let mut reader = BufReader::new(r).take_line_limit();
+        reader.read_line(&mut line).await?;
+        match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handler.handle(req).await,
+            Err(e) => Response::Error(format!("bad admin request: {e}")),
+        }
+    };
+    let mut out = serde_json::to_vec(&response).map_err(io::Error::other)?;
+    out.push(b'\n');
+    w.write_all(&out).await
+}
+
+trait LineLimit: Sized {
+    fn take_line_limit(self) -> tokio::io::Take<Self>;
+}
+
+impl<R: tokio::io::AsyncRead> LineLimit for BufReader<R> {
+    /// Admin requests are small; a peer cannot make the agent buffer more.
+    fn take_line_limit(self) -> tokio::io::Take<Self> {
+        tokio::io::AsyncReadExt::take(self, 64 * 1024)
+    }
+}
+
+/// Sends `request` to the agent at `path`. Errors say what to do.
+pub async fn request(path: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+    let stream = UnixStream::connect(path).await.map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "the masker agent is not running (no admin socket at {}); start it with `masker agent --config FILE`",
+            path.display()
+        ),
+        io::ErrorKind::PermissionDenied => {
+            anyhow::anyhow!("permission denied on {}: masker's admin commands must run as root", path.display())
+        }
+        _ => anyhow::anyhow!("cannot reach the agent at {}: {e}", path.display()),
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    let mut reply = String::new();
+    BufReader::new(r).read_line(&mut reply).await?;
+    match serde_json::from_str::<Response>(&reply) {
+        Ok(Response::Ok(v)) => Ok(v),
+        Ok(Response::Error(e)) => Err(anyhow::anyhow!("{e}")),
+        Err(e) => Err(anyhow::anyhow!("unreadable answer from the agent: {e}")),
+    }
+}

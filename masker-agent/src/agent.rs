@@ -1,0 +1,319 @@
+//! `masker agent`: the daemon. Loads the policy, attaches the eBPF programs,
+//! keeps the target map in step with DNS, accepts redirected connections and
+//! answers the admin socket.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
+use crate::catalog::Catalog;
+use crate::config::AgentConfig;
+use crate::interception::{Interception, InterceptionConfig};
+use crate::policy::Policy;
+use crate::registry::{Registry, SessionOrigin};
+use crate::session::{self, Limits, Route, SessionContext};
+
+/// The running agent, shared by the accept loops, the admin socket and the
+/// target refresher.
+pub struct Agent {
+    config: AgentConfig,
+    interception: tokio::sync::RwLock<Option<Interception>>,
+    ctx: Arc<SessionContext>,
+    started: Instant,
+    listen: Vec<SocketAddr>,
+    targets: std::sync::Mutex<Vec<TargetStatus>>,
+}
+
+/// Loads the policy named in `config` (if any), failing with its precise error.
+fn load_policy(path: &Option<PathBuf>) -> anyhow::Result<Option<Arc<Policy>>> {
+    match path {
+        None => Ok(None),
+        Some(p) => Ok(Some(Arc::new(Policy::from_file(p).map_err(|e| anyhow::anyhow!("{e}"))?))),
+    }
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+    let config = AgentConfig::from_file(&config_path)?;
+    let policy = load_policy(&config.policy)?;
+    let catalog_access = config.catalog.as_ref().map(|c| c.access()).transpose()?;
+    if policy.is_some() && catalog_access.is_none() {
+        warn!("no [catalog] credentials configured: every table column will be masked (fail closed)");
+    }
+
+    // Listen before attaching: a redirected connection must find someone.
+    let v4 = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+    let mut listeners = vec![v4];
+    if let Some(v6) = config.listen_v6 {
+        listeners.push(TcpListener::bind(v6).await.map_err(|e| anyhow::anyhow!("cannot listen on {v6}: {e}"))?);
+    }
+    let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+
+    let mut icfg = InterceptionConfig::new(config.listen);
+    icfg.listen_v6 = config.listen_v6;
+    icfg.pin_dir = config.pin_dir.clone();
+    let interception = Interception::start(&icfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    info!(pin_dir = %config.pin_dir.display(), "eBPF programs attached");
+
+    let ctx = Arc::new(SessionContext {
+        registry: Arc::new(Registry::default()),
+        limits: Limits::default(),
+        socket_mark: Some(masker_common::MASKER_SOCKET_MARK),
+        policy: RwLock::new(policy),
+        catalog: Arc::new(Catalog::new(catalog_access)),
+    });
+    let agent = Arc::new(Agent {
+        config,
+        interception: tokio::sync::RwLock::new(Some(interception)),
+        ctx,
+        started: Instant::now(),
+        listen: listen.clone(),
+        targets: std::sync::Mutex::new(Vec::new()),
+    });
+    agent.refresh_targets().await?;
+
+    let admin_path = agent.config.admin_socket.clone();
+    let admin_task = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(&admin_path, agent).await {
+                error!("admin socket {}: {e}", admin_path.display());
+            }
+        })
+    };
+    let refresher = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(agent.config.target_refresh_secs.max(1));
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = agent.refresh_targets().await {
+                    warn!("refreshing targets: {e:#}");
+                }
+            }
+        })
+    };
+    let hup = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+                return;
+            };
+            while hup.recv().await.is_some() {
+                match agent.reload_policy() {
+                    Ok(msg) => info!("{msg}"),
+                    Err(e) => error!("policy reload failed, keeping the previous policy: {e:#}"),
+                }
+            }
+        })
+    };
+    for l in listeners {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.accept_loop(l).await });
+    }
+    println!("masker agent listening on {}", listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
+    crate::cli::shutdown_signal().await;
+    info!("shutting down");
+    admin_task.abort();
+    refresher.abort();
+    hup.abort();
+    let _ = std::fs::remove_file(&agent.config.admin_socket);
+    if let Some(i) = agent.interception.write().await.take() {
+        match i.shutdown(true) {
+            Ok(s) => info!("eBPF: {s:?}"),
+            Err(e) => error!("eBPF shutdown: {e}"),
+        }
+    }
+    Ok(())
+}
+
+impl Agent {
+    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    error!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let (origin, route) = agent.route(peer).await;
+                session::serve(stream, origin, route, agent.ctx.clone()).await;
+            });
+        }
+    }
+
+    /// Where a connection accepted from `peer` goes: the original destination
+    /// the kernel recorded, or a refusal when there is none or its cgroup is
+    /// no longer tagged (fail closed).
+    async fn route(&self, peer: SocketAddr) -> (SessionOrigin, Route) {
+        let mut origin =
+            SessionOrigin { identity: None, client: peer, destination: String::new(), cgroup_id: None, pid: None };
+        let guard = self.interception.read().await;
+        let Some(interception) = guard.as_ref() else {
+            return (origin, refuse("masker: the agent is shutting down"));
+        };
+        match interception.original_destination(peer).await {
+            Ok(r) => {
+                origin.destination = r.original.to_string();
+                origin.cgroup_id = Some(r.cgroup.0);
+                origin.pid = Some(r.pid);
+                match r.identity {
+                    Some(identity) => {
+                        origin.identity = Some(identity);
+                        let dest = origin.destination.clone();
+                        (origin, Route::To(dest))
+                    }
+                    None => {
+                        let msg = format!(
+                            "masker: the cgroup of pid {} is no longer tagged; connection to {} refused",
+                            r.pid, origin.destination
+                        );
+                        (origin, refuse(&msg))
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(client = %peer, "{e}");
+                (origin, refuse("masker: cannot identify the connecting workload; connection refused"))
+            }
+        }
+    }
+
+    /// Resolves the configured targets and replaces the target map.
+    async fn refresh_targets(&self) -> anyhow::Result<()> {
+        let mut addrs = Vec::new();
+        let mut status = Vec::new();
+        for t in &self.config.targets {
+            match tokio::net::lookup_host(t.as_str()).await {
+                Ok(resolved) => {
+                    let resolved: Vec<SocketAddr> = resolved.collect();
+                    status.push(TargetStatus {
+                        target: t.clone(),
+                        addresses: resolved.iter().map(|a| a.to_string()).collect(),
+                    });
+                    addrs.extend(resolved);
+                }
+                Err(e) => {
+                    // Keep what the name resolved to before rather than
+                    // letting its connections bypass masker.
+                    warn!(target = %t, "cannot resolve: {e}");
+                    let old = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(prev) = old.iter().find(|s| &s.target == t) {
+                        addrs.extend(prev.addresses.iter().filter_map(|a| a.parse::<SocketAddr>().ok()));
+                        status.push(prev.clone());
+                    }
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        if let Some(i) = self.interception.write().await.as_mut() {
+            i.set_targets(&addrs).map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        Ok(())
+    }
+
+    fn reload_policy(&self) -> anyhow::Result<String> {
+        let policy = load_policy(&self.config.policy)?;
+        let what = match &self.config.policy {
+            Some(p) => format!("policy {} reloaded; new sessions use it", p.display()),
+            None => "no policy file configured; nothing to reload".to_string(),
+        };
+        *self.ctx.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+        Ok(what)
+    }
+
+    async fn status(&self) -> anyhow::Result<Status> {
+        let guard = self.interception.read().await;
+        let (tags, pin_dir) = match guard.as_ref() {
+            Some(i) => (i.tags().map_err(|e| anyhow::anyhow!("{e}"))?, i.pin_dir().display().to_string()),
+            None => (Vec::new(), String::new()),
+        };
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            programs: PROGRAMS.iter().map(|s| s.to_string()).collect(),
+            pin_dir,
+            targets: self.targets.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            tags: tags
+                .into_iter()
+                .map(|t| TagStatus {
+                    cgroup_id: t.cgroup.0,
+                    path: t.path.map(|p| p.display().to_string()),
+                    identity: t.identity,
+                })
+                .collect(),
+            policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
+            sessions: self.ctx.registry.snapshot(),
+            counters: self.ctx.registry.counters_snapshot(),
+        })
+    }
+}
+
+/// The programs `Interception::start` attaches, as the kernel lists them.
+const PROGRAMS: [&str; 5] = {
+    use masker_common::program_names::*;
+    [CONNECT4, CONNECT6, SOCK_OPS, GETPEERNAME4, GETPEERNAME6]
+};
+
+fn refuse(message: &str) -> Route {
+    Route::Refuse { code: "28000", message: message.to_string() }
+}
+
+fn json<T: serde::Serialize>(v: T) -> Response {
+    match serde_json::to_value(v) {
+        Ok(v) => Response::Ok(v),
+        Err(e) => Response::Error(e.to_string()),
+    }
+}
+
+impl admin::Handler for Agent {
+    async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status => match self.status().await {
+                Ok(s) => json(s),
+                Err(e) => Response::Error(format!("{e:#}")),
+            },
+            Request::Tag { cgroup, identity } => {
+                let mut guard = self.interception.write().await;
+                let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
+                match i.tag(&cgroup, &identity) {
+                    Ok(id) => {
+                        info!(cgroup = %cgroup.display(), cgroup_id = id.0, %identity, "tagged");
+                        json(serde_json::json!({ "cgroup_id": id.0 }))
+                    }
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::Untag { cgroup } => {
+                let mut guard = self.interception.write().await;
+                let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
+                match i.untag_path(&cgroup) {
+                    Ok(id) => {
+                        info!(cgroup = %cgroup.display(), cgroup_id = id.0, "untagged");
+                        json(serde_json::json!({ "cgroup_id": id.0 }))
+                    }
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::PolicyReload => match self.reload_policy() {
+                Ok(msg) => json(msg),
+                Err(e) => Response::Error(format!("policy reload failed, the previous policy stays in force: {e:#}")),
+            },
+        }
+    }
+}

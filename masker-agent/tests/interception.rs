@@ -1,0 +1,297 @@
+//! Loads and attaches the real eBPF programs and drives real connections from
+//! processes in real cgroups. Needs root; skipped (with a message) otherwise.
+//!
+//! The programs are attached to a cgroup subtree of the test's own (not the
+//! root) and pinned in a test-specific directory, so a running agent and other
+//! runs of this test are not disturbed. Everything is removed at the end, also
+//! when an assertion fails (drop guards).
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use masker_agent::cgroup;
+use masker_agent::interception::{self, Interception, InterceptionConfig, Redirected, Shutdown};
+use masker_common::{Endpoint, OrigDst, map_names};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::Command;
+
+/// Connects to argv[1]:argv[2], prints `PEER <addr> <port>` from
+/// getpeername(), or `ERR <errno>`, then waits for one byte.
+const CLIENT: &str = r#"
+import socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(5)
+try:
+    s.connect((host, port))
+except OSError as e:
+    print("ERR", e.errno, flush=True)
+    sys.exit(0)
+peer = s.getpeername()
+print("PEER", peer[0], peer[1], flush=True)
+s.recv(1)
+"#;
+
+/// Removes the test's cgroups and pins however the test ends.
+struct Cleanup {
+    cgroups: Vec<PathBuf>,
+    pin_dir: PathBuf,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for dir in self.cgroups.iter().rev() {
+            if let Err(e) = cgroup::remove(dir) {
+                eprintln!("cleanup: {e}");
+            }
+        }
+        if let Err(e) = interception::uninstall(&self.pin_dir) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+/// Where a client's connection ended up.
+#[derive(Debug)]
+enum Landed {
+    Agent(SocketAddr),
+    Direct,
+    Refused,
+}
+
+struct Client {
+    landed: Landed,
+    /// `PEER ...` / `ERR ...` line of the client.
+    said: String,
+    pid: u32,
+}
+
+struct Env {
+    python: PathBuf,
+    agent4: TcpListener,
+    agent6: TcpListener,
+}
+
+impl Env {
+    /// Runs the client in cgroup `cg` against `target` and sees which
+    /// listener gets the connection: the agent's or `direct`.
+    async fn connect(&self, cg: &Path, target: &str, direct: &TcpListener) -> Client {
+        let (host, port) = target.rsplit_once(':').expect("host:port");
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && exec "$2" -c "$3" "$4" "$5""#)
+            .args(["sh".as_ref(), cg.as_os_str(), self.python.as_os_str()])
+            .args([CLIENT, host, port])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn client");
+        let pid = child.id().expect("child pid");
+        let accepted: Option<(TcpStream, Landed)> = tokio::select! {
+            r = self.agent4.accept() => r.ok().map(|(s, peer)| (s, Landed::Agent(peer))),
+            r = self.agent6.accept() => r.ok().map(|(s, peer)| (s, Landed::Agent(peer))),
+            r = direct.accept() => r.ok().map(|(s, _)| (s, Landed::Direct)),
+            status = child.wait() => { status.expect("client exit"); None }
+        };
+        let landed = match accepted {
+            Some((mut stream, landed)) => {
+                stream.write_all(b"x").await.expect("release client");
+                landed
+            }
+            None => Landed::Refused,
+        };
+        let out = tokio::time::timeout(Duration::from_secs(10), child.wait_with_output())
+            .await
+            .expect("client finishes")
+            .expect("client output");
+        Client { landed, said: String::from_utf8_lossy(&out.stdout).trim().to_owned(), pid }
+    }
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn skip_reason() -> Option<&'static str> {
+    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
+        return Some("needs root to load eBPF programs");
+    }
+    if !Path::new("/sys/fs/bpf").is_dir() {
+        return Some("no /sys/fs/bpf");
+    }
+    None
+}
+
+async fn python() -> Option<PathBuf> {
+    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().await.ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tagged_cgroups_are_redirected_and_untagged_are_not() {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let Some(python) = python().await else {
+        eprintln!("skipped: python3 not found");
+        return;
+    };
+
+    let unique = format!("masker-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let root = cgroup::v2_root().expect("cgroup v2");
+    let base = root.join(&unique);
+    let tagged = base.join("tagged");
+    let deeper = tagged.join("deeper");
+    let plain = base.join("plain");
+    let mut cleanup = Cleanup { cgroups: Vec::new(), pin_dir: PathBuf::from("/sys/fs/bpf").join(&unique) };
+    for dir in [&base, &tagged, &deeper, &plain] {
+        std::fs::create_dir(dir).expect("create test cgroup");
+        cleanup.cgroups.push(dir.clone());
+    }
+
+    let env = Env {
+        python,
+        agent4: TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        agent6: TcpListener::bind("[::1]:0").await.unwrap(),
+    };
+    let pg4 = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let pg6 = TcpListener::bind("[::1]:0").await.unwrap();
+    let other = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (pg4_addr, pg6_addr) = (pg4.local_addr().unwrap(), pg6.local_addr().unwrap());
+    let (SocketAddr::V4(listen_v4), SocketAddr::V6(listen_v6)) =
+        (env.agent4.local_addr().unwrap(), env.agent6.local_addr().unwrap())
+    else {
+        unreachable!()
+    };
+    let cfg = InterceptionConfig {
+        listen_v4,
+        listen_v6: Some(listen_v6),
+        pin_dir: cleanup.pin_dir.clone(),
+        cgroup_root: None,
+        attach_cgroup: Some(base.clone()),
+    };
+    let mut ic = Interception::start(&cfg).expect("start interception");
+    ic.set_targets(&[pg4_addr, pg6_addr]).unwrap();
+    let tagged_id = ic.tag(&tagged, "ci-job-1").unwrap();
+    assert_eq!(tagged_id, cgroup::id_of(&tagged).unwrap());
+
+    // Tagged cgroup, IPv4 target: at the agent, with the original destination.
+    let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
+    let r = expect_redirect(&ic, &c).await;
+    assert_eq!(r.original, pg4_addr);
+    assert_eq!((r.cgroup, r.tagged_cgroup, r.pid), (tagged_id, tagged_id, c.pid));
+    assert_eq!(r.identity.as_deref(), Some("ci-job-1"));
+    assert_eq!(c.said, format!("PEER 127.0.0.1 {}", pg4_addr.port()), "getpeername shows the target");
+    assert!(ic.original_destination(peer(&c)).await.is_err(), "the record is taken once");
+
+    // A descendant cgroup is covered by its ancestor's tag.
+    let c = env.connect(&deeper, &pg4_addr.to_string(), &pg4).await;
+    let r = expect_redirect(&ic, &c).await;
+    assert_eq!((r.cgroup, r.tagged_cgroup), (cgroup::id_of(&deeper).unwrap(), tagged_id));
+
+    // IPv6 target, to the IPv6 listener.
+    let c = env.connect(&tagged, &pg6_addr.to_string(), &pg6).await;
+    let r = expect_redirect(&ic, &c).await;
+    assert_eq!(r.original, pg6_addr);
+    assert!(peer(&c).is_ipv6());
+    assert_eq!(c.said, format!("PEER ::1 {}", pg6_addr.port()));
+
+    // IPv4-mapped destination from an IPv6 socket: connect6 only, same target entry.
+    let mapped = format!("[::ffff:127.0.0.1]:{}", pg4_addr.port());
+    let c = env.connect(&tagged, &mapped, &pg4).await;
+    let r = expect_redirect(&ic, &c).await;
+    assert_eq!(r.original, pg4_addr);
+    assert_eq!(c.said, format!("PEER ::ffff:127.0.0.1 {}", pg4_addr.port()));
+
+    // Untagged cgroup, and a tagged one to a non-target: direct.
+    let c = env.connect(&plain, &pg4_addr.to_string(), &pg4).await;
+    assert!(matches!(c.landed, Landed::Direct), "{:?}", c.landed);
+    assert_eq!(c.said, format!("PEER 127.0.0.1 {}", pg4_addr.port()));
+    let c = env.connect(&tagged, &other.local_addr().unwrap().to_string(), &other).await;
+    assert!(matches!(c.landed, Landed::Direct), "{:?}", c.landed);
+
+    // Every record was taken by the agent (by-peer) or dropped when its
+    // socket closed (by-cookie): nothing accumulates.
+    for map in [map_names::BY_PEER, map_names::BY_COOKIE] {
+        let path = cleanup.pin_dir.join(map);
+        let mut left = usize::MAX;
+        for _ in 0..50 {
+            left = pinned_entries(&path);
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(left, 0, "entries left in {map}");
+    }
+
+    // Agent gone (dropped as in a crash, listener closed): fail closed.
+    drop(ic);
+    let Env { python, agent4, agent6 } = env;
+    drop(agent4);
+    let env = Env { python, agent4: TcpListener::bind("127.0.0.1:0").await.unwrap(), agent6 };
+    let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
+    assert!(matches!(c.landed, Landed::Refused), "{:?}", c.landed);
+    assert_eq!(c.said, format!("ERR {}", libc::ECONNREFUSED));
+
+    // A new agent takes the pins over: tags and targets survived.
+    let SocketAddr::V4(listen_v4) = env.agent4.local_addr().unwrap() else { unreachable!() };
+    let mut ic = Interception::start(&InterceptionConfig { listen_v4, ..cfg.clone() }).expect("restart");
+    let tags = ic.tags().unwrap();
+    assert_eq!(tags.len(), 1);
+    assert_eq!(
+        (tags[0].cgroup, tags[0].path.as_deref(), tags[0].identity.as_str()),
+        (tagged_id, Some(tagged.as_path()), "ci-job-1")
+    );
+    let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
+    assert_eq!(expect_redirect(&ic, &c).await.original, pg4_addr);
+
+    // Untagged: direct again.
+    assert!(ic.untag(tagged_id).unwrap());
+    let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
+    assert!(matches!(c.landed, Landed::Direct), "{:?}", c.landed);
+
+    // Clean shutdown keeps the pins while something is tagged, not otherwise.
+    ic.tag(&tagged, "ci-job-2").unwrap();
+    assert_eq!(ic.shutdown(true).unwrap(), Shutdown::LeftAttached { tagged: 1 });
+    assert!(cleanup.pin_dir.exists());
+    let ic = Interception::start(&cfg).expect("restart");
+    ic.tags().unwrap();
+    let mut ic = ic;
+    ic.untag_path(&tagged).unwrap();
+    assert_eq!(ic.shutdown(true).unwrap(), Shutdown::Removed);
+    assert!(!cleanup.pin_dir.exists(), "no pins left");
+    let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
+    assert!(matches!(c.landed, Landed::Direct), "detached after shutdown: {:?}", c.landed);
+
+    drop(cleanup);
+    for dir in [&base, &tagged, &deeper, &plain] {
+        assert!(!dir.exists(), "{} removed", dir.display());
+    }
+}
+
+/// Number of entries in a pinned hash map.
+fn pinned_entries(path: &Path) -> usize {
+    let data = aya::maps::MapData::from_pin(path).expect("open pinned map");
+    let info = data.info().expect("map info");
+    let map = aya::maps::Map::LruHashMap(data);
+    match info.key_size() {
+        8 => aya::maps::HashMap::<_, u64, OrigDst>::try_from(map).unwrap().keys().count(),
+        _ => aya::maps::HashMap::<_, Endpoint, OrigDst>::try_from(map).unwrap().keys().count(),
+    }
+}
+
+fn peer(c: &Client) -> SocketAddr {
+    match c.landed {
+        Landed::Agent(peer) => peer,
+        ref other => panic!("expected the agent to get the connection, got {other:?} ({})", c.said),
+    }
+}
+
+async fn expect_redirect(ic: &Interception, c: &Client) -> Redirected {
+    ic.original_destination(peer(c)).await.expect("redirect record")
+}

@@ -1,0 +1,209 @@
+//! `masker proxy` as a child process.
+//!
+//! The binary is `$MASKER_BIN`, else `masker` next to the running test binary's
+//! profile directory (`<target>/debug/masker`). `cargo test -p masker-tests`
+//! does not build it: run `cargo build -p masker-agent --bin masker` first.
+//!
+//! Setting `MASKER_TESTS_DIRECT=1` makes [`MaskerProxy::start`] start nothing
+//! and hand out the upstream address itself: the relay suites then run
+//! against PostgreSQL directly, which checks the tests, not masker.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+use tempfile::TempDir;
+
+use crate::process;
+
+/// How long the proxy may take to print its listening line.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+/// The line prefix `masker proxy` prints on stdout once it listens.
+pub const READY_PREFIX: &str = "masker proxy listening on ";
+
+/// A running `masker proxy`; killed when dropped (and by a watchdog if the
+/// test process dies first).
+pub struct MaskerProxy {
+    child: Option<Child>,
+    watchdog: Option<Child>,
+    addr: SocketAddr,
+    upstream: SocketAddr,
+    dir: TempDir,
+}
+
+impl MaskerProxy {
+    /// The `masker` binary the tests run.
+    pub fn binary() -> PathBuf {
+        match std::env::var_os("MASKER_BIN") {
+            Some(path) => PathBuf::from(path),
+            None => crate::profile_dir().join("masker"),
+        }
+    }
+
+    /// Whether `MASKER_TESTS_DIRECT=1` asks to bypass the proxy.
+    pub fn bypassed() -> bool {
+        std::env::var("MASKER_TESTS_DIRECT").is_ok_and(|v| v == "1")
+    }
+
+    /// Starts `masker proxy --listen 127.0.0.1:0 --upstream UPSTREAM
+    /// [--policy FILE]` and waits until it listens.
+    ///
+    /// # Panics
+    ///
+    /// If the proxy cannot be started or does not announce its address in
+    /// time; the message includes its stderr.
+    pub fn start(upstream: SocketAddr, policy: Option<&Path>) -> MaskerProxy {
+        let mut args = Vec::new();
+        if let Some(policy) = policy {
+            args.push("--policy".to_owned());
+            args.push(policy.to_string_lossy().into_owned());
+        }
+        Self::start_with_args(upstream, &args).unwrap_or_else(|err| panic!("starting masker proxy: {err:#}"))
+    }
+
+    /// Like [`Self::start`], with extra arguments after `--upstream`.
+    pub fn start_with_args(upstream: SocketAddr, extra: &[String]) -> Result<MaskerProxy> {
+        let dir = tempfile::Builder::new().prefix("masker-proxy-").tempdir()?;
+        if Self::bypassed() {
+            return Ok(MaskerProxy { child: None, watchdog: None, addr: upstream, upstream, dir });
+        }
+        let binary = Self::binary();
+        if !binary.is_file() {
+            bail!(
+                "no masker binary at {}: run `cargo build -p masker-agent --bin masker` (or set MASKER_BIN)",
+                binary.display()
+            );
+        }
+        warn_if_stale(&binary);
+        let stderr_path = dir.path().join("stderr.log");
+        let mut cmd = Command::new(&binary);
+        cmd.args(["proxy", "--listen", "127.0.0.1:0", "--upstream", &upstream.to_string()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(&stderr_path)?);
+        if std::env::var_os("RUST_LOG").is_none() {
+            cmd.env("RUST_LOG", "info");
+        }
+        let mut child = cmd.spawn().with_context(|| format!("spawning {}", binary.display()))?;
+        let watchdog = process::watchdog(&format!(
+            "kill -9 {} 2>/dev/null; rm -rf {}",
+            child.id(),
+            process::shell_quote_path(dir.path())
+        ))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        // Keeps reading after the ready line so the proxy never blocks on a full pipe.
+        thread::spawn(move || {
+            let mut announced = false;
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if !announced && let Some(addr) = line.strip_prefix(READY_PREFIX) {
+                    announced = true;
+                    let _ =
+                        tx.send(addr.trim().parse::<SocketAddr>().map_err(|e| anyhow!("bad address in {line:?}: {e}")));
+                } else if !announced {
+                    let _ = tx.send(Err(anyhow!("unexpected stdout line before the ready line: {line:?}")));
+                    announced = true;
+                }
+            }
+        });
+        let mut proxy = MaskerProxy { child: Some(child), watchdog: Some(watchdog), addr: upstream, upstream, dir };
+        match rx.recv_timeout(READY_TIMEOUT) {
+            Ok(Ok(addr)) => {
+                proxy.addr = addr;
+                Ok(proxy)
+            }
+            Ok(Err(err)) => bail!("{err}\nstderr:\n{}", proxy.stderr()),
+            Err(_) => {
+                let status = proxy.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                bail!(
+                    "no `{READY_PREFIX}ADDR` line within {READY_TIMEOUT:?} (exit status: {status:?})\nstderr:\n{}",
+                    proxy.stderr()
+                )
+            }
+        }
+    }
+
+    /// The address clients connect to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The upstream server the proxy relays to.
+    pub fn upstream(&self) -> SocketAddr {
+        self.upstream
+    }
+
+    /// The proxy's stderr (its log) so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    /// Where the proxy's stderr goes.
+    pub fn stderr_path(&self) -> PathBuf {
+        self.dir.path().join("stderr.log")
+    }
+
+    /// Whether the proxy process is still running (always true when bypassed).
+    pub fn is_running(&mut self) -> bool {
+        match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => true,
+        }
+    }
+
+    /// Panics with the proxy's stderr if it has exited.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        if !self.is_running() {
+            let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            panic!("masker proxy exited ({status:?}); stderr:\n{}", self.stderr());
+        }
+    }
+}
+
+impl Drop for MaskerProxy {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
+}
+
+/// Warns (once per test binary) when the masker sources changed after the
+/// binary was built: the tests would otherwise exercise old code silently.
+fn warn_if_stale(binary: &Path) {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    WARNED.call_once(|| {
+        let Ok(built) = binary.metadata().and_then(|m| m.modified()) else { return };
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../masker-agent/src");
+        if newest_mtime(&src).is_some_and(|newest| newest > built) {
+            eprintln!(
+                "warning: {} is older than masker-agent/src; run `cargo build -p masker-agent --bin masker`",
+                binary.display()
+            );
+        }
+    });
+}
+
+fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        let time = if path.is_dir() { newest_mtime(&path) } else { entry.metadata().ok()?.modified().ok() };
+        newest = newest.max(time);
+    }
+    newest
+}

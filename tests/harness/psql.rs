@@ -1,0 +1,105 @@
+//! `psql` as a subprocess client.
+//!
+//! ```no_run
+//! # use masker_tests::{PgCluster, psql::Psql};
+//! let cluster = PgCluster::shared();
+//! let out = Psql::new(&cluster.app()).command("SELECT count(*) FROM customers").run();
+//! assert_eq!(out.stdout.trim(), "5000");
+//! ```
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::ConnInfo;
+use crate::process::{self, Output};
+
+/// A psql invocation: `psql -X -A -t -q -v ON_ERROR_STOP=1 -w` with the
+/// password in `PGPASSWORD`, unaligned tuples-only output by default.
+pub struct Psql {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+    timeout: Duration,
+}
+
+impl Psql {
+    /// psql connecting to `info` (libpq's default `sslmode=prefer`, so the
+    /// SSLRequest path is exercised too).
+    pub fn new(info: &ConnInfo) -> Psql {
+        let mut cmd = Command::new(psql_binary());
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-w"])
+            .args(["-h", &info.host, "-p", &info.port.to_string(), "-U", &info.user, "-d", &info.dbname])
+            .env("PGPASSWORD", &info.password)
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env("PGTZ", "UTC")
+            .env_remove("PGSERVICE")
+            .env_remove("PGSSLMODE")
+            .env_remove("PGOPTIONS");
+        Psql { cmd, stdin: None, timeout: Duration::from_secs(120) }
+    }
+
+    /// Adds `-c SQL` (may be given several times; meta-commands like `\copy`
+    /// work too).
+    pub fn command(mut self, sql: &str) -> Psql {
+        self.cmd.arg("-c").arg(sql);
+        self
+    }
+
+    /// Adds a raw argument.
+    pub fn arg(mut self, arg: &str) -> Psql {
+        self.cmd.arg(arg);
+        self
+    }
+
+    /// Sets an environment variable for psql.
+    pub fn env(mut self, key: &str, value: &str) -> Psql {
+        self.cmd.env(key, value);
+        self
+    }
+
+    /// Feeds `input` on stdin (with `-f -`, or as data for `\copy ... FROM STDIN`).
+    pub fn stdin(mut self, input: impl Into<Vec<u8>>) -> Psql {
+        self.stdin = Some(input.into());
+        self
+    }
+
+    /// Changes the deadline (default 120 s).
+    pub fn timeout(mut self, timeout: Duration) -> Psql {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs psql, whatever its exit code.
+    ///
+    /// # Panics
+    ///
+    /// If psql cannot be started or exceeds its deadline.
+    pub fn run(self) -> Output {
+        process::run(self.cmd, self.stdin.as_deref(), self.timeout).unwrap_or_else(|err| panic!("psql: {err:#}"))
+    }
+
+    /// Runs psql and returns stdout.
+    ///
+    /// # Panics
+    ///
+    /// Also when psql exits non-zero.
+    #[track_caller]
+    pub fn run_ok(self) -> String {
+        let out = self.run();
+        out.assert_success();
+        out.stdout
+    }
+}
+
+/// psql from the server's bindir if present, else from `PATH`.
+fn psql_binary() -> PathBuf {
+    let candidates = [
+        std::process::Command::new("pg_config")
+            .arg("--bindir")
+            .output()
+            .ok()
+            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("psql")),
+        Some(PathBuf::from("/usr/lib/postgresql/15/bin/psql")),
+    ];
+    candidates.into_iter().flatten().find(|path| path.is_file()).unwrap_or_else(|| PathBuf::from("psql"))
+}
