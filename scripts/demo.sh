@@ -45,10 +45,10 @@ trap cleanup EXIT
 say "starting a throwaway PostgreSQL on 127.0.0.1:$PGPORT"
 echo "postgres-demo-pw" > "$WORK/pwfile"
 chown postgres "$WORK/pwfile"
-mkdir "$WORK/pg" && chown postgres "$WORK/pg"
+mkdir "$WORK/pg" && chown postgres "$WORK/pg" && chmod 700 "$WORK/pg"
 runuser -u postgres -- "$PGBIN/initdb" -N -D "$WORK/pg" -U postgres --pwfile="$WORK/pwfile" -A scram-sha-256 >/dev/null
-runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg.log" -w \
-  -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK -c fsync=off" start >/dev/null
+runuser -u postgres -- "$PGBIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pg/server.log" -w \
+  -o "-p $PGPORT -c listen_addresses=127.0.0.1 -c unix_socket_directories=$WORK/pg -c fsync=off" start >/dev/null
 export PGPASSWORD=postgres-demo-pw
 psql -X -q "postgresql://postgres@127.0.0.1:$PGPORT/postgres" <<'SQL'
 CREATE ROLE app LOGIN PASSWORD 'app-pw';
@@ -105,19 +105,19 @@ action = "partial"
 keep_last = 4
 
 [[rule]]
-name = "birth dates"
+name = "birth-date"
 column_names = ["birth_date"]
 action = "generalize"
 to = "year"
 
 [[rule]]
-name = "client addresses"
+name = "client-ip"
 column_names = ["last_ip"]
 action = "generalize"
 to = "network"
 
 [[rule]]
-name = "plain business columns"
+name = "business"
 column_names = ["id", "plan", "balance"]
 action = "allow"
 TOML
