@@ -250,10 +250,8 @@ async fn run_tagged(socket: &Path, identity: &str, command: &[String]) -> anyhow
         let home = home.clone();
         async move {
             let _ = crate::cgroup::move_into(&home, std::process::id());
-            if tagged {
-                if let Err(e) = admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await {
-                    eprintln!("masker: untagging {}: {e:#}", dir.display());
-                }
+            if tagged && let Err(e) = admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await {
+                eprintln!("masker: untagging {}: {e:#}", dir.display());
             }
             if let Err(e) = crate::cgroup::remove(&dir) {
                 eprintln!("masker: {e}");

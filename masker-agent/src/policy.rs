@@ -126,7 +126,10 @@ struct Errors<'a> {
 
 impl Errors<'_> {
     fn at(&self, span: Range<usize>, message: impl Into<String>) -> PolicyError {
-        let offset = span.start.min(self.text.len());
+        let mut offset = span.start.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let before = &self.text[..offset];
         let line = before.matches('\n').count() + 1;
         let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;

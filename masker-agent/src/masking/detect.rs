@@ -131,10 +131,12 @@ fn detect_at(t: &[u8], i: usize) -> Option<Found> {
     let b = t[i];
     let prev = if i > 0 { Some(t[i - 1]) } else { None };
     let hit = |kind, end| Some(Found { kind, start: i, end });
-    if is_local(b) && b != b'.' && !prev.is_some_and(is_local) {
-        if let Some(end) = email_at(t, i) {
-            return hit(PiiKind::Email, end);
-        }
+    if is_local(b)
+        && b != b'.'
+        && !prev.is_some_and(is_local)
+        && let Some(end) = email_at(t, i)
+    {
+        return hit(PiiKind::Email, end);
     }
     let num_boundary = !prev.is_some_and(|p| p.is_ascii_alphanumeric() || b"_-.".contains(&p));
     if num_boundary && (b.is_ascii_digit() || b == b'+' || b == b'(') {
@@ -153,15 +155,17 @@ fn detect_at(t: &[u8], i: usize) -> Option<Found> {
             return hit(PiiKind::Phone, end);
         }
     }
-    if b.is_ascii_uppercase() && !prev.is_some_and(|p| p.is_ascii_alphanumeric()) {
-        if let Some(end) = iban_at(t, i) {
-            return hit(PiiKind::Iban, end);
-        }
+    if b.is_ascii_uppercase()
+        && !prev.is_some_and(|p| p.is_ascii_alphanumeric())
+        && let Some(end) = iban_at(t, i)
+    {
+        return hit(PiiKind::Iban, end);
     }
-    if (b.is_ascii_hexdigit() || b == b':') && !prev.is_some_and(|p| p.is_ascii_alphanumeric() || b"_:.".contains(&p)) {
-        if let Some(end) = ipv6_at(t, i) {
-            return hit(PiiKind::Ipv6, end);
-        }
+    if (b.is_ascii_hexdigit() || b == b':')
+        && !prev.is_some_and(|p| p.is_ascii_alphanumeric() || b"_:.".contains(&p))
+        && let Some(end) = ipv6_at(t, i)
+    {
+        return hit(PiiKind::Ipv6, end);
     }
     None
 }
@@ -268,7 +272,7 @@ pub(crate) fn luhn(d: &[u8]) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Whether the leading digits are a payment card issuer range (Visa,

@@ -146,7 +146,11 @@ fn closing(b: &[u8], mut i: usize, q: u8) -> usize {
 
 fn last_word(before: &str) -> &str {
     let t = before.trim_end();
-    let start = t.rfind(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).map_or(0, |p| p + 1);
+    let start = t
+        .char_indices()
+        .rev()
+        .find(|&(_, c)| !(c.is_ascii_alphanumeric() || c == '_'))
+        .map_or(0, |(p, c)| p + c.len_utf8());
     &t[start..]
 }
 
@@ -291,6 +295,7 @@ mod tests {
             ("PL/pgSQL function f(integer) line 3 at RAISE", "PL/pgSQL function f(integer) line 3 at RAISE"),
             ("user alice@example.com logged in from 10.1.2.3", "user ****@example.com logged in from **.*.*.*"),
             ("WHERE x = 'it''s secret' AND y", "WHERE x = '***' AND y"),
+            ("é \"x\" ü=(é) contains (ö", "é \"***\" ü=(***) contains (***"),
             ("COPY customers, line 2, column email: \"a@b.co\"", "COPY customers, line 2, column email: \"***\""),
         ];
         for (input, want) in cases {

@@ -595,3 +595,151 @@ fn copy_binary_streaming() {
     assert_eq!(out, want.to_vec());
     assert_eq!(stats.get(ActionKind::Redact), 3);
 }
+
+/// Every masked value is accepted by a real PostgreSQL server: text outputs
+/// through the type's input function, binary outputs through its receive
+/// function (sent as binary parameters). Needs a server:
+/// `MASKER_TEST_PG_URL=postgres://postgres@127.0.0.1:5432/postgres cargo test -p masker-agent -- --ignored server_accepts`
+#[test]
+#[ignore = "needs a PostgreSQL server in MASKER_TEST_PG_URL"]
+fn server_accepts_every_masked_value() {
+    use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+
+    #[derive(Debug)]
+    struct Raw(Vec<u8>);
+    impl ToSql for Raw {
+        fn to_sql(&self, _: &Type, out: &mut BytesMut) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            out.extend_from_slice(&self.0);
+            Ok(IsNull::No)
+        }
+        fn accepts(_: &Type) -> bool {
+            true
+        }
+        to_sql_checked!();
+    }
+
+    let Ok(url) = std::env::var("MASKER_TEST_PG_URL") else { return };
+    let name = |oid| match oid {
+        TEXT => "text",
+        VARCHAR => "varchar",
+        BPCHAR => "bpchar",
+        NAME => "name",
+        INT2 => "int2",
+        INT4 => "int4",
+        INT8 => "int8",
+        NUMERIC => "numeric",
+        FLOAT4 => "float4",
+        FLOAT8 => "float8",
+        BOOL => "bool",
+        DATE => "date",
+        TIME => "time",
+        TIMESTAMP => "timestamp",
+        TIMESTAMPTZ => "timestamptz",
+        INTERVAL => "interval",
+        INET => "inet",
+        CIDR => "cidr",
+        UUID => "uuid",
+        JSON => "json",
+        JSONB => "jsonb",
+        BYTEA => "bytea",
+        _ => unreachable!(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(conn);
+        let mut checked = 0;
+        for (oid, t, b) in samples() {
+            for action in all_actions() {
+                for (fmt, input) in [(Format::Text, t.as_bytes()), (Format::Binary, &b[..])] {
+                    let Some(out) = mask1(&action, oid, fmt, input) else { continue };
+                    let res = match fmt {
+                        Format::Text => {
+                            let s = String::from_utf8(out.clone()).unwrap();
+                            client.query_one(&format!("SELECT ($1::text)::{}::text", name(oid)), &[&s]).await
+                        }
+                        Format::Binary => {
+                            client.query_one(&format!("SELECT $1::{}::text", name(oid)), &[&Raw(out.clone())]).await
+                        }
+                    };
+                    if let Err(e) = res {
+                        panic!("{action:?} {} {fmt:?} {:?}: {e:?}", name(oid), String::from_utf8_lossy(&out));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        // Arrays, text and binary.
+        for action in all_actions() {
+            for (oid, ty, text_in) in [
+                (1007u32, "int4[]", "{4111111,NULL,42}"),
+                (1009, "text[]", r#"{alice@example.com,"call 555-123-4567","a\"b"}"#),
+                (1182, "date[]", "{1985-07-23,NULL}"),
+                (1041, "inet[]", "{10.1.2.3,2001:db8::1}"),
+                (1231, "numeric[]", "{1.50,-20000}"),
+            ] {
+                let row = client.query_one(&format!("SELECT array_send($1::text::{ty})"), &[&text_in]).await.unwrap();
+                let binary_in: Vec<u8> = row.get(0);
+                for (fmt, input) in [(Format::Text, text_in.as_bytes()), (Format::Binary, &binary_in[..])] {
+                    let Some(out) = mask1(&action, oid, fmt, input) else { continue };
+                    let res = match fmt {
+                        Format::Text => {
+                            let s = String::from_utf8(out.clone()).unwrap();
+                            client.query_one(&format!("SELECT ($1::text)::{ty}::text"), &[&s]).await
+                        }
+                        Format::Binary => {
+                            client.query_one(&format!("SELECT $1::{ty}::text"), &[&Raw(out.clone())]).await
+                        }
+                    };
+                    if let Err(e) = res {
+                        panic!("{action:?} {ty} {fmt:?} {:?}: {e:?}", String::from_utf8_lossy(&out));
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 300, "{checked}");
+    });
+}
+
+/// Rough throughput of the row path: `cargo test --release -p masker-agent -- --ignored row_throughput --nocapture`.
+#[test]
+#[ignore = "timing, run in release"]
+fn row_throughput() {
+    let k = keys();
+    let mut cols = vec![
+        (ColumnAction::Email, TypeOid(TEXT), Format::Text),
+        (ColumnAction::Redact, TypeOid(TEXT), Format::Text),
+        (ColumnAction::Pseudonymize { format_preserving: false }, TypeOid(TEXT), Format::Text),
+        (ColumnAction::Detect, TypeOid(TEXT), Format::Text),
+        (ColumnAction::Partial { first: 0, last: 4 }, TypeOid(TEXT), Format::Text),
+    ];
+    cols.extend((0..5).map(|_| (ColumnAction::Allow, TypeOid(INT8), Format::Text)));
+    let plan = RowPlan::new(cols, &k);
+    let mut body = BytesMut::new();
+    body.put_i16(10);
+    for v in ["alice@example.com", "Alice Smith", "alice@example.com", "Some free text order 12345", "4111111111111111"]
+    {
+        body.put_i32(v.len() as i32);
+        body.extend_from_slice(v.as_bytes());
+    }
+    for _ in 0..5 {
+        body.put_i32(6);
+        body.extend_from_slice(b"123456");
+    }
+    let mut out = BytesMut::with_capacity(1 << 20);
+    let n = 1_000_000;
+    let t = std::time::Instant::now();
+    for _ in 0..n {
+        mask_data_row(&plan, &body, &mut out).unwrap();
+        if out.len() > (1 << 20) - 1024 {
+            out.clear();
+        }
+    }
+    let el = t.elapsed();
+    println!(
+        "{n} rows in {el:?}: {:.0} rows/s, {:.0} MB/s",
+        n as f64 / el.as_secs_f64(),
+        (n * body.len()) as f64 / el.as_secs_f64() / 1e6
+    );
+}

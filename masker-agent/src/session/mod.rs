@@ -268,23 +268,23 @@ async fn relay<CF: Filter, SF: Filter>(
         }
     };
 
-    if let Err(e) = &result {
-        if to_client.at_boundary() {
-            let (code, message) = match e {
-                SessionError::Client(RelayError::Refused { code, message })
-                | SessionError::Server(RelayError::Refused { code, message }) => (*code, message.clone()),
-                SessionError::Client(RelayError::Frame(f)) => {
-                    ("08P01", format!("masker: invalid message from client: {f}"))
-                }
-                SessionError::Server(RelayError::Frame(_) | RelayError::Truncated) => {
-                    ("08P01", "masker: invalid message from the database server; session closed".to_string())
-                }
-                _ => return result,
-            };
-            let mut out = BytesMut::new();
-            wire::put_error(&mut out, Severity::Fatal, code, &message);
-            let _ = cw.write_all(&out).await;
-        }
+    if let Err(e) = &result
+        && to_client.at_boundary()
+    {
+        let (code, message) = match e {
+            SessionError::Client(RelayError::Refused { code, message })
+            | SessionError::Server(RelayError::Refused { code, message }) => (*code, message.clone()),
+            SessionError::Client(RelayError::Frame(f)) => {
+                ("08P01", format!("masker: invalid message from client: {f}"))
+            }
+            SessionError::Server(RelayError::Frame(_) | RelayError::Truncated) => {
+                ("08P01", "masker: invalid message from the database server; session closed".to_string())
+            }
+            _ => return result,
+        };
+        let mut out = BytesMut::new();
+        wire::put_error(&mut out, Severity::Fatal, code, &message);
+        let _ = cw.write_all(&out).await;
     }
     match result {
         // A client that vanished is not a failure of the session.
