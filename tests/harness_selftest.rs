@@ -158,3 +158,27 @@ fn iban_ok(iban: &str) -> bool {
     }
     rem == 1
 }
+
+#[tokio::test]
+async fn binary_decoding_matches_text_for_the_fixture() {
+    within(LIMIT, "binary vs text", async {
+        let app = PgCluster::shared().app().connect().await.unwrap();
+        for sql in [
+            "SELECT * FROM customers ORDER BY id",
+            "SELECT * FROM orders ORDER BY id LIMIT 2000",
+            "SELECT * FROM payments ORDER BY id LIMIT 2000",
+            "SELECT NULL::int, 0::numeric, -0.000123::numeric, 12345678901234567890.5::numeric(30,3), \
+             'NaN'::numeric, date 'infinity', timestamp '1999-12-31 23:59:59.5', timestamptz '1900-01-01 00:00:00+00', \
+             ARRAY[[1,2],[3,NULL]], ARRAY['', 'a b', 'NULL', 'q\"x', NULL]::text[], '{}'::int[], \
+             inet '10.0.0.0/8', cidr '2001:db8::/32', true, 1.5::float8, '{\"a\": [1, null]}'::jsonb",
+        ] {
+            let text: Vec<Vec<Option<String>>> = compare::simple(&app, sql).await.unwrap().remove(0).rows;
+            let binary = compare::typed(&app, sql, &[]).await.unwrap();
+            assert_eq!(text.len(), binary.len());
+            for (t, b) in text.iter().zip(&binary) {
+                assert_eq!(t, b, "{sql}");
+            }
+        }
+    })
+    .await
+}

@@ -184,7 +184,9 @@ pub enum StartupPacket<'a> {
 /// Reads a startup-phase packet at the start of `buf`: `Ok(None)` until it is
 /// complete, then the packet and its total length.
 pub fn parse_startup(buf: &[u8]) -> Result<Option<(StartupPacket<'_>, usize)>, FrameError> {
-    if buf.len() < 8 {
+    // The length alone can be wrong: reject it as soon as it is there, so a
+    // peer sending four bad bytes is not left waiting for the timeout.
+    if buf.len() < 4 {
         return Ok(None);
     }
     let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
@@ -534,6 +536,9 @@ mod tests {
         assert!(parse_startup(&startup_bytes(SSL_REQUEST_CODE, b"xx")).is_err());
         assert!(parse_startup(&[0, 0, 0xff, 0xff, 0, 3, 0, 0]).is_err());
         assert!(parse_startup(&[0, 0, 0, 4, 0, 3, 0, 0]).is_err());
+        // Four bytes are enough to see a bad length.
+        assert!(parse_startup(&[0, 0, 0, 3]).is_err());
+        assert_eq!(parse_startup(&[0, 0, 0, 8]), Ok(None));
     }
 
     #[test]

@@ -205,3 +205,229 @@ pub async fn digest_binary(client: &Client, sql: &str) -> Result<Digest, tokio_p
     }
     Ok(digest)
 }
+
+/// Runs `sql` with binary results and decodes every cell by its column type
+/// into PostgreSQL's text rendering (ISO dates, `TimeZone = UTC`), failing on
+/// any cell that is not valid binary for its type. This checks what text
+/// comparison cannot: that a (masked) value is well-formed in binary format.
+pub async fn typed(
+    client: &Client,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Result<Vec<Vec<Option<String>>>, anyhow::Error> {
+    let statement = client.prepare(sql).await?;
+    let rows = client.query(&statement, params).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut cells = Vec::with_capacity(row.len());
+        for (i, column) in statement.columns().iter().enumerate() {
+            let cell = row.get::<_, RawCell>(i).0;
+            let text = match cell {
+                None => None,
+                Some(raw) => Some(
+                    decode_binary(column.type_(), &raw)
+                        .map_err(|e| anyhow::anyhow!("column {} ({}): {e}", column.name(), column.type_()))?,
+                ),
+            };
+            cells.push(text);
+        }
+        out.push(cells);
+    }
+    Ok(out)
+}
+
+type DecodeError = Box<dyn std::error::Error + Sync + Send>;
+
+/// Decodes one binary-format value of type `ty` into its text rendering.
+/// Supports the types of the fixture (and arrays of them).
+pub fn decode_binary(ty: &Type, raw: &[u8]) -> Result<String, DecodeError> {
+    use postgres_protocol::types as t;
+    let exact = |len: usize| -> Result<(), DecodeError> {
+        if raw.len() == len { Ok(()) } else { Err(format!("{} bytes, expected {len}", raw.len()).into()) }
+    };
+    Ok(match *ty {
+        Type::BOOL => (if t::bool_from_sql(raw)? { "t" } else { "f" }).to_owned(),
+        Type::INT2 => t::int2_from_sql(raw)?.to_string(),
+        Type::INT4 => t::int4_from_sql(raw)?.to_string(),
+        Type::INT8 => t::int8_from_sql(raw)?.to_string(),
+        Type::OID => t::oid_from_sql(raw)?.to_string(),
+        Type::FLOAT4 => t::float4_from_sql(raw)?.to_string(),
+        Type::FLOAT8 => t::float8_from_sql(raw)?.to_string(),
+        Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN | Type::JSON => {
+            t::text_from_sql(raw)?.to_owned()
+        }
+        Type::JSONB => match raw.split_first() {
+            Some((1, text)) => std::str::from_utf8(text)?.to_owned(),
+            _ => return Err("jsonb without version byte 1".into()),
+        },
+        Type::BYTEA => {
+            let mut s = String::from("\\x");
+            for b in t::bytea_from_sql(raw) {
+                s.push_str(&format!("{b:02x}"));
+            }
+            s
+        }
+        Type::UUID => {
+            exact(16)?;
+            let hex: String = t::uuid_from_sql(raw)?.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..])
+        }
+        Type::DATE => {
+            exact(4)?;
+            match t::date_from_sql(raw)? {
+                i32::MAX => "infinity".to_owned(),
+                i32::MIN => "-infinity".to_owned(),
+                days => civil_date(i64::from(days)),
+            }
+        }
+        Type::TIMESTAMP | Type::TIMESTAMPTZ => {
+            exact(8)?;
+            let suffix = if *ty == Type::TIMESTAMPTZ { "+00" } else { "" };
+            match t::timestamp_from_sql(raw)? {
+                i64::MAX => "infinity".to_owned(),
+                i64::MIN => "-infinity".to_owned(),
+                micros => {
+                    let (days, of_day) = (micros.div_euclid(86_400_000_000), micros.rem_euclid(86_400_000_000));
+                    let (secs, frac) = (of_day / 1_000_000, of_day % 1_000_000);
+                    let mut s =
+                        format!("{} {:02}:{:02}:{:02}", civil_date(days), secs / 3600, secs / 60 % 60, secs % 60);
+                    if frac != 0 {
+                        s.push_str(format!(".{frac:06}").trim_end_matches('0'));
+                    }
+                    s + suffix
+                }
+            }
+        }
+        Type::INET | Type::CIDR => {
+            let inet = t::inet_from_sql(raw)?;
+            let full = if inet.addr().is_ipv4() { 32 } else { 128 };
+            if inet.netmask() == full && *ty == Type::INET {
+                inet.addr().to_string()
+            } else {
+                format!("{}/{}", inet.addr(), inet.netmask())
+            }
+        }
+        Type::NUMERIC => decode_numeric(raw)?,
+        _ => match ty.kind() {
+            tokio_postgres::types::Kind::Array(element) => decode_array(element, raw)?,
+            _ => return Err(format!("no binary decoder for type {ty}").into()),
+        },
+    })
+}
+
+/// `YYYY-MM-DD` for a day count relative to 2000-01-01.
+fn civil_date(days_since_2000: i64) -> String {
+    // Howard Hinnant's civil_from_days, shifted from 1970 to 2000.
+    let z = days_since_2000 + 10_957 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+fn decode_numeric(raw: &[u8]) -> Result<String, DecodeError> {
+    let field = |i: usize| -> Result<i16, DecodeError> {
+        raw.get(i * 2..i * 2 + 2).map(|b| i16::from_be_bytes([b[0], b[1]])).ok_or_else(|| "short numeric".into())
+    };
+    let (ndigits, weight, sign, dscale) = (field(0)?, field(1)?, field(2)? as u16, field(3)?);
+    if ndigits < 0 || raw.len() != 8 + 2 * ndigits as usize || dscale < 0 {
+        return Err(format!("malformed numeric header ({} bytes, {ndigits} digits)", raw.len()).into());
+    }
+    match sign {
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        other => return Err(format!("numeric sign {other:#06x}").into()),
+    }
+    let digits: Vec<i16> = (0..ndigits as usize).map(|i| field(4 + i)).collect::<Result<_, _>>()?;
+    if digits.iter().any(|&d| !(0..10_000).contains(&d)) {
+        return Err("numeric digit out of range".into());
+    }
+    let digit = |i: i64| if i >= 0 && (i as usize) < digits.len() { digits[i as usize] } else { 0 };
+    let mut s = String::new();
+    if sign == 0x4000 {
+        s.push('-');
+    }
+    if weight < 0 {
+        s.push('0');
+    } else {
+        s.push_str(&digit(0).to_string());
+        for i in 1..=i64::from(weight) {
+            s.push_str(&format!("{:04}", digit(i)));
+        }
+    }
+    if dscale > 0 {
+        let mut frac = String::new();
+        let mut i = i64::from(weight) + 1;
+        while frac.len() < dscale as usize {
+            frac.push_str(&format!("{:04}", digit(i)));
+            i += 1;
+        }
+        frac.truncate(dscale as usize);
+        s.push('.');
+        s.push_str(&frac);
+    }
+    Ok(s)
+}
+
+fn decode_array(element: &Type, raw: &[u8]) -> Result<String, DecodeError> {
+    use fallible_iterator::FallibleIterator as _;
+    use postgres_protocol::types as t;
+    let array = t::array_from_sql(raw)?;
+    if array.element_type() != element.oid() {
+        return Err(format!("array of OID {} where {element} was expected", array.element_type()).into());
+    }
+    let dims: Vec<usize> = array.dimensions().map(|d| Ok(d.len as usize)).collect()?;
+    let values: Vec<Option<String>> =
+        array.values().map(|v| v.map(|raw| decode_binary(element, raw)).transpose()).collect()?;
+    if dims.is_empty() {
+        return Ok("{}".into());
+    }
+    if values.len() != dims.iter().product::<usize>() {
+        return Err("array element count does not match its dimensions".into());
+    }
+    fn render(dims: &[usize], values: &mut std::slice::Iter<'_, Option<String>>, out: &mut String) {
+        out.push('{');
+        for i in 0..dims[0] {
+            if i > 0 {
+                out.push(',');
+            }
+            if dims.len() > 1 {
+                render(&dims[1..], values, out);
+            } else {
+                match values.next().expect("counted") {
+                    None => out.push_str("NULL"),
+                    Some(v) => out.push_str(&quote_array_element(v)),
+                }
+            }
+        }
+        out.push('}');
+    }
+    let mut out = String::new();
+    render(&dims, &mut values.iter(), &mut out);
+    Ok(out)
+}
+
+fn quote_array_element(v: &str) -> String {
+    let needs = v.is_empty()
+        || v.eq_ignore_ascii_case("NULL")
+        || v.chars().any(|c| matches!(c, '{' | '}' | ',' | '"' | '\\') || c.is_ascii_whitespace());
+    if !needs {
+        return v.to_owned();
+    }
+    let mut s = String::from("\"");
+    for c in v.chars() {
+        if c == '"' || c == '\\' {
+            s.push('\\');
+        }
+        s.push(c);
+    }
+    s.push('"');
+    s
+}

@@ -69,6 +69,13 @@ impl MaskerProxy {
 
     /// Like [`Self::start`], with extra arguments after `--upstream`.
     pub fn start_with_args(upstream: SocketAddr, extra: &[String]) -> Result<MaskerProxy> {
+        Self::start_with_env(upstream, extra, &[])
+    }
+
+    /// Like [`Self::start_with_args`], with extra environment variables for
+    /// the proxy process (e.g. `MASKER_CATALOG_PASSWORD` and the policy's
+    /// pseudonym `key_env`), so tests need not change their own environment.
+    pub fn start_with_env(upstream: SocketAddr, extra: &[String], env: &[(&str, &str)]) -> Result<MaskerProxy> {
         let dir = tempfile::Builder::new().prefix("masker-proxy-").tempdir()?;
         if Self::bypassed() {
             return Ok(MaskerProxy { child: None, watchdog: None, addr: upstream, upstream, dir });
@@ -87,7 +94,8 @@ impl MaskerProxy {
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(File::create(&stderr_path)?);
+            .stderr(File::create(&stderr_path)?)
+            .envs(env.iter().copied());
         if std::env::var_os("RUST_LOG").is_none() {
             cmd.env("RUST_LOG", "info");
         }

@@ -91,15 +91,19 @@ impl Psql {
     }
 }
 
-/// psql from the server's bindir if present, else from `PATH`.
+/// psql from the server's bindir if present, else from `PATH` (looked up once).
 fn psql_binary() -> PathBuf {
-    let candidates = [
-        std::process::Command::new("pg_config")
-            .arg("--bindir")
-            .output()
-            .ok()
-            .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("psql")),
-        Some(PathBuf::from("/usr/lib/postgresql/15/bin/psql")),
-    ];
-    candidates.into_iter().flatten().find(|path| path.is_file()).unwrap_or_else(|| PathBuf::from("psql"))
+    static PSQL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PSQL.get_or_init(|| {
+        let candidates = [
+            Command::new("pg_config")
+                .arg("--bindir")
+                .output()
+                .ok()
+                .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("psql")),
+            Some(PathBuf::from("/usr/lib/postgresql/15/bin/psql")),
+        ];
+        candidates.into_iter().flatten().find(|path| path.is_file()).unwrap_or_else(|| PathBuf::from("psql"))
+    })
+    .clone()
 }
