@@ -5,6 +5,7 @@
 #   - nightly rust-src (the eBPF object is built with -Z build-std=core)
 #   - bpf-linker, built against the nightly toolchain's own libLLVM
 #   - PostgreSQL 15 server binaries, pgbouncer (benchmark peer), python3-venv
+#   - libclang-dev and protobuf-compiler (to build pg_query)
 #
 # Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
 set -euo pipefail
@@ -36,6 +37,9 @@ setup_system_packages() {
   command -v psql >/dev/null 2>&1 || apt_install postgresql-client-15
   command -v pgbouncer >/dev/null 2>&1 || apt_install pgbouncer
   python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
+  # pg_query (PostgreSQL's own parser, used for SQL lineage) generates its
+  # bindings with bindgen (libclang) and its protobuf types with protoc.
+  apt_install libclang-dev protobuf-compiler
 }
 
 setup_nightly() {
