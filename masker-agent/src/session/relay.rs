@@ -11,7 +11,7 @@ use std::future::Future;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::wire::{self, FrameError, Header};
@@ -70,6 +70,8 @@ pub struct Pump {
     max_message: usize,
     /// Bytes of a partly forwarded message still to come.
     stream_left: usize,
+    /// Bytes still missing from a message the filter wants whole.
+    need: usize,
     /// Set while a write is in progress: if the session is torn down then,
     /// the peer has half a message and nothing more may be sent to it.
     mid_write: bool,
@@ -84,6 +86,7 @@ impl Pump {
             scratch: BytesMut::new(),
             max_message,
             stream_left: 0,
+            need: 0,
             mid_write: false,
         }
     }
@@ -116,10 +119,14 @@ impl Pump {
             self.process(w, filter, bytes).await?;
         }
         loop {
-            if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-                self.buf.reserve(READ_CHUNK);
+            // Each read takes at most one chunk, or what completes a message
+            // the filter waits for: the buffer never grows past the larger of
+            // the two, however fast the peer sends.
+            let want = READ_CHUNK.max(self.need);
+            if self.buf.capacity() - self.buf.len() < want / 4 || self.buf.capacity() - self.buf.len() < self.need {
+                self.buf.reserve(want);
             }
-            let n = r.read_buf(&mut self.buf).await?;
+            let n = r.read_buf(&mut (&mut self.buf).limit(want)).await?;
             if n == 0 {
                 return if self.buf.is_empty() && self.stream_left == 0 { Ok(()) } else { Err(RelayError::Truncated) };
             }
@@ -136,6 +143,7 @@ impl Pump {
         F: Filter,
     {
         let mut pos = 0;
+        self.need = 0;
         // Start of the run of original bytes not yet copied to `out`.
         let mut fwd_start = 0;
         let mut failure = None;
@@ -172,7 +180,7 @@ impl Pump {
                 continue;
             }
             if avail < header.total_len {
-                self.buf.reserve(header.total_len - avail);
+                self.need = header.total_len - avail;
                 break;
             }
             let end = pos + header.total_len;
