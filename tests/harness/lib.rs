@@ -19,6 +19,7 @@
 //! instead of hanging it.
 #![forbid(unsafe_code)]
 
+pub mod agent;
 pub mod cluster;
 pub mod compare;
 pub mod fixture;

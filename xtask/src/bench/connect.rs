@@ -7,15 +7,25 @@
 //! Direct and masker runs alternate, the median of the rounds is reported.
 //! Authentication is `trust`, the cheapest there is, so the relay's share of
 //! the time is as large as it gets. Goal: ≤ 1.3× direct per connection.
+//!
+//! Three paths, same run: direct, the explicit `masker proxy`, and the
+//! transparent one: `masker agent` with the eBPF redirect for the cluster's
+//! address, pgbench started with `masker run` and connecting to the server's
+//! own address. The transparent row needs root and BPF; without them it is
+//! left out with a note saying why.
 
+use std::fs::File;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use super::client::{self, DBNAME, Pgbench};
-use super::processes::Masker;
+use super::client::{self, DBNAME, Pgbench, shell_quote};
+use super::processes::{Cluster, Masker, free_port};
 use super::report::{Table, fmt_num, fmt_ratio, goal, median, ratio};
 use super::{Ctx, Outcome, progress};
 
@@ -83,9 +93,23 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     // Alternating rounds per target: connection times are noisy, the median
     // of many short rounds is steadier than one long one.
     let (conns, rounds): (u32, usize) = if ctx.quick { (200, 5) } else { (500, 7) };
-    let masker = Masker::start(&ctx.masker_bin, ctx.cluster, None, "connect")?;
-    let targets =
-        [ConnectTarget::plain("direct", ctx.cluster.addr()), ConnectTarget::plain("masker proxy", masker.addr())];
+    let masker = Masker::start(&ctx.masker_bin, ctx.cluster, &[], &[], "connect")?;
+    let mut targets =
+        vec![ConnectTarget::plain("direct", ctx.cluster.addr()), ConnectTarget::plain("masker proxy", masker.addr())];
+    let agent = match Agent::start(&ctx.masker_bin, ctx.cluster) {
+        Ok(agent) => {
+            targets.push(ConnectTarget {
+                label: "masker agent (eBPF)".into(),
+                addr: ctx.cluster.addr(),
+                wrapper: agent.run_wrapper(),
+            });
+            Some(agent)
+        }
+        Err(err) => {
+            progress(format!("connect: no eBPF row: {err:#}"));
+            None
+        }
+    };
     for target in &targets {
         bench_connect(ctx, target, 20).with_context(|| format!("warm-up against {}", target.label))?;
     }
@@ -125,7 +149,131 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             "ratio_vs_direct": r,
         }));
     }
-    table.note("masker mode: explicit proxy (the eBPF-redirected row is added with the interception work)");
+    if let Some(agent) = &agent {
+        // The redirected row counts only if masker really saw those connections.
+        let seen = agent.connections()?;
+        let expected = u64::from(20 + conns * rounds as u32);
+        if seen < expected {
+            bail!("masker agent saw {seen} connections, expected at least {expected}: pgbench was not redirected");
+        }
+    }
+    match &agent {
+        Some(_) => table
+            .note("masker agent (eBPF): pgbench under `masker run` connects to the server's own address, redirected"),
+        None => table.note("masker agent (eBPF): not measured (needs root and BPF; see the progress output)"),
+    }
+    drop(agent);
     table.note("connect ms = pgbench's average connection time (connect + startup + auth)");
     Ok(Outcome { tables: vec![table], json: json!({ "conns": conns, "rounds": rounds, "targets": json_targets }) })
+}
+
+/// A `masker agent` intercepting the cluster's address, for the transparent
+/// row. Its own admin socket and pin directory; stopped (SIGTERM) and
+/// `masker uninstall`ed when dropped, and by a watchdog shell if the bench
+/// process dies first.
+struct Agent {
+    child: Child,
+    watchdog: Option<Child>,
+    bin: PathBuf,
+    admin_socket: PathBuf,
+    pin_dir: PathBuf,
+}
+
+impl Agent {
+    fn start(bin: &Path, cluster: &Cluster) -> Result<Agent> {
+        let dir = cluster.work().path();
+        let admin_socket = dir.join("agent-admin").join("admin.sock");
+        let pin_dir = PathBuf::from(format!("/sys/fs/bpf/masker-bench-{}", std::process::id()));
+        let config = dir.join("agent.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{}\"\nadmin_socket = {:?}\npin_dir = {:?}\ntargets = [\"{}\"]\n",
+                free_port()?,
+                admin_socket.display().to_string(),
+                pin_dir.display().to_string(),
+                cluster.addr()
+            ),
+        )
+        .context("writing the agent configuration")?;
+        let log = dir.join("masker-agent.log");
+        let child = Command::new(bin)
+            .arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?)
+            .spawn()
+            .with_context(|| format!("starting {} agent", bin.display()))?;
+        let cleanup = format!(
+            "kill -9 {pid} 2>/dev/null; {bin} uninstall --pin-dir {pins} >/dev/null 2>&1",
+            pid = child.id(),
+            bin = shell_quote(&bin.to_string_lossy()),
+            pins = shell_quote(&pin_dir.to_string_lossy()),
+        );
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "trap '' INT HUP; while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cleanup}",
+                pid = std::process::id()
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        let mut agent = Agent { child, watchdog, bin: bin.to_path_buf(), admin_socket, pin_dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while UnixStream::connect(&agent.admin_socket).is_err() {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                bail!("masker agent exited ({status}):\n{}", std::fs::read_to_string(&log).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                bail!("masker agent: no admin socket after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(agent)
+    }
+
+    /// The agent's connection counter (`masker status --json`).
+    fn connections(&self) -> Result<u64> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--admin-socket").arg(&self.admin_socket).args(["status", "--json"]);
+        let out = client::run(cmd, Duration::from_secs(30))?;
+        let status: serde_json::Value = serde_json::from_str(&out.stdout).context("masker status --json")?;
+        status["counters"]["connections"].as_u64().context("no counters.connections in masker status")
+    }
+
+    /// `masker --admin-socket S run --identity bench --`: pgbench runs in a
+    /// transient tagged cgroup.
+    fn run_wrapper(&self) -> Vec<String> {
+        [self.bin.to_string_lossy().as_ref(), "--admin-socket", &self.admin_socket.to_string_lossy()]
+            .into_iter()
+            .chain(["run", "--identity", "bench", "--"])
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while let Ok(None) = self.child.try_wait() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.wait();
+        let _ =
+            Command::new(&self.bin).arg("uninstall").arg("--pin-dir").arg(&self.pin_dir).stdout(Stdio::null()).status();
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _ = watchdog.kill();
+            let _ = watchdog.wait();
+        }
+    }
 }

@@ -25,32 +25,51 @@ use super::{Ctx, Outcome, progress};
 const ROWS: u64 = 1_000_000;
 const SMALL_ROWS: u64 = 100_000;
 
-/// The policy the masked variant runs with; keep it in step with the format
-/// documented in `examples/policy.toml`.
-pub const POLICY: &str = r#"# Policy of `cargo xtask bench mask`: the five personal columns of
-# public.bench_people are masked; id, amount, created_at, status and qty pass.
+/// The policy the masked variant runs with, in the format documented in
+/// `examples/policy.toml`. A mix of cheap (redact, partial, email) and keyed
+/// (pseudonymize) actions on the five personal columns; the plain columns
+/// fall to `defaults.action` (switch it to "detect" to also measure content
+/// scanning of unclassified columns).
+pub const POLICY: &str = r#"# Policy of `cargo xtask bench mask`.
+version = 1
 
-[[rules]]
+[defaults]
+action = "allow"
+comment_classification = false
+
+[pseudonymize]
+key_env = "MASKER_PSEUDONYM_KEY"
+
+[[rule]]
+name = "name"
 columns = ["public.bench_people.full_name"]
-action = "redact"
+action = "pseudonymize"
 
-[[rules]]
+[[rule]]
+name = "email"
 columns = ["public.bench_people.email"]
 action = "email"
 
-[[rules]]
+[[rule]]
+name = "phone"
 columns = ["public.bench_people.phone"]
 action = "partial"
-keep_last = 4
+keep_last = 2
 
-[[rules]]
+[[rule]]
+name = "national-id"
 columns = ["public.bench_people.ssn"]
 action = "pseudonymize"
+format_preserving = true
 
-[[rules]]
+[[rule]]
+name = "address"
 columns = ["public.bench_people.address"]
 action = "redact"
 "#;
+
+/// The pseudonym key [`POLICY`] reads from the environment.
+const PSEUDONYM_KEY: (&str, &str) = ("MASKER_PSEUDONYM_KEY", "masker-bench-pseudonym-key-not-a-secret");
 
 /// Fake people: ASCII names from two 20-word lists, emails derived from them,
 /// US-style phones and SSN-like strings, street addresses.
@@ -87,8 +106,11 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
 
     let policy = cluster.work().path().join("bench-policy.toml");
     std::fs::write(&policy, POLICY).context("writing the bench policy")?;
-    let unmasked = Masker::start(&ctx.masker_bin, cluster, None, "mask-off")?;
-    let (masked, unavailable) = start_masked(ctx, &policy, "mask-on");
+    let unmasked = Masker::start(&ctx.masker_bin, cluster, &[], &[], "mask-off")?;
+    let (masked, unavailable) = match start_masked(ctx, &policy, "mask-on") {
+        Ok(m) => (Some(m), None),
+        Err(reason) => (None, Some(reason)),
+    };
     let mut table = Table::new(
         format!("mask: {ROWS} rows x (5 personal + 5 plain columns) read with psql -At, median of {}", ctx.reps()),
         &["path", "time s", "rows/s", "MB/s", "vs direct", "vs unmasked", "goal <=1.5x", "peak RSS"],
@@ -135,8 +157,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         }));
     }
     if let Some(reason) = &unavailable {
-        table.row(vec!["masker, 5 columns masked".into(), "masking not available yet".into()]);
-        table.note(format!("masked run skipped: {reason}"));
+        let mut row = vec!["masker, 5 columns masked".to_string()];
+        row.extend(["-", "-", "-", "-", "-", "not available yet", "-"].map(String::from));
+        table.row(row);
+        table.note(format!("masking not available yet: {reason}"));
     }
     let flat = rss_flatness(ctx, &policy, masked.is_some())?;
     table.note(format!(
@@ -157,17 +181,37 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     Ok(Outcome { tables: vec![table], json })
 }
 
-/// Starts masker with the bench policy, or says why it cannot.
-fn start_masked(ctx: &Ctx, policy: &Path, label: &str) -> (Option<Masker>, Option<String>) {
+/// The `masker proxy` arguments that load the bench policy, or why masking
+/// cannot be measured with this binary.
+fn masked_args(ctx: &Ctx, policy: &Path) -> Result<Vec<String>, String> {
     let help = Command::new(&ctx.masker_bin).args(["proxy", "--help"]).output();
-    let takes_policy = help.map(|o| String::from_utf8_lossy(&o.stdout).contains("--policy")).unwrap_or(false);
-    if !takes_policy {
-        return (None, Some("`masker proxy` does not take --policy yet".into()));
+    let help = help.map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    if !help.contains("--policy") {
+        return Err("`masker proxy` does not take --policy yet".into());
     }
-    match Masker::start(&ctx.masker_bin, ctx.cluster, Some(policy), label) {
-        Ok(m) => (Some(m), None),
-        Err(err) => (None, Some(format!("masker refused the bench policy (adjust mask::POLICY): {err:#}"))),
+    let check = Command::new(&ctx.masker_bin)
+        .args(["policy", "check"])
+        .arg(policy)
+        .env(PSEUDONYM_KEY.0, PSEUDONYM_KEY.1)
+        .output()
+        .map_err(|e| format!("running masker policy check: {e}"))?;
+    let said = String::from_utf8_lossy(&check.stderr);
+    if !check.status.success() && !said.contains("unrecognized subcommand") {
+        return Err(format!("masker policy check refused the bench policy (adjust mask::POLICY): {}", said.trim()));
     }
+    let mut args = vec!["--policy".to_string(), policy.display().to_string()];
+    if help.contains("--catalog-user") {
+        // Trust authentication: the catalog connection needs no password.
+        args.extend(["--catalog-user".to_string(), "postgres".to_string()]);
+    }
+    Ok(args)
+}
+
+/// Starts masker with the bench policy, or says why it cannot.
+fn start_masked(ctx: &Ctx, policy: &Path, label: &str) -> Result<Masker, String> {
+    let args = masked_args(ctx, policy)?;
+    Masker::start(&ctx.masker_bin, ctx.cluster, &args, &[PSEUDONYM_KEY], label)
+        .map_err(|err| format!("masker did not start with the bench policy: {err:#}"))
 }
 
 /// Notes in the table whether the masked path really masks the personal
@@ -193,9 +237,9 @@ fn check_masking(ctx: &Ctx, masked: SocketAddr, table: &mut Table) -> Result<()>
 /// Peak RSS of a fresh masker after a [`SMALL_ROWS`]-row read.
 fn rss_flatness(ctx: &Ctx, policy: &Path, masking: bool) -> Result<Option<u64>> {
     let masker = if masking {
-        Masker::start(&ctx.masker_bin, ctx.cluster, Some(policy), "mask-small")?
+        start_masked(ctx, policy, "mask-small").map_err(anyhow::Error::msg)?
     } else {
-        Masker::start(&ctx.masker_bin, ctx.cluster, None, "mask-small")?
+        Masker::start(&ctx.masker_bin, ctx.cluster, &[], &[], "mask-small")?
     };
     let sql = format!("SELECT * FROM bench_people LIMIT {SMALL_ROWS}");
     client::stream(ctx.cluster.bindir(), masker.addr(), &sql, Duration::from_secs(300))?;

@@ -71,7 +71,7 @@ pub struct Ctx<'a> {
 impl Ctx<'_> {
     /// Repetitions of each timed streaming run (the median is reported).
     pub fn reps(&self) -> usize {
-        if self.quick { 1 } else { 3 }
+        if self.quick { 3 } else { 5 }
     }
 }
 
@@ -132,6 +132,11 @@ pub fn run(opts: &Options) -> Result<()> {
             Which::Mask => ("mask", mask::run),
             Which::All => unreachable!("expanded above"),
         };
+        let busy = report::cpu_busy_percent(std::time::Duration::from_secs(2));
+        if let Some(busy) = busy {
+            let warning = if busy > 20.0 { " -- the machine is busy, expect noisy ratios" } else { "" };
+            println!("\n{name}: CPU busy with other work before the run: {busy:.0}%{warning}");
+        }
         let started = Instant::now();
         match bench(&ctx) {
             Ok(outcome) => {
@@ -143,6 +148,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 let json = json!({
                     "bench": name,
                     "quick": opts.quick,
+                    "cpu_busy_percent_before": busy.map(|b| b.round()),
                     "duration_secs": (secs * 10.0).round() / 10.0,
                     "unix_time": std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

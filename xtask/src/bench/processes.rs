@@ -269,15 +269,14 @@ pub struct Masker {
 }
 
 impl Masker {
-    /// Starts `masker proxy --listen 127.0.0.1:0 --upstream <cluster>` and
-    /// waits for its "listening" line. `label` names the log file.
-    pub fn start(bin: &Path, cluster: &Cluster, policy: Option<&Path>, label: &str) -> Result<Masker> {
+    /// Starts `masker proxy --listen 127.0.0.1:0 --upstream <cluster>` plus
+    /// `args` and `env`, and waits for its "listening" line. `label` names
+    /// the log file.
+    pub fn start(bin: &Path, cluster: &Cluster, args: &[String], env: &[(&str, &str)], label: &str) -> Result<Masker> {
         let log = cluster.work().path().join(format!("masker-{label}.log"));
         let mut cmd = Command::new(bin);
-        cmd.args(["proxy", "--listen", "127.0.0.1:0", "--upstream", &cluster.addr().to_string()]);
-        if let Some(policy) = policy {
-            cmd.arg("--policy").arg(policy);
-        }
+        cmd.args(["proxy", "--listen", "127.0.0.1:0", "--upstream", &cluster.addr().to_string()]).args(args);
+        cmd.envs(env.iter().copied());
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);

@@ -148,6 +148,25 @@ pub fn machine(bindir: &Path, root: &Path) -> Value {
     })
 }
 
+/// Share of all CPUs busy (not idle, not waiting for I/O) over `window`,
+/// from `/proc/stat`: taken before a benchmark, it shows whether something
+/// else competes for the machine.
+pub fn cpu_busy_percent(window: std::time::Duration) -> Option<f64> {
+    let sample = || -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> =
+            stat.lines().next()?.strip_prefix("cpu ")?.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+        let total: u64 = fields.iter().take(8).sum();
+        let idle = fields.get(3)? + fields.get(4)?;
+        Some((total, idle))
+    };
+    let (t0, i0) = sample()?;
+    std::thread::sleep(window);
+    let (t1, i1) = sample()?;
+    let total = t1.checked_sub(t0)?;
+    (total > 0).then(|| 100.0 * (total - (i1 - i0)) as f64 / total as f64)
+}
+
 pub fn machine_line(m: &Value) -> String {
     format!(
         "machine: {} cpus ({}), {} GiB, kernel {}; {}; {}; tree {}\nmasker binary: {}",

@@ -1,0 +1,461 @@
+//! Transparent interception end to end: the real `masker agent` (real eBPF
+//! programs, attached to the cgroup v2 root), real cgroups, a real PostgreSQL
+//! and real clients (`psql`, tokio-postgres) that connect to the server's own
+//! address, unchanged.
+//!
+//! Each test starts its own agent (own listen ports, admin socket and pin
+//! directory) and its own cgroups, so the tests run in parallel with each
+//! other and with other test binaries; a cgroup is redirected only by the
+//! agent that tagged it. Whether a connection went through masker is read from
+//! the agent (`masker status --json`: connection counter, live sessions).
+//! Every test ends by checking that its pins and cgroups are gone.
+//!
+//! Needs root and BPF; skipped with a message otherwise. The `masker` binary
+//! must be built (`cargo build -p masker-agent --bin masker`).
+#![forbid(unsafe_code)]
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason};
+use masker_tests::process::{self, Output};
+use masker_tests::{ConnInfo, PgCluster};
+use serde_json::{Value, json};
+
+/// The query both clients run: enough to see that the rows come from the
+/// real server, unchanged (the agents here have no policy).
+const QUERY: &str = "SELECT count(*), current_user, current_database() FROM customers WHERE id <= 100";
+/// What [`QUERY`] returns in psql's unaligned output.
+const QUERY_OUT: &str = "100|app|shop";
+/// Deadline of one client run.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------
+// The tokio-postgres client, run as a separate process so that it can be put
+// in a cgroup (cgroup membership is per process).
+
+/// Set in the environment of the re-executed test binary: the login
+/// (`host port user password dbname`) of the client process.
+const CLIENT_ENV: &str = "MASKER_IT_TOKIO_CLIENT";
+
+/// Not a test of its own: the body of the tokio-postgres client process the
+/// other tests start (this test binary, re-executed with [`CLIENT_ENV`] set,
+/// inside a cgroup). Without the variable it does nothing.
+///
+/// The client connects, runs a parameterized query (extended protocol) and
+/// prints `CLIENT-RESULT {json}` (or `CLIENT-ERROR message`), then keeps the
+/// connection open until a line arrives on stdin, runs one more query and
+/// prints `CLIENT-DONE {json}`.
+#[test]
+fn tokio_postgres_client_process() {
+    let Ok(spec) = std::env::var(CLIENT_ENV) else { return };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [host, port, user, password, dbname] = parts[..] else { panic!("bad {CLIENT_ENV}: {spec:?}") };
+    let info = ConnInfo {
+        host: host.into(),
+        port: port.parse().expect("port"),
+        user: user.into(),
+        password: password.into(),
+        dbname: dbname.into(),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let client = match info.connect().await {
+            Ok(client) => client,
+            Err(e) => {
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                println!("CLIENT-ERROR {message}");
+                return;
+            }
+        };
+        let row = client
+            .query_one(
+                "SELECT count(*), current_user::text, current_database()::text FROM customers WHERE id <= $1",
+                &[&100i64],
+            )
+            .await
+            .expect("query");
+        let (count, user, db): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+        println!("CLIENT-RESULT {}", json!({ "pid": std::process::id(), "count": count, "user": user, "db": db }));
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        let one: i32 = client.query_one("SELECT 1", &[]).await.expect("second query").get(0);
+        println!("CLIENT-DONE {}", json!({ "one": one }));
+    });
+}
+
+/// A tokio-postgres client process for `info`, started by `wrapper` (a
+/// command whose remaining arguments are the program and its arguments: a
+/// [`TestCgroup::command`] or `masker run ... --`).
+fn tokio_client(wrapper: Command, info: &ConnInfo) -> LineChild {
+    let mut cmd = wrapper;
+    cmd.args(["tokio_postgres_client_process", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        .env(CLIENT_ENV, format!("{} {} {} {} {}", info.host, info.port, info.user, info.password, info.dbname));
+    LineChild::spawn(cmd).expect("spawn the tokio-postgres client")
+}
+
+fn current_exe() -> PathBuf {
+    std::env::current_exe().expect("the test binary")
+}
+
+/// Waits for the client's result line, checks the rows, returns its pid.
+#[track_caller]
+fn expect_client_result(client: &mut LineChild) -> u32 {
+    let result = client.line_starting("CLIENT-", CLIENT_TIMEOUT).expect("client result");
+    let Some(result) = result.strip_prefix("RESULT ") else { panic!("tokio-postgres client failed: {result}") };
+    let result: Value = serde_json::from_str(result).expect("client JSON");
+    assert_eq!((&result["count"], &result["user"], &result["db"]), (&json!(100), &json!("app"), &json!("shop")));
+    result["pid"].as_u64().expect("pid") as u32
+}
+
+/// Lets the client run its second query on the open connection and exit.
+#[track_caller]
+fn finish_client(mut client: LineChild) {
+    client.send_line("go").expect("release the client");
+    let done = client.line_starting("CLIENT-DONE ", CLIENT_TIMEOUT).expect("second query on the same connection");
+    assert_eq!(serde_json::from_str::<Value>(&done).unwrap(), json!({ "one": 1 }));
+    let (status, stderr) = client.finish(CLIENT_TIMEOUT).expect("client exits");
+    assert!(status.success(), "client failed ({status}): {stderr}");
+}
+
+// ---------------------------------------------------------------------------
+// psql
+
+/// Runs psql (`program` of `wrapper`) against `info` with `sql`.
+fn psql(wrapper: Command, info: &ConnInfo, sql: &str) -> Output {
+    let mut cmd = wrapper;
+    cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-w"])
+        .args(["-h", &info.host, "-p", &info.port.to_string(), "-U", &info.user, "-d", &info.dbname])
+        .args(["-c", sql])
+        .env("PGPASSWORD", &info.password)
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGSERVICE")
+        .env_remove("PGSSLMODE")
+        .env_remove("PGOPTIONS");
+    process::run(cmd, None, CLIENT_TIMEOUT).unwrap_or_else(|e| panic!("psql: {e:#}"))
+}
+
+fn psql_binary(cluster: &PgCluster) -> PathBuf {
+    cluster.bindir().join("psql")
+}
+
+/// psql run directly by the test process (not in any test cgroup).
+fn psql_here(cluster: &PgCluster, info: &ConnInfo, sql: &str) -> Output {
+    psql(Command::new(psql_binary(cluster)), info, sql)
+}
+
+/// psql in cgroup `cg`.
+fn psql_in(cg: &TestCgroup, cluster: &PgCluster, info: &ConnInfo, sql: &str) -> Output {
+    psql(cg.command(psql_binary(cluster)), info, sql)
+}
+
+#[track_caller]
+fn assert_query_ok(out: &Output) {
+    out.assert_success();
+    assert_eq!(out.stdout.trim(), QUERY_OUT, "stderr: {}", out.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// Set-up and the final checks
+
+/// The shared cluster and a fresh agent, or `None` (with the reason printed)
+/// when the machine cannot run these tests.
+fn start(options: impl FnOnce(&PgCluster) -> Option<AgentOptions>) -> Option<(&'static PgCluster, MaskerAgent)> {
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return None;
+    }
+    let cluster = PgCluster::shared();
+    let options = options(cluster)?;
+    let agent = MaskerAgent::start(&options).unwrap_or_else(|e| panic!("starting masker agent: {e:#}"));
+    Some((cluster, agent))
+}
+
+fn targets(cluster: &PgCluster) -> Option<AgentOptions> {
+    Some(AgentOptions::targets(&[cluster.addr()]))
+}
+
+/// Stops the agent, removes the cgroups and checks that nothing is left: no
+/// pin directory (so no program stays attached and no map pinned) and no
+/// cgroup directory.
+#[track_caller]
+fn tear_down(agent: MaskerAgent, cgroups: Vec<TestCgroup>) {
+    let pin_dir = agent.pin_dir().to_path_buf();
+    drop(agent);
+    assert!(!pin_dir.exists(), "{} is left after the agent stopped and `masker uninstall`", pin_dir.display());
+    let paths: Vec<PathBuf> = cgroups.iter().map(|c| c.path().to_path_buf()).collect();
+    // Children first: reverse creation order.
+    for cg in cgroups.into_iter().rev() {
+        drop(cg);
+    }
+    for path in paths {
+        assert!(!path.exists(), "test cgroup {} is left", path.display());
+    }
+}
+
+/// The live session of process `pid` in `status`.
+#[track_caller]
+fn session_of(status: &Value, pid: u32) -> Value {
+    let sessions = status["sessions"].as_array().expect("sessions");
+    sessions
+        .iter()
+        .find(|s| s["pid"] == json!(pid))
+        .cloned()
+        .unwrap_or_else(|| panic!("no session of pid {pid} in masker status: {status:#}"))
+}
+
+fn cgroup_id(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("cgroup directory").ino()
+}
+
+// ---------------------------------------------------------------------------
+// The tests
+
+#[test]
+fn tagged_psql_and_tokio_postgres_reach_the_server_through_masker() {
+    let Some((cluster, agent)) = start(targets) else { return };
+    let info = cluster.app();
+    let cg = TestCgroup::new().expect("cgroup");
+    agent.tag(cg.path(), "it-tagged");
+    assert_query_ok(&psql_here(cluster, &info, QUERY));
+    assert_eq!(agent.connections(), 0, "an untagged psql went through masker");
+
+    // psql, unchanged address, same rows as directly.
+    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
+    assert_eq!(agent.connections(), 1, "the tagged psql did not go through masker\n{}", agent.stderr());
+
+    // tokio-postgres: while its connection is open, the agent lists it.
+    let mut client = tokio_client(cg.command(current_exe()), &info);
+    let pid = expect_client_result(&mut client);
+    let status = agent.status();
+    let session = session_of(&status, pid);
+    assert_eq!(session["identity"], json!("it-tagged"), "{session:#}");
+    assert_eq!(session["destination"], json!(cluster.addr().to_string()), "{session:#}");
+    assert_eq!(session["cgroup_id"], json!(cgroup_id(cg.path())), "{session:#}");
+    assert_eq!((&session["user"], &session["database"]), (&json!("app"), &json!("shop")), "{session:#}");
+    assert!(session["bytes_to_client"].as_u64().unwrap() > 0, "{session:#}");
+    assert_eq!(status["counters"]["connections"], json!(2), "{status:#}");
+    let tags = status["tags"].as_array().expect("tags");
+    assert_eq!(tags.len(), 1, "{status:#}");
+    assert_eq!(tags[0]["identity"], json!("it-tagged"));
+    assert_eq!(tags[0]["path"], json!(cg.path().to_string_lossy()));
+    assert_eq!(tags[0]["cgroup_id"], json!(cgroup_id(cg.path())));
+    assert_eq!(status["targets"][0]["addresses"], json!([cluster.addr().to_string()]), "{status:#}");
+    assert_eq!(status["pin_dir"], json!(agent.pin_dir().to_string_lossy()));
+    assert_eq!(status["programs"].as_array().map(Vec::len), Some(5), "{status:#}");
+
+    // The table view shows the same.
+    let table = agent.run_cli(&["status"]);
+    table.assert_success();
+    assert!(table.stdout.contains("it-tagged") && table.stdout.contains(&pid.to_string()), "{}", table.stdout);
+
+    finish_client(client);
+    let status = agent.status();
+    assert!(status["sessions"].as_array().unwrap().is_empty(), "session still listed: {status:#}");
+    assert_eq!(status["counters"]["sessions_refused"], json!(0), "{status:#}");
+    tear_down(agent, vec![cg]);
+}
+
+#[test]
+fn processes_outside_the_tag_connect_directly() {
+    let Some((cluster, agent)) = start(targets) else { return };
+    let info = cluster.app();
+    let tagged = TestCgroup::new().expect("cgroup");
+    let plain = TestCgroup::new().expect("cgroup");
+    agent.tag(tagged.path(), "it-other");
+
+    assert_query_ok(&psql_in(&plain, cluster, &info, QUERY));
+    let mut client = tokio_client(plain.command(current_exe()), &info);
+    expect_client_result(&mut client);
+    finish_client(client);
+    assert_query_ok(&psql_here(cluster, &info, QUERY));
+    let status = agent.status();
+    assert_eq!(status["counters"]["connections"], json!(0), "an untagged client went through masker: {status:#}");
+
+    // The tagged sibling is intercepted: the agent was working all along.
+    assert_query_ok(&psql_in(&tagged, cluster, &info, QUERY));
+    assert_eq!(agent.connections(), 1);
+    tear_down(agent, vec![tagged, plain]);
+}
+
+#[test]
+fn descendant_cgroups_of_a_tagged_one_are_covered() {
+    let Some((cluster, agent)) = start(targets) else { return };
+    let info = cluster.app();
+    let parent = TestCgroup::new().expect("cgroup");
+    agent.tag(parent.path(), "it-parent");
+    let job = parent.child("job").expect("cgroup");
+    let step = job.child("step").expect("cgroup");
+
+    assert_query_ok(&psql_in(&step, cluster, &info, QUERY));
+    assert_eq!(agent.connections(), 1, "psql in a grandchild of the tagged cgroup went direct");
+
+    let mut client = tokio_client(job.command(current_exe()), &info);
+    let pid = expect_client_result(&mut client);
+    let session = session_of(&agent.status(), pid);
+    assert_eq!(session["identity"], json!("it-parent"), "{session:#}");
+    assert_eq!(session["cgroup_id"], json!(cgroup_id(job.path())), "the connecting task's own cgroup");
+    finish_client(client);
+    assert_eq!(agent.connections(), 2);
+    tear_down(agent, vec![parent, job, step]);
+}
+
+#[test]
+fn untag_applies_to_new_connections() {
+    let Some((cluster, mut agent)) = start(targets) else { return };
+    let info = cluster.app();
+    let cg = TestCgroup::new().expect("cgroup");
+    agent.tag(cg.path(), "it-untag");
+    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
+    assert_eq!(agent.connections(), 1);
+
+    // A connection opened while tagged stays with masker after the untag.
+    let mut client = tokio_client(cg.command(current_exe()), &info);
+    expect_client_result(&mut client);
+    assert_eq!(agent.connections(), 2);
+    agent.untag(cg.path());
+    assert!(agent.status()["tags"].as_array().unwrap().is_empty());
+
+    // New connections go direct.
+    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
+    let mut direct = tokio_client(cg.command(current_exe()), &info);
+    expect_client_result(&mut direct);
+    finish_client(direct);
+    assert_eq!(agent.connections(), 2, "a connection after `masker untag` went through masker");
+    finish_client(client);
+
+    // With no tag left, a stopped agent removes its programs and pins itself.
+    let status = agent.stop().expect("agent exit status");
+    assert!(status.success(), "agent exit {status}: {}", agent.stderr());
+    assert!(!agent.pin_dir().exists(), "pins left by an agent stopped with no tags: {}", agent.pin_dir().display());
+    tear_down(agent, vec![cg]);
+}
+
+#[test]
+fn stopped_agent_fails_closed_until_uninstalled() {
+    let Some((cluster, mut agent)) = start(targets) else { return };
+    let info = cluster.app();
+    let cg = TestCgroup::new().expect("cgroup");
+    agent.tag(cg.path(), "it-closed");
+    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
+    assert_eq!(agent.connections(), 1);
+
+    let status = agent.stop().expect("agent exit status");
+    assert!(status.success(), "agent exit {status}: {}", agent.stderr());
+    assert!(agent.pin_dir().exists(), "a stopped agent with tagged cgroups must leave its programs attached");
+
+    // Tagged: refused, never sent around masker.
+    let out = psql_in(&cg, cluster, &info, QUERY);
+    assert!(!out.status.success(), "tagged psql reached the server with the agent stopped: {}", out.stdout);
+    assert!(out.stderr.contains("Connection refused"), "psql: {}", out.stderr);
+    let mut client = tokio_client(cg.command(current_exe()), &info);
+    let result = client.line_starting("CLIENT-", CLIENT_TIMEOUT).expect("client result");
+    assert!(result.starts_with("ERROR ") && result.to_lowercase().contains("refused"), "tokio-postgres: {result}");
+    let _ = client.finish(CLIENT_TIMEOUT);
+    // Untagged: unaffected.
+    assert_query_ok(&psql_here(cluster, &info, QUERY));
+
+    // `masker uninstall` detaches for good: the tagged cgroup connects directly.
+    agent.uninstall().assert_success();
+    assert!(!agent.pin_dir().exists(), "`masker uninstall` left {}", agent.pin_dir().display());
+    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
+    tear_down(agent, vec![cg]);
+}
+
+#[test]
+fn ipv6_target_is_redirected() {
+    let Some((cluster, agent)) = start(|cluster| match cluster.addr_v6() {
+        Some(v6) => Some(AgentOptions { targets: vec![v6.to_string()], ipv6: true, policy: None }),
+        None => {
+            eprintln!("skipped: the host has no IPv6 loopback");
+            None
+        }
+    }) else {
+        return;
+    };
+    let v6 = cluster.addr_v6().expect("IPv6 address");
+    let info = ConnInfo { host: v6.ip().to_string(), ..cluster.app() };
+    let cg = TestCgroup::new().expect("cgroup");
+    agent.tag(cg.path(), "it-v6");
+
+    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
+    assert_eq!(agent.connections(), 1, "psql to [::1] did not go through masker\n{}", agent.stderr());
+
+    let mut client = tokio_client(cg.command(current_exe()), &info);
+    let pid = expect_client_result(&mut client);
+    let session = session_of(&agent.status(), pid);
+    assert_eq!(session["destination"], json!(v6.to_string()), "{session:#}");
+    assert_eq!(session["identity"], json!("it-v6"));
+    let peer: SocketAddr = session["client"].as_str().unwrap().parse().expect("client address");
+    assert!(peer.is_ipv6(), "accepted on the IPv6 listener: {session:#}");
+    finish_client(client);
+
+    // 127.0.0.1 on the same port is not a target of this agent: direct.
+    assert_query_ok(&psql_in(&cg, cluster, &cluster.app(), QUERY));
+    assert_eq!(agent.connections(), 2);
+    tear_down(agent, vec![cg]);
+}
+
+#[test]
+fn masker_run_tags_a_transient_cgroup_and_propagates_exit_codes() {
+    let Some((cluster, agent)) = start(targets) else { return };
+    let info = cluster.app();
+    let run = |args: &[&str]| -> Command {
+        let mut cmd = agent.cli();
+        cmd.args(["run", "--identity", "it-run", "--"]).args(args);
+        cmd
+    };
+
+    let out = process::run(run(&["sh", "-c", "exit 7"]), None, CLIENT_TIMEOUT).unwrap();
+    assert_eq!(out.code(), Some(7), "masker run -- sh -c 'exit 7': {}", out.stderr);
+    let out = process::run(run(&["true"]), None, CLIENT_TIMEOUT).unwrap();
+    assert_eq!(out.code(), Some(0), "masker run -- true: {}", out.stderr);
+
+    // The command runs in a transient cgroup that is gone afterwards.
+    let out = process::run(run(&["cat", "/proc/self/cgroup"]), None, CLIENT_TIMEOUT).unwrap();
+    out.assert_success();
+    let rel = out.stdout.lines().find_map(|l| l.strip_prefix("0::")).expect("cgroup v2 line").to_owned();
+    assert!(rel.starts_with("/masker/run-"), "masker run used cgroup {rel}");
+    let transient = masker_tests::agent::cgroup_v2_root().unwrap().join(rel.trim_start_matches('/'));
+    assert!(!transient.exists(), "masker run left its cgroup {}", transient.display());
+
+    // psql inside `masker run` goes through masker, unchanged address.
+    let mut cmd = run(&[]);
+    cmd.arg(psql_binary(cluster));
+    assert_query_ok(&psql(cmd, &info, QUERY));
+    assert_eq!(agent.connections(), 1, "psql under masker run did not go through masker\n{}", agent.stderr());
+
+    // ... with the identity given to `masker run`.
+    let mut cmd = run(&[]);
+    cmd.arg(current_exe());
+    let mut client = tokio_client(cmd, &info);
+    let pid = expect_client_result(&mut client);
+    let session = session_of(&agent.status(), pid);
+    assert_eq!(session["identity"], json!("it-run"), "{session:#}");
+    finish_client(client);
+    assert_eq!(agent.connections(), 2);
+    let status = agent.status();
+    assert!(status["tags"].as_array().unwrap().is_empty(), "masker run left a tag: {status:#}");
+
+    // Without an agent: a clear error, and the command does not run.
+    let mut cmd = Command::new(masker_tests::MaskerProxy::binary());
+    let marker = tempfile::NamedTempFile::new().unwrap().into_temp_path();
+    std::fs::remove_file(&marker).unwrap();
+    cmd.env("MASKER_ADMIN_SOCKET", "/nonexistent/masker-admin.sock")
+        .args(["run", "--identity", "it-run", "--", "touch"])
+        .arg(OsString::from(marker.as_os_str()));
+    let out = process::run(cmd, None, CLIENT_TIMEOUT).unwrap();
+    assert_ne!(out.code(), Some(0));
+    assert!(out.stderr.contains("not running"), "masker run without an agent: {}", out.stderr);
+    assert!(!marker.exists(), "the command ran untagged although the agent was not reachable");
+    tear_down(agent, Vec::new());
+}
