@@ -22,8 +22,8 @@ use tracing::{debug, info, warn};
 
 use crate::catalog::Catalog;
 use crate::policy::Policy;
-use crate::registry::{Registry, SessionEntry, SessionOrigin};
-use crate::wire::{self, FrameError, Header, Severity, StartupPacket};
+use crate::registry::{Registry, SessionCounters, SessionEntry, SessionOrigin};
+use crate::wire::{self, FrameError, Header, Severity, StartupPacket, backend};
 use relay::{Filter, Pump, RelayError, Verdict};
 use results::{ClientTracker, ExpectQueue, MaskContext, ServerTracker};
 
@@ -210,7 +210,7 @@ async fn run(
 
     let policy = ctx.current_policy();
     match policy {
-        None => relay(client, &mut server, &buf, ClientFilter, ServerFilter, ctx, entry).await,
+        None => relay(client, &mut server, &buf, ClientFilter, ServerFilter::new(&entry.counters), ctx, entry).await,
         Some(policy) => {
             let identity = entry.origin.identity.as_deref().unwrap_or("");
             let database = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default().1;
@@ -362,18 +362,42 @@ impl Filter for ClientFilter {
     }
 }
 
-/// Server → client: rejects message types a server does not send.
-struct ServerFilter;
+/// Server → client without a policy: rejects message types a server does not
+/// send and counts rows and statements for `masker status` (in local
+/// counters, published once per batch).
+struct ServerFilter<'a> {
+    counters: &'a SessionCounters,
+    rows: u64,
+    statements: u64,
+}
 
-impl Filter for ServerFilter {
+impl<'a> ServerFilter<'a> {
+    fn new(counters: &'a SessionCounters) -> Self {
+        ServerFilter { counters, rows: 0, statements: 0 }
+    }
+}
+
+impl Filter for ServerFilter<'_> {
     fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
-        if !wire::is_backend_tag(header.tag) {
-            return Err(FrameError::UnknownTag { tag: header.tag });
+        match header.tag {
+            backend::DATA_ROW => self.rows += 1,
+            backend::COMMAND_COMPLETE => self.statements += 1,
+            tag if !wire::is_backend_tag(tag) => return Err(FrameError::UnknownTag { tag }),
+            _ => {}
         }
         Ok(false)
     }
 
     async fn on_message(&mut self, _msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
         Ok(Verdict::Forward)
+    }
+
+    fn on_flush(&mut self) {
+        if self.rows > 0 {
+            self.counters.rows.fetch_add(std::mem::take(&mut self.rows), Ordering::Relaxed);
+        }
+        if self.statements > 0 {
+            self.counters.statements.fetch_add(std::mem::take(&mut self.statements), Ordering::Relaxed);
+        }
     }
 }
