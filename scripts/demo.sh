@@ -125,6 +125,7 @@ cat > "$WORK/agent.toml" <<TOML
 listen = "127.0.0.1:$AGENT_PORT"
 admin_socket = "$ADMIN"
 pin_dir = "$PIN_DIR"
+state_dir = "$WORK/state"
 policy = "$WORK/policy.toml"
 targets = ["127.0.0.1:$PGPORT"]
 

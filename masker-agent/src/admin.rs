@@ -17,14 +17,28 @@ use tracing::{info, warn};
 
 use crate::registry::{CountersSnapshot, SessionSnapshot};
 
-/// A request to the agent.
+/// A request to the agent. `Sessions` lists live sessions (`masker
+/// sessions`); `KillSession` ends one (`masker sessions kill ID`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Tag { cgroup: PathBuf, identity: String },
-    Untag { cgroup: PathBuf },
+    Tag {
+        cgroup: PathBuf,
+        identity: String,
+        /// An OIDC token (JWT) backing the identity; the agent verifies it
+        /// and tags nothing if it fails.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        token: Option<String>,
+    },
+    Untag {
+        cgroup: PathBuf,
+    },
     PolicyReload,
+    Sessions,
+    KillSession {
+        id: u64,
+    },
 }
 
 /// The agent's answer: `{"ok": ...}` or `{"error": "..."}`.
@@ -49,6 +63,9 @@ pub struct Status {
     pub policy: Option<String>,
     pub sessions: Vec<SessionSnapshot>,
     pub counters: CountersSnapshot,
+    /// What each identity did since the agent started.
+    #[serde(default)]
+    pub identities: std::collections::BTreeMap<String, crate::metrics::IdentityCounters>,
 }
 
 /// One configured target and the addresses it resolved to.

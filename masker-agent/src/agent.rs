@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
@@ -27,6 +27,9 @@ pub struct Agent {
     started: Instant,
     listen: Vec<SocketAddr>,
     targets: std::sync::Mutex<Vec<TargetStatus>>,
+    /// Identities with their verified token claims and expiry, by tagged
+    /// cgroup id (the BPF tag map holds only the name).
+    identities: std::sync::Mutex<std::collections::HashMap<u64, crate::identity::Identity>>,
 }
 
 /// Loads the policy named in `config` (if any), failing with its precise error.
@@ -62,13 +65,22 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let interception = Interception::start(&icfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(pin_dir = %config.pin_dir.display(), "eBPF programs attached");
 
+    let mut tls = crate::tls::SessionTls::default();
+    tls.client = Some(Arc::new(crate::tls::ClientTls::new(&config.state_dir)?));
     let ctx = Arc::new(SessionContext {
         registry: Arc::new(Registry::default()),
         limits: Limits::default(),
         socket_mark: Some(masker_common::MASKER_SOCKET_MARK),
         policy: RwLock::new(policy),
         catalog: Arc::new(Catalog::new(catalog_access)),
+        tls,
     });
+    if let Some(audit) = &config.audit {
+        ctx.registry.audit.start(&audit.settings())?;
+    }
+    if let Some(addr) = config.metrics_listen {
+        crate::metrics::start(addr, ctx.registry.clone()).await?;
+    }
     let agent = Arc::new(Agent {
         config,
         interception: tokio::sync::RwLock::new(Some(interception)),
@@ -76,6 +88,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         started: Instant::now(),
         listen: listen.clone(),
         targets: std::sync::Mutex::new(Vec::new()),
+        identities: std::sync::Mutex::default(),
     });
     agent.refresh_targets().await?;
 
@@ -168,6 +181,20 @@ impl Agent {
                 origin.destination = r.original.to_string();
                 origin.cgroup_id = Some(r.cgroup.0);
                 origin.pid = Some(r.pid);
+                let expired = self
+                    .identities
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&r.tagged_cgroup.0)
+                    .filter(|id| id.expired_at(SystemTime::now()))
+                    .map(|id| (id.name.clone(), id.expiry_text()));
+                if let Some((name, at)) = expired {
+                    let msg = format!(
+                        "masker: identity {name:?} expired at {at}; connection from pid {} to {} refused",
+                        r.pid, origin.destination
+                    );
+                    return (origin, refuse(&msg));
+                }
                 match r.identity {
                     Some(identity) => {
                         origin.identity = Some(identity);
@@ -194,12 +221,16 @@ impl Agent {
     async fn refresh_targets(&self) -> anyhow::Result<()> {
         let mut addrs = Vec::new();
         let mut status = Vec::new();
+        let mut tls = Vec::new();
         for t in &self.config.targets {
             match tokio::net::lookup_host(t.as_str()).await {
                 Ok(resolved) => {
                     let resolved: Vec<SocketAddr> = resolved.collect();
+                    let host = crate::catalog::split_host_port(t.as_str()).map_or(t.as_str(), |(h, _)| h);
+                    let settings = Arc::new(crate::tls::TargetTls::new(host, t.tls, t.ca_file.as_deref())?);
+                    tls.extend(resolved.iter().map(|a| (a.to_string(), settings.clone())));
                     status.push(TargetStatus {
-                        target: t.clone(),
+                        target: t.address.clone(),
                         addresses: resolved.iter().map(|a| a.to_string()).collect(),
                     });
                     addrs.extend(resolved);
@@ -207,9 +238,9 @@ impl Agent {
                 Err(e) => {
                     // Keep what the name resolved to before rather than
                     // letting its connections bypass masker.
-                    warn!(target = %t, "cannot resolve: {e}");
+                    warn!(target = %t.address, "cannot resolve: {e}");
                     let old = self.targets.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(prev) = old.iter().find(|s| &s.target == t) {
+                    if let Some(prev) = old.iter().find(|s| s.target == t.address) {
                         addrs.extend(prev.addresses.iter().filter_map(|a| a.parse::<SocketAddr>().ok()));
                         status.push(prev.clone());
                     }
@@ -222,6 +253,11 @@ impl Agent {
             i.set_targets(&addrs).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        {
+            // Addresses that failed to resolve this time keep their settings.
+            let mut map = self.ctx.tls.targets.write().unwrap_or_else(|p| p.into_inner());
+            map.extend(tls);
+        }
         Ok(())
     }
 
@@ -260,6 +296,7 @@ impl Agent {
             policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
             sessions: self.ctx.registry.snapshot(),
             counters: self.ctx.registry.counters_snapshot(),
+            identities: self.ctx.registry.metrics.identities(),
         })
     }
 }
@@ -288,13 +325,27 @@ impl admin::Handler for Agent {
                 Ok(s) => json(s),
                 Err(e) => Response::Error(format!("{e:#}")),
             },
-            Request::Tag { cgroup, identity } => {
+            Request::Tag { cgroup, identity, token } => {
+                let verified = match &token {
+                    Some(token) => {
+                        match crate::identity::verify(token, &identity, &self.config.issuers, SystemTime::now()) {
+                            Ok(v) => v,
+                            Err(e) => {
+                                warn!(cgroup = %cgroup.display(), %identity, "token rejected: {e}");
+                                return Response::Error(format!("{e}; {} was not tagged", cgroup.display()));
+                            }
+                        }
+                    }
+                    None => crate::identity::Identity::named(&identity),
+                };
                 let mut guard = self.interception.write().await;
                 let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
                 match i.tag(&cgroup, &identity) {
                     Ok(id) => {
-                        info!(cgroup = %cgroup.display(), cgroup_id = id.0, %identity, "tagged");
-                        json(serde_json::json!({ "cgroup_id": id.0 }))
+                        let expires_at = verified.expires_at;
+                        info!(cgroup = %cgroup.display(), cgroup_id = id.0, %identity, expires = %verified.expiry_text(), "tagged");
+                        self.identities.lock().unwrap_or_else(|p| p.into_inner()).insert(id.0, verified);
+                        json(serde_json::json!({ "cgroup_id": id.0, "expires_at": expires_at }))
                     }
                     Err(e) => Response::Error(e.to_string()),
                 }
@@ -304,10 +355,20 @@ impl admin::Handler for Agent {
                 let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
                 match i.untag_path(&cgroup) {
                     Ok(id) => {
+                        self.identities.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.0);
                         info!(cgroup = %cgroup.display(), cgroup_id = id.0, "untagged");
                         json(serde_json::json!({ "cgroup_id": id.0 }))
                     }
                     Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::Sessions => json(self.ctx.registry.snapshot()),
+            Request::KillSession { id } => {
+                if self.ctx.registry.kill(id) {
+                    info!(session = id, "session killed by an operator");
+                    json(serde_json::json!({ "killed": id }))
+                } else {
+                    Response::Error(format!("no live session {id}; `masker sessions` lists them"))
                 }
             }
             Request::PolicyReload => match self.reload_policy() {

@@ -67,6 +67,21 @@ struct CachedTable {
 #[derive(Default)]
 struct DbCache {
     tables: HashMap<TableOid, CachedTable>,
+    relations: HashMap<crate::sql::RelName, (Option<Arc<Relation>>, Instant)>,
+}
+
+/// A relation found by name (for SQL lineage): its columns in attribute
+/// order and, for a view, its definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub schema: String,
+    pub name: String,
+    /// `pg_class.relkind`: `r` table, `v` view, `m` materialized view, ...
+    pub kind: char,
+    /// Column names and comments, in attribute order.
+    pub columns: Vec<(String, Option<String>)>,
+    /// `pg_get_viewdef` of a view or materialized view.
+    pub definition: Option<String>,
 }
 
 /// Catalog look-ups for all sessions of the agent.
@@ -182,6 +197,71 @@ impl Catalog {
                 (r.get(0), TypeOid(r.get(1)), info)
             })
             .collect())
+    }
+
+    /// The relation a statement names, resolved as the catalog connection's
+    /// search path finds it (`to_regclass`), from the cache or the server.
+    /// `None`: the catalog connection cannot see it (a temporary table of
+    /// the client's session, a relation on the client's own search path, a
+    /// typo); callers treat it as unknown (fail closed).
+    pub async fn relation(
+        &self,
+        destination: &str,
+        database: &str,
+        rel: &crate::sql::RelName,
+    ) -> Result<Option<Arc<Relation>>, CatalogError> {
+        const SQL: &str = "
+            SELECT n.nspname::text, c.relname::text, c.relkind::text,
+                   CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+                   array(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                   array(SELECT coalesce(col_description(c.oid, a.attnum), '') FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)";
+        let key = (destination.to_string(), database.to_string());
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((r, at)) = caches.get(&key).and_then(|c| c.relations.get(rel))
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(r.clone());
+            }
+        }
+        let err = |reason: String| CatalogError {
+            destination: destination.to_string(),
+            database: database.to_string(),
+            reason,
+        };
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let name = match &rel.schema {
+            Some(schema) => format!("{}.{}", quote(schema), quote(&rel.name)),
+            None => quote(&rel.name),
+        };
+        let found = {
+            let mut clients = self.clients.lock().await;
+            if clients.get(&key).is_none_or(|c| c.is_closed()) {
+                let client = self.connect(destination, database).await.map_err(err)?;
+                clients.insert(key.clone(), client);
+            }
+            let client = clients.get(&key).ok_or_else(|| err("no catalog connection".into()))?;
+            let rows = client.query(SQL, &[&name]).await.map_err(|e| err(e.to_string()))?;
+            rows.first().map(|r| {
+                let names: Vec<String> = r.get(4);
+                let comments: Vec<String> = r.get(5);
+                let kind: String = r.get(2);
+                Arc::new(Relation {
+                    schema: r.get(0),
+                    name: r.get(1),
+                    kind: kind.chars().next().unwrap_or('?'),
+                    columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
+                    definition: r.get(3),
+                })
+            })
+        };
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.entry(key).or_default().relations.insert(rel.clone(), (found.clone(), Instant::now()));
+        Ok(found)
     }
 
     async fn fetch(

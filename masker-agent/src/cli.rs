@@ -65,6 +65,23 @@ pub enum Command {
         /// Environment variable holding that role's password.
         #[arg(long, default_value = "MASKER_CATALOG_PASSWORD")]
         catalog_password_env: String,
+        /// Terminate TLS towards clients with certificates from masker's CA
+        /// kept in this directory (created on first use); without it,
+        /// SSLRequest is answered 'N'.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// TLS towards the upstream server: disable, prefer, require or verify-full.
+        #[arg(long, default_value = "disable")]
+        upstream_tls: crate::tls::UpstreamTlsMode,
+        /// CA bundle (PEM) that verify-full checks the server's certificate against.
+        #[arg(long)]
+        upstream_ca: Option<PathBuf>,
+        /// Write audit events (JSON Lines) to this file, rotated at 100 MiB, 5 kept.
+        #[arg(long)]
+        audit_file: Option<PathBuf>,
+        /// Serve Prometheus metrics (GET /metrics) on this address; off by default.
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Show the agent: programs, targets, tagged cgroups, live sessions, counters.
     Status {
@@ -78,6 +95,8 @@ pub enum Command {
         cgroup: PathBuf,
         #[arg(long)]
         identity: String,
+        #[command(flatten)]
+        token: TokenArgs,
     },
     /// Remove a cgroup's tag; its new connections are no longer intercepted.
     Untag {
@@ -92,9 +111,29 @@ pub enum Command {
     Run {
         #[arg(long)]
         identity: String,
+        #[command(flatten)]
+        token: TokenArgs,
         /// The command and its arguments.
         #[arg(required = true, last = true)]
         command: Vec<String>,
+    },
+    /// masker's certificate authority (TLS towards clients).
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+    /// Live sessions of the agent; `masker sessions kill ID` ends one.
+    Sessions {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<SessionsCommand>,
+    },
+    /// The audit trail (read from its file; no agent needed).
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
     },
     /// Policy file commands.
     Policy {
@@ -109,6 +148,70 @@ pub enum Command {
     Uninstall {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+    },
+}
+
+/// An OIDC token that backs a workload identity.
+#[derive(Debug, clap::Args)]
+pub struct TokenArgs {
+    /// File holding an OIDC ID token (JWT) for the identity; the agent
+    /// verifies it against its `[[issuer]]` entries.
+    #[arg(long, conflicts_with = "token_env")]
+    pub token_file: Option<PathBuf>,
+    /// Environment variable holding that token (as CI systems hand it out).
+    #[arg(long)]
+    pub token_env: Option<String>,
+}
+
+impl TokenArgs {
+    /// The token, if one was given.
+    pub fn read(&self) -> anyhow::Result<Option<String>> {
+        match (&self.token_file, &self.token_env) {
+            (Some(file), _) => Ok(Some(crate::identity::read_token_file(file)?)),
+            (None, Some(var)) => match std::env::var(var) {
+                Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
+                _ => anyhow::bail!("--token-env: {var} is not set"),
+            },
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CaCommand {
+    /// Print the CA certificate (PEM) for a trust store, creating the CA if needed.
+    Export {
+        /// The agent's state directory.
+        #[arg(long, default_value = crate::tls::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsCommand {
+    /// End a live session (its client gets SQLSTATE 57P01).
+    Kill { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print audit events, optionally following new ones (across rotations).
+    Tail {
+        /// Keep printing events as they are written.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Only events of this workload identity.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Print the JSON lines as written.
+        #[arg(long)]
+        json: bool,
+        /// The audit file (default: `[audit] file` of --config).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Agent configuration whose `[audit] file` to read.
+        #[arg(long, default_value = "/etc/masker/agent.toml")]
+        config: PathBuf,
     },
 }
 
@@ -156,7 +259,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::agent::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Proxy { listen, upstream, policy, identity, catalog_user, catalog_password_env } => {
+        Command::Proxy {
+            listen,
+            upstream,
+            policy,
+            identity,
+            catalog_user,
+            catalog_password_env,
+            state_dir,
+            upstream_tls,
+            upstream_ca,
+            audit_file,
+            metrics_listen,
+        } => {
+            let mut proxy_tls = crate::tls::SessionTls::default();
+            if let Some(dir) = &state_dir {
+                proxy_tls.client = Some(Arc::new(crate::tls::ClientTls::new(dir)?));
+            }
+            let host = crate::catalog::split_host_port(&upstream).map_or(upstream.as_str(), |(h, _)| h);
+            let target = crate::tls::TargetTls::new(host, upstream_tls, upstream_ca.as_deref())?;
+            proxy_tls.set_targets([(upstream.clone(), target)]);
             let policy = match policy {
                 Some(p) => Some(Arc::new(Policy::from_file(&p).map_err(|e| anyhow::anyhow!("{e}"))?)),
                 None => None,
@@ -172,7 +294,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 socket_mark: None,
                 policy: RwLock::new(policy),
                 catalog: Arc::new(Catalog::new(catalog)),
+                tls: proxy_tls,
             });
+            let audit = crate::audit::AuditSettings {
+                file: audit_file,
+                max_bytes: crate::audit::AuditSettings::DEFAULT_MAX_BYTES,
+                keep: crate::audit::AuditSettings::DEFAULT_KEEP,
+                stdout: false,
+            };
+            ctx.registry.audit.start(&audit)?;
+            if let Some(addr) = metrics_listen {
+                crate::metrics::start(addr, ctx.registry.clone()).await?;
+            }
             println!("masker proxy listening on {local}");
             listener::run_proxy(listener, upstream, identity, ctx, shutdown_signal()).await;
             Ok(ExitCode::SUCCESS)
@@ -187,9 +320,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tag { cgroup, identity } => {
+        Command::Tag { cgroup, identity, token } => {
+            let token = token.read()?;
             let dir = resolve_cgroup(&cgroup)?;
-            admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.clone() }).await?;
+            admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.clone(), token }).await?;
             println!("tagged {} as {identity}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
@@ -199,7 +333,27 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("untagged {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { identity, command } => run_tagged(socket, &identity, &command).await,
+        Command::Run { identity, token, command } => {
+            let token = token.read()?;
+            run_tagged(socket, &identity, token, &command).await
+        }
+        Command::Sessions { json, command } => sessions(socket, json, command).await,
+        Command::Audit { command: AuditCommand::Tail { follow, identity, json, file, config } } => {
+            let file = match file {
+                Some(f) => f,
+                None => crate::config::AgentConfig::from_file(&config)?
+                    .audit
+                    .and_then(|a| a.file)
+                    .ok_or_else(|| anyhow::anyhow!("{}: no [audit] file configured; pass --file", config.display()))?,
+            };
+            let opts = crate::audit::TailOptions { file, follow, identity, json };
+            let mut out = std::io::stdout();
+            tokio::select! {
+                r = crate::audit::tail(&opts, &mut out) => r?,
+                () = shutdown_signal() => {}
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Policy { command: PolicyCommand::Check { file } } => match Policy::from_file(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -213,6 +367,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Policy { command: PolicyCommand::Reload } => {
             let value = admin::request(socket, &Request::PolicyReload).await?;
             println!("{}", value.as_str().unwrap_or("reloaded"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca { command: CaCommand::Export { state_dir } } => {
+            let ca = crate::tls::CertificateAuthority::load_or_create(&state_dir)?;
+            print!("{}", ca.certificate_pem());
             Ok(ExitCode::SUCCESS)
         }
         Command::Uninstall { pin_dir } => {
@@ -240,7 +399,12 @@ fn resolve_cgroup(cgroup: &Path) -> anyhow::Result<PathBuf> {
 /// `masker run`: the command runs in a transient tagged cgroup. This process
 /// moves itself in before spawning (so the child starts inside, with no
 /// window where it runs untagged) and back out before removing the cgroup.
-async fn run_tagged(socket: &Path, identity: &str, command: &[String]) -> anyhow::Result<ExitCode> {
+async fn run_tagged(
+    socket: &Path,
+    identity: &str,
+    token: Option<String>,
+    command: &[String],
+) -> anyhow::Result<ExitCode> {
     require_root()?;
     let root = crate::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
     let home = crate::cgroup::current(&root, None).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -258,7 +422,8 @@ async fn run_tagged(socket: &Path, identity: &str, command: &[String]) -> anyhow
             }
         }
     };
-    if let Err(e) = admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.to_string() }).await
+    if let Err(e) =
+        admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.to_string(), token }).await
     {
         cleanup(false).await;
         return Err(e);
@@ -275,6 +440,56 @@ async fn run_tagged(socket: &Path, identity: &str, command: &[String]) -> anyhow
         None => 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
     };
     Ok(ExitCode::from(code.clamp(0, 255) as u8))
+}
+
+/// `masker sessions [--json]` and `masker sessions kill ID`.
+async fn sessions(socket: &Path, json: bool, command: Option<SessionsCommand>) -> anyhow::Result<ExitCode> {
+    if let Some(SessionsCommand::Kill { id }) = command {
+        admin::request(socket, &Request::KillSession { id }).await?;
+        println!("session {id} killed");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let value = admin::request(socket, &Request::Sessions).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        let sessions: Vec<crate::registry::SessionSnapshot> = serde_json::from_value(value)?;
+        print!("{}", render_sessions(&sessions));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_sessions(sessions: &[crate::registry::SessionSnapshot]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    if sessions.is_empty() {
+        let _ = writeln!(o, "  (none)");
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}",
+        "ID", "IDENTITY", "PID", "DESTINATION", "USER", "AGE", "BYTES IN", "BYTES OUT", "ROWS", "MASKED"
+    );
+    for x in sessions {
+        let by_action: Vec<String> = x.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(
+            o,
+            "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}  {}",
+            x.id,
+            x.identity.as_deref().unwrap_or("-"),
+            x.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            x.destination,
+            x.user.as_deref().unwrap_or("-"),
+            x.age_secs,
+            x.bytes_from_client,
+            x.bytes_to_client,
+            x.rows,
+            x.masked_cells,
+            by_action.join(" ")
+        );
+    }
+    o
 }
 
 fn render_status(s: &Status) -> String {
@@ -321,6 +536,29 @@ fn render_status(s: &Status) -> String {
             x.rows,
             x.masked_cells
         );
+    }
+    if !s.identities.is_empty() {
+        let _ = writeln!(o, "\nIDENTITIES");
+        let _ = writeln!(
+            o,
+            "  {:<20} {:>8} {:>10} {:>8} {:>10} {:>8} {:>8}  MASKED BY ACTION",
+            "IDENTITY", "SESSIONS", "STATEMENTS", "ERRORS", "ROWS", "MASKED", "DENIALS"
+        );
+        for (id, c) in &s.identities {
+            let by_action: Vec<String> = c.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let _ = writeln!(
+                o,
+                "  {:<20} {:>8} {:>10} {:>8} {:>10} {:>8} {:>8}  {}",
+                if id.is_empty() { "-" } else { id },
+                c.sessions,
+                c.statements,
+                c.statement_errors,
+                c.rows,
+                c.masked_cells,
+                c.denials,
+                by_action.join(" ")
+            );
+        }
     }
     let c = &s.counters;
     let _ = writeln!(

@@ -6,8 +6,20 @@
 //! admin_socket = "/run/masker/admin.sock"
 //! policy = "/etc/masker/policy.toml"
 //! pin_dir = "/sys/fs/bpf/masker"
-//! targets = ["db.internal:5432", "10.0.0.5:5432"]
+//! targets = [
+//!     "db.internal:5432",                                  # plain text to the server
+//!     { address = "10.0.0.5:5432", tls = "verify-full", ca_file = "/etc/masker/db-ca.pem" },
+//! ]
+//! state_dir = "/var/lib/masker"     # masker's CA (TLS towards clients)
 //! target_refresh_secs = 30
+//!
+//! metrics_listen = "127.0.0.1:9187" # optional Prometheus endpoint
+//!
+//! [audit]                           # optional; see crate::audit for the schema
+//! file = "/var/log/masker/audit.jsonl"
+//! max_bytes = 104857600
+//! keep = 5
+//! stdout = false
 //!
 //! [catalog]                         # how the agent reads column names
 //! user = "masker"
@@ -43,13 +55,70 @@ pub struct AgentConfig {
     pub policy: Option<PathBuf>,
     #[serde(default = "default_pin_dir")]
     pub pin_dir: PathBuf,
-    /// Databases whose connections are redirected, as `host:port`.
-    pub targets: Vec<String>,
+    /// Databases whose connections are redirected: `"host:port"` or a
+    /// table `{ address = "host:port", tls = "...", ca_file = "..." }`.
+    pub targets: Vec<TargetConfig>,
+    /// Where masker keeps its CA (key readable by root only).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
     /// How often target names are resolved again.
     #[serde(default = "default_refresh")]
     pub target_refresh_secs: u64,
     #[serde(default)]
     pub catalog: Option<CatalogConfig>,
+    /// Trusted OIDC token issuers (`[[issuer]]`) for `masker tag --token-file`.
+    #[serde(default, rename = "issuer")]
+    pub issuers: Vec<crate::identity::IssuerConfig>,
+    /// Audit trail sinks (`[audit]`); none by default.
+    #[serde(default)]
+    pub audit: Option<crate::audit::AuditConfig>,
+    /// Prometheus endpoint (`GET /metrics`), e.g. "127.0.0.1:9187"; off by default.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// One target: where it is and how masker talks TLS to its server.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(from = "TargetSpec")]
+pub struct TargetConfig {
+    /// `host:port`.
+    pub address: String,
+    pub tls: crate::tls::UpstreamTlsMode,
+    /// CA bundle (PEM) for `tls = "verify-full"`; the system bundle without it.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl TargetConfig {
+    /// The `host:port` of the target.
+    pub fn as_str(&self) -> &str {
+        &self.address
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TargetSpec {
+    Address(String),
+    Table(TargetTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetTable {
+    address: String,
+    #[serde(default)]
+    tls: crate::tls::UpstreamTlsMode,
+    #[serde(default)]
+    ca_file: Option<PathBuf>,
+}
+
+impl From<TargetSpec> for TargetConfig {
+    fn from(spec: TargetSpec) -> Self {
+        match spec {
+            TargetSpec::Address(address) => TargetConfig { address, tls: Default::default(), ca_file: None },
+            TargetSpec::Table(t) => TargetConfig { address: t.address, tls: t.tls, ca_file: t.ca_file },
+        }
+    }
 }
 
 /// Credentials of the agent's own catalog connection.
@@ -91,6 +160,9 @@ fn default_admin_socket() -> PathBuf {
 fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
 }
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(crate::tls::DEFAULT_STATE_DIR)
+}
 fn default_refresh() -> u64 {
     30
 }
@@ -112,8 +184,8 @@ impl AgentConfig {
             anyhow::bail!("{origin}: `targets` is empty; list the databases to intercept as \"host:port\"");
         }
         for t in &config.targets {
-            if crate::catalog::split_host_port(t).is_none() {
-                anyhow::bail!("{origin}: target {t:?} is not \"host:port\"");
+            if crate::catalog::split_host_port(t.as_str()).is_none() {
+                anyhow::bail!("{origin}: target {:?} is not \"host:port\"", t.address);
             }
         }
         Ok(config)
@@ -144,6 +216,21 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.catalog.unwrap().user, "masker");
+    }
+
+    #[test]
+    fn targets_are_strings_or_tables() {
+        let c = AgentConfig::parse(
+            "targets = [\"db:5432\", { address = \"10.0.0.5:5432\", tls = \"verify-full\", ca_file = \"/ca.pem\" }]\n",
+            "a.toml",
+        )
+        .unwrap();
+        assert_eq!(c.targets[0].address, "db:5432");
+        assert_eq!(c.targets[0].tls, crate::tls::UpstreamTlsMode::Disable);
+        assert_eq!(c.targets[1].tls, crate::tls::UpstreamTlsMode::VerifyFull);
+        assert_eq!(c.targets[1].ca_file.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/masker"));
+        assert!(AgentConfig::parse("targets = [{ address = \"db:1\", tls = \"maybe\" }]\n", "a.toml").is_err());
     }
 
     #[test]

@@ -17,14 +17,20 @@
 
 pub mod admin;
 pub mod agent;
+pub mod audit;
 pub mod catalog;
 pub mod cgroup;
 pub mod cli;
 pub mod config;
+pub mod credentials;
+pub mod identity;
 pub mod interception;
 pub mod listener;
 pub mod masking;
+pub mod metrics;
 pub mod policy;
 pub mod registry;
 pub mod session;
+pub mod sql;
+pub mod tls;
 pub mod wire;

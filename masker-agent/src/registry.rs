@@ -49,6 +49,41 @@ pub struct SessionEntry {
     /// Database user and database from the startup packet, once known.
     pub startup: Mutex<Option<(String, String)>>,
     pub counters: SessionCounters,
+    /// Ends the session when an operator asks (`masker sessions kill`).
+    pub kill: KillSwitch,
+    /// Request times and masked cells per action (see [`crate::audit`]).
+    pub trail: crate::audit::SessionTrail,
+    /// The agent's audit trail and metrics, for the session's own events.
+    pub audit: Arc<crate::audit::Audit>,
+    pub metrics: Arc<crate::metrics::Metrics>,
+}
+
+/// Set once by an operator; the session's relay watches it.
+#[derive(Debug, Default)]
+pub struct KillSwitch {
+    killed: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl KillSwitch {
+    /// Asks the session to end.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::SeqCst);
+        self.notify.notify_waiters();
+        self.notify.notify_one();
+    }
+
+    /// Whether [`KillSwitch::kill`] was called.
+    pub fn is_killed(&self) -> bool {
+        self.killed.load(Ordering::SeqCst)
+    }
+
+    /// Resolves once the session is killed (at once if it already was).
+    pub async fn killed(&self) {
+        while !self.is_killed() {
+            self.notify.notified().await;
+        }
+    }
 }
 
 /// Agent-wide counters since start.
@@ -69,6 +104,10 @@ pub struct Registry {
     next_id: AtomicU64,
     sessions: Mutex<BTreeMap<u64, Arc<SessionEntry>>>,
     pub counters: AgentCounters,
+    /// Audit trail (disabled unless configured).
+    pub audit: Arc<crate::audit::Audit>,
+    /// Per-identity counters and the latency histogram.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Removes its session from the registry when dropped (however the session
@@ -100,9 +139,26 @@ impl Registry {
             started_unix,
             startup: Mutex::new(None),
             counters: SessionCounters::default(),
+            kill: KillSwitch::default(),
+            trail: Default::default(),
+            audit: self.audit.clone(),
+            metrics: self.metrics.clone(),
         });
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         SessionGuard { registry: self.clone(), entry }
+    }
+
+    /// Asks live session `id` to end; false when there is none.
+    pub fn kill(&self, id: u64) -> bool {
+        let sessions = self.sessions.lock().unwrap_or_else(|p| p.into_inner());
+        match sessions.get(&id) {
+            Some(e) => {
+                e.kill.kill();
+                self.metrics.sessions_killed.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
     }
 
     /// A consistent copy of the live sessions for display.
@@ -150,6 +206,9 @@ pub struct SessionSnapshot {
     pub rows: u64,
     pub masked_cells: u64,
     pub statements: u64,
+    /// Masked cells of finished statements, per action.
+    #[serde(default)]
+    pub masked: BTreeMap<String, u64>,
 }
 
 impl SessionSnapshot {
@@ -172,6 +231,7 @@ impl SessionSnapshot {
             rows: get(&e.counters.rows),
             masked_cells: get(&e.counters.masked_cells),
             statements: get(&e.counters.statements),
+            masked: e.trail.masked().iter().map(|(k, n)| (k.as_str().to_string(), n)).collect(),
         }
     }
 }

@@ -150,6 +150,8 @@ impl MaskerAgent {
             toml_str(&pin_dir.to_string_lossy()),
             options.targets.iter().map(|t| toml_str(t)).collect::<Vec<_>>().join(", "),
         );
+        // masker's CA (TLS towards clients) stays inside the temp dir.
+        config.push_str(&format!("state_dir = {}\n", toml_str(&dir.path().join("state").to_string_lossy())));
         if let Some(v6) = listen_v6 {
             config.push_str(&format!("listen_v6 = {}\n", toml_str(&v6.to_string())));
         }

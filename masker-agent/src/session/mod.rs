@@ -6,8 +6,10 @@
 //! [`SessionOrigin`] (where the client was going, who it is) differs.
 
 pub mod copy;
+pub mod lineage;
 pub mod relay;
 pub mod results;
+pub mod stream;
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,16 +18,19 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::catalog::Catalog;
+use crate::credentials::NoChannelBinding;
 use crate::policy::Policy;
 use crate::registry::{Registry, SessionCounters, SessionEntry, SessionOrigin};
+use crate::tls::{SessionTls, Upstream, UpstreamTlsError};
 use crate::wire::{self, FrameError, Header, Severity, StartupPacket, backend};
 use relay::{Filter, Pump, RelayError, Verdict};
 use results::{ClientTracker, ExpectQueue, MaskContext, ServerTracker};
+use stream::SplitIo;
 
 /// Limits that protect the agent from its peers.
 #[derive(Debug, Clone)]
@@ -63,6 +68,8 @@ pub struct SessionContext {
     /// they started with. `None`: relay without masking.
     pub policy: RwLock<Option<Arc<Policy>>>,
     pub catalog: Arc<Catalog>,
+    /// TLS towards clients (masker's CA) and towards each target's server.
+    pub tls: SessionTls,
 }
 
 impl SessionContext {
@@ -99,17 +106,25 @@ enum SessionError {
     StartupTimeout(Duration),
     #[error("refused: {0}")]
     Refused(String),
+    #[error("TLS with the client: {0}")]
+    ClientTls(String),
+    #[error("{0}")]
+    UpstreamTls(UpstreamTlsError),
+    #[error("terminated by an operator")]
+    Killed,
 }
 
 /// Serves one accepted client connection along `route`. Never panics on peer
 /// input; every outcome is logged without data values.
-pub async fn serve(mut client: TcpStream, origin: SessionOrigin, route: Route, ctx: Arc<SessionContext>) {
+pub async fn serve(client: TcpStream, origin: SessionOrigin, route: Route, ctx: Arc<SessionContext>) {
     let _ = client.set_nodelay(true);
     ctx.registry.counters.connections.fetch_add(1, Ordering::Relaxed);
     let guard = ctx.registry.open(origin);
     let entry = &guard.entry;
     debug!(session = entry.id, client = %entry.origin.client, "connection accepted");
-    match run(&mut client, &route, &ctx, entry).await {
+    let result = handshake(client, &route, &ctx, entry).await;
+    crate::audit::session_end(&ctx.registry.audit, entry, result.as_ref().err().map(|e| e.to_string()).as_deref());
+    match result {
         Ok(()) => info!(
             session = entry.id,
             bytes_in = entry.counters.bytes_from_client.load(Ordering::Relaxed),
@@ -120,7 +135,9 @@ pub async fn serve(mut client: TcpStream, origin: SessionOrigin, route: Route, c
         Err(e) => {
             let counters = &ctx.registry.counters;
             match &e {
-                SessionError::Connect { .. } => counters.upstream_errors.fetch_add(1, Ordering::Relaxed),
+                SessionError::Connect { .. } | SessionError::UpstreamTls(_) => {
+                    counters.upstream_errors.fetch_add(1, Ordering::Relaxed)
+                }
                 SessionError::Refused(_) => counters.sessions_refused.fetch_add(1, Ordering::Relaxed),
                 _ => counters.protocol_errors.fetch_add(1, Ordering::Relaxed),
             };
@@ -129,30 +146,98 @@ pub async fn serve(mut client: TcpStream, origin: SessionOrigin, route: Route, c
     }
 }
 
-async fn run(
-    client: &mut TcpStream,
+/// What the client's first packets asked for.
+enum Startup {
+    /// A StartupMessage of this length is at the start of the buffer.
+    Packet(usize),
+    /// The client asked for TLS and was answered 'S'.
+    Tls,
+    /// Nothing more to do (a cancel request was forwarded, or the client left).
+    Done,
+}
+
+fn refuse(code: &str, message: &str) -> BytesMut {
+    let mut out = BytesMut::new();
+    wire::put_error(&mut out, Severity::Fatal, code, message);
+    out
+}
+
+/// The startup handshake: plain text, then (when the client asks and masker
+/// has a CA) TLS, then the session proper over whichever stream results.
+async fn handshake(
+    mut client: TcpStream,
     route: &Route,
     ctx: &SessionContext,
     entry: &Arc<SessionEntry>,
 ) -> Result<(), SessionError> {
-    let refuse = |code: &str, message: &str| {
-        let mut out = BytesMut::new();
-        wire::put_error(&mut out, Severity::Fatal, code, message);
-        out
-    };
     let mut buf = BytesMut::with_capacity(1024);
-    let startup_len = loop {
-        match wire::parse_startup(&buf) {
+    let client_tls = ctx.tls.client.clone();
+    match startup(&mut client, &mut buf, client_tls.is_some(), route, ctx, entry).await? {
+        Startup::Done => Ok(()),
+        Startup::Packet(len) => run(&mut client, buf, len, route, ctx, entry).await,
+        Startup::Tls => {
+            let Some(tls) = client_tls else { return Err(SessionError::ClientTls("not configured".into())) };
+            let name_for = || ctx.tls.default_name(&entry.origin.destination);
+            let accept = async {
+                let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
+                let start = acceptor.await.map_err(|e| SessionError::ClientTls(e.to_string()))?;
+                let name = start.client_hello().server_name().map(str::to_string).unwrap_or_else(name_for);
+                let config = tls.server_config(&name).map_err(|e| SessionError::ClientTls(e.to_string()))?;
+                start.into_stream(config).await.map_err(|e| SessionError::ClientTls(e.to_string()))
+            };
+            let mut stream = match tokio::time::timeout(ctx.limits.startup_timeout, accept).await {
+                Ok(s) => s?,
+                Err(_) => return Err(SessionError::StartupTimeout(ctx.limits.startup_timeout)),
+            };
+            let result = match startup(&mut stream, &mut buf, false, route, ctx, entry).await {
+                Ok(Startup::Packet(len)) => run(&mut stream, buf, len, route, ctx, entry).await,
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            // Sends what is still buffered (an error message) and close_notify.
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            result
+        }
+    }
+}
+
+/// Reads the client's first packets up to its StartupMessage, answering
+/// SSLRequest/GSSENCRequest and forwarding a CancelRequest.
+async fn startup<C: AsyncRead + AsyncWrite + Unpin>(
+    client: &mut C,
+    buf: &mut BytesMut,
+    allow_tls: bool,
+    route: &Route,
+    ctx: &SessionContext,
+    entry: &Arc<SessionEntry>,
+) -> Result<Startup, SessionError> {
+    loop {
+        match wire::parse_startup(buf) {
+            Ok(Some((StartupPacket::SslRequest, len))) if allow_tls => {
+                buf.advance(len);
+                if !buf.is_empty() {
+                    // Bytes sent in plain text after the SSLRequest must not
+                    // be taken as if they had come over TLS.
+                    let message = "masker: unencrypted data after SSLRequest";
+                    let _ = client.write_all(&refuse("08P01", message)).await;
+                    return Err(SessionError::Refused(message.into()));
+                }
+                client.write_all(b"S").await.map_err(SessionError::StartupIo)?;
+                return Ok(Startup::Tls);
+            }
             Ok(Some((StartupPacket::SslRequest | StartupPacket::GssEncRequest, len))) => {
-                // No TLS towards the client yet: 'N' makes sslmode=prefer
-                // clients go on in plain text and sslmode=require ones stop.
+                // 'N' makes sslmode=prefer clients go on in plain text and
+                // sslmode=require ones stop; GSSAPI encryption is never
+                // offered.
                 buf.advance(len);
                 client.write_all(b"N").await.map_err(SessionError::StartupIo)?;
             }
             Ok(Some((StartupPacket::Cancel { .. }, len))) => {
                 ctx.registry.counters.cancel_requests.fetch_add(1, Ordering::Relaxed);
                 return match route {
-                    Route::To(destination) => forward_cancel(&buf[..len], destination, ctx).await,
+                    Route::To(destination) => {
+                        forward_cancel(&buf[..len], destination, ctx).await.map(|()| Startup::Done)
+                    }
                     Route::Refuse { message, .. } => Err(SessionError::Refused(message.clone())),
                 };
             }
@@ -167,15 +252,15 @@ async fn run(
                     let _ = client.write_all(&refuse("42501", message)).await;
                     return Err(SessionError::Refused(message.into()));
                 }
-                break len;
+                return Ok(Startup::Packet(len));
             }
             Ok(None) => {
-                let read = tokio::time::timeout(ctx.limits.startup_timeout, client.read_buf(&mut buf)).await;
+                let read = tokio::time::timeout(ctx.limits.startup_timeout, client.read_buf(buf)).await;
                 match read {
                     Err(_) => return Err(SessionError::StartupTimeout(ctx.limits.startup_timeout)),
                     Ok(Err(e)) => return Err(SessionError::StartupIo(e)),
                     // The client hung up before starting (e.g. a port probe).
-                    Ok(Ok(0)) => return Ok(()),
+                    Ok(Ok(0)) => return Ok(Startup::Done),
                     Ok(Ok(_)) => {}
                 }
             }
@@ -186,8 +271,19 @@ async fn run(
                 return Err(SessionError::Startup(e));
             }
         }
-    };
+    }
+}
 
+/// The session after the StartupMessage (the first `startup_len` bytes of
+/// `buf`): connect to the server, then relay.
+async fn run<C: SplitIo>(
+    client: &mut C,
+    mut buf: BytesMut,
+    startup_len: usize,
+    route: &Route,
+    ctx: &SessionContext,
+    entry: &Arc<SessionEntry>,
+) -> Result<(), SessionError> {
     let destination = match route {
         Route::To(d) => d.as_str(),
         Route::Refuse { code, message } => {
@@ -195,7 +291,7 @@ async fn run(
             return Err(SessionError::Refused(message.clone()));
         }
     };
-    let mut server = match connect_upstream(destination, ctx).await {
+    let server = match connect_upstream(destination, ctx).await {
         Ok(s) => s,
         Err(e) => {
             let mut out = BytesMut::new();
@@ -205,7 +301,18 @@ async fn run(
             return Err(SessionError::Connect { dest: destination.to_string(), source: e });
         }
     };
+    let mut server = match upstream_tls(server, destination, ctx).await {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = client.write_all(&refuse("08001", &format!("masker: {e}"))).await;
+            let _ = client.flush().await;
+            return Err(SessionError::UpstreamTls(e));
+        }
+    };
     server.write_all(&buf[..startup_len]).await.map_err(|e| SessionError::Server(e.into()))?;
+    server.flush().await.map_err(|e| SessionError::Server(e.into()))?;
+    entry.metrics.session(entry.origin.identity.as_deref().unwrap_or(""));
+    crate::audit::session_start(&ctx.registry.audit, entry);
     buf.advance(startup_len);
 
     let policy = ctx.current_policy();
@@ -222,7 +329,7 @@ async fn run(
                 entry: entry.clone(),
             };
             let queue = ExpectQueue::default();
-            let client_filter = ClientTracker::new(queue.clone());
+            let client_filter = ClientTracker::new(queue.clone(), Some(mask.lineage_guard())).observed(entry.clone());
             let server_filter = ServerTracker::new(queue, mask);
             relay(client, &mut server, &buf, client_filter, server_filter, ctx, entry).await
         }
@@ -231,12 +338,12 @@ async fn run(
 
 /// Relays both directions until either ends. `pending` holds client bytes
 /// read after the startup packet.
-async fn relay<CF: Filter, SF: Filter>(
-    client: &mut TcpStream,
-    server: &mut TcpStream,
+async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
+    client: &mut C,
+    server: &mut S,
     pending: &[u8],
     mut client_filter: CF,
-    mut server_filter: SF,
+    server_filter: SF,
     ctx: &SessionContext,
     entry: &SessionEntry,
 ) -> Result<(), SessionError> {
@@ -244,8 +351,11 @@ async fn relay<CF: Filter, SF: Filter>(
     let mut to_server = Pump::new(ctx.limits.max_client_message);
     to_server.preload(pending);
     let mut to_client = Pump::new(ctx.limits.max_server_message);
-    let (mut cr, mut cw) = client.split();
-    let (mut sr, mut sw) = server.split();
+    // Either leg in TLS: the server may offer channel binding, which
+    // cannot work across masker.
+    let mut server_filter = NoChannelBinding::new(server_filter, client.is_tls() || server.is_tls());
+    let (mut cr, mut cw) = client.split_io();
+    let (mut sr, mut sw) = server.split_io();
 
     let result = {
         let c2s = async {
@@ -265,6 +375,7 @@ async fn relay<CF: Filter, SF: Filter>(
                 Err(e) => Err(SessionError::Client(e)),
             },
             r = &mut s2c => r.map_err(SessionError::Server),
+            () = entry.kill.killed() => Err(SessionError::Killed),
         }
     };
 
@@ -280,11 +391,13 @@ async fn relay<CF: Filter, SF: Filter>(
             SessionError::Server(RelayError::Frame(_) | RelayError::Truncated) => {
                 ("08P01", "masker: invalid message from the database server; session closed".to_string())
             }
+            SessionError::Killed => ("57P01", "masker: session terminated by an operator".to_string()),
             _ => return result,
         };
         let mut out = BytesMut::new();
         wire::put_error(&mut out, Severity::Fatal, code, &message);
         let _ = cw.write_all(&out).await;
+        let _ = cw.flush().await;
     }
     match result {
         // A client that vanished is not a failure of the session.
@@ -302,14 +415,28 @@ fn is_disconnect(e: &io::Error) -> bool {
 /// destination names: the client holds the server's own BackendKeyData
 /// because the relay passed it through unchanged.
 async fn forward_cancel(packet: &[u8], destination: &str, ctx: &SessionContext) -> Result<(), SessionError> {
-    let mut server = connect_upstream(destination, ctx)
+    let server = connect_upstream(destination, ctx)
         .await
         .map_err(|source| SessionError::Connect { dest: destination.to_string(), source })?;
+    let mut server = upstream_tls(server, destination, ctx).await.map_err(SessionError::UpstreamTls)?;
     server.write_all(packet).await.map_err(|e| SessionError::Server(e.into()))?;
+    server.flush().await.map_err(|e| SessionError::Server(e.into()))?;
     // The server closes the connection without answering.
     let mut sink = [0u8; 16];
     let _ = tokio::time::timeout(Duration::from_secs(5), server.read(&mut sink)).await;
     Ok(())
+}
+
+/// Sets up TLS on a fresh server connection as the target's settings say.
+async fn upstream_tls(
+    stream: TcpStream,
+    destination: &str,
+    ctx: &SessionContext,
+) -> Result<Upstream, UpstreamTlsError> {
+    match ctx.tls.target(destination) {
+        Some(target) => crate::tls::negotiate_upstream(stream, &target).await,
+        None => Ok(Upstream::Plain(stream)),
+    }
 }
 
 /// Connects to `destination` (`host:port`, names resolved now), trying each

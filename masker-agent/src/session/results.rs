@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
+use super::lineage::{Decision, Resolver, refusal_statement};
 use super::relay::{Filter, RelayError, Verdict};
 use crate::catalog::Catalog;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
@@ -90,18 +91,63 @@ fn refuse(message: impl Into<String>) -> RelayError {
     RelayError::Refused { code: "42501", message: message.into() }
 }
 
+/// What the client side needs to refuse statements (see
+/// [`super::lineage::Resolver::refusal`]).
+pub struct LineageGuard {
+    pub policy: Arc<SessionPolicy>,
+    pub catalog: Arc<Catalog>,
+    pub destination: String,
+    pub database: String,
+}
+
+impl LineageGuard {
+    fn resolver(&self) -> Resolver<'_> {
+        Resolver {
+            policy: &self.policy,
+            catalog: &self.catalog,
+            destination: &self.destination,
+            database: &self.database,
+        }
+    }
+}
+
 /// Client → server side of a masking session.
 pub struct ClientTracker {
     queue: ExpectQueue,
+    guard: Option<LineageGuard>,
     /// Statements for which a Describe was sent (their columns will be known).
     described_statements: HashSet<String>,
     /// Portals whose columns will be known by the time they execute.
     described_portals: HashSet<String>,
+    /// Notes when requests leave, for statement durations and latency.
+    observed: Option<Arc<SessionEntry>>,
 }
 
 impl ClientTracker {
-    pub fn new(queue: ExpectQueue) -> Self {
-        ClientTracker { queue, described_statements: HashSet::new(), described_portals: HashSet::new() }
+    /// `guard`: refuse statements that move masked data out of sight or
+    /// read catalog views with sampled values (`None`: never refuse).
+    pub fn new(queue: ExpectQueue, guard: Option<LineageGuard>) -> Self {
+        ClientTracker {
+            queue,
+            guard,
+            described_statements: HashSet::new(),
+            described_portals: HashSet::new(),
+            observed: None,
+        }
+    }
+
+    /// Notes request times in `entry` (see [`crate::audit::SessionTrail`]).
+    pub fn observed(mut self, entry: Arc<SessionEntry>) -> Self {
+        self.observed = Some(entry);
+        self
+    }
+
+    /// Why `sql` must be refused, if it must.
+    async fn refusal(&self, sql: &str) -> Option<String> {
+        match &self.guard {
+            Some(g) => g.resolver().refusal(sql).await,
+            None => None,
+        }
     }
 }
 
@@ -125,14 +171,52 @@ impl Filter for ClientTracker {
 
     async fn on_message(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let tag = msg[0];
+        if matches!(tag, frontend::QUERY | frontend::SYNC)
+            && let Some(entry) = &self.observed
+        {
+            entry.trail.request();
+        }
         let mut cur = Cursor::new(&msg[5..], tag);
         let expect = match tag {
-            frontend::QUERY => Expect::Query { sql: cur.cstr()?.into() },
+            frontend::QUERY => {
+                let sql = cur.cstr()?;
+                if let Some(message) = self.refusal(sql).await {
+                    if let Some(entry) = &self.observed {
+                        crate::audit::denial(entry, sql, "lineage", &message);
+                    }
+                    // The server answers with our error, in order.
+                    let refused = refusal_statement(&message);
+                    let at = wire::begin_message(out, frontend::QUERY);
+                    out.extend_from_slice(refused.as_bytes());
+                    out.put_u8(0);
+                    wire::finish_message(out, at);
+                    lock(&self.queue).push_back(Expect::Query { sql: refused.into() });
+                    return Ok(Verdict::Replaced);
+                }
+                Expect::Query { sql: sql.into() }
+            }
             frontend::PARSE => {
                 let name = cur.cstr()?.to_string();
-                let sql = cur.cstr()?.into();
+                let sql: &str = cur.cstr()?;
                 self.described_statements.remove(&name);
-                Expect::Parse { name, sql }
+                if let Some(message) = self.refusal(sql).await {
+                    if let Some(entry) = &self.observed {
+                        crate::audit::denial(entry, sql, "lineage", &message);
+                    }
+                    // Same statement name and parameter types, our text.
+                    let refused = refusal_statement(&message);
+                    let rest_at = 5 + name.len() + 1 + sql.len() + 1;
+                    let at = wire::begin_message(out, frontend::PARSE);
+                    out.extend_from_slice(name.as_bytes());
+                    out.put_u8(0);
+                    out.extend_from_slice(refused.as_bytes());
+                    out.put_u8(0);
+                    out.extend_from_slice(&msg[rest_at.min(msg.len())..]);
+                    wire::finish_message(out, at);
+                    lock(&self.queue).push_back(Expect::Parse { name, sql: refused.into() });
+                    return Ok(Verdict::Replaced);
+                }
+                Expect::Parse { name, sql: sql.into() }
             }
             frontend::BIND => {
                 let portal = cur.cstr()?.to_string();
@@ -230,6 +314,18 @@ pub struct MaskContext {
     pub entry: Arc<SessionEntry>,
 }
 
+impl MaskContext {
+    /// What the client side of this session needs to refuse statements.
+    pub fn lineage_guard(&self) -> LineageGuard {
+        LineageGuard {
+            policy: self.policy.clone(),
+            catalog: self.catalog.clone(),
+            destination: self.destination.clone(),
+            database: self.database.clone(),
+        }
+    }
+}
+
 struct Statement {
     sql: Arc<str>,
     fields: Option<Arc<Vec<FieldDescription>>>,
@@ -255,11 +351,17 @@ pub struct ServerTracker {
     /// A refused result is being swallowed up to its end.
     swallowing: bool,
     catalog_warned: bool,
+    /// Statements of the current simple Query completed so far: the next
+    /// result belongs to the statement at this index.
+    query_index: usize,
+    /// Audit events, per-identity counters and latency of this session.
+    trail: crate::audit::StatementTrail,
 }
 
 impl ServerTracker {
     pub fn new(queue: ExpectQueue, ctx: MaskContext) -> Self {
         ServerTracker {
+            trail: crate::audit::StatementTrail::new(ctx.entry.clone()),
             queue,
             ctx,
             statements: HashMap::new(),
@@ -268,6 +370,7 @@ impl ServerTracker {
             copy: None,
             swallowing: false,
             catalog_warned: false,
+            query_index: 0,
         }
     }
 
@@ -282,7 +385,27 @@ impl ServerTracker {
 
     /// Builds the masking plan for columns `fields` in `formats` (or the
     /// formats the fields carry).
-    async fn plan(&mut self, fields: &[FieldDescription], formats: Option<&ResultFormats>) -> Arc<RowPlan> {
+    /// `sql`: the statement text and the index of the statement in it, for
+    /// lineage (output columns computed from masked columns are masked).
+    async fn plan(
+        &mut self,
+        fields: &[FieldDescription],
+        formats: Option<&ResultFormats>,
+        sql: Option<(&str, usize)>,
+    ) -> Arc<RowPlan> {
+        let decisions = match sql {
+            Some((sql, index)) => {
+                let resolver = Resolver {
+                    policy: &self.ctx.policy,
+                    catalog: &self.ctx.catalog,
+                    destination: &self.ctx.destination,
+                    database: &self.ctx.database,
+                };
+                Some(resolver.decisions(sql, index, fields.len()).await)
+            }
+            // No statement text known: fail closed on computed columns.
+            None => None,
+        };
         let mut tables: Vec<TableOid> = fields.iter().map(|f| f.table).filter(|t| t.0 != 0).collect();
         tables.sort();
         tables.dedup();
@@ -306,8 +429,14 @@ impl ServerTracker {
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let action = if f.table.0 == 0 {
-                    policy.unclassified_action()
+                let decision = decisions.as_ref().and_then(|d| d.get(i));
+                let action = if let Some(Decision::Force(a)) = decision {
+                    a.clone()
+                } else if f.table.0 == 0 {
+                    match decision {
+                        Some(Decision::Direct(a)) => a.clone(),
+                        _ => ColumnAction::Redact,
+                    }
                 } else {
                     match resolved.get(&f.table).and_then(|cols| cols.get(&f.column)) {
                         Some(info) => {
@@ -338,12 +467,13 @@ impl ServerTracker {
         let front = lock(&self.queue).pop_front();
         match front {
             Some(Expect::Query { sql }) => {
-                self.current = Some(self.plan(&fields, None).await);
+                self.current = Some(self.plan(&fields, None, Some((&*sql, self.query_index))).await);
                 lock(&self.queue).push_front(Expect::Query { sql });
                 Ok(Verdict::Forward)
             }
             Some(Expect::DescribeStatement { name }) => {
                 let fields = Arc::new(fields);
+                let sql = self.statements.get(&name).map(|s| s.sql.clone());
                 let waiting: Vec<String> = self
                     .portals
                     .iter()
@@ -352,7 +482,7 @@ impl ServerTracker {
                     .collect();
                 for portal in waiting {
                     let formats = self.portals[&portal].formats.clone();
-                    let plan = self.plan(&fields, Some(&formats)).await;
+                    let plan = self.plan(&fields, Some(&formats), sql.as_deref().map(|s| (s, 0))).await;
                     if let Some(p) = self.portals.get_mut(&portal) {
                         p.plan = Some(plan);
                     }
@@ -364,7 +494,9 @@ impl ServerTracker {
                 Ok(Verdict::Forward)
             }
             Some(Expect::DescribePortal { name, injected }) => {
-                let plan = self.plan(&fields, None).await;
+                let sql =
+                    self.portals.get(&name).and_then(|p| self.statements.get(&p.statement)).map(|s| s.sql.clone());
+                let plan = self.plan(&fields, None, sql.as_deref().map(|s| (s, 0))).await;
                 if let Some(p) = self.portals.get_mut(&name) {
                     p.plan = Some(plan);
                 }
@@ -388,13 +520,13 @@ impl ServerTracker {
             let fields = s.fields.clone()?;
             match &s.plan {
                 Some((f, plan)) if *f == formats => Some(Ok(plan.clone())),
-                _ => Some(Err(fields)),
+                _ => Some(Err((fields, s.sql.clone()))),
             }
         });
         let plan = match cached {
             Some(Ok(plan)) => Some(plan),
-            Some(Err(fields)) => {
-                let plan = self.plan(&fields, Some(&formats)).await;
+            Some(Err((fields, sql))) => {
+                let plan = self.plan(&fields, Some(&formats), Some((&*sql, 0))).await;
                 if let Some(s) = self.statements.get_mut(&statement) {
                     s.plan = Some((formats.clone(), plan.clone()));
                 }
@@ -421,23 +553,33 @@ impl ServerTracker {
         let counters = &self.ctx.entry.counters;
         counters.rows.fetch_add(1, Ordering::Relaxed);
         if plan.is_passthrough() {
+            self.trail.row(None);
             return Ok(Verdict::Forward);
         }
         let stats = masking::mask_data_row(plan, &msg[5..], out)
             .map_err(|e| refuse(format!("masker: cannot mask a row ({e}); closing the session")))?;
         counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
+        self.trail.row(Some(&stats));
         Ok(Verdict::Replaced)
     }
 
     /// End of one statement's result: CommandComplete, EmptyQueryResponse or
     /// PortalSuspended.
     fn on_result_end(&mut self, msg: &[u8]) -> Result<Verdict, RelayError> {
+        if msg[0] == backend::COMMAND_COMPLETE {
+            let sql = self.audit_sql();
+            self.trail.end(sql.as_deref(), Some(&msg[5..]), None);
+        }
         self.current = None;
         self.copy = None;
         self.ctx.entry.counters.statements.fetch_add(1, Ordering::Relaxed);
         let mut q = lock(&self.queue);
-        if matches!(q.front(), Some(Expect::Execute { .. })) {
-            q.pop_front();
+        match q.front() {
+            Some(Expect::Execute { .. }) => {
+                q.pop_front();
+            }
+            Some(Expect::Query { .. }) => self.query_index += 1,
+            _ => {}
         }
         drop(q);
         if msg[0] == backend::COMMAND_COMPLETE && is_ddl_tag(&msg[5..]) {
@@ -521,11 +663,32 @@ impl ServerTracker {
             .push(&msg[5..], out)
             .map_err(|e| refuse(format!("masker: cannot mask COPY data ({e}); closing the session")))?;
         self.ctx.entry.counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
+        self.trail.masked(&stats);
         Ok(Verdict::Replaced)
+    }
+
+    /// The text of the statement the server is answering now, for audit.
+    fn audit_sql(&self) -> Option<Arc<str>> {
+        let q = lock(&self.queue);
+        let named = |name: &str| self.statements.get(name).map(|s| s.sql.clone());
+        match q.front()? {
+            Expect::Query { sql } | Expect::Parse { sql, .. } => Some(sql.clone()),
+            Expect::Bind { statement, .. } => named(statement),
+            Expect::DescribeStatement { name } => named(name),
+            Expect::Execute { portal } | Expect::DescribePortal { name: portal, .. } => {
+                self.portals.get(portal).and_then(|p| named(&p.statement))
+            }
+            Expect::Close | Expect::Sync => None,
+        }
     }
 
     fn on_error(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let tag = msg[0];
+        if tag == backend::ERROR_RESPONSE
+            && let Some(sql) = self.audit_sql()
+        {
+            self.trail.end(Some(&sql), None, Some(&msg[5..]));
+        }
         masking::mask_error_fields(&msg[5..], out, tag)
             .map_err(|e| refuse(format!("masker: cannot scrub a server message ({e}); closing the session")))?;
         if tag == backend::ERROR_RESPONSE {
@@ -613,6 +776,8 @@ impl Filter for ServerTracker {
                 self.on_result_end(msg)
             }
             backend::READY_FOR_QUERY => {
+                self.trail.ready();
+                self.query_index = 0;
                 self.current = None;
                 self.copy = None;
                 self.swallowing = false;

@@ -1,0 +1,306 @@
+//! Workload identity: a name bound to a cgroup, optionally backed by a
+//! verified OIDC token (e.g. a CI job's ID token).
+//!
+//! The agent verifies a token presented at tag time against the issuers of
+//! its configuration (`[[issuer]]`): the signature against the issuer's JWKS
+//! (RS256 or ES256, key chosen by `kid`), then `iss`, `aud`, `exp` and `nbf`
+//! with [`LEEWAY_SECS`] of clock skew. The verified claims and the expiry
+//! become part of the [`Identity`]; the BPF tag map keeps only the name.
+//!
+//! ```toml
+//! [[issuer]]
+//! issuer = "https://token.actions.githubusercontent.com"
+//! audience = "masker"
+//! jwks_file = "/etc/masker/github-jwks.json"
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Clock skew tolerated on `exp` and `nbf`.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// One trusted token issuer (agent configuration `[[issuer]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The exact `iss` claim.
+    pub issuer: String,
+    /// The `aud` the token must be for.
+    pub audience: String,
+    /// The issuer's JWKS (JSON), read at each verification so a rotated key
+    /// file takes effect without a restart.
+    pub jwks_file: PathBuf,
+}
+
+/// A workload identity: the tag's name, and when backed by a token its
+/// verified claims and expiry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Identity {
+    pub name: String,
+    /// Claims of the verified token (empty without one).
+    pub claims: BTreeMap<String, serde_json::Value>,
+    /// The token's `iss`, when there is one.
+    pub issuer: Option<String>,
+    /// Unix time after which the identity is no longer valid.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    /// An identity with no token behind it (valid until untagged).
+    pub fn named(name: &str) -> Identity {
+        Identity { name: name.to_string(), claims: BTreeMap::new(), issuer: None, expires_at: None }
+    }
+
+    /// Whether the identity has expired at `now`.
+    pub fn expired_at(&self, now: SystemTime) -> bool {
+        let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        self.expires_at.is_some_and(|exp| now >= exp)
+    }
+
+    /// The expiry as RFC 3339 UTC, for messages.
+    pub fn expiry_text(&self) -> String {
+        self.expires_at.map(rfc3339).unwrap_or_else(|| "never".into())
+    }
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn rfc3339(secs: u64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp(secs as i64) {
+        Ok(t) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            t.year(),
+            t.month() as u8,
+            t.day(),
+            t.hour(),
+            t.minute(),
+            t.second()
+        ),
+        Err(_) => secs.to_string(),
+    }
+}
+
+/// Why a token was rejected; the message names the failed check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is not a JWT: {0}")]
+    Malformed(String),
+    #[error("token issuer {0:?} is not one of the agent's [[issuer]] entries")]
+    UnknownIssuer(String),
+    #[error("token has no `iss` claim")]
+    NoIssuer,
+    #[error("token algorithm {0:?} is not allowed (RS256 or ES256)")]
+    Algorithm(String),
+    #[error("token key id {kid:?} is not in the JWKS of {issuer}")]
+    UnknownKey { issuer: String, kid: String },
+    #[error("token has no key id (`kid`) and the JWKS of {0} has more than one key")]
+    NoKeyId(String),
+    #[error("JWKS of {issuer} ({path}): {message}")]
+    Jwks { issuer: String, path: String, message: String },
+    #[error("token signature is invalid")]
+    Signature,
+    #[error("token expired at {0}")]
+    Expired(String),
+    #[error("token is not valid before {0}")]
+    NotYetValid(String),
+    #[error("token audience does not include {0:?}")]
+    Audience(String),
+    #[error("token has no `exp` claim")]
+    NoExpiry,
+    #[error("token rejected: {0}")]
+    Other(String),
+}
+
+/// Verifies `token` against `issuers` and returns the identity `name` with
+/// the token's claims, at time `now`.
+pub fn verify(token: &str, name: &str, issuers: &[IssuerConfig], now: SystemTime) -> Result<Identity, TokenError> {
+    let token = token.trim();
+    let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+    let alg = match header.alg {
+        Algorithm::RS256 => Algorithm::RS256,
+        Algorithm::ES256 => Algorithm::ES256,
+        other => return Err(TokenError::Algorithm(format!("{other:?}"))),
+    };
+    // Which issuer: read `iss` before the signature check only to pick the
+    // keys; nothing else is trusted until the signature verifies.
+    let unverified = unverified_claims(token)?;
+    let iss = unverified.get("iss").and_then(|v| v.as_str()).ok_or(TokenError::NoIssuer)?;
+    let issuer = issuers.iter().find(|i| i.issuer == iss).ok_or_else(|| TokenError::UnknownIssuer(iss.to_string()))?;
+    let jwks = load_jwks(issuer)?;
+    let jwk = match &header.kid {
+        Some(kid) => {
+            jwks.find(kid).ok_or_else(|| TokenError::UnknownKey { issuer: issuer.issuer.clone(), kid: kid.clone() })?
+        }
+        None if jwks.keys.len() == 1 => &jwks.keys[0],
+        None => return Err(TokenError::NoKeyId(issuer.issuer.clone())),
+    };
+    let key = DecodingKey::from_jwk(jwk).map_err(|e| TokenError::Jwks {
+        issuer: issuer.issuer.clone(),
+        path: issuer.jwks_file.display().to_string(),
+        message: e.to_string(),
+    })?;
+
+    // Signature first (no time checks in the library: its clock is the
+    // system's, ours is `now`).
+    let mut validation = Validation::new(alg);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    let data = jsonwebtoken::decode::<BTreeMap<String, serde_json::Value>>(token, &key, &validation).map_err(|e| {
+        match e.kind() {
+            ErrorKind::InvalidSignature => TokenError::Signature,
+            ErrorKind::InvalidAlgorithm => TokenError::Algorithm(format!("{alg:?} with this key")),
+            _ => TokenError::Other(e.to_string()),
+        }
+    })?;
+    let claims = data.claims;
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    let exp = claims.get("exp").and_then(|v| v.as_u64()).ok_or(TokenError::NoExpiry)?;
+    if now >= exp + LEEWAY_SECS {
+        return Err(TokenError::Expired(rfc3339(exp)));
+    }
+    if let Some(nbf) = claims.get("nbf").and_then(|v| v.as_u64())
+        && now + LEEWAY_SECS < nbf
+    {
+        return Err(TokenError::NotYetValid(rfc3339(nbf)));
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(serde_json::Value::String(a)) => *a == issuer.audience,
+        Some(serde_json::Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(&issuer.audience)),
+        _ => false,
+    };
+    if !aud_ok {
+        return Err(TokenError::Audience(issuer.audience.clone()));
+    }
+    Ok(Identity { name: name.to_string(), claims, issuer: Some(issuer.issuer.clone()), expires_at: Some(exp) })
+}
+
+fn unverified_claims(token: &str) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).ok_or_else(|| TokenError::Malformed("no payload".into()))?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload.trim_end_matches('='))
+        .map_err(|e| TokenError::Malformed(format!("payload: {e}")))?;
+    serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed(format!("payload: {e}")))
+}
+
+fn load_jwks(issuer: &IssuerConfig) -> Result<JwkSet, TokenError> {
+    let err = |message: String| TokenError::Jwks {
+        issuer: issuer.issuer.clone(),
+        path: issuer.jwks_file.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(&issuer.jwks_file).map_err(|e| err(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+}
+
+/// Reads a token from a file (trailing whitespace removed).
+pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?;
+    Ok(text.trim().to_string())
+}
+
+/// Seconds from `now` until `identity` expires (zero if it has).
+pub fn remaining(identity: &Identity, now: SystemTime) -> Option<Duration> {
+    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    identity.expires_at.map(|exp| Duration::from_secs(exp.saturating_sub(now)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+    use jsonwebtoken::{EncodingKey, Header};
+
+    struct Keys {
+        dir: PathBuf,
+        pem: String,
+    }
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    /// An ES256 key (rcgen) and a JWKS file holding its public part as `kid`.
+    fn keys(tag: &str, kid: &str) -> Keys {
+        let dir = std::env::temp_dir().join(format!("masker-jwks-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let raw = key.public_key_raw();
+        let (x, y) = (&raw[1..33], &raw[33..65]);
+        let jwks = serde_json::json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": kid, "alg": "ES256", "use": "sig",
+            "x": b64(x), "y": b64(y)}]});
+        std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+        Keys { dir, pem: key.serialize_pem() }
+    }
+
+    fn issuer(k: &Keys) -> IssuerConfig {
+        IssuerConfig {
+            issuer: "https://ci.example".into(),
+            audience: "masker".into(),
+            jwks_file: k.dir.join("jwks.json"),
+        }
+    }
+
+    fn token(k: &Keys, kid: &str, claims: serde_json::Value) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_ec_pem(k.pem.as_bytes()).unwrap()).unwrap()
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn claims(exp: u64, nbf: u64, iss: &str, aud: &str) -> serde_json::Value {
+        serde_json::json!({"iss": iss, "aud": aud, "exp": exp, "nbf": nbf, "sub": "repo:org/app:ref:refs/heads/main",
+            "repository": "org/app"})
+    }
+
+    #[test]
+    fn each_check_has_its_error() {
+        let k = keys("checks", "k1");
+        let other = keys("checks-other", "k1");
+        let iss = [issuer(&k)];
+        let at = UNIX_EPOCH + Duration::from_secs(NOW);
+        let ok = token(&k, "k1", claims(NOW + 600, NOW - 10, "https://ci.example", "masker"));
+        let id = verify(&ok, "ci", &iss, at).unwrap();
+        assert_eq!(id.claims["repository"], "org/app");
+        assert_eq!(id.expires_at, Some(NOW + 600));
+        assert!(!id.expired_at(at) && id.expired_at(at + Duration::from_secs(600)));
+
+        let t = token(&k, "k1", claims(NOW - 100, NOW - 1000, "https://ci.example", "masker"));
+        assert_eq!(verify(&t, "ci", &iss, at).unwrap_err().to_string(), "token expired at 2027-01-15T07:58:20Z");
+        let t = token(&k, "k1", claims(NOW + 6000, NOW + 600, "https://ci.example", "masker"));
+        assert_eq!(
+            verify(&t, "ci", &iss, at).unwrap_err().to_string(),
+            "token is not valid before 2027-01-15T08:10:00Z"
+        );
+        let t = token(&k, "k1", claims(NOW + 600, NOW, "https://evil.example", "masker"));
+        assert_eq!(
+            verify(&t, "ci", &iss, at).unwrap_err().to_string(),
+            "token issuer \"https://evil.example\" is not one of the agent's [[issuer]] entries"
+        );
+        let t = token(&k, "k1", claims(NOW + 600, NOW, "https://ci.example", "other"));
+        assert_eq!(verify(&t, "ci", &iss, at).unwrap_err().to_string(), "token audience does not include \"masker\"");
+        let t = token(&other, "k1", claims(NOW + 600, NOW, "https://ci.example", "masker"));
+        assert_eq!(verify(&t, "ci", &iss, at).unwrap_err().to_string(), "token signature is invalid");
+        let t = token(&k, "k9", claims(NOW + 600, NOW, "https://ci.example", "masker"));
+        assert_eq!(
+            verify(&t, "ci", &iss, at).unwrap_err().to_string(),
+            "token key id \"k9\" is not in the JWKS of https://ci.example"
+        );
+        // Within the clock skew.
+        let t = token(&k, "k1", claims(NOW - 5, NOW + 5, "https://ci.example", "masker"));
+        verify(&t, "ci", &iss, at).unwrap();
+        assert!(matches!(verify("garbage", "ci", &iss, at), Err(TokenError::Malformed(_))));
+        for k in [k, other] {
+            std::fs::remove_dir_all(&k.dir).unwrap();
+        }
+    }
+}

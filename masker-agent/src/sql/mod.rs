@@ -1,0 +1,191 @@
+//! SQL analysis: which base columns each output column of a statement is
+//! derived from, and how.
+//!
+//! Pure, no I/O: [`analyze`] parses a query string with PostgreSQL's own
+//! grammar (the `pg_query` crate wraps libpg_query) and traces every output
+//! column of each statement back to the columns of the relations *as
+//! written* in the SQL. Relation names are resolved to schema-qualified
+//! tables, `*` is expanded and views are followed by the session, with the
+//! server's catalog ([`crate::session::lineage`]).
+//!
+//! Whatever the tracer does not understand becomes [`How::Unknown`], which
+//! the session treats as "may carry any column the statement reads" (fail
+//! closed). Results are cached per statement text ([`analyze`]), so a
+//! statement sent many times (or prepared once) is parsed once.
+
+mod trace;
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+pub use trace::analyze_uncached;
+
+/// A relation as the statement names it (not yet resolved with a search path).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelName {
+    pub schema: Option<String>,
+    pub name: String,
+}
+
+impl fmt::Display for RelName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.schema {
+            Some(s) => write!(f, "{s}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Where an output value may come from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    /// Column `column` of `relation`. When a name is ambiguous as written
+    /// (`SELECT email FROM a JOIN b`), each relation that could have it is a
+    /// candidate source; the session drops candidates the catalog denies.
+    Column { relation: RelName, column: String },
+    /// Every column of `relation` (whole-row references, `c::text`).
+    AllColumns(RelName),
+    /// Something the tracer cannot see through (a set-returning function of
+    /// unknown shape, a user-defined function that may read tables).
+    Opaque,
+}
+
+/// How an output column derives from its sources.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum How {
+    /// No column at all: constants, parameters, `now()`, `count(*)`.
+    Constant,
+    /// Exactly one column (or a plain cast of it).
+    Direct,
+    /// Computed from the sources (functions, operators, CASE, subqueries...).
+    Derived,
+    /// A whole row: `c`, `c.*` inside an expression, `row_to_json(c)`.
+    WholeRow,
+    /// An aggregate over the sources; `reveals` is false for `count`.
+    Aggregate { reveals: bool },
+    /// The tracer could not follow the expression: fail closed.
+    Unknown,
+}
+
+/// The lineage of one output column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    pub how: How,
+    /// The columns the value reveals (empty for [`How::Constant`] and for
+    /// aggregates that reveal no value).
+    pub sources: BTreeSet<Source>,
+}
+
+impl Lineage {
+    pub(crate) fn constant() -> Lineage {
+        Lineage { how: How::Constant, sources: BTreeSet::new() }
+    }
+
+    pub(crate) fn unknown() -> Lineage {
+        Lineage { how: How::Unknown, sources: BTreeSet::new() }
+    }
+}
+
+/// One item of a statement's output list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// One column, named as the server will name it (best effort).
+    Column { name: String, lineage: Lineage },
+    /// Every column of a base relation, in attribute order, each exactly that
+    /// column (`*`, `t.*`): the session expands it with the catalog.
+    Star(RelName),
+    /// An unknown number of columns (`*` over a function or VALUES):
+    /// positions after it cannot be matched.
+    Unknown,
+}
+
+/// The kind of a statement, for guardrails and for deciding what to trace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatementClass {
+    Select,
+    /// `SELECT ... INTO`, `CREATE TABLE AS`, `CREATE MATERIALIZED VIEW`.
+    CreateTableAs,
+    Insert,
+    Update,
+    Delete,
+    Merge,
+    Ddl,
+    Copy,
+    Explain,
+    Transaction,
+    /// `SET`, `SHOW`, `RESET`, `DISCARD`...
+    Config,
+    /// `DO` blocks and `CALL`: code the tracer cannot see into.
+    Procedural,
+    /// Anything else (`VACUUM`, `LISTEN`, `PREPARE`, `EXECUTE`, ...).
+    Utility,
+}
+
+/// Analysis of one statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub class: StatementClass,
+    /// Relations the statement reads or writes, as written (CTE names excluded).
+    pub relations: BTreeSet<RelName>,
+    /// Functions called, as written (`schema.name` or `name`), lower case.
+    pub functions: BTreeSet<String>,
+    /// Output columns, for statements that return rows (SELECT, VALUES,
+    /// RETURNING; `None` for the others).
+    pub output: Option<Vec<Output>>,
+    /// For data-moving statements (`CREATE TABLE AS`, `SELECT INTO`,
+    /// `INSERT ... SELECT`, `UPDATE ... SET`, `COPY (query)`): the lineage
+    /// of the data they move.
+    pub moves: Option<Lineage>,
+    /// `COPY (query) TO ...`: the query's output (`COPY table` has none).
+    pub copy_query: bool,
+    /// Columns used in WHERE, JOIN ON, GROUP BY, HAVING, ORDER BY, window
+    /// partitions and aggregate filters (for the inference guardrail), with
+    /// whether each use is a plain equality test.
+    pub filters: Vec<(Source, bool)>,
+}
+
+/// The analysis of a query string: one entry per statement, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Analysis {
+    pub statements: Vec<Statement>,
+}
+
+/// Why a query string could not be analyzed (it will not run either:
+/// PostgreSQL's parser rejects it too).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot parse the statement: {0}")]
+pub struct SqlError(pub String);
+
+/// Distinct statement texts kept parsed; beyond it the cache is cleared
+/// (a workload that generates unbounded distinct texts pays the parse).
+const CACHE_ENTRIES: usize = 4096;
+/// Statements longer than this are analyzed but not cached.
+const CACHE_MAX_TEXT: usize = 64 * 1024;
+
+type Cache = Mutex<HashMap<Arc<str>, Arc<Result<Analysis, SqlError>>>>;
+
+fn cache() -> &'static Cache {
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Analyzes `sql` (one or more statements), from the cache when this exact
+/// text was analyzed before.
+pub fn analyze(sql: &str) -> Arc<Result<Analysis, SqlError>> {
+    if let Some(hit) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(sql) {
+        return hit.clone();
+    }
+    let result = Arc::new(analyze_uncached(sql));
+    if sql.len() <= CACHE_MAX_TEXT {
+        let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
+        if c.len() >= CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(Arc::from(sql), result.clone());
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,10 @@
+#!/bin/sh
+# GitHub Actions self-hosted runner: job-completed hook (see job-started.sh).
+# Untags the runner's cgroup: connections after the job are no longer masked
+# (nor intercepted).
+set -eu
+state="${RUNNER_TEMP:-/tmp}/masker-cgroup"
+if [ -f "$state" ]; then
+    sudo -n /usr/local/bin/masker untag "$(cat "$state")"
+    rm -f "$state"
+fi

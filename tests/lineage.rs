@@ -1,0 +1,433 @@
+//! SQL lineage through `masker proxy` (issue 5): personal data must not come
+//! out through expressions, aggregates, whole-row references, subqueries,
+//! CTEs, set operations, views, catalog views or data-moving statements.
+//!
+//! - An attack corpus ([`ATTACKS`], ≥ 80 queries) runs through psql (text,
+//!   simple protocol) and tokio-postgres (extended protocol, binary
+//!   results); no seeded personal value, nor its case, reversed, digits-only,
+//!   base64 or hex form, may appear in any result or error.
+//! - Refusals are SQLSTATE 42501 errors and keep the session usable.
+//! - A compatibility corpus of non-sensitive queries returns exactly what a
+//!   direct connection returns.
+//!
+//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use masker_tests::cluster::{APP_PASSWORD, APP_USER};
+use masker_tests::compare::{self, RawCell};
+use masker_tests::fixture::PersonalValues;
+use masker_tests::psql::Psql;
+use masker_tests::{ConnInfo, MaskerProxy, PgCluster, within};
+
+const LIMIT: Duration = Duration::from_secs(300);
+
+const POLICY: &str = r#"
+version = 1
+[defaults]
+action = "detect"
+comment_classification = true
+[pseudonymize]
+key_env = "MASKER_LINEAGE_KEY"
+
+[[rule]]
+name = "email"
+column_names = ["*email*"]
+action = "pseudonymize"
+format_preserving = true
+
+[[rule]]
+name = "name"
+column_names = ["full_name"]
+action = "pseudonymize"
+
+[[rule]]
+name = "national-id"
+column_names = ["ssn"]
+action = "null"
+
+[[rule]]
+name = "external-id"
+column_names = ["external_id"]
+action = "pseudonymize"
+
+[[rule]]
+name = "ops"
+column_names = ["id", "*_id", "order_no", "created_at", "paid_at", "signup_ts", "status", "plan", "amount*", "balance", "method"]
+action = "allow"
+"#;
+
+/// Every seeded personal value in the forms an easy transform gives.
+struct LeakFinder {
+    needles: Vec<(String, &'static str, Vec<u8>)>,
+    index: HashMap<[u8; 6], Vec<u32>>,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            out.push(if i <= chunk.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
+        }
+    }
+    out
+}
+
+impl LeakFinder {
+    fn new(values: &PersonalValues) -> LeakFinder {
+        let mut needles = Vec::new();
+        let mut seen = HashSet::new();
+        for (kind, value) in values.all() {
+            if kind == "birth_date" || value.len() < 8 {
+                continue;
+            }
+            let lower = value.to_ascii_lowercase();
+            let mut forms = vec![
+                ("value", lower.clone()),
+                ("reversed", lower.chars().rev().collect()),
+                ("hex", hex(value.as_bytes())),
+                ("base64", base64(value.as_bytes()).trim_end_matches('=').to_ascii_lowercase()),
+            ];
+            let digits: String = value.chars().filter(char::is_ascii_digit).collect();
+            if ["phone", "ssn", "card_number", "iban"].contains(&kind.as_str()) && digits.len() >= 9 {
+                forms.push(("digits", digits));
+            }
+            for (form, s) in forms {
+                if s.len() >= 8 && seen.insert(s.clone()) {
+                    needles.push((kind.clone(), form, s.into_bytes()));
+                }
+            }
+        }
+        let mut index: HashMap<[u8; 6], Vec<u32>> = HashMap::new();
+        for (i, n) in needles.iter().enumerate() {
+            index.entry(n.2[..6].try_into().unwrap()).or_default().push(i as u32);
+        }
+        LeakFinder { needles, index }
+    }
+
+    fn find(&self, text: &[u8]) -> BTreeMap<(String, &'static str), usize> {
+        let mut found = BTreeMap::new();
+        let lower = text.to_ascii_lowercase();
+        if lower.len() < 6 {
+            return found;
+        }
+        for i in 0..=lower.len() - 6 {
+            if let Some(list) = self.index.get(&lower[i..i + 6]) {
+                for &n in list {
+                    let (kind, form, bytes) = &self.needles[n as usize];
+                    if lower[i..].starts_with(bytes) {
+                        *found.entry((kind.clone(), *form)).or_default() += 1;
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    policy: std::path::PathBuf,
+    finder: LeakFinder,
+}
+
+static ENV: LazyLock<Env> = LazyLock::new(|| {
+    let cluster = PgCluster::shared();
+    cluster
+        .run_sql_as_superuser(
+            "shop",
+            "CREATE OR REPLACE VIEW lineage_upper AS SELECT id, upper(email) AS e, ssn FROM customers; \
+             CREATE OR REPLACE VIEW lineage_nested AS SELECT id, reverse(e) AS r FROM lineage_upper; \
+             GRANT SELECT ON lineage_upper, lineage_nested TO app;",
+        )
+        .expect("lineage views");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, POLICY).expect("policy");
+    let values = PersonalValues::load(cluster).expect("personal values");
+    Env { _dir: dir, policy, finder: LeakFinder::new(&values) }
+});
+
+fn start() -> (MaskerProxy, ConnInfo, ConnInfo) {
+    let cluster = PgCluster::shared();
+    let env = &*ENV;
+    let args: Vec<String> =
+        ["--policy", &env.policy.to_string_lossy(), "--identity", "ci-lineage", "--catalog-user", APP_USER]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let proxy = MaskerProxy::start_with_env(
+        cluster.addr(),
+        &args,
+        &[("MASKER_CATALOG_PASSWORD", APP_PASSWORD), ("MASKER_LINEAGE_KEY", "lineage-suite-key-0123456789abcdef")],
+    )
+    .unwrap_or_else(|e| panic!("starting masker proxy: {e:#}"));
+    let direct = cluster.app();
+    let proxied = direct.at(proxy.addr());
+    (proxy, direct, proxied)
+}
+
+/// Queries an AI agent could write to get personal data out. Each must come
+/// back masked or refused.
+const ATTACKS: &[&str] = &[
+    // functions and operators
+    "SELECT upper(email) FROM customers ORDER BY id LIMIT 40",
+    "SELECT lower(full_name) FROM customers ORDER BY id LIMIT 40",
+    "SELECT reverse(ssn) FROM customers ORDER BY id LIMIT 40",
+    "SELECT regexp_replace(ssn, '[^0-9]', '', 'g') FROM customers ORDER BY id LIMIT 40",
+    "SELECT regexp_replace(phone, '[^0-9]', '', 'g') FROM customers ORDER BY id LIMIT 40",
+    "SELECT translate(card_number, ' -', '') FROM customers ORDER BY id LIMIT 40",
+    "SELECT encode(convert_to(email, 'UTF8'), 'base64') FROM customers ORDER BY id LIMIT 40",
+    "SELECT encode(convert_to(ssn, 'UTF8'), 'hex') FROM customers ORDER BY id LIMIT 40",
+    "SELECT 'x:' || email || ':y' FROM customers ORDER BY id LIMIT 40",
+    "SELECT concat(full_name, ' ', email) FROM customers ORDER BY id LIMIT 40",
+    "SELECT format('%s', iban) FROM customers ORDER BY id LIMIT 40",
+    "SELECT substr(card_number, 1, 40) FROM customers ORDER BY id LIMIT 40",
+    "SELECT left(email, 100) FROM customers ORDER BY id LIMIT 40",
+    "SELECT replace(email, '@', ' at ') FROM customers ORDER BY id LIMIT 40",
+    "SELECT email::bytea FROM customers ORDER BY id LIMIT 40",
+    "SELECT email || '' FROM customers ORDER BY id LIMIT 40",
+    "SELECT initcap(full_name) FROM customers ORDER BY id LIMIT 40",
+    "SELECT split_part(email, '@', 1) || '@' || split_part(email, '@', 2) FROM customers ORDER BY id LIMIT 40",
+    "SELECT address || ' ' || phone FROM customers ORDER BY id LIMIT 40",
+    "SELECT md5(email), email || '!' FROM customers ORDER BY id LIMIT 40",
+    // CASE / COALESCE / conditionals
+    "SELECT CASE WHEN id > 0 THEN ssn ELSE 'x' END FROM customers ORDER BY id LIMIT 40",
+    "SELECT coalesce(ssn, phone) FROM customers ORDER BY id LIMIT 40",
+    "SELECT nullif(email, 'x') FROM customers ORDER BY id LIMIT 40",
+    "SELECT greatest(email, '') FROM customers ORDER BY id LIMIT 40",
+    "SELECT CASE ssn WHEN '' THEN 'empty' ELSE ssn END FROM customers ORDER BY id LIMIT 40",
+    // casts that change the type
+    "SELECT last_ip::text FROM customers ORDER BY id LIMIT 40",
+    "SELECT phone::varchar(100) || '' FROM customers ORDER BY id LIMIT 40",
+    "SELECT birth_date::text || ssn FROM customers ORDER BY id LIMIT 40",
+    // whole rows
+    "SELECT row_to_json(c) FROM customers c ORDER BY id LIMIT 40",
+    "SELECT to_jsonb(c) FROM customers c ORDER BY id LIMIT 40",
+    "SELECT to_json(c.*) FROM customers c ORDER BY id LIMIT 40",
+    "SELECT c::text FROM customers c ORDER BY id LIMIT 40",
+    "SELECT c FROM customers c ORDER BY id LIMIT 40",
+    "SELECT ROW(c.*)::text FROM customers c ORDER BY id LIMIT 40",
+    "SELECT hstore_dummy FROM (SELECT c::text AS hstore_dummy FROM customers c ORDER BY id LIMIT 40) s",
+    // JSON and array builders
+    "SELECT json_build_object('e', email, 's', ssn) FROM customers ORDER BY id LIMIT 40",
+    "SELECT jsonb_build_array(email, phone) FROM customers ORDER BY id LIMIT 40",
+    "SELECT ARRAY[email, ssn] FROM customers ORDER BY id LIMIT 40",
+    "SELECT array_to_string(ARRAY[card_number], ',') FROM customers ORDER BY id LIMIT 40",
+    "SELECT JSON_OBJECT('e' VALUE email) FROM customers ORDER BY id LIMIT 40",
+    "SELECT profile::text FROM customers ORDER BY id LIMIT 40",
+    "SELECT profile -> 'email' FROM customers ORDER BY id LIMIT 40",
+    "SELECT (ARRAY[iban])[1] FROM customers ORDER BY id LIMIT 40",
+    // aggregates
+    "SELECT string_agg(ssn, ',') FROM (SELECT ssn FROM customers ORDER BY id LIMIT 40) s",
+    "SELECT array_agg(email) FROM (SELECT email FROM customers ORDER BY id LIMIT 40) s",
+    "SELECT json_agg(phone) FROM (SELECT phone FROM customers ORDER BY id LIMIT 40) s",
+    "SELECT jsonb_agg(c) FROM (SELECT * FROM customers ORDER BY id LIMIT 20) c",
+    "SELECT min(email), max(ssn) FROM customers",
+    "SELECT plan, max(card_number) FROM customers GROUP BY plan",
+    "SELECT mode() WITHIN GROUP (ORDER BY iban) FROM customers",
+    "SELECT id, min(email) FROM customers GROUP BY id ORDER BY id LIMIT 40",
+    "SELECT string_agg(upper(email), ';' ORDER BY id) FROM customers WHERE id < 40",
+    // window functions
+    "SELECT lag(email) OVER (ORDER BY id) FROM customers ORDER BY id LIMIT 40",
+    "SELECT first_value(ssn) OVER (PARTITION BY id) FROM customers ORDER BY id LIMIT 40",
+    "SELECT max(phone) OVER () FROM customers LIMIT 5",
+    // subqueries
+    "SELECT (SELECT email FROM customers c2 WHERE c2.id = o.customer_id) FROM orders o ORDER BY o.id LIMIT 40",
+    "SELECT e FROM (SELECT upper(email) AS e FROM customers ORDER BY id LIMIT 40) s",
+    "SELECT x FROM (SELECT ssn || '' AS x, id FROM customers) s ORDER BY id LIMIT 40",
+    "SELECT ARRAY(SELECT ssn FROM customers ORDER BY id LIMIT 40)",
+    "SELECT id, (SELECT max(iban) FROM customers) FROM orders LIMIT 3",
+    // CTEs
+    "WITH x AS (SELECT lower(email) AS e FROM customers ORDER BY id LIMIT 40) SELECT e FROM x",
+    "WITH x AS (SELECT ssn, id FROM customers) SELECT ssn || '' FROM x ORDER BY id LIMIT 40",
+    "WITH x(a) AS (SELECT card_number FROM customers) SELECT upper(a) FROM x LIMIT 40",
+    "WITH RECURSIVE r(n, e) AS (SELECT 1, (SELECT email FROM customers WHERE id = 1) UNION ALL SELECT n + 1, (SELECT email FROM customers WHERE id = n + 1) FROM r WHERE n < 30) SELECT e FROM r",
+    "WITH RECURSIVE r(n, e) AS (SELECT id, reverse(ssn) FROM customers WHERE id < 30 UNION ALL SELECT n, e FROM r WHERE false) SELECT e FROM r",
+    "WITH m AS MATERIALIZED (SELECT * FROM customers ORDER BY id LIMIT 40) SELECT upper(email), ssn || '' FROM m",
+    // set operations
+    "SELECT 'x' UNION ALL SELECT email FROM customers WHERE id < 40",
+    "SELECT order_no FROM orders WHERE id < 3 UNION SELECT ssn FROM customers WHERE id < 40",
+    "SELECT email FROM customers WHERE id < 40 INTERSECT SELECT email FROM customers",
+    "SELECT phone FROM customers WHERE id < 40 EXCEPT SELECT 'nothing'",
+    "SELECT * FROM (SELECT email FROM customers WHERE id < 20 UNION ALL SELECT full_name FROM customers WHERE id < 20) u",
+    // LATERAL and functions in FROM
+    "SELECT l.x FROM customers c, LATERAL (SELECT upper(c.email) AS x) l ORDER BY c.id LIMIT 40",
+    "SELECT t FROM customers c, unnest(ARRAY[c.ssn, c.phone]) t ORDER BY c.id LIMIT 40",
+    "SELECT v FROM customers c, jsonb_each_text(to_jsonb(c)) AS j(k, v) ORDER BY c.id LIMIT 80",
+    "SELECT j.* FROM customers c CROSS JOIN LATERAL (SELECT c.email || '', c.iban || '') j ORDER BY c.id LIMIT 40",
+    // joins with aliases and stars
+    "SELECT o.id, upper(c.email) FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 40",
+    "SELECT o.*, c.* FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 20",
+    "SELECT * FROM customers ORDER BY id LIMIT 20",
+    "SELECT s.* FROM (SELECT lower(email) AS le, id FROM customers) s ORDER BY id LIMIT 40",
+    "SELECT * FROM orders o NATURAL JOIN (SELECT id AS customer_id, ssn || '' AS x FROM customers) c LIMIT 20",
+    // views
+    "SELECT e FROM lineage_upper ORDER BY id LIMIT 40",
+    "SELECT * FROM lineage_upper ORDER BY id LIMIT 40",
+    "SELECT r FROM lineage_nested ORDER BY id LIMIT 40",
+    "SELECT upper(email) FROM customer_contacts LIMIT 40",
+    "SELECT lower(ssn) FROM lineage_upper ORDER BY id LIMIT 40",
+    // catalog views with sampled values / other sessions
+    "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
+    "SELECT * FROM pg_stats",
+    "SELECT stavalues1::text FROM pg_statistic",
+    "SELECT query FROM pg_stat_activity",
+    "SELECT * FROM pg_prepared_statements",
+    "SELECT query FROM pg_catalog.pg_stat_get_activity(NULL)",
+    // data-moving statements
+    "CREATE TEMP TABLE leak1 AS SELECT upper(email) AS x FROM customers",
+    "SELECT reverse(ssn) AS x INTO TEMP leak2 FROM customers",
+    "CREATE TEMP TABLE leak3 (x text); INSERT INTO leak3 SELECT ssn || '' FROM customers",
+    "COPY (SELECT upper(email) FROM customers LIMIT 40) TO STDOUT",
+    "COPY (SELECT c::text FROM customers c LIMIT 40) TO STDOUT WITH (FORMAT csv)",
+    // RETURNING
+    "UPDATE customers SET plan = plan WHERE id < 40 RETURNING upper(email), ssn || ''",
+    // multi-statement simple queries
+    "SELECT 1; SELECT upper(email) FROM customers ORDER BY id LIMIT 40; SELECT count(*) FROM orders",
+    // parameters and prepared statements
+    "PREPARE p1 AS SELECT upper(email) FROM customers ORDER BY id LIMIT 40; EXECUTE p1",
+    "BEGIN; DECLARE cur CURSOR FOR SELECT upper(email) FROM customers ORDER BY id; FETCH 40 FROM cur; COMMIT",
+];
+
+/// Non-sensitive queries: must equal a direct connection.
+const COMPATIBLE: &[&str] = &[
+    "SELECT count(*) FROM customers",
+    "SELECT count(ssn), count(DISTINCT email) FROM customers",
+    "SELECT sum(amount), avg(amount)::numeric(12,2), min(amount), max(amount) FROM orders",
+    "SELECT status, count(*), sum(amount) FROM orders GROUP BY status ORDER BY status",
+    "SELECT date_trunc('month', created_at) AS m, count(*) FROM orders GROUP BY 1 ORDER BY 1",
+    "SELECT max(created_at), min(created_at) FROM orders",
+    "SELECT o.id, o.amount * 2, c.plan FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 50",
+    "SELECT c.id, count(o.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY c.id LIMIT 50",
+    "WITH t AS (SELECT customer_id, sum(amount) s FROM orders GROUP BY 1) SELECT customer_id, s FROM t ORDER BY s DESC, customer_id LIMIT 20",
+    "SELECT id::text || '-' || status FROM orders ORDER BY id LIMIT 50",
+    "SELECT upper(order_no) FROM orders ORDER BY id LIMIT 50",
+    "SELECT method, count(*), sum(amount) FROM payments GROUP BY method ORDER BY method",
+    "SELECT plan, round(avg(balance), 2) FROM customers GROUP BY plan ORDER BY plan",
+    "SELECT id FROM orders WHERE amount > 100 UNION SELECT id FROM payments WHERE amount > 100 ORDER BY 1 LIMIT 50",
+    "SELECT row_number() OVER (ORDER BY id), id, amount FROM orders ORDER BY id LIMIT 50",
+    "SELECT 1 AS one, now()::date = current_date, 'text'",
+    "SELECT extract(year FROM signup_ts)::int AS y, count(*) FROM customers GROUP BY 1 ORDER BY 1",
+    "SELECT json_build_object('id', id, 'amount', amount) FROM orders ORDER BY id LIMIT 20",
+];
+
+fn check(what: &str, text: &[u8]) -> Result<(), String> {
+    let leaks = ENV.finder.find(text);
+    if leaks.is_empty() { Ok(()) } else { Err(format!("{what}: leaked (kind, form) → count: {leaks:?}")) }
+}
+
+fn render_binary(r: &compare::BinaryResult) -> Vec<u8> {
+    let mut out = Vec::new();
+    for row in &r.rows {
+        for RawCell(cell) in row {
+            if let Some(b) = cell {
+                out.extend_from_slice(b);
+                out.push(b'|');
+            }
+        }
+        out.push(b'\n');
+    }
+    out
+}
+
+#[test]
+fn attack_corpus_leaks_nothing_through_psql_and_tokio_postgres() {
+    assert!(ATTACKS.len() >= 80, "{} attacks", ATTACKS.len());
+    let (mut proxy, _direct, proxied) = start();
+    let mut failures = Vec::new();
+    // psql, text, simple protocol, one session per query.
+    for sql in ATTACKS {
+        let out = Psql::new(&proxied).command(sql).run();
+        let text = format!("{}\n{}", out.stdout, out.stderr);
+        if let Err(e) = check(&format!("psql {sql:?}"), text.as_bytes()) {
+            failures.push(e);
+        }
+    }
+    proxy.assert_running();
+    // tokio-postgres, extended protocol, binary results, one session.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(within(LIMIT, "tokio-postgres attacks", async {
+        let client = proxied.connect().await.expect("connect through masker");
+        for sql in ATTACKS {
+            let statements: Vec<&str> = sql.split("; ").collect();
+            for s in statements {
+                let text = match compare::binary(&client, s, &[]).await {
+                    Ok(r) => render_binary(&r),
+                    Err(e) => format!("{e:?}").into_bytes(),
+                };
+                if let Err(e) = check(&format!("tokio-postgres {s:?}"), &text) {
+                    failures.push(e);
+                }
+            }
+            // The session stays usable after refusals and errors.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        let r = compare::binary(&client, "SELECT 1", &[]).await.expect("session still usable");
+        assert_eq!(r.rows.len(), 1);
+    }));
+    proxy.assert_running();
+    assert!(failures.is_empty(), "{} leaks:\n{}", failures.len(), failures.join("\n"));
+}
+
+#[test]
+fn refusals_are_42501_naming_the_rule_and_keep_the_session() {
+    let (mut proxy, _direct, proxied) = start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(within(LIMIT, "refusals", async {
+        let client = proxied.connect().await.expect("connect");
+        for (sql, mentions) in [
+            ("SELECT * FROM pg_stats", "pg_stats"),
+            ("SELECT query FROM pg_stat_activity", "pg_stat_activity"),
+            ("CREATE TEMP TABLE t1 AS SELECT upper(email) FROM customers", "customers.email"),
+            ("CREATE TEMP TABLE t2 (x text); INSERT INTO t2 SELECT ssn FROM customers", "customers.ssn"),
+        ] {
+            for simple in [true, false] {
+                let err = if simple {
+                    client.simple_query(sql).await.map(|_| ()).expect_err(sql)
+                } else if let Some((setup, last)) = sql.rsplit_once("; ") {
+                    client.batch_execute(setup).await.expect(setup);
+                    client.query(last, &[]).await.map(|_| ()).expect_err(sql)
+                } else {
+                    client.query(sql, &[]).await.map(|_| ()).expect_err(sql)
+                };
+                let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err:?}"));
+                assert_eq!(db.code().code(), "42501", "{sql}: {db:?}");
+                assert!(db.message().contains(mentions) && db.message().contains("rule"), "{sql}: {}", db.message());
+                let _ = client.batch_execute("DROP TABLE IF EXISTS t2").await;
+                let rows = client.simple_query("SELECT 1").await.expect("usable after refusal");
+                assert!(!rows.is_empty());
+            }
+        }
+        // Non-sensitive data may still be copied.
+        client
+            .batch_execute("CREATE TEMP TABLE ok1 AS SELECT id, amount FROM orders; DROP TABLE ok1")
+            .await
+            .expect("CTAS of allowed columns");
+    }));
+    proxy.assert_running();
+}
+
+#[test]
+fn compatibility_corpus_equals_direct() {
+    let (mut proxy, direct, proxied) = start();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(within(LIMIT, "compatibility", async {
+        let d = direct.connect().await.expect("direct");
+        let p = proxied.connect().await.expect("proxied");
+        for sql in COMPATIBLE {
+            compare::assert_same_simple(&d, &p, sql).await;
+            compare::assert_same_binary(&d, &p, sql, &[]).await;
+        }
+    }));
+    proxy.assert_running();
+}

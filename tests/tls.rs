@@ -1,0 +1,249 @@
+//! TLS on both legs of `masker proxy`: towards the client with certificates
+//! from masker's own CA (`--state-dir`), towards the server per
+//! `--upstream-tls`. Real psql in every sslmode, a real PostgreSQL with
+//! `ssl=on` and a self-signed certificate made in the test's temp dir.
+//!
+//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::LazyLock;
+
+use masker_tests::psql::Psql;
+use masker_tests::{MaskerProxy, PgCluster};
+use tempfile::TempDir;
+
+/// A temp state dir holding masker's CA, and the CA certificate exported
+/// with `masker ca export` into `ca.pem` next to it.
+struct Ca {
+    dir: TempDir,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let dir = tempfile::Builder::new().prefix("masker-tls-").tempdir().unwrap();
+        let out = Command::new(MaskerProxy::binary())
+            .args(["ca", "export", "--state-dir"])
+            .arg(dir.path().join("state"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ca export: {}", String::from_utf8_lossy(&out.stderr));
+        let pem = String::from_utf8(out.stdout).unwrap();
+        assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+        std::fs::write(dir.path().join("ca.pem"), pem).unwrap();
+        Ca { dir }
+    }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    fn pem(&self) -> String {
+        self.dir.path().join("ca.pem").to_string_lossy().into_owned()
+    }
+}
+
+fn proxy(upstream: std::net::SocketAddr, ca: &Ca, extra: &[&str]) -> MaskerProxy {
+    let mut args = vec!["--state-dir".to_owned(), ca.state_dir().to_string_lossy().into_owned()];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    MaskerProxy::start_with_args(upstream, &args).unwrap_or_else(|e| panic!("masker proxy: {e:#}"))
+}
+
+/// psql to `host` (a name or IP) at the proxy's port with `sslmode`,
+/// trusting `rootcert`.
+fn psql(proxy: &MaskerProxy, host: &str, sslmode: &str, rootcert: &str, sql: &str) -> masker_tests::process::Output {
+    let mut info = PgCluster::shared().app().at(proxy.addr());
+    info.host = host.to_owned();
+    Psql::new(&info).env("PGSSLMODE", sslmode).env("PGSSLROOTCERT", rootcert).command(sql).run()
+}
+
+const TLS_STATE: &str = "SELECT 'ok'";
+
+#[test]
+fn psql_works_in_every_sslmode_with_the_ca_trusted() {
+    let ca = Ca::new();
+    let mut proxy = proxy(PgCluster::shared().addr(), &ca, &[]);
+    for host in ["127.0.0.1", "localhost"] {
+        for mode in ["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] {
+            let out = psql(&proxy, host, mode, &ca.pem(), TLS_STATE);
+            assert!(out.status.success(), "sslmode={mode} host={host}: {}\n{}", out.stderr, proxy.stderr());
+            assert_eq!(out.stdout.trim(), "ok");
+            let info = psql(&proxy, host, mode, &ca.pem(), "\\conninfo");
+            let encrypted = info.stdout.contains("SSL connection");
+            assert_eq!(encrypted, !matches!(mode, "disable" | "allow"), "sslmode={mode}: {}", info.stdout);
+        }
+    }
+    proxy.assert_running();
+}
+
+#[test]
+fn ca_is_created_once_readable_by_root_only() {
+    let ca = Ca::new();
+    let state = ca.state_dir();
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&state), 0o700);
+    assert_eq!(mode(&state.join("ca.key")), 0o600);
+    assert_eq!(std::fs::metadata(state.join("ca.key")).unwrap().uid(), unsafe_free_uid());
+    // The proxy uses the CA that was exported.
+    let before = std::fs::read(state.join("ca.crt")).unwrap();
+    let proxy = proxy(PgCluster::shared().addr(), &ca, &[]);
+    let out = psql(&proxy, "127.0.0.1", "verify-full", &ca.pem(), TLS_STATE);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(std::fs::read(state.join("ca.crt")).unwrap(), before);
+}
+
+/// Our own uid, read from /proc (the test crate forbids unsafe code).
+fn unsafe_free_uid() -> u32 {
+    std::fs::metadata("/proc/self").unwrap().uid()
+}
+
+#[test]
+fn verify_full_fails_without_the_ca_and_for_another_name() {
+    let ca = Ca::new();
+    let other = Ca::new();
+    let proxy = proxy(PgCluster::shared().addr(), &ca, &[]);
+    let out = psql(&proxy, "127.0.0.1", "verify-full", &other.pem(), TLS_STATE);
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("certificate verify failed"), "{}", out.stderr);
+    // sslmode=require does not check the certificate (when no root
+    // certificate file exists; with one, libpq behaves as verify-ca).
+    let out = psql(&proxy, "127.0.0.1", "require", "/nonexistent/root.crt", TLS_STATE);
+    assert!(out.status.success(), "{}", out.stderr);
+}
+
+#[test]
+fn without_state_dir_ssl_is_declined() {
+    let proxy = MaskerProxy::start(PgCluster::shared().addr(), None);
+    let info = PgCluster::shared().app().at(proxy.addr());
+    let out = Psql::new(&info).env("PGSSLMODE", "require").command(TLS_STATE).run();
+    assert!(!out.status.success());
+    assert!(out.stderr.contains("server does not support SSL"), "{}", out.stderr);
+}
+
+/// A cluster with `ssl = on` and a self-signed certificate for 127.0.0.1
+/// and localhost; the certificate (PEM) path is returned for verify-full.
+struct SslCluster {
+    cluster: PgCluster,
+    _dir: TempDir,
+    cert: PathBuf,
+}
+
+static SSL_CLUSTER: LazyLock<SslCluster> = LazyLock::new(|| {
+    let cluster = PgCluster::start().expect("starting the ssl cluster");
+    let dir = tempfile::Builder::new().prefix("masker-pgssl-").tempdir().unwrap();
+    let cert = cluster.data_dir().join("server.crt");
+    let key = cluster.data_dir().join("server.key");
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        // An end-entity certificate (webpki refuses a CA one as a server's).
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+    let owner = std::fs::metadata(cluster.data_dir()).unwrap();
+    for f in [&cert, &key] {
+        std::os::unix::fs::chown(f, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    // The client side's copy, outside the data directory.
+    let client_copy = dir.path().join("server-ca.pem");
+    std::fs::copy(&cert, &client_copy).unwrap();
+    cluster
+        .run_sql_as_superuser("postgres", "ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();\n")
+        .expect("enabling ssl");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    SslCluster { cluster, _dir: dir, cert: client_copy }
+});
+
+const SERVER_SSL: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
+
+#[test]
+fn server_tls_require_and_verify_full() {
+    let ssl = &*SSL_CLUSTER;
+    let ca = Ca::new();
+    let cert = ssl.cert.to_string_lossy().into_owned();
+    for extra in [
+        vec!["--upstream-tls", "prefer"],
+        vec!["--upstream-tls", "require"],
+        vec!["--upstream-tls", "verify-full", "--upstream-ca", &cert],
+    ] {
+        let proxy = proxy(ssl.cluster.addr(), &ca, &extra);
+        let mut info = ssl.cluster.app().at(proxy.addr());
+        info.host = "127.0.0.1".into();
+        // Client leg in plain text, libpq's default channel_binding=prefer:
+        // the client sends "n" (no channel binding) and the server accepts.
+        let out = Psql::new(&info).env("PGSSLMODE", "disable").command(SERVER_SSL).run();
+        assert!(out.status.success(), "{extra:?}: {}\n{}", out.stderr, proxy.stderr());
+        assert_eq!(out.stdout.trim(), "t", "{extra:?}: the server leg must be TLS");
+        // Both legs in TLS: SCRAM passthrough works with channel binding off.
+        let out = Psql::new(&info)
+            .env("PGSSLMODE", "verify-full")
+            .env("PGSSLROOTCERT", &ca.pem())
+            .env("PGCHANNELBINDING", "disable")
+            .command(SERVER_SSL)
+            .run();
+        assert!(out.status.success(), "{extra:?}: {}\n{}", out.stderr, proxy.stderr());
+        assert_eq!(out.stdout.trim(), "t");
+        // Both legs in TLS with channel binding: SCRAM-SHA-256-PLUS is not
+        // offered (it would bind to masker's certificate, not the server's),
+        // and a client that then says "I could bind, you can't" ('y' flag) is
+        // refused by a TLS server as a possible downgrade. A known limit of
+        // SCRAM passthrough across a TLS terminator.
+        for binding in ["prefer", "require"] {
+            let out = Psql::new(&info)
+                .env("PGSSLMODE", "verify-full")
+                .env("PGSSLROOTCERT", &ca.pem())
+                .env("PGCHANNELBINDING", binding)
+                .command(SERVER_SSL)
+                .run();
+            assert!(!out.status.success());
+            assert!(out.stderr.contains("channel binding"), "{binding}: {}", out.stderr);
+            assert!(!out.stderr.contains("SCRAM channel binding check failed"), "PLUS was offered: {}", out.stderr);
+        }
+    }
+    // Plain text to the ssl cluster still works when asked for.
+    let proxy = proxy(ssl.cluster.addr(), &ca, &["--upstream-tls", "disable"]);
+    let out = psql(&proxy, "127.0.0.1", "require", &ca.pem(), SERVER_SSL);
+    assert!(out.status.success(), "{}", out.stderr);
+    assert_eq!(out.stdout.trim(), "f");
+}
+
+#[test]
+fn server_tls_verify_full_rejects_an_untrusted_certificate() {
+    let ssl = &*SSL_CLUSTER;
+    let ca = Ca::new();
+    let proxy = proxy(ssl.cluster.addr(), &ca, &["--upstream-tls", "verify-full", "--upstream-ca", &ca.pem()]);
+    let out = psql(&proxy, "127.0.0.1", "require", &ca.pem(), SERVER_SSL);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("masker: TLS handshake with the database server at 127.0.0.1 failed: invalid peer certificate"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn required_server_tls_is_never_downgraded() {
+    let ca = Ca::new();
+    // The shared cluster has ssl off: it answers the SSLRequest with 'N'.
+    for mode in ["require", "verify-full"] {
+        let proxy = proxy(PgCluster::shared().addr(), &ca, &["--upstream-tls", mode, "--upstream-ca", &ca.pem()]);
+        let out = psql(&proxy, "127.0.0.1", "require", &ca.pem(), TLS_STATE);
+        assert!(!out.status.success());
+        let expected = format!(
+            "masker: the database server at 127.0.0.1 does not accept TLS, and the target requires it (tls = \"{mode}\")"
+        );
+        assert!(out.stderr.contains(&expected), "{}", out.stderr);
+    }
+    // prefer falls back to plain text.
+    let proxy = proxy(PgCluster::shared().addr(), &ca, &["--upstream-tls", "prefer"]);
+    let out = psql(&proxy, "127.0.0.1", "require", &ca.pem(), TLS_STATE);
+    assert!(out.status.success(), "{}", out.stderr);
+}
