@@ -68,6 +68,8 @@ struct CachedTable {
 struct DbCache {
     tables: HashMap<TableOid, CachedTable>,
     relations: HashMap<crate::sql::RelName, (Option<Arc<Relation>>, Instant)>,
+    /// Function name as written → whether it is a user (non-built-in) function.
+    functions: HashMap<String, (bool, Instant)>,
 }
 
 /// A relation found by name (for SQL lineage): its columns in attribute
@@ -173,13 +175,7 @@ impl Catalog {
             database: database.to_string(),
             reason,
         };
-        let mut clients = self.clients.lock().await;
-        if clients.get(&key).is_none_or(|c| c.is_closed()) {
-            let client = self.connect(destination, database).await.map_err(err)?;
-            clients.insert(key.clone(), client);
-        }
-        let client = clients.get(&key).ok_or_else(|| err("no catalog connection".into()))?;
-        let rows = client.query(SQL, &[&schema, &table]).await.map_err(|e| err(e.to_string()))?;
+        let rows = self.query(&key, SQL, &[&schema, &table]).await.map_err(err)?;
         if rows.is_empty() {
             return Err(err("the table is unknown to the catalog connection".into()));
         }
@@ -238,30 +234,95 @@ impl Catalog {
             Some(schema) => format!("{}.{}", quote(schema), quote(&rel.name)),
             None => quote(&rel.name),
         };
-        let found = {
-            let mut clients = self.clients.lock().await;
-            if clients.get(&key).is_none_or(|c| c.is_closed()) {
-                let client = self.connect(destination, database).await.map_err(err)?;
-                clients.insert(key.clone(), client);
-            }
-            let client = clients.get(&key).ok_or_else(|| err("no catalog connection".into()))?;
-            let rows = client.query(SQL, &[&name]).await.map_err(|e| err(e.to_string()))?;
-            rows.first().map(|r| {
-                let names: Vec<String> = r.get(4);
-                let comments: Vec<String> = r.get(5);
-                let kind: String = r.get(2);
-                Arc::new(Relation {
-                    schema: r.get(0),
-                    name: r.get(1),
-                    kind: kind.chars().next().unwrap_or('?'),
-                    columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
-                    definition: r.get(3),
-                })
+        let rows = self.query(&key, SQL, &[&name]).await.map_err(err)?;
+        let found = rows.first().map(|r| {
+            let names: Vec<String> = r.get(4);
+            let comments: Vec<String> = r.get(5);
+            let kind: String = r.get(2);
+            Arc::new(Relation {
+                schema: r.get(0),
+                name: r.get(1),
+                kind: kind.chars().next().unwrap_or('?'),
+                columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
+                definition: r.get(3),
             })
-        };
+        });
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         caches.entry(key).or_default().relations.insert(rel.clone(), (found.clone(), Instant::now()));
         Ok(found)
+    }
+
+    /// Runs `sql` on the agent's catalog connection to `key`, opening it
+    /// first if needed; a connection that failed is dropped so the next
+    /// look-up opens a fresh one.
+    async fn query(
+        &self,
+        key: &(String, String),
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, String> {
+        let mut clients = self.clients.lock().await;
+        if clients.get(key).is_none_or(|c| c.is_closed()) {
+            let client = self.connect(&key.0, &key.1).await?;
+            clients.insert(key.clone(), client);
+        }
+        let client = clients.get(key).ok_or("no catalog connection")?;
+        let result = client.query(sql, params).await;
+        if result.is_err() {
+            clients.remove(key);
+        }
+        result.map_err(|e| e.to_string())
+    }
+
+    /// Which of `functions` (as written: `name` or `schema.name`, lower
+    /// case) are not built in: defined outside `pg_catalog`, so they may read
+    /// tables the statement does not name. Unknown names count as user
+    /// functions (fail closed). Cached like relations.
+    pub async fn user_functions(
+        &self,
+        destination: &str,
+        database: &str,
+        functions: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, CatalogError> {
+        const SQL: &str = "
+            SELECT bool_and(n.nspname = 'pg_catalog')
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE p.proname = $2 AND ($1::text IS NULL OR n.nspname = $1)";
+        let key = (destination.to_string(), database.to_string());
+        let mut user = Vec::new();
+        let mut missing = Vec::new();
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            for f in functions {
+                match caches.get(&key).and_then(|c| c.functions.get(f)) {
+                    Some((is_user, at)) if at.elapsed() < CACHE_TTL => {
+                        if *is_user {
+                            user.push(f.clone());
+                        }
+                    }
+                    _ => missing.push(f.clone()),
+                }
+            }
+        }
+        for f in missing {
+            let (schema, name) = match f.rsplit_once('.') {
+                Some((s, n)) => (Some(s.to_string()), n.to_string()),
+                None => (None, f.clone()),
+            };
+            let rows = self.query(&key, SQL, &[&schema, &name]).await.map_err(|reason| CatalogError {
+                destination: destination.to_string(),
+                database: database.to_string(),
+                reason,
+            })?;
+            let builtin: Option<bool> = rows.first().and_then(|r| r.get(0));
+            let is_user = builtin != Some(true);
+            let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            caches.entry(key.clone()).or_default().functions.insert(f.clone(), (is_user, Instant::now()));
+            if is_user {
+                user.push(f);
+            }
+        }
+        Ok(user)
     }
 
     async fn fetch(
@@ -269,18 +330,9 @@ impl Catalog {
         key: &(String, String),
         tables: &[TableOid],
     ) -> Result<HashMap<TableOid, TableColumns>, String> {
-        let mut clients = self.clients.lock().await;
-        if clients.get(key).is_none_or(|c| c.is_closed()) {
-            let client = self.connect(&key.0, &key.1).await?;
-            clients.insert(key.clone(), client);
-        }
-        let client = clients.get(key).ok_or("no catalog connection")?;
         let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
-        let result = query_columns(client, &oids).await;
-        if result.is_err() {
-            clients.remove(key);
-        }
-        result.map_err(|e| e.to_string())
+        let rows = self.query(key, COLUMNS_SQL, &[&oids]).await?;
+        Ok(columns_from_rows(&rows, oids.len()))
     }
 
     async fn connect(&self, destination: &str, database: &str) -> Result<Client, String> {
@@ -315,13 +367,10 @@ pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
     Some((host, port.parse().ok()?))
 }
 
-/// One round trip for all columns of `oids`, with the base column of each
-/// view column that passes one through under the same name.
-async fn query_columns(
-    client: &Client,
-    oids: &[u32],
-) -> Result<HashMap<TableOid, TableColumns>, tokio_postgres::Error> {
-    const SQL: &str = "
+/// All columns of the tables `$1` (an oid array) in one round trip, with the
+/// base column of each view column that passes one through under the same
+/// name.
+const COLUMNS_SQL: &str = "
         SELECT c.oid, a.attnum, n.nspname::text, c.relname::text, a.attname::text,
                col_description(c.oid, a.attnum),
                b.nspname::text, b.relname::text, b.attname::text, b.comment,
@@ -341,7 +390,9 @@ async fn query_columns(
                  ORDER BY bc.oid LIMIT 1
           ) b ON true
          WHERE c.oid = ANY($1::oid[])";
-    let rows = client.query(SQL, &[&oids]).await?;
+
+/// Groups the rows of [`COLUMNS_SQL`] by table; `requested` tables were asked.
+fn columns_from_rows(rows: &[tokio_postgres::Row], requested: usize) -> HashMap<TableOid, TableColumns> {
     let mut out: HashMap<TableOid, TableColumns> = HashMap::new();
     for row in rows {
         let oid: u32 = row.get(0);
@@ -368,10 +419,10 @@ async fn query_columns(
         };
         out.entry(TableOid(oid)).or_default().insert(attnum, info);
     }
-    if out.len() < oids.len() {
-        warn!(requested = oids.len(), found = out.len(), "some result tables are unknown to the catalog");
+    if out.len() < requested {
+        warn!(requested, found = out.len(), "some result tables are unknown to the catalog");
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]

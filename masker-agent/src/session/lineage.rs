@@ -203,8 +203,26 @@ impl Resolver<'_> {
         false
     }
 
+    /// Whether the statement calls a function defined outside `pg_catalog`:
+    /// its body may read tables the statement does not name, so no output
+    /// that is not exactly a column can be trusted. When the catalog cannot
+    /// tell, it counts as one (fail closed).
+    async fn calls_user_function(&self, stmt: &Statement) -> bool {
+        if stmt.functions.is_empty() {
+            return false;
+        }
+        self.catalog
+            .user_functions(self.destination, self.database, &stmt.functions)
+            .await
+            .map_or(true, |user| !user.is_empty())
+    }
+
     async fn decide(&self, l: &Lineage, stmt: &Statement) -> Decision {
         let unclassified = Decision::Force(self.policy.unclassified_action());
+        if l.how != How::Direct && l.how != (How::Aggregate { reveals: false }) && self.calls_user_function(stmt).await
+        {
+            return Decision::Force(ColumnAction::Redact);
+        }
         match l.how {
             How::Constant | How::Aggregate { reveals: false } => unclassified,
             How::Unknown => {
@@ -275,13 +293,13 @@ impl Resolver<'_> {
                     }
                 }
                 Output::Unknown => {
-                    let sensitive = self.statement_sensitive(stmt).await;
+                    let sensitive = self.statement_sensitive(stmt).await || self.calls_user_function(stmt).await;
                     return fallback(sensitive);
                 }
             }
         }
         if decisions.len() != columns {
-            let sensitive = self.statement_sensitive(stmt).await;
+            let sensitive = self.statement_sensitive(stmt).await || self.calls_user_function(stmt).await;
             return fallback(sensitive);
         }
         decisions
@@ -341,13 +359,33 @@ impl Resolver<'_> {
     }
 }
 
+/// How every refusal statement starts (and a client's own code never does
+/// unless it imitates one, which gains it nothing: its messages are then
+/// scrubbed like any other).
+const REFUSAL_PREFIX: &str = "DO $masker$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '";
+
 /// A statement that makes the server itself answer with our refusal, as an
 /// ordinary error in the statement's place: the transaction aborts exactly
 /// as for any error and the session stays usable.
 pub fn refusal_statement(message: &str) -> String {
     // `$` could close the dollar quote (relation names come from the client).
     let quoted = message.replace('$', "").replace('\'', "''");
-    format!("DO $masker$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '{quoted}'; END $masker$")
+    format!("{REFUSAL_PREFIX}{quoted}'; END $masker$")
+}
+
+/// Whether `sql` runs the client's own procedural code (`DO`, `CALL`):
+/// whatever it RAISEs was computed where lineage cannot see, so the text of
+/// its errors and notices is withheld (fail closed). The agent's own
+/// refusal statements are not the client's code.
+pub fn runs_client_code(sql: &str) -> bool {
+    if sql.starts_with(REFUSAL_PREFIX) {
+        return false;
+    }
+    match sql::analyze(sql).as_ref() {
+        Ok(a) => a.statements.iter().any(|s| s.class == StatementClass::Procedural),
+        // Unparsable text does not run at all.
+        Err(_) => false,
+    }
 }
 
 #[cfg(test)]

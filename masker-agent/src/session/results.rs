@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
-use super::lineage::{Decision, Resolver, refusal_statement};
+use super::lineage::{Decision, Resolver, refusal_statement, runs_client_code};
 use super::relay::{Filter, RelayError, Verdict};
 use crate::catalog::Catalog;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
@@ -689,8 +689,12 @@ impl ServerTracker {
         {
             self.trail.end(Some(&sql), None, Some(&msg[5..]));
         }
-        masking::mask_error_fields(&msg[5..], out, tag)
-            .map_err(|e| refuse(format!("masker: cannot scrub a server message ({e}); closing the session")))?;
+        if self.audit_sql().is_some_and(|sql| runs_client_code(&sql)) {
+            withhold_message(&msg[5..], out, tag)?;
+        } else {
+            masking::mask_error_fields(&msg[5..], out, tag)
+                .map_err(|e| refuse(format!("masker: cannot scrub a server message ({e}); closing the session")))?;
+        }
         if tag == backend::ERROR_RESPONSE {
             self.current = None;
             self.copy = None;
@@ -708,6 +712,32 @@ impl ServerTracker {
         }
         Ok(Verdict::Replaced)
     }
+}
+
+/// Appends an ErrorResponse/NoticeResponse (`tag`) that keeps only the
+/// severity and SQLSTATE of `body` and says that the text was withheld: for
+/// messages raised by the client's own procedural code.
+fn withhold_message(body: &[u8], out: &mut BytesMut, tag: u8) -> Result<(), RelayError> {
+    let mut cur = Cursor::new(body, tag);
+    let at = wire::begin_message(out, tag);
+    loop {
+        let kind = cur.u8()?;
+        if kind == 0 {
+            break;
+        }
+        let value = cur.cstr()?;
+        if matches!(kind, b'S' | b'V' | b'C') {
+            out.put_u8(kind);
+            out.extend_from_slice(value.as_bytes());
+            out.put_u8(0);
+        }
+    }
+    out.put_u8(b'M');
+    out.extend_from_slice(b"masker: the text of a message raised by procedural code (DO, CALL) is withheld");
+    out.put_u8(0);
+    out.put_u8(0);
+    wire::finish_message(out, at);
+    Ok(())
 }
 
 /// Whether a CommandComplete tag reports DDL (the catalog may have changed).
@@ -810,5 +840,32 @@ impl Filter for ServerTracker {
             }
             _ => Ok(Verdict::Forward),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn withheld_message_keeps_only_severity_and_sqlstate() {
+        let body = b"SERROR\0VERROR\0CP0001\0Mrelation \"Alice Martin\"\0WPL/pgSQL function inline_code_block\0\0";
+        let mut out = BytesMut::new();
+        withhold_message(body, &mut out, backend::ERROR_RESPONSE).unwrap();
+        let header = wire::peek_header(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(header.total_len, out.len());
+        let text = String::from_utf8_lossy(&out[5..]).to_string();
+        assert!(text.starts_with("SERROR\0VERROR\0CP0001\0Mmasker: "), "{text:?}");
+        assert!(!text.contains("Alice") && !text.contains("inline_code_block"), "{text:?}");
+        // A truncated body is an error, not a panic or a partial message.
+        assert!(withhold_message(b"SERROR\0CP0", &mut BytesMut::new(), backend::ERROR_RESPONSE).is_err());
+    }
+
+    #[test]
+    fn client_code_is_told_from_our_refusals() {
+        assert!(runs_client_code("DO $$ BEGIN RAISE NOTICE 'x'; END $$"));
+        assert!(runs_client_code("select 1; call p()"));
+        assert!(!runs_client_code(&refusal_statement("masker: refused")));
+        assert!(!runs_client_code("select 1"));
     }
 }
