@@ -158,10 +158,13 @@ static ENV: LazyLock<Env> = LazyLock::new(|| {
 });
 
 fn start() -> (MaskerProxy, ConnInfo, ConnInfo) {
+    start_with(&ENV.policy)
+}
+
+fn start_with(policy: &std::path::Path) -> (MaskerProxy, ConnInfo, ConnInfo) {
     let cluster = PgCluster::shared();
-    let env = &*ENV;
     let args: Vec<String> =
-        ["--policy", &env.policy.to_string_lossy(), "--identity", "ci-lineage", "--catalog-user", APP_USER]
+        ["--policy", &policy.to_string_lossy(), "--identity", "ci-lineage", "--catalog-user", APP_USER]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -413,6 +416,53 @@ fn refusals_are_42501_naming_the_rule_and_keep_the_session() {
             .batch_execute("CREATE TEMP TABLE ok1 AS SELECT id, amount FROM orders; DROP TABLE ok1")
             .await
             .expect("CTAS of allowed columns");
+    }));
+    proxy.assert_running();
+}
+
+#[test]
+fn refuse_inference_blocks_predicates_on_masked_columns() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    let text =
+        POLICY.replace("comment_classification = true", "comment_classification = true\nrefuse_inference = true");
+    assert_ne!(text, POLICY);
+    std::fs::write(&policy, text).expect("policy");
+    let (mut proxy, direct, proxied) = start_with(&policy);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(within(LIMIT, "refuse_inference", async {
+        let client = proxied.connect().await.expect("connect");
+        let plain = direct.connect().await.expect("direct");
+        // Refused: a predicate, a grouping or an ordering on a masked column
+        // (ssn is nulled; a LIKE on a pseudonymized column reveals its text).
+        for (sql, column, rule) in [
+            ("SELECT count(*) FROM customers WHERE ssn LIKE '1%'", "customers.ssn", "rule national-id"),
+            ("SELECT count(*) FROM customers c WHERE c.email LIKE 'a%'", "customers.email", "rule email"),
+            ("SELECT count(*) FROM customers GROUP BY ssn", "customers.ssn", "rule national-id"),
+            ("SELECT id FROM customers ORDER BY full_name LIMIT 3", "customers.full_name", "rule name"),
+            ("SELECT id FROM customers WHERE length(ssn) > 3", "customers.ssn", "rule national-id"),
+        ] {
+            for simple in [true, false] {
+                let err = if simple {
+                    client.simple_query(sql).await.map(|_| ()).expect_err(sql)
+                } else {
+                    client.query(sql, &[]).await.map(|_| ()).expect_err(sql)
+                };
+                let db = err.as_db_error().unwrap_or_else(|| panic!("{sql}: {err:?}"));
+                assert_eq!(db.code().code(), "42501", "{sql}: {db:?}");
+                assert!(db.message().contains(column) && db.message().contains(rule), "{sql}: {}", db.message());
+                assert!(!client.simple_query("SELECT 1").await.expect("usable after refusal").is_empty());
+            }
+        }
+        // Allowed: equality on a pseudonymized column, and predicates on
+        // allowed columns, with the same answers as direct.
+        for sql in [
+            "SELECT count(*) FROM customers WHERE email = 'nobody@example.invalid'",
+            "SELECT count(*) FROM customers WHERE id < 100 AND plan = 'pro'",
+            "SELECT status, count(*) FROM orders GROUP BY status ORDER BY status",
+        ] {
+            compare::assert_same_simple(&plain, &client, sql).await;
+        }
     }));
     proxy.assert_running();
 }

@@ -54,6 +54,7 @@ pub struct Policy {
 struct Defaults {
     action: ColumnAction,
     comment_classification: bool,
+    refuse_inference: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -159,6 +160,7 @@ struct RawPolicy {
 struct RawDefaults {
     action: Option<DefaultAction>,
     comment_classification: Option<bool>,
+    refuse_inference: Option<bool>,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -268,6 +270,7 @@ impl Policy {
                 DefaultAction::Redact => ColumnAction::Redact,
             },
             comment_classification: raw.defaults.comment_classification.unwrap_or(true),
+            refuse_inference: raw.defaults.refuse_inference.unwrap_or(false),
         };
         let mut rules = Vec::with_capacity(raw.rule.len());
         let mut pseudonymized_at = None;
@@ -323,13 +326,8 @@ impl SessionPolicy {
     /// column's catalog comment, which may carry `pii:<name>`.
     pub fn column_action(&self, schema: &str, table: &str, column: &str, comment: Option<&str>) -> ColumnAction {
         let tag = if self.defaults.comment_classification { comment.and_then(pii_tag) } else { None };
-        for r in &self.rules {
-            let by_path = r.columns.iter().any(|[s, t, c]| s.matches(schema) && t.matches(table) && c.matches(column));
-            let by_name = r.column_names.iter().any(|g| g.matches(column));
-            let by_tag = tag.is_some_and(|t| t.eq_ignore_ascii_case(&r.name));
-            if by_path || by_name || by_tag {
-                return r.action.clone();
-            }
+        if let Some(r) = self.matching_rule(schema, table, column, tag) {
+            return r.action.clone();
         }
         match tag {
             Some(t) => match t.to_ascii_lowercase().as_str() {
@@ -341,6 +339,35 @@ impl SessionPolicy {
             },
             None => self.defaults.action.clone(),
         }
+    }
+
+    /// The first rule that selects `schema.table.column` (by path, by name or
+    /// by the column's `pii:<name>` comment `tag`).
+    fn matching_rule(&self, schema: &str, table: &str, column: &str, tag: Option<&str>) -> Option<&Rule> {
+        self.rules.iter().find(|r| {
+            r.columns.iter().any(|[s, t, c]| s.matches(schema) && t.matches(table) && c.matches(column))
+                || r.column_names.iter().any(|g| g.matches(column))
+                || tag.is_some_and(|t| t.eq_ignore_ascii_case(&r.name))
+        })
+    }
+
+    /// What decides the action of `schema.table.column`, for messages that
+    /// name it: `rule <name>`, the column comment, or the default. (No
+    /// quotes: refusals reach the client as server errors, whose quoted
+    /// strings are scrubbed as possible values.)
+    pub fn rule_name(&self, schema: &str, table: &str, column: &str, comment: Option<&str>) -> String {
+        let tag = if self.defaults.comment_classification { comment.and_then(pii_tag) } else { None };
+        match (self.matching_rule(schema, table, column, tag), tag) {
+            (Some(r), _) => format!("rule {}", r.name),
+            (None, Some(t)) => format!("column comment pii:{t}"),
+            (None, None) => "defaults.action".to_string(),
+        }
+    }
+
+    /// Whether statements that filter, group or order on masked columns are
+    /// refused (`defaults.refuse_inference`).
+    pub fn refuses_inference(&self) -> bool {
+        self.defaults.refuse_inference
     }
 
     /// The action for output columns no rule classifies (`defaults.action`:
@@ -620,6 +647,20 @@ mod tests {
         let e = Policy::from_file_with_env(&path, &no_env).unwrap_err();
         assert!(e.message().contains("MASKER_PSEUDONYM_KEY is not set"), "{e}");
         assert!(e.line().is_some());
+    }
+
+    #[test]
+    fn refuse_inference_and_rule_names() {
+        let text = "version = 1\n[defaults]\nrefuse_inference = true\n[[rule]]\nname = \"national-id\"\n\
+                    column_names = [\"ssn\"]\naction = \"null\"\n";
+        let s = parse(text).unwrap().for_session("ci", "db:5432");
+        assert!(s.refuses_inference());
+        assert_eq!(s.rule_name("public", "customers", "ssn", None), "rule national-id");
+        assert_eq!(s.rule_name("public", "customers", "x", Some("pii:email")), "column comment pii:email");
+        assert_eq!(s.rule_name("public", "customers", "x", None), "defaults.action");
+        assert!(!parse("version = 1\n").unwrap().for_session("ci", "db:5432").refuses_inference());
+        let e = err("version = 1\n[defaults]\nrefuse_inference = \"yes\"\n");
+        assert!(e.starts_with("policy.toml:3:20: invalid type"), "{e}");
     }
 
     #[test]

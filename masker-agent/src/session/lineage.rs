@@ -305,6 +305,44 @@ impl Resolver<'_> {
         decisions
     }
 
+    /// Under `defaults.refuse_inference`: why the statement may not filter,
+    /// group or order as it does, naming the first masked column it uses so
+    /// (`WHERE ssn LIKE '1%'` with a count reveals digits one by one).
+    /// Equality with a constant on a pseudonymized column stays allowed: it
+    /// tells no more than a join on the pseudonym does.
+    async fn inference(&self, stmt: &Statement) -> Option<String> {
+        for (source, equality) in &stmt.filters {
+            let l = Lineage { how: How::Direct, sources: [source.clone()].into() };
+            let (bases, _) = self.bases(&l, 0).await;
+            if bases.unknown {
+                if self.statement_sensitive(stmt).await {
+                    return Some(
+                        "masker: filtering, grouping or ordering on an expression the agent cannot trace is refused \
+                         (rule: defaults.refuse_inference; the statement reads masked columns)"
+                            .into(),
+                    );
+                }
+                continue;
+            }
+            for (s, t, c, comment) in &bases.columns {
+                let allowed = match self.policy.column_action(s, t, c, comment.as_deref()) {
+                    ColumnAction::Allow | ColumnAction::Detect => true,
+                    ColumnAction::Pseudonymize { .. } => *equality,
+                    _ => false,
+                };
+                if !allowed {
+                    let rule = self.policy.rule_name(s, t, c, comment.as_deref());
+                    return Some(format!(
+                        "masker: filtering, grouping or ordering on {s}.{t}.{c} is refused ({rule} masks it and \
+                         defaults.refuse_inference is on: a predicate on a masked column reveals its values); \
+                         filter on unmasked columns instead"
+                    ));
+                }
+            }
+        }
+        None
+    }
+
     /// Why the statements of `sql` must be refused, if they must: the
     /// message names the relation or column and the rule, never a value.
     pub async fn refusal(&self, sql: &str) -> Option<String> {
@@ -328,6 +366,11 @@ impl Resolver<'_> {
                          expose other sessions' statements)"
                     ));
                 }
+            }
+            if self.policy.refuses_inference()
+                && let Some(message) = self.inference(stmt).await
+            {
+                return Some(message);
             }
             let what = match stmt.class {
                 StatementClass::CreateTableAs => "CREATE TABLE AS / SELECT INTO",
