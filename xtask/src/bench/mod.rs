@@ -1,4 +1,4 @@
-//! `cargo xtask bench relay|connect|mask|all [--quick]`: end-to-end
+//! `cargo xtask bench relay|connect|mask|lineage|all [--quick]`: end-to-end
 //! benchmarks of masker against real processes, all numbers from one run.
 //!
 //! A run starts its own throwaway PostgreSQL 15 on 127.0.0.1 (see
@@ -13,9 +13,12 @@
 //! - [`connect`]: connections per second, direct vs through masker.
 //! - [`mask`]: a million rows with five personal columns, masked vs
 //!   unmasked vs direct.
+//! - [`lineage`]: parse-and-trace cost per statement, and pgbench `-S` with
+//!   SQL lineage on vs off.
 
 mod client;
 mod connect;
+mod lineage;
 mod mask;
 mod processes;
 mod relay;
@@ -56,6 +59,7 @@ pub enum Which {
     Relay,
     Connect,
     Mask,
+    Lineage,
     All,
 }
 
@@ -119,10 +123,11 @@ pub fn run(opts: &Options) -> Result<()> {
     };
 
     let selected: &[Which] = match opts.which {
-        Which::All => &[Which::Relay, Which::Connect, Which::Mask],
+        Which::All => &[Which::Relay, Which::Connect, Which::Mask, Which::Lineage],
         Which::Relay => &[Which::Relay],
         Which::Connect => &[Which::Connect],
         Which::Mask => &[Which::Mask],
+        Which::Lineage => &[Which::Lineage],
     };
     let mut failed = Vec::new();
     for &which in selected {
@@ -130,6 +135,7 @@ pub fn run(opts: &Options) -> Result<()> {
             Which::Relay => ("relay", relay::run),
             Which::Connect => ("connect", connect::run),
             Which::Mask => ("mask", mask::run),
+            Which::Lineage => ("lineage", lineage::run),
             Which::All => unreachable!("expanded above"),
         };
         let busy = report::cpu_busy_percent(std::time::Duration::from_secs(2));
@@ -182,6 +188,6 @@ fn ctx_bin_label(bin: &Path, opts: &Options) -> String {
     }
 }
 
-fn workspace_root() -> PathBuf {
+pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
