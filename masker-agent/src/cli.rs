@@ -512,31 +512,7 @@ fn render_status(s: &Status) -> String {
         let _ = writeln!(o, "  {:<20} {:>10}  {}", t.identity, t.cgroup_id, path);
     }
     let _ = writeln!(o, "\nSESSIONS");
-    if s.sessions.is_empty() {
-        let _ = writeln!(o, "  (none)");
-    } else {
-        let _ = writeln!(
-            o,
-            "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}",
-            "ID", "IDENTITY", "PID", "DESTINATION", "USER", "AGE", "BYTES IN", "BYTES OUT", "ROWS", "MASKED"
-        );
-    }
-    for x in &s.sessions {
-        let _ = writeln!(
-            o,
-            "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}",
-            x.id,
-            x.identity.as_deref().unwrap_or("-"),
-            x.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            x.destination,
-            x.user.as_deref().unwrap_or("-"),
-            x.age_secs,
-            x.bytes_from_client,
-            x.bytes_to_client,
-            x.rows,
-            x.masked_cells
-        );
-    }
+    o.push_str(&render_sessions(&s.sessions));
     if !s.identities.is_empty() {
         let _ = writeln!(o, "\nIDENTITIES");
         let _ = writeln!(

@@ -443,6 +443,11 @@ async fn upstream_tls(
 /// address in turn, within the connect timeout.
 async fn connect_upstream(destination: &str, ctx: &SessionContext) -> io::Result<TcpStream> {
     let attempt = async {
+        // An address needs no resolver: `lookup_host` would hand even a
+        // literal to the blocking pool, a thread hop on every connection.
+        if let Ok(addr) = destination.parse::<SocketAddr>() {
+            return connect_one(addr, ctx.socket_mark).await;
+        }
         let mut last = None;
         for addr in tokio::net::lookup_host(destination).await? {
             match connect_one(addr, ctx.socket_mark).await {

@@ -42,11 +42,15 @@ pub struct ConnectTarget {
     pub addr: SocketAddr,
     /// Command prefix that pgbench runs under (empty: run it as is).
     pub wrapper: Vec<String>,
+    /// libpq `sslmode` of pgbench. The bench cluster runs without TLS, so
+    /// `disable` everywhere compares the same work; `require` against the
+    /// agent adds the TLS handshake masker offers its clients.
+    pub sslmode: &'static str,
 }
 
 impl ConnectTarget {
     pub fn plain(label: &str, addr: SocketAddr) -> ConnectTarget {
-        ConnectTarget { label: label.into(), addr, wrapper: Vec::new() }
+        ConnectTarget { label: label.into(), addr, wrapper: Vec::new(), sslmode: "disable" }
     }
 }
 
@@ -68,7 +72,8 @@ pub fn bench_connect(ctx: &Ctx, target: &ConnectTarget, conns: u32) -> Result<Co
     if !script.exists() {
         std::fs::write(&script, "SELECT 1;\n").context("writing the pgbench script")?;
     }
-    let pgbench = client::pg_tool(cluster.bindir(), "pgbench", target.addr);
+    let mut pgbench = client::pg_tool(cluster.bindir(), "pgbench", target.addr);
+    pgbench.env("PGSSLMODE", target.sslmode);
     let mut cmd = match target.wrapper.split_first() {
         None => pgbench,
         Some((program, args)) => {
@@ -102,6 +107,13 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 label: "masker agent (eBPF)".into(),
                 addr: ctx.cluster.addr(),
                 wrapper: agent.run_wrapper(),
+                sslmode: "disable",
+            });
+            targets.push(ConnectTarget {
+                label: "masker agent (eBPF), client TLS".into(),
+                addr: ctx.cluster.addr(),
+                wrapper: agent.run_wrapper(),
+                sslmode: "require",
             });
             Some(agent)
         }
@@ -152,7 +164,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     if let Some(agent) = &agent {
         // The redirected row counts only if masker really saw those connections.
         let seen = agent.connections()?;
-        let expected = u64::from(20 + conns * rounds as u32);
+        let expected = 2 * u64::from(20 + conns * rounds as u32);
         if seen < expected {
             bail!("masker agent saw {seen} connections, expected at least {expected}: pgbench was not redirected");
         }
@@ -164,6 +176,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     }
     drop(agent);
     table.note("connect ms = pgbench's average connection time (connect + startup + auth)");
+    table.note(
+        "sslmode=disable on every row but the last (the bench server has no TLS); the last adds the TLS handshake \
+         with masker's CA that sslmode=prefer clients get from the agent",
+    );
     Ok(Outcome { tables: vec![table], json: json!({ "conns": conns, "rounds": rounds, "targets": json_targets }) })
 }
 
@@ -188,10 +204,11 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\nadmin_socket = {:?}\npin_dir = {:?}\ntargets = [\"{}\"]\n",
+                "listen = \"127.0.0.1:{}\"\nadmin_socket = {:?}\npin_dir = {:?}\nstate_dir = {:?}\ntargets = [\"{}\"]\n",
                 free_port()?,
                 admin_socket.display().to_string(),
                 pin_dir.display().to_string(),
+                dir.join("agent-state").display().to_string(),
                 cluster.addr()
             ),
         )

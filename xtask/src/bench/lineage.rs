@@ -6,20 +6,19 @@
 //!   traced and planned) vs masker without one vs direct, same run.
 //!   Goal (issue 5): lineage on >= 0.9x lineage off.
 
-use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::client::{self, Pgbench};
+use super::client::{self, DBNAME};
 use super::processes::Masker;
+use super::relay::select_only;
 use super::report::{Table, fmt_num, fmt_ratio, ratio};
 use super::{Ctx, Outcome, progress};
 
 const SCALE: u32 = 10;
-const DBNAME: &str = "postgres";
 const CLIENTS: [u32; 2] = [1, 8];
 const MODES: [&str; 2] = ["simple", "prepared"];
 
@@ -133,15 +132,4 @@ fn pgbench(ctx: &Ctx) -> Result<(Table, Value)> {
     table
         .note("lineage on: every statement parsed (cached per text), traced, resolved through the catalog and planned");
     Ok((table, json!({ "scale": SCALE, "secs_per_run": ctx.secs, "runs": runs })))
-}
-
-fn select_only(ctx: &Ctx, target: SocketAddr, mode: &str, clients: u32, secs: u32) -> Result<Pgbench> {
-    let mut cmd = client::pg_tool(ctx.cluster.bindir(), "pgbench", target);
-    cmd.args(["-S", "-n", "-M", mode, "-T", &secs.to_string(), "-c", &clients.to_string()]).args([
-        "-j",
-        &clients.min(2).to_string(),
-        DBNAME,
-    ]);
-    let out = client::run(cmd, Duration::from_secs(u64::from(secs) + 120))?;
-    Pgbench::parse(&out.stdout)
 }

@@ -121,7 +121,7 @@ fn pgbench(ctx: &Ctx) -> Result<(Table, Value)> {
 }
 
 /// One `pgbench -S -n` run of `secs` seconds.
-fn select_only(ctx: &Ctx, target: SocketAddr, mode: &str, clients: u32, secs: u32) -> Result<Pgbench> {
+pub(super) fn select_only(ctx: &Ctx, target: SocketAddr, mode: &str, clients: u32, secs: u32) -> Result<Pgbench> {
     let mut cmd = client::pg_tool(ctx.cluster.bindir(), "pgbench", target);
     cmd.args(["-S", "-n", "-M", mode, "-T", &secs.to_string()]).args([
         "-c",
