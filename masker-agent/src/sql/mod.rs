@@ -170,21 +170,142 @@ fn cache() -> &'static Cache {
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))
 }
 
-/// Analyzes `sql` (one or more statements), from the cache when this exact
-/// text was analyzed before.
+/// Analyzes `sql` (one or more statements), from the cache when a text of
+/// the same shape (see [`cache_key`]) was analyzed before.
 pub fn analyze(sql: &str) -> Arc<Result<Analysis, SqlError>> {
-    if let Some(hit) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(sql) {
+    if sql.len() > CACHE_MAX_TEXT {
+        return Arc::new(analyze_uncached(sql));
+    }
+    let key = cache_key(sql);
+    if let Some(hit) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(key.as_str()) {
         return hit.clone();
     }
     let result = Arc::new(analyze_uncached(sql));
-    if sql.len() <= CACHE_MAX_TEXT {
-        let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
-        if c.len() >= CACHE_ENTRIES {
-            c.clear();
-        }
-        c.insert(Arc::from(sql), result.clone());
+    let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= CACHE_ENTRIES {
+        c.clear();
     }
+    c.insert(Arc::from(key), result.clone());
     result
+}
+
+/// The cache key of `sql`: the text with the contents of string literals
+/// (quoted, `E''`, dollar-quoted) and numeric literals blanked, so
+/// `... WHERE aid = 1` and `... WHERE aid = 2` (every statement of a client
+/// that does not use parameters) share one analysis.
+///
+/// Sound because an analysis does not depend on literal values, with two
+/// exceptions handled here: positional references (`ORDER BY 2`,
+/// `GROUP BY 1`, `DISTINCT ON`) — numbers are kept verbatim in any text that
+/// mentions those keywords — and a literal's own validity (`E'\u0000'`): a
+/// text that shares its key with one that does not parse gets that error,
+/// and a statement without analysis is masked entirely (fail closed), while
+/// the server rejects the invalid one anyway. Identifiers (`"x1"`, `t2`),
+/// parameters (`$1`) and comments stay as they are; an unterminated literal
+/// leaves the text unchanged.
+pub fn cache_key(sql: &str) -> String {
+    let b = sql.as_bytes();
+    let lower = sql.to_ascii_lowercase();
+    let keep_numbers = ["order", "group", "distinct"].iter().any(|k| lower.contains(k));
+    let mut out = String::with_capacity(sql.len());
+    let mut i = 0;
+    let mut run_start = 0;
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    while i < b.len() {
+        let c = b[i];
+        let prev_ident = i > 0 && ident(b[i - 1]);
+        let skip_to = match c {
+            b'\'' => {
+                // '...' with '' escapes; E'...' also has backslash escapes.
+                let backslash = i > 0 && matches!(b[i - 1], b'e' | b'E') && !(i > 1 && ident(b[i - 2]));
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return sql.to_string(),
+                        Some(b'\\') if backslash => j += 2,
+                        Some(b'\'') if b.get(j + 1) == Some(&b'\'') => j += 2,
+                        Some(b'\'') => break Some(j + 1),
+                        Some(_) => j += 1,
+                    }
+                }
+            }
+            b'"' => {
+                // A quoted identifier: copied as it is.
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return sql.to_string(),
+                        Some(b'"') if b.get(j + 1) == Some(&b'"') => j += 2,
+                        Some(b'"') => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                i = j + 1;
+                continue;
+            }
+            b'$' if !prev_ident => {
+                // $tag$ ... $tag$ (not $1, a parameter).
+                let tag_end = b[i + 1..].iter().position(|&c| !(c.is_ascii_alphanumeric() || c == b'_'));
+                match tag_end.map(|n| i + 1 + n) {
+                    Some(t) if b[t] == b'$' && !b.get(i + 1).is_some_and(u8::is_ascii_digit) => {
+                        let tag = &sql[i..=t];
+                        match sql[t + 1..].find(tag) {
+                            Some(n) => Some(t + 1 + n + tag.len()),
+                            None => return sql.to_string(),
+                        }
+                    }
+                    _ => None,
+                }
+            }
+            b'-' if b.get(i + 1) == Some(&b'-') => {
+                let end = b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| i + n);
+                i = end;
+                continue;
+            }
+            b'/' if b.get(i + 1) == Some(&b'*') => match sql[i + 2..].find("*/") {
+                Some(n) => {
+                    i = i + 2 + n + 2;
+                    continue;
+                }
+                None => return sql.to_string(),
+            },
+            b'0'..=b'9' if !prev_ident && !keep_numbers => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_digit() || b[j] == b'.') {
+                    j += 1;
+                }
+                if j < b.len() && matches!(b[j], b'e' | b'E') {
+                    let mut k = j + 1;
+                    if k < b.len() && matches!(b[k], b'+' | b'-') {
+                        k += 1;
+                    }
+                    if k < b.len() && b[k].is_ascii_digit() {
+                        j = k;
+                        while j < b.len() && b[j].is_ascii_digit() {
+                            j += 1;
+                        }
+                    }
+                }
+                if j < b.len() && ident(b[j]) {
+                    // `1abc` is not a number on its own: leave the text.
+                    return sql.to_string();
+                }
+                Some(j)
+            }
+            _ => None,
+        };
+        match skip_to {
+            Some(end) => {
+                out.push_str(&sql[run_start..i]);
+                out.push('?');
+                i = end;
+                run_start = end;
+            }
+            None => i += 1,
+        }
+    }
+    out.push_str(&sql[run_start..]);
+    out
 }
 
 #[cfg(test)]

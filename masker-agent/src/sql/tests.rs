@@ -214,3 +214,29 @@ fn unparsable_text_is_an_error_and_cache_hits() {
     let b = analyze("SELECT email FROM customers");
     assert!(Arc::ptr_eq(&a, &b));
 }
+
+#[test]
+fn cache_key_blanks_literals_only() {
+    use crate::sql::cache_key;
+    let a = cache_key("SELECT abalance FROM pgbench_accounts WHERE aid = 12345;");
+    assert_eq!(a, cache_key("SELECT abalance FROM pgbench_accounts WHERE aid = 7;"));
+    assert_eq!(a, "SELECT abalance FROM pgbench_accounts WHERE aid = ?;");
+    assert_eq!(cache_key("SELECT 'it''s', E'a\\'b', $$x$$, $t$y$t$, 1.5e-3"), "SELECT ?, E?, ?, ?, ?");
+    // Identifiers, parameters and quoted names stay.
+    assert_eq!(cache_key("SELECT t1.c2, \"x 1\" FROM t1 WHERE a = $1"), "SELECT t1.c2, \"x 1\" FROM t1 WHERE a = $1");
+    // Positional references make numbers significant.
+    assert_ne!(cache_key("SELECT a, b FROM t ORDER BY 1"), cache_key("SELECT a, b FROM t ORDER BY 2"));
+    assert_ne!(cache_key("SELECT a, count(*) FROM t GROUP BY 1"), cache_key("SELECT a, count(*) FROM t GROUP BY 2"));
+    // Different identifiers never share a key.
+    assert_ne!(
+        cache_key("SELECT email FROM customers WHERE id = 1"),
+        cache_key("SELECT plan FROM customers WHERE id = 1")
+    );
+    // Unterminated text is left alone (the server will reject it).
+    assert_eq!(cache_key("SELECT 'abc"), "SELECT 'abc");
+    // The blanked text still has the same analysis.
+    let one = crate::sql::analyze("SELECT upper(email) FROM customers WHERE id = 1");
+    let two = crate::sql::analyze("SELECT upper(email) FROM customers WHERE id = 2");
+    assert!(std::sync::Arc::ptr_eq(&one, &two));
+    assert_eq!(*one, crate::sql::analyze_uncached("SELECT upper(email) FROM customers WHERE id = 2"));
+}
