@@ -23,6 +23,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod guardrails;
 pub mod identity;
 pub mod interception;
 pub mod listener;

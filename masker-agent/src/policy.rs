@@ -40,6 +40,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::masking::{ColumnAction, Generalize, Keys};
+use crate::sql::StatementClass;
 
 /// A loaded, validated policy.
 #[derive(Debug, Clone)]
@@ -47,7 +48,33 @@ pub struct Policy {
     origin: String,
     defaults: Defaults,
     rules: Vec<Rule>,
+    /// `[[identity]]` blocks in file order: the first whose pattern matches
+    /// a session's identity applies to it.
+    identities: Vec<(Glob, Arc<Guardrails>)>,
     keys: Keys,
+}
+
+/// What an `[[identity]]` block allows its workloads to run (evaluated by
+/// [`crate::guardrails`]).
+#[derive(Debug, Clone)]
+pub struct Guardrails {
+    /// The block's identity pattern, named in refusals.
+    pub name: String,
+    /// Refuse everything that is not known to only read.
+    pub read_only: bool,
+    pub(crate) deny_classes: Vec<StatementClass>,
+    pub(crate) deny_tables: Vec<TableGlob>,
+    pub(crate) deny_functions: Vec<Glob>,
+    /// Functions that count as writes under `read_only` (`nextval`, an
+    /// application's `refund_order`, ...).
+    pub(crate) writing_functions: Vec<Glob>,
+}
+
+/// A `deny_tables` pattern: `table` or `schema.table`, each part a glob.
+#[derive(Debug, Clone)]
+pub(crate) struct TableGlob {
+    pub(crate) schema: Option<Glob>,
+    pub(crate) table: Glob,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +99,7 @@ struct Rule {
 pub struct SessionPolicy {
     defaults: Defaults,
     rules: Vec<Rule>,
+    guardrails: Option<Arc<Guardrails>>,
     keys: Keys,
 }
 
@@ -153,6 +181,20 @@ struct RawPolicy {
     pseudonymize: Option<Spanned<RawPseudonymize>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    identity: Vec<Spanned<RawIdentity>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    name: Spanned<String>,
+    #[serde(default)]
+    read_only: bool,
+    deny_classes: Option<Spanned<Vec<Spanned<String>>>>,
+    deny_tables: Option<Spanned<Vec<Spanned<String>>>>,
+    deny_functions: Option<Spanned<Vec<Spanned<String>>>>,
+    writing_functions: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -282,7 +324,8 @@ impl Policy {
             rules.push(rule);
         }
         let keys = load_keys(raw.pseudonymize.as_ref(), pseudonymized_at, &errs, env)?;
-        Ok(Policy { origin: origin.to_owned(), defaults, rules, keys })
+        let identities = raw.identity.iter().map(|i| compile_identity(i.get_ref(), &errs)).collect::<Result<_, _>>()?;
+        Ok(Policy { origin: origin.to_owned(), defaults, rules, identities, keys })
     }
 
     /// The rules that apply to sessions of `identity` towards `target`
@@ -296,7 +339,8 @@ impl Policy {
             .filter(|r| applies(&r.identities, identity) && applies(&r.targets, target))
             .cloned()
             .collect();
-        Arc::new(SessionPolicy { defaults: self.defaults.clone(), rules, keys: self.keys.clone() })
+        let guardrails = self.identities.iter().find(|(g, _)| g.matches(identity)).map(|(_, g)| g.clone());
+        Arc::new(SessionPolicy { defaults: self.defaults.clone(), rules, guardrails, keys: self.keys.clone() })
     }
 
     /// The keys for the masking engine.
@@ -362,6 +406,11 @@ impl SessionPolicy {
             (None, Some(t)) => format!("column comment pii:{t}"),
             (None, None) => "defaults.action".to_string(),
         }
+    }
+
+    /// The guardrails of the session's identity (its `[[identity]]` block).
+    pub fn guardrails(&self) -> Option<&Guardrails> {
+        self.guardrails.as_deref()
     }
 
     /// Whether statements that filter, group or order on masked columns are
@@ -491,6 +540,63 @@ fn compile_rule(r: &RawRule, defaults: &Defaults, errs: &Errors<'_>) -> Result<R
     })
 }
 
+fn compile_identity(i: &RawIdentity, errs: &Errors<'_>) -> Result<(Glob, Arc<Guardrails>), PolicyError> {
+    let pattern = Glob::new(i.name.get_ref()).ok_or_else(|| errs.at(i.name.span(), "empty identity pattern"))?;
+    let list = |l: &Option<Spanned<Vec<Spanned<String>>>>, what: &str| -> Result<Vec<Spanned<String>>, PolicyError> {
+        match l {
+            None => Ok(Vec::new()),
+            Some(l) if l.get_ref().is_empty() => {
+                Err(errs.at(l.span(), format!("empty `{what}` list; remove it or add entries")))
+            }
+            Some(l) => Ok(l.get_ref().clone()),
+        }
+    };
+    let glob = |p: &Spanned<String>| Glob::new(p.get_ref()).ok_or_else(|| errs.at(p.span(), "empty pattern"));
+    let deny_classes = list(&i.deny_classes, "deny_classes")?
+        .iter()
+        .map(|c| {
+            StatementClass::from_name(c.get_ref()).ok_or_else(|| {
+                errs.at(
+                    c.span(),
+                    format!(
+                        "unknown statement class {:?}; expected one of {}",
+                        c.get_ref(),
+                        StatementClass::NAMES.join(", ")
+                    ),
+                )
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let deny_tables = list(&i.deny_tables, "deny_tables")?
+        .iter()
+        .map(|t| {
+            let (schema, table) = match t.get_ref().split_once('.') {
+                Some((s, t)) => (Some(s), t),
+                None => (None, t.get_ref().as_str()),
+            };
+            let bad = || errs.at(t.span(), "expected `table` or `schema.table` (globs allowed)");
+            Ok(TableGlob {
+                schema: schema.map(|s| Glob::new(s).ok_or_else(bad)).transpose()?,
+                table: Glob::new(table).filter(|_| !table.contains('.')).ok_or_else(bad)?,
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let deny_functions = list(&i.deny_functions, "deny_functions")?.iter().map(glob).collect::<Result<_, _>>()?;
+    let writing_functions =
+        list(&i.writing_functions, "writing_functions")?.iter().map(glob).collect::<Result<_, _>>()?;
+    Ok((
+        pattern,
+        Arc::new(Guardrails {
+            name: i.name.get_ref().clone(),
+            read_only: i.read_only,
+            deny_classes,
+            deny_tables,
+            deny_functions,
+            writing_functions,
+        }),
+    ))
+}
+
 fn generalize(r: &RawRule, errs: &Errors<'_>) -> Result<Generalize, PolicyError> {
     let Some(to) = &r.to else {
         return Err(errs.at(
@@ -587,14 +693,14 @@ fn load_keys(
 /// A glob over identifiers: `*` any run, `?` one character, ASCII
 /// case-insensitive.
 #[derive(Debug, Clone)]
-struct Glob(Box<[u8]>);
+pub(crate) struct Glob(Box<[u8]>);
 
 impl Glob {
     fn new(pattern: &str) -> Option<Glob> {
         (!pattern.is_empty()).then(|| Glob(pattern.to_ascii_lowercase().into_bytes().into_boxed_slice()))
     }
 
-    fn matches(&self, s: &str) -> bool {
+    pub(crate) fn matches(&self, s: &str) -> bool {
         let (p, s) = (&self.0[..], s.as_bytes());
         let (mut pi, mut si) = (0, 0);
         let mut star: Option<(usize, usize)> = None;

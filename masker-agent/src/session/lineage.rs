@@ -14,6 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::catalog::{Catalog, Relation};
+use crate::guardrails::{self, Resolved};
 use crate::masking::ColumnAction;
 use crate::policy::SessionPolicy;
 use crate::sql::{self, How, Lineage, Output, RelName, Source, Statement, StatementClass};
@@ -343,11 +344,34 @@ impl Resolver<'_> {
         None
     }
 
-    /// Why the statements of `sql` must be refused, if they must: the
-    /// message names the relation or column and the rule, never a value.
-    pub async fn refusal(&self, sql: &str) -> Option<String> {
+    /// Why the statements of `sql` must be refused, if they must, and by
+    /// which kind of rule (`guardrail` or `lineage`): the message names the
+    /// statement, relation or column and the rule, never a value.
+    pub async fn refusal(&self, sql: &str) -> Option<(&'static str, String)> {
         let analysis = sql::analyze(sql);
         let analysis = analysis.as_ref().as_ref().ok()?;
+        if let Some(g) = self.policy.guardrails() {
+            for stmt in &analysis.statements {
+                let mut found = Vec::with_capacity(stmt.relations.len());
+                for r in &stmt.relations {
+                    found.push((r, self.relation(r).await));
+                }
+                let resolved: Vec<Resolved<'_>> = found
+                    .iter()
+                    .map(|(r, rel)| match rel {
+                        Some(rel) => Resolved { schema: Some(&rel.schema), name: &rel.name },
+                        None => Resolved { schema: r.schema.as_deref(), name: &r.name },
+                    })
+                    .collect();
+                if let Some(message) = guardrails::violation(g, stmt, &resolved) {
+                    return Some(("guardrail", message));
+                }
+            }
+        }
+        self.lineage_refusal(analysis).await.map(|m| ("lineage", m))
+    }
+
+    async fn lineage_refusal(&self, analysis: &sql::Analysis) -> Option<String> {
         for stmt in &analysis.statements {
             for r in &stmt.relations {
                 let catalog_schema = r.schema.as_deref().is_none_or(|s| s == "pg_catalog" || s == "public");

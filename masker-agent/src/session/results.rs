@@ -142,8 +142,8 @@ impl ClientTracker {
         self
     }
 
-    /// Why `sql` must be refused, if it must.
-    async fn refusal(&self, sql: &str) -> Option<String> {
+    /// Why `sql` must be refused, if it must, and the kind of rule.
+    async fn refusal(&self, sql: &str) -> Option<(&'static str, String)> {
         match &self.guard {
             Some(g) => g.resolver().refusal(sql).await,
             None => None,
@@ -180,9 +180,9 @@ impl Filter for ClientTracker {
         let expect = match tag {
             frontend::QUERY => {
                 let sql = cur.cstr()?;
-                if let Some(message) = self.refusal(sql).await {
+                if let Some((rule, message)) = self.refusal(sql).await {
                     if let Some(entry) = &self.observed {
-                        crate::audit::denial(entry, sql, "lineage", &message);
+                        crate::audit::denial(entry, sql, rule, &message);
                     }
                     // The server answers with our error, in order.
                     let refused = refusal_statement(&message);
@@ -199,9 +199,9 @@ impl Filter for ClientTracker {
                 let name = cur.cstr()?.to_string();
                 let sql: &str = cur.cstr()?;
                 self.described_statements.remove(&name);
-                if let Some(message) = self.refusal(sql).await {
+                if let Some((rule, message)) = self.refusal(sql).await {
                     if let Some(entry) = &self.observed {
-                        crate::audit::denial(entry, sql, "lineage", &message);
+                        crate::audit::denial(entry, sql, rule, &message);
                     }
                     // Same statement name and parameter types, our text.
                     let refused = refusal_statement(&message);

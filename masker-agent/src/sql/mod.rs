@@ -122,6 +122,50 @@ pub enum StatementClass {
     Utility,
 }
 
+impl StatementClass {
+    /// The names policy files use for the classes, in declaration order.
+    pub const NAMES: [&'static str; 13] = [
+        "select",
+        "create_table_as",
+        "insert",
+        "update",
+        "delete",
+        "merge",
+        "ddl",
+        "copy",
+        "explain",
+        "transaction",
+        "config",
+        "procedural",
+        "utility",
+    ];
+    const ALL: [StatementClass; 13] = [
+        StatementClass::Select,
+        StatementClass::CreateTableAs,
+        StatementClass::Insert,
+        StatementClass::Update,
+        StatementClass::Delete,
+        StatementClass::Merge,
+        StatementClass::Ddl,
+        StatementClass::Copy,
+        StatementClass::Explain,
+        StatementClass::Transaction,
+        StatementClass::Config,
+        StatementClass::Procedural,
+        StatementClass::Utility,
+    ];
+
+    /// The class a policy file names `name`.
+    pub fn from_name(name: &str) -> Option<StatementClass> {
+        Self::NAMES.iter().position(|n| n.eq_ignore_ascii_case(name)).map(|i| Self::ALL[i])
+    }
+
+    /// The policy-file name of this class.
+    pub fn name(self) -> &'static str {
+        Self::NAMES[Self::ALL.iter().position(|c| *c == self).unwrap_or(Self::ALL.len() - 1)]
+    }
+}
+
 /// Analysis of one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
@@ -143,6 +187,13 @@ pub struct Statement {
     /// partitions and aggregate filters (for the inference guardrail), with
     /// whether each use is a plain equality test.
     pub filters: Vec<(Source, bool)>,
+    /// What the statement may change, for `read_only` identities; `None`
+    /// only for the statements known to read: SELECT (without INTO or
+    /// data-modifying WITH), EXPLAIN without ANALYZE of a write, COPY TO,
+    /// SHOW, SET (but not ROLE or SESSION AUTHORIZATION), transaction
+    /// control, cursors, PREPARE of a read, EXECUTE, DEALLOCATE, LISTEN,
+    /// UNLISTEN. Everything else counts as a write (fail closed).
+    pub write: Option<&'static str>,
 }
 
 /// The analysis of a query string: one entry per statement, in order.

@@ -97,7 +97,72 @@ impl Statement {
             moves: None,
             copy_query: false,
             filters: Vec::new(),
+            write: None,
         }
+    }
+}
+
+/// What a statement may change (see [`Statement::write`]): an allow-list of
+/// reads, anything else a write.
+fn write_kind(node: &N) -> Option<&'static str> {
+    // A read that hides a write: `WITH d AS (DELETE ... RETURNING *) SELECT`.
+    let nested_dml = |n: &N| {
+        n.nodes().iter().any(|(r, ..)| {
+            matches!(
+                r,
+                pg_query::NodeRef::InsertStmt(_)
+                    | pg_query::NodeRef::UpdateStmt(_)
+                    | pg_query::NodeRef::DeleteStmt(_)
+                    | pg_query::NodeRef::MergeStmt(_)
+            )
+        })
+    };
+    let inner = |q: &Option<Box<Node>>| q.as_deref().and_then(|n| n.node.as_ref()).and_then(write_kind);
+    match node {
+        N::SelectStmt(s) if s.into_clause.is_some() => Some("SELECT INTO"),
+        N::SelectStmt(_) if nested_dml(node) => Some("a data-modifying WITH"),
+        N::SelectStmt(_) => None,
+        N::ExplainStmt(e) => {
+            let analyze = e.options.iter().any(|o| match o.node.as_ref() {
+                Some(N::DefElem(d)) if d.defname == "analyze" => match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+                    Some(N::Boolean(b)) => b.boolval,
+                    Some(N::String(v)) => !matches!(v.sval.as_str(), "false" | "off" | "0"),
+                    _ => true,
+                },
+                _ => false,
+            });
+            if analyze { inner(&e.query).map(|_| "EXPLAIN ANALYZE of a write") } else { None }
+        }
+        N::CopyStmt(c) if c.is_from => Some("COPY FROM"),
+        N::CopyStmt(c) => c.query.as_deref().and_then(|n| n.node.as_ref()).and_then(write_kind),
+        N::VariableSetStmt(v)
+            if (v.name == "role" || v.name == "session_authorization")
+                && v.kind != pb::VariableSetKind::VarReset as i32
+                && v.kind != pb::VariableSetKind::VarResetAll as i32 =>
+        {
+            Some("SET ROLE / SET SESSION AUTHORIZATION")
+        }
+        N::PrepareStmt(p) => inner(&p.query),
+        N::DeclareCursorStmt(d) => inner(&d.query),
+        N::VariableSetStmt(_)
+        | N::VariableShowStmt(_)
+        | N::DiscardStmt(_)
+        | N::TransactionStmt(_)
+        | N::ExecuteStmt(_)
+        | N::DeallocateStmt(_)
+        | N::FetchStmt(_)
+        | N::ClosePortalStmt(_)
+        | N::ListenStmt(_)
+        | N::UnlistenStmt(_) => None,
+        N::InsertStmt(_) => Some("INSERT"),
+        N::UpdateStmt(_) => Some("UPDATE"),
+        N::DeleteStmt(_) => Some("DELETE"),
+        N::MergeStmt(_) => Some("MERGE"),
+        N::TruncateStmt(_) => Some("TRUNCATE"),
+        N::CreateTableAsStmt(_) => Some("CREATE TABLE AS"),
+        N::GrantStmt(_) | N::GrantRoleStmt(_) => Some("GRANT / REVOKE"),
+        N::DoStmt(_) | N::CallStmt(_) => Some("DO / CALL (procedural code may write)"),
+        _ => Some("DDL or another statement that changes the database"),
     }
 }
 
@@ -164,7 +229,16 @@ fn statement(node: &N) -> Statement {
             }
         }
     }
-    Statement { class, relations: t.relations, functions: t.functions, output, moves, copy_query, filters: t.filters }
+    Statement {
+        class,
+        relations: t.relations,
+        functions: t.functions,
+        output,
+        moves,
+        copy_query,
+        filters: t.filters,
+        write: write_kind(node),
+    }
 }
 
 fn cte_names(node: &N) -> BTreeSet<String> {
