@@ -374,7 +374,9 @@ fn stopped_agent_fails_closed_until_uninstalled() {
 #[test]
 fn ipv6_target_is_redirected() {
     let Some((cluster, agent)) = start(|cluster| match cluster.addr_v6() {
-        Some(v6) => Some(AgentOptions { targets: vec![v6.to_string()], ipv6: true, policy: None }),
+        Some(v6) => {
+            Some(AgentOptions { targets: vec![v6.to_string()], ipv6: true, policy: None, ..AgentOptions::default() })
+        }
         None => {
             eprintln!("skipped: the host has no IPv6 loopback");
             None

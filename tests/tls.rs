@@ -247,3 +247,93 @@ fn required_server_tls_is_never_downgraded() {
     let out = psql(&proxy, "127.0.0.1", "require", &ca.pem(), TLS_STATE);
     assert!(out.status.success(), "{}", out.stderr);
 }
+
+// ---------------------------------------------------------------------------
+// tokio-postgres over rustls (tokio-postgres-rustls), client leg and both legs.
+
+/// A rustls client configuration trusting only the PEM certificates in `ca`.
+fn rustls_config(ca: &Path) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// Connects with tokio-postgres over rustls (trusting `ca`) to `host` at the
+/// proxy's port with `sslmode=require`, runs `sql` (one text column) and
+/// returns its value or the connection error.
+fn tokio_rustls_query(
+    info: &masker_tests::ConnInfo,
+    host: &str,
+    ca: &Path,
+    channel_binding: tokio_postgres::config::ChannelBinding,
+    sql: &str,
+) -> Result<String, tokio_postgres::Error> {
+    let mut config = info.tokio_config();
+    config.host(host).ssl_mode(tokio_postgres::config::SslMode::Require).channel_binding(channel_binding);
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config(ca));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = config.connect(tls).await?;
+        let conn = tokio::spawn(conn);
+        let row = client.query_one(sql, &[]).await?;
+        let value = row.get::<_, String>(0);
+        drop(client);
+        let _ = conn.await;
+        Ok(value)
+    })
+}
+
+#[test]
+fn tokio_postgres_over_rustls_verifies_masker_certificate() {
+    use tokio_postgres::config::ChannelBinding;
+    let ca = Ca::new();
+    let other = Ca::new();
+    let proxy = proxy(PgCluster::shared().addr(), &ca, &[]);
+    let info = PgCluster::shared().app().at(proxy.addr());
+    // rustls always verifies the certificate and the name (IP or DNS SAN).
+    for host in ["127.0.0.1", "localhost"] {
+        let got = tokio_rustls_query(&info, host, Path::new(&ca.pem()), ChannelBinding::Prefer, "SELECT 'ok'")
+            .unwrap_or_else(|e| panic!("host={host}: {e:?}\n{}", proxy.stderr()));
+        assert_eq!(got, "ok");
+    }
+    // Another CA (same subject name, another key): the handshake fails on
+    // the certificate's signature.
+    let err = tokio_rustls_query(&info, "127.0.0.1", Path::new(&other.pem()), ChannelBinding::Prefer, "SELECT 'ok'")
+        .expect_err("a certificate from an untrusted CA was accepted");
+    let text = format!("{err:?}");
+    assert!(text.contains("InvalidCertificate"), "{text}");
+    // SCRAM-SHA-256-PLUS is not offered, so a client that requires channel
+    // binding is refused by the client library itself.
+    let err = tokio_rustls_query(&info, "127.0.0.1", Path::new(&ca.pem()), ChannelBinding::Require, "SELECT 'ok'")
+        .expect_err("channel binding required but not possible");
+    assert!(format!("{err:?}").to_lowercase().contains("channel binding"), "{err:?}");
+}
+
+#[test]
+fn tokio_postgres_over_rustls_with_tls_to_the_server() {
+    use tokio_postgres::config::ChannelBinding;
+    let ssl = &*SSL_CLUSTER;
+    let ca = Ca::new();
+    let cert = ssl.cert.to_string_lossy().into_owned();
+    let proxy = proxy(ssl.cluster.addr(), &ca, &["--upstream-tls", "verify-full", "--upstream-ca", &cert]);
+    let info = ssl.cluster.app().at(proxy.addr());
+    // Both legs TLS: the server sees its leg encrypted. Channel binding off,
+    // as with psql (SCRAM passthrough across a TLS terminator).
+    let got = tokio_rustls_query(
+        &info,
+        "localhost",
+        Path::new(&ca.pem()),
+        ChannelBinding::Disable,
+        "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+    )
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.stderr()));
+    assert_eq!(got, "true");
+}

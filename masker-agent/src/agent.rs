@@ -29,7 +29,9 @@ pub struct Agent {
     targets: std::sync::Mutex<Vec<TargetStatus>>,
     /// Identities with their verified token claims and expiry, by tagged
     /// cgroup id (the BPF tag map holds only the name).
-    identities: std::sync::Mutex<std::collections::HashMap<u64, crate::identity::Identity>>,
+    /// Verified identity of each tagged cgroup (by id), saved under the state
+    /// dir on every change so a restarted agent still enforces expiry.
+    identities: std::sync::Mutex<crate::identity::Identities>,
 }
 
 /// Loads the policy named in `config` (if any), failing with its precise error.
@@ -81,6 +83,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics_listen {
         crate::metrics::start(addr, ctx.registry.clone()).await?;
     }
+    let identities = load_identities_or_none(&config_state_file(&config));
     let agent = Arc::new(Agent {
         config,
         interception: tokio::sync::RwLock::new(Some(interception)),
@@ -88,7 +91,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         started: Instant::now(),
         listen: listen.clone(),
         targets: std::sync::Mutex::new(Vec::new()),
-        identities: std::sync::Mutex::default(),
+        identities: std::sync::Mutex::new(identities),
     });
     agent.refresh_targets().await?;
 
@@ -181,14 +184,23 @@ impl Agent {
                 origin.destination = r.original.to_string();
                 origin.cgroup_id = Some(r.cgroup.0);
                 origin.pid = Some(r.pid);
-                let expired = self
+                let record = self
                     .identities
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&r.tagged_cgroup.0)
-                    .filter(|id| id.expired_at(SystemTime::now()))
-                    .map(|id| (id.name.clone(), id.expiry_text()));
-                if let Some((name, at)) = expired {
+                    .map(|id| (id.name.clone(), id.expired_at(SystemTime::now()).then(|| id.expiry_text())));
+                let Some((name, expired)) = record else {
+                    // Tagged, but this agent holds no verified identity for
+                    // the tag (its state was lost): refuse, never assume.
+                    let msg = format!(
+                        "masker: the tag of cgroup {} has no identity record in the agent's state; connection \
+                         from pid {} to {} refused (tag the cgroup again)",
+                        r.tagged_cgroup.0, r.pid, origin.destination
+                    );
+                    return (origin, refuse(&msg));
+                };
+                if let Some(at) = expired {
                     let msg = format!(
                         "masker: identity {name:?} expired at {at}; connection from pid {} to {} refused",
                         r.pid, origin.destination
@@ -261,6 +273,15 @@ impl Agent {
         Ok(())
     }
 
+    /// Saves the identities; a failure is logged (the tags in force keep
+    /// working; a restarted agent would refuse the ones it cannot read).
+    fn save_identities(&self, ids: &crate::identity::Identities) {
+        let path = config_state_file(&self.config);
+        if let Err(e) = crate::identity::save_identities(&path, ids) {
+            error!("cannot save tag identities to {}: {e}", path.display());
+        }
+    }
+
     fn reload_policy(&self) -> anyhow::Result<String> {
         let policy = load_policy(&self.config.policy)?;
         let what = match &self.config.policy {
@@ -307,6 +328,23 @@ const PROGRAMS: [&str; 5] = {
     [CONNECT4, CONNECT6, SOCK_OPS, GETPEERNAME4, GETPEERNAME6]
 };
 
+/// Where the agent keeps the identities of its tags.
+fn config_state_file(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join("identities.json")
+}
+
+/// The saved identities; an unreadable file is logged and treated as empty,
+/// which refuses every existing tag until it is tagged again (fail closed).
+fn load_identities_or_none(path: &std::path::Path) -> crate::identity::Identities {
+    match crate::identity::load_identities(path) {
+        Ok(ids) => ids,
+        Err(e) => {
+            error!("cannot read {}: {e}; existing tags are refused until they are tagged again", path.display());
+            crate::identity::Identities::new()
+        }
+    }
+}
+
 fn refuse(message: &str) -> Route {
     Route::Refuse { code: "28000", message: message.to_string() }
 }
@@ -344,7 +382,9 @@ impl admin::Handler for Agent {
                     Ok(id) => {
                         let expires_at = verified.expires_at;
                         info!(cgroup = %cgroup.display(), cgroup_id = id.0, %identity, expires = %verified.expiry_text(), "tagged");
-                        self.identities.lock().unwrap_or_else(|p| p.into_inner()).insert(id.0, verified);
+                        let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+                        ids.insert(id.0, verified);
+                        self.save_identities(&ids);
                         json(serde_json::json!({ "cgroup_id": id.0, "expires_at": expires_at }))
                     }
                     Err(e) => Response::Error(e.to_string()),
@@ -355,7 +395,9 @@ impl admin::Handler for Agent {
                 let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
                 match i.untag_path(&cgroup) {
                     Ok(id) => {
-                        self.identities.lock().unwrap_or_else(|p| p.into_inner()).remove(&id.0);
+                        let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+                        ids.remove(&id.0);
+                        self.save_identities(&ids);
                         info!(cgroup = %cgroup.display(), cgroup_id = id.0, "untagged");
                         json(serde_json::json!({ "cgroup_id": id.0 }))
                     }

@@ -23,7 +23,9 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
-/// Clock skew tolerated on `exp` and `nbf`.
+/// Clock skew tolerated on `nbf` (a token issued by a clock slightly ahead
+/// of ours). Not on `exp`: the identity ends at `exp`, at tag time and at
+/// connect time alike.
 pub const LEEWAY_SECS: u64 = 30;
 
 /// One trusted token issuer (agent configuration `[[issuer]]`).
@@ -50,6 +52,33 @@ pub struct Identity {
     pub issuer: Option<String>,
     /// Unix time after which the identity is no longer valid.
     pub expires_at: Option<u64>,
+}
+
+/// The identities of the tagged cgroups, by cgroup id, as the agent keeps
+/// them under its state dir: the BPF tag map survives an agent restart, and
+/// so must each tag's expiry and claims, or a restarted agent could not
+/// refuse an expired identity.
+pub type Identities = std::collections::HashMap<u64, Identity>;
+
+/// Reads the identities saved at `path`; a missing file is an empty set.
+pub fn load_identities(path: &std::path::Path) -> std::io::Result<Identities> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(std::io::Error::other),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Identities::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Saves `identities` at `path` (mode 0600; written aside, then renamed, so
+/// a crash leaves the old file or the new one).
+pub fn save_identities(path: &std::path::Path, identities: &Identities) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(&serde_json::to_vec(identities).map_err(std::io::Error::other)?)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Identity {
@@ -163,7 +192,7 @@ pub fn verify(token: &str, name: &str, issuers: &[IssuerConfig], now: SystemTime
     let claims = data.claims;
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let exp = claims.get("exp").and_then(|v| v.as_u64()).ok_or(TokenError::NoExpiry)?;
-    if now >= exp + LEEWAY_SECS {
+    if now >= exp {
         return Err(TokenError::Expired(rfc3339(exp)));
     }
     if let Some(nbf) = claims.get("nbf").and_then(|v| v.as_u64())
@@ -295,12 +324,36 @@ mod tests {
             verify(&t, "ci", &iss, at).unwrap_err().to_string(),
             "token key id \"k9\" is not in the JWKS of https://ci.example"
         );
-        // Within the clock skew.
-        let t = token(&k, "k1", claims(NOW - 5, NOW + 5, "https://ci.example", "masker"));
+        // `nbf` within the clock skew is accepted; `exp` has no skew: the
+        // identity would be refused at connect time from `exp` on.
+        let t = token(&k, "k1", claims(NOW + 60, NOW + 5, "https://ci.example", "masker"));
         verify(&t, "ci", &iss, at).unwrap();
+        let t = token(&k, "k1", claims(NOW - 5, NOW - 60, "https://ci.example", "masker"));
+        assert!(matches!(verify(&t, "ci", &iss, at), Err(TokenError::Expired(_))));
         assert!(matches!(verify("garbage", "ci", &iss, at), Err(TokenError::Malformed(_))));
         for k in [k, other] {
             std::fs::remove_dir_all(&k.dir).unwrap();
         }
+    }
+
+    #[test]
+    fn identities_round_trip_through_the_state_file() {
+        let dir = std::env::temp_dir().join(format!("masker-identities-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("identities.json");
+        assert!(load_identities(&path).unwrap().is_empty());
+        let mut ids = Identities::new();
+        ids.insert(
+            7,
+            Identity { expires_at: Some(NOW), issuer: Some("https://ci.example".into()), ..Identity::named("ci") },
+        );
+        ids.insert(8, Identity::named("plain"));
+        save_identities(&path, &ids).unwrap();
+        assert_eq!(load_identities(&path).unwrap(), ids);
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(load_identities(&path).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

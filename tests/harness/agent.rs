@@ -102,6 +102,9 @@ pub struct AgentOptions {
     pub ipv6: bool,
     /// Policy file; without one the agent relays without masking.
     pub policy: Option<PathBuf>,
+    /// Trusted OIDC token issuers, written as `[[issuer]]` tables:
+    /// `(issuer, audience, jwks_file)`.
+    pub issuers: Vec<(String, String, PathBuf)>,
 }
 
 impl AgentOptions {
@@ -157,6 +160,15 @@ impl MaskerAgent {
         }
         if let Some(policy) = &options.policy {
             config.push_str(&format!("policy = {}\n", toml_str(&policy.to_string_lossy())));
+        }
+        // `[[issuer]]` tables come last: top-level keys may not follow them.
+        for (issuer, audience, jwks_file) in &options.issuers {
+            config.push_str(&format!(
+                "\n[[issuer]]\nissuer = {}\naudience = {}\njwks_file = {}\n",
+                toml_str(issuer),
+                toml_str(audience),
+                toml_str(&jwks_file.to_string_lossy()),
+            ));
         }
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, &config)?;
