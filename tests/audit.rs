@@ -47,6 +47,11 @@ keep_last = 2
 name = "ids"
 column_names = ["ssn", "card_number", "iban", "address"]
 action = "null"
+
+[[rule]]
+name = "order-keys"
+columns = ["*.orders.id", "*.orders.order_no"]
+action = "allow"
 "#;
 
 struct Setup {
@@ -186,6 +191,10 @@ async fn audit_events_follow_the_schema_and_never_hold_values() {
         // Extended protocol with a parameter.
         let got = client.query("SELECT id, email FROM customers WHERE email = $1", &[&email]).await.expect("param");
         assert_eq!(got.len(), 1);
+        // Rows of an all-allowed result stream through unseen; they count.
+        let keys = client.simple_query("SELECT id, order_no FROM orders ORDER BY id LIMIT 7").await.expect("keys");
+        let n = keys.iter().filter(|m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(_))).count();
+        assert_eq!(n, 7);
         // Several statements in one Query.
         client.simple_query("SELECT 1; SELECT count(*) FROM orders WHERE amount > 100.5").await.expect("multi");
         // Errors that echo values back.
@@ -241,6 +250,9 @@ async fn audit_events_follow_the_schema_and_never_hold_values() {
     assert!(first["masked_cells"].as_u64().unwrap() >= 20, "{first}");
     assert!(first["masked"]["email"].as_u64().unwrap() >= 20, "{first}");
     assert!(first["tables"].as_array().unwrap().iter().any(|t| t == "customers"), "{first}");
+    let keys = find("order_no FROM orders");
+    assert_eq!(keys["rows"], 7, "{keys}");
+    assert_eq!(keys["masked_cells"], 0, "{keys}");
     let dup = find("INSERT INTO customers");
     assert_eq!(dup["outcome"], "error");
     assert_eq!(dup["sqlstate"], "23505");

@@ -550,12 +550,9 @@ impl ServerTracker {
                 "masker: rows whose columns are unknown; closing the session rather than relaying them",
             ));
         };
+        // Rows of an all-allowed plan stream through unseen (see `wants`).
         let counters = &self.ctx.entry.counters;
         counters.rows.fetch_add(1, Ordering::Relaxed);
-        if plan.is_passthrough() {
-            self.trail.row(None);
-            return Ok(Verdict::Forward);
-        }
         let stats = masking::mask_data_row(plan, &msg[5..], out)
             .map_err(|e| refuse(format!("masker: cannot mask a row ({e}); closing the session")))?;
         counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
@@ -756,7 +753,13 @@ impl Filter for ServerTracker {
                 if self.current.is_none() {
                     self.current = self.execute_plan();
                 }
-                self.swallowing || self.current.as_ref().is_none_or(|p| !p.is_passthrough())
+                let whole = self.swallowing || self.current.as_ref().is_none_or(|p| !p.is_passthrough());
+                if !whole {
+                    // Streams through unseen: count it here.
+                    self.ctx.entry.counters.rows.fetch_add(1, Ordering::Relaxed);
+                    self.trail.row(None);
+                }
+                whole
             }
             backend::PARAMETER_STATUS
             | backend::AUTHENTICATION
