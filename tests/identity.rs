@@ -391,6 +391,30 @@ fn masker_run_with_token_env() {
     tear_down(agent, vec![]);
 }
 
+/// Stops `agent` and starts a second agent with the same configuration
+/// (same pin dir, admin socket, ports; read from the running agent's command
+/// line), after `between` ran with the configuration file's path. Returns
+/// the second agent's process once its admin socket answers.
+fn restart(agent: &mut MaskerAgent, between: impl FnOnce(&std::path::Path)) -> LineChild {
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid().unwrap())).unwrap();
+    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+    let config = args.iter().position(|a| a == "--config").map(|i| args[i + 1].clone()).expect("--config");
+    agent.stop();
+    between(std::path::Path::new(&config));
+    let second = LineChild::spawn({
+        let mut cmd = Command::new(masker_tests::MaskerProxy::binary());
+        cmd.args(["agent", "--config", &config]);
+        cmd
+    })
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::os::unix::net::UnixStream::connect(agent.admin_socket()).is_err() {
+        assert!(std::time::Instant::now() < deadline, "restarted agent: no admin socket");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    second
+}
+
 /// The expiry of a token-backed identity must survive an agent restart: a
 /// new agent on the same pin directory keeps the tags (the BPF maps are
 /// reused), so it must also keep refusing the identity after its token's
@@ -406,23 +430,7 @@ fn expiry_survives_an_agent_restart() {
         c.insert("exp".into(), json!(exp));
     });
     tag_with_file(&agent, cg.path(), "ci-restart", &keys.file(&token)).assert_success();
-    // The same configuration (same pin dir, admin socket, ports), read from
-    // the running agent's command line.
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid().unwrap())).unwrap();
-    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let config = args.iter().position(|a| a == "--config").map(|i| args[i + 1].clone()).expect("--config");
-    agent.stop();
-    let second = LineChild::spawn({
-        let mut cmd = Command::new(masker_tests::MaskerProxy::binary());
-        cmd.args(["agent", "--config", &config]);
-        cmd
-    })
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(agent.admin_socket()).is_err() {
-        assert!(std::time::Instant::now() < deadline, "restarted agent: no admin socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let second = restart(&mut agent, |_| {});
     assert_eq!(tags(&agent).len(), 1, "the tag survives the restart");
     while now() < exp + 1 {
         std::thread::sleep(Duration::from_millis(200));
@@ -447,24 +455,11 @@ fn a_tag_without_an_identity_record_is_refused_after_a_restart() {
     let cg = TestCgroup::new().expect("cgroup");
     agent.tag(cg.path(), "ci-plain");
     assert_eq!(psql_in(&cg, cluster, &info, "SELECT 1").stdout.trim(), "1");
-    let cmdline = std::fs::read(format!("/proc/{}/cmdline", agent.pid().unwrap())).unwrap();
-    let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-    let config = args.iter().position(|a| a == "--config").map(|i| args[i + 1].clone()).expect("--config");
-    agent.stop();
-    let state = std::path::Path::new(&config).parent().unwrap().join("state").join("identities.json");
-    assert!(state.is_file(), "the agent saved its identities at {}", state.display());
-    std::fs::remove_file(&state).unwrap();
-    let second = LineChild::spawn({
-        let mut cmd = Command::new(masker_tests::MaskerProxy::binary());
-        cmd.args(["agent", "--config", &config]);
-        cmd
-    })
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while std::os::unix::net::UnixStream::connect(agent.admin_socket()).is_err() {
-        assert!(std::time::Instant::now() < deadline, "restarted agent: no admin socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let second = restart(&mut agent, |config| {
+        let state = config.parent().unwrap().join("state").join("identities.json");
+        assert!(state.is_file(), "the agent saved its identities at {}", state.display());
+        std::fs::remove_file(&state).unwrap();
+    });
     let out = psql_in(&cg, cluster, &info, "SELECT 1");
     // Tagging again restores access.
     agent.tag(cg.path(), "ci-plain");
