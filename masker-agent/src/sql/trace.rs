@@ -518,23 +518,7 @@ impl Tracer {
             let rels = self.range_item(item, &scope, depth);
             scope.rels.extend(rels);
         }
-        let mut outs = Vec::new();
-        for t in &s.target_list {
-            let Some(N::ResTarget(rt)) = t.node.as_ref() else {
-                outs.push(Output::Unknown);
-                continue;
-            };
-            let val = rt.val.as_deref();
-            if let Some(N::ColumnRef(c)) = val.and_then(|v| v.node.as_ref())
-                && matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(N::AStar(_)))
-            {
-                outs.extend(self.star(c, &scope));
-                continue;
-            }
-            let lineage = val.map(|v| self.expr(v, &scope, depth)).unwrap_or_else(Lineage::unknown);
-            let name = if rt.name.is_empty() { column_name(val) } else { rt.name.clone() };
-            outs.push(Output::Column { name, lineage });
-        }
+        let outs = self.targets(&s.target_list, &scope, depth);
         // Clauses that filter, group or order: for the inference guardrail.
         let mut clauses: Vec<&Node> = Vec::new();
         clauses.extend(s.where_clause.as_deref());
@@ -729,26 +713,7 @@ impl Tracer {
             }
             _ => {}
         }
-        let output = returning.map(|r| {
-            let mut outs = Vec::new();
-            for t in &r.exprs {
-                let Some(N::ResTarget(rt)) = t.node.as_ref() else {
-                    outs.push(Output::Unknown);
-                    continue;
-                };
-                let val = rt.val.as_deref();
-                if let Some(N::ColumnRef(c)) = val.and_then(|v| v.node.as_ref())
-                    && matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(N::AStar(_)))
-                {
-                    outs.extend(self.star(c, &scope));
-                    continue;
-                }
-                let lineage = val.map(|v| self.expr(v, &scope, depth)).unwrap_or_else(Lineage::unknown);
-                let name = if rt.name.is_empty() { column_name(val) } else { rt.name.clone() };
-                outs.push(Output::Column { name, lineage });
-            }
-            outs
-        });
+        let output = returning.map(|r| self.targets(&r.exprs, &scope, depth));
         (class, output, moves)
     }
 
@@ -903,6 +868,29 @@ impl Tracer {
             l.sources.insert(Source::Opaque);
         }
         l
+    }
+
+    /// The outputs of a target list (a SELECT list or a RETURNING list):
+    /// `*` and `t.*` expand symbolically, everything else is traced.
+    fn targets(&mut self, items: &[Node], scope: &Scope<'_>, depth: usize) -> Vec<Output> {
+        let mut outs = Vec::new();
+        for t in items {
+            let Some(N::ResTarget(rt)) = t.node.as_ref() else {
+                outs.push(Output::Unknown);
+                continue;
+            };
+            let val = rt.val.as_deref();
+            if let Some(N::ColumnRef(c)) = val.and_then(|v| v.node.as_ref())
+                && matches!(c.fields.last().and_then(|f| f.node.as_ref()), Some(N::AStar(_)))
+            {
+                outs.extend(self.star(c, scope));
+                continue;
+            }
+            let lineage = val.map(|v| self.expr(v, scope, depth)).unwrap_or_else(Lineage::unknown);
+            let name = if rt.name.is_empty() { column_name(val) } else { rt.name.clone() };
+            outs.push(Output::Column { name, lineage });
+        }
+        outs
     }
 
     /// Records the columns a filtering/grouping/ordering clause uses.
