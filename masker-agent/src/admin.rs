@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use crate::registry::{CountersSnapshot, SessionSnapshot};
 
 /// A request to the agent. `Sessions` lists live sessions (`masker
-/// sessions`); `KillSession` ends one (`masker sessions kill ID`).
+/// sessions`); `KillSession` ends one (`masker sessions kill ID`);
+/// `Approvals`, `Approve` and `Deny` are `masker approvals`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -38,6 +39,22 @@ pub enum Request {
     Sessions,
     KillSession {
         id: u64,
+    },
+    /// Statements waiting for a decision (`masker approvals list`).
+    Approvals,
+    /// `masker approvals approve ID [--for DURATION]`; `approver` names the
+    /// operator in audit events.
+    Approve {
+        id: u64,
+        approver: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        for_secs: Option<u64>,
+    },
+    /// `masker approvals deny ID --reason TEXT`.
+    Deny {
+        id: u64,
+        approver: String,
+        reason: String,
     },
 }
 
@@ -66,6 +83,9 @@ pub struct Status {
     /// What each identity did since the agent started.
     #[serde(default)]
     pub identities: std::collections::BTreeMap<String, crate::metrics::IdentityCounters>,
+    /// Statements waiting for an operator's decision.
+    #[serde(default)]
+    pub approvals: Vec<crate::approvals::PendingApproval>,
 }
 
 /// One configured target and the addresses it resolved to.

@@ -318,7 +318,26 @@ impl Agent {
             sessions: self.ctx.registry.snapshot(),
             counters: self.ctx.registry.counters_snapshot(),
             identities: self.ctx.registry.metrics.identities(),
+            approvals: self.ctx.registry.approvals.list(),
         })
+    }
+}
+
+impl Agent {
+    /// Delivers an operator's decision on a held statement.
+    fn decide(&self, id: u64, decision: crate::approvals::Decision) -> Response {
+        let what = match &decision {
+            crate::approvals::Decision::Approve { standing: Some(_), .. } => "approved (standing)",
+            crate::approvals::Decision::Approve { .. } => "approved",
+            crate::approvals::Decision::Deny { .. } => "denied",
+        };
+        match self.ctx.registry.approvals.decide(id, decision) {
+            Ok(p) => {
+                info!(approval = id, session = p.session, rule = %p.rule, "statement {what} by an operator");
+                json(serde_json::json!({ "approval": id, "decision": what, "session": p.session }))
+            }
+            Err(e) => Response::Error(e),
+        }
     }
 }
 
@@ -412,6 +431,14 @@ impl admin::Handler for Agent {
                 } else {
                     Response::Error(format!("no live session {id}; `masker sessions` lists them"))
                 }
+            }
+            Request::Approvals => json(self.ctx.registry.approvals.list()),
+            Request::Approve { id, approver, for_secs } => {
+                let standing = for_secs.map(Duration::from_secs);
+                self.decide(id, crate::approvals::Decision::Approve { approver, standing })
+            }
+            Request::Deny { id, approver, reason } => {
+                self.decide(id, crate::approvals::Decision::Deny { approver, reason })
             }
             Request::PolicyReload => match self.reload_policy() {
                 Ok(msg) => json(msg),

@@ -30,8 +30,11 @@
 //!
 //! `denial`: `statement`, `class`, `rule`, `reason`, `sqlstate`.
 //!
-//! `approval`: `approval` (id), `statement`, `decision` (`approved`,
-//! `denied`, `timeout`), `approver`, `reason`.
+//! `approval`: `approval` (id, as `masker approvals list` shows it), `rule`
+//! (the `[[approval]]` rule), `statement`, `class`, `decision` (`requested`
+//! when the statement starts to wait, then `approved`, `denied` or `timeout`;
+//! `granted` when a standing approval (`--for`) let it run without waiting,
+//! with the id of that approval), `approver`, `reason` (denials; scrubbed).
 //!
 //! # Guarantees
 //!
@@ -363,7 +366,9 @@ pub enum What<'a> {
     },
     Approval {
         approval: u64,
+        rule: String,
         statement: String,
+        class: &'static str,
         decision: &'static str,
         approver: Option<String>,
         reason: Option<String>,
@@ -432,6 +437,45 @@ pub fn denial(entry: &SessionEntry, sql: &str, rule: &str, reason: &str) {
         rule: rule.to_string(),
         reason: masking::scrub_text(reason).into_owned(),
         sqlstate: "42501",
+    };
+    audit.emit(&Event::of(entry, what));
+}
+
+/// A step in the life of a held statement (see [`crate::approvals`]).
+#[derive(Debug, Clone, Copy)]
+pub enum ApprovalStep<'a> {
+    Requested,
+    Approved { approver: &'a str },
+    Denied { approver: &'a str, reason: &'a str },
+    TimedOut,
+    Granted { approver: &'a str },
+}
+
+/// Records a step of approval `id` of `entry`'s session under `rule`, and
+/// counts decisions for the identity.
+pub fn approval(entry: &SessionEntry, id: u64, rule: &str, sql: &str, step: ApprovalStep<'_>) {
+    let (decision, approver, reason) = match step {
+        ApprovalStep::Requested => ("requested", None, None),
+        ApprovalStep::Approved { approver } => ("approved", Some(approver), None),
+        ApprovalStep::Denied { approver, reason } => ("denied", Some(approver), Some(reason)),
+        ApprovalStep::TimedOut => ("timeout", None, None),
+        ApprovalStep::Granted { approver } => ("granted", Some(approver), None),
+    };
+    if decision != "requested" {
+        entry.metrics.approval(entry.origin.identity.as_deref().unwrap_or(""), decision);
+    }
+    let audit = &entry.audit;
+    if !audit.enabled() {
+        return;
+    }
+    let what = What::Approval {
+        approval: id,
+        rule: rule.to_string(),
+        statement: normalize(sql),
+        class: classify(sql, 0).0,
+        decision,
+        approver: approver.map(str::to_string),
+        reason: reason.map(|r| masking::scrub_text(r).into_owned()),
     };
     audit.emit(&Event::of(entry, what));
 }

@@ -130,6 +130,15 @@ pub enum Command {
         #[command(subcommand)]
         command: Option<SessionsCommand>,
     },
+    /// Statements held by `[[approval]]` rules until an operator decides.
+    ///
+    /// The workload's client waits while its statement is held; approving
+    /// runs it, denying or the rule's timeout gives the client SQLSTATE 42501
+    /// with the reason (its session stays usable). Every decision is audited.
+    Approvals {
+        #[command(subcommand)]
+        command: ApprovalsCommand,
+    },
     /// The audit trail (read from its file; no agent needed).
     Audit {
         #[command(subcommand)]
@@ -191,6 +200,47 @@ pub enum CaCommand {
 pub enum SessionsCommand {
     /// End a live session (its client gets SQLSTATE 57P01).
     Kill { id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Statements waiting now: id, session, identity, rule, statement (literals replaced).
+    List {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Let a held statement run.
+    Approve {
+        id: u64,
+        /// Also approve, for this long, the same statement shape (other
+        /// literals) from the same identity: 90s, 15m, 2h, 1d (at most 7d).
+        #[arg(long = "for", value_name = "DURATION", value_parser = parse_duration_arg)]
+        for_: Option<std::time::Duration>,
+    },
+    /// Refuse a held statement; the client gets SQLSTATE 42501 with the reason.
+    Deny {
+        id: u64,
+        /// Told to the client and recorded in the audit trail.
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+    crate::approvals::parse_duration(s)
+}
+
+/// Who decides, for audit events: the operator behind `sudo` when there is
+/// one, else the login name, else the uid.
+fn approver() -> String {
+    ["SUDO_USER", "USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata("/proc/self").map_or_else(|_| "unknown".into(), |m| format!("uid {}", m.uid()))
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,6 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             run_tagged(socket, &identity, token, &command).await
         }
         Command::Sessions { json, command } => sessions(socket, json, command).await,
+        Command::Approvals { command } => approvals(socket, command).await,
         Command::Audit { command: AuditCommand::Tail { follow, identity, json, file, config } } => {
             let file = match file {
                 Some(f) => f,
@@ -459,6 +510,59 @@ async fn sessions(socket: &Path, json: bool, command: Option<SessionsCommand>) -
     Ok(ExitCode::SUCCESS)
 }
 
+/// `masker approvals list|approve|deny`.
+async fn approvals(socket: &Path, command: ApprovalsCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        ApprovalsCommand::List { json } => {
+            let value = admin::request(socket, &Request::Approvals).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&value)?);
+            } else {
+                let pending: Vec<crate::approvals::PendingApproval> = serde_json::from_value(value)?;
+                print!("{}", render_approvals(&pending));
+            }
+        }
+        ApprovalsCommand::Approve { id, for_ } => {
+            let request = Request::Approve { id, approver: approver(), for_secs: for_.map(|d| d.as_secs()) };
+            admin::request(socket, &request).await?;
+            match for_ {
+                Some(d) => println!("approval {id}: approved, and its statement shape for {}s", d.as_secs()),
+                None => println!("approval {id}: approved"),
+            }
+        }
+        ApprovalsCommand::Deny { id, reason } => {
+            admin::request(socket, &Request::Deny { id, approver: approver(), reason }).await?;
+            println!("approval {id}: denied");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_approvals(pending: &[crate::approvals::PendingApproval]) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    if pending.is_empty() {
+        let _ = writeln!(o, "  (none)");
+        return o;
+    }
+    let _ =
+        writeln!(o, "  {:>4}  {:>7}  {:<16} {:<16} {:>9}  STATEMENT", "ID", "SESSION", "IDENTITY", "RULE", "WAITING");
+    for p in pending {
+        let _ = writeln!(
+            o,
+            "  {:>4}  {:>7}  {:<16} {:<16} {:>4}/{:<4}  {}",
+            p.id,
+            p.session,
+            p.identity.as_deref().unwrap_or("-"),
+            p.rule,
+            format!("{}s", p.waiting_secs),
+            format!("{}s", p.timeout_secs),
+            p.statement
+        );
+    }
+    o
+}
+
 fn render_sessions(sessions: &[crate::registry::SessionSnapshot]) -> String {
     use std::fmt::Write;
     let mut o = String::new();
@@ -536,6 +640,8 @@ fn render_status(s: &Status) -> String {
             );
         }
     }
+    let _ = writeln!(o, "\nPENDING APPROVALS");
+    o.push_str(&render_approvals(&s.approvals));
     let c = &s.counters;
     let _ = writeln!(
         o,

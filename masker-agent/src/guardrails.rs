@@ -25,9 +25,7 @@ pub fn violation(g: &Guardrails, stmt: &Statement, relations: &[Resolved<'_>]) -
         return Some(format!("masker: {} statements are refused ({})", stmt.class.name(), rule("deny_classes")));
     }
     for r in relations {
-        let hit = g.deny_tables.iter().any(|t| {
-            t.table.matches(r.name) && t.schema.as_ref().is_none_or(|s| r.schema.is_none_or(|rs| s.matches(rs)))
-        });
+        let hit = g.deny_tables.iter().any(|t| t.matches(r.schema, r.name));
         if hit {
             let name = match r.schema {
                 Some(s) => format!("{s}.{}", r.name),

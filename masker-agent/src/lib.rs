@@ -17,6 +17,7 @@
 
 pub mod admin;
 pub mod agent;
+pub mod approvals;
 pub mod audit;
 pub mod catalog;
 pub mod cgroup;

@@ -52,7 +52,7 @@ pub struct IdentityCounters {
     /// Masked cells per action name.
     pub masked: BTreeMap<String, u64>,
     pub denials: u64,
-    /// Approval decisions by name (`approved`, `denied`, `timeout`).
+    /// Approval decisions by name (`approved`, `denied`, `timeout`, `granted`).
     pub approvals: BTreeMap<String, u64>,
 }
 
@@ -189,7 +189,7 @@ pub fn render(registry: &Registry) -> String {
         let _ = writeln!(o, "masker_denials_total{{identity=\"{id}\"}} {}", c.denials);
     });
     family(&mut o, "masker_approvals_total", "Approval decisions.", &|o, id, c| {
-        for d in ["approved", "denied", "timeout"] {
+        for d in ["approved", "denied", "timeout", "granted"] {
             let n = c.approvals.get(d).copied().unwrap_or(0);
             let _ = writeln!(o, "masker_approvals_total{{identity=\"{id}\",decision=\"{d}\"}} {n}");
         }

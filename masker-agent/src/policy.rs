@@ -51,7 +51,28 @@ pub struct Policy {
     /// `[[identity]]` blocks in file order: the first whose pattern matches
     /// a session's identity applies to it.
     identities: Vec<(Glob, Arc<Guardrails>)>,
+    /// `[[approval]]` rules in file order.
+    approvals: Vec<Arc<ApprovalRule>>,
     keys: Keys,
+}
+
+/// An `[[approval]]` rule: statements that wait for an operator's decision
+/// (`masker approvals approve|deny`) before they run. A statement is held
+/// when every condition the rule lists holds for one of its statements.
+#[derive(Debug, Clone)]
+pub struct ApprovalRule {
+    /// Named in `masker approvals list`, audit events and errors.
+    pub name: String,
+    identities: Option<Vec<Glob>>,
+    /// Statement classes held (any when empty).
+    pub(crate) classes: Vec<StatementClass>,
+    /// The statement reads or writes one of these tables (any when empty).
+    pub(crate) tables: Vec<TableGlob>,
+    /// An output column is exactly, or is derived from, one of these
+    /// `schema.table.column` patterns (any when empty).
+    pub(crate) columns: Vec<[Glob; 3]>,
+    /// How long a client waits for a decision before it gets an error.
+    pub timeout: std::time::Duration,
 }
 
 /// What an `[[identity]]` block allows its workloads to run (evaluated by
@@ -77,6 +98,14 @@ pub(crate) struct TableGlob {
     pub(crate) table: Glob,
 }
 
+impl TableGlob {
+    /// Whether relation `schema.name` matches; a relation the agent could not
+    /// resolve (`schema` is `None`) matches on its name alone (fail closed).
+    pub(crate) fn matches(&self, schema: Option<&str>, name: &str) -> bool {
+        self.table.matches(name) && self.schema.as_ref().is_none_or(|s| schema.is_none_or(|rs| s.matches(rs)))
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Defaults {
     action: ColumnAction,
@@ -100,6 +129,7 @@ pub struct SessionPolicy {
     defaults: Defaults,
     rules: Vec<Rule>,
     guardrails: Option<Arc<Guardrails>>,
+    approvals: Vec<Arc<ApprovalRule>>,
     keys: Keys,
 }
 
@@ -183,6 +213,21 @@ struct RawPolicy {
     rule: Vec<Spanned<RawRule>>,
     #[serde(default)]
     identity: Vec<Spanned<RawIdentity>>,
+    #[serde(default)]
+    approval: Vec<Spanned<RawApproval>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    name: Spanned<String>,
+    #[allow(dead_code)]
+    description: Option<String>,
+    identities: Option<Spanned<Vec<Spanned<String>>>>,
+    classes: Option<Spanned<Vec<Spanned<String>>>>,
+    tables: Option<Spanned<Vec<Spanned<String>>>>,
+    columns: Option<Spanned<Vec<Spanned<String>>>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -325,7 +370,12 @@ impl Policy {
         }
         let keys = load_keys(raw.pseudonymize.as_ref(), pseudonymized_at, &errs, env)?;
         let identities = raw.identity.iter().map(|i| compile_identity(i.get_ref(), &errs)).collect::<Result<_, _>>()?;
-        Ok(Policy { origin: origin.to_owned(), defaults, rules, identities, keys })
+        let approvals = raw
+            .approval
+            .iter()
+            .map(|a| compile_approval(a.get_ref(), &errs).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Policy { origin: origin.to_owned(), defaults, rules, identities, approvals, keys })
     }
 
     /// The rules that apply to sessions of `identity` towards `target`
@@ -340,7 +390,14 @@ impl Policy {
             .cloned()
             .collect();
         let guardrails = self.identities.iter().find(|(g, _)| g.matches(identity)).map(|(_, g)| g.clone());
-        Arc::new(SessionPolicy { defaults: self.defaults.clone(), rules, guardrails, keys: self.keys.clone() })
+        let approvals = self.approvals.iter().filter(|a| applies(&a.identities, identity)).cloned().collect();
+        Arc::new(SessionPolicy {
+            defaults: self.defaults.clone(),
+            rules,
+            guardrails,
+            approvals,
+            keys: self.keys.clone(),
+        })
     }
 
     /// The keys for the masking engine.
@@ -356,8 +413,9 @@ impl Policy {
     /// A one-line description for `masker policy check` and logs.
     pub fn summary(&self) -> String {
         format!(
-            "{} rule(s); unclassified columns: {}; column comments: {}; pseudonymisation key: {}",
+            "{} rule(s); {} approval rule(s); unclassified columns: {}; column comments: {}; pseudonymisation key: {}",
             self.rules.len(),
+            self.approvals.len(),
             self.defaults.action.kind().map_or("allow", |k| k.as_str()),
             if self.defaults.comment_classification { "on" } else { "off" },
             if self.keys.has_pseudonym_key() { "loaded" } else { "none" },
@@ -411,6 +469,11 @@ impl SessionPolicy {
     /// The guardrails of the session's identity (its `[[identity]]` block).
     pub fn guardrails(&self) -> Option<&Guardrails> {
         self.guardrails.as_deref()
+    }
+
+    /// The `[[approval]]` rules for the session's identity, in file order.
+    pub fn approvals(&self) -> &[Arc<ApprovalRule>] {
+        &self.approvals
     }
 
     /// Whether statements that filter, group or order on masked columns are
@@ -510,19 +573,10 @@ fn compile_rule(r: &RawRule, defaults: &Defaults, errs: &Errors<'_>) -> Result<R
             .collect::<Result<_, _>>()
             .map(Some)
     };
-    let mut columns = Vec::new();
-    if let Some(list) = &r.columns {
-        for p in list.get_ref() {
-            let parts: Vec<&str> = p.get_ref().split('.').collect();
-            let [s, t, c] = parts.as_slice() else {
-                return Err(
-                    errs.at(p.span(), "expected \"schema.table.column\" (globs * and ? allowed, e.g. \"*.*.email\")")
-                );
-            };
-            let g = |x: &str| Glob::new(x).ok_or_else(|| errs.at(p.span(), "empty part in \"schema.table.column\""));
-            columns.push([g(s)?, g(t)?, g(c)?]);
-        }
-    }
+    let columns = match &r.columns {
+        Some(list) => list.get_ref().iter().map(|p| column_glob(p, errs)).collect::<Result<_, _>>()?,
+        None => Vec::new(),
+    };
     let column_names = globs(&r.column_names, "column_names")?.unwrap_or_default();
     if columns.is_empty() && column_names.is_empty() && !defaults.comment_classification {
         return Err(errs.at(
@@ -542,45 +596,12 @@ fn compile_rule(r: &RawRule, defaults: &Defaults, errs: &Errors<'_>) -> Result<R
 
 fn compile_identity(i: &RawIdentity, errs: &Errors<'_>) -> Result<(Glob, Arc<Guardrails>), PolicyError> {
     let pattern = Glob::new(i.name.get_ref()).ok_or_else(|| errs.at(i.name.span(), "empty identity pattern"))?;
-    let list = |l: &Option<Spanned<Vec<Spanned<String>>>>, what: &str| -> Result<Vec<Spanned<String>>, PolicyError> {
-        match l {
-            None => Ok(Vec::new()),
-            Some(l) if l.get_ref().is_empty() => {
-                Err(errs.at(l.span(), format!("empty `{what}` list; remove it or add entries")))
-            }
-            Some(l) => Ok(l.get_ref().clone()),
-        }
-    };
+    let list = |l: &Option<Spanned<Vec<Spanned<String>>>>, what: &str| list_of(l, what, errs);
     let glob = |p: &Spanned<String>| Glob::new(p.get_ref()).ok_or_else(|| errs.at(p.span(), "empty pattern"));
-    let deny_classes = list(&i.deny_classes, "deny_classes")?
-        .iter()
-        .map(|c| {
-            StatementClass::from_name(c.get_ref()).ok_or_else(|| {
-                errs.at(
-                    c.span(),
-                    format!(
-                        "unknown statement class {:?}; expected one of {}",
-                        c.get_ref(),
-                        StatementClass::NAMES.join(", ")
-                    ),
-                )
-            })
-        })
-        .collect::<Result<_, _>>()?;
-    let deny_tables = list(&i.deny_tables, "deny_tables")?
-        .iter()
-        .map(|t| {
-            let (schema, table) = match t.get_ref().split_once('.') {
-                Some((s, t)) => (Some(s), t),
-                None => (None, t.get_ref().as_str()),
-            };
-            let bad = || errs.at(t.span(), "expected `table` or `schema.table` (globs allowed)");
-            Ok(TableGlob {
-                schema: schema.map(|s| Glob::new(s).ok_or_else(bad)).transpose()?,
-                table: Glob::new(table).filter(|_| !table.contains('.')).ok_or_else(bad)?,
-            })
-        })
-        .collect::<Result<_, _>>()?;
+    let deny_classes =
+        list(&i.deny_classes, "deny_classes")?.iter().map(|c| statement_class(c, errs)).collect::<Result<_, _>>()?;
+    let deny_tables =
+        list(&i.deny_tables, "deny_tables")?.iter().map(|t| table_glob(t, errs)).collect::<Result<_, _>>()?;
     let deny_functions = list(&i.deny_functions, "deny_functions")?.iter().map(glob).collect::<Result<_, _>>()?;
     let writing_functions =
         list(&i.writing_functions, "writing_functions")?.iter().map(glob).collect::<Result<_, _>>()?;
@@ -595,6 +616,98 @@ fn compile_identity(i: &RawIdentity, errs: &Errors<'_>) -> Result<(Glob, Arc<Gua
             writing_functions,
         }),
     ))
+}
+
+/// The entries of an optional list (none when absent; an empty list is an
+/// error: it would silently match nothing).
+fn list_of(
+    l: &Option<Spanned<Vec<Spanned<String>>>>,
+    what: &str,
+    errs: &Errors<'_>,
+) -> Result<Vec<Spanned<String>>, PolicyError> {
+    match l {
+        None => Ok(Vec::new()),
+        Some(l) if l.get_ref().is_empty() => {
+            Err(errs.at(l.span(), format!("empty `{what}` list; remove it or add entries")))
+        }
+        Some(l) => Ok(l.get_ref().clone()),
+    }
+}
+
+/// A `schema.table.column` pattern.
+fn column_glob(p: &Spanned<String>, errs: &Errors<'_>) -> Result<[Glob; 3], PolicyError> {
+    let parts: Vec<&str> = p.get_ref().split('.').collect();
+    let [s, t, c] = parts.as_slice() else {
+        return Err(errs.at(p.span(), "expected \"schema.table.column\" (globs * and ? allowed, e.g. \"*.*.email\")"));
+    };
+    let g = |x: &str| Glob::new(x).ok_or_else(|| errs.at(p.span(), "empty part in \"schema.table.column\""));
+    Ok([g(s)?, g(t)?, g(c)?])
+}
+
+/// A `table` or `schema.table` pattern.
+fn table_glob(t: &Spanned<String>, errs: &Errors<'_>) -> Result<TableGlob, PolicyError> {
+    let (schema, table) = match t.get_ref().split_once('.') {
+        Some((s, t)) => (Some(s), t),
+        None => (None, t.get_ref().as_str()),
+    };
+    let bad = || errs.at(t.span(), "expected `table` or `schema.table` (globs allowed)");
+    Ok(TableGlob {
+        schema: schema.map(|s| Glob::new(s).ok_or_else(bad)).transpose()?,
+        table: Glob::new(table).filter(|_| !table.contains('.')).ok_or_else(bad)?,
+    })
+}
+
+/// A statement class name.
+fn statement_class(c: &Spanned<String>, errs: &Errors<'_>) -> Result<StatementClass, PolicyError> {
+    StatementClass::from_name(c.get_ref()).ok_or_else(|| {
+        errs.at(
+            c.span(),
+            format!("unknown statement class {:?}; expected one of {}", c.get_ref(), StatementClass::NAMES.join(", ")),
+        )
+    })
+}
+
+/// How long a client waits for an approval unless the rule says otherwise.
+pub const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+/// The longest wait a rule may ask for (clients and poolers give up sooner).
+const MAX_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
+fn compile_approval(a: &RawApproval, errs: &Errors<'_>) -> Result<ApprovalRule, PolicyError> {
+    let name = a.name.get_ref();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        return Err(errs.at(a.name.span(), "invalid approval name; expected letters, digits, `_` or `-`"));
+    }
+    let list = |l: &Option<Spanned<Vec<Spanned<String>>>>, what: &str| list_of(l, what, errs);
+    let identities = match &a.identities {
+        None => None,
+        Some(_) => Some(
+            list(&a.identities, "identities")?
+                .iter()
+                .map(|p| Glob::new(p.get_ref()).ok_or_else(|| errs.at(p.span(), "empty pattern")))
+                .collect::<Result<_, _>>()?,
+        ),
+    };
+    let classes =
+        list(&a.classes, "classes")?.iter().map(|c| statement_class(c, errs)).collect::<Result<Vec<_>, _>>()?;
+    let tables = list(&a.tables, "tables")?.iter().map(|t| table_glob(t, errs)).collect::<Result<Vec<_>, _>>()?;
+    let columns = list(&a.columns, "columns")?.iter().map(|p| column_glob(p, errs)).collect::<Result<Vec<_>, _>>()?;
+    if classes.is_empty() && tables.is_empty() && columns.is_empty() {
+        return Err(errs.at(
+            a.name.span(),
+            "approval rule holds nothing; expected `classes`, `tables` and/or `columns` (all listed must match)",
+        ));
+    }
+    let timeout = match &a.timeout {
+        None => DEFAULT_APPROVAL_TIMEOUT,
+        Some(t) => {
+            let d = crate::approvals::parse_duration(t.get_ref()).map_err(|e| errs.at(t.span(), e))?;
+            if d.is_zero() || d > MAX_APPROVAL_TIMEOUT {
+                return Err(errs.at(t.span(), "`timeout` must be between 1s and 1h"));
+            }
+            d
+        }
+    };
+    Ok(ApprovalRule { name: name.clone(), identities, classes, tables, columns, timeout })
 }
 
 fn generalize(r: &RawRule, errs: &Errors<'_>) -> Result<Generalize, PolicyError> {
@@ -892,5 +1005,45 @@ to = "year"
         let g = Glob::new("ci-?-*").unwrap();
         assert!(g.matches("ci-a-build") && !g.matches("ci-ab-build"));
         assert!(Glob::new("*").unwrap().matches(""));
+    }
+
+    #[test]
+    fn approval_rules() {
+        let p = parse(
+            r#"version = 1
+[[approval]]
+name = "orders-writes"
+identities = ["ci-*"]
+classes = ["update", "delete"]
+tables = ["public.orders"]
+timeout = "90s"
+[[approval]]
+name = "raw-ssn"
+columns = ["public.customers.ssn"]
+"#,
+        )
+        .unwrap();
+        let ci = p.for_session("ci-bot", "db:5432");
+        let names: Vec<&str> = ci.approvals().iter().map(|a| a.name.as_str()).collect();
+        assert_eq!(names, ["orders-writes", "raw-ssn"]);
+        assert_eq!(ci.approvals()[0].timeout, std::time::Duration::from_secs(90));
+        assert_eq!(ci.approvals()[1].timeout, DEFAULT_APPROVAL_TIMEOUT);
+        let other = p.for_session("release", "db:5432");
+        assert_eq!(other.approvals().len(), 1, "identities limit a rule");
+
+        let head = "version = 1\n[[approval]]\nname = \"a\"\n";
+        assert!(err(head).contains("approval rule holds nothing"), "{}", err(head));
+        let e = err(&format!("{head}classes = [\"writes\"]"));
+        assert!(e.contains("4:") && e.contains("unknown statement class"), "{e}");
+        let e = err(&format!("{head}classes = [\"update\"]\ntimeout = \"5x\""));
+        assert!(e.contains("invalid duration"), "{e}");
+        let e = err(&format!("{head}classes = [\"update\"]\ntimeout = \"2h\""));
+        assert!(e.contains("between 1s and 1h"), "{e}");
+        let e = err(&format!("{head}columns = [\"customers.ssn\"]"));
+        assert!(e.contains("schema.table.column"), "{e}");
+        let e = err(&format!("{head}tables = []"));
+        assert!(e.contains("empty `tables` list"), "{e}");
+        let e = err("version = 1\n[[approval]]\nname = \"a b\"\nclasses = [\"update\"]");
+        assert!(e.contains("invalid approval name"), "{e}");
     }
 }

@@ -56,6 +56,8 @@ pub struct SessionEntry {
     /// The agent's audit trail and metrics, for the session's own events.
     pub audit: Arc<crate::audit::Audit>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Where the session's held statements wait (the agent's book).
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// Set once by an operator; the session's relay watches it.
@@ -108,6 +110,8 @@ pub struct Registry {
     pub audit: Arc<crate::audit::Audit>,
     /// Per-identity counters and the latency histogram.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Statements waiting for an operator, and standing approvals.
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// Removes its session from the registry when dropped (however the session
@@ -143,6 +147,7 @@ impl Registry {
             trail: Default::default(),
             audit: self.audit.clone(),
             metrics: self.metrics.clone(),
+            approvals: self.approvals.clone(),
         });
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         SessionGuard { registry: self.clone(), entry }

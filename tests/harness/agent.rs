@@ -105,6 +105,9 @@ pub struct AgentOptions {
     /// Trusted OIDC token issuers, written as `[[issuer]]` tables:
     /// `(issuer, audience, jwks_file)`.
     pub issuers: Vec<(String, String, PathBuf)>,
+    /// TOML tables appended to the configuration as written (`[audit]`,
+    /// `[catalog]`, ...).
+    pub extra_config: String,
 }
 
 impl AgentOptions {
@@ -170,6 +173,8 @@ impl MaskerAgent {
                 toml_str(&jwks_file.to_string_lossy()),
             ));
         }
+        config.push('\n');
+        config.push_str(&options.extra_config);
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, &config)?;
 

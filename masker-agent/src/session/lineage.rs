@@ -16,7 +16,7 @@ use std::sync::Arc;
 use crate::catalog::{Catalog, Relation};
 use crate::guardrails::{self, Resolved};
 use crate::masking::ColumnAction;
-use crate::policy::SessionPolicy;
+use crate::policy::{ApprovalRule, SessionPolicy};
 use crate::sql::{self, How, Lineage, Output, RelName, Source, Statement, StatementClass};
 
 /// How many views deep a column is followed before it counts as unknown.
@@ -352,23 +352,85 @@ impl Resolver<'_> {
         let analysis = analysis.as_ref().as_ref().ok()?;
         if let Some(g) = self.policy.guardrails() {
             for stmt in &analysis.statements {
-                let mut found = Vec::with_capacity(stmt.relations.len());
-                for r in &stmt.relations {
-                    found.push((r, self.relation(r).await));
-                }
-                let resolved: Vec<Resolved<'_>> = found
-                    .iter()
-                    .map(|(r, rel)| match rel {
-                        Some(rel) => Resolved { schema: Some(&rel.schema), name: &rel.name },
-                        None => Resolved { schema: r.schema.as_deref(), name: &r.name },
-                    })
-                    .collect();
+                let relations = self.resolved_relations(stmt).await;
+                let resolved: Vec<Resolved<'_>> =
+                    relations.iter().map(|(schema, name)| Resolved { schema: schema.as_deref(), name }).collect();
                 if let Some(message) = guardrails::violation(g, stmt, &resolved) {
                     return Some(("guardrail", message));
                 }
             }
         }
         self.lineage_refusal(analysis).await.map(|m| ("lineage", m))
+    }
+
+    /// The relations of `stmt` as the catalog resolves them (`schema`,
+    /// `name`), or as written when it cannot.
+    async fn resolved_relations(&self, stmt: &Statement) -> Vec<(Option<String>, String)> {
+        let mut out = Vec::with_capacity(stmt.relations.len());
+        for r in &stmt.relations {
+            out.push(match self.relation(r).await {
+                Some(rel) => (Some(rel.schema.clone()), rel.name.clone()),
+                None => (r.schema.clone(), r.name.clone()),
+            });
+        }
+        out
+    }
+
+    /// The `[[approval]]` rule that holds `sql` until an operator decides, if
+    /// one does: the first rule whose every condition holds for one of its
+    /// statements. Text that does not parse is not held (it will not run).
+    pub async fn approval(&self, sql: &str) -> Option<Arc<ApprovalRule>> {
+        let rules = self.policy.approvals();
+        if rules.is_empty() {
+            return None;
+        }
+        let analysis = sql::analyze(sql);
+        let analysis = analysis.as_ref().as_ref().ok()?;
+        for stmt in &analysis.statements {
+            let relations = match rules.iter().any(|r| !r.tables.is_empty()) {
+                true => self.resolved_relations(stmt).await,
+                false => Vec::new(),
+            };
+            let columns = match rules.iter().any(|r| !r.columns.is_empty()) {
+                true => self.read_columns(stmt).await,
+                false => BTreeSet::new(),
+            };
+            let held = rules.iter().find(|rule| {
+                (rule.classes.is_empty() || rule.classes.contains(&stmt.class))
+                    && (rule.tables.is_empty()
+                        || relations.iter().any(|(s, n)| rule.tables.iter().any(|t| t.matches(s.as_deref(), n))))
+                    && (rule.columns.is_empty()
+                        || columns.iter().any(|(s, t, c)| {
+                            rule.columns.iter().any(|[gs, gt, gc]| gs.matches(s) && gt.matches(t) && gc.matches(c))
+                        }))
+            });
+            if let Some(rule) = held {
+                return Some(rule.clone());
+            }
+        }
+        None
+    }
+
+    /// The base columns that the output of `stmt`, or the data it moves,
+    /// shows or is derived from.
+    async fn read_columns(&self, stmt: &Statement) -> BTreeSet<(String, String, String)> {
+        let mut lineages: Vec<Lineage> = Vec::new();
+        for o in stmt.output.iter().flatten() {
+            match o {
+                Output::Column { lineage, .. } => lineages.push(lineage.clone()),
+                Output::Star(rel) => {
+                    lineages.push(Lineage { how: How::WholeRow, sources: [Source::AllColumns(rel.clone())].into() })
+                }
+                Output::Unknown => {}
+            }
+        }
+        lineages.extend(stmt.moves.iter().cloned());
+        let mut out = BTreeSet::new();
+        for l in &lineages {
+            let (bases, _) = self.bases(l, 0).await;
+            out.extend(bases.columns.into_iter().map(|(s, t, c, _)| (s, t, c)));
+        }
+        out
     }
 
     async fn lineage_refusal(&self, analysis: &sql::Analysis) -> Option<String> {

@@ -23,7 +23,7 @@ use super::lineage::{Decision, Resolver, refusal_statement, runs_client_code};
 use super::relay::{Filter, RelayError, Verdict};
 use crate::catalog::Catalog;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
-use crate::policy::SessionPolicy;
+use crate::policy::{ApprovalRule, SessionPolicy};
 use crate::registry::SessionEntry;
 use crate::wire::{self, Cursor, FieldDescription, Format, FrameError, Header, TableOid, TypeOid, backend, frontend};
 
@@ -142,11 +142,64 @@ impl ClientTracker {
         self
     }
 
-    /// Why `sql` must be refused, if it must, and the kind of rule.
-    async fn refusal(&self, sql: &str) -> Option<(&'static str, String)> {
-        match &self.guard {
-            Some(g) => g.resolver().refusal(sql).await,
-            None => None,
+    /// What the client is told instead of running `sql`, if it may not run:
+    /// a guardrail or lineage refusal (audited as a denial), or an
+    /// `[[approval]]` rule's hold that ended in a denial or a timeout. A held
+    /// statement waits here, and with it everything the client sends after it.
+    async fn check(&self, sql: &str) -> Option<String> {
+        let guard = self.guard.as_ref()?;
+        let resolver = guard.resolver();
+        if let Some((rule, message)) = resolver.refusal(sql).await {
+            if let Some(entry) = &self.observed {
+                crate::audit::denial(entry, sql, rule, &message);
+            }
+            return Some(message);
+        }
+        let rule = resolver.approval(sql).await?;
+        let Some(entry) = &self.observed else {
+            // Nowhere to ask: fail closed.
+            return Some(format!("masker: statement refused: approval rule {} holds it", rule.name));
+        };
+        hold(entry, &rule, sql).await
+    }
+}
+
+/// Holds `sql` for an operator's decision under `rule`; `None` when it may
+/// run, else the error the client gets.
+async fn hold(entry: &SessionEntry, rule: &ApprovalRule, sql: &str) -> Option<String> {
+    use crate::approvals::{Outcome, shape};
+    use crate::audit::ApprovalStep;
+    let book = &entry.approvals;
+    let identity = entry.origin.identity.as_deref();
+    let shape = shape(sql);
+    if let Some((id, approver)) = shape.as_deref().and_then(|s| book.granted(identity, s)) {
+        crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Granted { approver: &approver });
+        return None;
+    }
+    let statement = crate::audit::normalize(sql);
+    let ticket = book.request(entry.id, identity, &rule.name, statement, shape, rule.timeout);
+    let id = ticket.id;
+    crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Requested);
+    tracing::info!(session = entry.id, approval = id, rule = %rule.name, "statement held for approval");
+    let outcome = ticket.wait(rule.timeout).await;
+    match outcome {
+        Outcome::Approved { approver } => {
+            crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Approved { approver: &approver });
+            None
+        }
+        Outcome::Denied { approver, reason } => {
+            let step = ApprovalStep::Denied { approver: &approver, reason: &reason };
+            crate::audit::approval(entry, id, &rule.name, sql, step);
+            Some(format!("masker: statement denied by {approver} (approval {id}, rule {}): {reason}", rule.name))
+        }
+        Outcome::TimedOut => {
+            crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::TimedOut);
+            Some(format!(
+                "masker: statement held for approval {id} (rule {}) was not approved within {}s; it did not run. \
+                 An operator approves with: masker approvals approve ID",
+                rule.name,
+                rule.timeout.as_secs()
+            ))
         }
     }
 }
@@ -180,10 +233,7 @@ impl Filter for ClientTracker {
         let expect = match tag {
             frontend::QUERY => {
                 let sql = cur.cstr()?;
-                if let Some((rule, message)) = self.refusal(sql).await {
-                    if let Some(entry) = &self.observed {
-                        crate::audit::denial(entry, sql, rule, &message);
-                    }
+                if let Some(message) = self.check(sql).await {
                     // The server answers with our error, in order.
                     let refused = refusal_statement(&message);
                     let at = wire::begin_message(out, frontend::QUERY);
@@ -199,10 +249,7 @@ impl Filter for ClientTracker {
                 let name = cur.cstr()?.to_string();
                 let sql: &str = cur.cstr()?;
                 self.described_statements.remove(&name);
-                if let Some((rule, message)) = self.refusal(sql).await {
-                    if let Some(entry) = &self.observed {
-                        crate::audit::denial(entry, sql, rule, &message);
-                    }
+                if let Some(message) = self.check(sql).await {
                     // Same statement name and parameter types, our text.
                     let refused = refusal_statement(&message);
                     let rest_at = 5 + name.len() + 1 + sql.len() + 1;
