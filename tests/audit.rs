@@ -334,3 +334,72 @@ fn audit_tail_filters_and_renders() {
     let none = run(&["audit", "tail", "--file", &file, "--identity", "nobody"]);
     assert!(none.is_empty(), "{none}");
 }
+
+/// A proxy without a policy relays unchanged (no masking, no scrubbing) and
+/// still writes a `statement` event per statement when the audit trail is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_without_a_policy_are_audited_statement_by_statement() {
+    let cluster = PgCluster::shared();
+    let values = PersonalValues::load(cluster).expect("seeded values");
+    let email = values.of_kind("email").next().expect("an email").to_string();
+    let dir = tempfile::Builder::new().prefix("masker-audit-").tempdir().expect("temp dir");
+    let audit = dir.path().join("audit.jsonl");
+    let args = ["--identity".to_string(), IDENTITY.to_string(), "--audit-file".into(), audit.to_string_lossy().into()];
+    let proxy = MaskerProxy::start_with_args(cluster.addr(), &args).unwrap_or_else(|e| panic!("proxy: {e:#}"));
+    let direct = cluster.app();
+    let proxied = cluster.app().at(proxy.addr());
+    let sql = "SELECT id, full_name, email FROM customers ORDER BY id LIMIT 5";
+    within(LIMIT, "no-policy session", async {
+        let d = direct.connect().await.expect("direct");
+        let p = proxied.connect().await.expect("proxied");
+        // Raw rows, equal to direct: nothing is masked without a policy.
+        let row_text = |rows: Vec<tokio_postgres::Row>| -> Vec<String> {
+            rows.iter()
+                .map(|r| format!("{}|{}|{}", r.get::<_, i64>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+                .collect()
+        };
+        let want = row_text(d.query(sql, &[]).await.expect("direct"));
+        assert_eq!(row_text(p.query(sql, &[]).await.expect("proxied")), want);
+        p.simple_query(&format!("SELECT id FROM customers WHERE email = '{email}'; SELECT 1")).await.expect("multi");
+        // An error reaches the client as the server sent it (not scrubbed).
+        let err = p.simple_query("SELECT no_such_column FROM customers").await.expect_err("error");
+        assert!(err.as_db_error().expect("db error").message().contains("\"no_such_column\""), "{err:?}");
+        // COPY (query) streams through unchanged (a policy would refuse it).
+        let copy = "COPY (SELECT id, email FROM customers ORDER BY id LIMIT 3) TO STDOUT";
+        let mut chunks = Vec::new();
+        for client in [&d, &p] {
+            let stream = client.copy_out(copy).await.expect("copy out");
+            futures_util::pin_mut!(stream);
+            let mut bytes = Vec::new();
+            while let Some(chunk) = futures_util::TryStreamExt::try_next(&mut stream).await.expect("copy data") {
+                bytes.extend_from_slice(&chunk);
+            }
+            chunks.push(bytes);
+        }
+        assert_eq!(chunks[0], chunks[1], "COPY through masker equals direct");
+        assert_eq!(chunks[1].iter().filter(|b| **b == b'\n').count(), 3);
+    })
+    .await;
+    let events =
+        events_until(&audit, "statement events", |ev| ev.iter().filter(|e| kind(e) == "statement").count() >= 5).await;
+    let statements: Vec<&Value> = events.iter().filter(|e| kind(e) == "statement").collect();
+    let extended = statements
+        .iter()
+        .find(|e| e["statement"].as_str().is_some_and(|s| s.contains("ORDER BY id LIMIT")))
+        .unwrap_or_else(|| panic!("extended-protocol statement: {statements:?}"));
+    assert_eq!(extended["rows"], 5, "{extended}");
+    assert_eq!(extended["masked_cells"], 0, "{extended}");
+    assert_eq!(extended["class"], "select");
+    assert_eq!(extended["outcome"], "ok");
+    let by_email = statements
+        .iter()
+        .find(|e| e["statement"].as_str().is_some_and(|s| s.contains("WHERE email =")))
+        .unwrap_or_else(|| panic!("simple statement: {statements:?}"));
+    assert_eq!(by_email["rows"], 1, "{by_email}");
+    let failed = statements.iter().find(|e| e["outcome"] == "error").expect("an error event");
+    assert!(statements.iter().any(|e| e["command"] == "COPY" && e["rows"] == 0), "COPY event: {statements:?}");
+    assert_eq!(failed["sqlstate"], "42703", "{failed}");
+    let text = std::fs::read_to_string(&audit).expect("audit file");
+    assert!(!text.contains(&email), "a seeded email in the audit trail");
+    assert!(!proxy.stderr().contains(&email), "a seeded email in the proxy log");
+}

@@ -337,3 +337,38 @@ fn tokio_postgres_over_rustls_with_tls_to_the_server() {
     .unwrap_or_else(|e| panic!("{e:?}\n{}", proxy.stderr()));
     assert_eq!(got, "true");
 }
+
+/// `session_start` and `session_end` audit events say which legs ran TLS.
+#[test]
+fn audit_events_record_tls_on_each_leg() {
+    let ssl = &*SSL_CLUSTER;
+    let ca = Ca::new();
+    let audit = ca.dir.path().join("audit.jsonl");
+    let audit_arg = audit.to_string_lossy().into_owned();
+    let tls_proxy = proxy(ssl.cluster.addr(), &ca, &["--upstream-tls", "require", "--audit-file", &audit_arg]);
+    let mut info = ssl.cluster.app().at(tls_proxy.addr());
+    info.host = "127.0.0.1".into();
+    for sslmode in ["require", "disable"] {
+        let out =
+            Psql::new(&info).env("PGSSLMODE", sslmode).env("PGCHANNELBINDING", "disable").command("SELECT 1").run();
+        assert!(out.status.success(), "{sslmode}: {}\n{}", out.stderr, tls_proxy.stderr());
+    }
+    let plain = proxy(PgCluster::shared().addr(), &ca, &["--upstream-tls", "disable", "--audit-file", &audit_arg]);
+    let out = psql(&plain, "127.0.0.1", "disable", &ca.pem(), "SELECT 1");
+    assert!(out.status.success(), "{}", out.stderr);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let tls: Vec<(bool, bool)> = loop {
+        let text = std::fs::read_to_string(&audit).unwrap_or_default();
+        let starts: Vec<(bool, bool)> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("audit line"))
+            .filter(|e| e["event"] == "session_start")
+            .map(|e| (e["tls"]["client"].as_bool().expect("client"), e["tls"]["server"].as_bool().expect("server")))
+            .collect();
+        if starts.len() >= 3 || std::time::Instant::now() > deadline {
+            break starts;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(tls, [(true, true), (false, true), (false, false)]);
+}

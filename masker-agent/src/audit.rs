@@ -309,7 +309,10 @@ impl<'a> SessionFields<'a> {
             executable,
             user: startup.as_ref().map(|s| s.0.clone()),
             database: startup.map(|s| s.1),
-            tls: Tls::default(),
+            tls: Tls {
+                client: entry.tls_client.load(Ordering::Relaxed),
+                server: entry.tls_server.load(Ordering::Relaxed),
+            },
         }
     }
 }

@@ -424,6 +424,18 @@ impl Policy {
 }
 
 impl SessionPolicy {
+    /// A policy that masks, refuses and holds nothing: what a session
+    /// without a policy follows its statements with (for the audit trail).
+    pub fn allow_all() -> Arc<SessionPolicy> {
+        Arc::new(SessionPolicy {
+            defaults: Defaults { action: ColumnAction::Allow, comment_classification: false, refuse_inference: false },
+            rules: Vec::new(),
+            guardrails: None,
+            approvals: Vec::new(),
+            keys: Keys::default(),
+        })
+    }
+
     /// The action for a base column `schema.table.column`; `comment` is the
     /// column's catalog comment, which may carry `pii:<name>`.
     pub fn column_action(&self, schema: &str, table: &str, column: &str, comment: Option<&str>) -> ColumnAction {

@@ -48,6 +48,9 @@ pub struct SessionEntry {
     pub started_unix: u64,
     /// Database user and database from the startup packet, once known.
     pub startup: Mutex<Option<(String, String)>>,
+    /// TLS towards the client and towards the server, once set up.
+    pub tls_client: std::sync::atomic::AtomicBool,
+    pub tls_server: std::sync::atomic::AtomicBool,
     pub counters: SessionCounters,
     /// Ends the session when an operator asks (`masker sessions kill`).
     pub kill: KillSwitch,
@@ -142,6 +145,8 @@ impl Registry {
             started: Instant::now(),
             started_unix,
             startup: Mutex::new(None),
+            tls_client: Default::default(),
+            tls_server: Default::default(),
             counters: SessionCounters::default(),
             kill: KillSwitch::default(),
             trail: Default::default(),

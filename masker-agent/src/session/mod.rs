@@ -189,6 +189,7 @@ async fn handshake(
                 Ok(s) => s?,
                 Err(_) => return Err(SessionError::StartupTimeout(ctx.limits.startup_timeout)),
             };
+            entry.tls_client.store(true, Ordering::Relaxed);
             let result = match startup(&mut stream, &mut buf, false, route, ctx, entry).await {
                 Ok(Startup::Packet(len)) => run(&mut stream, buf, len, route, ctx, entry).await,
                 Ok(_) => Ok(()),
@@ -302,7 +303,10 @@ async fn run<C: SplitIo>(
         }
     };
     let mut server = match upstream_tls(server, destination, ctx).await {
-        Ok(s) => s,
+        Ok(s) => {
+            entry.tls_server.store(matches!(s, crate::tls::Upstream::Tls(_)), Ordering::Relaxed);
+            s
+        }
         Err(e) => {
             let _ = client.write_all(&refuse("08001", &format!("masker: {e}"))).await;
             let _ = client.flush().await;
@@ -317,6 +321,21 @@ async fn run<C: SplitIo>(
 
     let policy = ctx.current_policy();
     match policy {
+        // No policy but an audit trail: statements are followed, not masked.
+        None if ctx.registry.audit.enabled() => {
+            let database = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default().1;
+            let observe = MaskContext {
+                policy: crate::policy::SessionPolicy::allow_all(),
+                catalog: ctx.catalog.clone(),
+                destination: destination.to_string(),
+                database,
+                entry: entry.clone(),
+            };
+            let queue = ExpectQueue::default();
+            let client_filter = ClientTracker::new(queue.clone(), None).observed(entry.clone()).observe_only();
+            let server_filter = ServerTracker::new(queue, observe).observe_only();
+            relay(client, &mut server, &buf, client_filter, server_filter, ctx, entry).await
+        }
         None => relay(client, &mut server, &buf, ClientFilter, ServerFilter::new(&entry.counters), ctx, entry).await,
         Some(policy) => {
             let identity = entry.origin.identity.as_deref().unwrap_or("");

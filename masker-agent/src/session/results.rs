@@ -121,6 +121,9 @@ pub struct ClientTracker {
     described_portals: HashSet<String>,
     /// Notes when requests leave, for statement durations and latency.
     observed: Option<Arc<SessionEntry>>,
+    /// Only follow statements for the audit trail (a session without a
+    /// policy): no Describe injection, the fast-path interface allowed.
+    observe_only: bool,
 }
 
 impl ClientTracker {
@@ -133,7 +136,15 @@ impl ClientTracker {
             described_statements: HashSet::new(),
             described_portals: HashSet::new(),
             observed: None,
+            observe_only: false,
         }
+    }
+
+    /// Follows statements without masking anything (see
+    /// [`ServerTracker::observe_only`]).
+    pub fn observe_only(mut self) -> Self {
+        self.observe_only = true;
+        self
     }
 
     /// Notes request times in `entry` (see [`crate::audit::SessionTrail`]).
@@ -315,7 +326,7 @@ impl Filter for ClientTracker {
             }
             frontend::EXECUTE => {
                 let portal = cur.cstr()?.to_string();
-                if !self.described_portals.contains(&portal) {
+                if !self.observe_only && !self.described_portals.contains(&portal) {
                     // The client never asked for this portal's columns; ask
                     // ourselves so its rows can be masked, and hide the answer.
                     self.described_portals.insert(portal.clone());
@@ -342,6 +353,8 @@ impl Filter for ClientTracker {
                 Expect::Close
             }
             frontend::SYNC => Expect::Sync,
+            // Answered like a simple query: a result, then ReadyForQuery.
+            frontend::FUNCTION_CALL if self.observe_only => Expect::Sync,
             frontend::FUNCTION_CALL => {
                 return Err(refuse("masker: the fast-path function call interface is not allowed for masked sessions"));
             }
@@ -403,6 +416,9 @@ pub struct ServerTracker {
     query_index: usize,
     /// Audit events, per-identity counters and latency of this session.
     trail: crate::audit::StatementTrail,
+    /// Only follow statements for the audit trail: every message reaches
+    /// the client as the server sent it.
+    observe_only: bool,
 }
 
 impl ServerTracker {
@@ -418,7 +434,16 @@ impl ServerTracker {
             swallowing: false,
             catalog_warned: false,
             query_index: 0,
+            observe_only: false,
         }
+    }
+
+    /// Follows statements for `statement` audit events, per-identity counters
+    /// and latency without masking, scrubbing or refusing anything: for
+    /// sessions without a policy while the audit trail is on.
+    pub fn observe_only(mut self) -> Self {
+        self.observe_only = true;
+        self
     }
 
     /// The plan for rows of the Execute at the head of the queue, if that is
@@ -440,6 +465,10 @@ impl ServerTracker {
         formats: Option<&ResultFormats>,
         sql: Option<(&str, usize)>,
     ) -> Arc<RowPlan> {
+        if self.observe_only {
+            let columns = fields.iter().map(|f| (ColumnAction::Allow, f.type_oid, f.format)).collect();
+            return Arc::new(RowPlan::new(columns, self.ctx.policy.keys()));
+        }
         let decisions = match sql {
             Some((sql, index)) => {
                 let resolver = Resolver {
@@ -733,7 +762,10 @@ impl ServerTracker {
         {
             self.trail.end(Some(&sql), None, Some(&msg[5..]));
         }
-        if self.audit_sql().is_some_and(|sql| runs_client_code(&sql)) {
+        if self.observe_only {
+            // The message goes out as it came (see below for the queue).
+            out.extend_from_slice(msg);
+        } else if self.audit_sql().is_some_and(|sql| runs_client_code(&sql)) {
             withhold_message(&msg[5..], out, tag)?;
         } else {
             masking::mask_error_fields(&msg[5..], out, tag)
@@ -794,6 +826,25 @@ impl Filter for ServerTracker {
     fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
         if !wire::is_backend_tag(header.tag) {
             return Err(FrameError::UnknownTag { tag: header.tag });
+        }
+        if self.observe_only {
+            return Ok(match header.tag {
+                backend::DATA_ROW => {
+                    self.ctx.entry.counters.rows.fetch_add(1, Ordering::Relaxed);
+                    self.trail.row(None);
+                    false
+                }
+                backend::COPY_DATA
+                | backend::COPY_DONE
+                | backend::NOTIFICATION_RESPONSE
+                | backend::NOTICE_RESPONSE
+                | backend::PARAMETER_STATUS
+                | backend::AUTHENTICATION
+                | backend::BACKEND_KEY_DATA
+                | backend::NEGOTIATE_PROTOCOL_VERSION
+                | backend::PARAMETER_DESCRIPTION => false,
+                _ => true,
+            });
         }
         Ok(match header.tag {
             backend::DATA_ROW => {
@@ -873,6 +924,7 @@ impl Filter for ServerTracker {
                     .map_err(|e| refuse(format!("masker: cannot scrub a notification ({e}); closing the session")))?;
                 Ok(Verdict::Replaced)
             }
+            backend::COPY_OUT_RESPONSE | backend::COPY_BOTH_RESPONSE if self.observe_only => Ok(Verdict::Forward),
             backend::COPY_OUT_RESPONSE => self.on_copy_out(msg, out).await,
             backend::COPY_DATA => self.on_copy_data(msg, out),
             backend::COPY_DONE => {
