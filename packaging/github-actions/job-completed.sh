@@ -3,8 +3,10 @@
 # Untags the runner's cgroup: connections after the job are no longer masked
 # (nor intercepted).
 set -eu
+masker=${MASKER_BIN:-/usr/local/bin/masker}
+sudo=${MASKER_SUDO-sudo -n}
 state="${RUNNER_TEMP:-/tmp}/masker-cgroup"
 if [ -f "$state" ]; then
-    sudo -n /usr/local/bin/masker untag "$(cat "$state")"
+    $sudo "$masker" untag "$(cat "$state")"
     rm -f "$state"
 fi

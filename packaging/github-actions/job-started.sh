@@ -12,6 +12,8 @@
 # that cgroup for the job's duration. The identity names the repository, so
 # policy rules can match "gha-*" or one repository.
 set -eu
+masker=${MASKER_BIN:-/usr/local/bin/masker}
+sudo=${MASKER_SUDO-sudo -n}
 
 # Relative to the cgroup v2 mount (masker resolves it there).
 cgroup=$(sed -n 's/^0:://p' /proc/self/cgroup)
@@ -27,6 +29,6 @@ repo=$(printf '%s' "${GITHUB_REPOSITORY:-unknown}" | tr -c 'A-Za-z0-9._-' '-')
 identity=$(printf 'gha-%s' "$repo" | cut -c1-64)
 cgroup=${cgroup#/}
 
-sudo -n /usr/local/bin/masker tag "$cgroup" --identity "$identity"
+$sudo "$masker" tag "$cgroup" --identity "$identity"
 echo "$cgroup" > "${RUNNER_TEMP:-/tmp}/masker-cgroup"
 echo "masker: database connections of this job are masked as identity $identity"

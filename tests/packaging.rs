@@ -1,0 +1,162 @@
+//! The CI-runner integrations of `packaging/` run for real (issue 7): the
+//! GitHub Actions job-started/job-completed hooks and the GitLab Runner
+//! `masker-gitlab-cgroup` helper, against a real `masker agent`, with real
+//! cgroups laid out as the runners lay them out, and `psql` from the job's
+//! cgroup.
+//!
+//! The scripts take `MASKER_BIN` (and the GitHub hooks `MASKER_SUDO`, empty
+//! here: the test runs as root) so they can run against the built binary.
+//! Needs root and BPF; skipped with a message otherwise.
+#![forbid(unsafe_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, cgroup_v2_root, skip_reason};
+use masker_tests::process::{self, shell_quote_path};
+use masker_tests::{MaskerProxy, PgCluster};
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging").join(name)
+}
+
+fn start() -> Option<(MaskerAgent, &'static PgCluster)> {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return None;
+    }
+    let cluster = PgCluster::shared();
+    let agent = MaskerAgent::start(&AgentOptions::targets(&[cluster.addr()]))
+        .unwrap_or_else(|e| panic!("starting the agent: {e:#}"));
+    Some((agent, cluster))
+}
+
+/// `psql -c 'SELECT 1'` to the target as a shell command line.
+fn psql_line(cluster: &PgCluster) -> String {
+    let info = cluster.app();
+    format!(
+        "PGPASSWORD={} PGSSLMODE=disable {} -X -At -w -h {} -p {} -U {} -d {} -c 'SELECT 1'",
+        info.password,
+        shell_quote_path(&cluster.bindir().join("psql")),
+        info.host,
+        info.port,
+        info.user,
+        info.dbname
+    )
+}
+
+/// Sessions the agent has seen for `identity`.
+fn sessions_of(agent: &MaskerAgent, identity: &str) -> u64 {
+    agent.status()["identities"][identity]["sessions"].as_u64().unwrap_or(0)
+}
+
+fn tags(agent: &MaskerAgent) -> Vec<Value> {
+    agent.status()["tags"].as_array().expect("tags").clone()
+}
+
+#[test]
+fn github_actions_hooks_tag_the_runner_service_for_the_job() {
+    let Some((agent, cluster)) = start() else { return };
+    let base = TestCgroup::new().expect("cgroup");
+    // A self-hosted runner as a systemd service: the hook and the job's
+    // steps run in cgroups below the service's.
+    let service = base.child("actions.runner.org-app.runner1.service").expect("service cgroup");
+    let hook = service.child("hook").expect("hook cgroup");
+    let job = service.child("job").expect("job cgroup");
+    let temp = tempfile::tempdir().expect("tempdir");
+    let run_hook = |name: &str| {
+        let mut cmd = hook.command("sh");
+        cmd.arg(script(name))
+            .env("MASKER_BIN", MaskerProxy::binary())
+            .env("MASKER_SUDO", "")
+            .env("MASKER_ADMIN_SOCKET", agent.admin_socket())
+            .env("GITHUB_REPOSITORY", "org/app")
+            .env("RUNNER_TEMP", temp.path());
+        process::run(cmd, None, LIMIT).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+    };
+    let job_psql = || {
+        let mut cmd = job.command("sh");
+        cmd.args(["-c", &psql_line(cluster)]);
+        process::run(cmd, None, LIMIT).expect("psql")
+    };
+
+    let out = run_hook("github-actions/job-started.sh");
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.stderr, agent.stderr());
+    assert!(out.stdout.contains("identity gha-org-app"), "{}", out.stdout);
+    let tags = tags(&agent);
+    assert_eq!(tags.len(), 1, "{tags:?}");
+    assert_eq!(tags[0]["identity"], "gha-org-app");
+    let tagged = tags[0]["path"].as_str().expect("path");
+    assert!(
+        tagged.ends_with("/actions.runner.org-app.runner1.service"),
+        "the service is tagged, not the hook: {tagged}"
+    );
+
+    let out = job_psql();
+    assert_eq!((out.code(), out.stdout.trim()), (Some(0), "1"), "{}", out.stderr);
+    assert_eq!(sessions_of(&agent, "gha-org-app"), 1, "the job's connection went through masker");
+
+    let out = run_hook("github-actions/job-completed.sh");
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(self::tags(&agent).is_empty(), "untagged after the job");
+    assert!(!temp.path().join("masker-cgroup").exists(), "the hook's state file is removed");
+    let before = agent.connections();
+    let out = job_psql();
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert_eq!(agent.connections(), before, "after the job, connections go direct");
+}
+
+#[test]
+fn gitlab_pre_and_post_build_scripts_move_the_job_shell_in_and_out() {
+    let Some((agent, cluster)) = start() else { return };
+    let home = TestCgroup::new().expect("cgroup");
+    // The job's shell, as GitLab Runner's shell executor starts it; it runs
+    // the lines it is sent.
+    let mut cmd = home.command("sh");
+    cmd.args(["-c", r#"while read -r line; do eval "$line"; done"#]);
+    let mut shell = LineChild::spawn(cmd).expect("job shell");
+    let pid = shell.id().to_string();
+    let identity = "gitlab-group-app";
+    let state = tempfile::tempdir().expect("state dir");
+    let helper = |args: &[&str]| {
+        let mut cmd = Command::new("sh");
+        cmd.arg(script("gitlab/masker-gitlab-cgroup"))
+            .args(args)
+            .env("MASKER_BIN", MaskerProxy::binary())
+            .env("MASKER_GITLAB_STATE", state.path())
+            .env("MASKER_ADMIN_SOCKET", agent.admin_socket());
+        process::run(cmd, None, LIMIT).unwrap_or_else(|e| panic!("masker-gitlab-cgroup {args:?}: {e:#}"))
+    };
+    let cgroup_of_shell = || std::fs::read_to_string(format!("/proc/{pid}/cgroup")).expect("/proc/PID/cgroup");
+
+    let out = helper(&["enter", &pid, identity]);
+    assert_eq!(out.code(), Some(0), "{}\n{}", out.stderr, agent.stderr());
+    let dir = cgroup_v2_root().expect("v2 root").join("masker-gitlab").join(format!("{identity}-{pid}"));
+    assert!(dir.is_dir(), "{}", dir.display());
+    assert!(cgroup_of_shell().contains(&format!("/masker-gitlab/{identity}-{pid}")), "{}", cgroup_of_shell());
+    assert_eq!(tags(&agent).iter().filter(|t| t["identity"] == identity).count(), 1);
+
+    shell.send_line(&format!("{} >/dev/null 2>&1; echo RESULT $?", psql_line(cluster))).expect("send");
+    assert_eq!(shell.line_starting("RESULT ", LIMIT).expect("psql result"), "0");
+    assert_eq!(sessions_of(&agent, identity), 1, "the job's connection went through masker");
+
+    let out = helper(&["leave", identity]);
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
+    assert!(!dir.exists(), "the job cgroup is removed");
+    assert!(tags(&agent).is_empty(), "untagged");
+    let back = cgroup_of_shell();
+    let home_rel = home.path().strip_prefix(cgroup_v2_root().expect("v2 root")).expect("relative");
+    assert!(back.contains(&format!("0::/{}", home_rel.display())), "the shell is back home: {back}");
+
+    let out = helper(&["enter", "0", "x"]);
+    assert_ne!(out.code(), Some(0), "a bad pid is an error");
+    let out = helper(&[]);
+    assert_eq!(out.code(), Some(2), "usage: {}", out.stderr);
+    let _ = shell.finish(LIMIT);
+    // The parent directory is shared with real runners; removed when empty.
+    let _ = std::fs::remove_dir(cgroup_v2_root().expect("v2 root").join("masker-gitlab"));
+}
