@@ -149,7 +149,17 @@ fn check_schema(e: &Value) {
             assert!(e["bytes_to_client"].as_u64().unwrap() > 0, "{e}");
         }
         "statement" => {
-            has(&["statement", "class", "tables", "rows", "masked_cells", "masked", "outcome", "duration_ms"]);
+            has(&[
+                "statement",
+                "class",
+                "tables",
+                "rows",
+                "masked_cells",
+                "masked",
+                "masked_columns",
+                "outcome",
+                "duration_ms",
+            ]);
             assert!(e["statement"].is_string() && e["class"].is_string() && e["masked"].is_object(), "{e}");
             assert!(e["duration_ms"].as_f64().is_some_and(|d| d >= 0.0), "{e}");
             match e["outcome"].as_str() {
@@ -250,6 +260,21 @@ async fn audit_events_follow_the_schema_and_never_hold_values() {
     assert!(first["masked_cells"].as_u64().unwrap() >= 20, "{first}");
     assert!(first["masked"]["email"].as_u64().unwrap() >= 20, "{first}");
     assert!(first["tables"].as_array().unwrap().iter().any(|t| t == "customers"), "{first}");
+    // Per column: name, position and action as the result has them.
+    let columns = first["masked_columns"].as_array().unwrap_or_else(|| panic!("masked_columns: {first}"));
+    let column =
+        |name: &str| columns.iter().find(|c| c["column"] == name).unwrap_or_else(|| panic!("no {name} in {columns:?}"));
+    assert_eq!(
+        (column("full_name")["position"].as_u64(), column("full_name")["action"].as_str()),
+        (Some(1), Some("redact"))
+    );
+    assert_eq!(column("email")["action"], "email");
+    assert_eq!(column("email")["cells"], first["masked"]["email"], "{first}");
+    assert_eq!(column("ssn")["action"], "null");
+    assert!(columns.iter().all(|c| c["column"] != "id"), "unmasked columns are not listed: {columns:?}");
+    let per_column: u64 = columns.iter().map(|c| c["cells"].as_u64().unwrap()).sum();
+    let fallback = first["masked"]["fallback_null"].as_u64().unwrap_or(0);
+    assert_eq!(per_column, first["masked_cells"].as_u64().unwrap() + fallback, "{first}");
     let keys = find("order_no FROM orders");
     assert_eq!(keys["rows"], 7, "{keys}");
     assert_eq!(keys["masked_cells"], 0, "{keys}");

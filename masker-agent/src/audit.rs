@@ -25,6 +25,9 @@
 //! placeholder, comments removed, at most 4096 bytes), `class` (`select`,
 //! `insert`, `ddl`, ... or `unknown`), `tables` (relations as written),
 //! `rows` (rows returned), `masked_cells`, `masked` (`{action: count}`),
+//! `masked_columns` (`[{"position", "column", "action", "cells"}]`: the
+//! result columns with masked cells, by name as the server sent it; cells
+//! that fell back to NULL are included; COPY data counts per action only),
 //! `outcome` (`ok` or `error`), `command` (the CommandComplete tag's verb),
 //! `sqlstate` (on error), `error` (scrubbed message, on error), `duration_ms`.
 //!
@@ -354,6 +357,7 @@ pub enum What<'a> {
         rows: u64,
         masked_cells: u64,
         masked: BTreeMap<&'static str, u64>,
+        masked_columns: Vec<MaskedColumn>,
         outcome: Outcome,
         command: Option<String>,
         sqlstate: Option<String>,
@@ -384,6 +388,31 @@ pub enum What<'a> {
 pub enum Outcome {
     Ok,
     Error,
+}
+
+/// Masked cells of one output column of a statement.
+#[derive(Debug, Serialize)]
+pub struct MaskedColumn {
+    /// Position in the result (from 0) and name as the server sent it.
+    pub position: usize,
+    pub column: String,
+    pub action: &'static str,
+    pub cells: u64,
+}
+
+/// The columns of `plan` with masked cells.
+fn masked_columns(plan: &masking::RowPlan, counts: &[u64]) -> Vec<MaskedColumn> {
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| MaskedColumn {
+            position: i,
+            column: plan.name(i).unwrap_or("?").to_string(),
+            action: plan.action(i).and_then(|a| a.kind()).map_or("allow", |k| k.as_str()),
+            cells: *n,
+        })
+        .collect()
 }
 
 /// Per-action masked-cell counts as an object (`{"email": 3}`).
@@ -496,6 +525,9 @@ pub struct StatementTrail {
     entry: std::sync::Arc<SessionEntry>,
     rows: u64,
     stats: RowStats,
+    /// The plan of the current statement's masked rows and its masked cells
+    /// per column.
+    columns: Option<(std::sync::Arc<masking::RowPlan>, Vec<u64>)>,
     /// When the statement now answering started (end of the previous one or
     /// the client's request, whichever is later).
     last_end: Option<Instant>,
@@ -505,7 +537,20 @@ pub struct StatementTrail {
 
 impl StatementTrail {
     pub fn new(entry: std::sync::Arc<SessionEntry>) -> StatementTrail {
-        StatementTrail { entry, rows: 0, stats: RowStats::default(), last_end: None, index: 0 }
+        StatementTrail { entry, rows: 0, stats: RowStats::default(), columns: None, last_end: None, index: 0 }
+    }
+
+    /// Per-column counters for rows masked with `plan` (to pass to
+    /// [`masking::mask_data_row_counted`]).
+    pub fn column_counts(&mut self, plan: &std::sync::Arc<masking::RowPlan>) -> &mut [u64] {
+        let same = self.columns.as_ref().is_some_and(|(p, _)| std::sync::Arc::ptr_eq(p, plan));
+        if !same {
+            self.columns = Some((plan.clone(), vec![0; plan.len()]));
+        }
+        match &mut self.columns {
+            Some((_, counts)) => counts,
+            None => &mut [],
+        }
     }
 
     /// A row of the current statement, with what masking it took (`None`:
@@ -534,6 +579,7 @@ impl StatementTrail {
         self.last_end = Some(now);
         let rows = std::mem::take(&mut self.rows);
         let stats = std::mem::take(&mut self.stats);
+        let columns = self.columns.take();
         let index = self.index;
         self.index += 1;
         let identity = self.entry.origin.identity.as_deref().unwrap_or("");
@@ -566,6 +612,7 @@ impl StatementTrail {
             rows,
             masked_cells: stats.total(),
             masked: masked_map(&stats),
+            masked_columns: columns.map(|(plan, counts)| masked_columns(&plan, &counts)).unwrap_or_default(),
             outcome: if error.is_some() { Outcome::Error } else { Outcome::Ok },
             command,
             sqlstate,
@@ -580,6 +627,7 @@ impl StatementTrail {
         self.index = 0;
         self.rows = 0;
         self.stats = RowStats::default();
+        self.columns = None;
         if let Some(sent) = self.entry.trail.answered() {
             self.entry.metrics.latency(sent.elapsed());
         }

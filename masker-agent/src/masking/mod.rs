@@ -32,7 +32,7 @@ pub use cell::REDACTED;
 pub use copy::{CopyFormat, CopyMasker, CopyOptions, CopyPlan};
 pub use detect::{PiiKind, contains_pii};
 pub use pseudonym::Keys;
-pub use row::{MaskError, RowPlan, mask_data_row};
+pub use row::{MaskError, RowPlan, mask_data_row, mask_data_row_counted};
 pub use scrub::{mask_error_fields, mask_notification, scrub_text};
 
 #[cfg(test)]

@@ -77,6 +77,8 @@ pub struct RowPlan {
     cols: Vec<ColPlan>,
     keys: Keys,
     passthrough: bool,
+    /// Output column names (from RowDescription), for per-column counts.
+    names: Vec<String>,
 }
 
 impl RowPlan {
@@ -86,7 +88,18 @@ impl RowPlan {
         let cols: Vec<ColPlan> =
             cols.into_iter().map(|(action, oid, format)| ColPlan { action, ty: classify(oid), format }).collect();
         let passthrough = cols.iter().all(|c| c.action == ColumnAction::Allow);
-        RowPlan { cols, keys: keys.clone(), passthrough }
+        RowPlan { cols, keys: keys.clone(), passthrough, names: Vec::new() }
+    }
+
+    /// Names the columns (as RowDescription does) for per-column counts.
+    pub fn with_names(mut self, names: Vec<String>) -> RowPlan {
+        self.names = names;
+        self
+    }
+
+    /// The name of column `i`, if the plan was given names.
+    pub fn name(&self, i: usize) -> Option<&str> {
+        self.names.get(i).map(String::as_str)
     }
 
     /// Whether every column is allowed: rows can be forwarded untouched.
@@ -158,15 +171,26 @@ pub(crate) fn count(col: &ColPlan, outcome: Outcome, stats: &mut RowStats) {
 /// is an error. No allocation on the common path (text and scalar values);
 /// arrays and detected values in bytea allocate scratch space.
 pub fn mask_data_row(plan: &RowPlan, body: &[u8], out: &mut BytesMut) -> Result<RowStats, MaskError> {
+    mask_data_row_counted(plan, body, out, &mut [])
+}
+
+/// [`mask_data_row`] that also adds each column's masked cells (fallback
+/// NULLs included) to `per_column[i]` (ignored when shorter than the plan).
+pub fn mask_data_row_counted(
+    plan: &RowPlan,
+    body: &[u8],
+    out: &mut BytesMut,
+    per_column: &mut [u64],
+) -> Result<RowStats, MaskError> {
     let start = out.len();
-    let res = write_row(plan, body, out);
+    let res = write_row(plan, body, out, per_column);
     if res.is_err() {
         out.truncate(start);
     }
     res
 }
 
-fn write_row(plan: &RowPlan, body: &[u8], out: &mut BytesMut) -> Result<RowStats, MaskError> {
+fn write_row(plan: &RowPlan, body: &[u8], out: &mut BytesMut, per_column: &mut [u64]) -> Result<RowStats, MaskError> {
     let (n, mut cells) = wire::data_row_cells(body)?;
     if n as usize != plan.cols.len() {
         return Err(MaskError { kind: MaskErrorKind::ColumnCount { expected: plan.cols.len(), got: n as usize } });
@@ -175,9 +199,15 @@ fn write_row(plan: &RowPlan, body: &[u8], out: &mut BytesMut) -> Result<RowStats
     let at = wire::begin_message(out, wire::backend::DATA_ROW);
     out.put_i16(n as i16);
     let mut stats = RowStats::default();
-    for col in &plan.cols {
+    let counted = per_column.len() >= plan.cols.len();
+    for (i, col) in plan.cols.iter().enumerate() {
         match cells.next().transpose()?.flatten() {
             None => out.put_i32(-1),
+            Some(v) if counted && col.action != ColumnAction::Allow => {
+                let before = stats.total() + stats.fallback_null;
+                put_masked_cell(col, &plan.keys, v, out, &mut stats);
+                per_column[i] += stats.total() + stats.fallback_null - before;
+            }
             Some(v) => put_masked_cell(col, &plan.keys, v, out, &mut stats),
         }
     }

@@ -463,6 +463,11 @@ fn rows_stats_and_errors() {
     let (_, cells) = crate::wire::data_row_cells(&out[11..]).unwrap();
     let cells: Vec<_> = cells.map(|c| c.unwrap().map(<[u8]>::to_vec)).collect();
     assert_eq!(cells, vec![Some(b"7".to_vec()), Some(b"****@b.example".to_vec()), Some(b"plain".to_vec()), None, None]);
+    // Per column: the same counts, by position (fallback NULLs included).
+    let mut per_column = [0u64; 5];
+    let counted = super::mask_data_row_counted(&plan, &body, &mut BytesMut::new(), &mut per_column).unwrap();
+    assert_eq!(counted, stats);
+    assert_eq!(per_column, [0, 1, 0, 1, 0]);
 
     // Column count mismatch and truncated bodies fail, leaving `out` untouched.
     let short = RowPlan::new(vec![(ColumnAction::Redact, TypeOid(TEXT), Format::Text)], &k);

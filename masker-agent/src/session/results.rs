@@ -535,7 +535,7 @@ impl ServerTracker {
                 (action, f.type_oid, format)
             })
             .collect();
-        Arc::new(RowPlan::new(columns, policy.keys()))
+        Arc::new(RowPlan::new(columns, policy.keys()).with_names(fields.iter().map(|f| f.name.to_string()).collect()))
     }
 
     async fn on_row_description(&mut self, msg: &[u8]) -> Result<Verdict, RelayError> {
@@ -629,7 +629,8 @@ impl ServerTracker {
         // Rows of an all-allowed plan stream through unseen (see `wants`).
         let counters = &self.ctx.entry.counters;
         counters.rows.fetch_add(1, Ordering::Relaxed);
-        let stats = masking::mask_data_row(plan, &msg[5..], out)
+        let per_column = self.trail.column_counts(plan);
+        let stats = masking::mask_data_row_counted(plan, &msg[5..], out, per_column)
             .map_err(|e| refuse(format!("masker: cannot mask a row ({e}); closing the session")))?;
         counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
         self.trail.row(Some(&stats));
