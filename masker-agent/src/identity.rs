@@ -328,6 +328,8 @@ impl Verifier {
     pub async fn verify(&self, token: &str, name: &str, now: SystemTime) -> Result<Identity, TokenError> {
         let token = token.trim();
         let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        // Before any key is fetched: a token no key could verify costs nothing.
+        let alg = allowed_algorithm(&header)?;
         // Which issuer: read `iss` before the signature check only to pick
         // the keys; nothing else is trusted until the signature verifies.
         let unverified = unverified_claims(token)?;
@@ -342,30 +344,30 @@ impl Verifier {
             (JwksSource::File(path), _) => std::sync::Arc::new(load_jwks(issuer, path)?),
             (JwksSource::Url { .. }, None) => unreachable!("Verifier::new makes a client for every jwks_url"),
         };
-        verify_with(token, &header, name, issuer, &jwks, now)
-    }
-
-    /// The HTTPS key set client of `issuer`, if its keys come from a URL.
-    pub fn jwks_client(&self, issuer: &str) -> Option<&jwks::JwksClient> {
-        self.issuers.iter().find(|(i, _)| i.issuer == issuer).and_then(|(_, c)| c.as_ref())
+        verify_with(token, &header, alg, name, issuer, &jwks, now)
     }
 }
 
-/// Verifies `token` (whose header is `header`) against the key set `jwks`
-/// of `issuer`.
+/// The token's algorithm if it is one we accept (RS256, ES256).
+fn allowed_algorithm(header: &jsonwebtoken::Header) -> Result<Algorithm, TokenError> {
+    match header.alg {
+        Algorithm::RS256 => Ok(Algorithm::RS256),
+        Algorithm::ES256 => Ok(Algorithm::ES256),
+        other => Err(TokenError::Algorithm(format!("{other:?}"))),
+    }
+}
+
+/// Verifies `token` (whose header is `header`, algorithm `alg`) against the
+/// key set `jwks` of `issuer`.
 fn verify_with(
     token: &str,
     header: &jsonwebtoken::Header,
+    alg: Algorithm,
     name: &str,
     issuer: &IssuerConfig,
     jwks: &JwkSet,
     now: SystemTime,
 ) -> Result<Identity, TokenError> {
-    let alg = match header.alg {
-        Algorithm::RS256 => Algorithm::RS256,
-        Algorithm::ES256 => Algorithm::ES256,
-        other => return Err(TokenError::Algorithm(format!("{other:?}"))),
-    };
     let jwk = match &header.kid {
         Some(kid) => {
             jwks.find(kid).ok_or_else(|| TokenError::UnknownKey { issuer: issuer.issuer.clone(), kid: kid.clone() })?
@@ -556,6 +558,22 @@ mod tests {
         let t = token(&k, "k1", claims(NOW - 5, NOW - 60, "https://ci.example", "masker"));
         assert!(matches!(verify(&t, "ci", &iss, at), Err(TokenError::Expired(_))));
         assert!(matches!(verify("garbage", "ci", &iss, at), Err(TokenError::Malformed(_))));
+        // A symmetric algorithm is refused before any key is looked up (an
+        // issuer whose keys are at a URL nothing serves is not contacted).
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(NOW + 600, NOW, "https://ci.example", "masker"),
+            &EncodingKey::from_secret(b"guessable"),
+        )
+        .unwrap();
+        let unreachable = IssuerConfig {
+            jwks: JwksSource::Url { url: "https://127.0.0.1:9/jwks".into(), ca_file: None },
+            ..issuer(&k)
+        };
+        assert_eq!(
+            verify(&hs, "ci", &[unreachable], at).unwrap_err().to_string(),
+            "token algorithm \"HS256\" is not allowed (RS256 or ES256)"
+        );
         for k in [k, other] {
             std::fs::remove_dir_all(&k.dir).unwrap();
         }

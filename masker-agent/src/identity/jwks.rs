@@ -29,7 +29,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -64,7 +63,6 @@ pub struct JwksClient {
     ttl: Duration,
     min_interval: Duration,
     cache: tokio::sync::Mutex<Cache>,
-    fetches: AtomicU64,
 }
 
 impl std::fmt::Debug for JwksClient {
@@ -127,18 +125,7 @@ impl JwksClient {
             ttl: Duration::from_secs(issuer.jwks_cache_secs),
             min_interval: Duration::from_secs(issuer.jwks_min_fetch_interval_secs),
             cache: Default::default(),
-            fetches: AtomicU64::new(0),
         })
-    }
-
-    /// The URL keys come from.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Fetches started since the agent started.
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(Ordering::Relaxed)
     }
 
     /// The key set to verify a token with key id `kid` (`None`: the token
@@ -165,7 +152,6 @@ impl JwksClient {
             };
         }
         cache.last_attempt = Some(now);
-        self.fetches.fetch_add(1, Ordering::Relaxed);
         match self.fetch().await {
             Ok(set) => {
                 info!(url = %self.url, keys = set.keys.len(), "JWKS fetched");
