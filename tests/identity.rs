@@ -1,8 +1,9 @@
 //! Workload identity backed by OIDC tokens, end to end: the real `masker
-//! agent` with an `[[issuer]]` whose JWKS file is made by the test (ES256,
-//! P-256 key from rcgen, tokens signed with jsonwebtoken), the real `masker
-//! tag --token-file` / `masker run --token-env` CLI, real cgroups and a real
-//! PostgreSQL.
+//! agent` with `[[issuer]]` entries whose keys the test makes (ES256, P-256
+//! keys from rcgen, tokens signed with jsonwebtoken) and serves from a JWKS
+//! file or a local HTTPS server (a test CA in the temp dir), the real
+//! `masker tag --token-file` / `masker run --token-env` CLI, real cgroups and
+//! a real PostgreSQL.
 //!
 //! Covered: a valid token tags and the cgroup's connections go through
 //! masker; each bad token (expired, not yet valid, wrong issuer, wrong
@@ -10,10 +11,14 @@
 //! check and tags nothing; an identity whose token expires is refused at
 //! connect time with SQLSTATE 28000 naming the identity and the expiry;
 //! `masker run` with a valid token runs the command (its exit code kept) and
-//! with an invalid one runs nothing.
+//! with an invalid one runs nothing; keys over HTTPS are cached, refetched
+//! once on rotation, refetched at most once per interval under a flood of
+//! unknown key ids, and every fetch failure is a precise error; policy rules
+//! with `claims` apply to the matching verified token only, and audit
+//! `session_start` events carry the issuer and the selected claims.
 //!
-//! Keys and tokens live in temp dirs only. Needs root and BPF; skipped with
-//! a message otherwise. The `masker` binary must be built.
+//! Keys, certificates and tokens live in temp dirs only. Needs root and BPF;
+//! skipped with a message otherwise. The `masker` binary must be built.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
@@ -563,12 +568,40 @@ impl JwksServer {
                         return;
                     }
                     requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    let body = jwks.lock().unwrap().clone();
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-                         Connection: close\r\n\r\n{body}",
-                        body.len()
-                    );
+                    let path = head[4..].split(|b| *b == b' ').next().unwrap_or_default().to_vec();
+                    let ok = |body: &str| {
+                        format!(
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+                             Connection: close\r\n\r\n{body}",
+                            body.len()
+                        )
+                    };
+                    // Misbehaving issuers, by path (see `jwks_fetch_failures_are_precise`).
+                    let response = match &path[..] {
+                        b"/redirect" => "HTTP/1.1 302 Found\r\nLocation: https://elsewhere.example.test/jwks\r\n\
+                                         Content-Length: 0\r\nConnection: close\r\n\r\n"
+                            .to_string(),
+                        b"/missing" => {
+                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into()
+                        }
+                        b"/not-json" => ok("<html>login</html>"),
+                        b"/huge" => ok(&format!("{{\"keys\": [], \"pad\": \"{}\"}}", "x".repeat(2 << 20))),
+                        b"/huge-chunked" => {
+                            let chunk = "x".repeat(64 << 10);
+                            let mut r = String::from(
+                                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+                            );
+                            for _ in 0..32 {
+                                r.push_str(&format!("{:x}\r\n{chunk}\r\n", chunk.len()));
+                            }
+                            r + "0\r\n\r\n"
+                        }
+                        b"/stall" => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                        _ => ok(&jwks.lock().unwrap().clone()),
+                    };
                     let _ = tls.write_all(response.as_bytes()).await;
                     let _ = tls.shutdown().await;
                 });
@@ -882,4 +915,63 @@ fn policy_rules_match_verified_claims() {
     let e = by_cgroup(&plain);
     assert_eq!((&e["issuer"], &e["claims"]), (&Value::Null, &Value::Null), "{e}");
     tear_down(agent, vec![main, feature, plain]);
+}
+
+/// Every way a fetch can fail is a tag error naming the URL and the reason,
+/// and tags nothing: a redirect (not followed), an HTTP error, an answer that
+/// is not a JWKS, one larger than 1 MiB (announced or streamed), a server
+/// that never answers (5 s timeout), and a certificate the agent does not
+/// trust.
+#[test]
+fn jwks_fetch_failures_are_precise() {
+    let keys = Keys::new();
+    let server = JwksServer::start(keys.dir.path());
+    server.serve(&[&keys.jwk]);
+    if let Some(reason) = skip_reason() {
+        eprintln!("skipped: {reason}");
+        return;
+    }
+    let base = format!("https://{}", server.addr);
+    let cases = [
+        ("redirect", "HTTP 302 Found, redirect to https://elsewhere.example.test/jwks not followed"),
+        ("missing", "HTTP 404 Not Found"),
+        ("not-json", "the answer is not a JWKS: expected value at line 1 column 1"),
+        ("huge", "the answer is larger than 1048576 bytes"),
+        ("huge-chunked", "the answer is larger than 1048576 bytes"),
+        ("stall", "no complete answer within 5 s"),
+        ("untrusted", "TLS: invalid peer certificate: UnknownIssuer"),
+    ];
+    let cluster = PgCluster::shared();
+    let mut options = AgentOptions::targets(&[cluster.addr()]);
+    options.issuer_tables = cases
+        .iter()
+        .map(|(name, _)| {
+            let issuer = format!("https://{name}.example.test");
+            if *name == "untrusted" {
+                // No jwks_ca_file: the system bundle does not know the test CA.
+                format!("issuer = {issuer:?}\naudience = {AUDIENCE:?}\njwks_url = \"{base}/jwks\"\n")
+            } else {
+                url_issuer(&issuer, &format!("{base}/{name}"), &server.ca_file)
+            }
+        })
+        .collect();
+    let agent = MaskerAgent::start(&options).unwrap_or_else(|e| panic!("starting masker agent: {e:#}"));
+    let cg = TestCgroup::new().expect("cgroup");
+    for (name, reason) in cases {
+        let issuer = format!("https://{name}.example.test");
+        let token = keys.token_from(&issuer, &keys.key, "k1", |_| {});
+        let started = std::time::Instant::now();
+        let out = tag_with_file(&agent, cg.path(), "ci-fail", &keys.file(&token));
+        assert!(!out.status.success(), "{name}: tagged");
+        let url = if name == "untrusted" { format!("{base}/jwks") } else { format!("{base}/{name}") };
+        let expected = format!("jwks fetch from {url} failed: {reason}");
+        assert!(out.stderr.contains(&expected), "{name}: expected {expected:?} in:\n{}", out.stderr);
+        assert!(out.stderr.contains("was not tagged"), "{name}: {}", out.stderr);
+        if name == "stall" {
+            let took = started.elapsed();
+            assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(15), "{name}: {took:?}");
+        }
+    }
+    assert_eq!(tags(&agent), Vec::<Value>::new());
+    tear_down(agent, vec![cg]);
 }
