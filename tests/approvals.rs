@@ -15,7 +15,6 @@
 //! must be built.
 #![forbid(unsafe_code)]
 
-use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
@@ -73,18 +72,11 @@ fn setup() -> Option<Setup> {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).expect("policy");
-    let password = dir.path().join("catalog.pw");
-    std::fs::write(&password, APP_PASSWORD).expect("password file");
-    let toml = |p: &Path| serde_json::to_string(&p.to_string_lossy()).expect("path");
-    let extra_config = format!(
-        "[audit]\nfile = {}\n\n[catalog]\nuser = \"{APP_USER}\"\npassword_file = {}\n",
-        toml(&dir.path().join("audit.jsonl")),
-        toml(&password)
-    );
     let options = AgentOptions {
         targets: vec![cluster.addr().to_string()],
         policy: Some(policy),
-        extra_config,
+        catalog: Some((APP_USER.into(), APP_PASSWORD.into())),
+        audit_file: Some(dir.path().join("audit.jsonl")),
         ..AgentOptions::default()
     };
     let agent = MaskerAgent::start(&options).unwrap_or_else(|e| panic!("starting the agent: {e:#}"));

@@ -32,6 +32,8 @@ pub struct Agent {
     /// Verified identity of each tagged cgroup (by id), saved under the state
     /// dir on every change so a restarted agent still enforces expiry.
     identities: std::sync::Mutex<crate::identity::Identities>,
+    /// Verifies tokens presented at tag time (caches HTTPS key sets).
+    verifier: crate::identity::Verifier,
 }
 
 /// Loads the policy named in `config` (if any), failing with its precise error.
@@ -84,6 +86,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         crate::metrics::start(addr, ctx.registry.clone()).await?;
     }
     let identities = load_identities_or_none(&config_state_file(&config));
+    let verifier = crate::identity::Verifier::new(&config.issuers)?;
     let agent = Arc::new(Agent {
         config,
         interception: tokio::sync::RwLock::new(Some(interception)),
@@ -92,6 +95,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         listen: listen.clone(),
         targets: std::sync::Mutex::new(Vec::new()),
         identities: std::sync::Mutex::new(identities),
+        verifier,
     });
     agent.refresh_targets().await?;
 
@@ -173,8 +177,14 @@ impl Agent {
     /// the kernel recorded, or a refusal when there is none or its cgroup is
     /// no longer tagged (fail closed).
     async fn route(&self, peer: SocketAddr) -> (SessionOrigin, Route) {
-        let mut origin =
-            SessionOrigin { identity: None, client: peer, destination: String::new(), cgroup_id: None, pid: None };
+        let mut origin = SessionOrigin {
+            identity: None,
+            verified: None,
+            client: peer,
+            destination: String::new(),
+            cgroup_id: None,
+            pid: None,
+        };
         let guard = self.interception.read().await;
         let Some(interception) = guard.as_ref() else {
             return (origin, refuse("masker: the agent is shutting down"));
@@ -189,8 +199,8 @@ impl Agent {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .get(&r.tagged_cgroup.0)
-                    .map(|id| (id.name.clone(), id.expired_at(SystemTime::now()).then(|| id.expiry_text())));
-                let Some((name, expired)) = record else {
+                    .map(|id| (Arc::new(id.clone()), id.expired_at(SystemTime::now()).then(|| id.expiry_text())));
+                let Some((record, expired)) = record else {
                     // Tagged, but this agent holds no verified identity for
                     // the tag (its state was lost): refuse, never assume.
                     let msg = format!(
@@ -202,13 +212,16 @@ impl Agent {
                 };
                 if let Some(at) = expired {
                     let msg = format!(
-                        "masker: identity {name:?} expired at {at}; connection from pid {} to {} refused",
-                        r.pid, origin.destination
+                        "masker: identity {:?} expired at {at}; connection from pid {} to {} refused",
+                        record.name, r.pid, origin.destination
                     );
                     return (origin, refuse(&msg));
                 }
                 match r.identity {
                     Some(identity) => {
+                        // The record's claims go with the session only if it
+                        // is the record of this very tag.
+                        origin.verified = (record.name == identity).then_some(record);
                         origin.identity = Some(identity);
                         let dest = origin.destination.clone();
                         (origin, Route::To(dest))
@@ -384,15 +397,13 @@ impl admin::Handler for Agent {
             },
             Request::Tag { cgroup, identity, token } => {
                 let verified = match &token {
-                    Some(token) => {
-                        match crate::identity::verify(token, &identity, &self.config.issuers, SystemTime::now()) {
-                            Ok(v) => v,
-                            Err(e) => {
-                                warn!(cgroup = %cgroup.display(), %identity, "token rejected: {e}");
-                                return Response::Error(format!("{e}; {} was not tagged", cgroup.display()));
-                            }
+                    Some(token) => match self.verifier.verify(token, &identity, SystemTime::now()).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            warn!(cgroup = %cgroup.display(), %identity, "token rejected: {e}");
+                            return Response::Error(format!("{e}; {} was not tagged", cgroup.display()));
                         }
-                    }
+                    },
                     None => crate::identity::Identity::named(&identity),
                 };
                 let mut guard = self.interception.write().await;

@@ -15,11 +15,16 @@
 //!
 //! `session_start`: `client`, `destination`, `cgroup_id`, `cgroup_path`,
 //! `pid`, `executable` (from `/proc/PID/exe`; null when unknown, e.g. in proxy
-//! mode), `user`, `database`, `tls` (`{"client": bool, "server": bool}`).
+//! mode), `user`, `database`, `tls` (`{"client": bool, "server": bool}`),
+//! `issuer` (the `iss` of the OIDC token behind the identity, null without
+//! one) and `claims` (an object with the claims the issuer's `audit_claims`
+//! name, default `sub`, `repository`, `ref`, as the token has them; null
+//! without a token). Claims describing a person cannot be listed there.
 //!
-//! `session_end`: the `session_start` fields plus `bytes_from_client`,
-//! `bytes_to_client`, `statements`, `rows`, `masked_cells`, `duration_ms`,
-//! `outcome` (`ok` or `error`) and `error` (scrubbed, null when ok).
+//! `session_end`: the `session_start` fields (without `issuer` and `claims`)
+//! plus `bytes_from_client`, `bytes_to_client`, `statements`, `rows`,
+//! `masked_cells`, `duration_ms`, `outcome` (`ok` or `error`) and `error`
+//! (scrubbed, null when ok).
 //!
 //! `statement`: `statement` (normalized text: every literal replaced by a
 //! placeholder, comments removed, at most 4096 bytes), `class` (`select`,
@@ -337,6 +342,10 @@ pub enum What<'a> {
     SessionStart {
         #[serde(flatten)]
         session: SessionFields<'a>,
+        /// The `iss` of the token behind the identity (null without one).
+        issuer: Option<&'a str>,
+        /// The issuer's `audit_claims` of that token (null without one).
+        claims: Option<BTreeMap<&'a str, &'a serde_json::Value>>,
     },
     SessionEnd {
         #[serde(flatten)]
@@ -428,7 +437,15 @@ pub fn masked_map(stats: &RowStats) -> BTreeMap<&'static str, u64> {
 pub fn session_start(audit: &Audit, entry: &SessionEntry) {
     entry.trail.started.store(true, Ordering::Relaxed);
     if audit.enabled() {
-        audit.emit(&Event::of(entry, What::SessionStart { session: SessionFields::of(entry) }));
+        let verified = entry.origin.verified.as_deref().filter(|v| v.issuer.is_some());
+        audit.emit(&Event::of(
+            entry,
+            What::SessionStart {
+                session: SessionFields::of(entry),
+                issuer: verified.and_then(|v| v.issuer.as_deref()),
+                claims: verified.map(|v| v.audited_claims()),
+            },
+        ));
     }
 }
 
@@ -1102,6 +1119,7 @@ mod tests {
         let registry = std::sync::Arc::new(crate::registry::Registry::default());
         let origin = crate::registry::SessionOrigin {
             identity: Some("ci".into()),
+            verified: None,
             client: "127.0.0.1:1".parse().unwrap(),
             destination: "db:5432".into(),
             cgroup_id: None,

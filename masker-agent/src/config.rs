@@ -24,6 +24,11 @@
 //! [catalog]                         # how the agent reads column names
 //! user = "masker"
 //! password_env = "MASKER_CATALOG_PASSWORD"   # or password_file = "..."
+//!
+//! [[issuer]]                        # OIDC token issuers; see crate::identity
+//! issuer = "https://token.actions.githubusercontent.com"
+//! audience = "masker"
+//! jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
 //! ```
 
 use std::net::{SocketAddrV4, SocketAddrV6};
@@ -231,6 +236,56 @@ mod tests {
         assert_eq!(c.targets[1].ca_file.as_deref(), Some(Path::new("/ca.pem")));
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/masker"));
         assert!(AgentConfig::parse("targets = [{ address = \"db:1\", tls = \"maybe\" }]\n", "a.toml").is_err());
+    }
+
+    #[test]
+    fn issuers_take_exactly_one_key_source() {
+        let issuer = |body: &str| {
+            AgentConfig::parse(
+                &format!("targets = [\"db:5432\"]\n[[issuer]]\nissuer = \"https://ci\"\naudience = \"m\"\n{body}"),
+                "agent.toml",
+            )
+        };
+        use crate::identity::JwksSource;
+        let c = issuer("jwks_url = \"https://ci/.well-known/jwks\"\njwks_ca_file = \"/ca.pem\"\n").unwrap();
+        let i = &c.issuers[0];
+        assert_eq!(
+            i.jwks,
+            JwksSource::Url { url: "https://ci/.well-known/jwks".into(), ca_file: Some(PathBuf::from("/ca.pem")) }
+        );
+        assert_eq!((i.jwks_cache_secs, i.jwks_min_fetch_interval_secs), (600, 30));
+        assert_eq!(i.audit_claims, ["sub", "repository", "ref"]);
+        let c = issuer("jwks_file = \"/j.json\"\naudit_claims = [\"job_id\"]\njwks_cache_secs = 60\n").unwrap();
+        assert_eq!(c.issuers[0].jwks, JwksSource::File("/j.json".into()));
+        assert_eq!(c.issuers[0].audit_claims, ["job_id"]);
+
+        let e = |body: &str| issuer(body).unwrap_err().to_string();
+        assert_eq!(
+            e("jwks_file = \"/j\"\njwks_url = \"https://ci/j\"\n"),
+            "agent.toml:2:1: [[issuer]] \"https://ci\": set either `jwks_file` or `jwks_url`, not both"
+        );
+        assert_eq!(
+            e(""),
+            "agent.toml:2:1: [[issuer]] \"https://ci\": needs `jwks_file` (a JWKS file) or `jwks_url` (https://...)"
+        );
+        assert_eq!(
+            e("jwks_url = \"http://ci/jwks\"\n"),
+            "agent.toml:2:1: [[issuer]] \"https://ci\": jwks_url \"http://ci/jwks\" is not https://; keys are fetched over HTTPS only"
+        );
+        assert_eq!(
+            e("jwks_file = \"/j\"\njwks_ca_file = \"/ca.pem\"\n"),
+            "agent.toml:2:1: [[issuer]] \"https://ci\": `jwks_ca_file` applies only to `jwks_url`"
+        );
+        assert_eq!(
+            e("jwks_file = \"/j\"\naudit_claims = [\"ref\", \"email\"]\n"),
+            "agent.toml:2:1: [[issuer]] \"https://ci\": audit_claims: \"email\" describes a person; audit events carry workload metadata only"
+        );
+        assert!(
+            e("jwks_url = \"https:///x\"\n").contains("jwks_url \"https:///x\""),
+            "{}",
+            e("jwks_url = \"https:///x\"\n")
+        );
+        assert!(e("jwks_file = \"/j\"\njwks_uri = \"x\"\n").contains("unknown field `jwks_uri`"));
     }
 
     #[test]

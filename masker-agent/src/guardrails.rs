@@ -76,7 +76,7 @@ deny_classes = ["ddl"]
 
     fn check(identity: &str, sql: &str) -> Option<String> {
         let policy = Policy::parse(POLICY, "policy.toml").unwrap();
-        let session = policy.for_session(identity, "db:5432");
+        let session = policy.for_session(identity, None, "db:5432");
         let g = session.guardrails()?;
         let analysis = analyze_uncached(sql).unwrap();
         analysis.statements.iter().find_map(|stmt| {

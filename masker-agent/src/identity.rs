@@ -11,8 +11,20 @@
 //! [[issuer]]
 //! issuer = "https://token.actions.githubusercontent.com"
 //! audience = "masker"
-//! jwks_file = "/etc/masker/github-jwks.json"
+//! jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+//! # jwks_ca_file = "/etc/masker/issuer-ca.pem"  # extra trust anchors (PEM)
+//! # jwks_cache_secs = 600                        # keys reused this long
+//! # jwks_min_fetch_interval_secs = 30            # at most one fetch per 30 s
+//! # audit_claims = ["sub", "repository", "ref"]  # recorded at session start
+//!
+//! [[issuer]]
+//! issuer = "https://gitlab.example.com"
+//! audience = "masker"
+//! jwks_file = "/etc/masker/gitlab-jwks.json"    # read at each verification
 //! ```
+//!
+//! Verification runs in the agent at tag time; [`jwks`] documents how keys
+//! fetched over HTTPS are cached and refetched.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -23,22 +35,136 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
+pub mod jwks;
+
+/// The verified claims of a token, by name.
+pub type Claims = BTreeMap<String, serde_json::Value>;
+
 /// Clock skew tolerated on `nbf` (a token issued by a clock slightly ahead
 /// of ours). Not on `exp`: the identity ends at `exp`, at tag time and at
 /// connect time alike.
 pub const LEEWAY_SECS: u64 = 30;
 
 /// One trusted token issuer (agent configuration `[[issuer]]`).
+///
+/// Exactly one of `jwks_file` and `jwks_url` says where its keys are; the
+/// TOML is checked when the configuration is read.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawIssuer")]
 pub struct IssuerConfig {
     /// The exact `iss` claim.
     pub issuer: String,
     /// The `aud` the token must be for.
     pub audience: String,
-    /// The issuer's JWKS (JSON), read at each verification so a rotated key
-    /// file takes effect without a restart.
-    pub jwks_file: PathBuf,
+    /// Where the issuer's keys (JWKS) come from.
+    pub jwks: JwksSource,
+    /// How long keys fetched from `jwks_url` are used before they are
+    /// fetched again.
+    pub jwks_cache_secs: u64,
+    /// Fetches from `jwks_url` start at most this often (bounds refetches
+    /// caused by unknown key ids).
+    pub jwks_min_fetch_interval_secs: u64,
+    /// Claims recorded in audit `session_start` events of identities this
+    /// issuer vouches for (workload metadata only).
+    pub audit_claims: Vec<String>,
+}
+
+/// Where an issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A JWKS file, read at each verification so a rotated key file takes
+    /// effect without a restart.
+    File(PathBuf),
+    /// An `https://` URL, fetched and cached ([`jwks`]), with extra trust
+    /// anchors (PEM) besides the system bundle.
+    Url { url: String, ca_file: Option<PathBuf> },
+}
+
+/// Default [`IssuerConfig::jwks_cache_secs`]: 10 minutes.
+pub const DEFAULT_JWKS_CACHE_SECS: u64 = 600;
+/// Default [`IssuerConfig::jwks_min_fetch_interval_secs`].
+pub const DEFAULT_JWKS_MIN_FETCH_INTERVAL_SECS: u64 = 30;
+/// Default [`IssuerConfig::audit_claims`]: what a CI job's token says about
+/// the job (GitHub and GitLab both set these).
+pub const DEFAULT_AUDIT_CLAIMS: [&str; 3] = ["sub", "repository", "ref"];
+/// Claims of the OIDC standard profile, which describe a person: refused in
+/// `audit_claims` (audit events carry no personal data).
+const PERSONAL_CLAIMS: [&str; 14] = [
+    "email",
+    "email_verified",
+    "name",
+    "given_name",
+    "family_name",
+    "middle_name",
+    "nickname",
+    "preferred_username",
+    "profile",
+    "picture",
+    "phone_number",
+    "phone_number_verified",
+    "address",
+    "birthdate",
+];
+
+/// `[[issuer]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audience: String,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    jwks_ca_file: Option<PathBuf>,
+    jwks_cache_secs: Option<u64>,
+    jwks_min_fetch_interval_secs: Option<u64>,
+    audit_claims: Option<Vec<String>>,
+}
+
+impl TryFrom<RawIssuer> for IssuerConfig {
+    type Error = String;
+
+    fn try_from(r: RawIssuer) -> Result<IssuerConfig, String> {
+        let who = format!("[[issuer]] {:?}", r.issuer);
+        let jwks = match (r.jwks_file, r.jwks_url) {
+            (Some(_), Some(_)) => return Err(format!("{who}: set either `jwks_file` or `jwks_url`, not both")),
+            (None, None) => return Err(format!("{who}: needs `jwks_file` (a JWKS file) or `jwks_url` (https://...)")),
+            (Some(file), None) => {
+                if r.jwks_ca_file.is_some() {
+                    return Err(format!("{who}: `jwks_ca_file` applies only to `jwks_url`"));
+                }
+                JwksSource::File(file)
+            }
+            (None, Some(url)) => {
+                let uri: hyper::Uri = url.parse().map_err(|e| format!("{who}: jwks_url {url:?}: {e}"))?;
+                if uri.scheme_str() != Some("https") {
+                    return Err(format!("{who}: jwks_url {url:?} is not https://; keys are fetched over HTTPS only"));
+                }
+                if uri.host().is_none_or(str::is_empty) {
+                    return Err(format!("{who}: jwks_url {url:?} has no host"));
+                }
+                JwksSource::Url { url, ca_file: r.jwks_ca_file }
+            }
+        };
+        let audit_claims = r.audit_claims.unwrap_or_else(|| DEFAULT_AUDIT_CLAIMS.map(String::from).to_vec());
+        if let Some(c) = audit_claims.iter().find(|c| PERSONAL_CLAIMS.contains(&c.as_str())) {
+            return Err(format!(
+                "{who}: audit_claims: {c:?} describes a person; audit events carry workload metadata only"
+            ));
+        }
+        if r.jwks_min_fetch_interval_secs == Some(0) {
+            return Err(format!("{who}: jwks_min_fetch_interval_secs must be at least 1"));
+        }
+        Ok(IssuerConfig {
+            issuer: r.issuer,
+            audience: r.audience,
+            jwks,
+            jwks_cache_secs: r.jwks_cache_secs.unwrap_or(DEFAULT_JWKS_CACHE_SECS),
+            jwks_min_fetch_interval_secs: r
+                .jwks_min_fetch_interval_secs
+                .unwrap_or(DEFAULT_JWKS_MIN_FETCH_INTERVAL_SECS),
+            audit_claims,
+        })
+    }
 }
 
 /// A workload identity: the tag's name, and when backed by a token its
@@ -47,11 +173,15 @@ pub struct IssuerConfig {
 pub struct Identity {
     pub name: String,
     /// Claims of the verified token (empty without one).
-    pub claims: BTreeMap<String, serde_json::Value>,
+    pub claims: Claims,
     /// The token's `iss`, when there is one.
     pub issuer: Option<String>,
     /// Unix time after which the identity is no longer valid.
     pub expires_at: Option<u64>,
+    /// Names of the claims that audit `session_start` events record (the
+    /// issuer's `audit_claims` at tag time).
+    #[serde(default)]
+    pub audit_claims: Vec<String>,
 }
 
 /// The identities of the tagged cgroups, by cgroup id, as the agent keeps
@@ -84,7 +214,25 @@ pub fn save_identities(path: &std::path::Path, identities: &Identities) -> std::
 impl Identity {
     /// An identity with no token behind it (valid until untagged).
     pub fn named(name: &str) -> Identity {
-        Identity { name: name.to_string(), claims: BTreeMap::new(), issuer: None, expires_at: None }
+        Identity {
+            name: name.to_string(),
+            claims: Claims::new(),
+            issuer: None,
+            expires_at: None,
+            audit_claims: Vec::new(),
+        }
+    }
+
+    /// The claims of the token behind the identity; `None` when no token was
+    /// verified (policy rules with `claims` never match such an identity).
+    pub fn verified_claims(&self) -> Option<&Claims> {
+        self.issuer.is_some().then_some(&self.claims)
+    }
+
+    /// The claims audit events record: those named by the issuer's
+    /// `audit_claims` that the token has.
+    pub fn audited_claims(&self) -> BTreeMap<&str, &serde_json::Value> {
+        self.audit_claims.iter().filter_map(|c| self.claims.get_key_value(c)).map(|(k, v)| (k.as_str(), v)).collect()
     }
 
     /// Whether the identity has expired at `now`.
@@ -132,6 +280,8 @@ pub enum TokenError {
     NoKeyId(String),
     #[error("JWKS of {issuer} ({path}): {message}")]
     Jwks { issuer: String, path: String, message: String },
+    #[error("jwks fetch from {url} failed: {reason}")]
+    Fetch { url: String, reason: String },
     #[error("token signature is invalid")]
     Signature,
     #[error("token expired at {0}")]
@@ -146,22 +296,78 @@ pub enum TokenError {
     Other(String),
 }
 
-/// Verifies `token` against `issuers` and returns the identity `name` with
-/// the token's claims, at time `now`.
-pub fn verify(token: &str, name: &str, issuers: &[IssuerConfig], now: SystemTime) -> Result<Identity, TokenError> {
-    let token = token.trim();
-    let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
-    let alg = match header.alg {
-        Algorithm::RS256 => Algorithm::RS256,
-        Algorithm::ES256 => Algorithm::ES256,
-        other => return Err(TokenError::Algorithm(format!("{other:?}"))),
-    };
-    // Which issuer: read `iss` before the signature check only to pick the
-    // keys; nothing else is trusted until the signature verifies.
-    let unverified = unverified_claims(token)?;
-    let iss = unverified.get("iss").and_then(|v| v.as_str()).ok_or(TokenError::NoIssuer)?;
-    let issuer = issuers.iter().find(|i| i.issuer == iss).ok_or_else(|| TokenError::UnknownIssuer(iss.to_string()))?;
-    let jwks = load_jwks(issuer)?;
+/// The agent's token verifier: the `[[issuer]]` entries with their key
+/// sources (HTTPS key sets cached across verifications).
+#[derive(Debug)]
+pub struct Verifier {
+    issuers: Vec<(IssuerConfig, Option<jwks::JwksClient>)>,
+}
+
+impl Verifier {
+    /// Prepares `issuers` (reads the `jwks_ca_file`s; errors name them).
+    pub fn new(issuers: &[IssuerConfig]) -> anyhow::Result<Verifier> {
+        let issuers = issuers
+            .iter()
+            .map(|i| {
+                let client = match &i.jwks {
+                    JwksSource::File(_) => None,
+                    JwksSource::Url { url, ca_file } => Some(
+                        jwks::JwksClient::new(i, url, ca_file.as_deref())
+                            .map_err(|e| anyhow::anyhow!("[[issuer]] {:?}: {e:#}", i.issuer))?,
+                    ),
+                };
+                Ok((i.clone(), client))
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(Verifier { issuers })
+    }
+
+    /// Verifies `token` and returns the identity `name` with the token's
+    /// claims, at time `now`. Fetching keys over HTTPS does not block the
+    /// runtime; reading a JWKS file does, briefly (a small local file).
+    pub async fn verify(&self, token: &str, name: &str, now: SystemTime) -> Result<Identity, TokenError> {
+        let token = token.trim();
+        let header = jsonwebtoken::decode_header(token).map_err(|e| TokenError::Malformed(e.to_string()))?;
+        // Before any key is fetched: a token no key could verify costs nothing.
+        let alg = allowed_algorithm(&header)?;
+        // Which issuer: read `iss` before the signature check only to pick
+        // the keys; nothing else is trusted until the signature verifies.
+        let unverified = unverified_claims(token)?;
+        let iss = unverified.get("iss").and_then(|v| v.as_str()).ok_or(TokenError::NoIssuer)?;
+        let (issuer, client) =
+            self.issuers.iter().find(|(i, _)| i.issuer == iss).ok_or_else(|| TokenError::UnknownIssuer(iss.into()))?;
+        let jwks = match (&issuer.jwks, client) {
+            (JwksSource::Url { url, .. }, Some(client)) => client
+                .keys_for(header.kid.as_deref())
+                .await
+                .map_err(|reason| TokenError::Fetch { url: url.clone(), reason })?,
+            (JwksSource::File(path), _) => std::sync::Arc::new(load_jwks(issuer, path)?),
+            (JwksSource::Url { .. }, None) => unreachable!("Verifier::new makes a client for every jwks_url"),
+        };
+        verify_with(token, &header, alg, name, issuer, &jwks, now)
+    }
+}
+
+/// The token's algorithm if it is one we accept (RS256, ES256).
+fn allowed_algorithm(header: &jsonwebtoken::Header) -> Result<Algorithm, TokenError> {
+    match header.alg {
+        Algorithm::RS256 => Ok(Algorithm::RS256),
+        Algorithm::ES256 => Ok(Algorithm::ES256),
+        other => Err(TokenError::Algorithm(format!("{other:?}"))),
+    }
+}
+
+/// Verifies `token` (whose header is `header`, algorithm `alg`) against the
+/// key set `jwks` of `issuer`.
+fn verify_with(
+    token: &str,
+    header: &jsonwebtoken::Header,
+    alg: Algorithm,
+    name: &str,
+    issuer: &IssuerConfig,
+    jwks: &JwkSet,
+    now: SystemTime,
+) -> Result<Identity, TokenError> {
     let jwk = match &header.kid {
         Some(kid) => {
             jwks.find(kid).ok_or_else(|| TokenError::UnknownKey { issuer: issuer.issuer.clone(), kid: kid.clone() })?
@@ -171,7 +377,7 @@ pub fn verify(token: &str, name: &str, issuers: &[IssuerConfig], now: SystemTime
     };
     let key = DecodingKey::from_jwk(jwk).map_err(|e| TokenError::Jwks {
         issuer: issuer.issuer.clone(),
-        path: issuer.jwks_file.display().to_string(),
+        path: issuer.jwks_location().to_string(),
         message: e.to_string(),
     })?;
 
@@ -182,12 +388,10 @@ pub fn verify(token: &str, name: &str, issuers: &[IssuerConfig], now: SystemTime
     validation.validate_nbf = false;
     validation.validate_aud = false;
     validation.required_spec_claims.clear();
-    let data = jsonwebtoken::decode::<BTreeMap<String, serde_json::Value>>(token, &key, &validation).map_err(|e| {
-        match e.kind() {
-            ErrorKind::InvalidSignature => TokenError::Signature,
-            ErrorKind::InvalidAlgorithm => TokenError::Algorithm(format!("{alg:?} with this key")),
-            _ => TokenError::Other(e.to_string()),
-        }
+    let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| match e.kind() {
+        ErrorKind::InvalidSignature => TokenError::Signature,
+        ErrorKind::InvalidAlgorithm => TokenError::Algorithm(format!("{alg:?} with this key")),
+        _ => TokenError::Other(e.to_string()),
     })?;
     let claims = data.claims;
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
@@ -208,7 +412,23 @@ pub fn verify(token: &str, name: &str, issuers: &[IssuerConfig], now: SystemTime
     if !aud_ok {
         return Err(TokenError::Audience(issuer.audience.clone()));
     }
-    Ok(Identity { name: name.to_string(), claims, issuer: Some(issuer.issuer.clone()), expires_at: Some(exp) })
+    Ok(Identity {
+        name: name.to_string(),
+        claims,
+        issuer: Some(issuer.issuer.clone()),
+        expires_at: Some(exp),
+        audit_claims: issuer.audit_claims.clone(),
+    })
+}
+
+impl IssuerConfig {
+    /// The JWKS file or URL, for messages.
+    pub fn jwks_location(&self) -> std::borrow::Cow<'_, str> {
+        match &self.jwks {
+            JwksSource::File(p) => p.to_string_lossy(),
+            JwksSource::Url { url, .. } => url.as_str().into(),
+        }
+    }
 }
 
 fn unverified_claims(token: &str) -> Result<serde_json::Map<String, serde_json::Value>, TokenError> {
@@ -220,13 +440,10 @@ fn unverified_claims(token: &str) -> Result<serde_json::Map<String, serde_json::
     serde_json::from_slice(&bytes).map_err(|e| TokenError::Malformed(format!("payload: {e}")))
 }
 
-fn load_jwks(issuer: &IssuerConfig) -> Result<JwkSet, TokenError> {
-    let err = |message: String| TokenError::Jwks {
-        issuer: issuer.issuer.clone(),
-        path: issuer.jwks_file.display().to_string(),
-        message,
-    };
-    let text = std::fs::read_to_string(&issuer.jwks_file).map_err(|e| err(e.to_string()))?;
+fn load_jwks(issuer: &IssuerConfig, path: &Path) -> Result<JwkSet, TokenError> {
+    let err =
+        |message: String| TokenError::Jwks { issuer: issuer.issuer.clone(), path: path.display().to_string(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
@@ -274,8 +491,18 @@ mod tests {
         IssuerConfig {
             issuer: "https://ci.example".into(),
             audience: "masker".into(),
-            jwks_file: k.dir.join("jwks.json"),
+            jwks: JwksSource::File(k.dir.join("jwks.json")),
+            jwks_cache_secs: DEFAULT_JWKS_CACHE_SECS,
+            jwks_min_fetch_interval_secs: DEFAULT_JWKS_MIN_FETCH_INTERVAL_SECS,
+            audit_claims: vec!["repository".into()],
         }
+    }
+
+    /// [`Verifier::verify`] on a throwaway runtime.
+    fn verify(token: &str, name: &str, issuers: &[IssuerConfig], now: SystemTime) -> Result<Identity, TokenError> {
+        let verifier = Verifier::new(issuers).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(verifier.verify(token, name, now))
     }
 
     fn token(k: &Keys, kid: &str, claims: serde_json::Value) -> String {
@@ -331,6 +558,22 @@ mod tests {
         let t = token(&k, "k1", claims(NOW - 5, NOW - 60, "https://ci.example", "masker"));
         assert!(matches!(verify(&t, "ci", &iss, at), Err(TokenError::Expired(_))));
         assert!(matches!(verify("garbage", "ci", &iss, at), Err(TokenError::Malformed(_))));
+        // A symmetric algorithm is refused before any key is looked up (an
+        // issuer whose keys are at a URL nothing serves is not contacted).
+        let hs = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims(NOW + 600, NOW, "https://ci.example", "masker"),
+            &EncodingKey::from_secret(b"guessable"),
+        )
+        .unwrap();
+        let unreachable = IssuerConfig {
+            jwks: JwksSource::Url { url: "https://127.0.0.1:9/jwks".into(), ca_file: None },
+            ..issuer(&k)
+        };
+        assert_eq!(
+            verify(&hs, "ci", &[unreachable], at).unwrap_err().to_string(),
+            "token algorithm \"HS256\" is not allowed (RS256 or ES256)"
+        );
         for k in [k, other] {
             std::fs::remove_dir_all(&k.dir).unwrap();
         }

@@ -36,6 +36,7 @@ pub async fn run_proxy(
             Ok((stream, client)) => {
                 let origin = SessionOrigin {
                     identity: Some(identity.clone()),
+                    verified: None,
                     client,
                     destination: upstream.clone(),
                     cgroup_id: None,

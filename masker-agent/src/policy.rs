@@ -16,20 +16,30 @@
 //! action = "email"
 //! identities = ["ci-*"]                  # optional, default: every identity
 //! targets = ["db.internal:5432"]         # optional, default: every target
+//! claims = { ref = "refs/heads/main" }   # optional: verified token claims
 //! ```
 //!
 //! # Precedence
 //!
 //! Rules are tried in file order and the **first matching rule wins**; list
 //! identity-specific rules before general ones. A rule matches a column when
-//! it applies to the session (its `identities` and `targets` globs match, or
-//! are absent) and any of its `columns` or `column_names` globs match, or the
+//! it applies to the session (its `identities` and `targets` globs and its
+//! `claims` match, or are absent) and any of its `columns` or `column_names` globs match, or the
 //! column's comment carries `pii:<rule name>`. When no rule matches, a
 //! `pii:<tag>` comment naming an action (`redact`, `null`, `email`,
 //! `pseudonymize`, `detect`) applies it; any other `pii:` tag redacts (the DBA
 //! said it is personal data; fail closed). Otherwise `defaults.action`
 //! applies. Globs are ASCII case-insensitive; `*` matches any run of
 //! characters, `?` one character.
+//!
+//! # Claims
+//!
+//! `claims = { name = "pattern", ... }` (on a rule or an `[[identity]]`
+//! block) matches the claims of the OIDC token verified when the session's
+//! cgroup was tagged: every listed claim must be present and match, string
+//! claims by glob **case-sensitively**, other values as their JSON text. A
+//! session without a verified token never matches (fail closed), not even
+//! `claims = {}`, which means "any verified token".
 
 use std::fmt;
 use std::ops::Range;
@@ -50,7 +60,7 @@ pub struct Policy {
     rules: Vec<Rule>,
     /// `[[identity]]` blocks in file order: the first whose pattern matches
     /// a session's identity applies to it.
-    identities: Vec<(Glob, Arc<Guardrails>)>,
+    identities: Vec<(Glob, Option<ClaimsMatch>, Arc<Guardrails>)>,
     /// `[[approval]]` rules in file order.
     approvals: Vec<Arc<ApprovalRule>>,
     keys: Keys,
@@ -121,6 +131,7 @@ struct Rule {
     action: ColumnAction,
     identities: Option<Vec<Glob>>,
     targets: Option<Vec<Glob>>,
+    claims: Option<ClaimsMatch>,
 }
 
 /// The rules of a policy that apply to one session (identity and target).
@@ -234,6 +245,7 @@ struct RawApproval {
 #[serde(deny_unknown_fields)]
 struct RawIdentity {
     name: Spanned<String>,
+    claims: Option<Spanned<RawClaims>>,
     #[serde(default)]
     read_only: bool,
     deny_classes: Option<Spanned<Vec<Spanned<String>>>>,
@@ -283,7 +295,11 @@ struct RawRule {
     ipv6_prefix: Option<Spanned<u8>>,
     identities: Option<Spanned<Vec<Spanned<String>>>>,
     targets: Option<Spanned<Vec<Spanned<String>>>>,
+    claims: Option<Spanned<RawClaims>>,
 }
+
+/// `claims = { name = "pattern", ... }` as written.
+type RawClaims = std::collections::BTreeMap<String, Spanned<toml::Value>>;
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -379,17 +395,26 @@ impl Policy {
     }
 
     /// The rules that apply to sessions of `identity` towards `target`
-    /// (`host:port` as the workload dialled it), in file order.
-    pub fn for_session(&self, identity: &str, target: &str) -> Arc<SessionPolicy> {
+    /// (`host:port` as the workload dialled it), in file order. `claims` are
+    /// those of the token verified for the identity, `None` without one: a
+    /// rule or `[[identity]]` block with `claims` never applies then.
+    pub fn for_session(
+        &self,
+        identity: &str,
+        claims: Option<&crate::identity::Claims>,
+        target: &str,
+    ) -> Arc<SessionPolicy> {
         let applies =
             |globs: &Option<Vec<Glob>>, s: &str| globs.as_ref().is_none_or(|g| g.iter().any(|g| g.matches(s)));
+        let claims_match = |m: &Option<ClaimsMatch>| m.as_ref().is_none_or(|m| m.matches(claims));
         let rules = self
             .rules
             .iter()
-            .filter(|r| applies(&r.identities, identity) && applies(&r.targets, target))
+            .filter(|r| applies(&r.identities, identity) && applies(&r.targets, target) && claims_match(&r.claims))
             .cloned()
             .collect();
-        let guardrails = self.identities.iter().find(|(g, _)| g.matches(identity)).map(|(_, g)| g.clone());
+        let guardrails =
+            self.identities.iter().find(|(g, c, _)| g.matches(identity) && claims_match(c)).map(|(_, _, g)| g.clone());
         let approvals = self.approvals.iter().filter(|a| applies(&a.identities, identity)).cloned().collect();
         Arc::new(SessionPolicy {
             defaults: self.defaults.clone(),
@@ -603,11 +628,66 @@ fn compile_rule(r: &RawRule, defaults: &Defaults, errs: &Errors<'_>) -> Result<R
         action,
         identities: globs(&r.identities, "identities")?,
         targets: globs(&r.targets, "targets")?,
+        claims: r.claims.as_ref().map(|c| compile_claims(c, errs)).transpose()?,
     })
 }
 
-fn compile_identity(i: &RawIdentity, errs: &Errors<'_>) -> Result<(Glob, Arc<Guardrails>), PolicyError> {
+/// What `claims` of a rule or `[[identity]]` block require of a session's
+/// verified token: every listed claim present and matching its pattern.
+#[derive(Debug, Clone)]
+struct ClaimsMatch(Vec<(String, ClaimGlob)>);
+
+impl ClaimsMatch {
+    /// Whether `claims` (of a verified token; `None` without one) satisfy
+    /// every pattern. String claims are matched as they are, any other
+    /// value as its JSON text (`42`, `true`, `["a","b"]`); a missing claim
+    /// does not match.
+    fn matches(&self, claims: Option<&crate::identity::Claims>) -> bool {
+        let Some(claims) = claims else { return false };
+        self.0.iter().all(|(name, pattern)| match claims.get(name) {
+            Some(serde_json::Value::String(s)) => pattern.matches(s),
+            Some(other) => pattern.matches(&other.to_string()),
+            None => false,
+        })
+    }
+}
+
+fn compile_claims(raw: &Spanned<RawClaims>, errs: &Errors<'_>) -> Result<ClaimsMatch, PolicyError> {
+    let mut out = Vec::with_capacity(raw.get_ref().len());
+    for (name, value) in raw.get_ref() {
+        let text = match value.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            other => {
+                return Err(errs.at(
+                    value.span(),
+                    format!(
+                        "claim `{name}`: expected a string pattern (globs * and ?), found {}",
+                        match other {
+                            toml::Value::Array(_) => "an array",
+                            toml::Value::Table(_) => "a table",
+                            toml::Value::Float(_) => "a float",
+                            _ => "a date-time",
+                        }
+                    ),
+                ));
+            }
+        };
+        if text.is_empty() {
+            return Err(errs.at(value.span(), format!("claim `{name}`: empty pattern")));
+        }
+        out.push((name.clone(), ClaimGlob::new(&text)));
+    }
+    Ok(ClaimsMatch(out))
+}
+
+fn compile_identity(
+    i: &RawIdentity,
+    errs: &Errors<'_>,
+) -> Result<(Glob, Option<ClaimsMatch>, Arc<Guardrails>), PolicyError> {
     let pattern = Glob::new(i.name.get_ref()).ok_or_else(|| errs.at(i.name.span(), "empty identity pattern"))?;
+    let claims = i.claims.as_ref().map(|c| compile_claims(c, errs)).transpose()?;
     let list = |l: &Option<Spanned<Vec<Spanned<String>>>>, what: &str| list_of(l, what, errs);
     let glob = |p: &Spanned<String>| Glob::new(p.get_ref()).ok_or_else(|| errs.at(p.span(), "empty pattern"));
     let deny_classes =
@@ -619,6 +699,7 @@ fn compile_identity(i: &RawIdentity, errs: &Errors<'_>) -> Result<(Glob, Arc<Gua
         list(&i.writing_functions, "writing_functions")?.iter().map(glob).collect::<Result<_, _>>()?;
     Ok((
         pattern,
+        claims,
         Arc::new(Guardrails {
             name: i.name.get_ref().clone(),
             read_only: i.read_only,
@@ -826,31 +907,54 @@ impl Glob {
     }
 
     pub(crate) fn matches(&self, s: &str) -> bool {
-        let (p, s) = (&self.0[..], s.as_bytes());
-        let (mut pi, mut si) = (0, 0);
-        let mut star: Option<(usize, usize)> = None;
-        while si < s.len() {
-            if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si].to_ascii_lowercase()) {
-                pi += 1;
-                si += 1;
-            } else if pi < p.len() && p[pi] == b'*' {
-                star = Some((pi, si));
-                pi += 1;
-            } else if let Some((sp, ss)) = star {
-                pi = sp + 1;
-                si = ss + 1;
-                star = Some((sp, ss + 1));
-            } else {
-                return false;
-            }
-        }
-        p[pi..].iter().all(|&c| c == b'*')
+        glob_match(&self.0, s.as_bytes(), true)
     }
+}
+
+/// A glob over claim values: `*` any run, `?` one byte, **case-sensitive**
+/// (`refs/heads/MAIN` is not `refs/heads/main`: git refs, repository paths
+/// and ids differ by case, and folding would let a look-alike branch pass).
+#[derive(Debug, Clone)]
+struct ClaimGlob(Box<[u8]>);
+
+impl ClaimGlob {
+    fn new(pattern: &str) -> ClaimGlob {
+        ClaimGlob(pattern.as_bytes().into())
+    }
+
+    fn matches(&self, s: &str) -> bool {
+        glob_match(&self.0, s.as_bytes(), false)
+    }
+}
+
+/// Whether `s` matches pattern `p` (`*`, `?`); with `fold`, `p` is lower
+/// case and `s` is compared ASCII case-insensitively.
+fn glob_match(p: &[u8], s: &[u8], fold: bool) -> bool {
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    let lower = |c: u8| if fold { c.to_ascii_lowercase() } else { c };
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == lower(s[si])) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn no_env(_: &str) -> Option<String> {
         None
@@ -873,6 +977,14 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy.toml");
         let p = Policy::from_file_with_env(&path, &key_env).unwrap();
         assert!(p.keys().has_pseudonym_key());
+        let main = claims(&[
+            ("repository", json!("acme/shop")),
+            ("ref", json!("refs/heads/main")),
+            ("environment", json!("production")),
+        ]);
+        let email = |c| p.for_session("ci-deploy", c, "db:5432").column_action("public", "customers", "email", None);
+        assert_eq!(email(Some(&main)), ColumnAction::Allow);
+        assert_eq!(email(None), ColumnAction::Pseudonymize { format_preserving: true });
         assert!(p.summary().contains("rule(s)"));
         // Without the key the error names the variable, not a value.
         let e = Policy::from_file_with_env(&path, &no_env).unwrap_err();
@@ -884,12 +996,12 @@ mod tests {
     fn refuse_inference_and_rule_names() {
         let text = "version = 1\n[defaults]\nrefuse_inference = true\n[[rule]]\nname = \"national-id\"\n\
                     column_names = [\"ssn\"]\naction = \"null\"\n";
-        let s = parse(text).unwrap().for_session("ci", "db:5432");
+        let s = parse(text).unwrap().for_session("ci", None, "db:5432");
         assert!(s.refuses_inference());
         assert_eq!(s.rule_name("public", "customers", "ssn", None), "rule national-id");
         assert_eq!(s.rule_name("public", "customers", "x", Some("pii:email")), "column comment pii:email");
         assert_eq!(s.rule_name("public", "customers", "x", None), "defaults.action");
-        assert!(!parse("version = 1\n").unwrap().for_session("ci", "db:5432").refuses_inference());
+        assert!(!parse("version = 1\n").unwrap().for_session("ci", None, "db:5432").refuses_inference());
         let e = err("version = 1\n[defaults]\nrefuse_inference = \"yes\"\n");
         assert!(e.starts_with("policy.toml:3:20: invalid type"), "{e}");
     }
@@ -971,8 +1083,8 @@ to = "year"
 "#,
         )
         .unwrap();
-        let ci = p.for_session("ci-build-1", "db.internal:5432");
-        let dev = p.for_session("agent", "other:5432");
+        let ci = p.for_session("ci-build-1", None, "db.internal:5432");
+        let dev = p.for_session("agent", None, "other:5432");
         assert_eq!(
             ci.column_action("public", "customers", "Email", None),
             ColumnAction::Pseudonymize { format_preserving: true }
@@ -991,6 +1103,110 @@ to = "year"
         assert_eq!(dev.column_action("s", "t", "x", Some("pii:mystery")), ColumnAction::Redact);
         assert_eq!(dev.column_action("s", "t", "x", Some("no tag")), ColumnAction::Detect);
         assert_eq!(dev.unclassified_action(), ColumnAction::Detect);
+    }
+
+    fn claims(pairs: &[(&str, serde_json::Value)]) -> crate::identity::Claims {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    #[test]
+    fn claims_select_rules_and_identity_blocks() {
+        let p = parse(
+            r#"
+version = 1
+[defaults]
+action = "redact"
+[[rule]]
+name = "main-sees-emails"
+identities = ["ci-*"]
+claims = { repository = "acme/*", ref = "refs/heads/main", run_attempt = 1, fork = false }
+column_names = ["email"]
+action = "allow"
+[[rule]]
+name = "verified-sees-cities"
+claims = {}
+column_names = ["city"]
+action = "allow"
+[[identity]]
+name = "ci-*"
+claims = { ref = "refs/heads/main" }
+[[identity]]
+name = "ci-*"
+read_only = true
+"#,
+        )
+        .unwrap();
+        let main = claims(&[
+            ("repository", json!("acme/shop")),
+            ("ref", json!("refs/heads/main")),
+            ("run_attempt", json!(1)),
+            ("fork", json!(false)),
+        ]);
+        let email = |identity: &str, c: Option<&crate::identity::Claims>| {
+            p.for_session(identity, c, "db:5432").column_action("public", "customers", "email", None)
+        };
+        assert_eq!(email("ci-build", Some(&main)), ColumnAction::Allow);
+        // Every listed claim must match.
+        let mut feature = main.clone();
+        feature.insert("ref".into(), json!("refs/heads/feature"));
+        assert_eq!(email("ci-build", Some(&feature)), ColumnAction::Redact);
+        // Claim patterns are case-sensitive (unlike identity globs).
+        let mut shouting = main.clone();
+        shouting.insert("ref".into(), json!("refs/heads/MAIN"));
+        assert_eq!(email("CI-build", Some(&shouting)), ColumnAction::Redact);
+        assert_eq!(email("CI-build", Some(&main)), ColumnAction::Allow);
+        // Non-string claims compare as their JSON text; a missing claim or
+        // one of another value does not match.
+        let mut retried = main.clone();
+        retried.insert("run_attempt".into(), json!(2));
+        assert_eq!(email("ci-build", Some(&retried)), ColumnAction::Redact);
+        let mut no_fork = main.clone();
+        no_fork.remove("fork");
+        assert_eq!(email("ci-build", Some(&no_fork)), ColumnAction::Redact);
+        // The identity globs still apply.
+        assert_eq!(email("agent", Some(&main)), ColumnAction::Redact);
+        // Fail closed: without a verified token no rule with `claims`
+        // applies, not even `claims = {}`.
+        assert_eq!(email("ci-build", None), ColumnAction::Redact);
+        let city = |c: Option<&crate::identity::Claims>| {
+            p.for_session("anyone", c, "db:5432").column_action("s", "t", "city", None)
+        };
+        let none = claims(&[]);
+        assert_eq!(city(Some(&none)), ColumnAction::Allow);
+        assert_eq!(city(None), ColumnAction::Redact);
+        // `[[identity]]` blocks: the first whose name and claims match.
+        let read_only = |c: Option<&crate::identity::Claims>| {
+            p.for_session("ci-build", c, "db:5432").guardrails().map(|g| g.read_only)
+        };
+        assert_eq!(read_only(Some(&main)), Some(false));
+        assert_eq!(read_only(Some(&feature)), Some(true));
+        assert_eq!(read_only(None), Some(true));
+    }
+
+    #[test]
+    fn bad_claim_values_have_exact_errors() {
+        let rule = |claims: &str| {
+            err(&format!(
+                "version = 1\n[[rule]]\nname = \"x\"\ncolumn_names = [\"a\"]\naction = \"allow\"\nclaims = {claims}\n"
+            ))
+        };
+        assert_eq!(
+            rule("{ ref = [\"refs/heads/main\"] }"),
+            "policy.toml:6:18: claim `ref`: expected a string pattern (globs * and ?), found an array"
+        );
+        assert_eq!(
+            rule("{ repository = { name = \"acme\" } }"),
+            "policy.toml:6:25: claim `repository`: expected a string pattern (globs * and ?), found a table"
+        );
+        assert_eq!(rule("{ ref = \"\" }"), "policy.toml:6:18: claim `ref`: empty pattern");
+        assert_eq!(
+            rule("{ ratio = 1.5 }"),
+            "policy.toml:6:20: claim `ratio`: expected a string pattern (globs * and ?), found a float"
+        );
+        let e = rule("\"refs/heads/main\"");
+        assert!(e.starts_with("policy.toml:6:10: invalid type: string"), "{e}");
+        let e = err("version = 1\n[[identity]]\nname = \"ci\"\nclaims = { ref = [] }\n");
+        assert_eq!(e, "policy.toml:4:18: claim `ref`: expected a string pattern (globs * and ?), found an array");
     }
 
     #[test]
@@ -1035,12 +1251,12 @@ columns = ["public.customers.ssn"]
 "#,
         )
         .unwrap();
-        let ci = p.for_session("ci-bot", "db:5432");
+        let ci = p.for_session("ci-bot", None, "db:5432");
         let names: Vec<&str> = ci.approvals().iter().map(|a| a.name.as_str()).collect();
         assert_eq!(names, ["orders-writes", "raw-ssn"]);
         assert_eq!(ci.approvals()[0].timeout, std::time::Duration::from_secs(90));
         assert_eq!(ci.approvals()[1].timeout, DEFAULT_APPROVAL_TIMEOUT);
-        let other = p.for_session("release", "db:5432");
+        let other = p.for_session("release", None, "db:5432");
         assert_eq!(other.approvals().len(), 1, "identities limit a rule");
 
         let head = "version = 1\n[[approval]]\nname = \"a\"\n";

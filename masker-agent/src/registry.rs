@@ -18,6 +18,11 @@ pub struct SessionOrigin {
     /// Workload identity (from the cgroup tag), or `None` in proxy mode
     /// without one.
     pub identity: Option<String>,
+    /// The identity record of the tag (agent mode): its verified token
+    /// claims, matched by policy rules with `claims` and recorded in audit
+    /// `session_start` events.
+    #[serde(skip)]
+    pub verified: Option<Arc<crate::identity::Identity>>,
     /// Client socket address as the agent saw it.
     pub client: SocketAddr,
     /// The destination the client asked for (original destination in agent
@@ -27,6 +32,13 @@ pub struct SessionOrigin {
     pub cgroup_id: Option<u64>,
     /// Process id of the connecting task (agent mode).
     pub pid: Option<u32>,
+}
+
+impl SessionOrigin {
+    /// The claims of a verified token behind the session's identity.
+    pub fn verified_claims(&self) -> Option<&crate::identity::Claims> {
+        self.verified.as_deref().and_then(|v| v.verified_claims())
+    }
 }
 
 /// Counters of one session, updated by its relay.

@@ -64,7 +64,9 @@ pub enum TlsError {
     Config(String),
 }
 
-fn provider() -> Arc<CryptoProvider> {
+/// The one crypto provider of every TLS configuration masker builds (ring;
+/// no process-wide default is installed).
+pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 

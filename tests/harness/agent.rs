@@ -105,9 +105,15 @@ pub struct AgentOptions {
     /// Trusted OIDC token issuers, written as `[[issuer]]` tables:
     /// `(issuer, audience, jwks_file)`.
     pub issuers: Vec<(String, String, PathBuf)>,
-    /// TOML tables appended to the configuration as written (`[audit]`,
-    /// `[catalog]`, ...).
-    pub extra_config: String,
+    /// More `[[issuer]]` tables, each given as its TOML body (for keys such
+    /// as `jwks_url` that the tuples above do not have).
+    pub issuer_tables: Vec<String>,
+    /// Credentials of the agent's catalog connection (`[catalog]`, the
+    /// password in a file of the agent's temp dir): `(user, password)`.
+    /// Without them every table column is masked.
+    pub catalog: Option<(String, String)>,
+    /// Write the audit trail (`[audit] file`) to this file.
+    pub audit_file: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -164,7 +170,22 @@ impl MaskerAgent {
         if let Some(policy) = &options.policy {
             config.push_str(&format!("policy = {}\n", toml_str(&policy.to_string_lossy())));
         }
-        // `[[issuer]]` tables come last: top-level keys may not follow them.
+        // Tables come last: top-level keys may not follow them.
+        if let Some((user, password)) = &options.catalog {
+            let file = dir.path().join("catalog.pw");
+            std::fs::write(&file, password)?;
+            config.push_str(&format!(
+                "\n[catalog]\nuser = {}\npassword_file = {}\n",
+                toml_str(user),
+                toml_str(&file.to_string_lossy())
+            ));
+        }
+        if let Some(file) = &options.audit_file {
+            config.push_str(&format!("\n[audit]\nfile = {}\n", toml_str(&file.to_string_lossy())));
+        }
+        for body in &options.issuer_tables {
+            config.push_str(&format!("\n[[issuer]]\n{body}\n"));
+        }
         for (issuer, audience, jwks_file) in &options.issuers {
             config.push_str(&format!(
                 "\n[[issuer]]\nissuer = {}\naudience = {}\njwks_file = {}\n",
@@ -173,8 +194,6 @@ impl MaskerAgent {
                 toml_str(&jwks_file.to_string_lossy()),
             ));
         }
-        config.push('\n');
-        config.push_str(&options.extra_config);
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, &config)?;
 

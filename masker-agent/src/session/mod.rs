@@ -341,7 +341,7 @@ async fn run<C: SplitIo>(
             let identity = entry.origin.identity.as_deref().unwrap_or("");
             let database = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default().1;
             let mask = MaskContext {
-                policy: policy.for_session(identity, destination),
+                policy: policy.for_session(identity, entry.origin.verified_claims(), destination),
                 catalog: ctx.catalog.clone(),
                 destination: destination.to_string(),
                 database,

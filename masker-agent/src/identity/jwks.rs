@@ -1,0 +1,223 @@
+//! An issuer's signing keys fetched from an HTTPS URL (`jwks_url`), cached.
+//!
+//! # Cache and refetch rules
+//!
+//! - The key set fetched last is used for [`IssuerConfig::jwks_cache_secs`]
+//!   (default 10 minutes); a verification after that fetches it again.
+//! - A token whose `kid` is not in a fresh cache makes one refetch (the
+//!   issuer may have rotated its keys), but fetches of one issuer start at
+//!   most once per [`IssuerConfig::jwks_min_fetch_interval_secs`] (default
+//!   30 s), whatever caused them: a flood of tokens with unknown key ids costs
+//!   the issuer one request per interval, not one per token. Within the
+//!   interval an unknown `kid` is simply unknown.
+//! - Concurrent verifications of one issuer wait for the same fetch (the
+//!   cache lock is held across it), so they cannot start a second one.
+//! - A failed fetch is an error naming the URL and the reason, **except**
+//!   when the cache (even past its lifetime) holds the token's key: then the
+//!   stale key set is used and the failure logged. Keys an issuer published
+//!   are not revoked by its being unreachable; a key we have never seen is
+//!   never trusted.
+//!
+//! # The request
+//!
+//! One HTTP/1.1 `GET` per fetch on a fresh connection, TLS with rustls and
+//! the agent's single crypto provider (ring), trust anchors from the system
+//! bundle plus `jwks_ca_file`. No redirects are followed (a 3xx is an error
+//! naming the `Location`), the whole exchange has [`FETCH_TIMEOUT`], and the
+//! body is read up to [`MAX_JWKS_BYTES`]. Only `https://` URLs are accepted
+//! (checked when the configuration is read).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::Uri;
+use jsonwebtoken::jwk::JwkSet;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{ClientConfig, RootCertStore};
+use tokio::net::TcpStream;
+use tracing::{info, warn};
+
+use super::IssuerConfig;
+
+/// Longest time one fetch (connect, TLS, request, whole body) may take.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest JWKS accepted (real ones are a few KiB).
+pub const MAX_JWKS_BYTES: usize = 1 << 20;
+/// Trust anchors used besides `jwks_ca_file` (Debian's bundle).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// Why a key set could not be fetched (displayed as the reason in
+/// `jwks fetch from <url> failed: <reason>`).
+pub type FetchError = String;
+
+/// The keys of one `jwks_url` issuer and where to get them again.
+pub struct JwksClient {
+    url: String,
+    uri: Uri,
+    server_name: ServerName<'static>,
+    connector: tokio_rustls::TlsConnector,
+    ttl: Duration,
+    min_interval: Duration,
+    cache: tokio::sync::Mutex<Cache>,
+}
+
+impl std::fmt::Debug for JwksClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwksClient").field("url", &self.url).finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    keys: Option<Arc<JwkSet>>,
+    fetched_at: Option<Instant>,
+    /// When the last fetch started (successful or not): the rate limit.
+    last_attempt: Option<Instant>,
+    last_error: Option<FetchError>,
+}
+
+impl JwksClient {
+    /// A client for `url` (already checked to be `https://`) trusting the
+    /// system bundle and the PEM certificates of `ca_file`. Errors name the
+    /// file or URL.
+    pub fn new(issuer: &IssuerConfig, url: &str, ca_file: Option<&Path>) -> anyhow::Result<JwksClient> {
+        let uri: Uri = url.parse().map_err(|e| anyhow::anyhow!("jwks_url {url:?}: {e}"))?;
+        let host = uri.host().ok_or_else(|| anyhow::anyhow!("jwks_url {url:?} has no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let server_name = ServerName::try_from(host)
+            .map_err(|e| anyhow::anyhow!("jwks_url {url:?}: host cannot be verified: {e}"))?;
+        let mut roots = RootCertStore::empty();
+        let mut add_pem = |path: &Path| -> anyhow::Result<usize> {
+            let mut n = 0;
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                n += 1;
+            }
+            Ok(n)
+        };
+        if let Some(ca) = ca_file
+            && add_pem(ca)? == 0
+        {
+            anyhow::bail!("jwks_ca_file {}: no certificate in this file", ca.display());
+        }
+        // The system bundle is optional when the issuer names its own CA.
+        if let Err(e) = add_pem(Path::new(SYSTEM_CA_BUNDLE))
+            && ca_file.is_none()
+        {
+            anyhow::bail!("jwks_url {url:?}: no trust anchors ({e}); set jwks_ca_file");
+        }
+        let config = ClientConfig::builder_with_provider(crate::tls::provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        Ok(JwksClient {
+            url: url.to_string(),
+            uri,
+            server_name,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            ttl: Duration::from_secs(issuer.jwks_cache_secs),
+            min_interval: Duration::from_secs(issuer.jwks_min_fetch_interval_secs),
+            cache: Default::default(),
+        })
+    }
+
+    /// The key set to verify a token with key id `kid` (`None`: the token
+    /// names no key), following the rules of the module documentation. The
+    /// returned set may still lack `kid` (rate-limited refetch); the caller
+    /// reports the unknown key.
+    pub async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<JwkSet>, FetchError> {
+        let mut cache = self.cache.lock().await;
+        let now = Instant::now();
+        let has_kid = |set: &JwkSet| kid.is_none_or(|k| set.find(k).is_some());
+        let fresh = cache.fetched_at.is_some_and(|t| now.duration_since(t) < self.ttl);
+        if let Some(keys) = &cache.keys
+            && fresh
+            && has_kid(keys)
+        {
+            return Ok(keys.clone());
+        }
+        let may_fetch = cache.last_attempt.is_none_or(|t| now.duration_since(t) >= self.min_interval);
+        if !may_fetch {
+            return match (&cache.keys, &cache.last_error) {
+                (Some(keys), _) => Ok(keys.clone()),
+                (None, Some(e)) => Err(format!("{e} (retried at most every {} s)", self.min_interval.as_secs())),
+                (None, None) => Err("no key set fetched yet".into()),
+            };
+        }
+        cache.last_attempt = Some(now);
+        match self.fetch().await {
+            Ok(set) => {
+                info!(url = %self.url, keys = set.keys.len(), "JWKS fetched");
+                let set = Arc::new(set);
+                cache.keys = Some(set.clone());
+                cache.fetched_at = Some(Instant::now());
+                cache.last_error = None;
+                Ok(set)
+            }
+            Err(e) => {
+                cache.last_error = Some(e.clone());
+                match &cache.keys {
+                    Some(keys) if has_kid(keys) => {
+                        warn!(url = %self.url, "JWKS fetch failed, using the cached keys: {e}");
+                        Ok(keys.clone())
+                    }
+                    _ => Err(e),
+                }
+            }
+        }
+    }
+
+    async fn fetch(&self) -> Result<JwkSet, FetchError> {
+        let body = tokio::time::timeout(FETCH_TIMEOUT, self.get())
+            .await
+            .map_err(|_| format!("no complete answer within {} s", FETCH_TIMEOUT.as_secs()))??;
+        serde_json::from_slice(&body).map_err(|e| format!("the answer is not a JWKS: {e}"))
+    }
+
+    async fn get(&self) -> Result<Bytes, FetchError> {
+        let host = self.uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
+        let port = self.uri.port_u16().unwrap_or(443);
+        let tcp = TcpStream::connect((host, port)).await.map_err(|e| format!("connect to {host}:{port}: {e}"))?;
+        let tls = self.connector.connect(self.server_name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP: {e}"))?;
+        // The connection task ends with the response (or with this future on
+        // timeout, as the sender is dropped).
+        tokio::spawn(conn);
+        let authority = self.uri.authority().map(|a| a.as_str()).unwrap_or(host);
+        let path = self.uri.path_and_query().map_or("/", |p| p.as_str());
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority)
+            .header(hyper::header::ACCEPT, "application/json")
+            .header(hyper::header::USER_AGENT, concat!("masker/", env!("CARGO_PKG_VERSION")))
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("request: {e}"))?;
+        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
+        let status = response.status();
+        if status.is_redirection() {
+            let to = response.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("?");
+            return Err(format!("HTTP {status}, redirect to {to} not followed"));
+        }
+        if !status.is_success() {
+            return Err(format!("HTTP {status}"));
+        }
+        let too_large = || format!("the answer is larger than {} bytes", MAX_JWKS_BYTES);
+        if let Some(len) = response.headers().get(hyper::header::CONTENT_LENGTH)
+            && len.to_str().ok().and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l > MAX_JWKS_BYTES as u64)
+        {
+            return Err(too_large());
+        }
+        let body = Limited::new(response.into_body(), MAX_JWKS_BYTES).collect().await.map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() { too_large() } else { format!("reading the answer: {e}") }
+        })?;
+        Ok(body.to_bytes())
+    }
+}
