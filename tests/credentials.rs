@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
-use masker_tests::agent::{AgentOptions, MaskerAgent, TestCgroup, skip_reason};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason};
 use masker_tests::cluster::{APP_DB, APP_PASSWORD, APP_USER};
 use masker_tests::process::{self, Output};
 use masker_tests::psql::{Psql, psql_binary};
@@ -562,4 +562,78 @@ fn cancel_request_cancels_the_query_with_passthrough_and_injection() {
         cancel_sleep(&client).await;
     }));
     injecting.assert_running();
+}
+
+// A tokio-postgres client process for the agent (cgroup membership is per
+// process, so the test binary is re-executed inside the tagged cgroup). It
+// connects (with the password in the spec, or none), cancels a
+// `pg_sleep(30)` and prints `CLIENT-OK` or `CLIENT-ERROR ...`.
+
+const CLIENT_ENV: &str = "MASKER_IT_CREDENTIALS_CLIENT";
+
+/// Not a test of its own: the body of the client process (does nothing
+/// without [`CLIENT_ENV`]).
+#[test]
+fn cancel_client_process() {
+    let Ok(spec) = std::env::var(CLIENT_ENV) else { return };
+    let parts: Vec<&str> = spec.split(' ').collect();
+    let [host, port, password] = parts[..] else { panic!("bad {CLIENT_ENV}: {spec:?}") };
+    let info = ConnInfo {
+        host: host.into(),
+        port: port.parse().expect("port"),
+        user: APP_USER.into(),
+        password: password.trim_start_matches('-').into(),
+        dbname: APP_DB.into(),
+    };
+    let result = std::panic::catch_unwind(|| {
+        runtime().block_on(async {
+            let client =
+                if info.password.is_empty() { connect_without_password(&info).await } else { info.connect().await };
+            let client = client.unwrap_or_else(|e| panic!("connect: {e:?}"));
+            cancel_sleep(&client).await;
+        })
+    });
+    match result {
+        Ok(()) => println!("CLIENT-OK"),
+        Err(_) => println!("CLIENT-ERROR (see the panic above)"),
+    }
+}
+
+/// The real agent: a tagged workload cancels its own query through the
+/// redirect, with its own password (passthrough, identity `ci-pass`) and
+/// with the agent's credential (identity `ci-inject`).
+#[test]
+fn agent_forwards_cancel_requests_in_both_modes() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let cluster = PgCluster::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let target = cluster.addr().to_string();
+    let pw = password_file(dir.path(), "app.pw", APP_PASSWORD, 0o600);
+    let options = AgentOptions {
+        targets: vec![target.clone()],
+        extra_config: format!(
+            "[[credential]]\ntarget = \"{target}\"\nidentity = \"ci-inject\"\nuser = \"app\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+        ..AgentOptions::default()
+    };
+    let agent = MaskerAgent::start(&options).unwrap_or_else(|e| panic!("{e:#}"));
+    for (identity, password) in [("ci-pass", APP_PASSWORD), ("ci-inject", "-")] {
+        let cg = TestCgroup::new().unwrap();
+        agent.tag(cg.path(), identity);
+        let before = agent.status()["counters"]["cancel_requests"].as_u64().unwrap();
+        let mut cmd = cg.command(std::env::current_exe().expect("the test binary"));
+        cmd.args(["cancel_client_process", "--exact", "--nocapture", "--test-threads=1", "-q"])
+            .env(CLIENT_ENV, format!("127.0.0.1 {} {password}", cluster.port()));
+        let mut child = LineChild::spawn(cmd).expect("spawn the client");
+        let line = child.line_starting("CLIENT-", LIMIT).expect("client result");
+        let (_, stderr) = child.finish(LIMIT).unwrap();
+        assert_eq!(line, "OK", "{identity}: {stderr}\nagent:\n{}", agent.stderr());
+        let after = agent.status()["counters"]["cancel_requests"].as_u64().unwrap();
+        assert_eq!(after, before + 1, "{identity}: the cancel did not go through the agent");
+    }
+    assert!(!agent.stderr().contains(APP_PASSWORD));
 }
