@@ -81,6 +81,8 @@ fn injecting_proxy(
         }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
+    // The session module logs which SASL mechanism the login used.
+    env.push(("MASKER_LOG", "info,masker_agent::session=debug"));
     MaskerProxy::start_with_env(upstream, &args, &env)
 }
 
@@ -180,6 +182,12 @@ fn psql_and_tokio_postgres_log_in_with_no_password() {
                 assert_eq!(db, format!("{APP_USER}@{APP_DB}"));
             }));
             proxy.assert_running();
+            // Over TLS the login is bound to the server's certificate
+            // (SCRAM-SHA-256-PLUS, tls-server-end-point); in plain text the
+            // server offers no -PLUS.
+            let mechanism = if server_tls == "true" { "SCRAM-SHA-256-PLUS" } else { "SCRAM-SHA-256" };
+            let log = proxy.stderr();
+            assert!(log.contains(&format!("mechanism=\"{mechanism}\"")), "tls={tls}: {log}");
             assert!(!proxy.stderr().contains(APP_PASSWORD), "the password is in the proxy's log");
             let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap_or_default();
             assert!(audit.contains("\"session_start\""), "{audit}");

@@ -27,17 +27,24 @@
 //! nothing, and is never put in a log line, an error, the audit trail or
 //! `masker status`.
 //!
-//! SCRAM runs with the GS2 flag `n` (client does not support channel
-//! binding), which a server accepts over TLS too: this is what makes a
-//! TLS-only server with SCRAM usable through masker with no client-side
-//! setting at all.
+//! SCRAM over a TLS server leg uses channel binding when the server offers
+//! `SCRAM-SHA-256-PLUS`: `tls-server-end-point`, the hash of the server's
+//! certificate as masker received it ([`tls_server_end_point`]), so the
+//! server checks that the login ran over its own TLS connection (a
+//! man-in-the-middle with another certificate fails, even with `tls =
+//! "require"`, which does not verify the certificate). Otherwise (a
+//! plain-text leg, no `-PLUS` offered, or a certificate whose signature
+//! hash is not one RFC 5929 defines here) SCRAM runs with the GS2 flag `n`,
+//! which servers accept over TLS too. Either way, the client needs no
+//! setting at all; only `channel_binding=require` on the client cannot
+//! work, because the client itself does no SCRAM.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, ScramSha256};
+use postgres_protocol::authentication::sasl::{ChannelBinding, SCRAM_SHA_256, SCRAM_SHA_256_PLUS, ScramSha256};
 use postgres_protocol::message::frontend;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -373,15 +380,25 @@ pub enum Step {
 pub struct Injector<'a> {
     user: &'a str,
     secret: &'a Secret,
+    /// `tls-server-end-point` data of the server leg, when it is TLS.
+    binding: Option<Vec<u8>>,
     scram: Option<ScramSha256>,
     /// SCRAM was started but the server's final message not verified yet.
     scram_open: bool,
+    /// The SASL mechanism chosen, once SCRAM started.
+    mechanism: Option<&'static str>,
 }
 
 impl<'a> Injector<'a> {
-    /// An injector logging in as `user` with `secret`.
-    pub fn new(user: &'a str, secret: &'a Secret) -> Injector<'a> {
-        Injector { user, secret, scram: None, scram_open: false }
+    /// An injector logging in as `user` with `secret`; `binding` is the
+    /// [`tls_server_end_point`] of a TLS server leg.
+    pub fn new(user: &'a str, secret: &'a Secret, binding: Option<Vec<u8>>) -> Injector<'a> {
+        Injector { user, secret, binding, scram: None, scram_open: false, mechanism: None }
+    }
+
+    /// The SASL mechanism used, if the server asked for SASL.
+    pub fn mechanism(&self) -> Option<&'static str> {
+        self.mechanism
     }
 
     /// Handles one whole server message; replies go to `out`.
@@ -425,15 +442,22 @@ impl<'a> Injector<'a> {
                     return Err(bad("a second AuthenticationSASL"));
                 }
                 let mechanisms = sasl_mechanisms(body).ok_or_else(|| bad("malformed AuthenticationSASL"))?;
-                if !mechanisms.contains(&SCRAM_SHA_256) {
-                    return Err(InjectError::Unsupported(format!("SASL mechanism(s) {}", mechanisms.join(", "))));
-                }
-                // GS2 flag `n`: accepted by a server that also offers the
-                // -PLUS variant (see the module documentation).
-                let scram = ScramSha256::new(self.secret.expose().as_bytes(), ChannelBinding::unsupported());
-                frontend::sasl_initial_response(SCRAM_SHA_256, scram.message(), out).map_err(io)?;
+                let (mechanism, binding) = match self.binding.take() {
+                    Some(data) if mechanisms.contains(&SCRAM_SHA_256_PLUS) => {
+                        (SCRAM_SHA_256_PLUS, ChannelBinding::tls_server_end_point(data))
+                    }
+                    // GS2 flag `n`: accepted by a server that also offers
+                    // the -PLUS variant (see the module documentation).
+                    _ if mechanisms.contains(&SCRAM_SHA_256) => (SCRAM_SHA_256, ChannelBinding::unsupported()),
+                    _ => {
+                        return Err(InjectError::Unsupported(format!("SASL mechanism(s) {}", mechanisms.join(", "))));
+                    }
+                };
+                let scram = ScramSha256::new(self.secret.expose().as_bytes(), binding);
+                frontend::sasl_initial_response(mechanism, scram.message(), out).map_err(io)?;
                 self.scram = Some(scram);
                 self.scram_open = true;
+                self.mechanism = Some(mechanism);
                 Ok(Step::Continue)
             }
             Some(AUTH_SASL_CONTINUE) => {
@@ -478,6 +502,63 @@ fn sasl_mechanisms(body: &[u8]) -> Option<Vec<&str>> {
     }
 }
 
+/// The `tls-server-end-point` channel binding data (RFC 5929) of a server
+/// certificate (DER): its hash with the hash function of its signature
+/// algorithm, SHA-256 for MD5 and SHA-1. `None` for a signature algorithm
+/// without a defined hash here (RSA-PSS, Ed25519, ...) or a certificate
+/// that does not parse: SCRAM then runs without channel binding.
+pub fn tls_server_end_point(cert: &[u8]) -> Option<Vec<u8>> {
+    use sha2::Digest;
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm
+    // AlgorithmIdentifier ::= SEQUENCE { algorithm OID, ... }, signature }
+    let (0x30, body, _) = der(cert)? else { return None };
+    let (0x30, _tbs, rest) = der(body)? else { return None };
+    let (0x30, algorithm, _) = der(rest)? else { return None };
+    let (0x06, oid, _) = der(algorithm)? else { return None };
+    const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01]; // 1.2.840.113549.1.1
+    const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04]; // 1.2.840.10045.4
+    let hash = match oid {
+        [rsa @ .., n] if rsa == RSA => match n {
+            4 | 5 | 11 => 256, // md5, sha1 -> sha256; sha256WithRSAEncryption
+            12 => 384,
+            13 => 512,
+            14 => 224,
+            _ => return None,
+        },
+        [ecdsa @ .., 1] if ecdsa == ECDSA => 256, // ecdsa-with-SHA1 -> sha256
+        [ecdsa @ .., 3, n] if ecdsa == ECDSA => match n {
+            1 => 224,
+            2 => 256,
+            3 => 384,
+            4 => 512,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    Some(match hash {
+        224 => sha2::Sha224::digest(cert).to_vec(),
+        256 => sha2::Sha256::digest(cert).to_vec(),
+        384 => sha2::Sha384::digest(cert).to_vec(),
+        _ => sha2::Sha512::digest(cert).to_vec(),
+    })
+}
+
+/// One DER element at the start of `input`: tag, contents, what follows.
+fn der(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        (rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
 /// Authentication messages are small; anything larger is not one.
 const MAX_AUTH_MESSAGE: usize = 1 << 20;
 
@@ -487,11 +568,15 @@ const MAX_AUTH_MESSAGE: usize = 1 << 20;
 /// ErrorResponse) on, preceded by any NegotiateProtocolVersion or notice the
 /// server sent before: the relay forwards them to the client through its
 /// filters.
+///
+/// `binding` is the [`tls_server_end_point`] of a TLS server leg. Returns
+/// the bytes and the SASL mechanism used (if any).
 pub async fn inject<S: AsyncRead + AsyncWrite + Unpin>(
     server: &mut S,
     credential: &Credential,
-) -> Result<BytesMut, InjectOutcome> {
-    let mut injector = Injector::new(&credential.user, credential.secret());
+    binding: Option<Vec<u8>>,
+) -> Result<(BytesMut, Option<&'static str>), InjectOutcome> {
+    let mut injector = Injector::new(&credential.user, credential.secret(), binding);
     let mut buf = BytesMut::with_capacity(1024);
     let mut keep = BytesMut::new();
     let mut out = BytesMut::new();
@@ -511,7 +596,7 @@ pub async fn inject<S: AsyncRead + AsyncWrite + Unpin>(
             Step::Done => {
                 keep.extend_from_slice(&msg);
                 keep.extend_from_slice(&buf);
-                return Ok(keep);
+                return Ok((keep, injector.mechanism()));
             }
             Step::Continue if msg[0] != AUTHENTICATION => keep.extend_from_slice(&msg),
             Step::Continue => {}
@@ -569,7 +654,7 @@ mod tests {
     fn answers_cleartext_and_md5_without_leaking_the_secret() {
         let secret = Secret::new("hunter2".into());
         assert_eq!(format!("{secret:?}"), "Secret(..)");
-        let mut inj = Injector::new("app", &secret);
+        let mut inj = Injector::new("app", &secret, None);
         let mut out = BytesMut::new();
         assert_eq!(inj.on_message(&auth(3, &[]), &mut out).unwrap(), Step::Continue);
         assert_eq!(&out[..], b"p\0\0\0\x0chunter2\0");
@@ -582,15 +667,16 @@ mod tests {
         let mut error = vec![b'E'];
         error.extend_from_slice(&5u32.to_be_bytes());
         error.push(0);
-        assert_eq!(Injector::new("app", &secret).on_message(&error, &mut out).unwrap(), Step::Done);
+        assert_eq!(Injector::new("app", &secret, None).on_message(&error, &mut out).unwrap(), Step::Done);
     }
 
     #[test]
     fn bad_or_unsupported_server_input_is_a_precise_error() {
         let secret = Secret::new("hunter2".into());
         let mut out = BytesMut::new();
-        let err =
-            |msg: &[u8]| Injector::new("app", &secret).on_message(msg, &mut BytesMut::new()).unwrap_err().to_string();
+        let err = |msg: &[u8]| {
+            Injector::new("app", &secret, None).on_message(msg, &mut BytesMut::new()).unwrap_err().to_string()
+        };
         assert_eq!(
             err(&auth(7, &[])),
             "the database server asked for GSSAPI authentication, which masker cannot answer with an injected credential"
@@ -609,7 +695,7 @@ mod tests {
         assert!(err(&[b'R', 0, 0, 0, 4]).contains("truncated authentication request"));
         // SCRAM: a server nonce that does not extend ours, and an Ok that
         // skips the server's proof, are both refused.
-        let mut inj = Injector::new("app", &secret);
+        let mut inj = Injector::new("app", &secret, None);
         assert_eq!(inj.on_message(&sasl(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]), &mut out).unwrap(), Step::Continue);
         assert!(std::str::from_utf8(&out).unwrap().contains("SCRAM-SHA-256\0"));
         assert!(std::str::from_utf8(&out).unwrap().contains("n,,n=,r="), "GS2 flag n");
@@ -618,6 +704,33 @@ mod tests {
         let e = inj.on_message(&auth(11, b"r=other,s=c2FsdA==,i=4096"), &mut out).unwrap_err().to_string();
         assert!(e.starts_with("invalid authentication message from the database server: SCRAM:"), "{e}");
         assert!(!e.contains("hunter2"));
+    }
+
+    #[test]
+    fn channel_binding_hashes_with_the_certificate_signature_hash() {
+        use sha2::Digest;
+        let cert = |alg: &'static rcgen::SignatureAlgorithm| {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().self_signed(&key).unwrap().der().to_vec()
+        };
+        let p256 = cert(&rcgen::PKCS_ECDSA_P256_SHA256);
+        assert_eq!(tls_server_end_point(&p256).unwrap(), sha2::Sha256::digest(&p256).to_vec());
+        let p384 = cert(&rcgen::PKCS_ECDSA_P384_SHA384);
+        assert_eq!(tls_server_end_point(&p384).unwrap(), sha2::Sha384::digest(&p384).to_vec());
+        // No hash defined for Ed25519: no channel binding, no guess.
+        assert_eq!(tls_server_end_point(&cert(&rcgen::PKCS_ED25519)), None);
+        assert_eq!(tls_server_end_point(&p256[..p256.len() / 2]), None);
+        assert_eq!(tls_server_end_point(b"\x30\x84\xff\xff\xff\xff"), None);
+        // The injector binds when the server offers -PLUS, and only then.
+        let secret = Secret::new("pw".into());
+        let mut out = BytesMut::new();
+        let mut inj = Injector::new("app", &secret, tls_server_end_point(&p256));
+        inj.on_message(&sasl(&["SCRAM-SHA-256-PLUS", "SCRAM-SHA-256"]), &mut out).unwrap();
+        assert_eq!(inj.mechanism(), Some("SCRAM-SHA-256-PLUS"));
+        assert!(String::from_utf8_lossy(&out).contains("p=tls-server-end-point,,n=,r="));
+        let mut inj = Injector::new("app", &secret, tls_server_end_point(&p256));
+        inj.on_message(&sasl(&["SCRAM-SHA-256"]), &mut BytesMut::new()).unwrap();
+        assert_eq!(inj.mechanism(), Some("SCRAM-SHA-256"));
     }
 
     #[test]

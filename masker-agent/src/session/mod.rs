@@ -393,9 +393,21 @@ async fn login<C: SplitIo>(
     credential: &Credential,
     ctx: &SessionContext,
 ) -> Result<BytesMut, SessionError> {
-    let attempt = crate::credentials::inject(server, credential);
+    let binding = match server {
+        Upstream::Tls(tls) => tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| crate::credentials::tls_server_end_point(cert)),
+        Upstream::Plain(_) => None,
+    };
+    let attempt = crate::credentials::inject(server, credential, binding);
     match tokio::time::timeout(ctx.limits.connect_timeout, attempt).await {
-        Ok(Ok(pending)) => Ok(pending),
+        Ok(Ok((pending, mechanism))) => {
+            debug!(user = %credential.user, mechanism = mechanism.unwrap_or("password"), "injected login answered");
+            Ok(pending)
+        }
         Ok(Err(InjectOutcome::Io(e))) => {
             let message = "masker: the database server closed the connection during the injected login";
             let _ = client.write_all(&refuse("08006", message)).await;
