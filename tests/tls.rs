@@ -125,40 +125,13 @@ fn without_state_dir_ssl_is_declined() {
 /// and localhost; the certificate (PEM) path is returned for verify-full.
 struct SslCluster {
     cluster: PgCluster,
-    _dir: TempDir,
     cert: PathBuf,
 }
 
 static SSL_CLUSTER: LazyLock<SslCluster> = LazyLock::new(|| {
     let cluster = PgCluster::start().expect("starting the ssl cluster");
-    let dir = tempfile::Builder::new().prefix("masker-pgssl-").tempdir().unwrap();
-    let cert = cluster.data_dir().join("server.crt");
-    let key = cluster.data_dir().join("server.key");
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        // An end-entity certificate (webpki refuses a CA one as a server's).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
-    let owner = std::fs::metadata(cluster.data_dir()).unwrap();
-    for f in [&cert, &key] {
-        std::os::unix::fs::chown(f, Some(owner.uid()), Some(owner.gid())).unwrap();
-        std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-    // The client side's copy, outside the data directory.
-    let client_copy = dir.path().join("server-ca.pem");
-    std::fs::copy(&cert, &client_copy).unwrap();
-    cluster
-        .run_sql_as_superuser("postgres", "ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();\n")
-        .expect("enabling ssl");
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    SslCluster { cluster, _dir: dir, cert: client_copy }
+    let cert = cluster.enable_ssl().expect("enabling ssl");
+    SslCluster { cluster, cert }
 });
 
 const SERVER_SSL: &str = "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()";

@@ -47,6 +47,7 @@ fn load_policy(path: &Option<PathBuf>) -> anyhow::Result<Option<Arc<Policy>>> {
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = AgentConfig::from_file(&config_path)?;
+    let credentials = config.load_credentials(&config_path.display().to_string())?;
     let policy = load_policy(&config.policy)?;
     let catalog_access = config.catalog.as_ref().map(|c| c.access()).transpose()?;
     if policy.is_some() && catalog_access.is_none() {
@@ -78,7 +79,12 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         policy: RwLock::new(policy),
         catalog: Arc::new(Catalog::new(catalog_access)),
         tls,
+        credentials,
+        target_names: RwLock::new(Default::default()),
     });
+    if !ctx.credentials.is_empty() {
+        info!(credentials = ctx.credentials.len(), "injecting credentials for configured targets");
+    }
     if let Some(audit) = &config.audit {
         ctx.registry.audit.start(&audit.settings())?;
     }
@@ -247,6 +253,7 @@ impl Agent {
         let mut addrs = Vec::new();
         let mut status = Vec::new();
         let mut tls = Vec::new();
+        let mut names = Vec::new();
         for t in &self.config.targets {
             match tokio::net::lookup_host(t.as_str()).await {
                 Ok(resolved) => {
@@ -254,6 +261,7 @@ impl Agent {
                     let host = crate::catalog::split_host_port(t.as_str()).map_or(t.as_str(), |(h, _)| h);
                     let settings = Arc::new(crate::tls::TargetTls::new(host, t.tls, t.ca_file.as_deref())?);
                     tls.extend(resolved.iter().map(|a| (a.to_string(), settings.clone())));
+                    names.extend(resolved.iter().map(|a| (a.to_string(), t.address.clone())));
                     status.push(TargetStatus {
                         target: t.address.clone(),
                         addresses: resolved.iter().map(|a| a.to_string()).collect(),
@@ -282,6 +290,8 @@ impl Agent {
             // Addresses that failed to resolve this time keep their settings.
             let mut map = self.ctx.tls.targets.write().unwrap_or_else(|p| p.into_inner());
             map.extend(tls);
+            let mut map = self.ctx.target_names.write().unwrap_or_else(|p| p.into_inner());
+            map.extend(names);
         }
         Ok(())
     }

@@ -36,7 +36,10 @@
 //! `outcome` (`ok` or `error`), `command` (the CommandComplete tag's verb),
 //! `sqlstate` (on error), `error` (scrubbed message, on error), `duration_ms`.
 //!
-//! `denial`: `statement`, `class`, `rule`, `reason`, `sqlstate`.
+//! `denial`: `statement`, `class`, `rule`, `reason`, `sqlstate`. A session
+//! refused at its start by its identity's `targets`, `databases` or `users`
+//! is a denial with `class` `connect`, `rule` `identity`, an empty
+//! `statement` and `sqlstate` `28000`.
 //!
 //! `approval`: `approval` (id, as `masker approvals list` shows it), `rule`
 //! (the `[[approval]]` rule), `statement`, `class`, `decision` (`requested`
@@ -486,6 +489,26 @@ pub fn denial(entry: &SessionEntry, sql: &str, rule: &str, reason: &str) {
         rule: rule.to_string(),
         reason: masking::scrub_text(reason).into_owned(),
         sqlstate: "42501",
+    };
+    audit.emit(&Event::of(entry, what));
+}
+
+/// Records that `entry`'s session was refused at its start by its
+/// identity's `targets`, `databases` or `users` (`reason` is what the client
+/// is told) and counts it for the identity. The event is a `denial` with
+/// class `connect`, rule `identity` and SQLSTATE 28000.
+pub fn connect_denial(entry: &SessionEntry, reason: &str) {
+    entry.metrics.denial(entry.origin.identity.as_deref().unwrap_or(""));
+    let audit = &entry.audit;
+    if !audit.enabled() {
+        return;
+    }
+    let what = What::Denial {
+        statement: String::new(),
+        class: "connect",
+        rule: "identity".to_string(),
+        reason: masking::scrub_text(reason).into_owned(),
+        sqlstate: "28000",
     };
     audit.emit(&Event::of(entry, what));
 }

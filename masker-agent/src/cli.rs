@@ -33,6 +33,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once per process: the size of the proxy's variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon: attach the eBPF programs, relay and mask redirected connections.
@@ -82,6 +84,18 @@ pub enum Command {
         /// Serve Prometheus metrics (GET /metrics) on this address; off by default.
         #[arg(long)]
         metrics_listen: Option<SocketAddr>,
+        /// Inject a credential: clients must log in as this database user
+        /// and send no password; the proxy logs in with the password from
+        /// --credential-password-file or --credential-password-env.
+        #[arg(long, requires = "credential_source")]
+        credential_user: Option<String>,
+        /// File holding that user's password (owned by root or the proxy's
+        /// user, mode 0600 or stricter).
+        #[arg(long, group = "credential_source", requires = "credential_user")]
+        credential_password_file: Option<PathBuf>,
+        /// Environment variable holding that user's password.
+        #[arg(long, group = "credential_source", requires = "credential_user")]
+        credential_password_env: Option<String>,
     },
     /// Show the agent: programs, targets, tagged cgroups, live sessions, counters.
     Status {
@@ -321,7 +335,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             upstream_ca,
             audit_file,
             metrics_listen,
+            credential_user,
+            credential_password_file,
+            credential_password_env,
         } => {
+            let credentials = match credential_user {
+                None => crate::credentials::Credentials::default(),
+                Some(user) => {
+                    let source = match (credential_password_file, credential_password_env) {
+                        (Some(f), _) => crate::credentials::SecretSource::File(f),
+                        (None, Some(v)) => crate::credentials::SecretSource::Env(v),
+                        (None, None) => anyhow::bail!(
+                            "--credential-user needs --credential-password-file or --credential-password-env"
+                        ),
+                    };
+                    let c = crate::credentials::load(&upstream, None, &user, source)
+                        .map_err(|e| anyhow::anyhow!("--credential-user {user}: {e}"))?;
+                    crate::credentials::Credentials::new(vec![c])
+                }
+            };
             let mut proxy_tls = crate::tls::SessionTls::default();
             if let Some(dir) = &state_dir {
                 proxy_tls.client = Some(Arc::new(crate::tls::ClientTls::new(dir)?));
@@ -345,6 +377,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 policy: RwLock::new(policy),
                 catalog: Arc::new(Catalog::new(catalog)),
                 tls: proxy_tls,
+                credentials,
+                target_names: RwLock::new(Default::default()),
             });
             let audit = crate::audit::AuditSettings {
                 file: audit_file,

@@ -29,7 +29,16 @@
 //! issuer = "https://token.actions.githubusercontent.com"
 //! audience = "masker"
 //! jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+//!
+//! [[credential]]                    # the agent logs in for the workload
+//! target = "db.internal:5432"       # a target as `targets` names it
+//! identity = "ci-*"                 # optional glob; absent: every identity
+//! user = "app"                      # the database user the client must name
+//! password_file = "/etc/masker/app.pw"   # root-owned, mode 0600; or password_env = "VAR"
 //! ```
+//!
+//! See [`crate::credentials`] for what a client sends when a credential
+//! applies.
 
 use std::net::{SocketAddrV4, SocketAddrV6};
 use std::path::{Path, PathBuf};
@@ -80,6 +89,34 @@ pub struct AgentConfig {
     /// Prometheus endpoint (`GET /metrics`), e.g. "127.0.0.1:9187"; off by default.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Credentials the agent logs in with (`[[credential]]`), tried in order.
+    #[serde(default, rename = "credential")]
+    pub credentials: Vec<CredentialConfig>,
+}
+
+/// One `[[credential]]`: for sessions towards `target` of an identity
+/// matching `identity`, the agent logs in as `user` with the password from
+/// `password_file` or `password_env` (exactly one). `Debug` shows where the
+/// password is, never the password (it is read by
+/// [`AgentConfig::load_credentials`], not stored here).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    pub target: String,
+    #[serde(default)]
+    pub identity: Option<String>,
+    pub user: String,
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+impl CredentialConfig {
+    /// `credential N (target T, user U)`, as errors name it.
+    fn name(&self, index: usize) -> String {
+        format!("credential {} (target {}, user {})", index + 1, self.target, self.user)
+    }
 }
 
 /// One target: where it is and how masker talks TLS to its server.
@@ -193,7 +230,51 @@ impl AgentConfig {
                 anyhow::bail!("{origin}: target {:?} is not \"host:port\"", t.address);
             }
         }
+        for (i, c) in config.credentials.iter().enumerate() {
+            let name = c.name(i);
+            if !config.targets.iter().any(|t| t.address.eq_ignore_ascii_case(&c.target)) {
+                let known: Vec<&str> = config.targets.iter().map(TargetConfig::as_str).collect();
+                anyhow::bail!(
+                    "{origin}: {name}: target {:?} is not one of the configured targets ({})",
+                    c.target,
+                    known.join(", ")
+                );
+            }
+            if c.user.is_empty() {
+                anyhow::bail!("{origin}: {name}: `user` is empty");
+            }
+            if c.identity.as_deref() == Some("") {
+                anyhow::bail!("{origin}: {name}: `identity` is empty; remove it to match every identity");
+            }
+            match (&c.password_file, &c.password_env) {
+                (Some(_), Some(_)) => {
+                    anyhow::bail!("{origin}: {name}: set one of `password_file` and `password_env`, not both")
+                }
+                (None, None) => anyhow::bail!("{origin}: {name}: set `password_file` or `password_env`"),
+                _ => {}
+            }
+        }
         Ok(config)
+    }
+
+    /// Reads the password of every `[[credential]]` (a file must be a
+    /// regular file owned by root or the agent's user and not accessible to
+    /// group or others; a variable must be set). Errors name the file, the
+    /// credential and what is wrong, never a password.
+    pub fn load_credentials(&self, origin: &str) -> anyhow::Result<crate::credentials::Credentials> {
+        use crate::credentials::SecretSource;
+        let mut list = Vec::new();
+        for (i, c) in self.credentials.iter().enumerate() {
+            let source = match (&c.password_file, &c.password_env) {
+                (Some(f), _) => SecretSource::File(f.clone()),
+                (None, Some(v)) => SecretSource::Env(v.clone()),
+                (None, None) => anyhow::bail!("{origin}: {}: set `password_file` or `password_env`", c.name(i)),
+            };
+            let credential = crate::credentials::load(&c.target, c.identity.as_deref(), &c.user, source)
+                .map_err(|e| anyhow::anyhow!("{origin}: {}: {e}", c.name(i)))?;
+            list.push(credential);
+        }
+        Ok(crate::credentials::Credentials::new(list))
     }
 }
 
@@ -286,6 +367,77 @@ mod tests {
             e("jwks_url = \"https:///x\"\n")
         );
         assert!(e("jwks_file = \"/j\"\njwks_uri = \"x\"\n").contains("unknown field `jwks_uri`"));
+    }
+
+    #[test]
+    fn credentials_are_validated_at_load() {
+        let base = "targets = [\"db:5432\"]\n[[credential]]\n";
+        let e = |body: &str| AgentConfig::parse(&format!("{base}{body}"), "agent.toml").unwrap_err().to_string();
+        assert_eq!(
+            e("target = \"other:5432\"\nuser = \"app\"\npassword_env = \"X\"\n"),
+            "agent.toml: credential 1 (target other:5432, user app): target \"other:5432\" is not one of the \
+             configured targets (db:5432)"
+        );
+        assert_eq!(
+            e("target = \"db:5432\"\nuser = \"app\"\npassword_env = \"X\"\npassword_file = \"/f\"\n"),
+            "agent.toml: credential 1 (target db:5432, user app): set one of `password_file` and `password_env`, \
+             not both"
+        );
+        assert_eq!(
+            e("target = \"db:5432\"\nuser = \"app\"\n"),
+            "agent.toml: credential 1 (target db:5432, user app): set `password_file` or `password_env`"
+        );
+        assert!(e("target = \"db:5432\"\npassword_env = \"X\"\n").contains("missing field `user`"));
+        let c = AgentConfig::parse(
+            &format!("{base}target = \"db:5432\"\nidentity = \"ci-*\"\nuser = \"app\"\npassword_env = \"X\"\n"),
+            "agent.toml",
+        )
+        .unwrap();
+        assert_eq!(c.credentials[0].identity.as_deref(), Some("ci-*"));
+    }
+
+    #[test]
+    fn credential_files_must_be_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile_dir();
+        let file = dir.join("pw");
+        std::fs::write(&file, "s3cret-pw\n").unwrap();
+        let text = format!(
+            "targets = [\"db:5432\"]\n[[credential]]\ntarget = \"db:5432\"\nuser = \"app\"\npassword_file = {:?}\n",
+            file.display().to_string()
+        );
+        let config = AgentConfig::parse(&text, "agent.toml").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = config.load_credentials("agent.toml").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "agent.toml: credential 1 (target db:5432, user app): password_file {f} has mode 0644; it must not \
+                 be accessible to group or others (chmod 600 {f})",
+                f = file.display()
+            )
+        );
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let creds = config.load_credentials("agent.toml").unwrap();
+        let c = creds.find("db:5432", Some("anyone")).unwrap();
+        assert_eq!(c.secret().expose(), "s3cret-pw");
+        assert!(!format!("{creds:?} {config:?}").contains("s3cret"), "secret in Debug output");
+        let e = AgentConfig::parse(&text.replace("pw\"", "missing\""), "agent.toml")
+            .unwrap()
+            .load_credentials("agent.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing: No such file or directory"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A fresh private directory under the system temp dir.
+    fn tempfile_dir() -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("masker-config-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
     }
 
     #[test]

@@ -99,6 +99,34 @@ pub struct Guardrails {
     /// Functions that count as writes under `read_only` (`nextval`, an
     /// application's `refund_order`, ...).
     pub(crate) writing_functions: Vec<Glob>,
+    /// Where the identity may connect at all (`None`: anywhere): targets
+    /// (`host:port` globs), databases and database users (globs).
+    pub(crate) targets: Option<Vec<Glob>>,
+    pub(crate) databases: Option<Vec<Glob>>,
+    pub(crate) users: Option<Vec<Glob>>,
+}
+
+impl Guardrails {
+    /// Why a session of `identity` to `targets` (the names a target goes
+    /// by: its configured `host:port` and the address connected to; any
+    /// may match), `database` as `user` may not start, or `None` when the
+    /// block allows it. The message is what the client sees (SQLSTATE
+    /// 28000).
+    pub fn connect_refusal(&self, identity: &str, targets: &[&str], database: &str, user: &str) -> Option<String> {
+        let allows = |globs: &Option<Vec<Glob>>, s: &[&str]| {
+            globs.as_ref().is_none_or(|g| g.iter().any(|g| s.iter().any(|s| g.matches(s))))
+        };
+        let what = if !allows(&self.targets, targets) {
+            format!("target {}", targets.first().copied().unwrap_or_default())
+        } else if !allows(&self.databases, &[database]) {
+            format!("database {database}")
+        } else if !allows(&self.users, &[user]) {
+            format!("database user {user}")
+        } else {
+            return None;
+        };
+        Some(format!("masker: identity {identity} may not connect to {what} (rule: identity {})", self.name))
+    }
 }
 
 /// A `deny_tables` pattern: `table` or `schema.table`, each part a glob.
@@ -252,6 +280,9 @@ struct RawIdentity {
     deny_tables: Option<Spanned<Vec<Spanned<String>>>>,
     deny_functions: Option<Spanned<Vec<Spanned<String>>>>,
     writing_functions: Option<Spanned<Vec<Spanned<String>>>>,
+    targets: Option<Spanned<Vec<Spanned<String>>>>,
+    databases: Option<Spanned<Vec<Spanned<String>>>>,
+    users: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -697,6 +728,27 @@ fn compile_identity(
     let deny_functions = list(&i.deny_functions, "deny_functions")?.iter().map(glob).collect::<Result<_, _>>()?;
     let writing_functions =
         list(&i.writing_functions, "writing_functions")?.iter().map(glob).collect::<Result<_, _>>()?;
+    // Absent: anywhere. Present: at least one pattern (an empty list would
+    // refuse every session, which is what removing the block's identity
+    // from the runner is for).
+    let allow = |l: &Option<Spanned<Vec<Spanned<String>>>>, what: &str| -> Result<Option<Vec<Glob>>, PolicyError> {
+        match l {
+            None => Ok(None),
+            Some(_) => Ok(Some(list(l, what)?.iter().map(glob).collect::<Result<_, _>>()?)),
+        }
+    };
+    let targets = allow(&i.targets, "targets")?;
+    if let Some(list) = &i.targets {
+        for t in list.get_ref() {
+            if !t.get_ref().contains(':') {
+                return Err(
+                    errs.at(t.span(), "expected a \"host:port\" glob (e.g. \"db.internal:5432\" or \"*:5432\")")
+                );
+            }
+        }
+    }
+    let databases = allow(&i.databases, "databases")?;
+    let users = allow(&i.users, "users")?;
     Ok((
         pattern,
         claims,
@@ -707,6 +759,9 @@ fn compile_identity(
             deny_tables,
             deny_functions,
             writing_functions,
+            targets,
+            databases,
+            users,
         }),
     ))
 }
@@ -902,7 +957,7 @@ fn load_keys(
 pub(crate) struct Glob(Box<[u8]>);
 
 impl Glob {
-    fn new(pattern: &str) -> Option<Glob> {
+    pub(crate) fn new(pattern: &str) -> Option<Glob> {
         (!pattern.is_empty()).then(|| Glob(pattern.to_ascii_lowercase().into_bytes().into_boxed_slice()))
     }
 
@@ -986,6 +1041,14 @@ mod tests {
         assert_eq!(email(Some(&main)), ColumnAction::Allow);
         assert_eq!(email(None), ColumnAction::Pseudonymize { format_preserving: true });
         assert!(p.summary().contains("rule(s)"));
+        let ci = p.for_session("ci-build", None, "10.0.0.5:5432");
+        let g = ci.guardrails().unwrap();
+        let t = ["db.internal:5432", "10.0.0.5:5432"];
+        assert_eq!(g.connect_refusal("ci-build", &t, "app_test_1", "ci_reader"), None);
+        assert_eq!(
+            g.connect_refusal("ci-build", &t, "prod_admin", "ci_reader").unwrap(),
+            "masker: identity ci-build may not connect to database prod_admin (rule: identity ci-*)"
+        );
         // Without the key the error names the variable, not a value.
         let e = Policy::from_file_with_env(&path, &no_env).unwrap_err();
         assert!(e.message().contains("MASKER_PSEUDONYM_KEY is not set"), "{e}");
@@ -1224,6 +1287,47 @@ read_only = true
         std::fs::write(&key, "a-much-longer-secret-key-value\n").unwrap();
         assert!(parse(&text).unwrap().keys().has_pseudonym_key());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn identity_targets_databases_users() {
+        let p = parse(
+            "version = 1\n[[identity]]\nname = \"ci-read\"\ntargets = [\"db.internal:5432\"]\n\
+             databases = [\"app\", \"app_*\"]\nusers = [\"reader\"]\n[[identity]]\nname = \"*\"\n",
+        )
+        .unwrap();
+        let s = p.for_session("ci-read", None, "10.0.0.5:5432");
+        let g = s.guardrails().unwrap();
+        let t = ["db.internal:5432", "10.0.0.5:5432"];
+        assert_eq!(g.connect_refusal("ci-read", &t, "app_test", "reader"), None);
+        assert_eq!(
+            g.connect_refusal("ci-read", &t, "prod_admin", "reader").unwrap(),
+            "masker: identity ci-read may not connect to database prod_admin (rule: identity ci-read)"
+        );
+        assert_eq!(
+            g.connect_refusal("ci-read", &t, "app", "postgres").unwrap(),
+            "masker: identity ci-read may not connect to database user postgres (rule: identity ci-read)"
+        );
+        assert_eq!(
+            g.connect_refusal("ci-read", &["other:5432", "10.0.0.6:5432"], "app", "reader").unwrap(),
+            "masker: identity ci-read may not connect to target other:5432 (rule: identity ci-read)"
+        );
+        // The address connected to matches as well as the configured name.
+        assert_eq!(g.connect_refusal("ci-read", &["x:1", "db.internal:5432"], "app", "reader"), None);
+        // A block without the keys allows everything.
+        let other = p.for_session("release", None, "10.0.0.5:5432");
+        assert_eq!(other.guardrails().unwrap().connect_refusal("release", &t, "prod_admin", "postgres"), None);
+        // Bad values are precise errors.
+        assert_eq!(
+            err("version = 1\n[[identity]]\nname = \"a\"\ndatabases = []\n"),
+            "policy.toml:4:13: empty `databases` list; remove it or add entries"
+        );
+        assert_eq!(
+            err("version = 1\n[[identity]]\nname = \"a\"\ntargets = [\"db\"]\n"),
+            "policy.toml:4:12: expected a \"host:port\" glob (e.g. \"db.internal:5432\" or \"*:5432\")"
+        );
+        assert_eq!(err("version = 1\n[[identity]]\nname = \"a\"\nusers = [\"\"]\n"), "policy.toml:4:10: empty pattern");
+        assert!(err("version = 1\n[[identity]]\nname = \"a\"\nusers = \"x\"\n").starts_with("policy.toml:4:9:"));
     }
 
     #[test]

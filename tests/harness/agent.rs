@@ -114,6 +114,12 @@ pub struct AgentOptions {
     pub catalog: Option<(String, String)>,
     /// Write the audit trail (`[audit] file`) to this file.
     pub audit_file: Option<PathBuf>,
+    /// TOML appended verbatim at the end of the configuration (tables such
+    /// as `[[credential]]` or `[audit]`).
+    pub extra_config: String,
+    /// Environment variables of the agent process (e.g. a credential's
+    /// `password_env`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOptions {
@@ -194,6 +200,8 @@ impl MaskerAgent {
                 toml_str(&jwks_file.to_string_lossy()),
             ));
         }
+        config.push('\n');
+        config.push_str(&options.extra_config);
         let config_path = dir.path().join("agent.toml");
         std::fs::write(&config_path, &config)?;
 
@@ -218,6 +226,7 @@ impl MaskerAgent {
         if std::env::var_os("MASKER_LOG").is_none() {
             cmd.env("MASKER_LOG", "info");
         }
+        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().with_context(|| format!("spawning {}", binary.display()))?;
         std::fs::write(&pid_file, child.id().to_string())?;
         let mut agent =

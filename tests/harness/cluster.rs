@@ -267,6 +267,41 @@ impl PgCluster {
         bail!("{last_error}")
     }
 
+    /// Turns on `ssl` with a self-signed certificate for 127.0.0.1 and
+    /// localhost (made with `openssl` in the data directory) and returns a
+    /// copy of the certificate (PEM) for clients that verify it, kept in the
+    /// cluster's temp dir.
+    pub fn enable_ssl(&self) -> Result<PathBuf> {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let cert = self.data_dir().join("server.crt");
+        let key = self.data_dir().join("server.key");
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            // An end-entity certificate (webpki refuses a CA one as a server's).
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert)
+            .output()
+            .context("running openssl")?;
+        if !out.status.success() {
+            bail!("openssl: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let owner = std::fs::metadata(self.data_dir())?;
+        for f in [&cert, &key] {
+            std::os::unix::fs::chown(f, Some(owner.uid()), Some(owner.gid()))?;
+            std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let client_copy = self.dir.path().join("server-ca.pem");
+        std::fs::copy(&cert, &client_copy)?;
+        self.run_sql_as_superuser("postgres", "ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();\n")
+            .context("enabling ssl")?;
+        std::thread::sleep(Duration::from_millis(500));
+        Ok(client_copy)
+    }
+
     fn create_app(&self) -> Result<()> {
         self.run_sql_as_superuser(
             "postgres",

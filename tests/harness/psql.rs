@@ -51,6 +51,14 @@ impl Psql {
         self
     }
 
+    /// Sends no password at all: no `PGPASSWORD`, and a `PGPASSFILE` that
+    /// does not exist (so no `~/.pgpass` is read either). With `-w` psql
+    /// fails instead of prompting if the server asks for one.
+    pub fn no_password(mut self) -> Psql {
+        self.cmd.env_remove("PGPASSWORD").env("PGPASSFILE", "/nonexistent/masker-tests-no-pgpass");
+        self
+    }
+
     /// Sets an environment variable for psql.
     pub fn env(mut self, key: &str, value: &str) -> Psql {
         self.cmd.env(key, value);
@@ -92,7 +100,7 @@ impl Psql {
 }
 
 /// psql from the server's bindir if present, else from `PATH` (looked up once).
-fn psql_binary() -> PathBuf {
+pub fn psql_binary() -> PathBuf {
     static PSQL: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     PSQL.get_or_init(|| {
         let candidates = [

@@ -1,5 +1,7 @@
 //! One client connection, from the first byte to the last: the startup
-//! handshake, the connection to the real server, then the relay of both
+//! handshake, the identity's connect rules (`targets`, `databases`, `users`
+//! of its policy block), the connection to the real server, the login
+//! (relayed, or injected by [`crate::credentials`]), then the relay of both
 //! directions until either side ends.
 //!
 //! The session is the same in agent mode and in proxy mode; only the
@@ -11,6 +13,7 @@ pub mod relay;
 pub mod results;
 pub mod stream;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -23,7 +26,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::catalog::Catalog;
-use crate::credentials::NoChannelBinding;
+use crate::credentials::{Credential, Credentials, InjectOutcome, NoChannelBinding};
 use crate::policy::Policy;
 use crate::registry::{Registry, SessionCounters, SessionEntry, SessionOrigin};
 use crate::tls::{SessionTls, Upstream, UpstreamTlsError};
@@ -70,12 +73,24 @@ pub struct SessionContext {
     pub catalog: Arc<Catalog>,
     /// TLS towards clients (masker's CA) and towards each target's server.
     pub tls: SessionTls,
+    /// Credentials the agent logs in with, by configured target name.
+    pub credentials: Credentials,
+    /// The configured target name (`db.internal:5432`) of each destination
+    /// address a route names (`10.0.0.5:5432`); kept up to date by the
+    /// agent's target refresh. Destinations not listed are their own name.
+    pub target_names: RwLock<HashMap<String, String>>,
 }
 
 impl SessionContext {
     /// The policy new sessions start with.
     pub fn current_policy(&self) -> Option<Arc<Policy>> {
         self.policy.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The configured name of the target `destination` belongs to.
+    pub fn target_name(&self, destination: &str) -> String {
+        let names = self.target_names.read().unwrap_or_else(|p| p.into_inner());
+        names.get(destination).cloned().unwrap_or_else(|| destination.to_string())
     }
 }
 
@@ -110,6 +125,8 @@ enum SessionError {
     ClientTls(String),
     #[error("{0}")]
     UpstreamTls(UpstreamTlsError),
+    #[error("injected login: {0}")]
+    Inject(crate::credentials::InjectError),
     #[error("terminated by an operator")]
     Killed,
 }
@@ -135,7 +152,7 @@ pub async fn serve(client: TcpStream, origin: SessionOrigin, route: Route, ctx: 
         Err(e) => {
             let counters = &ctx.registry.counters;
             match &e {
-                SessionError::Connect { .. } | SessionError::UpstreamTls(_) => {
+                SessionError::Connect { .. } | SessionError::UpstreamTls(_) | SessionError::Inject(_) => {
                     counters.upstream_errors.fetch_add(1, Ordering::Relaxed)
                 }
                 SessionError::Refused(_) => counters.sessions_refused.fetch_add(1, Ordering::Relaxed),
@@ -292,6 +309,33 @@ async fn run<C: SplitIo>(
             return Err(SessionError::Refused(message.clone()));
         }
     };
+    let policy = ctx.current_policy();
+    let identity = entry.origin.identity.as_deref();
+    let target = ctx.target_name(destination);
+    let (user, database) = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
+    let session_policy =
+        policy.as_ref().map(|p| p.for_session(identity.unwrap_or(""), entry.origin.verified_claims(), destination));
+    if let Some(g) = session_policy.as_ref().and_then(|p| p.guardrails())
+        && let Some(message) = g.connect_refusal(identity.unwrap_or(""), &[&target, destination], &database, &user)
+    {
+        crate::audit::connect_denial(entry, &message);
+        let _ = client.write_all(&refuse("28000", &message)).await;
+        return Err(SessionError::Refused(message));
+    }
+    let credential = ctx.credentials.find(&target, identity);
+    if let Some(c) = &credential
+        && c.user != user
+    {
+        let message = format!(
+            "masker: connections to {target}{} log in as database user \"{}\" with a password the agent holds; \
+             connect as user \"{}\" (no password needed), not \"{user}\"",
+            identity.map(|i| format!(" from identity {i}")).unwrap_or_default(),
+            c.user,
+            c.user,
+        );
+        let _ = client.write_all(&refuse("28000", &message)).await;
+        return Err(SessionError::Refused(message));
+    }
     let server = match connect_upstream(destination, ctx).await {
         Ok(s) => s,
         Err(e) => {
@@ -315,15 +359,17 @@ async fn run<C: SplitIo>(
     };
     server.write_all(&buf[..startup_len]).await.map_err(|e| SessionError::Server(e.into()))?;
     server.flush().await.map_err(|e| SessionError::Server(e.into()))?;
-    entry.metrics.session(entry.origin.identity.as_deref().unwrap_or(""));
+    entry.metrics.session(identity.unwrap_or(""));
     crate::audit::session_start(&ctx.registry.audit, entry);
     buf.advance(startup_len);
+    let from_server = match &credential {
+        None => BytesMut::new(),
+        Some(c) => login(client, &mut server, c, ctx).await?,
+    };
 
-    let policy = ctx.current_policy();
-    match policy {
+    match session_policy {
         // No policy but an audit trail: statements are followed, not masked.
         None if ctx.registry.audit.enabled() => {
-            let database = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default().1;
             let observe = MaskContext {
                 policy: crate::policy::SessionPolicy::allow_all(),
                 catalog: ctx.catalog.clone(),
@@ -334,14 +380,15 @@ async fn run<C: SplitIo>(
             let queue = ExpectQueue::default();
             let client_filter = ClientTracker::new(queue.clone(), None).observed(entry.clone()).observe_only();
             let server_filter = ServerTracker::new(queue, observe).observe_only();
-            relay(client, &mut server, &buf, client_filter, server_filter, ctx, entry).await
+            relay(client, &mut server, &buf, &from_server, client_filter, server_filter, ctx, entry).await
         }
-        None => relay(client, &mut server, &buf, ClientFilter, ServerFilter::new(&entry.counters), ctx, entry).await,
-        Some(policy) => {
-            let identity = entry.origin.identity.as_deref().unwrap_or("");
-            let database = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default().1;
+        None => {
+            let filter = ServerFilter::new(&entry.counters);
+            relay(client, &mut server, &buf, &from_server, ClientFilter, filter, ctx, entry).await
+        }
+        Some(session_policy) => {
             let mask = MaskContext {
-                policy: policy.for_session(identity, entry.origin.verified_claims(), destination),
+                policy: session_policy,
                 catalog: ctx.catalog.clone(),
                 destination: destination.to_string(),
                 database,
@@ -350,17 +397,65 @@ async fn run<C: SplitIo>(
             let queue = ExpectQueue::default();
             let client_filter = ClientTracker::new(queue.clone(), Some(mask.lineage_guard())).observed(entry.clone());
             let server_filter = ServerTracker::new(queue, mask);
-            relay(client, &mut server, &buf, client_filter, server_filter, ctx, entry).await
+            relay(client, &mut server, &buf, &from_server, client_filter, server_filter, ctx, entry).await
+        }
+    }
+}
+
+/// Logs in to `server` with `credential` (see [`crate::credentials`]);
+/// returns the server's bytes from `AuthenticationOk` or its ErrorResponse
+/// on, for the relay. A server whose authentication cannot be answered ends
+/// the session with an error to the client that never contains the secret.
+async fn login<C: SplitIo>(
+    client: &mut C,
+    server: &mut Upstream,
+    credential: &Credential,
+    ctx: &SessionContext,
+) -> Result<BytesMut, SessionError> {
+    let binding = match server {
+        Upstream::Tls(tls) => tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(|cert| crate::credentials::tls_server_end_point(cert)),
+        Upstream::Plain(_) => None,
+    };
+    let attempt = crate::credentials::inject(server, credential, binding);
+    match tokio::time::timeout(ctx.limits.connect_timeout, attempt).await {
+        Ok(Ok((pending, mechanism))) => {
+            debug!(user = %credential.user, mechanism = mechanism.unwrap_or("password"), "injected login answered");
+            Ok(pending)
+        }
+        Ok(Err(InjectOutcome::Io(e))) => {
+            let message = "masker: the database server closed the connection during the injected login";
+            let _ = client.write_all(&refuse("08006", message)).await;
+            Err(SessionError::Server(e.into()))
+        }
+        Ok(Err(InjectOutcome::Failed(e))) => {
+            let _ = client.write_all(&refuse("08P01", &format!("masker: {e}"))).await;
+            Err(SessionError::Inject(e))
+        }
+        Err(_) => {
+            let message = format!(
+                "masker: the database server did not complete the injected login within {:?}",
+                ctx.limits.connect_timeout
+            );
+            let _ = client.write_all(&refuse("08006", &message)).await;
+            Err(SessionError::Server(io::Error::new(io::ErrorKind::TimedOut, message).into()))
         }
     }
 }
 
 /// Relays both directions until either ends. `pending` holds client bytes
-/// read after the startup packet.
+/// read after the startup packet, `from_server` server bytes read by an
+/// injected login (they go through the server filter like any other).
+#[allow(clippy::too_many_arguments)]
 async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
     client: &mut C,
     server: &mut S,
     pending: &[u8],
+    from_server: &[u8],
     mut client_filter: CF,
     server_filter: SF,
     ctx: &SessionContext,
@@ -370,6 +465,7 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
     let mut to_server = Pump::new(ctx.limits.max_client_message);
     to_server.preload(pending);
     let mut to_client = Pump::new(ctx.limits.max_server_message);
+    to_client.preload(from_server);
     // Either leg in TLS: the server may offer channel binding, which
     // cannot work across masker.
     let mut server_filter = NoChannelBinding::new(server_filter, client.is_tls() || server.is_tls());
