@@ -518,6 +518,50 @@ mod tests {
             "repository": "org/app"})
     }
 
+    /// RS256: a 2048-bit RSA key made by `openssl` in a temp dir, its
+    /// modulus published as `n` in the JWKS.
+    #[test]
+    fn rs256_tokens_verify_against_an_rsa_jwks() {
+        let dir = std::env::temp_dir().join(format!("masker-jwks-{}-rsa", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key = dir.join("key.pem");
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("openssl").args(args).output().expect("openssl");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let key_arg = key.to_string_lossy().into_owned();
+        run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", &key_arg]);
+        let modulus = run(&["rsa", "-in", &key_arg, "-noout", "-modulus"]);
+        let hex = modulus.trim().strip_prefix("Modulus=").expect("Modulus=");
+        let n: Vec<u8> = (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+        let jwks = serde_json::json!({"keys": [{"kty": "RSA", "kid": "r1", "alg": "RS256", "use": "sig",
+            "n": b64(&n), "e": "AQAB"}]});
+        std::fs::write(dir.join("jwks.json"), jwks.to_string()).unwrap();
+        let pem = std::fs::read(&key).unwrap();
+        let iss = [issuer(&Keys { dir: dir.clone(), pem: String::new() })];
+        let at = UNIX_EPOCH + Duration::from_secs(NOW);
+        let sign = |kid: &str, alg: Algorithm| {
+            let mut header = Header::new(alg);
+            header.kid = Some(kid.into());
+            let claims = claims(NOW + 600, NOW - 10, "https://ci.example", "masker");
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&pem).unwrap()).unwrap()
+        };
+        let id = verify(&sign("r1", Algorithm::RS256), "ci", &iss, at).unwrap();
+        assert_eq!(id.claims["repository"], "org/app");
+        // The same key under another RSA algorithm is not accepted.
+        let e = verify(&sign("r1", Algorithm::RS512), "ci", &iss, at).unwrap_err().to_string();
+        assert!(e.contains("not allowed"), "{e}");
+        // A signature over other claims fails.
+        let good = sign("r1", Algorithm::RS256);
+        let mut parts: Vec<&str> = good.split('.').collect();
+        let forged = b64(br#"{"iss":"https://ci.example","aud":"masker","exp":1800000600,"repository":"org/evil"}"#);
+        parts[1] = &forged;
+        let e = verify(&parts.join("."), "ci", &iss, at).unwrap_err().to_string();
+        assert!(e.contains("signature"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn each_check_has_its_error() {
         let k = keys("checks", "k1");
