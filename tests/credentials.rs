@@ -243,6 +243,22 @@ fn md5_and_cleartext_logins_are_injected_too() {
 }
 
 #[test]
+fn md5_and_cleartext_logins_are_relayed_in_passthrough() {
+    let cluster = &*AUTH_CLUSTER;
+    let proxy = MaskerProxy::start_with_args(cluster.addr(), &[]).unwrap();
+    for (user, password) in [("md5user", "md5-user-pw"), ("pwuser", "pw-user-pw")] {
+        let info = ConnInfo { user: user.into(), password: password.into(), ..cluster.app().at(proxy.addr()) };
+        let out = Psql::new(&info).command("SELECT current_user").run();
+        assert!(out.status.success(), "{user}: {}\n{}", out.stderr, proxy.stderr());
+        assert_eq!(out.stdout.trim(), user);
+        let wrong = ConnInfo { password: "wrong".into(), ..info.clone() };
+        let out = Psql::new(&wrong).command("SELECT 1").run();
+        assert!(out.stderr.contains("password authentication failed"), "{user}: {}", out.stderr);
+    }
+    assert!(!proxy.stderr().contains("md5-user-pw") && !proxy.stderr().contains("pw-user-pw"));
+}
+
+#[test]
 fn another_database_user_is_refused_naming_the_allowed_one() {
     let cluster = PgCluster::shared();
     let dir = tempfile::tempdir().unwrap();
