@@ -72,6 +72,9 @@ use crate::registry::SessionEntry;
 pub const SCHEMA_VERSION: u32 = 1;
 /// Events queued for the writer at most; beyond, events are dropped and counted.
 const QUEUE: usize = 8192;
+/// How long the writer lets events gather between writes (the queue holds
+/// [`QUEUE`] events, many more than arrive in this time).
+const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
 /// Longest normalized statement recorded.
 const MAX_STATEMENT: usize = 4096;
 
@@ -132,15 +135,9 @@ impl Audit {
         std::thread::Builder::new().name("masker-audit".into()).spawn(move || {
             let mut file = file;
             let mut out = stdout.then(io::stdout);
-            while let Some(line) = rx.blocking_recv() {
-                let mut batch = vec![line];
-                while let Ok(more) = rx.try_recv() {
-                    batch.push(more);
-                    if batch.len() >= 256 {
-                        break;
-                    }
-                }
-                for line in &batch {
+            while let Some(first) = rx.blocking_recv() {
+                let mut next = Some(first);
+                while let Some(line) = next {
                     if let Some(f) = file.as_mut()
                         && let Err(e) = f.write_line(line.as_bytes())
                     {
@@ -149,6 +146,7 @@ impl Audit {
                     if let Some(o) = out.as_mut() {
                         let _ = o.write_all(line.as_bytes()).and_then(|_| o.write_all(b"\n"));
                     }
+                    next = rx.try_recv().ok();
                 }
                 if let Some(f) = file.as_mut() {
                     let _ = f.flush();
@@ -156,6 +154,10 @@ impl Audit {
                 if let Some(o) = out.as_mut() {
                     let _ = o.flush();
                 }
+                // Let events gather: under load the writer wakes once per
+                // interval instead of once per statement (a context switch
+                // each, which on a small host comes out of the sessions' CPU).
+                std::thread::sleep(WRITE_INTERVAL);
             }
         })?;
         Ok(())
@@ -774,6 +776,29 @@ pub fn error_fields(body: &[u8]) -> (Option<String>, Option<String>) {
 /// a text that does not parse) by `?` and drops comments. The result is
 /// capped at 4096 bytes.
 pub fn normalize(sql: &str) -> String {
+    // Statements of one shape (see `sql::cache_key`: the same text but for
+    // literals) normalize to the same text: parse each shape once.
+    type Cache = std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<str>>>;
+    static CACHE: OnceLock<Cache> = OnceLock::new();
+    const ENTRIES: usize = 4096;
+    if sql.len() > MAX_STATEMENT {
+        return normalize_uncached(sql);
+    }
+    let key = crate::sql::cache_key(sql);
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return hit.to_string();
+    }
+    let out = normalize_uncached(sql);
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= ENTRIES {
+        c.clear();
+    }
+    c.insert(key, out.as_str().into());
+    out
+}
+
+fn normalize_uncached(sql: &str) -> String {
     let parsed = pg_query::normalize(sql).ok();
     let mut out = scrub_literals(parsed.as_deref().unwrap_or(sql));
     if out.len() > MAX_STATEMENT {

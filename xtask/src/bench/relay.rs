@@ -51,7 +51,17 @@ fn pgbench(ctx: &Ctx) -> Result<(Table, Value)> {
 
     let masker = Masker::start(&ctx.masker_bin, cluster, &[], &[], "relay")?;
     let bouncer = Pgbouncer::start(cluster)?;
-    let targets = [("direct", cluster.addr()), ("masker", masker.addr()), ("pgbouncer", bouncer.addr())];
+    // The same relay with the audit trail on: every statement is followed
+    // (and written as an event) even without a policy.
+    let audit_file = cluster.work().path().join("relay-audit.jsonl");
+    let audit_args = ["--audit-file".to_string(), audit_file.to_string_lossy().into_owned()];
+    let audited = Masker::start(&ctx.masker_bin, cluster, &audit_args, &[], "relay-audit")?;
+    let targets = [
+        ("direct", cluster.addr()),
+        ("masker", masker.addr()),
+        ("pgbouncer", bouncer.addr()),
+        ("masker+audit", audited.addr()),
+    ];
     for (name, addr) in targets {
         if let Err(err) = select_only(ctx, addr, "simple", 1, 1) {
             progress(format!("relay: warm-up against {name} failed: {err:#}"));
@@ -60,12 +70,23 @@ fn pgbench(ctx: &Ctx) -> Result<(Table, Value)> {
 
     let mut table = Table::new(
         format!("relay: pgbench -S, scale {SCALE}, {} s per run (TPS)", ctx.secs),
-        &["mode", "clients", "direct", "masker", "pgbouncer", "masker/direct", "masker/pgbouncer", "goal"],
+        &[
+            "mode",
+            "clients",
+            "direct",
+            "masker",
+            "pgbouncer",
+            "masker+audit",
+            "masker/direct",
+            "masker/pgbouncer",
+            "audit/masker",
+            "goal",
+        ],
     );
     let mut runs = Vec::new();
     for mode in MODES {
         for clients in CLIENTS {
-            let mut tps = [None; 3];
+            let mut tps = [None; 4];
             for (i, (name, addr)) in targets.iter().enumerate() {
                 match select_only(ctx, *addr, mode, clients, ctx.secs) {
                     Ok(p) => {
@@ -100,13 +121,18 @@ fn pgbench(ctx: &Ctx) -> Result<(Table, Value)> {
                 fmt_num(tps[0], 0),
                 fmt_num(tps[1], 0),
                 fmt_num(tps[2], 0),
+                fmt_num(tps[3], 0),
                 fmt_ratio(vs_direct),
                 fmt_ratio(vs_bouncer),
+                fmt_ratio(ratio(tps[3], tps[1])),
                 verdict.into(),
             ]);
         }
     }
     table.note("goal: masker/direct >= 0.75x and masker/pgbouncer >= 1.00x");
+    table.note("masker+audit: no policy, [audit] on: each statement followed and written as a JSON line");
+    let events = std::fs::read_to_string(&audit_file).map(|t| t.lines().count()).unwrap_or(0);
+    table.note(format!("audit events written by masker+audit: {events}"));
     let memory = masker.memory().ok();
     if let Some(m) = memory {
         table.note(format!("masker peak RSS after all pgbench runs (up to 32 sessions): {}", mib(m.peak_kib)));
