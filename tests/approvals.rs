@@ -15,12 +15,13 @@
 //! must be built.
 #![forbid(unsafe_code)]
 
-use std::process::{Child, Stdio};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 use masker_tests::agent::{AgentOptions, MaskerAgent, TestCgroup, skip_reason};
 use masker_tests::cluster::{APP_DB, APP_PASSWORD, APP_USER};
 use masker_tests::process;
+use masker_tests::psql::Psql;
 use masker_tests::{ConnInfo, PgCluster};
 use serde_json::Value;
 
@@ -95,21 +96,15 @@ impl Setup {
     /// after errors), started in the background.
     fn psql(&self, cg: &TestCgroup, statements: &[&str]) -> Child {
         let info: ConnInfo = self.cluster.app();
-        let mut cmd = cg.command(self.cluster.bindir().join("psql"));
-        cmd.args(["-X", "-A", "-t", "-q", "-w", "-v", "VERBOSITY=verbose"])
-            .args(["-h", &info.host, "-p", &info.port.to_string(), "-U", &info.user, "-d", &info.dbname])
-            .env("PGPASSWORD", &info.password)
-            .env("PGCONNECT_TIMEOUT", "10")
-            .env("PGSSLMODE", "disable")
-            .env_remove("PGSERVICE")
-            .env_remove("PGOPTIONS")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let wrapper = cg.command(self.cluster.bindir().join("psql"));
+        // VERBOSITY=verbose shows the SQLSTATE; without ON_ERROR_STOP psql
+        // goes on after an error, as a session that stays usable must.
+        let mut psql = Psql::via(wrapper, &info).env("PGSSLMODE", "disable").arg("-v").arg("VERBOSITY=verbose");
+        psql = psql.arg("-v").arg("ON_ERROR_STOP=0");
         for s in statements {
-            cmd.args(["-c", s]);
+            psql = psql.command(s);
         }
-        cmd.spawn().expect("spawning psql")
+        psql.spawn()
     }
 
     fn cli(&self, args: &[&str]) -> process::Output {

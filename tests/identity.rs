@@ -27,8 +27,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason, test_client};
 use masker_tests::process::{self, Output};
+use masker_tests::psql::Psql;
 use masker_tests::{ConnInfo, PgCluster};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -49,15 +50,7 @@ const CLIENT_ENV: &str = "MASKER_IT_IDENTITY_CLIENT";
 #[test]
 fn identity_client_process() {
     let Ok(spec) = std::env::var(CLIENT_ENV) else { return };
-    let parts: Vec<&str> = spec.split(' ').collect();
-    let [host, port, user, password, dbname] = parts[..] else { panic!("bad {CLIENT_ENV}: {spec:?}") };
-    let info = ConnInfo {
-        host: host.into(),
-        port: port.parse().expect("port"),
-        user: user.into(),
-        password: password.into(),
-        dbname: dbname.into(),
-    };
+    let info = ConnInfo::from_spec(&spec).unwrap_or_else(|| panic!("bad {CLIENT_ENV}: {spec:?}"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         match info.tokio_config().connect(tokio_postgres::NoTls).await {
@@ -78,10 +71,8 @@ fn identity_client_process() {
 
 /// Runs the client process in `cg`, returns what follows `CLIENT-`.
 fn tokio_client_in(cg: &TestCgroup, info: &ConnInfo) -> String {
-    let mut cmd = cg.command(std::env::current_exe().expect("the test binary"));
-    cmd.args(["identity_client_process", "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env(CLIENT_ENV, format!("{} {} {} {} {}", info.host, info.port, info.user, info.password, info.dbname));
-    let mut child = LineChild::spawn(cmd).expect("spawn the client");
+    let wrapper = cg.command(std::env::current_exe().expect("the test binary"));
+    let mut child = test_client(wrapper, "identity_client_process", CLIENT_ENV, info).expect("spawn the client");
     let line = child.line_starting("CLIENT-", CLIENT_TIMEOUT).expect("client result");
     let _ = child.finish(CLIENT_TIMEOUT);
     line
@@ -220,16 +211,8 @@ fn tags(agent: &MaskerAgent) -> Vec<Value> {
 }
 
 fn psql_in(cg: &TestCgroup, cluster: &PgCluster, info: &ConnInfo, sql: &str) -> Output {
-    let mut cmd = cg.command(cluster.bindir().join("psql"));
-    cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-w"])
-        .args(["-h", &info.host, "-p", &info.port.to_string(), "-U", &info.user, "-d", &info.dbname])
-        .args(["-c", sql])
-        .env("PGPASSWORD", &info.password)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env("PGSSLMODE", "disable")
-        .env_remove("PGSERVICE")
-        .env_remove("PGOPTIONS");
-    process::run(cmd, None, CLIENT_TIMEOUT).unwrap_or_else(|e| panic!("psql: {e:#}"))
+    let wrapper = cg.command(cluster.bindir().join("psql"));
+    Psql::via(wrapper, info).env("PGSSLMODE", "disable").command(sql).timeout(CLIENT_TIMEOUT).run()
 }
 
 #[track_caller]

@@ -21,8 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason, test_client};
 use masker_tests::process::{self, Output};
+use masker_tests::psql::Psql;
 use masker_tests::{ConnInfo, PgCluster};
 use serde_json::{Value, json};
 
@@ -53,15 +54,7 @@ const CLIENT_ENV: &str = "MASKER_IT_TOKIO_CLIENT";
 #[test]
 fn tokio_postgres_client_process() {
     let Ok(spec) = std::env::var(CLIENT_ENV) else { return };
-    let parts: Vec<&str> = spec.split(' ').collect();
-    let [host, port, user, password, dbname] = parts[..] else { panic!("bad {CLIENT_ENV}: {spec:?}") };
-    let info = ConnInfo {
-        host: host.into(),
-        port: port.parse().expect("port"),
-        user: user.into(),
-        password: password.into(),
-        dbname: dbname.into(),
-    };
+    let info = ConnInfo::from_spec(&spec).unwrap_or_else(|| panic!("bad {CLIENT_ENV}: {spec:?}"));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let client = match info.connect().await {
@@ -97,10 +90,7 @@ fn tokio_postgres_client_process() {
 /// command whose remaining arguments are the program and its arguments: a
 /// [`TestCgroup::command`] or `masker run ... --`).
 fn tokio_client(wrapper: Command, info: &ConnInfo) -> LineChild {
-    let mut cmd = wrapper;
-    cmd.args(["tokio_postgres_client_process", "--exact", "--nocapture", "--test-threads=1", "-q"])
-        .env(CLIENT_ENV, format!("{} {} {} {} {}", info.host, info.port, info.user, info.password, info.dbname));
-    LineChild::spawn(cmd).expect("spawn the tokio-postgres client")
+    test_client(wrapper, "tokio_postgres_client_process", CLIENT_ENV, info).expect("spawn the tokio-postgres client")
 }
 
 fn current_exe() -> PathBuf {
@@ -132,30 +122,17 @@ fn finish_client(mut client: LineChild) {
 
 /// Runs psql (`program` of `wrapper`) against `info` with `sql`.
 fn psql(wrapper: Command, info: &ConnInfo, sql: &str) -> Output {
-    let mut cmd = wrapper;
-    cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-w"])
-        .args(["-h", &info.host, "-p", &info.port.to_string(), "-U", &info.user, "-d", &info.dbname])
-        .args(["-c", sql])
-        .env("PGPASSWORD", &info.password)
-        .env("PGCONNECT_TIMEOUT", "10")
-        .env_remove("PGSERVICE")
-        .env_remove("PGSSLMODE")
-        .env_remove("PGOPTIONS");
-    process::run(cmd, None, CLIENT_TIMEOUT).unwrap_or_else(|e| panic!("psql: {e:#}"))
-}
-
-fn psql_binary(cluster: &PgCluster) -> PathBuf {
-    cluster.bindir().join("psql")
+    Psql::via(wrapper, info).command(sql).timeout(CLIENT_TIMEOUT).run()
 }
 
 /// psql run directly by the test process (not in any test cgroup).
 fn psql_here(cluster: &PgCluster, info: &ConnInfo, sql: &str) -> Output {
-    psql(Command::new(psql_binary(cluster)), info, sql)
+    psql(Command::new(cluster.bindir().join("psql")), info, sql)
 }
 
 /// psql in cgroup `cg`.
 fn psql_in(cg: &TestCgroup, cluster: &PgCluster, info: &ConnInfo, sql: &str) -> Output {
-    psql(cg.command(psql_binary(cluster)), info, sql)
+    psql(cg.command(cluster.bindir().join("psql")), info, sql)
 }
 
 #[track_caller]
@@ -432,7 +409,7 @@ fn masker_run_tags_a_transient_cgroup_and_propagates_exit_codes() {
 
     // psql inside `masker run` goes through masker, unchanged address.
     let mut cmd = run(&[]);
-    cmd.arg(psql_binary(cluster));
+    cmd.arg(cluster.bindir().join("psql"));
     assert_query_ok(&psql(cmd, &info, QUERY));
     assert_eq!(agent.connections(), 1, "psql under masker run did not go through masker\n{}", agent.stderr());
 

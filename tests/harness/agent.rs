@@ -445,6 +445,18 @@ impl Drop for TestCgroup {
     }
 }
 
+/// Re-executes this test binary through `wrapper` (e.g. a
+/// [`TestCgroup::command`] or `masker run ... --`), running only the test
+/// `test`: the body of a client process, which reads its login from the
+/// environment variable `var` ([`crate::ConnInfo::from_spec`]) and does
+/// nothing when the variable is absent (so the test passes on its own).
+/// Cgroup membership is per process: this is how a Rust client runs in one.
+pub fn test_client(wrapper: Command, test: &str, var: &str, info: &crate::ConnInfo) -> Result<LineChild> {
+    let mut cmd = wrapper;
+    cmd.args([test, "--exact", "--nocapture", "--test-threads=1", "-q"]).env(var, info.to_spec());
+    LineChild::spawn(cmd)
+}
+
 /// A child process whose stdout is read line by line on a thread, for
 /// clients that report and then wait (e.g. holding a connection open while
 /// the test looks at `masker status`).

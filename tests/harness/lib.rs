@@ -48,6 +48,25 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// `host port user password dbname`: a login handed to a child process
+    /// in one environment variable (see [`ConnInfo::from_spec`]).
+    pub fn to_spec(&self) -> String {
+        format!("{} {} {} {} {}", self.host, self.port, self.user, self.password, self.dbname)
+    }
+
+    /// The login [`ConnInfo::to_spec`] wrote.
+    pub fn from_spec(spec: &str) -> Option<ConnInfo> {
+        let parts: Vec<&str> = spec.split(' ').collect();
+        let [host, port, user, password, dbname] = parts[..] else { return None };
+        Some(ConnInfo {
+            host: host.into(),
+            port: port.parse().ok()?,
+            user: user.into(),
+            password: password.into(),
+            dbname: dbname.into(),
+        })
+    }
+
     /// The same login, sent to `addr` instead (e.g. a [`MaskerProxy`]).
     pub fn at(&self, addr: SocketAddr) -> ConnInfo {
         ConnInfo { host: addr.ip().to_string(), port: addr.port(), ..self.clone() }

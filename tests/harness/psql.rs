@@ -26,7 +26,14 @@ impl Psql {
     /// psql connecting to `info` (libpq's default `sslmode=prefer`, so the
     /// SSLRequest path is exercised too).
     pub fn new(info: &ConnInfo) -> Psql {
-        let mut cmd = Command::new(psql_binary());
+        Psql::via(Command::new(psql_binary()), info)
+    }
+
+    /// psql started by `wrapper`, a command whose remaining arguments are
+    /// the program and its arguments (e.g. [`crate::agent::TestCgroup::command`]
+    /// of [`psql_binary`], so psql runs inside a cgroup).
+    pub fn via(wrapper: Command, info: &ConnInfo) -> Psql {
+        let mut cmd = wrapper;
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-w"])
             .args(["-h", &info.host, "-p", &info.port.to_string(), "-U", &info.user, "-d", &info.dbname])
             .env("PGPASSWORD", &info.password)
@@ -84,6 +91,14 @@ impl Psql {
     /// If psql cannot be started or exceeds its deadline.
     pub fn run(self) -> Output {
         process::run(self.cmd, self.stdin.as_deref(), self.timeout).unwrap_or_else(|err| panic!("psql: {err:#}"))
+    }
+
+    /// Starts psql in the background with stdout and stderr piped (for a
+    /// client that must wait while the test acts).
+    pub fn spawn(mut self) -> std::process::Child {
+        use std::process::Stdio;
+        self.cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        self.cmd.spawn().unwrap_or_else(|err| panic!("starting psql: {err}"))
     }
 
     /// Runs psql and returns stdout.
