@@ -12,13 +12,13 @@
 //!
 //! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use masker_tests::cluster::{APP_PASSWORD, APP_USER};
 use masker_tests::compare::{self, RawCell};
 use masker_tests::fixture::PersonalValues;
+use masker_tests::leaks::{Forms, LeakFinder};
 use masker_tests::psql::Psql;
 use masker_tests::{ConnInfo, MaskerProxy, PgCluster, within};
 
@@ -59,81 +59,6 @@ column_names = ["id", "*_id", "order_no", "created_at", "paid_at", "signup_ts", 
 action = "allow"
 "#;
 
-/// Every seeded personal value in the forms an easy transform gives.
-struct LeakFinder {
-    needles: Vec<(String, &'static str, Vec<u8>)>,
-    index: HashMap<[u8; 6], Vec<u32>>,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() { A[(n >> (18 - 6 * i) & 63) as usize] as char } else { '=' });
-        }
-    }
-    out
-}
-
-impl LeakFinder {
-    fn new(values: &PersonalValues) -> LeakFinder {
-        let mut needles = Vec::new();
-        let mut seen = HashSet::new();
-        for (kind, value) in values.all() {
-            if kind == "birth_date" || value.len() < 8 {
-                continue;
-            }
-            let lower = value.to_ascii_lowercase();
-            let mut forms = vec![
-                ("value", lower.clone()),
-                ("reversed", lower.chars().rev().collect()),
-                ("hex", hex(value.as_bytes())),
-                ("base64", base64(value.as_bytes()).trim_end_matches('=').to_ascii_lowercase()),
-            ];
-            let digits: String = value.chars().filter(char::is_ascii_digit).collect();
-            if ["phone", "ssn", "card_number", "iban"].contains(&kind.as_str()) && digits.len() >= 9 {
-                forms.push(("digits", digits));
-            }
-            for (form, s) in forms {
-                if s.len() >= 8 && seen.insert(s.clone()) {
-                    needles.push((kind.clone(), form, s.into_bytes()));
-                }
-            }
-        }
-        let mut index: HashMap<[u8; 6], Vec<u32>> = HashMap::new();
-        for (i, n) in needles.iter().enumerate() {
-            index.entry(n.2[..6].try_into().unwrap()).or_default().push(i as u32);
-        }
-        LeakFinder { needles, index }
-    }
-
-    fn find(&self, text: &[u8]) -> BTreeMap<(String, &'static str), usize> {
-        let mut found = BTreeMap::new();
-        let lower = text.to_ascii_lowercase();
-        if lower.len() < 6 {
-            return found;
-        }
-        for i in 0..=lower.len() - 6 {
-            if let Some(list) = self.index.get(&lower[i..i + 6]) {
-                for &n in list {
-                    let (kind, form, bytes) = &self.needles[n as usize];
-                    if lower[i..].starts_with(bytes) {
-                        *found.entry((kind.clone(), *form)).or_default() += 1;
-                    }
-                }
-            }
-        }
-        found
-    }
-}
-
 struct Env {
     _dir: tempfile::TempDir,
     policy: std::path::PathBuf,
@@ -154,7 +79,11 @@ static ENV: LazyLock<Env> = LazyLock::new(|| {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, POLICY).expect("policy");
     let values = PersonalValues::load(cluster).expect("personal values");
-    Env { _dir: dir, policy, finder: LeakFinder::new(&values) }
+    Env {
+        _dir: dir,
+        policy,
+        finder: LeakFinder::new(&values, Forms { reversed: true }, |kind, _| kind == "birth_date"),
+    }
 });
 
 fn start() -> (MaskerProxy, ConnInfo, ConnInfo) {

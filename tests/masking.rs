@@ -16,7 +16,6 @@
 //! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::hash::{BuildHasherDefault, Hasher};
 use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -25,6 +24,7 @@ use bytes::BytesMut;
 use masker_tests::cluster::{APP_DB, APP_PASSWORD, APP_USER};
 use masker_tests::compare::{self, RawCell};
 use masker_tests::fixture::PersonalValues;
+use masker_tests::leaks::{Forms, LeakFinder};
 use masker_tests::psql::Psql;
 use masker_tests::raw::{self, Msg, RawConn};
 use masker_tests::{ConnInfo, MaskerProxy, PgCluster, python, within};
@@ -231,7 +231,9 @@ static ENV: LazyLock<Env> = LazyLock::new(|| {
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, policy_toml()).expect("writing the policy");
     let values = PersonalValues::load(cluster).expect("loading the seeded personal values");
-    let finder = LeakFinder::new(&values);
+    // Generalised to the year, a January 1st birth date is its own mask.
+    let finder =
+        LeakFinder::new(&values, Forms::default(), |kind, value| kind == "birth_date" && value.ends_with("-01-01"));
     Env { _dir: dir, policy, finder }
 });
 
@@ -274,140 +276,6 @@ impl Setup {
 }
 
 // ------------------------------------------------------------------ leak finder
-
-/// Finds seeded personal values (any case), and their digits-only, base64
-/// and hex forms, in text. Needles are indexed by their first 8 bytes, so
-/// one pass over the text checks all ~200k of them.
-struct LeakFinder {
-    needles: Vec<Needle>,
-    index: HashMap<u64, Vec<u32>, BuildHasherDefault<Mix>>,
-    /// One bit per [`bloom_slot`] of the needles' keys: most positions of a
-    /// text stop here (the tests run unoptimised).
-    bloom: Vec<u64>,
-}
-
-struct Needle {
-    kind: String,
-    form: &'static str,
-    bytes: Vec<u8>,
-}
-
-const KEY_LEN: usize = 8;
-
-/// A leak: `(kind, form)` → how many distinct values of that kind and form.
-type Leaks = BTreeMap<(String, &'static str), usize>;
-
-impl LeakFinder {
-    fn new(values: &PersonalValues) -> LeakFinder {
-        let mut needles = Vec::new();
-        let mut seen = HashSet::new();
-        for (kind, value) in values.all() {
-            // Generalised to the year, a January 1st birth date is its own mask.
-            if kind == "birth_date" && value.ends_with("-01-01") {
-                continue;
-            }
-            let mut forms = vec![
-                ("value", value.to_ascii_lowercase()),
-                ("hex", hex(value.as_bytes())),
-                ("base64", base64(value.as_bytes()).to_ascii_lowercase()),
-            ];
-            let digits: String = value.chars().filter(char::is_ascii_digit).collect();
-            if ["phone", "ssn", "card_number", "iban"].contains(&kind.as_str()) && digits.len() >= 9 && digits != *value
-            {
-                forms.push(("digits", digits));
-            }
-            for (form, bytes) in forms {
-                if bytes.len() >= KEY_LEN && seen.insert(bytes.clone()) {
-                    needles.push(Needle { kind: kind.clone(), form, bytes: bytes.into_bytes() });
-                }
-            }
-        }
-        let mut index: HashMap<u64, Vec<u32>, BuildHasherDefault<Mix>> = HashMap::default();
-        let mut bloom = vec![0u64; 1 << (BLOOM_BITS - 6)];
-        for (i, n) in needles.iter().enumerate() {
-            let key = key8(&n.bytes);
-            index.entry(key).or_default().push(i as u32);
-            let slot = bloom_slot(key);
-            bloom[slot >> 6] |= 1 << (slot & 63);
-        }
-        assert!(needles.len() > 10_000, "too few seeded values: {}", needles.len());
-        LeakFinder { needles, index, bloom }
-    }
-
-    fn find(&self, text: &[u8]) -> Leaks {
-        let mut found = Leaks::new();
-        if text.len() < KEY_LEN {
-            return found;
-        }
-        let lower = text.to_ascii_lowercase();
-        let mut hit = HashSet::new();
-        for i in 0..=lower.len() - KEY_LEN {
-            let key = key8(&lower[i..]);
-            let slot = bloom_slot(key);
-            if self.bloom[slot >> 6] & (1 << (slot & 63)) == 0 {
-                continue;
-            }
-            if let Some(list) = self.index.get(&key) {
-                for &n in list {
-                    let needle = &self.needles[n as usize];
-                    if lower[i..].starts_with(&needle.bytes) && hit.insert(n) {
-                        *found.entry((needle.kind.clone(), needle.form)).or_default() += 1;
-                    }
-                }
-            }
-        }
-        found
-    }
-}
-
-const BLOOM_BITS: u32 = 24;
-
-fn bloom_slot(key: u64) -> usize {
-    (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - BLOOM_BITS)) as usize
-}
-
-fn key8(b: &[u8]) -> u64 {
-    u64::from_le_bytes(b[..KEY_LEN].try_into().expect("8 bytes"))
-}
-
-/// A cheap hasher for the 8-byte keys (the keys are already well spread).
-#[derive(Default)]
-struct Mix(u64);
-
-impl Hasher for Mix {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x5175_cc1b_7272_20a9);
-        }
-    }
-    fn write_u64(&mut self, x: u64) {
-        self.0 = (x ^ (x >> 29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
 
 #[track_caller]
 fn assert_no_leak(what: &str, text: &[u8]) {

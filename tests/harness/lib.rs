@@ -23,6 +23,7 @@ pub mod agent;
 pub mod cluster;
 pub mod compare;
 pub mod fixture;
+pub mod leaks;
 pub mod process;
 pub mod proxy;
 pub mod psql;
