@@ -60,7 +60,6 @@ action = "allow"
 "#;
 
 struct Env {
-    _dir: tempfile::TempDir,
     policy: std::path::PathBuf,
     finder: LeakFinder,
 }
@@ -75,15 +74,10 @@ static ENV: LazyLock<Env> = LazyLock::new(|| {
              GRANT SELECT ON lineage_upper, lineage_nested TO app;",
         )
         .expect("lineage views");
-    let dir = tempfile::tempdir().expect("tempdir");
-    let policy = dir.path().join("policy.toml");
+    let policy = cluster.scratch_dir("lineage").expect("scratch dir").join("policy.toml");
     std::fs::write(&policy, POLICY).expect("policy");
     let values = PersonalValues::load(cluster).expect("personal values");
-    Env {
-        _dir: dir,
-        policy,
-        finder: LeakFinder::new(&values, Forms { reversed: true }, |kind, _| kind == "birth_date"),
-    }
+    Env { policy, finder: LeakFinder::new(&values, Forms { reversed: true }, |kind, _| kind == "birth_date") }
 });
 
 fn start() -> (MaskerProxy, ConnInfo, ConnInfo) {

@@ -219,7 +219,6 @@ fn typed_sql() -> String {
 /// What all tests share: the typed tables (created once), the policy file and
 /// the seeded personal values with their leak finder.
 struct Env {
-    _dir: tempfile::TempDir,
     policy: PathBuf,
     finder: LeakFinder,
 }
@@ -227,14 +226,13 @@ struct Env {
 static ENV: LazyLock<Env> = LazyLock::new(|| {
     let cluster = PgCluster::shared();
     cluster.run_sql_as_superuser(APP_DB, &typed_sql()).expect("creating the masktest tables");
-    let dir = tempfile::Builder::new().prefix("masker-masking-").tempdir().expect("temp dir");
-    let policy = dir.path().join("policy.toml");
+    let policy = cluster.scratch_dir("masking").expect("scratch dir").join("policy.toml");
     std::fs::write(&policy, policy_toml()).expect("writing the policy");
     let values = PersonalValues::load(cluster).expect("loading the seeded personal values");
     // Generalised to the year, a January 1st birth date is its own mask.
     let finder =
         LeakFinder::new(&values, Forms::default(), |kind, value| kind == "birth_date" && value.ends_with("-01-01"));
-    Env { _dir: dir, policy, finder }
+    Env { policy, finder }
 });
 
 fn env() -> &'static Env {

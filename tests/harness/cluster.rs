@@ -128,6 +128,16 @@ impl PgCluster {
         self.dir.path().join("data")
     }
 
+    /// A directory for files that live as long as the cluster (e.g. the
+    /// policy file of a suite's shared set-up, kept in a `static`, whose
+    /// destructor never runs): removed with the cluster, by its watchdog
+    /// at the latest.
+    pub fn scratch_dir(&self, name: &str) -> Result<PathBuf> {
+        let dir = self.dir.path().join("scratch").join(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(dir)
+    }
+
     /// The Unix socket directory.
     pub fn socket_dir(&self) -> PathBuf {
         self.dir.path().join("sock")

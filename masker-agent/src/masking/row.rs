@@ -124,12 +124,13 @@ impl RowPlan {
 }
 
 /// Masks one cell value `v` of column `col`, appending length + value (or -1)
-/// to `out` and counting it in `stats`.
-pub(crate) fn put_masked_cell(col: &ColPlan, keys: &Keys, v: &[u8], out: &mut BytesMut, stats: &mut RowStats) {
+/// to `out` and counting it in `stats`; returns whether it counted (the cell
+/// was masked or fell back to NULL).
+pub(crate) fn put_masked_cell(col: &ColPlan, keys: &Keys, v: &[u8], out: &mut BytesMut, stats: &mut RowStats) -> bool {
     if col.action == ColumnAction::Allow {
         out.put_i32(v.len() as i32);
         out.extend_from_slice(v);
-        return;
+        return false;
     }
     let len_at = out.len();
     out.put_i32(0);
@@ -142,24 +143,28 @@ pub(crate) fn put_masked_cell(col: &ColPlan, keys: &Keys, v: &[u8], out: &mut By
             out.put_i32(-1);
         }
     }
-    count(col, outcome, stats);
+    let counted = count(col, outcome, stats);
     if !matches!(outcome, Outcome::Null | Outcome::Fallback) {
         let n = (out.len() - len_at - 4) as i32;
         out[len_at..len_at + 4].copy_from_slice(&n.to_be_bytes());
     }
+    counted
 }
 
-pub(crate) fn count(col: &ColPlan, outcome: Outcome, stats: &mut RowStats) {
-    let Some(kind) = col.action.kind() else { return };
+/// Counts a cell's outcome in `stats`; returns whether it counted.
+pub(crate) fn count(col: &ColPlan, outcome: Outcome, stats: &mut RowStats) -> bool {
+    let Some(kind) = col.action.kind() else { return false };
     match outcome {
         Outcome::Same | Outcome::Wrote { changed: false } => {
-            if kind != super::ActionKind::Detect {
-                stats.bump(kind);
+            if kind == super::ActionKind::Detect {
+                return false;
             }
+            stats.bump(kind);
         }
         Outcome::Wrote { changed: true } | Outcome::Null => stats.bump(kind),
         Outcome::Fallback => stats.fallback_null += 1,
     }
+    true
 }
 
 /// Rewrites one DataRow: reads the message *body* and appends a complete
@@ -199,16 +204,17 @@ fn write_row(plan: &RowPlan, body: &[u8], out: &mut BytesMut, per_column: &mut [
     let at = wire::begin_message(out, wire::backend::DATA_ROW);
     out.put_i16(n as i16);
     let mut stats = RowStats::default();
-    let counted = per_column.len() >= plan.cols.len();
+    let per_column = if per_column.len() >= plan.cols.len() { per_column } else { &mut [] };
     for (i, col) in plan.cols.iter().enumerate() {
         match cells.next().transpose()?.flatten() {
             None => out.put_i32(-1),
-            Some(v) if counted && col.action != ColumnAction::Allow => {
-                let before = stats.total() + stats.fallback_null;
-                put_masked_cell(col, &plan.keys, v, out, &mut stats);
-                per_column[i] += stats.total() + stats.fallback_null - before;
+            Some(v) => {
+                if put_masked_cell(col, &plan.keys, v, out, &mut stats)
+                    && let Some(n) = per_column.get_mut(i)
+                {
+                    *n += 1;
+                }
             }
-            Some(v) => put_masked_cell(col, &plan.keys, v, out, &mut stats),
         }
     }
     if !cells.finished() {
