@@ -97,7 +97,7 @@ pub enum Command {
         #[arg(long, group = "credential_source", requires = "credential_user")]
         credential_password_env: Option<String>,
     },
-    /// Show the agent: programs, targets, tagged cgroups, live sessions, counters.
+    /// Show the agent: programs, targets, tagged cgroups, live sessions, per-identity counts, pending approvals.
     Status {
         /// Machine-readable output.
         #[arg(long)]
