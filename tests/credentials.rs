@@ -544,6 +544,77 @@ fn agent_injects_for_a_tagged_identity_and_enforces_its_databases() {
     assert!(status["counters"]["sessions_refused"].as_u64().unwrap() >= 1, "{status}");
 }
 
+/// A rotated password file takes effect at `masker policy reload` (as at
+/// SIGHUP); a file that has become unsafe is refused there and the previous
+/// password stays in use.
+#[test]
+fn agent_rereads_a_rotated_password_file_on_reload() {
+    if let Some(why) = skip_reason() {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let cluster = PgCluster::shared();
+    cluster
+        .run_sql_as_superuser(
+            "postgres",
+            "DROP ROLE IF EXISTS rotuser; CREATE ROLE rotuser LOGIN PASSWORD 'rot-old-pw';",
+        )
+        .expect("role");
+    let dir = tempfile::tempdir().unwrap();
+    let pw = password_file(dir.path(), "rot.pw", "rot-old-pw", 0o600);
+    let target = cluster.addr().to_string();
+    let options = AgentOptions {
+        targets: vec![target.clone()],
+        extra_config: format!(
+            "[[credential]]\ntarget = \"{target}\"\nidentity = \"rot-*\"\nuser = \"rotuser\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+        ..AgentOptions::default()
+    };
+    let agent = MaskerAgent::start(&options).unwrap_or_else(|e| panic!("{e:#}"));
+    let cg = TestCgroup::new().unwrap();
+    agent.tag(cg.path(), "rot-job");
+    let login =
+        ConnInfo { user: "rotuser".into(), password: String::new(), dbname: "postgres".into(), ..cluster.app() };
+    let psql = || {
+        Psql::via(cg.command(psql_binary()), &login)
+            .no_password()
+            .env("PGSSLMODE", "disable")
+            .command("SELECT current_user")
+            .run()
+    };
+    let out = psql();
+    assert_eq!((out.status.success(), out.stdout.trim()), (true, "rotuser"), "{}\n{}", out.stderr, agent.stderr());
+
+    // The password changes on the server: the held one no longer works.
+    cluster.run_sql_as_superuser("postgres", "ALTER ROLE rotuser PASSWORD 'rot-new-pw';").expect("alter role");
+    let out = psql();
+    assert!(out.stderr.contains("password authentication failed"), "{}", out.stderr);
+    // Rotated file + reload: new sessions log in again.
+    std::fs::write(&pw, "rot-new-pw\n").unwrap();
+    let reload = agent.run_cli(&["policy", "reload"]);
+    assert_eq!(reload.code(), Some(0), "{}", reload.stderr);
+    assert!(reload.stdout.contains("1 credential password(s) re-read"), "{}", reload.stdout);
+    let out = psql();
+    assert_eq!(out.stdout.trim(), "rotuser", "{}\n{}", out.stderr, agent.stderr());
+
+    // A file that became readable by others is refused; the previous password stays.
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let reload = agent.run_cli(&["policy", "reload"]);
+    assert_ne!(reload.code(), Some(0));
+    assert!(
+        reload.stderr.contains("has mode 0644") && reload.stderr.contains("keep their previous password"),
+        "{}",
+        reload.stderr
+    );
+    assert_eq!(psql().stdout.trim(), "rotuser");
+    for secret in ["rot-old-pw", "rot-new-pw"] {
+        assert!(!agent.stderr().contains(secret), "{secret} in the agent's log");
+        assert!(!reload.stderr.contains(secret));
+    }
+    cluster.run_sql_as_superuser("postgres", "DROP ROLE rotuser;").expect("drop role");
+}
+
 // ---------------------------------------------------------------------------
 // CancelRequest
 

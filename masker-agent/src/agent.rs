@@ -135,7 +135,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             while hup.recv().await.is_some() {
                 match agent.reload_policy() {
                     Ok(msg) => info!("{msg}"),
-                    Err(e) => error!("policy reload failed, keeping the previous policy: {e:#}"),
+                    Err(e) => error!("{e}"),
                 }
             }
         })
@@ -305,14 +305,22 @@ impl Agent {
         }
     }
 
-    fn reload_policy(&self) -> anyhow::Result<String> {
-        let policy = load_policy(&self.config.policy)?;
+    /// Loads the policy file again and re-reads the injected credentials'
+    /// passwords (SIGHUP, `masker policy reload`).
+    fn reload_policy(&self) -> Result<String, ReloadError> {
+        let policy = load_policy(&self.config.policy).map_err(ReloadError::Policy)?;
         let what = match &self.config.policy {
             Some(p) => format!("policy {} reloaded; new sessions use it", p.display()),
             None => "no policy file configured; nothing to reload".to_string(),
         };
         *self.ctx.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
-        Ok(what)
+        // Injected credentials: rotated password files take effect for new
+        // sessions; one that cannot be read keeps its previous password.
+        match self.ctx.credentials.reload() {
+            Ok(0) => Ok(what),
+            Ok(n) => Ok(format!("{what}; {n} credential password(s) re-read")),
+            Err(error) => Err(ReloadError::Credentials { done: what, error }),
+        }
     }
 
     async fn status(&self) -> anyhow::Result<Status> {
@@ -362,6 +370,15 @@ impl Agent {
             Err(e) => Response::Error(e),
         }
     }
+}
+
+/// Why a reload did not do all it should.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error("policy reload failed, the previous policy stays in force: {0:#}")]
+    Policy(anyhow::Error),
+    #[error("{done}, but {error}; those credentials keep their previous password")]
+    Credentials { done: String, error: String },
 }
 
 /// The programs `Interception::start` attaches, as the kernel lists them.
@@ -463,7 +480,7 @@ impl admin::Handler for Agent {
             }
             Request::PolicyReload => match self.reload_policy() {
                 Ok(msg) => json(msg),
-                Err(e) => Response::Error(format!("policy reload failed, the previous policy stays in force: {e:#}")),
+                Err(e) => Response::Error(e.to_string()),
             },
         }
     }

@@ -283,7 +283,8 @@ pub enum AuditCommand {
 pub enum PolicyCommand {
     /// Validate a policy file; errors give file, line and what was expected.
     Check { file: PathBuf },
-    /// Make the running agent load its policy file again (as SIGHUP does).
+    /// Make the running agent load its policy file again and re-read injected
+    /// credentials' passwords (as SIGHUP does).
     Reload,
 }
 

@@ -271,7 +271,7 @@ fn own_uid() -> Option<u32> {
 /// One credential the agent logs in with: for sessions towards `target`
 /// whose identity matches `identity` (a glob; `None` = every identity, and
 /// sessions without one), as database user `user`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Credential {
     /// The target as configured (`host:port`).
     pub target: String,
@@ -282,7 +282,8 @@ pub struct Credential {
     pub user: String,
     /// Where the password came from (shown in errors, never the password).
     pub source: SecretSource,
-    secret: Secret,
+    /// Replaced whole by [`Credential::reload`] (password rotation).
+    secret: std::sync::RwLock<Secret>,
 }
 
 impl Credential {
@@ -307,7 +308,7 @@ impl Credential {
             identity_pattern: identity.map(str::to_string),
             user: user.to_string(),
             source,
-            secret,
+            secret: std::sync::RwLock::new(secret),
         })
     }
 
@@ -321,8 +322,16 @@ impl Credential {
     }
 
     /// The password, for [`Injector`].
-    pub fn secret(&self) -> &Secret {
-        &self.secret
+    pub fn secret(&self) -> Secret {
+        self.secret.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Reads the password from its source again, with the same checks as at
+    /// start (a rotated password file); on error the previous one stays.
+    pub fn reload(&self) -> Result<(), SecretError> {
+        let secret = self.source.load()?;
+        *self.secret.write().unwrap_or_else(|p| p.into_inner()) = secret;
+        Ok(())
     }
 }
 
@@ -341,6 +350,22 @@ impl Credentials {
     /// configured `host:port`), if the agent injects one.
     pub fn find(&self, target: &str, identity: Option<&str>) -> Option<std::sync::Arc<Credential>> {
         self.0.iter().find(|c| c.applies(target, identity)).cloned()
+    }
+
+    /// Reads every password from its source again (`masker policy reload`,
+    /// SIGHUP). Returns how many were re-read, or the errors (naming the
+    /// credential and the source, never a value) of those that keep their
+    /// previous password.
+    pub fn reload(&self) -> Result<usize, String> {
+        let errors: Vec<String> = self
+            .0
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                c.reload().err().map(|e| format!("credential {} (target {}, user {}): {e}", i + 1, c.target, c.user))
+            })
+            .collect();
+        if errors.is_empty() { Ok(self.0.len()) } else { Err(errors.join("; ")) }
     }
 
     /// How many credentials are configured.
@@ -576,7 +601,8 @@ pub async fn inject<S: AsyncRead + AsyncWrite + Unpin>(
     credential: &Credential,
     binding: Option<Vec<u8>>,
 ) -> Result<(BytesMut, Option<&'static str>), InjectOutcome> {
-    let mut injector = Injector::new(&credential.user, credential.secret(), binding);
+    let secret = credential.secret();
+    let mut injector = Injector::new(&credential.user, &secret, binding);
     let mut buf = BytesMut::with_capacity(1024);
     let mut keep = BytesMut::new();
     let mut out = BytesMut::new();
