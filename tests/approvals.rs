@@ -247,6 +247,18 @@ fn approve_deny_timeout_and_standing_approvals() {
     assert_eq!(direct_note(s.cluster, 3), "n3", "a timed-out statement did not run");
     assert_event(s.approval_events(id, "timeout").last().expect("event"), "ledger-writes", "timeout");
 
+    // A client that hangs up while its statement waits withdraws it: the
+    // statement never runs, whoever approves later.
+    let mut child = s.psql(&ci, &["DELETE FROM approval_ledger WHERE id = 9"]);
+    let id = s.pending(1)[0]["id"].as_u64().expect("id");
+    child.kill().expect("kill psql");
+    let _ = child.wait();
+    assert_eq!(s.pending(0).len(), 0, "the request was withdrawn");
+    assert_event(s.approval_events(id, "abandoned").last().expect("event"), "ledger-writes", "abandoned");
+    let late = s.agent.run_cli(&["approvals", "approve", &id.to_string()]);
+    assert!(late.stderr.contains("no pending approval"), "{}", late.stderr);
+    assert_eq!(direct_note(s.cluster, 9), "n9", "a withdrawn statement did not run");
+
     // Standing approval: `--for` covers the same shape with other literals.
     let child = s.psql(&ci, &["UPDATE approval_ledger SET note = 'standing-4' WHERE id = 4"]);
     let id = s.pending(1)[0]["id"].as_u64().expect("id");

@@ -45,7 +45,8 @@
 //! (the `[[approval]]` rule), `statement`, `class`, `decision` (`requested`
 //! when the statement starts to wait, then `approved`, `denied` or `timeout`;
 //! `granted` when a standing approval (`--for`) let it run without waiting,
-//! with the id of that approval), `approver`, `reason` (denials; scrubbed).
+//! with the id of that approval; `abandoned` when the client hung up while
+//! it waited: it did not run), `approver`, `reason` (denials; scrubbed).
 //!
 //! # Guarantees
 //!
@@ -519,10 +520,19 @@ pub fn connect_denial(entry: &SessionEntry, reason: &str) {
 #[derive(Debug, Clone, Copy)]
 pub enum ApprovalStep<'a> {
     Requested,
-    Approved { approver: &'a str },
-    Denied { approver: &'a str, reason: &'a str },
+    Approved {
+        approver: &'a str,
+    },
+    Denied {
+        approver: &'a str,
+        reason: &'a str,
+    },
     TimedOut,
-    Granted { approver: &'a str },
+    Granted {
+        approver: &'a str,
+    },
+    /// The client hung up while the statement waited.
+    Abandoned,
 }
 
 /// Records a step of approval `id` of `entry`'s session under `rule`, and
@@ -534,6 +544,7 @@ pub fn approval(entry: &SessionEntry, id: u64, rule: &str, sql: &str, step: Appr
         ApprovalStep::Denied { approver, reason } => ("denied", Some(approver), Some(reason)),
         ApprovalStep::TimedOut => ("timeout", None, None),
         ApprovalStep::Granted { approver } => ("granted", Some(approver), None),
+        ApprovalStep::Abandoned => ("abandoned", None, None),
     };
     if decision != "requested" {
         entry.metrics.approval(entry.origin.identity.as_deref().unwrap_or(""), decision);

@@ -189,7 +189,7 @@ pub fn render(registry: &Registry) -> String {
         let _ = writeln!(o, "masker_denials_total{{identity=\"{id}\"}} {}", c.denials);
     });
     family(&mut o, "masker_approvals_total", "Approval decisions.", &|o, id, c| {
-        for d in ["approved", "denied", "timeout", "granted"] {
+        for d in ["approved", "denied", "timeout", "granted", "abandoned"] {
             let n = c.approvals.get(d).copied().unwrap_or(0);
             let _ = writeln!(o, "masker_approvals_total{{identity=\"{id}\",decision=\"{d}\"}} {n}");
         }

@@ -73,6 +73,9 @@ pub struct SessionEntry {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Where the session's held statements wait (the agent's book).
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Notified when the client hangs up while one of its messages is being
+    /// decided on (a statement held for approval is then withdrawn).
+    pub client_hangup: Arc<tokio::sync::Notify>,
 }
 
 /// Set once by an operator; the session's relay watches it.
@@ -165,6 +168,7 @@ impl Registry {
             audit: self.audit.clone(),
             metrics: self.metrics.clone(),
             approvals: self.approvals.clone(),
+            client_hangup: Default::default(),
         });
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         SessionGuard { registry: self.clone(), entry }

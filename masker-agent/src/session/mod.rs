@@ -462,7 +462,7 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
     entry: &SessionEntry,
 ) -> Result<(), SessionError> {
     let counters = &entry.counters;
-    let mut to_server = Pump::new(ctx.limits.max_client_message);
+    let mut to_server = Pump::new(ctx.limits.max_client_message).with_hangup(entry.client_hangup.clone());
     to_server.preload(pending);
     let mut to_client = Pump::new(ctx.limits.max_server_message);
     to_client.preload(from_server);

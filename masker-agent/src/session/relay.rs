@@ -75,6 +75,13 @@ pub struct Pump {
     /// Set while a write is in progress: if the session is torn down then,
     /// the peer has half a message and nothing more may be sent to it.
     mid_write: bool,
+    /// Bytes read while the filter was still deciding on a message (it may
+    /// wait long: an approval); framed right after it.
+    side: BytesMut,
+    /// Told when the reader reaches end of stream while the filter is still
+    /// deciding (a client that hangs up while its statement waits for an
+    /// approval withdraws it).
+    hangup: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 impl Pump {
@@ -88,7 +95,16 @@ impl Pump {
             stream_left: 0,
             need: 0,
             mid_write: false,
+            side: BytesMut::new(),
+            hangup: None,
         }
+    }
+
+    /// Notifies `signal` (one permit) if the reader ends while the filter
+    /// decides on a message.
+    pub fn with_hangup(mut self, signal: std::sync::Arc<tokio::sync::Notify>) -> Self {
+        self.hangup = Some(signal);
+        self
     }
 
     /// Starts with bytes already read (e.g. after the startup packet).
@@ -116,7 +132,7 @@ impl Pump {
         F: Filter,
     {
         if !self.buf.is_empty() {
-            self.process(w, filter, bytes).await?;
+            self.process(r, w, filter, bytes).await?;
         }
         loop {
             // Each read takes at most one chunk, or what completes a message
@@ -130,15 +146,22 @@ impl Pump {
             if n == 0 {
                 return if self.buf.is_empty() && self.stream_left == 0 { Ok(()) } else { Err(RelayError::Truncated) };
             }
-            self.process(w, filter, bytes).await?;
+            self.process(r, w, filter, bytes).await?;
         }
     }
 
     /// Frames what is buffered, lets the filter see what it asked for and
     /// writes the batch. Complete messages before a malformed one are still
     /// written, so the peer gets everything that was valid.
-    async fn process<W, F>(&mut self, w: &mut W, filter: &mut F, bytes: &AtomicU64) -> Result<(), RelayError>
+    async fn process<R, W, F>(
+        &mut self,
+        r: &mut R,
+        w: &mut W,
+        filter: &mut F,
+        bytes: &AtomicU64,
+    ) -> Result<(), RelayError>
     where
+        R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
         F: Filter,
     {
@@ -185,7 +208,36 @@ impl Pump {
             }
             let end = pos + header.total_len;
             self.scratch.clear();
-            match filter.on_message(&self.buf[pos..end], &mut self.scratch).await {
+            // While the filter decides, keep reading (up to a chunk) so that
+            // a peer that hangs up is noticed; what arrives is framed next.
+            let decided = {
+                let decide = filter.on_message(&self.buf[pos..end], &mut self.scratch);
+                tokio::pin!(decide);
+                let side = &mut self.side;
+                let mut ended = false;
+                loop {
+                    tokio::select! {
+                        biased;
+                        v = &mut decide => break v,
+                        n = r.read_buf(side), if !ended && side.len() < READ_CHUNK => match n {
+                            Ok(0) => {
+                                // End of stream: the next read says so again.
+                                ended = true;
+                                if let Some(h) = &self.hangup {
+                                    h.notify_one();
+                                }
+                            }
+                            Ok(_) => {}
+                            Err(e) => break Err(e.into()),
+                        },
+                    }
+                }
+            };
+            if !self.side.is_empty() {
+                self.buf.extend_from_slice(&self.side);
+                self.side.clear();
+            }
+            match decided {
                 Ok(Verdict::Forward) => {}
                 Ok(Verdict::Replaced) => {
                     self.out.extend_from_slice(&self.buf[fwd_start..pos]);
@@ -289,6 +341,82 @@ mod tests {
             assert!(res.is_ok(), "chunk {chunk}: {res:?}");
             assert!(got == expected, "chunk {chunk}");
         }
+    }
+
+    /// Takes its time over `Q` messages (`forever`: never decides), as a
+    /// filter holding a statement for approval does.
+    struct Slow {
+        forever: bool,
+        seen: Vec<Vec<u8>>,
+    }
+
+    impl Filter for Slow {
+        fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
+            Ok(header.tag == b'Q')
+        }
+
+        async fn on_message(&mut self, msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
+            self.seen.push(msg.to_vec());
+            if self.forever {
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            Ok(Verdict::Forward)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hang_up_while_the_filter_decides_is_signalled() {
+        let (mut client, mut relay_in) = tokio::io::duplex(1 << 16);
+        let (mut relay_out, _server) = tokio::io::duplex(1 << 16);
+        client.write_all(&msg(b'Q', b"delete\0")).await.unwrap();
+        let signal = std::sync::Arc::new(tokio::sync::Notify::new());
+        let mut filter = Slow { forever: true, seen: Vec::new() };
+        let counter = AtomicU64::new(0);
+        let mut pump = Pump::new(1 << 16).with_hangup(signal.clone());
+        let run = pump.run(&mut relay_in, &mut relay_out, &mut filter, &counter);
+        tokio::pin!(run);
+        tokio::select! {
+            _ = &mut run => panic!("the filter never decides"),
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+        }
+        drop(client);
+        tokio::select! {
+            _ = &mut run => panic!("the filter never decides"),
+            () = signal.notified() => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(5)) => panic!("no hang-up signal"),
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_read_while_the_filter_decides_follow_in_order() {
+        let (mut client, mut relay_in) = tokio::io::duplex(1 << 16);
+        let (mut relay_out, mut server) = tokio::io::duplex(1 << 16);
+        let first = msg(b'Q', b"one\0");
+        let mut rest = msg(b'd', b"data");
+        rest.extend(msg(b'Q', b"two\0"));
+        let (a, b) = (first.clone(), rest.clone());
+        let writer = tokio::spawn(async move {
+            client.write_all(&a).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            client.write_all(&b).await.unwrap();
+        });
+        let mut filter = Slow { forever: false, seen: Vec::new() };
+        let counter = AtomicU64::new(0);
+        let mut pump = Pump::new(1 << 16);
+        let res = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            pump.run(&mut relay_in, &mut relay_out, &mut filter, &counter),
+        )
+        .await
+        .unwrap();
+        writer.await.unwrap();
+        assert!(res.is_ok(), "{res:?}");
+        drop(relay_out);
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [first.clone(), rest].concat());
+        assert_eq!(filter.seen, [first, msg(b'Q', b"two\0")]);
     }
 
     #[tokio::test]

@@ -192,7 +192,15 @@ async fn hold(entry: &SessionEntry, rule: &ApprovalRule, sql: &str) -> Option<St
     let id = ticket.id;
     crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Requested);
     tracing::info!(session = entry.id, approval = id, rule = %rule.name, "statement held for approval");
-    let outcome = ticket.wait(rule.timeout).await;
+    let outcome = tokio::select! {
+        outcome = ticket.wait(rule.timeout) => outcome,
+        () = entry.client_hangup.notified() => {
+            // Nobody waits for the result: the statement must not run.
+            crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Abandoned);
+            tracing::info!(session = entry.id, approval = id, "client hung up; held statement withdrawn");
+            return Some(format!("masker: approval {id} withdrawn: the client hung up"));
+        }
+    };
     match outcome {
         Outcome::Approved { approver } => {
             crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Approved { approver: &approver });
