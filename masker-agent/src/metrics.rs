@@ -16,7 +16,8 @@
 //! | `masker_rows_total` | counter | `identity` |
 //! | `masker_masked_cells_total` | counter | `identity`, `action` |
 //! | `masker_denials_total` | counter | `identity` |
-//! | `masker_approvals_total` | counter | `identity`, `decision` |
+//! | `masker_approvals_total` | counter | `identity`, `decision` (`approved`, `denied`, `timeout`, `granted`, `abandoned`) |
+//! | `masker_approvals_pending` | gauge | |
 //! | `masker_sessions_killed_total` | counter | |
 //! | `masker_audit_events_total`, `masker_audit_events_dropped_total` | counter | |
 //! | `masker_relay_latency_seconds` | histogram | |
@@ -145,6 +146,13 @@ pub fn render(registry: &Registry) -> String {
         "masker_audit_events_dropped_total",
         "Audit events dropped because the writer fell behind.",
         a.dropped.load(Ordering::Relaxed),
+    );
+
+    let _ = writeln!(
+        o,
+        "# HELP masker_approvals_pending Statements waiting for an operator's decision.\n\
+         # TYPE masker_approvals_pending gauge\nmasker_approvals_pending {}",
+        registry.approvals.pending_count()
     );
 
     let mut live: BTreeMap<String, u64> = BTreeMap::new();
@@ -294,5 +302,11 @@ mod tests {
         assert!(text.contains("masker_relay_latency_seconds_count 1"));
         assert!(text.contains("masker_statements_total{identity=\"ci\",outcome=\"ok\"} 1"));
         assert!(text.contains("masker_rows_total{identity=\"ci\"} 4"));
+        assert!(text.contains("masker_approvals_pending 0"), "{text}");
+        let ticket = r.approvals.request(1, Some("ci"), "r", "x".into(), None, Duration::from_secs(5));
+        assert!(render(&r).contains("masker_approvals_pending 1"));
+        drop(ticket);
+        r.metrics.approval("ci", "abandoned");
+        assert!(render(&r).contains("masker_approvals_total{identity=\"ci\",decision=\"abandoned\"} 1"));
     }
 }
