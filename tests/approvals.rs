@@ -189,10 +189,20 @@ fn approve_deny_timeout_and_standing_approvals() {
     let Some(s) = setup() else { return };
     let ci = s.cgroup("ci-bot");
 
-    // Approve: the client waits, then its statement runs.
-    let child = s.psql(&ci, &["UPDATE approval_ledger SET note = 'approved-1' WHERE id = 1 RETURNING note"]);
+    // Approve: the client waits, told why by a notice, then its statement runs.
+    let mut child = s.psql(&ci, &["UPDATE approval_ledger SET note = 'approved-1' WHERE id = 1 RETURNING note"]);
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (tx, notices) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     let pending = s.pending(1);
     let p = &pending[0];
+    let notice = notices.recv_timeout(Duration::from_secs(20)).expect("a notice while the statement waits");
+    let expected = format!("masker: statement held for approval {} (rule ledger-writes)", p["id"]);
+    assert!(notice.starts_with("NOTICE:") && notice.contains(&expected), "{notice}");
     assert_eq!(p["rule"], "ledger-writes");
     assert_eq!(p["identity"], "ci-bot");
     let statement = p["statement"].as_str().expect("statement");

@@ -2,8 +2,8 @@
 //!
 //! An `[[approval]]` rule of the policy ([`crate::policy::ApprovalRule`])
 //! holds the matching statements of a session. The client → server relay
-//! stops at the statement (nothing the client sends after it is read) and the
-//! statement waits in the agent's book ([`Approvals`]) until an operator runs
+//! stops at the statement (nothing the client sends after it is relayed) and
+//! the statement waits in the agent's book ([`Approvals`]) until an operator runs
 //! `masker approvals approve ID [--for DURATION]` or `masker approvals deny ID
 //! --reason TEXT`, or until the rule's timeout:
 //!
@@ -12,11 +12,13 @@
 //!   statement's place (with the approver and reason, or the timeout), the
 //!   transaction aborts as for any error and the session stays usable.
 //!
-//! `--for DURATION` also approves, for that long, every later statement of the
-//! same shape (the same statement text with other literals) from the same
-//! identity. Every step is an `approval` audit event (`requested`,
-//! `approved`, `denied`, `timeout`, `granted` by a standing approval). A
-//! session that ends while it waits withdraws its request.
+//! The client is sent a NoticeResponse naming the approval id as soon as its
+//! statement is held. `--for DURATION` also approves, for that long, every
+//! later statement of the same shape (the same statement text with other
+//! literals) from the same identity. Every step is an `approval` audit event (`requested`,
+//! `approved`, `denied`, `timeout`, `granted` by a standing approval,
+//! `abandoned`). A client that hangs up, or a session that ends, while it
+//! waits withdraws its request.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

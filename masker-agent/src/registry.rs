@@ -76,6 +76,9 @@ pub struct SessionEntry {
     /// Notified when the client hangs up while one of its messages is being
     /// decided on (a statement held for approval is then withdrawn).
     pub client_hangup: Arc<tokio::sync::Notify>,
+    /// Messages of the agent's own for the client (a notice that a
+    /// statement waits for approval), written between relayed messages.
+    pub to_client: Arc<crate::session::relay::Outbox>,
 }
 
 /// Set once by an operator; the session's relay watches it.
@@ -169,6 +172,7 @@ impl Registry {
             metrics: self.metrics.clone(),
             approvals: self.approvals.clone(),
             client_hangup: Default::default(),
+            to_client: Default::default(),
         });
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         SessionGuard { registry: self.clone(), entry }

@@ -465,6 +465,26 @@ pub fn put_error(out: &mut BytesMut, severity: Severity, code: &str, message: &s
     put_error_with_hint(out, severity, code, message, None);
 }
 
+/// Appends a `NoticeResponse` (severity NOTICE, SQLSTATE 00000) with an
+/// optional hint: something the client is told while its request goes on.
+pub fn put_notice(out: &mut BytesMut, message: &str, hint: Option<&str>) {
+    let at = begin_message(out, backend::NOTICE_RESPONSE);
+    let mut field = |kind: u8, value: &str| {
+        out.put_u8(kind);
+        out.extend(value.bytes().filter(|&b| b != 0));
+        out.put_u8(0);
+    };
+    field(b'S', "NOTICE");
+    field(b'V', "NOTICE");
+    field(b'C', "00000");
+    field(b'M', message);
+    if let Some(hint) = hint {
+        field(b'H', hint);
+    }
+    out.put_u8(0);
+    finish_message(out, at);
+}
+
 /// Appends an `ErrorResponse` with an optional hint.
 pub fn put_error_with_hint(out: &mut BytesMut, severity: Severity, code: &str, message: &str, hint: Option<&str>) {
     let at = begin_message(out, backend::ERROR_RESPONSE);

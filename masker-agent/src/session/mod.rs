@@ -464,7 +464,7 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
     let counters = &entry.counters;
     let mut to_server = Pump::new(ctx.limits.max_client_message).with_hangup(entry.client_hangup.clone());
     to_server.preload(pending);
-    let mut to_client = Pump::new(ctx.limits.max_server_message);
+    let mut to_client = Pump::new(ctx.limits.max_server_message).with_outbox(entry.to_client.clone());
     to_client.preload(from_server);
     // Either leg in TLS: the server may offer channel binding, which
     // cannot work across masker.

@@ -35,6 +35,27 @@ pub enum RelayError {
     Refused { code: &'static str, message: String },
 }
 
+/// Messages the agent itself sends a peer between the messages it relays
+/// (a NoticeResponse that a statement waits for approval). Written by the
+/// pump of that direction as soon as it is at a message boundary.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    bytes: std::sync::Mutex<BytesMut>,
+    ready: tokio::sync::Notify,
+}
+
+impl Outbox {
+    /// Queues whole messages `msg` for the peer.
+    pub fn push(&self, msg: &[u8]) {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(msg);
+        self.ready.notify_one();
+    }
+
+    fn take(&self) -> BytesMut {
+        std::mem::take(&mut *self.bytes.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
 /// What a filter does with a whole message.
 pub enum Verdict {
     /// Forward the original bytes.
@@ -82,6 +103,8 @@ pub struct Pump {
     /// deciding (a client that hangs up while its statement waits for an
     /// approval withdraws it).
     hangup: Option<std::sync::Arc<tokio::sync::Notify>>,
+    /// Messages of our own for the peer this pump writes to.
+    outbox: Option<std::sync::Arc<Outbox>>,
 }
 
 impl Pump {
@@ -97,7 +120,14 @@ impl Pump {
             mid_write: false,
             side: BytesMut::new(),
             hangup: None,
+            outbox: None,
         }
+    }
+
+    /// Also writes what is pushed to `outbox`, between relayed messages.
+    pub fn with_outbox(mut self, outbox: std::sync::Arc<Outbox>) -> Self {
+        self.outbox = Some(outbox);
+        self
     }
 
     /// Notifies `signal` (one permit) if the reader ends while the filter
@@ -142,7 +172,24 @@ impl Pump {
             if self.buf.capacity() - self.buf.len() < want / 4 || self.buf.capacity() - self.buf.len() < self.need {
                 self.buf.reserve(want);
             }
-            let n = r.read_buf(&mut (&mut self.buf).limit(want)).await?;
+            let mut room = (&mut self.buf).limit(want);
+            let n = match self.outbox.clone() {
+                // Our own messages go out only between whole messages.
+                Some(outbox) if self.stream_left == 0 => tokio::select! {
+                    n = r.read_buf(&mut room) => n?,
+                    () = outbox.ready.notified() => {
+                        let own = outbox.take();
+                        if !own.is_empty() {
+                            self.mid_write = true;
+                            w.write_all(&own).await?;
+                            self.mid_write = false;
+                            bytes.fetch_add(own.len() as u64, Ordering::Relaxed);
+                        }
+                        continue;
+                    }
+                },
+                _ => r.read_buf(&mut room).await?,
+            };
             if n == 0 {
                 return if self.buf.is_empty() && self.stream_left == 0 { Ok(()) } else { Err(RelayError::Truncated) };
             }
@@ -417,6 +464,41 @@ mod tests {
         server.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, [first.clone(), rest].concat());
         assert_eq!(filter.seen, [first, msg(b'Q', b"two\0")]);
+    }
+
+    #[tokio::test]
+    async fn own_messages_go_out_between_relayed_ones_only() {
+        let (mut peer_in, mut relay_in) = tokio::io::duplex(1 << 16);
+        let (mut relay_out, mut peer_out) = tokio::io::duplex(1 << 16);
+        let outbox = std::sync::Arc::new(Outbox::default());
+        let counter = AtomicU64::new(0);
+        let mut pump = Pump::new(1 << 16).with_outbox(outbox.clone());
+        let mut filter = Upper;
+        let big = msg(b'd', &[b'x'; 1000]);
+        let notice = msg(b'N', b"notice\0");
+        let driver = async {
+            // Half of a large message: our own must wait for its end.
+            peer_in.write_all(&big[..500]).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            outbox.push(&notice);
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            peer_in.write_all(&big[500..]).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            // Idle at a boundary: it goes out at once.
+            outbox.push(&notice);
+            tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+            drop(peer_in);
+        };
+        let (res, ()) = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            tokio::join!(pump.run(&mut relay_in, &mut relay_out, &mut filter, &counter), driver)
+        })
+        .await
+        .unwrap();
+        assert!(res.is_ok(), "{res:?}");
+        drop(relay_out);
+        let mut got = Vec::new();
+        peer_out.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, [big, notice.clone(), notice].concat());
     }
 
     #[tokio::test]

@@ -191,6 +191,20 @@ async fn hold(entry: &SessionEntry, rule: &ApprovalRule, sql: &str) -> Option<St
     let ticket = book.request(entry.id, identity, &rule.name, statement, shape, rule.timeout);
     let id = ticket.id;
     crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Requested);
+    // Tell the client why nothing happens (psql prints it at once).
+    let mut notice = BytesMut::new();
+    wire::put_notice(
+        &mut notice,
+        &format!(
+            "masker: statement held for approval {id} (rule {}); waiting up to {}s for an operator",
+            rule.name,
+            rule.timeout.as_secs()
+        ),
+        Some(&format!(
+            "An operator runs: masker approvals approve {id}  (or: masker approvals deny {id} --reason ...)"
+        )),
+    );
+    entry.to_client.push(&notice);
     tracing::info!(session = entry.id, approval = id, rule = %rule.name, "statement held for approval");
     let outcome = tokio::select! {
         outcome = ticket.wait(rule.timeout) => outcome,
