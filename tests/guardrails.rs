@@ -148,3 +148,36 @@ fn other_identities_may_write() {
     }));
     proxy.assert_running();
 }
+
+/// `masker proxy` has no admin socket, so nobody could approve a statement
+/// an `[[approval]]` rule holds: it is refused at once (not after the
+/// timeout), and other statements run.
+#[test]
+fn approval_rules_in_the_proxy_refuse_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cluster = PgCluster::shared();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        "version = 1\n[defaults]\naction = \"allow\"\n[[approval]]\nname = \"writes\"\nclasses = [\"update\"]\ntimeout = \"1h\"\n",
+    )
+    .expect("policy");
+    let args: Vec<String> = ["--policy", &policy.to_string_lossy(), "--identity", "ci-bot", "--catalog-user", APP_USER]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let proxy = MaskerProxy::start_with_env(cluster.addr(), &args, &[("MASKER_CATALOG_PASSWORD", APP_PASSWORD)])
+        .unwrap_or_else(|e| panic!("starting masker proxy: {e:#}"));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(within(LIMIT, "approval in the proxy", async {
+        let client = cluster.app().at(proxy.addr()).connect().await.expect("connect");
+        let started = std::time::Instant::now();
+        let err = client.simple_query("UPDATE orders SET status = status WHERE id = 1").await.expect_err("held");
+        assert!(started.elapsed() < Duration::from_secs(30), "refused at once, not after the timeout");
+        let db = err.as_db_error().expect("db error");
+        assert_eq!(db.code().code(), "42501");
+        assert!(db.message().contains("approval rule writes") && db.message().contains("no operator"), "{db:?}");
+        let one = client.simple_query("SELECT 1").await.expect("the session goes on");
+        assert!(!one.is_empty());
+    }));
+}

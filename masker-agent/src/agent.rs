@@ -106,6 +106,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     agent.refresh_targets().await?;
 
     let admin_path = agent.config.admin_socket.clone();
+    // Operators decide on held statements over the admin socket.
+    agent.ctx.registry.approvals.enable_decisions();
     let admin_task = {
         let agent = agent.clone();
         tokio::spawn(async move {

@@ -92,6 +92,9 @@ struct Grant {
 /// The agent's pending approvals and standing grants.
 #[derive(Default)]
 pub struct Approvals {
+    /// Whether an operator can decide at all (the agent's admin socket);
+    /// `masker proxy` has none, so its held statements are refused at once.
+    decidable: std::sync::atomic::AtomicBool,
     next_id: AtomicU64,
     pending: Mutex<BTreeMap<u64, Pending>>,
     grants: Mutex<Vec<Grant>>,
@@ -142,6 +145,16 @@ pub fn shape(sql: &str) -> Option<String> {
 }
 
 impl Approvals {
+    /// Says that operators can decide (the admin socket is served).
+    pub fn enable_decisions(&self) {
+        self.decidable.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether operators can decide on held statements.
+    pub fn decidable(&self) -> bool {
+        self.decidable.load(Ordering::Relaxed)
+    }
+
     /// The approval id and approver of a standing grant that covers `shape`
     /// for `identity`, if one is still in force.
     pub fn granted(&self, identity: Option<&str>, shape: &str) -> Option<(u64, String)> {

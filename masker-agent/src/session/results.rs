@@ -187,6 +187,16 @@ async fn hold(entry: &SessionEntry, rule: &ApprovalRule, sql: &str) -> Option<St
         crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Granted { approver: &approver });
         return None;
     }
+    if !book.decidable() {
+        // Nobody could approve it (masker proxy has no admin socket).
+        let message = format!(
+            "masker: statement refused: approval rule {} holds it, and this masker has no operator to approve \
+             it (approvals need masker agent and its admin socket)",
+            rule.name
+        );
+        crate::audit::denial(entry, sql, "approval", &message);
+        return Some(message);
+    }
     let statement = crate::audit::normalize(sql);
     let ticket = book.request(entry.id, identity, &rule.name, statement, shape, rule.timeout);
     let id = ticket.id;
