@@ -585,6 +585,15 @@ fn agent_rereads_a_rotated_password_file_on_reload() {
     };
     let out = psql();
     assert_eq!((out.status.success(), out.stdout.trim()), (true, "rotuser"), "{}\n{}", out.stderr, agent.stderr());
+    // `masker status` shows where the agent logs in itself, never the password.
+    let status = agent.status();
+    let listed = &status["credentials"][0];
+    assert_eq!((listed["target"].as_str(), listed["user"].as_str()), (Some(target.as_str()), Some("rotuser")));
+    assert_eq!(listed["identity"], "rot-*");
+    assert_eq!(listed["source"], format!("password_file {}", pw.display()));
+    let text = agent.run_cli(&["status"]).stdout;
+    assert!(text.contains("INJECTED CREDENTIALS") && text.contains("rotuser"), "{text}");
+    assert!(!text.contains("rot-old-pw") && !status.to_string().contains("rot-old-pw"));
 
     // The password changes on the server: the held one no longer works.
     cluster.run_sql_as_superuser("postgres", "ALTER ROLE rotuser PASSWORD 'rot-new-pw';").expect("alter role");

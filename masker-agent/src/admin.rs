@@ -86,6 +86,21 @@ pub struct Status {
     /// Statements waiting for an operator's decision.
     #[serde(default)]
     pub approvals: Vec<crate::approvals::PendingApproval>,
+    /// Injected credentials: where the agent logs in itself (never the
+    /// password).
+    #[serde(default)]
+    pub credentials: Vec<CredentialStatus>,
+}
+
+/// One `[[credential]]`, as `masker status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CredentialStatus {
+    pub target: String,
+    /// The identity glob; `None`: every identity.
+    pub identity: Option<String>,
+    pub user: String,
+    /// `password_file PATH` or `password_env VAR`.
+    pub source: String,
 }
 
 /// One configured target and the addresses it resolved to.

@@ -352,6 +352,17 @@ impl Agent {
             counters: self.ctx.registry.counters_snapshot(),
             identities: self.ctx.registry.metrics.identities(),
             approvals: self.ctx.registry.approvals.list(),
+            credentials: self
+                .ctx
+                .credentials
+                .iter()
+                .map(|c| crate::admin::CredentialStatus {
+                    target: c.target.clone(),
+                    identity: c.identity_pattern.clone(),
+                    user: c.user.clone(),
+                    source: c.source.to_string(),
+                })
+                .collect(),
         })
     }
 }

@@ -650,6 +650,13 @@ fn render_status(s: &Status) -> String {
         let path = t.path.as_deref().unwrap_or("(cgroup removed)");
         let _ = writeln!(o, "  {:<20} {:>10}  {}", t.identity, t.cgroup_id, path);
     }
+    if !s.credentials.is_empty() {
+        let _ = writeln!(o, "\nINJECTED CREDENTIALS (the agent logs in; clients send no password)");
+        for c in &s.credentials {
+            let identity = c.identity.as_deref().unwrap_or("*");
+            let _ = writeln!(o, "  {:<30} {:<16} user {:<14} {}", c.target, identity, c.user, c.source);
+        }
+    }
     let _ = writeln!(o, "\nSESSIONS");
     o.push_str(&render_sessions(&s.sessions));
     if !s.identities.is_empty() {

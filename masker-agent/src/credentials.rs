@@ -368,6 +368,11 @@ impl Credentials {
         if errors.is_empty() { Ok(self.0.len()) } else { Err(errors.join("; ")) }
     }
 
+    /// The credentials in the order they are tried.
+    pub fn iter(&self) -> impl Iterator<Item = &Credential> {
+        self.0.iter().map(|c| &**c)
+    }
+
     /// How many credentials are configured.
     pub fn len(&self) -> usize {
         self.0.len()
