@@ -151,6 +151,17 @@ pub struct Cluster {
 impl Cluster {
     /// initdb + pg_ctl start in a new temporary directory.
     pub fn start() -> Result<Cluster> {
+        Cluster::start_with(false)
+    }
+
+    /// [`Cluster::start`] with `ssl = on` and a throwaway self-signed
+    /// certificate (openssl, in the cluster's directory), for comparing TLS
+    /// connections with TLS connections.
+    pub fn start_tls() -> Result<Cluster> {
+        Cluster::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Result<Cluster> {
         let bindir = bindir()?;
         let run_as = RunAs::detect()?;
         let work = Workdir::create(run_as.as_ref(), |dir| pg_ctl_stop_line(&bindir, run_as.as_ref(), dir))?;
@@ -160,11 +171,33 @@ impl Cluster {
             c.arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
         })?;
         cluster.port = free_port()?;
-        let conf = format!(
+        let mut conf = format!(
             "{POSTGRES_CONF}listen_addresses = '127.0.0.1'\nport = {}\nunix_socket_directories = '{}'\n",
             cluster.port,
             cluster.work.path().display()
         );
+        if tls {
+            let (cert, key) = (data.join("server.crt"), data.join("server.key"));
+            let out = Command::new("openssl")
+                .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"])
+                .args(["-subj", "/CN=localhost", "-days", "2", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .output()
+                .context("running openssl for the bench server's certificate")?;
+            if !out.status.success() {
+                bail!("openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).context("chmod server.key")?;
+            if let Some(user) = &cluster.run_as {
+                for f in [&cert, &key] {
+                    std::os::unix::fs::chown(f, Some(user.uid), Some(user.gid))
+                        .with_context(|| format!("chown {}", f.display()))?;
+                }
+            }
+            conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        }
         OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))
