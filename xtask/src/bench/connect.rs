@@ -105,7 +105,12 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut targets = vec![
         ConnectTarget::plain("direct", ctx.cluster.addr()),
         ConnectTarget::plain("masker proxy", masker.addr()),
-        ConnectTarget { label: "direct, TLS".into(), addr: tls_cluster.addr(), wrapper: Vec::new(), sslmode: "require" },
+        ConnectTarget {
+            label: "direct, TLS".into(),
+            addr: tls_cluster.addr(),
+            wrapper: Vec::new(),
+            sslmode: "require",
+        },
     ];
     let agent = match Agent::start(&ctx.masker_bin, ctx.cluster) {
         Ok(agent) => {

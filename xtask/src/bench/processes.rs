@@ -189,7 +189,8 @@ impl Cluster {
             if !out.status.success() {
                 bail!("openssl req failed: {}", String::from_utf8_lossy(&out.stderr));
             }
-            fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).context("chmod server.key")?;
+            fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .context("chmod server.key")?;
             if let Some(user) = &cluster.run_as {
                 for f in [&cert, &key] {
                     std::os::unix::fs::chown(f, Some(user.uid), Some(user.gid))
