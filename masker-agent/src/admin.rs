@@ -1,8 +1,9 @@
 //! The local admin socket: how `masker status`, `tag`, `untag`, `run` and
 //! `policy reload` talk to the running agent.
 //!
-//! A Unix stream socket (mode 0600 in a 0700 directory, and the peer must be
-//! root), one JSON request line, one JSON response line.
+//! A Unix stream socket (mode 0600; its directory is made 0700 when the
+//! agent creates it; the peer must be root), one JSON request line, one JSON
+//! response line.
 
 use std::future::Future;
 use std::io;
@@ -126,7 +127,13 @@ pub trait Handler: Send + Sync + 'static {
 /// Creates the socket at `path` (root only) and serves it until the task is
 /// dropped.
 pub async fn serve<H: Handler>(path: &Path, handler: Arc<H>) -> io::Result<()> {
-    if let Some(dir) = path.parent() {
+    // A directory the agent creates is root's only; one that exists (say
+    // /tmp, or a state directory other services use) keeps its mode: the
+    // socket itself is 0600 and every peer's uid is checked.
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
@@ -206,5 +213,52 @@ pub async fn request(path: &Path, request: &Request) -> anyhow::Result<serde_jso
         Ok(Response::Ok(v)) => Ok(v),
         Ok(Response::Error(e)) => Err(anyhow::anyhow!("{e}")),
         Err(e) => Err(anyhow::anyhow!("unreadable answer from the agent: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Nobody;
+
+    impl Handler for Nobody {
+        async fn handle(&self, _request: Request) -> Response {
+            Response::Error("nothing here".into())
+        }
+    }
+
+    /// Serves at `path` until the socket exists; returns the task.
+    async fn served(path: PathBuf) -> tokio::task::JoinHandle<io::Result<()>> {
+        let at = path.clone();
+        let task = tokio::spawn(async move { serve(&at, Arc::new(Nobody)).await });
+        for _ in 0..400 {
+            if path.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        task
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn socket_directory_is_made_private_only_when_the_agent_creates_it() {
+        let base = std::env::temp_dir().join(format!("masker-admin-test-{}", std::process::id()));
+        std::fs::create_dir_all(&base).unwrap();
+        std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+        // An existing directory (think /tmp) keeps its mode.
+        let task = served(base.join("admin.sock")).await;
+        assert_eq!(mode(&base.join("admin.sock")), 0o600);
+        assert_eq!(mode(&base), 0o755);
+        task.abort();
+        // A directory the agent creates is root's only.
+        let task = served(base.join("new").join("admin.sock")).await;
+        assert_eq!(mode(&base.join("new")), 0o700);
+        task.abort();
+        std::fs::remove_dir_all(&base).unwrap();
     }
 }
