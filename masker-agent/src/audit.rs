@@ -789,24 +789,8 @@ pub fn error_fields(body: &[u8]) -> (Option<String>, Option<String>) {
 pub fn normalize(sql: &str) -> String {
     // Statements of one shape (see `sql::cache_key`: the same text but for
     // literals) normalize to the same text: parse each shape once.
-    type Cache = std::sync::Mutex<std::collections::HashMap<String, std::sync::Arc<str>>>;
-    static CACHE: OnceLock<Cache> = OnceLock::new();
-    const ENTRIES: usize = 4096;
-    if sql.len() > MAX_STATEMENT {
-        return normalize_uncached(sql);
-    }
-    let key = crate::sql::cache_key(sql);
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(hit) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return hit.to_string();
-    }
-    let out = normalize_uncached(sql);
-    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if c.len() >= ENTRIES {
-        c.clear();
-    }
-    c.insert(key, out.as_str().into());
-    out
+    static CACHE: crate::sql::ShapeCache<std::sync::Arc<str>> = crate::sql::ShapeCache::new();
+    CACHE.get_or_compute(sql, |sql| normalize_uncached(sql).into()).to_string()
 }
 
 fn normalize_uncached(sql: &str) -> String {

@@ -251,10 +251,7 @@ fn approver() -> String {
     ["SUDO_USER", "USER", "LOGNAME"]
         .iter()
         .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-        .unwrap_or_else(|| {
-            use std::os::unix::fs::MetadataExt;
-            std::fs::metadata("/proc/self").map_or_else(|_| "unknown".into(), |m| format!("uid {}", m.uid()))
-        })
+        .unwrap_or_else(|| crate::own_uid().map_or_else(|| "unknown".into(), |uid| format!("uid {uid}")))
 }
 
 #[derive(Debug, Subcommand)]
@@ -470,7 +467,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn require_root() -> anyhow::Result<()> {
-    if std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(1) != 0 {
+    if crate::own_uid() != Some(0) {
         anyhow::bail!("this command must run as root");
     }
     Ok(())

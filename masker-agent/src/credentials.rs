@@ -242,7 +242,7 @@ impl SecretSource {
                 if !meta.file_type().is_file() {
                     return Err(SecretError::NotAFile { path: path.clone() });
                 }
-                let own = own_uid();
+                let own = crate::own_uid();
                 if meta.uid() != 0 && Some(meta.uid()) != own {
                     return Err(SecretError::Owner { path: path.clone(), owner: meta.uid(), own: own.unwrap_or(0) });
                 }
@@ -260,12 +260,6 @@ impl SecretSource {
             }
         }
     }
-}
-
-/// The agent's own uid (the owner of `/proc/self`), without unsafe code.
-fn own_uid() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").ok().map(|m| m.uid())
 }
 
 /// One credential the agent logs in with: for sessions towards `target`

@@ -3,7 +3,7 @@
 //! The same command runs from `masker-agent/build.rs`, which embeds the
 //! object in the `masker` binary; this task exists to build and inspect the
 //! object on its own (e.g. with `llvm-objdump` or `bpftool prog load`).
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, bail};
@@ -22,7 +22,7 @@ pub const TARGET: &str = "bpfel-unknown-none";
 
 /// Builds the object and prints its path.
 pub fn run(opts: &Options) -> anyhow::Result<()> {
-    let root = workspace_root();
+    let root = crate::bench::workspace_root();
     let target_dir = root.join("target").join("ebpf");
     let profile = if opts.release { "release" } else { "debug" };
     let mut cmd = Command::new("cargo");
@@ -50,10 +50,6 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     let object = target_dir.join(TARGET).join(profile).join("masker");
     println!("{}", object.display());
     Ok(())
-}
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
 
 /// `PATH` with `~/.cargo/bin` (where setup.sh installs bpf-linker) appended.

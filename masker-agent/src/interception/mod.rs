@@ -32,7 +32,6 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -441,27 +440,22 @@ fn attach_all(ebpf: &mut Ebpf, cgroup_dir: &Path, pin_dir: &Path) -> Result<(), 
         let program = ebpf.program_mut(name).ok_or_else(|| {
             InterceptionError::new(ErrorKind::Bpf, format!("program {name} missing from the embedded eBPF object"))
         })?;
+        // The same steps for both program types (aya gives them no common trait).
+        macro_rules! load_and_attach {
+            ($ty:ty) => {{
+                let prog: &mut $ty =
+                    program.try_into().map_err(|e| InterceptionError::bpf(format!("program {name}"), e))?;
+                prog.load().map_err(|e| InterceptionError::bpf(format!("loading {name}"), e))?;
+                let id = prog
+                    .attach(&cgroup, LINK_MODE)
+                    .map_err(|e| InterceptionError::bpf(format!("attaching {name} to {}", cgroup_dir.display()), e))?;
+                let link = prog.take_link(id).map_err(|e| InterceptionError::bpf(format!("link of {name}"), e))?;
+                link.try_into().map_err(|e| InterceptionError::bpf(format!("link of {name} (kernel < 5.7?)"), e))?
+            }};
+        }
         let link: FdLink = match kind {
-            ProgKind::SockAddr => {
-                let prog: &mut CgroupSockAddr =
-                    program.try_into().map_err(|e| InterceptionError::bpf(format!("program {name}"), e))?;
-                prog.load().map_err(|e| InterceptionError::bpf(format!("loading {name}"), e))?;
-                let id = prog
-                    .attach(&cgroup, LINK_MODE)
-                    .map_err(|e| InterceptionError::bpf(format!("attaching {name} to {}", cgroup_dir.display()), e))?;
-                let link = prog.take_link(id).map_err(|e| InterceptionError::bpf(format!("link of {name}"), e))?;
-                link.try_into().map_err(|e| InterceptionError::bpf(format!("link of {name} (kernel < 5.7?)"), e))?
-            }
-            ProgKind::SockOps => {
-                let prog: &mut SockOps =
-                    program.try_into().map_err(|e| InterceptionError::bpf(format!("program {name}"), e))?;
-                prog.load().map_err(|e| InterceptionError::bpf(format!("loading {name}"), e))?;
-                let id = prog
-                    .attach(&cgroup, LINK_MODE)
-                    .map_err(|e| InterceptionError::bpf(format!("attaching {name} to {}", cgroup_dir.display()), e))?;
-                let link = prog.take_link(id).map_err(|e| InterceptionError::bpf(format!("link of {name}"), e))?;
-                link.try_into().map_err(|e| InterceptionError::bpf(format!("link of {name} (kernel < 5.7?)"), e))?
-            }
+            ProgKind::SockAddr => load_and_attach!(CgroupSockAddr),
+            ProgKind::SockOps => load_and_attach!(SockOps),
         };
         let final_path = pin_dir.join(format!("{LINK_PREFIX}{name}"));
         let new_path = pin_dir.join(format!("{LINK_PREFIX}{name}{NEW_SUFFIX}"));
@@ -540,7 +534,7 @@ fn check_privileges() -> Result<(), InterceptionError> {
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_NET_ADMIN)) {
         return Ok(());
     }
-    let root = fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false);
+    let root = crate::own_uid() == Some(0);
     let message = if root {
         "root, but without the capabilities to attach eBPF programs: masker needs CAP_BPF and CAP_NET_ADMIN \
          (or CAP_SYS_ADMIN)"

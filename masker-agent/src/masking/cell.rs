@@ -47,8 +47,8 @@ pub(crate) fn mask_cell(
     match ty {
         PgType::Scalar(s) => mask_scalar(action, s, f, keys, v, out),
         PgType::Array(s) => match f {
-            Format::Binary => mask_array_binary(action, s, keys, v, out),
-            Format::Text => mask_array_text(action, s, keys, v, out),
+            Format::Binary => array_or_fallback(out, |out| array_binary(action, s, keys, v, out)),
+            Format::Text => array_or_fallback(out, |out| array_text(action, s, keys, v, out)),
         },
         PgType::Unknown => match (action, f) {
             (ColumnAction::Detect, Format::Text) if !detect::contains_pii(v) => Outcome::Same,
@@ -619,19 +619,18 @@ pub(crate) fn mask_json(text: &[u8], out: &mut BytesMut) -> usize {
 
 // ---------------------------------------------------------------- arrays
 
-/// Binary array: ndim, has-null flag, element OID, (size, lower bound) per
-/// dimension, then each element as length + bytes (-1 for NULL).
-fn mask_array_binary(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &mut BytesMut) -> Outcome {
+/// Runs an array masker; an array it cannot read leaves nothing in `out`
+/// and becomes NULL (fail closed).
+fn array_or_fallback(out: &mut BytesMut, mask: impl FnOnce(&mut BytesMut) -> Option<Outcome>) -> Outcome {
     let start = out.len();
-    match array_binary(action, s, keys, v, out) {
-        Some(o) => o,
-        None => {
-            out.truncate(start);
-            Outcome::Fallback
-        }
-    }
+    mask(out).unwrap_or_else(|| {
+        out.truncate(start);
+        Outcome::Fallback
+    })
 }
 
+/// Binary array: ndim, has-null flag, element OID, (size, lower bound) per
+/// dimension, then each element as length + bytes (-1 for NULL).
 fn array_binary(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &mut BytesMut) -> Option<Outcome> {
     let mut cur = crate::wire::Cursor::new(v, b'D');
     let ndim = cur.i32().ok()?;
@@ -687,17 +686,6 @@ fn array_binary(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &m
 
 /// Text array: `{a,"b c",NULL}`, nested braces for more dimensions, an
 /// optional `[1:3]=` bounds prefix. Masked elements are always quoted.
-fn mask_array_text(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &mut BytesMut) -> Outcome {
-    let start = out.len();
-    match array_text(action, s, keys, v, out) {
-        Some(o) => o,
-        None => {
-            out.truncate(start);
-            Outcome::Fallback
-        }
-    }
-}
-
 fn array_text(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &mut BytesMut) -> Option<Outcome> {
     let mut i = 0;
     if v.first() == Some(&b'[') {

@@ -380,13 +380,14 @@ async fn run<C: SplitIo>(
             let queue = ExpectQueue::default();
             let client_filter = ClientTracker::new(queue.clone(), None).observed(entry.clone()).observe_only();
             let server_filter = ServerTracker::new(queue, observe).observe_only();
-            relay(client, &mut server, &buf, &from_server, client_filter, server_filter, ctx, entry).await
+            relay(client, &mut server, &buf, &from_server, client_filter, server_filter, false, ctx, entry).await
         }
         None => {
             let filter = ServerFilter::new(&entry.counters);
-            relay(client, &mut server, &buf, &from_server, ClientFilter, filter, ctx, entry).await
+            relay(client, &mut server, &buf, &from_server, ClientFilter, filter, false, ctx, entry).await
         }
         Some(session_policy) => {
+            let holds = !session_policy.approvals().is_empty();
             let mask = MaskContext {
                 policy: session_policy,
                 catalog: ctx.catalog.clone(),
@@ -397,7 +398,7 @@ async fn run<C: SplitIo>(
             let queue = ExpectQueue::default();
             let client_filter = ClientTracker::new(queue.clone(), Some(mask.lineage_guard())).observed(entry.clone());
             let server_filter = ServerTracker::new(queue, mask);
-            relay(client, &mut server, &buf, &from_server, client_filter, server_filter, ctx, entry).await
+            relay(client, &mut server, &buf, &from_server, client_filter, server_filter, holds, ctx, entry).await
         }
     }
 }
@@ -449,7 +450,8 @@ async fn login<C: SplitIo>(
 
 /// Relays both directions until either ends. `pending` holds client bytes
 /// read after the startup packet, `from_server` server bytes read by an
-/// injected login (they go through the server filter like any other).
+/// injected login (they go through the server filter like any other);
+/// `holds`: the policy has `[[approval]]` rules (the client may get notices).
 #[allow(clippy::too_many_arguments)]
 async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
     client: &mut C,
@@ -458,13 +460,19 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
     from_server: &[u8],
     mut client_filter: CF,
     server_filter: SF,
+    holds: bool,
     ctx: &SessionContext,
     entry: &SessionEntry,
 ) -> Result<(), SessionError> {
     let counters = &entry.counters;
     let mut to_server = Pump::new(ctx.limits.max_client_message).with_hangup(entry.client_hangup.clone());
     to_server.preload(pending);
-    let mut to_client = Pump::new(ctx.limits.max_server_message).with_outbox(entry.to_client.clone());
+    let mut to_client = Pump::new(ctx.limits.max_server_message);
+    if holds {
+        // Only sessions whose statements may be held for approval get notices
+        // of the agent's own (and pay for watching the outbox on each read).
+        to_client = to_client.with_outbox(entry.to_client.clone());
+    }
     to_client.preload(from_server);
     // Either leg in TLS: the server may offer channel binding, which
     // cannot work across masker.

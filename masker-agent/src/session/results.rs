@@ -860,26 +860,19 @@ impl Filter for ServerTracker {
         if !wire::is_backend_tag(header.tag) {
             return Err(FrameError::UnknownTag { tag: header.tag });
         }
-        if self.observe_only {
-            return Ok(match header.tag {
-                backend::DATA_ROW => {
-                    self.ctx.entry.counters.rows.fetch_add(1, Ordering::Relaxed);
-                    self.trail.row(None);
-                    false
-                }
-                backend::COPY_DATA
-                | backend::COPY_DONE
-                | backend::NOTIFICATION_RESPONSE
-                | backend::NOTICE_RESPONSE
-                | backend::PARAMETER_STATUS
-                | backend::AUTHENTICATION
-                | backend::BACKEND_KEY_DATA
-                | backend::NEGOTIATE_PROTOCOL_VERSION
-                | backend::PARAMETER_DESCRIPTION => false,
-                _ => true,
-            });
-        }
         Ok(match header.tag {
+            // Observing only: rows, COPY data, notices and notifications
+            // stream through (rows need no plan: nothing is masked).
+            backend::DATA_ROW if self.observe_only => {
+                self.ctx.entry.counters.rows.fetch_add(1, Ordering::Relaxed);
+                self.trail.row(None);
+                false
+            }
+            backend::COPY_DATA | backend::COPY_DONE | backend::NOTIFICATION_RESPONSE | backend::NOTICE_RESPONSE
+                if self.observe_only =>
+            {
+                false
+            }
             backend::DATA_ROW => {
                 if self.current.is_none() {
                     self.current = self.execute_plan();

@@ -43,43 +43,33 @@ impl SplitIo for TcpStream {
     }
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> SplitIo for tokio_rustls::server::TlsStream<S> {
-    type Read<'a>
-        = tokio::io::ReadHalf<&'a mut Self>
-    where
-        S: 'a;
-    type Write<'a>
-        = tokio::io::WriteHalf<&'a mut Self>
-    where
-        S: 'a;
+/// TLS over a stream (either side of the handshake): the halves share the
+/// TLS state through `tokio::io::split`.
+macro_rules! tls_split_io {
+    ($stream:ident) => {
+        impl<S: AsyncRead + AsyncWrite + Unpin + Send> SplitIo for tokio_rustls::$stream::TlsStream<S> {
+            type Read<'a>
+                = tokio::io::ReadHalf<&'a mut Self>
+            where
+                S: 'a;
+            type Write<'a>
+                = tokio::io::WriteHalf<&'a mut Self>
+            where
+                S: 'a;
 
-    fn split_io(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        tokio::io::split(self)
-    }
+            fn split_io(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
+                tokio::io::split(self)
+            }
 
-    fn is_tls(&self) -> bool {
-        true
-    }
+            fn is_tls(&self) -> bool {
+                true
+            }
+        }
+    };
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin + Send> SplitIo for tokio_rustls::client::TlsStream<S> {
-    type Read<'a>
-        = tokio::io::ReadHalf<&'a mut Self>
-    where
-        S: 'a;
-    type Write<'a>
-        = tokio::io::WriteHalf<&'a mut Self>
-    where
-        S: 'a;
-
-    fn split_io(&mut self) -> (Self::Read<'_>, Self::Write<'_>) {
-        tokio::io::split(self)
-    }
-
-    fn is_tls(&self) -> bool {
-        true
-    }
-}
+tls_split_io!(server);
+tls_split_io!(client);
 
 type UpstreamTls = tokio_rustls::client::TlsStream<TcpStream>;
 

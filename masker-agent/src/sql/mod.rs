@@ -214,30 +214,41 @@ const CACHE_ENTRIES: usize = 4096;
 /// Statements longer than this are analyzed but not cached.
 const CACHE_MAX_TEXT: usize = 64 * 1024;
 
-type Cache = Mutex<HashMap<Arc<str>, Arc<Result<Analysis, SqlError>>>>;
+/// Values computed once per statement shape ([`cache_key`]), bounded: when
+/// [`CACHE_ENTRIES`] are held the cache is cleared, and texts longer than
+/// [`CACHE_MAX_TEXT`] are not cached.
+pub(crate) struct ShapeCache<V>(std::sync::OnceLock<Mutex<HashMap<String, V>>>);
 
-fn cache() -> &'static Cache {
-    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+impl<V: Clone> ShapeCache<V> {
+    pub(crate) const fn new() -> Self {
+        ShapeCache(std::sync::OnceLock::new())
+    }
+
+    /// The value for `sql`'s shape, computed by `compute` on a miss.
+    pub(crate) fn get_or_compute(&self, sql: &str, compute: impl FnOnce(&str) -> V) -> V {
+        if sql.len() > CACHE_MAX_TEXT {
+            return compute(sql);
+        }
+        let key = cache_key(sql);
+        let map = self.0.get_or_init(Default::default);
+        if let Some(hit) = map.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return hit.clone();
+        }
+        let value = compute(sql);
+        let mut m = map.lock().unwrap_or_else(|p| p.into_inner());
+        if m.len() >= CACHE_ENTRIES {
+            m.clear();
+        }
+        m.insert(key, value.clone());
+        value
+    }
 }
 
 /// Analyzes `sql` (one or more statements), from the cache when a text of
 /// the same shape (see [`cache_key`]) was analyzed before.
 pub fn analyze(sql: &str) -> Arc<Result<Analysis, SqlError>> {
-    if sql.len() > CACHE_MAX_TEXT {
-        return Arc::new(analyze_uncached(sql));
-    }
-    let key = cache_key(sql);
-    if let Some(hit) = cache().lock().unwrap_or_else(|p| p.into_inner()).get(key.as_str()) {
-        return hit.clone();
-    }
-    let result = Arc::new(analyze_uncached(sql));
-    let mut c = cache().lock().unwrap_or_else(|p| p.into_inner());
-    if c.len() >= CACHE_ENTRIES {
-        c.clear();
-    }
-    c.insert(Arc::from(key), result.clone());
-    result
+    static CACHE: ShapeCache<Arc<Result<Analysis, SqlError>>> = ShapeCache::new();
+    CACHE.get_or_compute(sql, |sql| Arc::new(analyze_uncached(sql)))
 }
 
 /// The cache key of `sql`: the text with the contents of string literals

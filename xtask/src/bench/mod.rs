@@ -188,6 +188,7 @@ fn ctx_bin_label(bin: &Path, opts: &Options) -> String {
     }
 }
 
+/// The workspace directory (xtask's parent).
 pub(crate) fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
 }
