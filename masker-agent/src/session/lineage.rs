@@ -114,7 +114,7 @@ impl Resolver<'_> {
             let mut found_direct = 0;
             for s in &l.sources {
                 match s {
-                    Source::Opaque => out.unknown = true,
+                    Source::Opaque | Source::ColumnAt { .. } => out.unknown = true,
                     Source::Column { relation, column } => {
                         let Some(rel) = self.relation(relation).await else {
                             out.unknown = true;
@@ -312,9 +312,9 @@ impl Resolver<'_> {
     /// Equality with a constant on a pseudonymized column stays allowed: it
     /// tells no more than a join on the pseudonym does.
     async fn inference(&self, stmt: &Statement) -> Option<String> {
-        for (source, equality) in &stmt.filters {
-            let l = Lineage { how: How::Direct, sources: [source.clone()].into() };
-            let (bases, _) = self.bases(&l, 0).await;
+        for cond in &stmt.filters {
+            let equality = &cond.equality;
+            let (bases, _) = self.bases(&cond.lineage, 0).await;
             if bases.unknown {
                 if self.statement_sensitive(stmt).await {
                     return Some(

@@ -13,6 +13,7 @@
 //! closed). Results are cached per statement text ([`analyze`]), so a
 //! statement sent many times (or prepared once) is parsed once.
 
+pub mod plpgsql;
 mod trace;
 
 use std::collections::{BTreeSet, HashMap};
@@ -46,6 +47,11 @@ pub enum Source {
     Column { relation: RelName, column: String },
     /// Every column of `relation` (whole-row references, `c::text`).
     AllColumns(RelName),
+    /// The column at `position` (0-based, in attribute order, dropped
+    /// columns not counted) of `relation`: a column renamed by an alias
+    /// column list (`FROM customers AS t(i, n, e)`), resolved by the session
+    /// with the catalog.
+    ColumnAt { relation: RelName, position: usize },
     /// Something the tracer cannot see through (a set-returning function of
     /// unknown shape, a user-defined function that may read tables).
     Opaque,
@@ -166,6 +172,149 @@ impl StatementClass {
     }
 }
 
+/// A test on values: the lineage of what is tested, and whether the test is
+/// a plain equality with a constant (`col = 'x'`, `col = $1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub lineage: Lineage,
+    pub equality: bool,
+}
+
+/// A channel other than the result rows that a value can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SinkKind {
+    /// `pg_notify` channel or payload.
+    Notification,
+    /// `set_config` name or value (reaches ParameterStatus, `SHOW`,
+    /// `current_setting` in later statements).
+    Setting,
+    /// Advisory lock keys (visible in `pg_locks`).
+    AdvisoryLock,
+    /// Large-object contents or ids.
+    LargeObject,
+    /// Sequence names and values (`nextval`, `setval`).
+    Sequence,
+    /// Text that becomes SQL (`EXECUTE format(...)` in procedural code).
+    DynamicSql,
+    /// `RAISE` arguments and options in procedural code.
+    Raise,
+}
+
+impl SinkKind {
+    /// How refusals name the sink.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SinkKind::Notification => "a notification (pg_notify/NOTIFY)",
+            SinkKind::Setting => "a setting (set_config/SET)",
+            SinkKind::AdvisoryLock => "an advisory lock key",
+            SinkKind::LargeObject => "a large object",
+            SinkKind::Sequence => "a sequence name or value",
+            SinkKind::DynamicSql => "dynamic SQL (EXECUTE)",
+            SinkKind::Raise => "a RAISE message or option",
+        }
+    }
+}
+
+/// A value flowing into a [`SinkKind`] channel: the function (or statement)
+/// and the lineage of the arguments that reach the channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sink {
+    pub kind: SinkKind,
+    pub function: String,
+    pub lineage: Lineage,
+}
+
+/// A relation the statement creates, for the session model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Created {
+    pub name: RelName,
+    /// `CREATE TEMP ...` or created in `pg_temp`.
+    pub temp: bool,
+    pub kind: CreatedKind,
+}
+
+/// What a created relation holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreatedKind {
+    /// A table the client fills itself; `columns` in order when the
+    /// statement lists them all (`None`: `LIKE`, `OF type`, inheritance).
+    Table { columns: Option<Vec<String>> },
+    /// `CREATE TABLE AS` / `SELECT INTO`: its columns are the query's
+    /// outputs (renamed by a column list).
+    TableAs { outputs: Vec<Output> },
+    /// A view: its columns are its query's outputs.
+    View { outputs: Vec<Output> },
+    /// Another kind of relation (sequence, materialized view, ...) that the
+    /// session model does not follow: names resolve to unknown.
+    Other,
+}
+
+/// What a statement does to the session's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `SET [LOCAL] search_path`, `set_config('search_path', ..., local)`:
+    /// the schemas in order (`None`: back to the default, `RESET`/`DEFAULT`).
+    SearchPath {
+        schemas: Option<Vec<String>>,
+        local: bool,
+    },
+    /// search_path set to something the tracer cannot read
+    /// (`set_config('search_path', <expression>, ...)`).
+    SearchPathUnknown,
+    /// `RESET ALL`.
+    ResetAll,
+    Create(Created),
+    /// `DROP TABLE/VIEW/...` of these relations.
+    Drop(Vec<RelName>),
+    /// SQL-level `PREPARE name AS statement`.
+    Prepare {
+        name: String,
+        statement: Box<Statement>,
+    },
+    /// `EXECUTE name`.
+    Execute {
+        name: String,
+    },
+    /// `DEALLOCATE name` (`None`: `ALL`).
+    Deallocate {
+        name: Option<String>,
+    },
+    /// `DECLARE name CURSOR FOR statement`.
+    Declare {
+        name: String,
+        statement: Box<Statement>,
+    },
+    /// `FETCH` (or `MOVE`: `rows` false) from cursor `name`.
+    Fetch {
+        name: String,
+        rows: bool,
+    },
+    /// `CLOSE name` (`None`: `ALL`).
+    Close {
+        name: Option<String>,
+    },
+    /// `DISCARD ALL|TEMP|PLANS|SEQUENCES`.
+    Discard {
+        all: bool,
+        temp: bool,
+        plans: bool,
+    },
+    Transaction(TransactionStep),
+}
+
+/// A transaction boundary, for the session model's undo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransactionStep {
+    Begin,
+    Commit,
+    Rollback,
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
+    /// `PREPARE TRANSACTION` and the like: the session's transaction ends.
+    Other,
+}
+
 /// Analysis of one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
@@ -183,10 +332,27 @@ pub struct Statement {
     pub moves: Option<Lineage>,
     /// `COPY (query) TO ...`: the query's output (`COPY table` has none).
     pub copy_query: bool,
-    /// Columns used in WHERE, JOIN ON, GROUP BY, HAVING, ORDER BY, window
-    /// partitions and aggregate filters (for the inference guardrail), with
-    /// whether each use is a plain equality test.
-    pub filters: Vec<(Source, bool)>,
+    /// Tests on values (for the inference guardrail): WHERE, JOIN ON, GROUP
+    /// BY, HAVING, ORDER BY, DISTINCT, LIMIT/OFFSET, window partitions and
+    /// orders, aggregate FILTERs, and conditions inside expressions anywhere
+    /// (CASE WHEN, comparisons, NULLIF, IN/ANY/EXISTS subqueries).
+    pub filters: Vec<Condition>,
+    /// Every column reference anywhere in the statement (each with its
+    /// candidates when a name is ambiguous), every `*` and whole-row
+    /// reference, and [`Source::Opaque`] for what the tracer cannot see
+    /// into: what the statement *reads*, whatever it returns. A statement
+    /// is clean when all of it is allowed.
+    pub reads: Vec<Lineage>,
+    /// Values that flow into a channel other than the result rows
+    /// (notifications, settings, advisory locks, large objects, sequences).
+    pub sinks: Vec<Sink>,
+    /// What the statement does to the session's state, for the session
+    /// model: objects created or dropped, search_path, prepared statements,
+    /// cursors, transaction boundaries.
+    pub effect: Option<Effect>,
+    /// A `DO` block's PL/pgSQL analysis (its statements' reads, sinks and
+    /// conditions are also merged into this statement's).
+    pub body: Option<Box<plpgsql::Procedure>>,
     /// What the statement may change, for `read_only` identities; `None`
     /// only for the statements known to read: SELECT (without INTO or
     /// data-modifying WITH), EXPLAIN without ANALYZE of a write, COPY TO,
