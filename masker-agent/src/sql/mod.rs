@@ -13,6 +13,7 @@
 //! closed). Results are cached per statement text ([`analyze`]), so a
 //! statement sent many times (or prepared once) is parsed once.
 
+pub mod definition;
 pub mod plpgsql;
 mod trace;
 

@@ -114,15 +114,11 @@ impl Statement {
 fn write_kind(node: &N) -> Option<&'static str> {
     // A read that hides a write: `WITH d AS (DELETE ... RETURNING *) SELECT`.
     let nested_dml = |n: &N| {
-        n.nodes().iter().any(|(r, ..)| {
-            matches!(
-                r,
-                pg_query::NodeRef::InsertStmt(_)
-                    | pg_query::NodeRef::UpdateStmt(_)
-                    | pg_query::NodeRef::DeleteStmt(_)
-                    | pg_query::NodeRef::MergeStmt(_)
-            )
-        })
+        let mut found = false;
+        each_node(n, &mut |kind, _| {
+            found |= matches!(kind, "InsertStmt" | "UpdateStmt" | "DeleteStmt" | "MergeStmt");
+        });
+        found
     };
     let inner = |q: &Option<Box<Node>>| q.as_deref().and_then(|n| n.node.as_ref()).and_then(write_kind);
     match node {
@@ -252,16 +248,18 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
         | N::CreateTrigStmt(_) => (StatementClass::Ddl, None, None, false),
         _ => (StatementClass::Utility, None, None, false),
     };
-    // Every relation named anywhere (subqueries in any clause, DML targets).
+    // Every relation named anywhere (subqueries in any clause, DML targets),
+    // found by walking the whole tree, whatever the tracer understood.
     let ctes = cte_names(node);
-    for (n, _, _, _) in node.nodes() {
-        if let pg_query::NodeRef::RangeVar(r) = n {
-            let name = rel_name(r);
-            if name.schema.is_some() || !ctes.contains(&name.name) {
-                t.relations.insert(name);
+    each_node(node, &mut |kind, v| {
+        if kind == "RangeVar" {
+            let text = |k: &str| v.get(k).and_then(serde_json::Value::as_str).unwrap_or("").to_string();
+            let (schema, name) = (text("schemaname"), text("relname"));
+            if !name.is_empty() && (!schema.is_empty() || !ctes.contains(&name)) {
+                t.relations.insert(RelName { schema: (!schema.is_empty()).then_some(schema), name });
             }
         }
-    }
+    });
     let effect = effect(node, &mut t, output.as_deref(), moves.as_ref());
     let body = match node {
         N::DoStmt(d) => do_body(d).map(Box::new),
@@ -555,13 +553,47 @@ fn is_temp(r: &pb::RangeVar) -> bool {
 }
 
 fn cte_names(node: &N) -> BTreeSet<String> {
-    node.nodes()
-        .into_iter()
-        .filter_map(|(n, _, _, _)| match n {
-            pg_query::NodeRef::CommonTableExpr(c) => Some(c.ctename.clone()),
-            _ => None,
-        })
-        .collect()
+    let mut out = BTreeSet::new();
+    each_node(node, &mut |kind, v| {
+        if kind == "CommonTableExpr"
+            && let Some(name) = v.get("ctename").and_then(serde_json::Value::as_str)
+        {
+            out.insert(name.to_string());
+        }
+    });
+    out
+}
+
+/// Calls `f(kind, body)` for every node below `node`, however deep. (The
+/// parse tree's own node iterator skips some node kinds; its JSON form has
+/// every node as `{"node": {"<Kind>": {...}}}`.)
+pub(super) fn each_node(node: &N, f: &mut dyn FnMut(&str, &serde_json::Value)) {
+    if let Ok(v) = serde_json::to_value(node) {
+        walk_json(&v, f);
+    }
+}
+
+/// See [`each_node`].
+pub(super) fn walk_json(v: &serde_json::Value, f: &mut dyn FnMut(&str, &serde_json::Value)) {
+    use serde_json::Value;
+    match v {
+        Value::Object(map) => {
+            if let Some(Value::Object(node)) = map.get("node")
+                && let Some((kind, body)) = node.iter().next()
+            {
+                f(kind, body);
+            }
+            for child in map.values() {
+                walk_json(child, f);
+            }
+        }
+        Value::Array(items) => {
+            for child in items {
+                walk_json(child, f);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn rel_name(r: &pb::RangeVar) -> RelName {
@@ -1205,7 +1237,13 @@ impl Tracer {
                 Some(v) => derived(self.opt(v.raw_expr.as_deref(), scope, d)),
                 None => Lineage::unknown(),
             },
-            _ => Lineage::unknown(),
+            _ => {
+                // An expression kind the tracer does not follow: it may
+                // read anything (fail closed).
+                let l = Lineage { how: How::Unknown, sources: BTreeSet::from([Source::Opaque]) };
+                self.reads.push(l.clone());
+                l
+            }
         }
     }
 
