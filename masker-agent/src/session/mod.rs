@@ -9,6 +9,7 @@
 
 pub mod copy;
 pub mod lineage;
+pub mod model;
 pub mod relay;
 pub mod results;
 pub mod stream;
