@@ -70,6 +70,10 @@ struct DbCache {
     relations: HashMap<crate::sql::RelName, (Option<Arc<Relation>>, Instant)>,
     /// Function name as written → whether it is a user (non-built-in) function.
     functions: HashMap<String, (bool, Instant)>,
+    /// `(schemas searched, name)` → the relation found first.
+    on_path: HashMap<(Vec<String>, String), (Option<Arc<Relation>>, Instant)>,
+    /// Login role → its default search_path in this database.
+    default_paths: HashMap<String, (Vec<String>, Instant)>,
 }
 
 /// A relation found by name (for SQL lineage): its columns in attribute
@@ -250,6 +254,102 @@ impl Catalog {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         caches.entry(key).or_default().relations.insert(rel.clone(), (found.clone(), Instant::now()));
         Ok(found)
+    }
+
+    /// The relation `name` as a session whose search path is `schemas` finds
+    /// it: the first of `schemas` that has one. Read from the world-readable
+    /// catalogs (`pg_class`, `pg_namespace`, `pg_attribute`), so the catalog
+    /// role needs no privilege on the schemas. Cached like [`Catalog::relation`].
+    pub async fn relation_on_path(
+        &self,
+        destination: &str,
+        database: &str,
+        schemas: &[String],
+        name: &str,
+    ) -> Result<Option<Arc<Relation>>, CatalogError> {
+        const SQL: &str = "
+            SELECT n.nspname::text, c.relname::text, c.relkind::text,
+                   CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+                   array(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                   array(SELECT coalesce(col_description(c.oid, a.attnum), '') FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relname = $2 AND n.nspname = ANY($1::text[])
+             ORDER BY array_position($1::text[], n.nspname::text)
+             LIMIT 1";
+        let key = (destination.to_string(), database.to_string());
+        let cache_key = (schemas.to_vec(), name.to_string());
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((r, at)) = caches.get(&key).and_then(|c| c.on_path.get(&cache_key))
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(r.clone());
+            }
+        }
+        let err = |reason: String| CatalogError {
+            destination: destination.to_string(),
+            database: database.to_string(),
+            reason,
+        };
+        let rows = self.query(&key, SQL, &[&schemas, &name]).await.map_err(err)?;
+        let found = rows.first().map(|r| {
+            let names: Vec<String> = r.get(4);
+            let comments: Vec<String> = r.get(5);
+            let kind: String = r.get(2);
+            Arc::new(Relation {
+                schema: r.get(0),
+                name: r.get(1),
+                kind: kind.chars().next().unwrap_or('?'),
+                columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
+                definition: r.get(3),
+            })
+        });
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.entry(key).or_default().on_path.insert(cache_key, (found.clone(), Instant::now()));
+        Ok(found)
+    }
+
+    /// The search_path a new session of `role` starts with in `database`:
+    /// the role's own setting for the database or for all databases
+    /// (`ALTER ROLE ... SET search_path`), else the database's and the
+    /// server's (the catalog connection's reset value). Schema names as
+    /// written (`$user` not expanded).
+    pub async fn default_search_path(
+        &self,
+        destination: &str,
+        database: &str,
+        role: &str,
+    ) -> Result<Vec<String>, CatalogError> {
+        const SQL: &str = "
+            SELECT coalesce(
+                (SELECT substr(s, 13)
+                   FROM pg_db_role_setting d, unnest(d.setconfig) s
+                  WHERE d.setrole = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                    AND d.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+                    AND s LIKE 'search_path=%'
+                  ORDER BY d.setdatabase DESC LIMIT 1),
+                (SELECT reset_val FROM pg_settings WHERE name = 'search_path'))";
+        let key = (destination.to_string(), database.to_string());
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((p, at)) = caches.get(&key).and_then(|c| c.default_paths.get(role))
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(p.clone());
+            }
+        }
+        let rows = self.query(&key, SQL, &[&role]).await.map_err(|reason| CatalogError {
+            destination: destination.to_string(),
+            database: database.to_string(),
+            reason,
+        })?;
+        let text: Option<String> = rows.first().and_then(|r| r.get(0));
+        let path = crate::sql::search_path_schemas(&[text.unwrap_or_else(|| "\"$user\", public".into())]);
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.entry(key).or_default().default_paths.insert(role.to_string(), (path.clone(), Instant::now()));
+        Ok(path)
     }
 
     /// Runs `sql` on the agent's catalog connection to `key`, opening it

@@ -27,7 +27,7 @@ mod row;
 mod scrub;
 pub mod types;
 
-pub use action::{ActionKind, ColumnAction, Generalize, RowStats};
+pub use action::{ActionKind, ClassifiedNames, ColumnAction, Generalize, RowStats};
 pub use cell::REDACTED;
 pub use copy::{CopyFormat, CopyMasker, CopyOptions, CopyPlan};
 pub use detect::{PiiKind, contains_pii};

@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-pub use trace::analyze_uncached;
+pub use trace::{analyze_uncached, search_path_schemas};
 
 /// A relation as the statement names it (not yet resolved with a search path).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -53,6 +53,11 @@ pub enum Source {
     /// column list (`FROM customers AS t(i, n, e)`), resolved by the session
     /// with the catalog.
     ColumnAt { relation: RelName, position: usize },
+    /// SQL text written by people that the catalog keeps (a view's
+    /// definition, a function's body, a default or constraint expression),
+    /// as catalog functions such as `pg_get_viewdef` print it: it may embed
+    /// literals compared with classified columns.
+    Definition,
     /// Something the tracer cannot see through (a set-returning function of
     /// unknown shape, a user-defined function that may read tables).
     Opaque,

@@ -48,6 +48,31 @@ const AGGREGATES: &[&str] = &[
     "variance",
 ];
 
+/// Catalog functions that print SQL text written by people (definitions,
+/// bodies, defaults, constraints); see [`Source::Definition`].
+const DEFINITION_FUNCTIONS: &[&str] = &[
+    "pg_get_viewdef",
+    "pg_get_ruledef",
+    "pg_get_functiondef",
+    "pg_get_function_sqlbody",
+    "pg_get_function_arguments",
+    "pg_get_expr",
+    "pg_get_constraintdef",
+    "pg_get_indexdef",
+    "pg_get_triggerdef",
+    "pg_get_partkeydef",
+    "pg_get_partition_constraintdef",
+    "pg_get_statisticsobjdef",
+    "pg_get_statisticsobjdef_columns",
+    "pg_get_statisticsobjdef_expressions",
+    "pg_get_policydef",
+];
+
+/// Built-in functions that return data no statement names: large-object
+/// contents and server files.
+const DATA_FUNCTIONS: &[&str] =
+    &["lo_get", "loread", "pg_read_file", "pg_read_binary_file", "pg_stat_file", "pg_ls_dir"];
+
 /// Set-returning functions whose output derives only from their arguments.
 const PLAIN_SRFS: &[&str] = &[
     "unnest",
@@ -347,7 +372,7 @@ fn const_text(n: &Node) -> Option<String> {
 
 /// A `search_path` value as written (`'app, "$user", public'` or a list of
 /// names) split into schema names.
-fn search_path_schemas(items: &[String]) -> Vec<String> {
+pub fn search_path_schemas(items: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for item in items {
         for part in item.split(',') {
@@ -1336,6 +1361,18 @@ impl Tracer {
         let qualified_user = f.funcname.len() > 1 && !full.starts_with("pg_catalog.");
         if !qualified_user {
             self.sink(&name, f, &arg_lineages);
+        }
+        let builtin = f.funcname.len() == 1 || full.starts_with("pg_catalog.");
+        if builtin && DEFINITION_FUNCTIONS.contains(&name.as_str()) {
+            // The text a person wrote, as the catalog keeps it: exactly one
+            // value (a cast of it stays direct).
+            return Lineage { how: How::Direct, sources: BTreeSet::from([Source::Definition]) };
+        }
+        if builtin && DATA_FUNCTIONS.contains(&name.as_str()) {
+            // Reads data no statement names (large objects, files).
+            let l = Lineage { how: How::Unknown, sources: BTreeSet::from([Source::Opaque]) };
+            self.reads.push(l.clone());
+            return l;
         }
         let mut l = if f.agg_star || (name == "count" && f.over.is_none()) {
             Lineage { how: How::Aggregate { reveals: false }, sources: BTreeSet::new() }
