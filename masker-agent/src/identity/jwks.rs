@@ -112,7 +112,7 @@ impl JwksClient {
         {
             anyhow::bail!("jwks_url {url:?}: no trust anchors ({e}); set jwks_ca_file");
         }
-        let config = ClientConfig::builder_with_provider(crate::tls::provider())
+        let config = ClientConfig::builder_with_provider(crate::session::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?
             .with_root_certificates(roots)

@@ -1,17 +1,17 @@
 //! One client connection, from the first byte to the last: the startup
 //! handshake, the identity's connect rules (`targets`, `databases`, `users`
 //! of its policy block), the connection to the real server, the login
-//! (relayed, or injected by [`crate::credentials`]), then the relay of both
+//! (relayed, or injected by [`crate::session::auth`]), then the relay of both
 //! directions until either side ends.
 //!
 //! The session is the same in agent mode and in proxy mode; only the
 //! [`SessionOrigin`] (where the client was going, who it is) differs.
 
-pub mod copy;
-pub mod lineage;
+pub mod auth;
 pub mod relay;
-pub mod results;
 pub mod stream;
+pub mod tls;
+pub mod track;
 
 use std::collections::HashMap;
 use std::io;
@@ -25,15 +25,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::catalog::Catalog;
-use crate::credentials::{Credential, Credentials, InjectOutcome, NoChannelBinding};
+use crate::daemon::registry::{Registry, SessionCounters, SessionEntry, SessionOrigin};
+use crate::plan::catalog::Catalog;
 use crate::policy::Policy;
-use crate::registry::{Registry, SessionCounters, SessionEntry, SessionOrigin};
-use crate::tls::{SessionTls, Upstream, UpstreamTlsError};
+use crate::session::auth::{Credential, Credentials, InjectOutcome, NoChannelBinding};
+use crate::session::tls::{SessionTls, Upstream, UpstreamTlsError};
 use crate::wire::{self, FrameError, Header, Severity, StartupPacket, backend};
 use relay::{Filter, Pump, RelayError, Verdict};
-use results::{ClientTracker, ExpectQueue, MaskContext, ServerTracker};
 use stream::SplitIo;
+use track::{ClientTracker, ExpectQueue, MaskContext, ServerTracker};
 
 /// Limits that protect the agent from its peers.
 #[derive(Debug, Clone)]
@@ -126,7 +126,7 @@ enum SessionError {
     #[error("{0}")]
     UpstreamTls(UpstreamTlsError),
     #[error("injected login: {0}")]
-    Inject(crate::credentials::InjectError),
+    Inject(crate::session::auth::InjectError),
     #[error("terminated by an operator")]
     Killed,
 }
@@ -348,7 +348,7 @@ async fn run<C: SplitIo>(
     };
     let mut server = match upstream_tls(server, destination, ctx).await {
         Ok(s) => {
-            entry.tls_server.store(matches!(s, crate::tls::Upstream::Tls(_)), Ordering::Relaxed);
+            entry.tls_server.store(matches!(s, crate::session::tls::Upstream::Tls(_)), Ordering::Relaxed);
             s
         }
         Err(e) => {
@@ -403,7 +403,7 @@ async fn run<C: SplitIo>(
     }
 }
 
-/// Logs in to `server` with `credential` (see [`crate::credentials`]);
+/// Logs in to `server` with `credential` (see [`crate::session::auth`]);
 /// returns the server's bytes from `AuthenticationOk` or its ErrorResponse
 /// on, for the relay. A server whose authentication cannot be answered ends
 /// the session with an error to the client that never contains the secret.
@@ -419,10 +419,10 @@ async fn login<C: SplitIo>(
             .1
             .peer_certificates()
             .and_then(|certs| certs.first())
-            .and_then(|cert| crate::credentials::tls_server_end_point(cert)),
+            .and_then(|cert| crate::session::auth::tls_server_end_point(cert)),
         Upstream::Plain(_) => None,
     };
-    let attempt = crate::credentials::inject(server, credential, binding);
+    let attempt = crate::session::auth::inject(server, credential, binding);
     match tokio::time::timeout(ctx.limits.connect_timeout, attempt).await {
         Ok(Ok((pending, mechanism))) => {
             debug!(user = %credential.user, mechanism = mechanism.unwrap_or("password"), "injected login answered");
@@ -557,7 +557,7 @@ async fn upstream_tls(
     ctx: &SessionContext,
 ) -> Result<Upstream, UpstreamTlsError> {
     match ctx.tls.target(destination) {
-        Some(target) => crate::tls::negotiate_upstream(stream, &target).await,
+        Some(target) => crate::session::tls::negotiate_upstream(stream, &target).await,
         None => Ok(Upstream::Plain(stream)),
     }
 }

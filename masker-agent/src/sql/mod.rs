@@ -6,13 +6,14 @@
 //! column of each statement back to the columns of the relations *as
 //! written* in the SQL. Relation names are resolved to schema-qualified
 //! tables, `*` is expanded and views are followed by the session, with the
-//! server's catalog ([`crate::session::lineage`]).
+//! server's catalog ([`crate::plan::lineage`]).
 //!
 //! Whatever the tracer does not understand becomes [`How::Unknown`], which
 //! the session treats as "may carry any column the statement reads" (fail
 //! closed). Results are cached per statement text ([`analyze`]), so a
 //! statement sent many times (or prepared once) is parsed once.
 
+pub mod copy;
 mod trace;
 
 use std::collections::{BTreeSet, HashMap};

@@ -10,12 +10,12 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::admin::{self, Request, Status};
-use crate::catalog::{Catalog, CatalogAccess};
-use crate::config::{DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_DIR};
-use crate::listener;
+use crate::daemon::accept;
+use crate::daemon::admin::{self, Request, Status};
+use crate::daemon::config::{DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_DIR};
+use crate::daemon::registry::Registry;
+use crate::plan::catalog::{Catalog, CatalogAccess};
 use crate::policy::Policy;
-use crate::registry::Registry;
 use crate::session::{Limits, SessionContext};
 
 /// masker: masks personal data in PostgreSQL results before workloads see it.
@@ -74,7 +74,7 @@ pub enum Command {
         state_dir: Option<PathBuf>,
         /// TLS towards the upstream server: disable, prefer, require or verify-full.
         #[arg(long, default_value = "disable")]
-        upstream_tls: crate::tls::UpstreamTlsMode,
+        upstream_tls: crate::session::tls::UpstreamTlsMode,
         /// CA bundle (PEM) that verify-full checks the server's certificate against.
         #[arg(long)]
         upstream_ca: Option<PathBuf>,
@@ -205,7 +205,7 @@ pub enum CaCommand {
     /// Print the CA certificate (PEM) for a trust store, creating the CA if needed.
     Export {
         /// The agent's state directory.
-        #[arg(long, default_value = crate::tls::DEFAULT_STATE_DIR)]
+        #[arg(long, default_value = crate::session::tls::DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
 }
@@ -318,7 +318,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let socket = cli.admin_socket.as_path();
     match cli.command {
         Command::Agent { config } => {
-            crate::agent::run(config).await?;
+            crate::daemon::agent::run(config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Proxy {
@@ -338,26 +338,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             credential_password_env,
         } => {
             let credentials = match credential_user {
-                None => crate::credentials::Credentials::default(),
+                None => crate::session::auth::Credentials::default(),
                 Some(user) => {
                     let source = match (credential_password_file, credential_password_env) {
-                        (Some(f), _) => crate::credentials::SecretSource::File(f),
-                        (None, Some(v)) => crate::credentials::SecretSource::Env(v),
+                        (Some(f), _) => crate::session::auth::SecretSource::File(f),
+                        (None, Some(v)) => crate::session::auth::SecretSource::Env(v),
                         (None, None) => anyhow::bail!(
                             "--credential-user needs --credential-password-file or --credential-password-env"
                         ),
                     };
-                    let c = crate::credentials::load(&upstream, None, &user, source)
+                    let c = crate::session::auth::load(&upstream, None, &user, source)
                         .map_err(|e| anyhow::anyhow!("--credential-user {user}: {e}"))?;
-                    crate::credentials::Credentials::new(vec![c])
+                    crate::session::auth::Credentials::new(vec![c])
                 }
             };
-            let mut proxy_tls = crate::tls::SessionTls::default();
+            let mut proxy_tls = crate::session::tls::SessionTls::default();
             if let Some(dir) = &state_dir {
-                proxy_tls.client = Some(Arc::new(crate::tls::ClientTls::new(dir)?));
+                proxy_tls.client = Some(Arc::new(crate::session::tls::ClientTls::new(dir)?));
             }
-            let host = crate::catalog::split_host_port(&upstream).map_or(upstream.as_str(), |(h, _)| h);
-            let target = crate::tls::TargetTls::new(host, upstream_tls, upstream_ca.as_deref())?;
+            let host = crate::plan::catalog::split_host_port(&upstream).map_or(upstream.as_str(), |(h, _)| h);
+            let target = crate::session::tls::TargetTls::new(host, upstream_tls, upstream_ca.as_deref())?;
             proxy_tls.set_targets([(upstream.clone(), target)]);
             let policy = match policy {
                 Some(p) => Some(Arc::new(Policy::from_file(&p).map_err(|e| anyhow::anyhow!("{e}"))?)),
@@ -386,10 +386,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             ctx.registry.audit.start(&audit)?;
             if let Some(addr) = metrics_listen {
-                crate::metrics::start(addr, ctx.registry.clone()).await?;
+                crate::daemon::metrics::start(addr, ctx.registry.clone()).await?;
             }
             println!("masker proxy listening on {local}");
-            listener::run_proxy(listener, upstream, identity, ctx, shutdown_signal()).await;
+            accept::run_proxy(listener, upstream, identity, ctx, shutdown_signal()).await;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
@@ -424,7 +424,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit { command: AuditCommand::Tail { follow, identity, json, file, config } } => {
             let file = match file {
                 Some(f) => f,
-                None => crate::config::AgentConfig::from_file(&config)?
+                None => crate::daemon::config::AgentConfig::from_file(&config)?
                     .audit
                     .and_then(|a| a.file)
                     .ok_or_else(|| anyhow::anyhow!("{}: no [audit] file configured; pass --file", config.display()))?,
@@ -453,7 +453,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ca { command: CaCommand::Export { state_dir } } => {
-            let ca = crate::tls::CertificateAuthority::load_or_create(&state_dir)?;
+            let ca = crate::session::tls::CertificateAuthority::load_or_create(&state_dir)?;
             print!("{}", ca.certificate_pem());
             Ok(ExitCode::SUCCESS)
         }
@@ -475,8 +475,8 @@ fn require_root() -> anyhow::Result<()> {
 
 /// An existing cgroup directory, absolute or relative to the v2 mount.
 fn resolve_cgroup(cgroup: &Path) -> anyhow::Result<PathBuf> {
-    let root = crate::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::cgroup::resolve(&root, cgroup).map_err(|e| anyhow::anyhow!("{e}"))
+    let root = crate::interception::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
+    crate::interception::cgroup::resolve(&root, cgroup).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// `masker run`: the command runs in a transient tagged cgroup. This process
@@ -489,18 +489,18 @@ async fn run_tagged(
     command: &[String],
 ) -> anyhow::Result<ExitCode> {
     require_root()?;
-    let root = crate::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let home = crate::cgroup::current(&root, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dir = crate::cgroup::create_transient(&root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let root = crate::interception::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let home = crate::interception::cgroup::current(&root, None).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = crate::interception::cgroup::create_transient(&root).map_err(|e| anyhow::anyhow!("{e}"))?;
     let cleanup = |tagged: bool| {
         let dir = dir.clone();
         let home = home.clone();
         async move {
-            let _ = crate::cgroup::move_into(&home, std::process::id());
+            let _ = crate::interception::cgroup::move_into(&home, std::process::id());
             if tagged && let Err(e) = admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await {
                 eprintln!("masker: untagging {}: {e:#}", dir.display());
             }
-            if let Err(e) = crate::cgroup::remove(&dir) {
+            if let Err(e) = crate::interception::cgroup::remove(&dir) {
                 eprintln!("masker: {e}");
             }
         }
@@ -511,7 +511,7 @@ async fn run_tagged(
         cleanup(false).await;
         return Err(e);
     }
-    if let Err(e) = crate::cgroup::move_into(&dir, std::process::id()) {
+    if let Err(e) = crate::interception::cgroup::move_into(&dir, std::process::id()) {
         cleanup(true).await;
         return Err(anyhow::anyhow!("{e}"));
     }
@@ -536,7 +536,7 @@ async fn sessions(socket: &Path, json: bool, command: Option<SessionsCommand>) -
     if json {
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
-        let sessions: Vec<crate::registry::SessionSnapshot> = serde_json::from_value(value)?;
+        let sessions: Vec<crate::daemon::registry::SessionSnapshot> = serde_json::from_value(value)?;
         print!("{}", render_sessions(&sessions));
     }
     Ok(ExitCode::SUCCESS)
@@ -595,7 +595,7 @@ fn render_approvals(pending: &[crate::approvals::PendingApproval]) -> String {
     o
 }
 
-fn render_sessions(sessions: &[crate::registry::SessionSnapshot]) -> String {
+fn render_sessions(sessions: &[crate::daemon::registry::SessionSnapshot]) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     if sessions.is_empty() {

@@ -37,7 +37,7 @@
 //! password_file = "/etc/masker/app.pw"   # root-owned, mode 0600; or password_env = "VAR"
 //! ```
 //!
-//! See [`crate::credentials`] for what a client sends when a credential
+//! See [`crate::session::auth`] for what a client sends when a credential
 //! applies.
 
 use std::net::{SocketAddrV4, SocketAddrV6};
@@ -45,7 +45,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::catalog::CatalogAccess;
+use crate::plan::catalog::CatalogAccess;
 
 /// Default admin socket path.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/masker/admin.sock";
@@ -125,7 +125,7 @@ impl CredentialConfig {
 pub struct TargetConfig {
     /// `host:port`.
     pub address: String,
-    pub tls: crate::tls::UpstreamTlsMode,
+    pub tls: crate::session::tls::UpstreamTlsMode,
     /// CA bundle (PEM) for `tls = "verify-full"`; the system bundle without it.
     pub ca_file: Option<PathBuf>,
 }
@@ -149,7 +149,7 @@ enum TargetSpec {
 struct TargetTable {
     address: String,
     #[serde(default)]
-    tls: crate::tls::UpstreamTlsMode,
+    tls: crate::session::tls::UpstreamTlsMode,
     #[serde(default)]
     ca_file: Option<PathBuf>,
 }
@@ -203,7 +203,7 @@ fn default_pin_dir() -> PathBuf {
     PathBuf::from(DEFAULT_PIN_DIR)
 }
 fn default_state_dir() -> PathBuf {
-    PathBuf::from(crate::tls::DEFAULT_STATE_DIR)
+    PathBuf::from(crate::session::tls::DEFAULT_STATE_DIR)
 }
 fn default_refresh() -> u64 {
     30
@@ -226,7 +226,7 @@ impl AgentConfig {
             anyhow::bail!("{origin}: `targets` is empty; list the databases to intercept as \"host:port\"");
         }
         for t in &config.targets {
-            if crate::catalog::split_host_port(t.as_str()).is_none() {
+            if crate::plan::catalog::split_host_port(t.as_str()).is_none() {
                 anyhow::bail!("{origin}: target {:?} is not \"host:port\"", t.address);
             }
         }
@@ -261,8 +261,8 @@ impl AgentConfig {
     /// regular file owned by root or the agent's user and not accessible to
     /// group or others; a variable must be set). Errors name the file, the
     /// credential and what is wrong, never a password.
-    pub fn load_credentials(&self, origin: &str) -> anyhow::Result<crate::credentials::Credentials> {
-        use crate::credentials::SecretSource;
+    pub fn load_credentials(&self, origin: &str) -> anyhow::Result<crate::session::auth::Credentials> {
+        use crate::session::auth::SecretSource;
         let mut list = Vec::new();
         for (i, c) in self.credentials.iter().enumerate() {
             let source = match (&c.password_file, &c.password_env) {
@@ -270,11 +270,11 @@ impl AgentConfig {
                 (None, Some(v)) => SecretSource::Env(v.clone()),
                 (None, None) => anyhow::bail!("{origin}: {}: set `password_file` or `password_env`", c.name(i)),
             };
-            let credential = crate::credentials::load(&c.target, c.identity.as_deref(), &c.user, source)
+            let credential = crate::session::auth::load(&c.target, c.identity.as_deref(), &c.user, source)
                 .map_err(|e| anyhow::anyhow!("{origin}: {}: {e}", c.name(i)))?;
             list.push(credential);
         }
-        Ok(crate::credentials::Credentials::new(list))
+        Ok(crate::session::auth::Credentials::new(list))
     }
 }
 
@@ -312,8 +312,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.targets[0].address, "db:5432");
-        assert_eq!(c.targets[0].tls, crate::tls::UpstreamTlsMode::Disable);
-        assert_eq!(c.targets[1].tls, crate::tls::UpstreamTlsMode::VerifyFull);
+        assert_eq!(c.targets[0].tls, crate::session::tls::UpstreamTlsMode::Disable);
+        assert_eq!(c.targets[1].tls, crate::session::tls::UpstreamTlsMode::VerifyFull);
         assert_eq!(c.targets[1].ca_file.as_deref(), Some(Path::new("/ca.pem")));
         assert_eq!(c.state_dir, PathBuf::from("/var/lib/masker"));
         assert!(AgentConfig::parse("targets = [{ address = \"db:1\", tls = \"maybe\" }]\n", "a.toml").is_err());

@@ -70,7 +70,7 @@ pub struct SessionEntry {
     pub trail: crate::audit::SessionTrail,
     /// The agent's audit trail and metrics, for the session's own events.
     pub audit: Arc<crate::audit::Audit>,
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::daemon::metrics::Metrics>,
     /// Where the session's held statements wait (the agent's book).
     pub approvals: Arc<crate::approvals::Approvals>,
     /// Notified when the client hangs up while one of its messages is being
@@ -130,7 +130,7 @@ pub struct Registry {
     /// Audit trail (disabled unless configured).
     pub audit: Arc<crate::audit::Audit>,
     /// Per-identity counters and the latency histogram.
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub metrics: Arc<crate::daemon::metrics::Metrics>,
     /// Statements waiting for an operator, and standing approvals.
     pub approvals: Arc<crate::approvals::Approvals>,
 }

@@ -66,8 +66,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::daemon::registry::SessionEntry;
 use crate::masking::{self, RowStats};
-use crate::registry::SessionEntry;
 
 /// Schema version written in every event's `v`.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -1151,7 +1151,8 @@ mod tests {
 
     #[test]
     fn packaged_agent_config_parses() {
-        let c = crate::config::AgentConfig::parse(include_str!("../../packaging/agent.toml"), "agent.toml").unwrap();
+        let c = crate::daemon::config::AgentConfig::parse(include_str!("../../../packaging/agent.toml"), "agent.toml")
+            .unwrap();
         let audit = c.audit.unwrap().settings();
         assert_eq!(audit.keep, 10);
         assert!(audit.file.is_some() && c.metrics_listen.is_some());
@@ -1159,8 +1160,8 @@ mod tests {
 
     #[tokio::test]
     async fn kill_reaches_a_live_session_only() {
-        let registry = std::sync::Arc::new(crate::registry::Registry::default());
-        let origin = crate::registry::SessionOrigin {
+        let registry = std::sync::Arc::new(crate::daemon::registry::Registry::default());
+        let origin = crate::daemon::registry::SessionOrigin {
             identity: Some("ci".into()),
             verified: None,
             client: "127.0.0.1:1".parse().unwrap(),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{error, info};
 
-use crate::registry::SessionOrigin;
+use crate::daemon::registry::SessionOrigin;
 use crate::session::{self, Route, SessionContext};
 
 /// Serves `listener` as an explicit proxy: every client goes to `upstream`

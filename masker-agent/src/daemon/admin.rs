@@ -16,7 +16,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use crate::registry::{CountersSnapshot, SessionSnapshot};
+use crate::daemon::registry::{CountersSnapshot, SessionSnapshot};
 
 /// A request to the agent. `Sessions` lists live sessions (`masker
 /// sessions`); `KillSession` ends one (`masker sessions kill ID`);
@@ -83,7 +83,7 @@ pub struct Status {
     pub counters: CountersSnapshot,
     /// What each identity did since the agent started.
     #[serde(default)]
-    pub identities: std::collections::BTreeMap<String, crate::metrics::IdentityCounters>,
+    pub identities: std::collections::BTreeMap<String, crate::daemon::metrics::IdentityCounters>,
     /// Statements waiting for an operator's decision.
     #[serde(default)]
     pub approvals: Vec<crate::approvals::PendingApproval>,

@@ -41,6 +41,8 @@
 //! session without a verified token never matches (fail closed), not even
 //! `claims = {}`, which means "any verified token".
 
+pub mod guardrails;
+
 use std::fmt;
 use std::ops::Range;
 use std::path::Path;
@@ -86,7 +88,7 @@ pub struct ApprovalRule {
 }
 
 /// What an `[[identity]]` block allows its workloads to run (evaluated by
-/// [`crate::guardrails`]).
+/// [`crate::policy::guardrails`]).
 #[derive(Debug, Clone)]
 pub struct Guardrails {
     /// The block's identity pattern, named in refusals.

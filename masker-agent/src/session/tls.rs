@@ -382,7 +382,7 @@ impl SessionTls {
     pub fn default_name(&self, destination: &str) -> String {
         match self.target(destination) {
             Some(t) => t.host.clone(),
-            None => crate::catalog::split_host_port(destination)
+            None => crate::plan::catalog::split_host_port(destination)
                 .map(|(h, _)| h.to_string())
                 .unwrap_or_else(|| destination.to_string()),
         }

@@ -13,9 +13,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::catalog::{Catalog, Relation};
-use crate::guardrails::{self, Resolved};
 use crate::masking::ColumnAction;
+use crate::plan::catalog::{Catalog, Relation};
+use crate::policy::guardrails::{self, Resolved};
 use crate::policy::{ApprovalRule, SessionPolicy};
 use crate::sql::{self, How, Lineage, Output, RelName, Source, Statement, StatementClass};
 

@@ -19,12 +19,12 @@ use std::sync::{Arc, Mutex};
 use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
-use super::lineage::{Decision, Resolver, refusal_statement, runs_client_code};
-use super::relay::{Filter, RelayError, Verdict};
-use crate::catalog::Catalog;
+use crate::daemon::registry::SessionEntry;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
+use crate::plan::catalog::Catalog;
+use crate::plan::lineage::{Decision, Resolver, refusal_statement, runs_client_code};
 use crate::policy::{ApprovalRule, SessionPolicy};
-use crate::registry::SessionEntry;
+use crate::session::relay::{Filter, RelayError, Verdict};
 use crate::wire::{self, Cursor, FieldDescription, Format, FrameError, Header, TableOid, TypeOid, backend, frontend};
 
 /// Result formats requested in a `Bind`.
@@ -92,7 +92,7 @@ fn refuse(message: impl Into<String>) -> RelayError {
 }
 
 /// What the client side needs to refuse statements (see
-/// [`super::lineage::Resolver::refusal`]).
+/// [`crate::plan::lineage::Resolver::refusal`]).
 pub struct LineageGuard {
     pub policy: Arc<SessionPolicy>,
     pub catalog: Arc<Catalog>,
@@ -725,7 +725,7 @@ impl ServerTracker {
     }
 
     async fn copy_masker(&mut self, sql: &str, response: &[u8]) -> Result<CopyMasker, String> {
-        let copy = crate::session::copy::parse_copy_to_stdout(sql)?;
+        let copy = crate::sql::copy::parse_copy_to_stdout(sql)?;
         let mut cur = Cursor::new(response, backend::COPY_OUT_RESPONSE);
         let overall = cur.u8().map_err(|e| e.to_string())?;
         let columns = self
@@ -734,7 +734,7 @@ impl ServerTracker {
             .relation_columns(&self.ctx.destination, &self.ctx.database, copy.schema.as_deref(), &copy.table)
             .await
             .map_err(|e| e.to_string())?;
-        let selected: Vec<&(String, TypeOid, crate::catalog::ColumnInfo)> = match &copy.columns {
+        let selected: Vec<&(String, TypeOid, crate::plan::catalog::ColumnInfo)> = match &copy.columns {
             None => columns.iter().collect(),
             Some(names) => names
                 .iter()
@@ -749,7 +749,7 @@ impl ServerTracker {
                 (policy.column_action(&base.schema, &base.table, &base.column, base.comment.as_deref()), *ty)
             })
             .collect();
-        use crate::session::copy::CopyFormat as Sql;
+        use crate::sql::copy::CopyFormat as Sql;
         let options = match (overall, copy.format) {
             (1, _) | (_, Sql::Binary) => masking::CopyOptions::binary(),
             (_, Sql::Csv { header }) => masking::CopyOptions { header, ..masking::CopyOptions::csv() },

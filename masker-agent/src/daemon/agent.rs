@@ -10,12 +10,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use crate::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
-use crate::catalog::Catalog;
-use crate::config::AgentConfig;
+use crate::daemon::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
+use crate::daemon::config::AgentConfig;
+use crate::daemon::registry::{Registry, SessionOrigin};
 use crate::interception::{Interception, InterceptionConfig};
+use crate::plan::catalog::Catalog;
 use crate::policy::Policy;
-use crate::registry::{Registry, SessionOrigin};
 use crate::session::{self, Limits, Route, SessionContext};
 
 /// The running agent, shared by the accept loops, the admin socket and the
@@ -70,8 +70,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let interception = Interception::start(&icfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(pin_dir = %config.pin_dir.display(), "eBPF programs attached");
 
-    let mut tls = crate::tls::SessionTls::default();
-    tls.client = Some(Arc::new(crate::tls::ClientTls::new(&config.state_dir)?));
+    let mut tls = crate::session::tls::SessionTls::default();
+    tls.client = Some(Arc::new(crate::session::tls::ClientTls::new(&config.state_dir)?));
     let ctx = Arc::new(SessionContext {
         registry: Arc::new(Registry::default()),
         limits: Limits::default(),
@@ -89,7 +89,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         ctx.registry.audit.start(&audit.settings())?;
     }
     if let Some(addr) = config.metrics_listen {
-        crate::metrics::start(addr, ctx.registry.clone()).await?;
+        crate::daemon::metrics::start(addr, ctx.registry.clone()).await?;
     }
     let identities = load_identities_or_none(&config_state_file(&config));
     let verifier = crate::identity::Verifier::new(&config.issuers)?;
@@ -260,8 +260,8 @@ impl Agent {
             match tokio::net::lookup_host(t.as_str()).await {
                 Ok(resolved) => {
                     let resolved: Vec<SocketAddr> = resolved.collect();
-                    let host = crate::catalog::split_host_port(t.as_str()).map_or(t.as_str(), |(h, _)| h);
-                    let settings = Arc::new(crate::tls::TargetTls::new(host, t.tls, t.ca_file.as_deref())?);
+                    let host = crate::plan::catalog::split_host_port(t.as_str()).map_or(t.as_str(), |(h, _)| h);
+                    let settings = Arc::new(crate::session::tls::TargetTls::new(host, t.tls, t.ca_file.as_deref())?);
                     tls.extend(resolved.iter().map(|a| (a.to_string(), settings.clone())));
                     names.extend(resolved.iter().map(|a| (a.to_string(), t.address.clone())));
                     status.push(TargetStatus {
@@ -356,7 +356,7 @@ impl Agent {
                 .ctx
                 .credentials
                 .iter()
-                .map(|c| crate::admin::CredentialStatus {
+                .map(|c| crate::daemon::admin::CredentialStatus {
                     target: c.target.clone(),
                     identity: c.identity_pattern.clone(),
                     user: c.user.clone(),
