@@ -1,6 +1,6 @@
 //! Approvals: statements that wait for an operator's yes.
 //!
-//! An `[[approval]]` rule of the policy ([`crate::policy::ApprovalRule`])
+//! An `[[approval]]` rule of the policy ([`crate::policy::approval::ApprovalRule`])
 //! holds the matching statements of a session. The client → server relay
 //! stops at the statement (nothing the client sends after it is relayed) and
 //! the statement waits in the agent's book ([`Approvals`]) until an operator runs

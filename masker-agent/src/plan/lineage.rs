@@ -15,8 +15,9 @@ use std::sync::Arc;
 
 use crate::masking::ColumnAction;
 use crate::plan::catalog::{Catalog, Relation};
+use crate::policy::SessionPolicy;
+use crate::policy::approval::ApprovalRule;
 use crate::policy::guardrails::{self, Resolved};
-use crate::policy::{ApprovalRule, SessionPolicy};
 use crate::sql::{self, How, Lineage, Output, RelName, Source, Statement, StatementClass};
 
 /// How many views deep a column is followed before it counts as unknown.

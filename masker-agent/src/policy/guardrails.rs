@@ -7,8 +7,52 @@
 //! the way lineage refusals are (the session stays usable) and audited as a
 //! denial with rule `guardrail`.
 
-use crate::policy::Guardrails;
-use crate::sql::Statement;
+use super::glob::{Glob, TableGlob};
+use crate::sql::{Statement, StatementClass};
+
+/// What an `[[identity]]` block allows its workloads to run (evaluated by
+/// [`crate::policy::guardrails`]).
+#[derive(Debug, Clone)]
+pub struct Guardrails {
+    /// The block's identity pattern, named in refusals.
+    pub name: String,
+    /// Refuse everything that is not known to only read.
+    pub read_only: bool,
+    pub(crate) deny_classes: Vec<StatementClass>,
+    pub(crate) deny_tables: Vec<TableGlob>,
+    pub(crate) deny_functions: Vec<Glob>,
+    /// Functions that count as writes under `read_only` (`nextval`, an
+    /// application's `refund_order`, ...).
+    pub(crate) writing_functions: Vec<Glob>,
+    /// Where the identity may connect at all (`None`: anywhere): targets
+    /// (`host:port` globs), databases and database users (globs).
+    pub(crate) targets: Option<Vec<Glob>>,
+    pub(crate) databases: Option<Vec<Glob>>,
+    pub(crate) users: Option<Vec<Glob>>,
+}
+
+impl Guardrails {
+    /// Why a session of `identity` to `targets` (the names a target goes
+    /// by: its configured `host:port` and the address connected to; any
+    /// may match), `database` as `user` may not start, or `None` when the
+    /// block allows it. The message is what the client sees (SQLSTATE
+    /// 28000).
+    pub fn connect_refusal(&self, identity: &str, targets: &[&str], database: &str, user: &str) -> Option<String> {
+        let allows = |globs: &Option<Vec<Glob>>, s: &[&str]| {
+            globs.as_ref().is_none_or(|g| g.iter().any(|g| s.iter().any(|s| g.matches(s))))
+        };
+        let what = if !allows(&self.targets, targets) {
+            format!("target {}", targets.first().copied().unwrap_or_default())
+        } else if !allows(&self.databases, &[database]) {
+            format!("database {database}")
+        } else if !allows(&self.users, &[user]) {
+            format!("database user {user}")
+        } else {
+            return None;
+        };
+        Some(format!("masker: identity {identity} may not connect to {what} (rule: identity {})", self.name))
+    }
+}
 
 /// A relation of the statement as the catalog resolved it (`schema` is
 /// `None` when the agent could not resolve the name).
@@ -36,7 +80,7 @@ pub fn violation(g: &Guardrails, stmt: &Statement, relations: &[Resolved<'_>]) -
     }
     for f in &stmt.functions {
         let base = f.rsplit('.').next().unwrap_or(f);
-        let listed = |globs: &[crate::policy::Glob]| globs.iter().any(|g| g.matches(base) || g.matches(f));
+        let listed = |globs: &[Glob]| globs.iter().any(|g| g.matches(base) || g.matches(f));
         if listed(&g.deny_functions) {
             return Some(format!("masker: calling {f}() is refused ({})", rule("deny_functions")));
         }

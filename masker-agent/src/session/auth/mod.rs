@@ -269,7 +269,7 @@ impl SecretSource {
 pub struct Credential {
     /// The target as configured (`host:port`).
     pub target: String,
-    identity: Option<crate::policy::Glob>,
+    identity: Option<crate::policy::glob::Glob>,
     /// The pattern as written, for messages.
     pub identity_pattern: Option<String>,
     /// The database user the client must name and the agent logs in as.
@@ -291,7 +291,7 @@ impl Credential {
     ) -> Result<Credential, String> {
         let glob = match identity {
             None => None,
-            Some(p) => Some(crate::policy::Glob::new(p).ok_or("empty `identity` pattern")?),
+            Some(p) => Some(crate::policy::glob::Glob::new(p).ok_or("empty `identity` pattern")?),
         };
         if user.is_empty() {
             return Err("empty `user`".into());

@@ -23,7 +23,8 @@ use crate::daemon::registry::SessionEntry;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
 use crate::plan::catalog::Catalog;
 use crate::plan::lineage::{Decision, Resolver, refusal_statement, runs_client_code};
-use crate::policy::{ApprovalRule, SessionPolicy};
+use crate::policy::SessionPolicy;
+use crate::policy::approval::ApprovalRule;
 use crate::session::relay::{Filter, RelayError, Verdict};
 use crate::wire::{self, Cursor, FieldDescription, Format, FrameError, Header, TableOid, TypeOid, backend, frontend};
 
