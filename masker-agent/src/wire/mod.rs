@@ -77,6 +77,16 @@ pub mod frontend {
     pub const ALL: &[u8] = b"B C d c f D E H F P p Q S X";
 }
 
+/// Request codes of `Authentication` messages (the first field of the body).
+pub mod auth {
+    pub const AUTH_OK: u32 = 0;
+    pub const AUTH_CLEARTEXT: u32 = 3;
+    pub const AUTH_MD5: u32 = 5;
+    pub const AUTH_SASL: u32 = 10;
+    pub const AUTH_SASL_CONTINUE: u32 = 11;
+    pub const AUTH_SASL_FINAL: u32 = 12;
+}
+
 /// Whether `tag` is a message a server may send.
 pub fn is_backend_tag(tag: u8) -> bool {
     tag != b' ' && backend::ALL.contains(&tag)
