@@ -76,8 +76,6 @@ const QUEUE: usize = 8192;
 /// How long the writer lets events gather between writes (the queue holds
 /// [`QUEUE`] events, many more than arrive in this time).
 const WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(20);
-/// Longest normalized statement recorded.
-const MAX_STATEMENT: usize = 4096;
 
 /// Where audit events go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -487,8 +485,8 @@ pub fn denial(entry: &SessionEntry, sql: &str, rule: &str, reason: &str) {
         return;
     }
     let what = What::Denial {
-        statement: normalize(sql),
-        class: classify(sql, 0).0,
+        statement: crate::sql::normalize(sql),
+        class: crate::sql::classify(sql, 0).0,
         rule: rule.to_string(),
         reason: masking::scrub_text(reason).into_owned(),
         sqlstate: "42501",
@@ -556,8 +554,8 @@ pub fn approval(entry: &SessionEntry, id: u64, rule: &str, sql: &str, step: Appr
     let what = What::Approval {
         approval: id,
         rule: rule.to_string(),
-        statement: normalize(sql),
-        class: classify(sql, 0).0,
+        statement: crate::sql::normalize(sql),
+        class: crate::sql::classify(sql, 0).0,
         decision,
         approver: approver.map(str::to_string),
         reason: reason.map(|r| masking::scrub_text(r).into_owned()),
@@ -644,7 +642,7 @@ impl StatementTrail {
             return;
         }
         let (class, tables) = match sql {
-            Some(sql) => classify(sql, index),
+            Some(sql) => crate::sql::classify(sql, index),
             None => ("unknown", Vec::new()),
         };
         let (sqlstate, message) = match error {
@@ -659,7 +657,7 @@ impl StatementTrail {
             text.split(' ').next().unwrap_or_default().to_string()
         });
         let what = What::Statement {
-            statement: sql.map(normalize).unwrap_or_default(),
+            statement: sql.map(crate::sql::normalize).unwrap_or_default(),
             class,
             tables,
             rows,
@@ -727,38 +725,6 @@ impl SessionTrail {
     }
 }
 
-/// Statement class (lower case) and relations of statement `index` of `sql`.
-pub fn classify(sql: &str, index: usize) -> (&'static str, Vec<String>) {
-    let analysis = crate::sql::analyze(sql);
-    match analysis.as_ref() {
-        Ok(a) => match a.statements.get(index).or(a.statements.last()) {
-            Some(s) => (class_name(s.class), s.relations.iter().map(|r| r.to_string()).collect()),
-            None => ("empty", Vec::new()),
-        },
-        Err(_) => ("unknown", Vec::new()),
-    }
-}
-
-/// The name of a statement class in audit events and metrics.
-pub fn class_name(class: crate::sql::StatementClass) -> &'static str {
-    use crate::sql::StatementClass as C;
-    match class {
-        C::Select => "select",
-        C::CreateTableAs => "create_table_as",
-        C::Insert => "insert",
-        C::Update => "update",
-        C::Delete => "delete",
-        C::Merge => "merge",
-        C::Ddl => "ddl",
-        C::Copy => "copy",
-        C::Explain => "explain",
-        C::Transaction => "transaction",
-        C::Config => "config",
-        C::Procedural => "procedural",
-        C::Utility => "utility",
-    }
-}
-
 /// SQLSTATE (`C`) and message (`M`) of an ErrorResponse/NoticeResponse body.
 pub fn error_fields(body: &[u8]) -> (Option<String>, Option<String>) {
     let (mut code, mut message) = (None, None);
@@ -780,180 +746,6 @@ pub fn error_fields(body: &[u8]) -> (Option<String>, Option<String>) {
 }
 
 // ------------------------------------------------------------ normalizing
-
-/// `sql` with every literal replaced: PostgreSQL's own normalizer
-/// (`pg_query::normalize`, literals become `$n`) when the text parses, then a
-/// lexical pass that replaces whatever literal is left (and every literal of
-/// a text that does not parse) by `?` and drops comments. The result is
-/// capped at 4096 bytes.
-pub fn normalize(sql: &str) -> String {
-    // Statements of one shape (see `sql::cache_key`: the same text but for
-    // literals) normalize to the same text: parse each shape once.
-    static CACHE: crate::sql::ShapeCache<std::sync::Arc<str>> = crate::sql::ShapeCache::new();
-    CACHE.get_or_compute(sql, |sql| normalize_uncached(sql).into()).to_string()
-}
-
-fn normalize_uncached(sql: &str) -> String {
-    let parsed = pg_query::normalize(sql).ok();
-    let mut out = scrub_literals(parsed.as_deref().unwrap_or(sql));
-    if out.len() > MAX_STATEMENT {
-        let mut cut = MAX_STATEMENT;
-        while !out.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        out.truncate(cut);
-        out.push('…');
-    }
-    out
-}
-
-/// Replaces string, dollar-quoted, bit-string and numeric literals by `?`,
-/// keeps `$n` parameters, quoted identifiers and keywords, drops comments and
-/// collapses runs of white space. An unterminated literal swallows the rest.
-pub fn scrub_literals(sql: &str) -> String {
-    let b = sql.as_bytes();
-    let mut out = String::with_capacity(sql.len());
-    let mut i = 0;
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c >= 0x80;
-    let push_space = |out: &mut String| {
-        if !out.is_empty() && !out.ends_with(' ') {
-            out.push(' ');
-        }
-    };
-    while i < b.len() {
-        let c = b[i];
-        match c {
-            b'\'' => {
-                // A prefix (E, B, X, U&, N) was copied as a word: drop it.
-                let prefixed = out.ends_with(['e', 'E', 'b', 'B', 'x', 'X', 'n', 'N'])
-                    && !out[..out.len() - 1].ends_with(|ch: char| ch.is_alphanumeric() || ch == '_');
-                if prefixed {
-                    out.pop();
-                } else if out.ends_with("U&") || out.ends_with("u&") {
-                    out.truncate(out.len() - 2);
-                }
-                let escapes = prefixed && matches!(b[i - 1], b'e' | b'E');
-                i += 1;
-                while i < b.len() {
-                    if escapes && b[i] == b'\\' {
-                        i += 2;
-                        continue;
-                    }
-                    if b[i] == b'\'' {
-                        if b.get(i + 1) == Some(&b'\'') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i += 1;
-                out.push('?');
-            }
-            b'"' => {
-                let start = i;
-                i += 1;
-                while i < b.len() {
-                    if b[i] == b'"' {
-                        if b.get(i + 1) == Some(&b'"') {
-                            i += 2;
-                            continue;
-                        }
-                        break;
-                    }
-                    i += 1;
-                }
-                i = (i + 1).min(b.len());
-                out.push_str(&sql[start..i]);
-            }
-            b'-' if b.get(i + 1) == Some(&b'-') => {
-                while i < b.len() && b[i] != b'\n' {
-                    i += 1;
-                }
-                push_space(&mut out);
-            }
-            b'/' if b.get(i + 1) == Some(&b'*') => {
-                let mut depth = 0usize;
-                while i < b.len() {
-                    if b[i] == b'/' && b.get(i + 1) == Some(&b'*') {
-                        depth += 1;
-                        i += 2;
-                    } else if b[i] == b'*' && b.get(i + 1) == Some(&b'/') {
-                        depth -= 1;
-                        i += 2;
-                        if depth == 0 {
-                            break;
-                        }
-                    } else {
-                        i += 1;
-                    }
-                }
-                push_space(&mut out);
-            }
-            b'$' => {
-                // $n parameter, or a dollar quote $tag$ ... $tag$.
-                let mut j = i + 1;
-                if b.get(j).is_some_and(u8::is_ascii_digit) {
-                    while j < b.len() && b[j].is_ascii_digit() {
-                        j += 1;
-                    }
-                    out.push_str(&sql[i..j]);
-                    i = j;
-                    continue;
-                }
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_') {
-                    j += 1;
-                }
-                if b.get(j) == Some(&b'$') && !out.ends_with(|ch: char| ch.is_alphanumeric() || ch == '_') {
-                    let tag = &sql[i..=j];
-                    match sql[j + 1..].find(tag) {
-                        Some(end) => i = j + 1 + end + tag.len(),
-                        None => i = b.len(),
-                    }
-                    out.push('?');
-                } else {
-                    out.push('$');
-                    i += 1;
-                }
-            }
-            c if c.is_ascii_digit() || (c == b'.' && b.get(i + 1).is_some_and(u8::is_ascii_digit)) => {
-                if out.ends_with(|ch: char| ch.is_alphanumeric() || ch == '_') {
-                    // Part of an identifier (t1, col_2).
-                    out.push(c as char);
-                    i += 1;
-                    continue;
-                }
-                while i < b.len()
-                    && (b[i].is_ascii_alphanumeric()
-                        || b[i] == b'.'
-                        || b[i] == b'_'
-                        || ((b[i] == b'+' || b[i] == b'-') && matches!(b[i - 1], b'e' | b'E')))
-                {
-                    i += 1;
-                }
-                out.push('?');
-            }
-            c if c.is_ascii_whitespace() => {
-                push_space(&mut out);
-                i += 1;
-            }
-            c if word(c) => {
-                let start = i;
-                while i < b.len() && word(b[i]) {
-                    i += 1;
-                }
-                out.push_str(&sql[start..i]);
-            }
-            _ => {
-                let ch = sql[i..].chars().next().unwrap_or('?');
-                out.push(ch);
-                i += ch.len_utf8();
-            }
-        }
-    }
-    out.trim_end().to_string()
-}
 
 // ------------------------------------------------------------------- time
 
@@ -1106,22 +898,6 @@ fn plain(v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn normalizes_literals_away() {
-        let n = normalize("SELECT * FROM customers WHERE email = 'alice@example.com' AND id = 42");
-        assert!(!n.contains("alice") && !n.contains("42"), "{n}");
-        assert!(n.contains("customers") && n.contains("email"), "{n}");
-        // Unparseable text still loses its literals.
-        let n = normalize("SELEC x FROM t WHERE a = 'bob@x.org' AND b = 3.5e+2 -- 'c'\n AND d = $$ secret $$");
-        assert!(!n.contains("bob") && !n.contains("3.5") && !n.contains("secret") && !n.contains("'c'"), "{n}");
-        assert_eq!(
-            scrub_literals("select t1.c_2, $1, E'a\\'b', 'x''y', \"Q\"\"id\" from t1"),
-            "select t1.c_2, $1, ?, ?, \"Q\"\"id\" from t1"
-        );
-        assert_eq!(scrub_literals("select $tag$ a $ b $tag$, x'1f', 1e-3 /* c /* n */ */"), "select ?, ?, ?");
-        assert_eq!(scrub_literals("select 'unterminated"), "select ?");
-    }
 
     #[test]
     fn formats_time() {

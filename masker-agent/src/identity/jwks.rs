@@ -41,7 +41,7 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::IssuerConfig;
+use super::issuer::IssuerConfig;
 
 /// Longest time one fetch (connect, TLS, request, whole body) may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);

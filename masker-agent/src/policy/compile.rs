@@ -12,12 +12,9 @@ use super::error::{Errors, PolicyError};
 use super::glob::{ClaimGlob, ClaimsMatch, Glob, TableGlob};
 use super::guardrails::Guardrails;
 use super::schema::*;
-use super::{Defaults, Policy, Rule};
+use super::{Defaults, EnvLookup, Policy, Rule};
 use crate::masking::{ColumnAction, Generalize, Keys};
 use crate::sql::StatementClass;
-
-/// Looks up an environment variable (injectable for tests).
-pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()

@@ -55,8 +55,10 @@ use approval::ApprovalRule;
 use glob::{ClaimsMatch, Glob};
 use guardrails::Guardrails;
 
-pub use compile::EnvLookup;
 pub use error::PolicyError;
+
+/// Looks up an environment variable (injectable for tests).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// A loaded, validated policy.
 #[derive(Debug, Clone)]

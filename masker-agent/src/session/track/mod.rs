@@ -179,8 +179,9 @@ impl ClientTracker {
 /// Holds `sql` for an operator's decision under `rule`; `None` when it may
 /// run, else the error the client gets.
 async fn hold(entry: &SessionEntry, rule: &ApprovalRule, sql: &str) -> Option<String> {
-    use crate::approvals::{Outcome, shape};
+    use crate::approvals::Outcome;
     use crate::audit::ApprovalStep;
+    use crate::sql::shape;
     let book = &entry.approvals;
     let identity = entry.origin.identity.as_deref();
     let shape = shape(sql);
@@ -198,7 +199,7 @@ async fn hold(entry: &SessionEntry, rule: &ApprovalRule, sql: &str) -> Option<St
         crate::audit::denial(entry, sql, "approval", &message);
         return Some(message);
     }
-    let statement = crate::audit::normalize(sql);
+    let statement = crate::sql::normalize(sql);
     let ticket = book.request(entry.id, identity, &rule.name, statement, shape, rule.timeout);
     let id = ticket.id;
     crate::audit::approval(entry, id, &rule.name, sql, ApprovalStep::Requested);
