@@ -177,7 +177,7 @@ impl Approvals {
             identity: identity.map(str::to_string),
             rule: rule.to_string(),
             statement,
-            requested_at: crate::audit::rfc3339_now(),
+            requested_at: crate::rfc3339::now_millis(),
             waiting_secs: 0,
             timeout_secs: timeout.as_secs(),
         };

@@ -24,6 +24,7 @@ pub mod interception;
 pub mod masking;
 pub mod plan;
 pub mod policy;
+pub mod rfc3339;
 pub mod session;
 pub mod sql;
 pub mod wire;

@@ -1,22 +1,29 @@
-//! The `masker` command line: the daemon, the explicit proxy and the
-//! operator commands that talk to the daemon over its admin socket.
+//! The `masker` command line: parses the arguments and dispatches to the
+//! daemons ([`crate::daemon`]) or, for the operator commands, to the
+//! running agent over its admin socket. `anyhow` lives here only: this is
+//! the binary's edge.
+//!
+//! [`render`] turns admin replies into text, [`run`] is `masker run`'s
+//! cgroup steps, [`tail`] is `masker audit tail`.
+
+mod render;
+mod run;
+mod tail;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, RwLock};
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::daemon::accept;
 use crate::daemon::admin::{self, Request, Status};
 use crate::daemon::config::{DEFAULT_ADMIN_SOCKET, DEFAULT_PIN_DIR};
-use crate::daemon::registry::Registry;
-use crate::plan::catalog::{Catalog, CatalogAccess};
+use crate::daemon::proxy::ProxyOptions;
+use crate::daemon::signals::shutdown_signal;
+use crate::plan::catalog::CatalogAccess;
 use crate::policy::Policy;
-use crate::session::{Limits, SessionContext};
+use crate::session::auth::SecretSource;
 
 /// masker: masks personal data in PostgreSQL results before workloads see it.
 ///
@@ -337,59 +344,35 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             credential_password_file,
             credential_password_env,
         } => {
-            let credentials = match credential_user {
-                None => crate::session::auth::Credentials::default(),
+            let credential = match credential_user {
+                None => None,
                 Some(user) => {
                     let source = match (credential_password_file, credential_password_env) {
-                        (Some(f), _) => crate::session::auth::SecretSource::File(f),
-                        (None, Some(v)) => crate::session::auth::SecretSource::Env(v),
+                        (Some(f), _) => SecretSource::File(f),
+                        (None, Some(v)) => SecretSource::Env(v),
                         (None, None) => anyhow::bail!(
                             "--credential-user needs --credential-password-file or --credential-password-env"
                         ),
                     };
-                    let c = crate::session::auth::load(&upstream, None, &user, source)
-                        .map_err(|e| anyhow::anyhow!("--credential-user {user}: {e}"))?;
-                    crate::session::auth::Credentials::new(vec![c])
+                    Some((user, source))
                 }
-            };
-            let mut proxy_tls = crate::session::tls::SessionTls::default();
-            if let Some(dir) = &state_dir {
-                proxy_tls.client = Some(Arc::new(crate::session::tls::ClientTls::new(dir)?));
-            }
-            let host = crate::plan::catalog::split_host_port(&upstream).map_or(upstream.as_str(), |(h, _)| h);
-            let target = crate::session::tls::TargetTls::new(host, upstream_tls, upstream_ca.as_deref())?;
-            proxy_tls.set_targets([(upstream.clone(), target)]);
-            let policy = match policy {
-                Some(p) => Some(Arc::new(Policy::from_file(&p).map_err(|e| anyhow::anyhow!("{e}"))?)),
-                None => None,
             };
             let catalog =
                 catalog_user.map(|user| CatalogAccess { user, password: std::env::var(&catalog_password_env).ok() });
-            let listener =
-                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cannot listen on {listen}"))?;
-            let local = listener.local_addr()?;
-            let ctx = Arc::new(SessionContext {
-                registry: Arc::new(Registry::default()),
-                limits: Limits::default(),
-                socket_mark: None,
-                policy: RwLock::new(policy),
-                catalog: Arc::new(Catalog::new(catalog)),
-                tls: proxy_tls,
-                credentials,
-                target_names: RwLock::new(Default::default()),
-            });
-            let audit = crate::audit::AuditSettings {
-                file: audit_file,
-                max_bytes: crate::audit::AuditSettings::DEFAULT_MAX_BYTES,
-                keep: crate::audit::AuditSettings::DEFAULT_KEEP,
-                stdout: false,
+            let opts = ProxyOptions {
+                listen,
+                upstream,
+                policy,
+                identity,
+                catalog,
+                state_dir,
+                upstream_tls,
+                upstream_ca,
+                audit_file,
+                metrics_listen,
+                credential,
             };
-            ctx.registry.audit.start(&audit)?;
-            if let Some(addr) = metrics_listen {
-                crate::daemon::metrics::start(addr, ctx.registry.clone()).await?;
-            }
-            println!("masker proxy listening on {local}");
-            accept::run_proxy(listener, upstream, identity, ctx, shutdown_signal()).await;
+            crate::daemon::proxy::run(opts).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => {
@@ -398,26 +381,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 let status: Status = serde_json::from_value(value)?;
-                print!("{}", render_status(&status));
+                print!("{}", render::status(&status));
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Tag { cgroup, identity, token } => {
             let token = token.read()?;
-            let dir = resolve_cgroup(&cgroup)?;
+            let dir = run::resolve_cgroup(&cgroup)?;
             admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.clone(), token }).await?;
             println!("tagged {} as {identity}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Untag { cgroup } => {
-            let dir = resolve_cgroup(&cgroup)?;
+            let dir = run::resolve_cgroup(&cgroup)?;
             admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await?;
             println!("untagged {}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { identity, token, command } => {
             let token = token.read()?;
-            run_tagged(socket, &identity, token, &command).await
+            run::run_tagged(socket, &identity, token, &command).await
         }
         Command::Sessions { json, command } => sessions(socket, json, command).await,
         Command::Approvals { command } => approvals(socket, command).await,
@@ -429,10 +412,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     .and_then(|a| a.file)
                     .ok_or_else(|| anyhow::anyhow!("{}: no [audit] file configured; pass --file", config.display()))?,
             };
-            let opts = crate::audit::TailOptions { file, follow, identity, json };
+            let opts = tail::TailOptions { file, follow, identity, json };
             let mut out = std::io::stdout();
             tokio::select! {
-                r = crate::audit::tail(&opts, &mut out) => r?,
+                r = tail::tail(&opts, &mut out) => r?,
                 () = shutdown_signal() => {}
             }
             Ok(ExitCode::SUCCESS)
@@ -458,71 +441,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Uninstall { pin_dir } => {
-            require_root()?;
+            run::require_root()?;
             crate::interception::uninstall(&pin_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
             println!("removed masker's eBPF programs and maps under {}", pin_dir.display());
             Ok(ExitCode::SUCCESS)
         }
     }
-}
-
-fn require_root() -> anyhow::Result<()> {
-    if crate::own_uid() != Some(0) {
-        anyhow::bail!("this command must run as root");
-    }
-    Ok(())
-}
-
-/// An existing cgroup directory, absolute or relative to the v2 mount.
-fn resolve_cgroup(cgroup: &Path) -> anyhow::Result<PathBuf> {
-    let root = crate::interception::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::interception::cgroup::resolve(&root, cgroup).map_err(|e| anyhow::anyhow!("{e}"))
-}
-
-/// `masker run`: the command runs in a transient tagged cgroup. This process
-/// moves itself in before spawning (so the child starts inside, with no
-/// window where it runs untagged) and back out before removing the cgroup.
-async fn run_tagged(
-    socket: &Path,
-    identity: &str,
-    token: Option<String>,
-    command: &[String],
-) -> anyhow::Result<ExitCode> {
-    require_root()?;
-    let root = crate::interception::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let home = crate::interception::cgroup::current(&root, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dir = crate::interception::cgroup::create_transient(&root).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let cleanup = |tagged: bool| {
-        let dir = dir.clone();
-        let home = home.clone();
-        async move {
-            let _ = crate::interception::cgroup::move_into(&home, std::process::id());
-            if tagged && let Err(e) = admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await {
-                eprintln!("masker: untagging {}: {e:#}", dir.display());
-            }
-            if let Err(e) = crate::interception::cgroup::remove(&dir) {
-                eprintln!("masker: {e}");
-            }
-        }
-    };
-    if let Err(e) =
-        admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.to_string(), token }).await
-    {
-        cleanup(false).await;
-        return Err(e);
-    }
-    if let Err(e) = crate::interception::cgroup::move_into(&dir, std::process::id()) {
-        cleanup(true).await;
-        return Err(anyhow::anyhow!("{e}"));
-    }
-    let status = tokio::process::Command::new(&command[0]).args(&command[1..]).status().await;
-    cleanup(true).await;
-    let status = status.with_context(|| format!("cannot run {:?}", command[0]))?;
-    let code = match status.code() {
-        Some(c) => c,
-        None => 128 + std::os::unix::process::ExitStatusExt::signal(&status).unwrap_or(0),
-    };
-    Ok(ExitCode::from(code.clamp(0, 255) as u8))
 }
 
 /// `masker sessions [--json]` and `masker sessions kill ID`.
@@ -537,7 +461,7 @@ async fn sessions(socket: &Path, json: bool, command: Option<SessionsCommand>) -
         println!("{}", serde_json::to_string_pretty(&value)?);
     } else {
         let sessions: Vec<crate::daemon::registry::SessionSnapshot> = serde_json::from_value(value)?;
-        print!("{}", render_sessions(&sessions));
+        print!("{}", render::sessions(&sessions));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -551,7 +475,7 @@ async fn approvals(socket: &Path, command: ApprovalsCommand) -> anyhow::Result<E
                 println!("{}", serde_json::to_string_pretty(&value)?);
             } else {
                 let pending: Vec<crate::approvals::PendingApproval> = serde_json::from_value(value)?;
-                print!("{}", render_approvals(&pending));
+                print!("{}", render::approvals(&pending));
             }
         }
         ApprovalsCommand::Approve { id, for_ } => {
@@ -568,143 +492,4 @@ async fn approvals(socket: &Path, command: ApprovalsCommand) -> anyhow::Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn render_approvals(pending: &[crate::approvals::PendingApproval]) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    if pending.is_empty() {
-        let _ = writeln!(o, "  (none)");
-        return o;
-    }
-    let _ =
-        writeln!(o, "  {:>4}  {:>7}  {:<16} {:<16} {:>9}  STATEMENT", "ID", "SESSION", "IDENTITY", "RULE", "WAITING");
-    for p in pending {
-        let _ = writeln!(
-            o,
-            "  {:>4}  {:>7}  {:<16} {:<16} {:>4}/{:<4}  {}",
-            p.id,
-            p.session,
-            p.identity.as_deref().unwrap_or("-"),
-            p.rule,
-            format!("{}s", p.waiting_secs),
-            format!("{}s", p.timeout_secs),
-            p.statement
-        );
-    }
-    o
-}
-
-fn render_sessions(sessions: &[crate::daemon::registry::SessionSnapshot]) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    if sessions.is_empty() {
-        let _ = writeln!(o, "  (none)");
-        return o;
-    }
-    let _ = writeln!(
-        o,
-        "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}",
-        "ID", "IDENTITY", "PID", "DESTINATION", "USER", "AGE", "BYTES IN", "BYTES OUT", "ROWS", "MASKED"
-    );
-    for x in sessions {
-        let by_action: Vec<String> = x.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
-        let _ = writeln!(
-            o,
-            "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}  {}",
-            x.id,
-            x.identity.as_deref().unwrap_or("-"),
-            x.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            x.destination,
-            x.user.as_deref().unwrap_or("-"),
-            x.age_secs,
-            x.bytes_from_client,
-            x.bytes_to_client,
-            x.rows,
-            x.masked_cells,
-            by_action.join(" ")
-        );
-    }
-    o
-}
-
-fn render_status(s: &Status) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let _ = writeln!(o, "masker agent {} (pid {}, up {}s)", s.version, s.pid, s.uptime_secs);
-    let _ = writeln!(o, "listening:  {}", s.listen.join(", "));
-    let _ = writeln!(o, "programs:   {} (pinned under {})", s.programs.join(", "), s.pin_dir);
-    let _ = writeln!(o, "policy:     {}", s.policy.as_deref().unwrap_or("none (relay without masking)"));
-    let _ = writeln!(o, "\nTARGETS");
-    for t in &s.targets {
-        let _ = writeln!(o, "  {:<30} {}", t.target, t.addresses.join(", "));
-    }
-    let _ = writeln!(o, "\nTAGGED CGROUPS");
-    if s.tags.is_empty() {
-        let _ = writeln!(o, "  (none)");
-    }
-    for t in &s.tags {
-        let path = t.path.as_deref().unwrap_or("(cgroup removed)");
-        let _ = writeln!(o, "  {:<20} {:>10}  {}", t.identity, t.cgroup_id, path);
-    }
-    if !s.credentials.is_empty() {
-        let _ = writeln!(o, "\nINJECTED CREDENTIALS (the agent logs in; clients send no password)");
-        for c in &s.credentials {
-            let identity = c.identity.as_deref().unwrap_or("*");
-            let _ = writeln!(o, "  {:<30} {:<16} user {:<14} {}", c.target, identity, c.user, c.source);
-        }
-    }
-    let _ = writeln!(o, "\nSESSIONS");
-    o.push_str(&render_sessions(&s.sessions));
-    if !s.identities.is_empty() {
-        let _ = writeln!(o, "\nIDENTITIES");
-        let _ = writeln!(
-            o,
-            "  {:<20} {:>8} {:>10} {:>8} {:>10} {:>8} {:>8}  MASKED BY ACTION",
-            "IDENTITY", "SESSIONS", "STATEMENTS", "ERRORS", "ROWS", "MASKED", "DENIALS"
-        );
-        for (id, c) in &s.identities {
-            let by_action: Vec<String> = c.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            let _ = writeln!(
-                o,
-                "  {:<20} {:>8} {:>10} {:>8} {:>10} {:>8} {:>8}  {}",
-                if id.is_empty() { "-" } else { id },
-                c.sessions,
-                c.statements,
-                c.statement_errors,
-                c.rows,
-                c.masked_cells,
-                c.denials,
-                by_action.join(" ")
-            );
-        }
-    }
-    let _ = writeln!(o, "\nPENDING APPROVALS");
-    o.push_str(&render_approvals(&s.approvals));
-    let c = &s.counters;
-    let _ = writeln!(
-        o,
-        "\nCOUNTERS\n  connections {}  refused {}  protocol errors {}  upstream errors {}  cancels {}\n  rows {}  masked cells {}",
-        c.connections,
-        c.sessions_refused,
-        c.protocol_errors,
-        c.upstream_errors,
-        c.cancel_requests,
-        c.rows,
-        c.masked_cells
-    );
-    o
-}
-
-/// Resolves on SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
 }

@@ -16,7 +16,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tracing::{info, warn};
 
-use crate::daemon::registry::{CountersSnapshot, SessionSnapshot};
+use crate::daemon::metrics::CountersSnapshot;
+use crate::daemon::registry::SessionSnapshot;
 
 /// A request to the agent. `Sessions` lists live sessions (`masker
 /// sessions`); `KillSession` ends one (`masker sessions kill ID`);

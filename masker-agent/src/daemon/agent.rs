@@ -4,19 +4,19 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use crate::daemon::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
-use crate::daemon::config::AgentConfig;
-use crate::daemon::registry::{Registry, SessionOrigin};
+use super::accept::{self, Router};
+use super::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
+use super::config::AgentConfig;
+use super::registry::SessionOrigin;
+use super::{DaemonSettings, signals};
 use crate::interception::{Interception, InterceptionConfig};
-use crate::plan::catalog::Catalog;
-use crate::policy::Policy;
-use crate::session::{self, Limits, Route, SessionContext};
+use crate::session::context::{ContextSettings, Route, SessionContext};
 
 /// The running agent, shared by the accept loops, the admin socket and the
 /// target refresher.
@@ -36,19 +36,11 @@ pub struct Agent {
     verifier: crate::identity::Verifier,
 }
 
-/// Loads the policy named in `config` (if any), failing with its precise error.
-fn load_policy(path: &Option<PathBuf>) -> anyhow::Result<Option<Arc<Policy>>> {
-    match path {
-        None => Ok(None),
-        Some(p) => Ok(Some(Arc::new(Policy::from_file(p).map_err(|e| anyhow::anyhow!("{e}"))?))),
-    }
-}
-
 /// Runs the agent until SIGINT/SIGTERM.
 pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let config = AgentConfig::from_file(&config_path)?;
     let credentials = config.load_credentials(&config_path.display().to_string())?;
-    let policy = load_policy(&config.policy)?;
+    let policy = super::load_policy(config.policy.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
     let catalog_access = config.catalog.as_ref().map(|c| c.access()).transpose()?;
     if policy.is_some() && catalog_access.is_none() {
         warn!("no [catalog] credentials configured: every table column will be masked (fail closed)");
@@ -72,25 +64,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let mut tls = crate::session::tls::SessionTls::default();
     tls.client = Some(Arc::new(crate::session::tls::ClientTls::new(&config.state_dir)?));
-    let ctx = Arc::new(SessionContext {
-        registry: Arc::new(Registry::default()),
-        limits: Limits::default(),
-        socket_mark: Some(masker_common::MASKER_SOCKET_MARK),
-        policy: RwLock::new(policy),
-        catalog: Arc::new(Catalog::new(catalog_access)),
+    if !credentials.is_empty() {
+        info!(credentials = credentials.len(), "injecting credentials for configured targets");
+    }
+    let context = ContextSettings {
+        policy,
+        catalog: catalog_access,
         tls,
         credentials,
-        target_names: RwLock::new(Default::default()),
-    });
-    if !ctx.credentials.is_empty() {
-        info!(credentials = ctx.credentials.len(), "injecting credentials for configured targets");
-    }
-    if let Some(audit) = &config.audit {
-        ctx.registry.audit.start(&audit.settings())?;
-    }
-    if let Some(addr) = config.metrics_listen {
-        crate::daemon::metrics::start(addr, ctx.registry.clone()).await?;
-    }
+        socket_mark: Some(masker_common::MASKER_SOCKET_MARK),
+    };
+    let audit = config.audit.as_ref().map(|a| a.settings()).unwrap_or_default();
+    let ctx = super::start(DaemonSettings { context, audit, metrics_listen: config.metrics_listen }).await?;
     let identities = load_identities_or_none(&config_state_file(&config));
     let verifier = crate::identity::Verifier::new(&config.issuers)?;
     let agent = Arc::new(Agent {
@@ -107,7 +92,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
 
     let admin_path = agent.config.admin_socket.clone();
     // Operators decide on held statements over the admin socket.
-    agent.ctx.registry.approvals.enable_decisions();
+    agent.ctx.approvals.enable_decisions();
     let admin_task = {
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -130,24 +115,17 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     };
     let hup = {
         let agent = agent.clone();
-        tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
-                return;
-            };
-            while hup.recv().await.is_some() {
-                match agent.reload_policy() {
-                    Ok(msg) => info!("{msg}"),
-                    Err(e) => error!("{e}"),
-                }
-            }
+        signals::on_hangup(move || match agent.reload_policy() {
+            Ok(msg) => info!("{msg}"),
+            Err(e) => error!("{e}"),
         })
     };
     for l in listeners {
-        let agent = agent.clone();
-        tokio::spawn(async move { agent.accept_loop(l).await });
+        let (agent, ctx) = (agent.clone(), agent.ctx.clone());
+        tokio::spawn(accept::serve(l, agent, ctx, std::future::pending()));
     }
     println!("masker agent listening on {}", listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
-    crate::cli::shutdown_signal().await;
+    signals::shutdown_signal().await;
     info!("shutting down");
     admin_task.abort();
     refresher.abort();
@@ -162,25 +140,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-impl Agent {
-    async fn accept_loop(self: Arc<Self>, listener: TcpListener) {
-        loop {
-            let (stream, peer) = match listener.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    error!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            };
-            let agent = self.clone();
-            tokio::spawn(async move {
-                let (origin, route) = agent.route(peer).await;
-                session::serve(stream, origin, route, agent.ctx.clone()).await;
-            });
-        }
-    }
-
+impl Router for Agent {
     /// Where a connection accepted from `peer` goes: the original destination
     /// the kernel recorded, or a refusal when there is none or its cgroup is
     /// no longer tagged (fail closed).
@@ -249,7 +209,9 @@ impl Agent {
             }
         }
     }
+}
 
+impl Agent {
     /// Resolves the configured targets and replaces the target map.
     async fn refresh_targets(&self) -> anyhow::Result<()> {
         let mut addrs = Vec::new();
@@ -310,7 +272,7 @@ impl Agent {
     /// Loads the policy file again and re-reads the injected credentials'
     /// passwords (SIGHUP, `masker policy reload`).
     fn reload_policy(&self) -> Result<String, ReloadError> {
-        let policy = load_policy(&self.config.policy).map_err(ReloadError::Policy)?;
+        let policy = super::load_policy(self.config.policy.as_deref()).map_err(ReloadError::Policy)?;
         let what = match &self.config.policy {
             Some(p) => format!("policy {} reloaded; new sessions use it", p.display()),
             None => "no policy file configured; nothing to reload".to_string(),
@@ -349,9 +311,9 @@ impl Agent {
                 .collect(),
             policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
             sessions: self.ctx.registry.snapshot(),
-            counters: self.ctx.registry.counters_snapshot(),
-            identities: self.ctx.registry.metrics.identities(),
-            approvals: self.ctx.registry.approvals.list(),
+            counters: super::counters(&self.ctx),
+            identities: self.ctx.metrics.identities(),
+            approvals: self.ctx.approvals.list(),
             credentials: self
                 .ctx
                 .credentials
@@ -375,7 +337,7 @@ impl Agent {
             crate::approvals::Decision::Approve { .. } => "approved",
             crate::approvals::Decision::Deny { .. } => "denied",
         };
-        match self.ctx.registry.approvals.decide(id, decision) {
+        match self.ctx.approvals.decide(id, decision) {
             Ok(p) => {
                 info!(approval = id, session = p.session, rule = %p.rule, "statement {what} by an operator");
                 json(serde_json::json!({ "approval": id, "decision": what, "session": p.session }))
@@ -388,8 +350,8 @@ impl Agent {
 /// Why a reload did not do all it should.
 #[derive(Debug, thiserror::Error)]
 enum ReloadError {
-    #[error("policy reload failed, the previous policy stays in force: {0:#}")]
-    Policy(anyhow::Error),
+    #[error("policy reload failed, the previous policy stays in force: {0}")]
+    Policy(crate::policy::PolicyError),
     #[error("{done}, but {error}; those credentials keep their previous password")]
     Credentials { done: String, error: String },
 }
@@ -476,14 +438,14 @@ impl admin::Handler for Agent {
             }
             Request::Sessions => json(self.ctx.registry.snapshot()),
             Request::KillSession { id } => {
-                if self.ctx.registry.kill(id) {
+                if super::kill_session(&self.ctx, id) {
                     info!(session = id, "session killed by an operator");
                     json(serde_json::json!({ "killed": id }))
                 } else {
                     Response::Error(format!("no live session {id}; `masker sessions` lists them"))
                 }
             }
-            Request::Approvals => json(self.ctx.registry.approvals.list()),
+            Request::Approvals => json(self.ctx.approvals.list()),
             Request::Approve { id, approver, for_secs } => {
                 let standing = for_secs.map(Duration::from_secs);
                 self.decide(id, crate::approvals::Decision::Approve { approver, standing })

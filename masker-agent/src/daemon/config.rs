@@ -85,7 +85,7 @@ pub struct AgentConfig {
     pub issuers: Vec<crate::identity::IssuerConfig>,
     /// Audit trail sinks (`[audit]`); none by default.
     #[serde(default)]
-    pub audit: Option<crate::audit::AuditConfig>,
+    pub audit: Option<AuditConfig>,
     /// Prometheus endpoint (`GET /metrics`), e.g. "127.0.0.1:9187"; off by default.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
@@ -286,9 +286,52 @@ pub fn line_col(text: &str, at: usize) -> (usize, usize) {
     (line, col)
 }
 
+/// The `[audit]` section of the agent configuration.
+///
+/// ```toml
+/// [audit]
+/// file = "/var/log/masker/audit.jsonl"
+/// max_bytes = 104857600   # rotate at 100 MiB
+/// keep = 5                # audit.jsonl.1 ... audit.jsonl.5
+/// stdout = false
+/// ```
+#[derive(Debug, Clone, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    #[serde(default)]
+    pub keep: Option<u32>,
+    #[serde(default)]
+    pub stdout: bool,
+}
+
+impl AuditConfig {
+    /// The settings this section describes.
+    pub fn settings(&self) -> crate::audit::AuditSettings {
+        crate::audit::AuditSettings {
+            file: self.file.clone(),
+            max_bytes: self.max_bytes.unwrap_or(crate::audit::AuditSettings::DEFAULT_MAX_BYTES),
+            keep: self.keep.unwrap_or(crate::audit::AuditSettings::DEFAULT_KEEP),
+            stdout: self.stdout,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn packaged_agent_config_parses() {
+        let c = crate::daemon::config::AgentConfig::parse(include_str!("../../../packaging/agent.toml"), "agent.toml")
+            .unwrap();
+        let audit = c.audit.unwrap().settings();
+        assert_eq!(audit.keep, 10);
+        assert!(audit.file.is_some() && c.metrics_listen.is_some());
+    }
 
     #[test]
     fn parses_minimal_and_full() {

@@ -36,7 +36,6 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::daemon::registry::Registry;
 use crate::masking::{ActionKind, RowStats};
 
 /// Upper bounds of the latency histogram's buckets, in seconds.
@@ -57,9 +56,36 @@ pub struct IdentityCounters {
     pub approvals: BTreeMap<String, u64>,
 }
 
-/// Agent-wide metrics besides the registry's counters.
+/// Agent-wide counters since start.
+#[derive(Debug, Default)]
+pub struct AgentCounters {
+    pub connections: AtomicU64,
+    pub sessions_refused: AtomicU64,
+    pub protocol_errors: AtomicU64,
+    pub upstream_errors: AtomicU64,
+    pub cancel_requests: AtomicU64,
+}
+
+/// Agent-wide counters as plain numbers (what `masker status` shows).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct CountersSnapshot {
+    pub connections: u64,
+    pub sessions_refused: u64,
+    pub protocol_errors: u64,
+    pub upstream_errors: u64,
+    /// Rows of all sessions since start (finished and live).
+    pub rows: u64,
+    /// Masked cells of all sessions since start (finished and live).
+    pub masked_cells: u64,
+    pub cancel_requests: u64,
+}
+
+/// The agent's metrics: counters of connections and their outcomes, per
+/// identity counters and the latency histogram.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Connections and how sessions ended.
+    pub counters: AgentCounters,
     identities: Mutex<BTreeMap<String, IdentityCounters>>,
     latency_buckets: [AtomicU64; BUCKETS.len()],
     latency_count: AtomicU64,
@@ -118,12 +144,59 @@ impl Metrics {
     pub fn identities(&self) -> BTreeMap<String, IdentityCounters> {
         self.identities.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
+
+    /// The agent-wide counters, with the rows and masked cells of all
+    /// sessions (`totals`, from the registry).
+    pub fn counters_snapshot(&self, (rows, masked_cells): (u64, u64)) -> CountersSnapshot {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersSnapshot {
+            connections: get(&c.connections),
+            sessions_refused: get(&c.sessions_refused),
+            protocol_errors: get(&c.protocol_errors),
+            upstream_errors: get(&c.upstream_errors),
+            rows,
+            masked_cells,
+            cancel_requests: get(&c.cancel_requests),
+        }
+    }
+
+    /// The latency histogram as plain numbers.
+    pub fn latency_snapshot(&self) -> LatencySnapshot {
+        LatencySnapshot {
+            buckets: std::array::from_fn(|i| self.latency_buckets[i].load(Ordering::Relaxed)),
+            count: self.latency_count.load(Ordering::Relaxed),
+            sum_us: self.latency_sum_us.load(Ordering::Relaxed),
+        }
+    }
 }
 
-/// The Prometheus text exposition of `registry`.
-pub fn render(registry: &Registry) -> String {
+/// The relay latency histogram: per-bucket (not cumulative) counts.
+#[derive(Debug, Clone, Default)]
+pub struct LatencySnapshot {
+    pub buckets: [u64; BUCKETS.len()],
+    pub count: u64,
+    pub sum_us: u64,
+}
+
+/// Everything the metrics endpoint shows, as plain numbers.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub counters: CountersSnapshot,
+    pub sessions_killed: u64,
+    pub audit_events: u64,
+    pub audit_events_dropped: u64,
+    pub approvals_pending: usize,
+    /// Live sessions per identity (`""`: none).
+    pub live: BTreeMap<String, u64>,
+    pub identities: BTreeMap<String, IdentityCounters>,
+    pub latency: LatencySnapshot,
+}
+
+/// The Prometheus text exposition of `s`.
+pub fn render(s: &Snapshot) -> String {
     let mut o = String::new();
-    let c = registry.counters_snapshot();
+    let c = &s.counters;
     let counter = |o: &mut String, name: &str, help: &str, v: u64| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
     };
@@ -132,34 +205,24 @@ pub fn render(registry: &Registry) -> String {
     counter(&mut o, "masker_protocol_errors_total", "Sessions ended by a protocol error.", c.protocol_errors);
     counter(&mut o, "masker_upstream_errors_total", "Sessions that could not reach their server.", c.upstream_errors);
     counter(&mut o, "masker_cancel_requests_total", "CancelRequests forwarded.", c.cancel_requests);
-    let m = &registry.metrics;
-    counter(
-        &mut o,
-        "masker_sessions_killed_total",
-        "Sessions ended by an operator.",
-        m.sessions_killed.load(Ordering::Relaxed),
-    );
-    let a = &registry.audit;
-    counter(&mut o, "masker_audit_events_total", "Audit events queued for writing.", a.written.load(Ordering::Relaxed));
+    counter(&mut o, "masker_sessions_killed_total", "Sessions ended by an operator.", s.sessions_killed);
+    counter(&mut o, "masker_audit_events_total", "Audit events queued for writing.", s.audit_events);
     counter(
         &mut o,
         "masker_audit_events_dropped_total",
         "Audit events dropped because the writer fell behind.",
-        a.dropped.load(Ordering::Relaxed),
+        s.audit_events_dropped,
     );
 
     let _ = writeln!(
         o,
         "# HELP masker_approvals_pending Statements waiting for an operator's decision.\n\
          # TYPE masker_approvals_pending gauge\nmasker_approvals_pending {}",
-        registry.approvals.pending_count()
+        s.approvals_pending
     );
 
-    let mut live: BTreeMap<String, u64> = BTreeMap::new();
-    for s in registry.snapshot() {
-        *live.entry(s.identity.unwrap_or_default()).or_default() += 1;
-    }
-    let ids = m.identities();
+    let mut live = s.live.clone();
+    let ids = &s.identities;
     for id in ids.keys() {
         live.entry(id.clone()).or_default();
     }
@@ -169,7 +232,7 @@ pub fn render(registry: &Registry) -> String {
     }
     let family = |o: &mut String, name: &str, help: &str, f: &dyn Fn(&mut String, &str, &IdentityCounters)| {
         let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} counter");
-        for (id, c) in &ids {
+        for (id, c) in ids {
             f(o, &label(id), c);
         }
     };
@@ -210,12 +273,12 @@ pub fn render(registry: &Registry) -> String {
     );
     let mut cumulative = 0;
     for (i, b) in BUCKETS.iter().enumerate() {
-        cumulative += m.latency_buckets[i].load(Ordering::Relaxed);
+        cumulative += s.latency.buckets[i];
         let _ = writeln!(o, "masker_relay_latency_seconds_bucket{{le=\"{b}\"}} {cumulative}");
     }
-    let count = m.latency_count.load(Ordering::Relaxed);
+    let count = s.latency.count;
     let _ = writeln!(o, "masker_relay_latency_seconds_bucket{{le=\"+Inf\"}} {count}");
-    let _ = writeln!(o, "masker_relay_latency_seconds_sum {}", m.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6);
+    let _ = writeln!(o, "masker_relay_latency_seconds_sum {}", s.latency.sum_us as f64 / 1e6);
     let _ = writeln!(o, "masker_relay_latency_seconds_count {count}");
     o
 }
@@ -225,8 +288,11 @@ fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// What the endpoint serves: a fresh snapshot for each request.
+pub type Source = Arc<dyn Fn() -> Snapshot + Send + Sync>;
+
 /// Serves `GET /metrics` on `listener` until the task is dropped.
-pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
+pub async fn serve(listener: TcpListener, source: Source) {
     loop {
         let (mut stream, _) = match listener.accept().await {
             Ok(a) => a,
@@ -236,7 +302,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
                 continue;
             }
         };
-        let registry = registry.clone();
+        let source = source.clone();
         tokio::spawn(async move {
             let mut head = Vec::with_capacity(1024);
             let read = tokio::time::timeout(Duration::from_secs(5), async {
@@ -258,7 +324,7 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
             let mut parts = line.split(|b| *b == b' ');
             let (method, path) = (parts.next().unwrap_or_default(), parts.next().unwrap_or_default());
             let response = if method == b"GET" && (path == b"/metrics" || path.starts_with(b"/metrics?")) {
-                let body = render(&registry);
+                let body = render(&source());
                 format!(
                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\n\
                      Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -277,36 +343,21 @@ pub async fn serve(listener: TcpListener, registry: Arc<Registry>) {
     }
 }
 
-/// Binds `addr` and serves metrics on a spawned task.
-pub async fn start(addr: std::net::SocketAddr, registry: Arc<Registry>) -> anyhow::Result<std::net::SocketAddr> {
-    let listener =
-        TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
-    let local = listener.local_addr()?;
-    tokio::spawn(serve(listener, registry));
-    tracing::info!(%local, "metrics endpoint ready (GET /metrics)");
-    Ok(local)
+/// The metrics endpoint could not listen.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for metrics on {addr}: {source}")]
+pub struct MetricsError {
+    /// The configured address.
+    pub addr: std::net::SocketAddr,
+    /// Why binding it failed.
+    pub source: std::io::Error,
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn renders_histogram_and_identities() {
-        let r = Registry::default();
-        r.metrics.latency(Duration::from_millis(3));
-        r.metrics.session("ci");
-        r.metrics.statement("ci", &RowStats::default(), 4, false);
-        let text = render(&r);
-        assert!(text.contains("masker_relay_latency_seconds_bucket{le=\"0.005\"} 1"), "{text}");
-        assert!(text.contains("masker_relay_latency_seconds_count 1"));
-        assert!(text.contains("masker_statements_total{identity=\"ci\",outcome=\"ok\"} 1"));
-        assert!(text.contains("masker_rows_total{identity=\"ci\"} 4"));
-        assert!(text.contains("masker_approvals_pending 0"), "{text}");
-        let ticket = r.approvals.request(1, Some("ci"), "r", "x".into(), None, Duration::from_secs(5));
-        assert!(render(&r).contains("masker_approvals_pending 1"));
-        drop(ticket);
-        r.metrics.approval("ci", "abandoned");
-        assert!(render(&r).contains("masker_approvals_total{identity=\"ci\",decision=\"abandoned\"} 1"));
-    }
+/// Binds `addr` and serves metrics from `source` on a spawned task.
+pub async fn start(addr: std::net::SocketAddr, source: Source) -> Result<std::net::SocketAddr, MetricsError> {
+    let listener = TcpListener::bind(addr).await.map_err(|source| MetricsError { addr, source })?;
+    let local = listener.local_addr().map_err(|source| MetricsError { addr, source })?;
+    tokio::spawn(serve(listener, source));
+    tracing::info!(%local, "metrics endpoint ready (GET /metrics)");
+    Ok(local)
 }

@@ -1,8 +1,11 @@
-//! Live sessions and agent-wide counters: what `masker status` shows.
+//! Live sessions: what `masker sessions` and `masker status` list, and how
+//! an operator ends one.
 //!
-//! Sessions update their own atomics on the relay path (no lock); the registry
-//! lock is taken only when a session starts or ends and when the admin API
-//! takes a snapshot.
+//! The registry only tracks sessions: the services a session reports to
+//! (audit trail, metrics, approvals) are reached through its
+//! [`crate::session::context::SessionContext`]. Sessions update their own
+//! atomics on the relay path (no lock); the registry lock is taken only when
+//! a session starts or ends and when the admin API takes a snapshot.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+
+use crate::masking::RowStats;
 
 /// Who is on the other end of a session and where it was going.
 #[derive(Debug, Clone, Serialize)]
@@ -49,6 +54,22 @@ pub struct SessionCounters {
     pub rows: AtomicU64,
     pub masked_cells: AtomicU64,
     pub statements: AtomicU64,
+    /// Masked cells of finished statements, per action.
+    masked: Mutex<RowStats>,
+}
+
+impl SessionCounters {
+    /// Adds a finished statement's masked cells per action.
+    pub fn add_masked(&self, stats: &RowStats) {
+        if stats.total() > 0 || stats.fallback_null > 0 {
+            self.masked.lock().unwrap_or_else(|p| p.into_inner()).add(stats);
+        }
+    }
+
+    /// Masked cells of the session's finished statements, per action.
+    pub fn masked(&self) -> RowStats {
+        *self.masked.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A live session as registered.
@@ -66,19 +87,6 @@ pub struct SessionEntry {
     pub counters: SessionCounters,
     /// Ends the session when an operator asks (`masker sessions kill`).
     pub kill: KillSwitch,
-    /// Request times and masked cells per action (see [`crate::audit`]).
-    pub trail: crate::audit::SessionTrail,
-    /// The agent's audit trail and metrics, for the session's own events.
-    pub audit: Arc<crate::audit::Audit>,
-    pub metrics: Arc<crate::daemon::metrics::Metrics>,
-    /// Where the session's held statements wait (the agent's book).
-    pub approvals: Arc<crate::approvals::Approvals>,
-    /// Notified when the client hangs up while one of its messages is being
-    /// decided on (a statement held for approval is then withdrawn).
-    pub client_hangup: Arc<tokio::sync::Notify>,
-    /// Messages of the agent's own for the client (a notice that a
-    /// statement waits for approval), written between relayed messages.
-    pub to_client: Arc<crate::session::relay::Outbox>,
 }
 
 /// Set once by an operator; the session's relay watches it.
@@ -109,16 +117,11 @@ impl KillSwitch {
     }
 }
 
-/// Agent-wide counters since start.
+/// Rows and masked cells of the sessions that ended.
 #[derive(Debug, Default)]
-pub struct AgentCounters {
-    pub connections: AtomicU64,
-    pub sessions_refused: AtomicU64,
-    pub protocol_errors: AtomicU64,
-    pub upstream_errors: AtomicU64,
-    pub rows: AtomicU64,
-    pub masked_cells: AtomicU64,
-    pub cancel_requests: AtomicU64,
+struct Finished {
+    rows: AtomicU64,
+    masked_cells: AtomicU64,
 }
 
 /// The set of live sessions.
@@ -126,17 +129,11 @@ pub struct AgentCounters {
 pub struct Registry {
     next_id: AtomicU64,
     sessions: Mutex<BTreeMap<u64, Arc<SessionEntry>>>,
-    pub counters: AgentCounters,
-    /// Audit trail (disabled unless configured).
-    pub audit: Arc<crate::audit::Audit>,
-    /// Per-identity counters and the latency histogram.
-    pub metrics: Arc<crate::daemon::metrics::Metrics>,
-    /// Statements waiting for an operator, and standing approvals.
-    pub approvals: Arc<crate::approvals::Approvals>,
+    finished: Finished,
 }
 
 /// Removes its session from the registry when dropped (however the session
-/// ended) and folds its counters into the agent's.
+/// ended) and folds its rows and masked cells into the finished sessions'.
 pub struct SessionGuard {
     registry: Arc<Registry>,
     pub entry: Arc<SessionEntry>,
@@ -146,7 +143,7 @@ impl Drop for SessionGuard {
     fn drop(&mut self) {
         let mut sessions = self.registry.sessions.lock().unwrap_or_else(|p| p.into_inner());
         sessions.remove(&self.entry.id);
-        let (mine, agent) = (&self.entry.counters, &self.registry.counters);
+        let (mine, agent) = (&self.entry.counters, &self.registry.finished);
         agent.rows.fetch_add(mine.rows.load(Ordering::Relaxed), Ordering::Relaxed);
         agent.masked_cells.fetch_add(mine.masked_cells.load(Ordering::Relaxed), Ordering::Relaxed);
     }
@@ -167,12 +164,6 @@ impl Registry {
             tls_server: Default::default(),
             counters: SessionCounters::default(),
             kill: KillSwitch::default(),
-            trail: Default::default(),
-            audit: self.audit.clone(),
-            metrics: self.metrics.clone(),
-            approvals: self.approvals.clone(),
-            client_hangup: Default::default(),
-            to_client: Default::default(),
         });
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         SessionGuard { registry: self.clone(), entry }
@@ -184,7 +175,6 @@ impl Registry {
         match sessions.get(&id) {
             Some(e) => {
                 e.kill.kill();
-                self.metrics.sessions_killed.fetch_add(1, Ordering::Relaxed);
                 true
             }
             None => false,
@@ -197,24 +187,16 @@ impl Registry {
         sessions.values().map(|e| SessionSnapshot::of(e)).collect()
     }
 
-    /// Agent-wide counters as plain numbers (finished and live sessions).
-    pub fn counters_snapshot(&self) -> CountersSnapshot {
-        let c = &self.counters;
+    /// Rows and masked cells of all sessions since start (finished and
+    /// live).
+    pub fn totals(&self) -> (u64, u64) {
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let (mut live_rows, mut live_masked) = (0, 0);
+        let (mut rows, mut masked) = (get(&self.finished.rows), get(&self.finished.masked_cells));
         for e in self.sessions.lock().unwrap_or_else(|p| p.into_inner()).values() {
-            live_rows += get(&e.counters.rows);
-            live_masked += get(&e.counters.masked_cells);
+            rows += get(&e.counters.rows);
+            masked += get(&e.counters.masked_cells);
         }
-        CountersSnapshot {
-            connections: get(&c.connections),
-            sessions_refused: get(&c.sessions_refused),
-            protocol_errors: get(&c.protocol_errors),
-            upstream_errors: get(&c.upstream_errors),
-            rows: get(&c.rows) + live_rows,
-            masked_cells: get(&c.masked_cells) + live_masked,
-            cancel_requests: get(&c.cancel_requests),
-        }
+        (rows, masked)
     }
 }
 
@@ -261,19 +243,7 @@ impl SessionSnapshot {
             rows: get(&e.counters.rows),
             masked_cells: get(&e.counters.masked_cells),
             statements: get(&e.counters.statements),
-            masked: e.trail.masked().iter().map(|(k, n)| (k.as_str().to_string(), n)).collect(),
+            masked: e.counters.masked().iter().map(|(k, n)| (k.as_str().to_string(), n)).collect(),
         }
     }
-}
-
-/// Agent-wide counters as plain numbers.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct CountersSnapshot {
-    pub connections: u64,
-    pub sessions_refused: u64,
-    pub protocol_errors: u64,
-    pub upstream_errors: u64,
-    pub rows: u64,
-    pub masked_cells: u64,
-    pub cancel_requests: u64,
 }

@@ -124,23 +124,7 @@ impl Identity {
 
     /// The expiry as RFC 3339 UTC, for messages.
     pub fn expiry_text(&self) -> String {
-        self.expires_at.map(rfc3339).unwrap_or_else(|| "never".into())
-    }
-}
-
-/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn rfc3339(secs: u64) -> String {
-    match time::OffsetDateTime::from_unix_timestamp(secs as i64) {
-        Ok(t) => format!(
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-            t.year(),
-            t.month() as u8,
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second()
-        ),
-        Err(_) => secs.to_string(),
+        self.expires_at.map(crate::rfc3339::seconds).unwrap_or_else(|| "never".into())
     }
 }
 
@@ -278,12 +262,12 @@ fn verify_with(
     let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
     let exp = claims.get("exp").and_then(|v| v.as_u64()).ok_or(TokenError::NoExpiry)?;
     if now >= exp {
-        return Err(TokenError::Expired(rfc3339(exp)));
+        return Err(TokenError::Expired(crate::rfc3339::seconds(exp)));
     }
     if let Some(nbf) = claims.get("nbf").and_then(|v| v.as_u64())
         && now + LEEWAY_SECS < nbf
     {
-        return Err(TokenError::NotYetValid(rfc3339(nbf)));
+        return Err(TokenError::NotYetValid(crate::rfc3339::seconds(nbf)));
     }
     let aud_ok = match claims.get("aud") {
         Some(serde_json::Value::String(a)) => *a == issuer.audience,

@@ -13,9 +13,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use super::PlanContext;
+use super::catalog::Relation;
 use crate::masking::ColumnAction;
-use crate::plan::catalog::{Catalog, Relation};
-use crate::policy::SessionPolicy;
 use crate::policy::approval::ApprovalRule;
 use crate::policy::guardrails::{self, Resolved};
 use crate::sql::{self, How, Lineage, Output, RelName, Source, Statement, StatementClass};
@@ -40,14 +40,6 @@ const REFUSED_RELATIONS: &[&str] = &[
 const REFUSED_FUNCTIONS: &[&str] =
     &["pg_stat_get_activity", "pg_stat_statements", "pg_prepared_statement", "pg_cursor"];
 
-/// What the session needs to resolve lineage.
-pub struct Resolver<'a> {
-    pub policy: &'a SessionPolicy,
-    pub catalog: &'a Catalog,
-    pub destination: &'a str,
-    pub database: &'a str,
-}
-
 /// The decision for one result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -68,9 +60,9 @@ struct Bases {
 
 type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-impl Resolver<'_> {
+impl PlanContext {
     async fn relation(&self, rel: &RelName) -> Option<Arc<Relation>> {
-        self.catalog.relation(self.destination, self.database, rel).await.ok().flatten()
+        self.catalog.relation(&self.destination, &self.database, rel).await.ok().flatten()
     }
 
     /// The lineage of each column of a view (`None` when not traceable).
@@ -214,7 +206,7 @@ impl Resolver<'_> {
             return false;
         }
         self.catalog
-            .user_functions(self.destination, self.database, &stmt.functions)
+            .user_functions(&self.destination, &self.database, &stmt.functions)
             .await
             .map_or(true, |user| !user.is_empty())
     }
@@ -521,6 +513,14 @@ pub fn runs_client_code(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_code_is_told_from_our_refusals() {
+        assert!(runs_client_code("DO $$ BEGIN RAISE NOTICE 'x'; END $$"));
+        assert!(runs_client_code("select 1; call p()"));
+        assert!(!runs_client_code(&refusal_statement("masker: refused")));
+        assert!(!runs_client_code("select 1"));
+    }
 
     #[test]
     fn refusal_statement_quotes_and_parses() {

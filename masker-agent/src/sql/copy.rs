@@ -24,6 +24,37 @@ pub struct CopyToStdout {
     pub format: CopyFormat,
 }
 
+/// Why a COPY statement cannot be masked. Names the construct, never a
+/// value of the statement.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CopyParseError {
+    #[error("unterminated comment")]
+    UnterminatedComment,
+    #[error("unterminated quoted identifier")]
+    UnterminatedIdentifier,
+    #[error("unterminated string")]
+    UnterminatedString,
+    #[error("COPY in a query string with several statements")]
+    SeveralStatements,
+    #[error("not a COPY statement")]
+    NotCopy,
+    #[error("COPY (query) has no per-column plan")]
+    Query,
+    #[error("expected a table name")]
+    TableName,
+    #[error("malformed column list")]
+    ColumnList,
+    #[error("only COPY ... TO STDOUT is relayed")]
+    NotToStdout,
+    #[error("unknown COPY format")]
+    Format,
+    #[error("COPY with an ENCODING option")]
+    Encoding,
+    /// An option other than the format and header (a keyword, upper case).
+    #[error("COPY option {0} is not supported while masking")]
+    Option(String),
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Tok {
     /// Identifier or keyword, case-folded unless it was quoted.
@@ -33,7 +64,7 @@ enum Tok {
     Other,
 }
 
-fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
+fn tokenize(sql: &str) -> Result<Vec<Tok>, CopyParseError> {
     let mut toks = Vec::new();
     let mut chars = sql.char_indices().peekable();
     while let Some(&(i, c)) = chars.peek() {
@@ -42,7 +73,7 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
         } else if sql[i..].starts_with("--") {
             while chars.next_if(|&(_, c)| c != '\n').is_some() {}
         } else if sql[i..].starts_with("/*") {
-            let end = sql[i + 2..].find("*/").ok_or("unterminated comment")?;
+            let end = sql[i + 2..].find("*/").ok_or(CopyParseError::UnterminatedComment)?;
             let stop = i + 2 + end + 2;
             while chars.next_if(|&(j, _)| j < stop).is_some() {}
         } else if c == '"' {
@@ -53,7 +84,7 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
                     Some((_, '"')) if chars.next_if(|&(_, c)| c == '"').is_some() => word.push('"'),
                     Some((_, '"')) => break,
                     Some((_, c)) => word.push(c),
-                    None => return Err("unterminated quoted identifier".into()),
+                    None => return Err(CopyParseError::UnterminatedIdentifier),
                 }
             }
             toks.push(Tok::Word(word, true));
@@ -64,7 +95,7 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
                     Some((_, '\'')) if chars.next_if(|&(_, c)| c == '\'').is_some() => {}
                     Some((_, '\'')) => break,
                     Some(_) => {}
-                    None => return Err("unterminated string".into()),
+                    None => return Err(CopyParseError::UnterminatedString),
                 }
             }
             toks.push(Tok::Str);
@@ -90,25 +121,25 @@ fn tokenize(sql: &str) -> Result<Vec<Tok>, String> {
 
 /// Reads `sql` as one `COPY ... TO STDOUT` statement whose output columns are
 /// table columns. The error says why it cannot be masked.
-pub fn parse_copy_to_stdout(sql: &str) -> Result<CopyToStdout, String> {
+pub fn parse_copy_to_stdout(sql: &str) -> Result<CopyToStdout, CopyParseError> {
     let toks = tokenize(sql)?;
     if toks.contains(&Tok::Punct(';')) {
-        return Err("COPY in a query string with several statements".into());
+        return Err(CopyParseError::SeveralStatements);
     }
     let mut it = toks.into_iter().peekable();
     let kw = |t: &Option<Tok>, k: &str| matches!(t, Some(Tok::Word(w, false)) if w == k);
     if !kw(&it.next(), "copy") {
-        return Err("not a COPY statement".into());
+        return Err(CopyParseError::NotCopy);
     }
     if it.peek() == Some(&Tok::Punct('(')) {
-        return Err("COPY (query) has no per-column plan".into());
+        return Err(CopyParseError::Query);
     }
     if matches!(it.peek(), Some(Tok::Word(w, false)) if w == "only") {
         it.next();
     }
     let ident = |t: Option<Tok>| match t {
         Some(Tok::Word(w, _)) => Ok(w),
-        _ => Err("expected a table name".to_string()),
+        _ => Err(CopyParseError::TableName),
     };
     let first = ident(it.next())?;
     let (schema, table) =
@@ -121,13 +152,13 @@ pub fn parse_copy_to_stdout(sql: &str) -> Result<CopyToStdout, String> {
             match it.next() {
                 Some(Tok::Punct(',')) => continue,
                 Some(Tok::Punct(')')) => break,
-                _ => return Err("malformed column list".into()),
+                _ => return Err(CopyParseError::ColumnList),
             }
         }
         columns = Some(cols);
     }
     if !kw(&it.next(), "to") || !kw(&it.next(), "stdout") {
-        return Err("only COPY ... TO STDOUT is relayed".into());
+        return Err(CopyParseError::NotToStdout);
     }
     let mut format = CopyFormat::Text;
     let mut header = false;
@@ -157,12 +188,12 @@ pub fn parse_copy_to_stdout(sql: &str) -> Result<CopyToStdout, String> {
                     Some(&"text") => CopyFormat::Text,
                     Some(&"csv") => CopyFormat::Csv { header: false },
                     Some(&"binary") => CopyFormat::Binary,
-                    _ => return Err("unknown COPY format".into()),
+                    _ => return Err(CopyParseError::Format),
                 };
                 i += 1;
             }
-            "encoding" => return Err("COPY with an ENCODING option".into()),
-            other => return Err(format!("COPY option {} is not supported while masking", other.to_uppercase())),
+            "encoding" => return Err(CopyParseError::Encoding),
+            other => return Err(CopyParseError::Option(other.to_uppercase())),
         }
         i += 1;
     }

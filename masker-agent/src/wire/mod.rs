@@ -97,6 +97,25 @@ pub fn is_frontend_tag(tag: u8) -> bool {
     tag != b' ' && frontend::ALL.contains(&tag)
 }
 
+/// Result formats requested in a `Bind`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultFormats {
+    /// One code for every column (no codes at all means text).
+    All(Format),
+    /// One code per column.
+    PerColumn(Vec<Format>),
+}
+
+impl ResultFormats {
+    /// The format of column `i` (text when the list is too short).
+    pub fn for_column(&self, i: usize) -> Format {
+        match self {
+            ResultFormats::All(f) => *f,
+            ResultFormats::PerColumn(v) => v.get(i).copied().unwrap_or(Format::Text),
+        }
+    }
+}
+
 /// The first five bytes of a regular message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
@@ -522,9 +541,35 @@ pub fn put_ready_for_query(out: &mut BytesMut, status: u8) {
     out.put_u8(status);
 }
 
+/// SQLSTATE (`C`) and message (`M`) of an ErrorResponse/NoticeResponse body.
+pub fn error_fields(body: &[u8]) -> (Option<String>, Option<String>) {
+    let (mut code, mut message) = (None, None);
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let end = tail.iter().position(|b| *b == 0).unwrap_or(tail.len());
+        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+        match kind {
+            b'C' => code = Some(value),
+            b'M' => message = Some(value),
+            _ => {}
+        }
+        rest = tail.get(end + 1..).unwrap_or_default();
+    }
+    (code, message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_fields_parse() {
+        let body = b"SERROR\0C23505\0Mduplicate key\0\0";
+        assert_eq!(error_fields(body), (Some("23505".into()), Some("duplicate key".into())));
+    }
 
     fn startup_bytes(code: u32, body: &[u8]) -> Vec<u8> {
         let mut v = Vec::new();
