@@ -1,6 +1,6 @@
 //! Approvals: statements that wait for an operator's yes.
 //!
-//! An `[[approval]]` rule of the policy ([`crate::policy::ApprovalRule`])
+//! An `[[approval]]` rule of the policy ([`crate::policy::approval::ApprovalRule`])
 //! holds the matching statements of a session. The client → server relay
 //! stops at the statement (nothing the client sends after it is relayed) and
 //! the statement waits in the agent's book ([`Approvals`]) until an operator runs
@@ -135,15 +135,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The shape of a statement for standing approvals: its text with every
-/// literal replaced by a parameter (PostgreSQL's normalizer), so statements
-/// that differ only in literals share it; `None` when the text does not
-/// parse (such a statement is asked about each time). Not the fingerprint:
-/// that one treats `orders_2024_01` and `orders_2024_02` as one table.
-pub fn shape(sql: &str) -> Option<String> {
-    pg_query::normalize(sql).ok()
-}
-
 impl Approvals {
     /// Says that operators can decide (the admin socket is served).
     pub fn enable_decisions(&self) {
@@ -186,7 +177,7 @@ impl Approvals {
             identity: identity.map(str::to_string),
             rule: rule.to_string(),
             statement,
-            requested_at: crate::audit::rfc3339_now(),
+            requested_at: crate::rfc3339::now_millis(),
             waiting_secs: 0,
             timeout_secs: timeout.as_secs(),
         };
@@ -275,6 +266,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::shape;
 
     fn approve(by: &str, standing: Option<Duration>) -> Decision {
         Decision::Approve { approver: by.into(), standing }

@@ -15,26 +15,18 @@
 //! [`cli`] is the `masker` command line; [`config`] the agent's config file.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod agent;
 pub mod approvals;
 pub mod audit;
-pub mod catalog;
-pub mod cgroup;
 pub mod cli;
-pub mod config;
-pub mod credentials;
-pub mod guardrails;
+pub mod daemon;
 pub mod identity;
 pub mod interception;
-pub mod listener;
 pub mod masking;
-pub mod metrics;
+pub mod plan;
 pub mod policy;
-pub mod registry;
+pub mod rfc3339;
 pub mod session;
 pub mod sql;
-pub mod tls;
 pub mod wire;
 
 /// This process's uid (the owner of `/proc/self`), without unsafe code;

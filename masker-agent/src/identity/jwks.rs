@@ -41,7 +41,7 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::IssuerConfig;
+use super::issuer::IssuerConfig;
 
 /// Longest time one fetch (connect, TLS, request, whole body) may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -112,7 +112,7 @@ impl JwksClient {
         {
             anyhow::bail!("jwks_url {url:?}: no trust anchors ({e}); set jwks_ca_file");
         }
-        let config = ClientConfig::builder_with_provider(crate::tls::provider())
+        let config = ClientConfig::builder_with_provider(crate::session::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?
             .with_root_certificates(roots)

@@ -156,7 +156,7 @@ pub(crate) fn count(col: &ColPlan, outcome: Outcome, stats: &mut RowStats) -> bo
     let Some(kind) = col.action.kind() else { return false };
     match outcome {
         Outcome::Same | Outcome::Wrote { changed: false } => {
-            if kind == super::ActionKind::Detect {
+            if kind == super::action::ActionKind::Detect {
                 return false;
             }
             stats.bump(kind);

@@ -35,6 +35,14 @@ pub enum RelayError {
     Refused { code: &'static str, message: String },
 }
 
+impl RelayError {
+    /// A refusal by policy (SQLSTATE 42501); `message` is what the client
+    /// is told and holds no data value.
+    pub fn refused(message: impl Into<String>) -> RelayError {
+        RelayError::Refused { code: "42501", message: message.into() }
+    }
+}
+
 /// Messages the agent itself sends a peer between the messages it relays
 /// (a NoticeResponse that a statement waits for approval). Written by the
 /// pump of that direction as soon as it is at a message boundary.

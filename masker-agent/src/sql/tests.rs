@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeSet;
 
 fn rel(name: &str) -> RelName {
     RelName { schema: None, name: name.into() }
@@ -398,4 +399,25 @@ fn cache_key_blanks_literals_only() {
     let two = crate::sql::analyze("SELECT upper(email) FROM customers WHERE id = 2");
     assert!(std::sync::Arc::ptr_eq(&one, &two));
     assert_eq!(*one, crate::sql::analyze_uncached("SELECT upper(email) FROM customers WHERE id = 2"));
+}
+
+#[test]
+fn ordered_set_aggregates_reveal_their_order_by() {
+    reveals("SELECT mode() WITHIN GROUP (ORDER BY iban) FROM customers", col("customers", "iban"));
+    reveals("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY ssn) FROM customers", col("customers", "ssn"));
+}
+
+#[test]
+fn cache_keeps_code_and_settings_apart() {
+    use crate::sql::cache_key;
+    let a = "DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM customers LIMIT 1); END $$";
+    let b = "DO $$ BEGIN RAISE NOTICE 'orders: %', (SELECT count(*) FROM orders); END $$";
+    assert_ne!(cache_key(a), cache_key(b));
+    assert_ne!(*crate::sql::analyze(a), *crate::sql::analyze(b));
+    assert_ne!(
+        cache_key("SELECT set_config('search_path', 'app', false)"),
+        cache_key("SELECT set_config('search_path', 'other', false)")
+    );
+    // Ordinary statements still share a key across literals.
+    assert_eq!(cache_key("SELECT 'x' FROM t WHERE dob = 'y'"), cache_key("SELECT 'a' FROM t WHERE dob = 'b'"));
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use pg_query::NodeEnum as N;
 use pg_query::protobuf::{self as pb, Node};
 
-use super::{
+use super::analysis::{
     Analysis, Condition, Created, CreatedKind, Effect, How, Lineage, Output, RelName, Sink, SinkKind, Source, SqlError,
     Statement, StatementClass, TransactionStep,
 };
@@ -252,7 +252,18 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
                 (StatementClass::Copy, None, None, false)
             }
         }
-        N::ExplainStmt(_) => (StatementClass::Explain, None, None, false),
+        N::ExplainStmt(e) => {
+            // The plan it prints quotes the query's and its views' filters.
+            if let Some(inner) = e.query.as_deref().and_then(|n| n.node.as_ref()) {
+                let s = statement_in(inner, root);
+                t.reads.extend(s.reads);
+                t.relations.extend(s.relations);
+                t.functions.extend(s.functions);
+                t.filters.extend(s.filters);
+                t.sinks.extend(s.sinks);
+            }
+            (StatementClass::Explain, None, None, false)
+        }
         N::TransactionStmt(_) => (StatementClass::Transaction, None, None, false),
         N::VariableSetStmt(_) | N::VariableShowStmt(_) | N::DiscardStmt(_) => {
             (StatementClass::Config, None, None, false)
@@ -285,6 +296,27 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
             }
         }
     });
+    let reads_rows = match node {
+        N::CopyStmt(c) => c.is_from,
+        N::AlterTableStmt(_)
+        | N::IndexStmt(_)
+        | N::VacuumStmt(_)
+        | N::ClusterStmt(_)
+        | N::ReindexStmt(_)
+        | N::RefreshMatViewStmt(_)
+        | N::CreateStatsStmt(_) => true,
+        _ => false,
+    };
+    if reads_rows {
+        // DDL and utilities on existing relations read their rows (an index
+        // build or a constraint check quotes the values it rejects).
+        let created = created_name(node);
+        for r in &t.relations {
+            if Some(r) != created.as_ref() {
+                t.reads.push(Lineage { how: How::WholeRow, sources: BTreeSet::from([Source::AllColumns(r.clone())]) });
+            }
+        }
+    }
     let effect = effect(node, &mut t, output.as_deref(), moves.as_ref());
     let body = match node {
         N::DoStmt(d) => do_body(d).map(Box::new),
@@ -570,6 +602,17 @@ fn do_body(d: &pb::DoStmt) -> Option<super::plpgsql::Procedure> {
         }
     }
     super::plpgsql::analyze_do(&body?, &language)
+}
+
+/// The relation a `CREATE` statement makes (it does not exist yet).
+fn created_name(node: &N) -> Option<RelName> {
+    match node {
+        N::CreateStmt(c) => c.relation.as_ref().map(rel_name),
+        N::ViewStmt(v) => v.view.as_ref().map(rel_name),
+        N::CreateSeqStmt(c) => c.sequence.as_ref().map(rel_name),
+        N::CreateTableAsStmt(c) => c.into.as_ref().and_then(|i| i.rel.as_ref()).map(rel_name),
+        _ => None,
+    }
 }
 
 /// Whether a relation being created is temporary.
@@ -1064,6 +1107,11 @@ impl Tracer {
         if let Some(r) = relation {
             let name = rel_name(r);
             self.relations.insert(name.clone());
+            // The server may quote any column of a row it writes (a check
+            // constraint's "Failing row contains (...)"): the statement
+            // reads them all, as far as its messages go.
+            self.reads
+                .push(Lineage { how: How::WholeRow, sources: BTreeSet::from([Source::AllColumns(name.clone())]) });
             let alias = r.alias.as_ref().map(|a| a.aliasname.clone()).unwrap_or_else(|| r.relname.clone());
             scope.rels.push(ScopeRel { alias, kind: RelKind::Base(name) });
         }
@@ -1355,7 +1403,16 @@ impl Tracer {
                 self.filter(n, scope, &[], d);
             }
         }
-        let arg_lineages: Vec<Lineage> = f.args.iter().map(|a| self.expr(a, scope, d)).collect();
+        let mut arg_lineages: Vec<Lineage> = f.args.iter().map(|a| self.expr(a, scope, d)).collect();
+        if f.agg_within_group {
+            // Ordered-set aggregates (`mode() WITHIN GROUP (ORDER BY x)`,
+            // `percentile_disc`) return values of their ORDER BY.
+            for sb in &f.agg_order {
+                if let Some(N::SortBy(sb)) = sb.node.as_ref() {
+                    arg_lineages.push(self.opt(sb.node.as_deref(), scope, d));
+                }
+            }
+        }
         let args = derived(combine(arg_lineages.iter().cloned()));
         // A function outside pg_catalog may read tables itself.
         let qualified_user = f.funcname.len() > 1 && !full.starts_with("pg_catalog.");

@@ -1,0 +1,85 @@
+//! `masker proxy`: the session path as an explicit proxy that clients point
+//! at (hosts without eBPF privileges, containers, tests). Every client goes
+//! to one upstream with one identity.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tracing::info;
+
+use super::accept::{self, FixedUpstream};
+use super::{DaemonSettings, signals};
+use crate::audit::AuditSettings;
+use crate::plan::catalog::CatalogAccess;
+use crate::session::auth::{self, Credentials, SecretSource};
+use crate::session::context::ContextSettings;
+use crate::session::tls::{ClientTls, SessionTls, TargetTls, UpstreamTlsMode};
+
+/// What `masker proxy` is started with (its command line).
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    /// Address to listen on (port 0 picks a free one).
+    pub listen: SocketAddr,
+    /// The real server, `host:port`.
+    pub upstream: String,
+    /// Policy file; without one results are relayed unchanged.
+    pub policy: Option<PathBuf>,
+    /// Identity the policy sees for every session.
+    pub identity: String,
+    /// How the proxy logs in for catalog look-ups.
+    pub catalog: Option<CatalogAccess>,
+    /// Where masker's CA is kept; `None`: no TLS towards clients.
+    pub state_dir: Option<PathBuf>,
+    /// TLS towards the upstream server.
+    pub upstream_tls: UpstreamTlsMode,
+    /// CA bundle for `verify-full`.
+    pub upstream_ca: Option<PathBuf>,
+    /// Audit events go to this file (rotated at 100 MiB, 5 kept).
+    pub audit_file: Option<PathBuf>,
+    /// Prometheus endpoint address.
+    pub metrics_listen: Option<SocketAddr>,
+    /// An injected credential: the database user and where its password is.
+    pub credential: Option<(String, SecretSource)>,
+}
+
+/// Runs the proxy until SIGINT/SIGTERM. Prints `masker proxy listening on
+/// ADDR` on stdout once ready.
+pub async fn run(opts: ProxyOptions) -> anyhow::Result<()> {
+    let credentials = match &opts.credential {
+        None => Credentials::default(),
+        Some((user, source)) => {
+            let c = auth::load(&opts.upstream, None, user, source.clone())
+                .map_err(|e| anyhow::anyhow!("--credential-user {user}: {e}"))?;
+            Credentials::new(vec![c])
+        }
+    };
+    let mut tls = SessionTls::default();
+    if let Some(dir) = &opts.state_dir {
+        tls.client = Some(Arc::new(ClientTls::new(dir)?));
+    }
+    let host = crate::plan::catalog::split_host_port(&opts.upstream).map_or(opts.upstream.as_str(), |(h, _)| h);
+    let target = TargetTls::new(host, opts.upstream_tls, opts.upstream_ca.as_deref())?;
+    tls.set_targets([(opts.upstream.clone(), target)]);
+    let policy = super::load_policy(opts.policy.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let local = listener.local_addr()?;
+    let audit = AuditSettings {
+        file: opts.audit_file.clone(),
+        max_bytes: AuditSettings::DEFAULT_MAX_BYTES,
+        keep: AuditSettings::DEFAULT_KEEP,
+        stdout: false,
+    };
+    let context = ContextSettings { policy, catalog: opts.catalog.clone(), tls, credentials, socket_mark: None };
+    let ctx = super::start(DaemonSettings { context, audit, metrics_listen: opts.metrics_listen }).await?;
+    println!("masker proxy listening on {local}");
+    // SIGHUP (policy reload) in proxy mode: issue 16 hooks it here with
+    // `signals::on_hangup`.
+    let router = Arc::new(FixedUpstream { upstream: opts.upstream.clone(), identity: opts.identity.clone() });
+    accept::serve(listener, router, ctx, signals::shutdown_signal()).await;
+    info!("proxy shutting down");
+    Ok(())
+}
