@@ -75,6 +75,8 @@ struct DbCache {
     functions: HashMap<String, (bool, Instant)>,
     /// `(schemas searched, name)` → the relation found first.
     on_path: HashMap<(Vec<String>, String), CachedRelation>,
+    /// Function name as written → the bodies of its user-defined overloads.
+    bodies: HashMap<String, (Arc<Vec<FunctionBody>>, Instant)>,
     /// Login role → its default search_path in this database.
     default_paths: HashMap<String, (Vec<String>, Instant)>,
 }
@@ -89,8 +91,21 @@ pub struct Relation {
     pub kind: char,
     /// Column names and comments, in attribute order.
     pub columns: Vec<(String, Option<String>)>,
+    /// Column type OIDs, in the same order.
+    pub types: Vec<TypeOid>,
     /// `pg_get_viewdef` of a view or materialized view.
     pub definition: Option<String>,
+}
+
+/// The source of one user-defined function or procedure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionBody {
+    /// `pg_language.lanname`: `sql`, `plpgsql`, `c`, ...
+    pub language: String,
+    /// `pg_proc.prosrc` (empty for a `BEGIN ATOMIC` SQL body).
+    pub source: String,
+    /// Argument names (empty strings for unnamed ones).
+    pub arg_names: Vec<String>,
 }
 
 /// Catalog look-ups for all sessions of the agent.
@@ -219,6 +234,8 @@ impl Catalog {
                    array(SELECT a.attname::text FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
                    array(SELECT coalesce(col_description(c.oid, a.attnum), '') FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                   array(SELECT a.atttypid FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = to_regclass($1)";
@@ -251,6 +268,7 @@ impl Catalog {
                 name: r.get(1),
                 kind: kind.chars().next().unwrap_or('?'),
                 columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
+                types: r.get::<_, Vec<u32>>(6).into_iter().map(TypeOid).collect(),
                 definition: r.get(3),
             })
         });
@@ -276,6 +294,8 @@ impl Catalog {
                    array(SELECT a.attname::text FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
                    array(SELECT coalesce(col_description(c.oid, a.attnum), '') FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                   array(SELECT a.atttypid FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.relname = $2 AND n.nspname = ANY($1::text[])
@@ -306,6 +326,7 @@ impl Catalog {
                 name: r.get(1),
                 kind: kind.chars().next().unwrap_or('?'),
                 columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
+                types: r.get::<_, Vec<u32>>(6).into_iter().map(TypeOid).collect(),
                 definition: r.get(3),
             })
         });
@@ -426,6 +447,49 @@ impl Catalog {
             }
         }
         Ok(user)
+    }
+
+    /// The bodies of the user-defined functions named `function` (as
+    /// written: `name` or `schema.name`; every overload, in any schema when
+    /// unqualified). Cached like relations.
+    pub async fn function_bodies(
+        &self,
+        destination: &str,
+        database: &str,
+        function: &str,
+    ) -> Result<Arc<Vec<FunctionBody>>, CatalogError> {
+        const SQL: &str = "
+            SELECT l.lanname::text, coalesce(p.prosrc, ''), coalesce(p.proargnames, '{}'::text[])
+              FROM pg_proc p
+              JOIN pg_namespace n ON n.oid = p.pronamespace
+              JOIN pg_language l ON l.oid = p.prolang
+             WHERE p.proname = $2 AND ($1::text IS NULL OR n.nspname = $1) AND n.nspname <> 'pg_catalog'";
+        let key = (destination.to_string(), database.to_string());
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((b, at)) = caches.get(&key).and_then(|c| c.bodies.get(function))
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(b.clone());
+            }
+        }
+        let (schema, name) = match function.rsplit_once('.') {
+            Some((s, n)) => (Some(s.to_string()), n.to_string()),
+            None => (None, function.to_string()),
+        };
+        let rows = self.query(&key, SQL, &[&schema, &name]).await.map_err(|reason| CatalogError {
+            destination: destination.to_string(),
+            database: database.to_string(),
+            reason,
+        })?;
+        let bodies = Arc::new(
+            rows.iter()
+                .map(|r| FunctionBody { language: r.get(0), source: r.get(1), arg_names: r.get(2) })
+                .collect::<Vec<_>>(),
+        );
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.entry(key).or_default().bodies.insert(function.to_string(), (bodies.clone(), Instant::now()));
+        Ok(bodies)
     }
 
     async fn fetch(

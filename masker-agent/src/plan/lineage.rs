@@ -353,6 +353,11 @@ impl Resolver<'_> {
             for s in &l.sources {
                 match s {
                     Source::Opaque => out.unknown = true,
+                    Source::Function(name) => {
+                        if !self.function_clean(name, depth).await {
+                            out.unknown = true;
+                        }
+                    }
                     Source::Definition => {
                         found_direct += 1;
                         out.columns.insert(Base {
@@ -513,8 +518,11 @@ impl Resolver<'_> {
                 let c = self.plan.policy.classification(&b.schema, &b.table, &b.column, b.comment.as_deref());
                 c.classified && c.action != ColumnAction::Allow
             }
-            Origin::Definition | Origin::CatalogValue => true,
-            Origin::Catalog | Origin::ClientData => false,
+            // Definitions are masked where they are shown; testing or
+            // ordering by them is what psql does (`ORDER BY` its
+            // `pg_get_function_arguments` column).
+            Origin::CatalogValue => true,
+            Origin::Definition | Origin::Catalog | Origin::ClientData => false,
         }
     }
 
@@ -547,6 +555,11 @@ impl Resolver<'_> {
     /// is not allowed — a masked or unclassified column, a value the agent
     /// cannot trace, a function whose body it cannot see.
     pub fn taint<'s>(&'s self, stmt: &'s Statement) -> Boxed<'s, Taint> {
+        self.taint_at(stmt, 0)
+    }
+
+    /// [`Resolver::taint`] of a statement `depth` function bodies deep.
+    fn taint_at<'s>(&'s self, stmt: &'s Statement, depth: usize) -> Boxed<'s, Taint> {
         Box::pin(async move {
             match self.stands_for(stmt) {
                 Some(StoodFor::Stored(inner)) => {
@@ -554,34 +567,100 @@ impl Resolver<'_> {
                         return Some(t);
                     }
                 }
-                Some(StoodFor::Missing) => return Some("a prepared statement or cursor the agent has not seen".into()),
+                // The server answers that it does not exist, unless code
+                // masker could not see made it.
+                Some(StoodFor::Missing) if self.session.unseen_code() => {
+                    return Some("a prepared statement or cursor the agent has not seen".into());
+                }
+                Some(StoodFor::Missing) => {}
                 None => {}
             }
             for l in &stmt.reads {
-                let (bases, _) = self.bases(l, 0).await;
+                let (bases, _) = self.bases(l, depth).await;
                 if let Some(what) = self.first_masked(&bases) {
                     return Some(what);
                 }
             }
-            if self.calls_user_function(stmt).await {
-                return Some("a function whose body the agent does not analyse".into());
+            if self.calls_unclean_function(stmt, depth).await {
+                return Some("a function whose body reads masked data or cannot be analysed".into());
             }
             None
         })
     }
 
-    /// Whether the statement calls a function defined outside `pg_catalog`:
-    /// its body may read tables the statement does not name. When the
-    /// catalog cannot tell, it counts as one (fail closed).
-    async fn calls_user_function(&self, stmt: &Statement) -> bool {
+    /// Whether the function `name` (as written) is clean: built in, or
+    /// user-defined with a body (SQL or PL/pgSQL) that reads only allowed
+    /// data, sends nothing to another channel and runs no dynamic SQL, for
+    /// every overload. Bodies are followed [`VIEW_DEPTH`] calls deep.
+    fn function_clean<'s>(&'s self, name: &'s str, depth: usize) -> Boxed<'s, bool> {
+        Box::pin(async move {
+            if depth >= VIEW_DEPTH {
+                return false;
+            }
+            let one: std::collections::BTreeSet<String> = [name.to_string()].into();
+            match self.plan.catalog.user_functions(&self.plan.destination, &self.plan.database, &one).await {
+                Ok(user) if user.is_empty() => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            let Ok(bodies) = self.plan.catalog.function_bodies(&self.plan.destination, &self.plan.database, name).await
+            else {
+                return false;
+            };
+            if bodies.is_empty() {
+                return false;
+            }
+            for b in bodies.iter() {
+                let vars: Vec<(String, Lineage)> =
+                    b.arg_names.iter().filter(|a| !a.is_empty()).map(|a| (a.clone(), Lineage::constant())).collect();
+                let statements = match b.language.as_str() {
+                    "sql" if !b.source.trim().is_empty() => match sql::analyze_with_variables(&b.source, &vars) {
+                        Ok(a) => a.statements,
+                        Err(_) => return false,
+                    },
+                    "plpgsql" => match sql::plpgsql::analyze_function_body(&b.source, &b.arg_names) {
+                        Some(p) if !p.dynamic && !p.opaque => {
+                            if p.sinks.iter().any(|s| s.lineage.how != How::Constant) {
+                                return false;
+                            }
+                            p.statements
+                        }
+                        _ => return false,
+                    },
+                    _ => return false,
+                };
+                for st in &statements {
+                    let reads_only = matches!(st.class, StatementClass::Select) && st.write.is_none();
+                    if !reads_only || st.sinks.iter().any(|s| s.lineage.how != How::Constant) {
+                        return false;
+                    }
+                    if self.taint_at(st, depth + 1).await.is_some() {
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+    }
+
+    /// Whether the statement calls a user-defined function that is not
+    /// clean (see [`Resolver::function_clean`]); when the catalog cannot
+    /// tell, it counts as one (fail closed).
+    async fn calls_unclean_function(&self, stmt: &Statement, depth: usize) -> bool {
         if stmt.functions.is_empty() {
             return false;
         }
-        self.plan
-            .catalog
-            .user_functions(&self.plan.destination, &self.plan.database, &stmt.functions)
-            .await
-            .map_or(true, |user| !user.is_empty())
+        let Ok(user) =
+            self.plan.catalog.user_functions(&self.plan.destination, &self.plan.database, &stmt.functions).await
+        else {
+            return true;
+        };
+        for f in &user {
+            if !self.function_clean(f, depth).await {
+                return true;
+            }
+        }
+        false
     }
 
     async fn decide(&self, l: &Lineage, stmt: &Statement, taint: &Taint) -> Decision {
@@ -597,7 +676,7 @@ impl Resolver<'_> {
             }
             _ => {}
         }
-        if l.how != How::Direct && self.calls_user_function(stmt).await {
+        if l.how != How::Direct && self.calls_unclean_function(stmt, 0).await {
             return Decision::Force(ColumnAction::Redact);
         }
         let (bases, direct) = self.bases(l, 0).await;
@@ -674,6 +753,39 @@ impl Resolver<'_> {
             return fallback(taint.is_some());
         }
         decisions
+    }
+
+    /// The action and type of each column a `COPY relation [(columns)] TO
+    /// STDOUT` sends, in order; `None` when the relation or a column cannot
+    /// be resolved.
+    pub async fn copy_columns(
+        &self,
+        relation: &RelName,
+        columns: Option<&[String]>,
+    ) -> Option<Vec<(ColumnAction, crate::wire::TypeOid)>> {
+        let found = self.relation(relation).await?;
+        let names = self.column_names(&found, 0).await?;
+        let types: Vec<crate::wire::TypeOid> = match &found {
+            Found::Catalog(rel) => rel.types.clone(),
+            // The session's own table: allowed, so its types do not matter.
+            Found::Session { .. } => vec![crate::wire::TypeOid(0); names.len()],
+        };
+        let selected: Vec<usize> = match columns {
+            None => (0..names.len()).collect(),
+            Some(list) => list.iter().map(|c| names.iter().position(|n| n == c)).collect::<Option<_>>()?,
+        };
+        let mut out = Vec::with_capacity(selected.len());
+        for i in selected {
+            let l = Lineage {
+                how: How::Direct,
+                sources: [Source::Column { relation: relation.clone(), column: names[i].clone() }].into(),
+            };
+            let action = match self.decide(&l, &Statement::empty_copy(), &None).await {
+                Decision::Direct(a) | Decision::Force(a) => a,
+            };
+            out.push((action, types.get(i).copied().unwrap_or(crate::wire::TypeOid(0))));
+        }
+        Some(out)
     }
 
     /// Under `defaults.refuse_inference`: why the statement may not test
@@ -848,6 +960,12 @@ impl Resolver<'_> {
             {
                 return Some(message);
             }
+            if let Some(Err(why)) = &stmt.copy {
+                return Some(format!(
+                    "masker: COPY refused: {why} (rule: COPY output is masked only in the forms masker can parse \
+                     and re-emit)"
+                ));
+            }
             if let Some(m) = self.move_refusal(stmt).await {
                 return Some(m);
             }
@@ -873,6 +991,7 @@ impl Resolver<'_> {
             StatementClass::Update => "UPDATE ... SET",
             StatementClass::Merge => "MERGE",
             StatementClass::Copy => "COPY (query)",
+            _ if stmt.moves.is_some() => "a data-modifying WITH",
             _ => return None,
         };
         let moves = stmt.moves.as_ref()?;

@@ -43,6 +43,10 @@ pub enum Source {
     /// as catalog functions such as `pg_get_viewdef` print it: it may embed
     /// literals compared with classified columns.
     Definition,
+    /// A function the session resolves with the catalog (a user-defined
+    /// function named with its schema, or one called in FROM): clean when
+    /// its body reads nothing masked, else it may return anything.
+    Function(String),
     /// Something the tracer cannot see through (a set-returning function of
     /// unknown shape, a user-defined function that may read tables).
     Opaque,
@@ -323,6 +327,9 @@ pub struct Statement {
     pub moves: Option<Lineage>,
     /// `COPY (query) TO ...`: the query's output (`COPY table` has none).
     pub copy_query: bool,
+    /// A `COPY ... TO` as masker reads it, or why its output cannot be
+    /// masked (`None` for other statements and `COPY ... FROM`).
+    pub copy: Option<Result<super::copy::CopyTo, super::copy::CopyParseError>>,
     /// Tests on values (for the inference guardrail): WHERE, JOIN ON, GROUP
     /// BY, HAVING, ORDER BY, DISTINCT, LIMIT/OFFSET, window partitions and
     /// orders, aggregate FILTERs, and conditions inside expressions anywhere

@@ -27,7 +27,7 @@ pub use analysis::{
     Statement, StatementClass, TransactionStep,
 };
 pub use normalize::{cache_key, normalize, scrub_literals, shape};
-pub use trace::{analyze_uncached, search_path_schemas};
+pub use trace::{analyze_uncached, analyze_with_variables, search_path_schemas};
 
 use normalize::ShapeCache;
 

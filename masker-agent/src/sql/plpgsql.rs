@@ -65,6 +65,25 @@ pub fn analyze_do(body: &str, language: &str) -> Option<Procedure> {
     Some(analyze_function(function))
 }
 
+/// Analyzes the body of a PL/pgSQL function whose arguments are named
+/// `args` (the caller's values: constants here; their lineage is the
+/// call's). `None` when the body does not parse.
+pub fn analyze_function_body(body: &str, args: &[String]) -> Option<Procedure> {
+    let mut tag = String::from("masker_body");
+    while body.contains(&format!("${tag}$")) {
+        tag.push('_');
+    }
+    let params: Vec<String> =
+        args.iter().enumerate().map(|(i, a)| if a.is_empty() { format!("masker_arg{i}") } else { a.clone() }).collect();
+    let signature =
+        params.iter().map(|p| format!("\"{}\" text", p.replace('"', "\"\""))).collect::<Vec<_>>().join(", ");
+    let sql =
+        format!("CREATE FUNCTION pg_temp.masker_fn({signature}) RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$");
+    let parsed = pg_query::parse_plpgsql(&sql).ok()?;
+    let function = parsed.as_array()?.first()?.get("PLpgSQL_function")?;
+    Some(analyze_function(function))
+}
+
 /// The variables of a function, by datum number.
 struct Datums {
     names: Vec<Option<String>>,

@@ -137,8 +137,12 @@ fn lateral_and_functions_in_from() {
     reveals("SELECT x FROM customers c, LATERAL (SELECT upper(c.email) AS x) l", col("customers", "email"));
     reveals("SELECT t FROM customers, unnest(tags || ARRAY[ssn]) t", col("customers", "ssn"));
     reveals("SELECT v FROM customers c, jsonb_each_text(c.profile) AS j(k, v)", col("customers", "profile"));
+    // A function the session resolves with the catalog (its body decides).
     let l = lineage("SELECT v FROM fixture.personal_values() v", 0);
-    assert_eq!(l.how, How::Unknown);
+    assert!(l.sources.contains(&Source::Function("fixture.personal_values".into())), "{l:?}");
+    assert_ne!(l.how, How::Direct);
+    let l = lineage("SELECT fixture.label(id) FROM customers", 0);
+    assert!(l.sources.contains(&Source::Function("fixture.label".into())), "{l:?}");
 }
 
 #[test]
@@ -279,6 +283,12 @@ fn reads_cover_every_reference() {
     let s = statement("SELECT * FROM customers");
     assert!(s.reads.iter().any(|l| l.sources.contains(&Source::AllColumns(rel("customers")))), "{:?}", s.reads);
     let s = statement("SELECT 1 FROM app.customer_contact(1)");
+    assert!(
+        s.reads.iter().any(|l| l.sources.contains(&Source::Function("app.customer_contact".into()))),
+        "{:?}",
+        s.reads
+    );
+    let s = statement("SELECT 1 FROM xmltable('/a' PASSING '<a/>' COLUMNS x int)");
     assert!(s.reads.iter().any(|l| l.sources.contains(&Source::Opaque)), "{:?}", s.reads);
     let s = statement("SELECT 'jane@example.com', $1, now()");
     assert!(s.reads.is_empty(), "{:?}", s.reads);
@@ -420,4 +430,21 @@ fn cache_keeps_code_and_settings_apart() {
     );
     // Ordinary statements still share a key across literals.
     assert_eq!(cache_key("SELECT 'x' FROM t WHERE dob = 'y'"), cache_key("SELECT 'a' FROM t WHERE dob = 'b'"));
+}
+
+#[test]
+fn data_modifying_with_moves_data() {
+    let s = statement("WITH x AS (INSERT INTO t SELECT card FROM customers RETURNING e) SELECT * FROM x");
+    assert!(s.moves.as_ref().is_some_and(|m| m.sources.contains(&col("customers", "card"))), "{:?}", s.moves);
+}
+
+#[test]
+fn procedural_variables_are_candidates_beside_columns() {
+    let vars = [("p_id".to_string(), Lineage::constant())];
+    let a =
+        crate::sql::analyze_with_variables("SELECT sum(amount) FROM orders WHERE customer_id = p_id", &vars).unwrap();
+    let s = &a.statements[0];
+    let cond = s.filters.iter().find(|c| c.lineage.sources.contains(&col("orders", "p_id"))).expect("condition");
+    // Column or variable: not a direct column (the catalog drops the column).
+    assert_ne!(cond.lineage.how, How::Direct, "{cond:?}");
 }

@@ -70,8 +70,29 @@ const DEFINITION_FUNCTIONS: &[&str] = &[
 
 /// Built-in functions that return data no statement names: large-object
 /// contents and server files.
-const DATA_FUNCTIONS: &[&str] =
-    &["lo_get", "loread", "pg_read_file", "pg_read_binary_file", "pg_stat_file", "pg_ls_dir"];
+const DATA_FUNCTIONS: &[&str] = &[
+    "lo_get",
+    "loread",
+    "pg_read_file",
+    "pg_read_binary_file",
+    "pg_stat_file",
+    "pg_ls_dir",
+    // They run SQL given as text, or dump whole tables.
+    "query_to_xml",
+    "query_to_xmlschema",
+    "query_to_xml_and_xmlschema",
+    "cursor_to_xml",
+    "cursor_to_xmlschema",
+    "table_to_xml",
+    "table_to_xmlschema",
+    "table_to_xml_and_xmlschema",
+    "schema_to_xml",
+    "schema_to_xmlschema",
+    "schema_to_xml_and_xmlschema",
+    "database_to_xml",
+    "database_to_xmlschema",
+    "database_to_xml_and_xmlschema",
+];
 
 /// Set-returning functions whose output derives only from their arguments.
 const PLAIN_SRFS: &[&str] = &[
@@ -116,6 +137,12 @@ pub fn analyze_uncached(sql: &str) -> Result<Analysis, SqlError> {
 }
 
 impl Statement {
+    /// An empty `COPY` statement (no functions, nothing read): what a
+    /// table's columns are decided with for `COPY table TO STDOUT`.
+    pub fn empty_copy() -> Statement {
+        Statement::empty(StatementClass::Copy)
+    }
+
     fn empty(class: StatementClass) -> Statement {
         Statement {
             class,
@@ -124,6 +151,7 @@ impl Statement {
             output: None,
             moves: None,
             copy_query: false,
+            copy: None,
             filters: Vec::new(),
             reads: Vec::new(),
             sinks: Vec::new(),
@@ -197,11 +225,11 @@ fn write_kind(node: &N) -> Option<&'static str> {
 /// Analyzes every statement of `sql` with procedural variables in scope:
 /// each `(name, lineage)` is a value the statements may name (`n`, or
 /// `r.field` for a record `r`), as PL/pgSQL resolves them.
-pub(super) fn analyze_with_variables(sql: &str, vars: &[(String, Lineage)]) -> Result<Analysis, SqlError> {
+pub fn analyze_with_variables(sql: &str, vars: &[(String, Lineage)]) -> Result<Analysis, SqlError> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| SqlError(e.to_string()))?;
     let mut root = Scope::root();
     let columns = vars.iter().map(|(name, l)| Output::Column { name: name.clone(), lineage: l.clone() }).collect();
-    root.rels.push(ScopeRel { alias: String::new(), kind: RelKind::Derived(columns) });
+    root.rels.push(ScopeRel { alias: String::new(), kind: RelKind::Variables(columns) });
     for (name, l) in vars {
         root.rels.push(ScopeRel { alias: name.clone(), kind: RelKind::Uniform(l.clone()) });
     }
@@ -244,7 +272,8 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
         N::CopyStmt(c) => {
             if let Some(q) = c.query.as_deref() {
                 let outs = t.query(q, root, 0);
-                (StatementClass::Copy, None, Some(combine_outputs(&outs)), true)
+                // What COPY sends is the query's output.
+                (StatementClass::Copy, Some(outs.clone()), Some(combine_outputs(&outs)), true)
             } else {
                 if let Some(r) = &c.relation {
                     t.relations.insert(rel_name(r));
@@ -317,6 +346,12 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
             }
         }
     }
+    let moves = if t.nested_moves.is_empty() {
+        moves
+    } else {
+        let nested = std::mem::take(&mut t.nested_moves);
+        Some(combine(moves.into_iter().chain(nested)))
+    };
     let effect = effect(node, &mut t, output.as_deref(), moves.as_ref());
     let body = match node {
         N::DoStmt(d) => do_body(d).map(Box::new),
@@ -361,6 +396,10 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
         output,
         moves,
         copy_query,
+        copy: match node {
+            N::CopyStmt(c) if !c.is_from => Some(super::copy::copy_to(c)),
+            _ => None,
+        },
         filters: t.filters,
         reads: dedup(t.reads),
         sinks: t.sinks,
@@ -680,6 +719,9 @@ enum RelKind {
     Derived(Vec<Output>),
     /// A function in FROM: every column has this lineage, whatever its name.
     Uniform(Lineage),
+    /// The variables of procedural code (at the root scope): a name that a
+    /// relation in FROM may also have is a candidate of both.
+    Variables(Vec<Output>),
 }
 
 #[derive(Debug, Clone)]
@@ -722,6 +764,8 @@ struct Tracer {
     sinks: Vec<Sink>,
     /// `set_config('search_path', ...)` seen in an expression.
     search_path_call: Option<Effect>,
+    /// Data moved by INSERT/UPDATE nested in a WITH.
+    nested_moves: Vec<Lineage>,
 }
 
 fn direct(relation: RelName, column: &str) -> Lineage {
@@ -848,7 +892,7 @@ fn whole_row(rel: &ScopeRel) -> Lineage {
         RelKind::Base(r) | RelKind::Renamed(r, _) => {
             Lineage { how: How::WholeRow, sources: BTreeSet::from([Source::AllColumns(r.clone())]) }
         }
-        RelKind::Derived(outs) => {
+        RelKind::Derived(outs) | RelKind::Variables(outs) => {
             let l = combine_outputs(outs);
             Lineage { how: if l.how == How::Unknown { How::Unknown } else { How::WholeRow }, sources: l.sources }
         }
@@ -861,6 +905,8 @@ fn star_of(rel: &ScopeRel) -> Vec<Output> {
         RelKind::Base(r) | RelKind::Renamed(r, _) => vec![Output::Star(r.clone())],
         RelKind::Derived(outs) => outs.clone(),
         RelKind::Uniform(_) => vec![Output::Unknown],
+        // Variables are not a relation of `*`.
+        RelKind::Variables(_) => Vec::new(),
     }
 }
 
@@ -870,7 +916,10 @@ impl Tracer {
         match node.node.as_ref() {
             Some(N::SelectStmt(s)) => self.select(s, scope, depth),
             Some(n @ (N::InsertStmt(_) | N::UpdateStmt(_) | N::DeleteStmt(_))) => {
-                self.modify(n, scope, depth).1.unwrap_or_default()
+                let (_, outs, moves) = self.modify(n, scope, depth);
+                // `WITH x AS (INSERT ... SELECT ...)`: the data it moves.
+                self.nested_moves.extend(moves);
+                outs.unwrap_or_default()
             }
             _ => vec![Output::Unknown],
         }
@@ -957,7 +1006,9 @@ impl Tracer {
             if let Some(N::SortBy(sb)) = sb.node.as_ref()
                 && let Some(n) = sb.node.as_deref()
             {
-                self.filter(n, &scope, &outs, depth);
+                // ORDER BY names an output column first, an input column
+                // only when no output has the name.
+                self.sort_key(n, &scope, &outs, depth);
             }
         }
         outs
@@ -1047,16 +1098,28 @@ impl Tracer {
                     let l = self.expr(call, scope, depth);
                     let plain = match call.node.as_ref() {
                         Some(N::FuncCall(fc)) => {
-                            PLAIN_SRFS.contains(&base_func_name(&fc.funcname).as_str()) && fc.funcname.len() == 1
+                            let base = base_func_name(&fc.funcname);
+                            let catalog = fc.funcname.len() == 2 && func_name(&fc.funcname).starts_with("pg_catalog.");
+                            (PLAIN_SRFS.contains(&base.as_str()) && fc.funcname.len() == 1)
+                                || (catalog && !DATA_FUNCTIONS.contains(&base.as_str()))
                         }
                         _ => false,
                     };
                     if plain {
                         parts.push(l);
                     } else {
-                        let opaque = Lineage { how: How::Unknown, sources: [Source::Opaque].into() };
-                        self.reads.push(opaque.clone());
-                        parts.push(opaque);
+                        // A function the session resolves: its output is
+                        // as clean as its body.
+                        let f = match call.node.as_ref() {
+                            Some(N::FuncCall(fc)) => Source::Function(func_name(&fc.funcname)),
+                            _ => Source::Opaque,
+                        };
+                        let how = if f == Source::Opaque { How::Unknown } else { How::Derived };
+                        let mut sources = l.sources.clone();
+                        sources.insert(f);
+                        let lineage = Lineage { how, sources };
+                        self.reads.push(lineage.clone());
+                        parts.push(lineage);
                     }
                 }
                 let alias = rf.alias.as_ref().map(|a| a.aliasname.clone()).unwrap_or_else(|| {
@@ -1372,7 +1435,7 @@ impl Tracer {
                 l.sources.insert(Source::Column { relation: r.clone(), column: name.to_string() });
                 l
             }
-            RelKind::Derived(_) | RelKind::Uniform(_) => resolve_in(rel, field)?,
+            RelKind::Derived(_) | RelKind::Uniform(_) | RelKind::Variables(_) => resolve_in(rel, field)?,
         };
         self.reads.push(l.clone());
         Some(l)
@@ -1443,9 +1506,13 @@ impl Tracer {
             l.how = How::Unknown;
         }
         if qualified_user {
-            l.how = How::Unknown;
-            l.sources.insert(Source::Opaque);
-            self.reads.push(Lineage { how: How::Unknown, sources: BTreeSet::from([Source::Opaque]) });
+            // Its body may read anything: the session reads it from the
+            // catalog.
+            if l.how != How::Unknown {
+                l.how = How::Derived;
+            }
+            l.sources.insert(Source::Function(full.clone()));
+            self.reads.push(Lineage { how: How::Derived, sources: BTreeSet::from([Source::Function(full)]) });
         }
         l
     }
@@ -1512,6 +1579,21 @@ impl Tracer {
             outs.push(Output::Column { name, lineage });
         }
         outs
+    }
+
+    /// An ORDER BY item: a bare name is an output column's when one has it.
+    fn sort_key(&mut self, node: &Node, scope: &Scope<'_>, outs: &[Output], depth: usize) {
+        if let Some(N::ColumnRef(c)) = node.node.as_ref()
+            && let [name] = c.fields.iter().filter_map(string_of).collect::<Vec<_>>().as_slice()
+            && let Some(l) = outs.iter().find_map(|o| match o {
+                Output::Column { name: n, lineage } if n == name => Some(lineage.clone()),
+                _ => None,
+            })
+        {
+            self.filters.push(Condition { lineage: l, equality: false });
+            return;
+        }
+        self.filter(node, scope, outs, depth);
     }
 
     /// Records the columns a filtering/grouping/ordering clause uses.
@@ -1612,7 +1694,7 @@ fn resolve_in(rel: &ScopeRel, col: &str) -> Option<Lineage> {
             // the session drops it as a candidate that does not exist).
             None => Some(direct(r.clone(), col)),
         },
-        RelKind::Derived(outs) => lookup(outs, col),
+        RelKind::Derived(outs) | RelKind::Variables(outs) => lookup(outs, col),
         RelKind::Uniform(l) => Some(l.clone()),
     }
 }
@@ -1631,12 +1713,34 @@ fn resolve_name(scope: &Scope<'_>, name: &str) -> Option<Lineage> {
             cands.push(whole_row(rel));
             return Some(derived(combine(cands)));
         }
+        if !cands.is_empty()
+            && let Some(v) = variable(scope, name)
+        {
+            // A relation in FROM may or may not have a column of that name
+            // (only the catalog knows); a variable of it certainly exists.
+            cands.push(v);
+        }
         if let Some(l) = merge_candidates(cands) {
             return Some(l);
         }
         level = s.parent;
     }
     None
+}
+
+/// The procedural variable `name`, if the root scope has variables.
+fn variable(scope: &Scope<'_>, name: &str) -> Option<Lineage> {
+    let mut s = scope;
+    while let Some(p) = s.parent {
+        s = p;
+    }
+    s.rels.iter().find_map(|r| match &r.kind {
+        RelKind::Variables(outs) => outs.iter().find_map(|o| match o {
+            Output::Column { name: n, lineage } if n == name => Some(lineage.clone()),
+            _ => None,
+        }),
+        _ => None,
+    })
 }
 
 /// Column-wise union of two set-operation arms.

@@ -236,6 +236,9 @@ impl Filter for ClientTracker {
                     lock(&self.queue).push_back(Expect::Parse { name, sql: refused.into() });
                     return Ok(Verdict::Replaced);
                 }
+                if let Ok(a) = crate::sql::analyze(sql).as_ref() {
+                    self.model.protocol_prepared(&name, a.statements.first());
+                }
                 Expect::Parse { name, sql: sql.into() }
             }
             frontend::BIND => {

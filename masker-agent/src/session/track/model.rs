@@ -68,6 +68,9 @@ pub struct SessionModel {
     /// dynamic SQL) ran while temporary tables existed: they may now hold
     /// anything, and their columns are no longer the client's own data.
     temp_tainted: bool,
+    /// Code masker cannot see has run in this session: it may have
+    /// prepared statements or declared cursors masker does not know.
+    unseen_code: bool,
     undo: Vec<Undo>,
     /// Savepoint names with the undo length when each was set.
     savepoints: Vec<(String, usize)>,
@@ -84,6 +87,7 @@ impl Default for SessionModel {
             path: SearchPath::Default,
             session_path: SearchPath::Default,
             temp_tainted: false,
+            unseen_code: false,
             undo: Vec::new(),
             savepoints: Vec::new(),
             failed: false,
@@ -296,9 +300,32 @@ impl SessionModel {
     /// Code masker cannot see ran (a user function, `CALL`, dynamic SQL):
     /// temporary tables may now hold data from anywhere.
     pub fn opaque_code_ran(&mut self) {
+        self.unseen_code = true;
         if !self.temp_tainted && self.relations.values().any(|r| r.temp) {
             self.undo.push(Undo::TempTainted(false));
             self.temp_tainted = true;
+        }
+    }
+
+    /// Whether code masker cannot see has run (see
+    /// [`SessionModel::opaque_code_ran`]).
+    pub fn unseen_code(&self) -> bool {
+        self.unseen_code
+    }
+
+    /// A statement prepared with the protocol's Parse under `name`: SQL
+    /// `EXECUTE name` runs it too (one namespace).
+    pub fn protocol_prepared(&mut self, name: &str, statement: Option<&Statement>) {
+        if name.is_empty() {
+            return;
+        }
+        match statement {
+            Some(s) => {
+                self.prepared.insert(name.to_string(), Arc::new(s.clone()));
+            }
+            None => {
+                self.prepared.remove(name);
+            }
         }
     }
 

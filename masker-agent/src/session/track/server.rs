@@ -174,6 +174,12 @@ impl ServerTracker {
             && let Some(stmt) = a.statements.get(index)
         {
             self.model.apply(stmt);
+            let tainted = matches!(self.attribution, Some((_, Attribution::Tainted)));
+            let opaque = stmt.reads.iter().any(|l| l.sources.contains(&crate::sql::Source::Opaque));
+            if opaque || (tainted && !stmt.functions.is_empty()) {
+                // A function or procedure masker does not analyse ran.
+                self.model.opaque_code_ran();
+            }
         }
         self.model.command_complete(tag);
     }
@@ -351,15 +357,8 @@ impl ServerTracker {
     }
 
     async fn on_copy_out(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        let sql = match lock(&self.queue).front() {
-            Some(Expect::Query { sql }) => Some(sql.clone()),
-            Some(Expect::Execute { portal }) => {
-                self.portals.get(portal).and_then(|p| self.statements.get(&p.statement)).map(|s| s.sql.clone())
-            }
-            _ => None,
-        };
-        let masker = match sql {
-            Some(sql) => self.planner.copy_masker(&sql, &msg[5..]).await,
+        let masker = match self.current() {
+            Some((sql, index)) => self.planner.copy_masker(&self.model, &sql, index, &msg[5..]).await,
             None => Err(CopyPlanError::UnknownStatement),
         };
         match masker {
@@ -370,7 +369,7 @@ impl ServerTracker {
             Err(why) => {
                 self.swallowing = true;
                 let message = format!("masker: COPY TO STDOUT refused: {why}");
-                let hint = "COPY a table (optionally with a column list) in text, csv or binary format, or use SELECT";
+                let hint = "COPY a table, a column list or a query in text, csv or binary format, or use SELECT";
                 wire::put_error_with_hint(out, wire::Severity::Error, "42501", &message, Some(hint));
                 Ok(Verdict::Replaced)
             }
@@ -624,6 +623,9 @@ impl Filter for ServerTracker {
                 let front = lock(&self.queue).pop_front();
                 match front {
                     Some(Expect::Parse { name, sql }) => {
+                        if let Ok(a) = crate::sql::analyze(&sql).as_ref() {
+                            self.model.protocol_prepared(&name, a.statements.first());
+                        }
                         self.statements.insert(name, Statement { sql, fields: None, plan: None });
                         Ok(Verdict::Forward)
                     }
