@@ -673,6 +673,13 @@ impl Filter for ServerTracker {
                 Ok(Verdict::Forward)
             }
             backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => self.on_error(msg, out).await,
+            backend::NOTIFICATION_RESPONSE
+                if self.planner.policy.guardrails().is_some_and(|g| {
+                    g.notifications == crate::policy::guardrails::Notifications::Withhold
+                }) =>
+            {
+                Ok(Verdict::Replaced)
+            }
             backend::NOTIFICATION_RESPONSE => {
                 masking::mask_notification(&msg[5..], out, false).map_err(|e| {
                     RelayError::refused(format!("masker: cannot scrub a notification ({e}); closing the session"))
