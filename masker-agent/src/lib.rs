@@ -15,6 +15,7 @@
 //! [`cli`] is the `masker` command line; [`config`] the agent's config file.
 #![forbid(unsafe_code)]
 
+pub mod addr;
 pub mod approvals;
 pub mod audit;
 pub mod cli;

@@ -61,7 +61,7 @@ pub enum Command {
         listen: SocketAddr,
         /// The real PostgreSQL server, HOST:PORT.
         #[arg(long)]
-        upstream: String,
+        upstream: crate::addr::TargetAddr,
         /// Policy file; without one, results are relayed unchanged.
         #[arg(long)]
         policy: Option<PathBuf>,

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::daemon::metrics::CountersSnapshot;
 use crate::daemon::registry::SessionSnapshot;
+use crate::interception::cgroup::CgroupId;
 
 /// A request to the agent. `Sessions` lists live sessions (`masker
 /// sessions`); `KillSession` ends one (`masker sessions kill ID`);
@@ -115,7 +116,7 @@ pub struct TargetStatus {
 /// One tagged cgroup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TagStatus {
-    pub cgroup_id: u64,
+    pub cgroup_id: CgroupId,
     pub path: Option<String>,
     pub identity: String,
 }

@@ -15,6 +15,8 @@ use super::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
 use super::config::AgentConfig;
 use super::registry::SessionOrigin;
 use super::{DaemonSettings, signals};
+use crate::addr::TargetAddr;
+use crate::interception::cgroup::Pid;
 use crate::interception::{Interception, InterceptionConfig};
 use crate::session::context::{ContextSettings, Route, SessionContext};
 
@@ -149,7 +151,7 @@ impl Router for Agent {
             identity: None,
             verified: None,
             client: peer,
-            destination: String::new(),
+            destination: None,
             cgroup_id: None,
             pid: None,
         };
@@ -159,14 +161,15 @@ impl Router for Agent {
         };
         match interception.original_destination(peer).await {
             Ok(r) => {
-                origin.destination = r.original.to_string();
-                origin.cgroup_id = Some(r.cgroup.0);
-                origin.pid = Some(r.pid);
+                let original = TargetAddr::from(r.original);
+                origin.destination = Some(original.clone());
+                origin.cgroup_id = Some(r.cgroup);
+                origin.pid = Some(Pid(r.pid));
                 let record = self
                     .identities
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .get(&r.tagged_cgroup.0)
+                    .get(&r.tagged_cgroup)
                     .map(|id| (Arc::new(id.clone()), id.expired_at(SystemTime::now()).then(|| id.expiry_text())));
                 let Some((record, expired)) = record else {
                     // Tagged, but this agent holds no verified identity for
@@ -174,14 +177,14 @@ impl Router for Agent {
                     let msg = format!(
                         "masker: the tag of cgroup {} has no identity record in the agent's state; connection \
                          from pid {} to {} refused (tag the cgroup again)",
-                        r.tagged_cgroup.0, r.pid, origin.destination
+                        r.tagged_cgroup, r.pid, original
                     );
                     return (origin, refuse(&msg));
                 };
                 if let Some(at) = expired {
                     let msg = format!(
                         "masker: identity {:?} expired at {at}; connection from pid {} to {} refused",
-                        record.name, r.pid, origin.destination
+                        record.name, r.pid, original
                     );
                     return (origin, refuse(&msg));
                 }
@@ -191,13 +194,12 @@ impl Router for Agent {
                         // is the record of this very tag.
                         origin.verified = (record.name == identity).then_some(record);
                         origin.identity = Some(identity);
-                        let dest = origin.destination.clone();
-                        (origin, Route::To(dest))
+                        (origin, Route::To(original))
                     }
                     None => {
                         let msg = format!(
                             "masker: the cgroup of pid {} is no longer tagged; connection to {} refused",
-                            r.pid, origin.destination
+                            r.pid, original
                         );
                         (origin, refuse(&msg))
                     }
@@ -222,12 +224,12 @@ impl Agent {
             match tokio::net::lookup_host(t.as_str()).await {
                 Ok(resolved) => {
                     let resolved: Vec<SocketAddr> = resolved.collect();
-                    let host = crate::plan::catalog::split_host_port(t.as_str()).map_or(t.as_str(), |(h, _)| h);
+                    let host = t.address.host();
                     let settings = Arc::new(crate::session::tls::TargetTls::new(host, t.tls, t.ca_file.as_deref())?);
-                    tls.extend(resolved.iter().map(|a| (a.to_string(), settings.clone())));
-                    names.extend(resolved.iter().map(|a| (a.to_string(), t.address.clone())));
+                    tls.extend(resolved.iter().map(|a| (TargetAddr::from(*a), settings.clone())));
+                    names.extend(resolved.iter().map(|a| (TargetAddr::from(*a), t.address.clone())));
                     status.push(TargetStatus {
-                        target: t.address.clone(),
+                        target: t.address.to_string(),
                         addresses: resolved.iter().map(|a| a.to_string()).collect(),
                     });
                     addrs.extend(resolved);
@@ -237,7 +239,7 @@ impl Agent {
                     // letting its connections bypass masker.
                     warn!(target = %t.address, "cannot resolve: {e}");
                     let old = self.targets.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(prev) = old.iter().find(|s| s.target == t.address) {
+                    if let Some(prev) = old.iter().find(|s| s.target == t.address.as_str()) {
                         addrs.extend(prev.addresses.iter().filter_map(|a| a.parse::<SocketAddr>().ok()));
                         status.push(prev.clone());
                     }
@@ -304,7 +306,7 @@ impl Agent {
             tags: tags
                 .into_iter()
                 .map(|t| TagStatus {
-                    cgroup_id: t.cgroup.0,
+                    cgroup_id: t.cgroup,
                     path: t.path.map(|p| p.display().to_string()),
                     identity: t.identity,
                 })
@@ -319,7 +321,7 @@ impl Agent {
                 .credentials
                 .iter()
                 .map(|c| crate::daemon::admin::CredentialStatus {
-                    target: c.target.clone(),
+                    target: c.target.to_string(),
                     identity: c.identity_pattern.clone(),
                     user: c.user.clone(),
                     source: c.source.to_string(),
@@ -413,11 +415,11 @@ impl admin::Handler for Agent {
                 match i.tag(&cgroup, &identity) {
                     Ok(id) => {
                         let expires_at = verified.expires_at;
-                        info!(cgroup = %cgroup.display(), cgroup_id = id.0, %identity, expires = %verified.expiry_text(), "tagged");
+                        info!(cgroup = %cgroup.display(), cgroup_id = %id, %identity, expires = %verified.expiry_text(), "tagged");
                         let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-                        ids.insert(id.0, verified);
+                        ids.insert(id, verified);
                         self.save_identities(&ids);
-                        json(serde_json::json!({ "cgroup_id": id.0, "expires_at": expires_at }))
+                        json(serde_json::json!({ "cgroup_id": id, "expires_at": expires_at }))
                     }
                     Err(e) => Response::Error(e.to_string()),
                 }
@@ -428,10 +430,10 @@ impl admin::Handler for Agent {
                 match i.untag_path(&cgroup) {
                     Ok(id) => {
                         let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-                        ids.remove(&id.0);
+                        ids.remove(&id);
                         self.save_identities(&ids);
-                        info!(cgroup = %cgroup.display(), cgroup_id = id.0, "untagged");
-                        json(serde_json::json!({ "cgroup_id": id.0 }))
+                        info!(cgroup = %cgroup.display(), cgroup_id = %id, "untagged");
+                        json(serde_json::json!({ "cgroup_id": id }))
                     }
                     Err(e) => Response::Error(e.to_string()),
                 }

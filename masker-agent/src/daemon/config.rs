@@ -45,6 +45,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::addr::{AddrError, TargetAddr};
 use crate::plan::catalog::CatalogAccess;
 
 /// Default admin socket path.
@@ -121,10 +122,10 @@ impl CredentialConfig {
 
 /// One target: where it is and how masker talks TLS to its server.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "TargetSpec")]
+#[serde(try_from = "TargetSpec")]
 pub struct TargetConfig {
     /// `host:port`.
-    pub address: String,
+    pub address: TargetAddr,
     pub tls: crate::session::tls::UpstreamTlsMode,
     /// CA bundle (PEM) for `tls = "verify-full"`; the system bundle without it.
     pub ca_file: Option<PathBuf>,
@@ -133,7 +134,7 @@ pub struct TargetConfig {
 impl TargetConfig {
     /// The `host:port` of the target.
     pub fn as_str(&self) -> &str {
-        &self.address
+        self.address.as_str()
     }
 }
 
@@ -154,12 +155,22 @@ struct TargetTable {
     ca_file: Option<PathBuf>,
 }
 
-impl From<TargetSpec> for TargetConfig {
-    fn from(spec: TargetSpec) -> Self {
-        match spec {
-            TargetSpec::Address(address) => TargetConfig { address, tls: Default::default(), ca_file: None },
-            TargetSpec::Table(t) => TargetConfig { address: t.address, tls: t.tls, ca_file: t.ca_file },
-        }
+/// A target that is not `host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("target {0}")]
+pub struct TargetError(#[from] AddrError);
+
+impl TryFrom<TargetSpec> for TargetConfig {
+    type Error = TargetError;
+    fn try_from(spec: TargetSpec) -> Result<Self, TargetError> {
+        Ok(match spec {
+            TargetSpec::Address(address) => {
+                TargetConfig { address: TargetAddr::parse(&address)?, tls: Default::default(), ca_file: None }
+            }
+            TargetSpec::Table(t) => {
+                TargetConfig { address: TargetAddr::parse(&t.address)?, tls: t.tls, ca_file: t.ca_file }
+            }
+        })
     }
 }
 
@@ -225,14 +236,9 @@ impl AgentConfig {
         if config.targets.is_empty() {
             anyhow::bail!("{origin}: `targets` is empty; list the databases to intercept as \"host:port\"");
         }
-        for t in &config.targets {
-            if crate::plan::catalog::split_host_port(t.as_str()).is_none() {
-                anyhow::bail!("{origin}: target {:?} is not \"host:port\"", t.address);
-            }
-        }
         for (i, c) in config.credentials.iter().enumerate() {
             let name = c.name(i);
-            if !config.targets.iter().any(|t| t.address.eq_ignore_ascii_case(&c.target)) {
+            if !config.targets.iter().any(|t| t.as_str().eq_ignore_ascii_case(&c.target)) {
                 let known: Vec<&str> = config.targets.iter().map(TargetConfig::as_str).collect();
                 anyhow::bail!(
                     "{origin}: {name}: target {:?} is not one of the configured targets ({})",

@@ -134,7 +134,7 @@ mod tests {
             identity: Some("ci".into()),
             verified: None,
             client: "127.0.0.1:1".parse().unwrap(),
-            destination: "db:5432".into(),
+            destination: Some("db:5432".parse().unwrap()),
             cgroup_id: None,
             pid: None,
         };

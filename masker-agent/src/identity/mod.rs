@@ -36,6 +36,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 pub mod issuer;
+
+use crate::interception::cgroup::CgroupId;
 pub mod jwks;
 
 pub use issuer::{IssuerConfig, JwksSource};
@@ -69,7 +71,7 @@ pub struct Identity {
 /// them under its state dir: the BPF tag map survives an agent restart, and
 /// so must each tag's expiry and claims, or a restarted agent could not
 /// refuse an expired identity.
-pub type Identities = std::collections::HashMap<u64, Identity>;
+pub type Identities = std::collections::HashMap<CgroupId, Identity>;
 
 /// Reads the identities saved at `path`; a missing file is an empty set.
 pub fn load_identities(path: &std::path::Path) -> std::io::Result<Identities> {
@@ -488,10 +490,10 @@ mod tests {
         assert!(load_identities(&path).unwrap().is_empty());
         let mut ids = Identities::new();
         ids.insert(
-            7,
+            CgroupId(7),
             Identity { expires_at: Some(NOW), issuer: Some("https://ci.example".into()), ..Identity::named("ci") },
         );
-        ids.insert(8, Identity::named("plain"));
+        ids.insert(CgroupId(8), Identity::named("plain"));
         save_identities(&path, &ids).unwrap();
         assert_eq!(load_identities(&path).unwrap(), ids);
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());

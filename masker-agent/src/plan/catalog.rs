@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, warn};
 
+use crate::addr::TargetAddr;
 use crate::wire::{TableOid, TypeOid};
 
 /// How long a resolved table stays cached without DDL.
@@ -52,7 +53,7 @@ pub struct CatalogAccess {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("catalog look-up on {destination} database {database}: {reason}")]
 pub struct CatalogError {
-    pub destination: String,
+    pub destination: TargetAddr,
     pub database: String,
     pub reason: String,
 }
@@ -89,8 +90,8 @@ pub struct Relation {
 /// Catalog look-ups for all sessions of the agent.
 pub struct Catalog {
     access: Option<CatalogAccess>,
-    caches: Mutex<HashMap<(String, String), DbCache>>,
-    clients: tokio::sync::Mutex<HashMap<(String, String), Client>>,
+    caches: Mutex<HashMap<(TargetAddr, String), DbCache>>,
+    clients: tokio::sync::Mutex<HashMap<(TargetAddr, String), Client>>,
 }
 
 impl Catalog {
@@ -102,19 +103,19 @@ impl Catalog {
     }
 
     /// Forgets everything cached for `database` on `destination` (after DDL).
-    pub fn invalidate(&self, destination: &str, database: &str) {
+    pub fn invalidate(&self, destination: &TargetAddr, database: &str) {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches.remove(&(destination.to_string(), database.to_string()));
+        caches.remove(&(destination.clone(), database.to_string()));
     }
 
     /// The columns of each table in `tables`, from the cache or the server.
     pub async fn resolve(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         tables: &[TableOid],
     ) -> Result<HashMap<TableOid, Arc<TableColumns>>, CatalogError> {
-        let key = (destination.to_string(), database.to_string());
+        let key = (destination.clone(), database.to_string());
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -134,11 +135,8 @@ impl Catalog {
         if missing.is_empty() {
             return Ok(found);
         }
-        let err = |reason: String| CatalogError {
-            destination: destination.to_string(),
-            database: database.to_string(),
-            reason,
-        };
+        let err =
+            |reason: String| CatalogError { destination: destination.clone(), database: database.to_string(), reason };
         let fetched = self.fetch(&key, &missing).await.map_err(err)?;
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         let cache = caches.entry(key).or_default();
@@ -157,7 +155,7 @@ impl Catalog {
     /// Used for `COPY table TO STDOUT`, whose output names no column origin.
     pub async fn relation_columns(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         schema: Option<&str>,
         table: &str,
@@ -169,12 +167,9 @@ impl Catalog {
               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
              WHERE c.relname = $2 AND (n.nspname = $1 OR ($1 IS NULL AND pg_table_is_visible(c.oid)))
              ORDER BY a.attnum";
-        let key = (destination.to_string(), database.to_string());
-        let err = |reason: String| CatalogError {
-            destination: destination.to_string(),
-            database: database.to_string(),
-            reason,
-        };
+        let key = (destination.clone(), database.to_string());
+        let err =
+            |reason: String| CatalogError { destination: destination.clone(), database: database.to_string(), reason };
         let rows = self.query(&key, SQL, &[&schema, &table]).await.map_err(err)?;
         if rows.is_empty() {
             return Err(err("the table is unknown to the catalog connection".into()));
@@ -202,7 +197,7 @@ impl Catalog {
     /// typo); callers treat it as unknown (fail closed).
     pub async fn relation(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         rel: &crate::sql::RelName,
     ) -> Result<Option<Arc<Relation>>, CatalogError> {
@@ -215,7 +210,7 @@ impl Catalog {
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = to_regclass($1)";
-        let key = (destination.to_string(), database.to_string());
+        let key = (destination.clone(), database.to_string());
         {
             let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((r, at)) = caches.get(&key).and_then(|c| c.relations.get(rel))
@@ -224,11 +219,8 @@ impl Catalog {
                 return Ok(r.clone());
             }
         }
-        let err = |reason: String| CatalogError {
-            destination: destination.to_string(),
-            database: database.to_string(),
-            reason,
-        };
+        let err =
+            |reason: String| CatalogError { destination: destination.clone(), database: database.to_string(), reason };
         let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let name = match &rel.schema {
             Some(schema) => format!("{}.{}", quote(schema), quote(&rel.name)),
@@ -257,7 +249,7 @@ impl Catalog {
     /// look-up opens a fresh one.
     async fn query(
         &self,
-        key: &(String, String),
+        key: &(TargetAddr, String),
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, String> {
@@ -280,7 +272,7 @@ impl Catalog {
     /// functions (fail closed). Cached like relations.
     pub async fn user_functions(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         functions: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<String>, CatalogError> {
@@ -288,7 +280,7 @@ impl Catalog {
             SELECT bool_and(n.nspname = 'pg_catalog')
               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
              WHERE p.proname = $2 AND ($1::text IS NULL OR n.nspname = $1)";
-        let key = (destination.to_string(), database.to_string());
+        let key = (destination.clone(), database.to_string());
         let mut user = Vec::new();
         let mut missing = Vec::new();
         {
@@ -310,7 +302,7 @@ impl Catalog {
                 None => (None, f.clone()),
             };
             let rows = self.query(&key, SQL, &[&schema, &name]).await.map_err(|reason| CatalogError {
-                destination: destination.to_string(),
+                destination: destination.clone(),
                 database: database.to_string(),
                 reason,
             })?;
@@ -327,7 +319,7 @@ impl Catalog {
 
     async fn fetch(
         &self,
-        key: &(String, String),
+        key: &(TargetAddr, String),
         tables: &[TableOid],
     ) -> Result<HashMap<TableOid, TableColumns>, String> {
         let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
@@ -335,9 +327,9 @@ impl Catalog {
         Ok(columns_from_rows(&rows, oids.len()))
     }
 
-    async fn connect(&self, destination: &str, database: &str) -> Result<Client, String> {
+    async fn connect(&self, destination: &TargetAddr, database: &str) -> Result<Client, String> {
         let access = self.access.as_ref().ok_or("the agent has no catalog credentials configured")?;
-        let (host, port) = split_host_port(destination).ok_or("destination is not HOST:PORT")?;
+        let (host, port) = (destination.host(), destination.port());
         let mut config = tokio_postgres::Config::new();
         config
             .host(host)
@@ -355,16 +347,9 @@ impl Catalog {
                 debug!("catalog connection ended: {e}");
             }
         });
-        debug!(destination, database, "catalog connection opened");
+        debug!(%destination, database, "catalog connection opened");
         Ok(client)
     }
-}
-
-/// Splits `host:port` or `[v6]:port`.
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    Some((host, port.parse().ok()?))
 }
 
 /// All columns of the tables `$1` (an oid array) in one round trip, with the
@@ -423,17 +408,4 @@ fn columns_from_rows(rows: &[tokio_postgres::Row], requested: usize) -> HashMap<
         warn!(requested, found = out.len(), "some result tables are unknown to the catalog");
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(split_host_port("db.internal:5432"), Some(("db.internal", 5432)));
-        assert_eq!(split_host_port("[::1]:5433"), Some(("::1", 5433)));
-        assert_eq!(split_host_port("nohost"), None);
-        assert_eq!(split_host_port("h:notaport"), None);
-    }
 }

@@ -120,7 +120,7 @@ async fn run<C: SplitIo>(
 ) -> Result<(), SessionError> {
     let entry = &session.entry;
     let destination = match route {
-        Route::To(d) => d.as_str(),
+        Route::To(d) => d,
         Route::Refuse { code, message } => {
             let _ = client.write_all(&fatal(code, message)).await;
             return Err(SessionError::Refused(message.clone()));
@@ -130,10 +130,12 @@ async fn run<C: SplitIo>(
     let identity = entry.origin.identity.as_deref();
     let target = ctx.target_name(destination);
     let (user, database) = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
-    let session_policy =
-        policy.as_ref().map(|p| p.for_session(identity.unwrap_or(""), entry.origin.verified_claims(), destination));
+    let session_policy = policy
+        .as_ref()
+        .map(|p| p.for_session(identity.unwrap_or(""), entry.origin.verified_claims(), destination.as_str()));
     if let Some(g) = session_policy.as_ref().and_then(|p| p.guardrails())
-        && let Some(message) = g.connect_refusal(identity.unwrap_or(""), &[&target, destination], &database, &user)
+        && let Some(message) =
+            g.connect_refusal(identity.unwrap_or(""), &[target.as_str(), destination.as_str()], &database, &user)
     {
         session.connect_denial(&message);
         let _ = client.write_all(&fatal("28000", &message)).await;
@@ -160,7 +162,7 @@ async fn run<C: SplitIo>(
             let msg = format!("masker: cannot connect to the database server {destination}: {e}");
             wire::put_error(&mut out, Severity::Fatal, "08006", &msg);
             let _ = client.write_all(&out).await;
-            return Err(SessionError::Connect { dest: destination.to_string(), source: e });
+            return Err(SessionError::Connect { dest: destination.clone(), source: e });
         }
     };
     let mut server = match upstream_tls(server, destination, ctx).await {
@@ -188,7 +190,7 @@ async fn run<C: SplitIo>(
         Arc::new(PlanContext {
             policy,
             catalog: ctx.catalog.clone(),
-            destination: destination.to_string(),
+            destination: destination.clone(),
             database: database.clone(),
         })
     };

@@ -30,6 +30,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use serde::Deserialize;
+
+use crate::addr::TargetAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -361,17 +363,17 @@ pub struct SessionTls {
     pub client: Option<Arc<ClientTls>>,
     /// Per destination (`host:port` as the route names it): the target's
     /// TLS settings. Destinations not listed are reached in plain text.
-    pub targets: RwLock<HashMap<String, Arc<TargetTls>>>,
+    pub targets: RwLock<HashMap<TargetAddr, Arc<TargetTls>>>,
 }
 
 impl SessionTls {
     /// The settings for `destination`, if any.
-    pub fn target(&self, destination: &str) -> Option<Arc<TargetTls>> {
+    pub fn target(&self, destination: &TargetAddr) -> Option<Arc<TargetTls>> {
         self.targets.read().unwrap_or_else(|p| p.into_inner()).get(destination).cloned()
     }
 
     /// Replaces the per-destination settings.
-    pub fn set_targets(&self, targets: impl IntoIterator<Item = (String, TargetTls)>) {
+    pub fn set_targets(&self, targets: impl IntoIterator<Item = (TargetAddr, TargetTls)>) {
         let map = targets.into_iter().map(|(d, t)| (d, Arc::new(t))).collect();
         *self.targets.write().unwrap_or_else(|p| p.into_inner()) = map;
     }
@@ -379,12 +381,13 @@ impl SessionTls {
     /// The name for the certificate shown to a client going to
     /// `destination` that sent no SNI: the target's configured host, else
     /// the destination's host.
-    pub fn default_name(&self, destination: &str) -> String {
-        match self.target(destination) {
-            Some(t) => t.host.clone(),
-            None => crate::plan::catalog::split_host_port(destination)
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_else(|| destination.to_string()),
+    pub fn default_name(&self, destination: Option<&TargetAddr>) -> String {
+        match destination {
+            Some(d) => match self.target(d) {
+                Some(t) => t.host.clone(),
+                None => d.host().to_string(),
+            },
+            None => String::new(),
         }
     }
 }

@@ -4,6 +4,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use crate::addr::TargetAddr;
+
 /// A database password the agent holds. `Debug` prints nothing of it and
 /// there is no `Display`: the only way out is [`Secret::expose`], used where
 /// the authentication exchange needs the bytes.
@@ -114,8 +116,8 @@ impl SecretSource {
 /// sessions without one), as database user `user`.
 #[derive(Debug)]
 pub struct Credential {
-    /// The target as configured (`host:port`).
-    pub target: String,
+    /// The target as configured.
+    pub target: TargetAddr,
     identity: Option<crate::policy::glob::Glob>,
     /// The pattern as written, for messages.
     pub identity_pattern: Option<String>,
@@ -144,7 +146,7 @@ impl Credential {
             return Err("empty `user`".into());
         }
         Ok(Credential {
-            target: target.to_string(),
+            target: TargetAddr::parse(target).map_err(|e| e.to_string())?,
             identity: glob,
             identity_pattern: identity.map(str::to_string),
             user: user.to_string(),
@@ -154,7 +156,7 @@ impl Credential {
     }
 
     fn applies(&self, target: &str, identity: Option<&str>) -> bool {
-        self.target.eq_ignore_ascii_case(target)
+        self.target.as_str().eq_ignore_ascii_case(target)
             && match (&self.identity, identity) {
                 (None, _) => true,
                 (Some(g), Some(id)) => g.matches(id),
@@ -189,8 +191,12 @@ impl Credentials {
 
     /// The credential for sessions of `identity` towards `target` (the
     /// configured `host:port`), if the agent injects one.
-    pub fn find(&self, target: &str, identity: Option<&str>) -> Option<std::sync::Arc<Credential>> {
-        self.0.iter().find(|c| c.applies(target, identity)).cloned()
+    pub fn find(
+        &self,
+        target: &(impl AsRef<str> + ?Sized),
+        identity: Option<&str>,
+    ) -> Option<std::sync::Arc<Credential>> {
+        self.0.iter().find(|c| c.applies(target.as_ref(), identity)).cloned()
     }
 
     /// Reads every password from its source again (`masker policy reload`,
