@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -197,7 +198,10 @@ impl TokenArgs {
     /// The token, if one was given.
     pub fn read(&self) -> anyhow::Result<Option<String>> {
         match (&self.token_file, &self.token_env) {
-            (Some(file), _) => Ok(Some(crate::identity::read_token_file(file)?)),
+            (Some(file), _) => {
+                let text = std::fs::read_to_string(file).with_context(|| format!("token file {}", file.display()))?;
+                Ok(Some(text.trim().to_string()))
+            }
             (None, Some(var)) => match std::env::var(var) {
                 Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
                 _ => anyhow::bail!("--token-env: {var} is not set"),
@@ -248,7 +252,7 @@ pub enum ApprovalsCommand {
     },
 }
 
-fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, crate::approvals::DurationError> {
     crate::approvals::parse_duration(s)
 }
 
@@ -306,10 +310,25 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("masker: {e:#}");
+            eprintln!("masker: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` with its causes, each said once: masker's errors name their cause in
+/// their own message (and also return it as their source), anyhow's context
+/// does not.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging() {
@@ -442,7 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Uninstall { pin_dir } => {
             run::require_root()?;
-            crate::interception::uninstall(&pin_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::interception::uninstall(&pin_dir)?;
             println!("removed masker's eBPF programs and maps under {}", pin_dir.display());
             Ok(ExitCode::SUCCESS)
         }

@@ -14,10 +14,10 @@ use super::accept::{self, Router};
 use super::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
 use super::config::AgentConfig;
 use super::registry::SessionOrigin;
-use super::{DaemonSettings, signals};
+use super::{DaemonError, DaemonSettings, signals};
 use crate::addr::TargetAddr;
 use crate::interception::cgroup::Pid;
-use crate::interception::{Interception, InterceptionConfig};
+use crate::interception::{Interception, InterceptionConfig, InterceptionError};
 use crate::session::context::{ContextSettings, Route, SessionContext};
 
 /// The running agent, shared by the accept loops, the admin socket and the
@@ -39,10 +39,10 @@ pub struct Agent {
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
-pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let config = AgentConfig::from_file(&config_path)?;
     let credentials = config.load_credentials(&config_path.display().to_string())?;
-    let policy = super::load_policy(config.policy.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = super::load_policy(config.policy.as_deref())?;
     let catalog_access = config.catalog.as_ref().map(|c| c.access()).transpose()?;
     if policy.is_some() && catalog_access.is_none() {
         warn!("no [catalog] credentials configured: every table column will be masked (fail closed)");
@@ -51,17 +51,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // Listen before attaching: a redirected connection must find someone.
     let v4 = TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|source| DaemonError::Listen { addr: config.listen.into(), source })?;
     let mut listeners = vec![v4];
     if let Some(v6) = config.listen_v6 {
-        listeners.push(TcpListener::bind(v6).await.map_err(|e| anyhow::anyhow!("cannot listen on {v6}: {e}"))?);
+        let listener = TcpListener::bind(v6).await;
+        listeners.push(listener.map_err(|source| DaemonError::Listen { addr: v6.into(), source })?);
     }
     let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
     let mut icfg = InterceptionConfig::new(config.listen);
     icfg.listen_v6 = config.listen_v6;
     icfg.pin_dir = config.pin_dir.clone();
-    let interception = Interception::start(&icfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let interception = Interception::start(&icfg)?;
     info!(pin_dir = %config.pin_dir.display(), "eBPF programs attached");
 
     let mut tls = crate::session::tls::SessionTls::default();
@@ -110,7 +111,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = agent.refresh_targets().await {
-                    warn!("refreshing targets: {e:#}");
+                    warn!("refreshing targets: {e}");
                 }
             }
         })
@@ -215,7 +216,7 @@ impl Router for Agent {
 
 impl Agent {
     /// Resolves the configured targets and replaces the target map.
-    async fn refresh_targets(&self) -> anyhow::Result<()> {
+    async fn refresh_targets(&self) -> Result<(), DaemonError> {
         let mut addrs = Vec::new();
         let mut status = Vec::new();
         let mut tls = Vec::new();
@@ -249,7 +250,7 @@ impl Agent {
         addrs.sort();
         addrs.dedup();
         if let Some(i) = self.interception.write().await.as_mut() {
-            i.set_targets(&addrs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            i.set_targets(&addrs)?;
         }
         *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = status;
         {
@@ -289,10 +290,10 @@ impl Agent {
         }
     }
 
-    async fn status(&self) -> anyhow::Result<Status> {
+    async fn status(&self) -> Result<Status, InterceptionError> {
         let guard = self.interception.read().await;
         let (tags, pin_dir) = match guard.as_ref() {
-            Some(i) => (i.tags().map_err(|e| anyhow::anyhow!("{e}"))?, i.pin_dir().display().to_string()),
+            Some(i) => (i.tags()?, i.pin_dir().display().to_string()),
             None => (Vec::new(), String::new()),
         };
         Ok(Status {
@@ -344,7 +345,7 @@ impl Agent {
                 info!(approval = id, session = p.session, rule = %p.rule, "statement {what} by an operator");
                 json(serde_json::json!({ "approval": id, "decision": what, "session": p.session }))
             }
-            Err(e) => Response::Error(e),
+            Err(e) => Response::Error(e.to_string()),
         }
     }
 }
@@ -355,7 +356,7 @@ enum ReloadError {
     #[error("policy reload failed, the previous policy stays in force: {0}")]
     Policy(crate::policy::PolicyError),
     #[error("{done}, but {error}; those credentials keep their previous password")]
-    Credentials { done: String, error: String },
+    Credentials { done: String, error: crate::session::auth::secret::ReloadError },
 }
 
 /// The programs `Interception::start` attaches, as the kernel lists them.
@@ -397,7 +398,7 @@ impl admin::Handler for Agent {
         match request {
             Request::Status => match self.status().await {
                 Ok(s) => json(s),
-                Err(e) => Response::Error(format!("{e:#}")),
+                Err(e) => Response::Error(e.to_string()),
             },
             Request::Tag { cgroup, identity, token } => {
                 let verified = match &token {

@@ -131,7 +131,7 @@ impl Identity {
 }
 
 /// Why a token was rejected; the message names the failed check.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     #[error("token is not a JWT: {0}")]
     Malformed(String),
@@ -148,7 +148,7 @@ pub enum TokenError {
     #[error("JWKS of {issuer} ({path}): {message}")]
     Jwks { issuer: String, path: String, message: String },
     #[error("jwks fetch from {url} failed: {reason}")]
-    Fetch { url: String, reason: String },
+    Fetch { url: String, reason: std::sync::Arc<jwks::FetchError> },
     #[error("token signature is invalid")]
     Signature,
     #[error("token expired at {0}")]
@@ -163,6 +163,16 @@ pub enum TokenError {
     Other(String),
 }
 
+/// An `[[issuer]]` whose key source cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("[[issuer]] {issuer:?}: {source}")]
+pub struct VerifierError {
+    /// The issuer.
+    pub issuer: String,
+    /// What failed.
+    pub source: jwks::SetupError,
+}
+
 /// The agent's token verifier: the `[[issuer]]` entries with their key
 /// sources (HTTPS key sets cached across verifications).
 #[derive(Debug)]
@@ -172,7 +182,7 @@ pub struct Verifier {
 
 impl Verifier {
     /// Prepares `issuers` (reads the `jwks_ca_file`s; errors name them).
-    pub fn new(issuers: &[IssuerConfig]) -> anyhow::Result<Verifier> {
+    pub fn new(issuers: &[IssuerConfig]) -> Result<Verifier, VerifierError> {
         let issuers = issuers
             .iter()
             .map(|i| {
@@ -180,12 +190,12 @@ impl Verifier {
                     JwksSource::File(_) => None,
                     JwksSource::Url { url, ca_file } => Some(
                         jwks::JwksClient::new(i, url, ca_file.as_deref())
-                            .map_err(|e| anyhow::anyhow!("[[issuer]] {:?}: {e:#}", i.issuer))?,
+                            .map_err(|source| VerifierError { issuer: i.issuer.clone(), source })?,
                     ),
                 };
                 Ok((i.clone(), client))
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, VerifierError>>()?;
         Ok(Verifier { issuers })
     }
 
@@ -302,12 +312,6 @@ fn load_jwks(issuer: &IssuerConfig, path: &Path) -> Result<JwkSet, TokenError> {
         |message: String| TokenError::Jwks { issuer: issuer.issuer.clone(), path: path.display().to_string(), message };
     let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| err(e.to_string()))
-}
-
-/// Reads a token from a file (trailing whitespace removed).
-pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?;
-    Ok(text.trim().to_string())
 }
 
 /// Seconds from `now` until `identity` expires (zero if it has).

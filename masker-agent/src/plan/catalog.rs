@@ -53,9 +53,33 @@ pub struct CatalogAccess {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("catalog look-up on {destination} database {database}: {reason}")]
 pub struct CatalogError {
+    /// The server looked up.
     pub destination: TargetAddr,
+    /// The database looked up.
     pub database: String,
-    pub reason: String,
+    /// What failed.
+    pub reason: CatalogFailure,
+}
+
+/// What failed in a catalog look-up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogFailure {
+    /// The agent has no `[catalog]` credentials (or the proxy no
+    /// `--catalog-user`).
+    #[error("the agent has no catalog credentials configured")]
+    NoCredentials,
+    /// Connecting or querying failed.
+    #[error("{0}")]
+    Postgres(Arc<tokio_postgres::Error>),
+    /// `COPY`'s table is not visible to the catalog connection.
+    #[error("the table is unknown to the catalog connection")]
+    UnknownTable,
+}
+
+impl From<tokio_postgres::Error> for CatalogFailure {
+    fn from(e: tokio_postgres::Error) -> CatalogFailure {
+        CatalogFailure::Postgres(Arc::new(e))
+    }
 }
 
 type TableColumns = HashMap<i16, ColumnInfo>;
@@ -135,8 +159,11 @@ impl Catalog {
         if missing.is_empty() {
             return Ok(found);
         }
-        let err =
-            |reason: String| CatalogError { destination: destination.clone(), database: database.to_string(), reason };
+        let err = |reason: CatalogFailure| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        };
         let fetched = self.fetch(&key, &missing).await.map_err(err)?;
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         let cache = caches.entry(key).or_default();
@@ -168,11 +195,14 @@ impl Catalog {
              WHERE c.relname = $2 AND (n.nspname = $1 OR ($1 IS NULL AND pg_table_is_visible(c.oid)))
              ORDER BY a.attnum";
         let key = (destination.clone(), database.to_string());
-        let err =
-            |reason: String| CatalogError { destination: destination.clone(), database: database.to_string(), reason };
+        let err = |reason: CatalogFailure| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        };
         let rows = self.query(&key, SQL, &[&schema, &table]).await.map_err(err)?;
         if rows.is_empty() {
-            return Err(err("the table is unknown to the catalog connection".into()));
+            return Err(err(CatalogFailure::UnknownTable));
         }
         Ok(rows
             .iter()
@@ -219,8 +249,11 @@ impl Catalog {
                 return Ok(r.clone());
             }
         }
-        let err =
-            |reason: String| CatalogError { destination: destination.clone(), database: database.to_string(), reason };
+        let err = |reason: CatalogFailure| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        };
         let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
         let name = match &rel.schema {
             Some(schema) => format!("{}.{}", quote(schema), quote(&rel.name)),
@@ -252,18 +285,17 @@ impl Catalog {
         key: &(TargetAddr, String),
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, String> {
+    ) -> Result<Vec<tokio_postgres::Row>, CatalogFailure> {
         let mut clients = self.clients.lock().await;
-        if clients.get(key).is_none_or(|c| c.is_closed()) {
-            let client = self.connect(&key.0, &key.1).await?;
+        let client = match clients.remove(key) {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect(&key.0, &key.1).await?,
+        };
+        let result = client.query(sql, params).await;
+        if result.is_ok() {
             clients.insert(key.clone(), client);
         }
-        let client = clients.get(key).ok_or("no catalog connection")?;
-        let result = client.query(sql, params).await;
-        if result.is_err() {
-            clients.remove(key);
-        }
-        result.map_err(|e| e.to_string())
+        Ok(result?)
     }
 
     /// Which of `functions` (as written: `name` or `schema.name`, lower
@@ -321,14 +353,14 @@ impl Catalog {
         &self,
         key: &(TargetAddr, String),
         tables: &[TableOid],
-    ) -> Result<HashMap<TableOid, TableColumns>, String> {
+    ) -> Result<HashMap<TableOid, TableColumns>, CatalogFailure> {
         let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
         let rows = self.query(key, COLUMNS_SQL, &[&oids]).await?;
         Ok(columns_from_rows(&rows, oids.len()))
     }
 
-    async fn connect(&self, destination: &TargetAddr, database: &str) -> Result<Client, String> {
-        let access = self.access.as_ref().ok_or("the agent has no catalog credentials configured")?;
+    async fn connect(&self, destination: &TargetAddr, database: &str) -> Result<Client, CatalogFailure> {
+        let access = self.access.as_ref().ok_or(CatalogFailure::NoCredentials)?;
         let (host, port) = (destination.host(), destination.port());
         let mut config = tokio_postgres::Config::new();
         config
@@ -341,7 +373,7 @@ impl Catalog {
         if let Some(pw) = &access.password {
             config.password(pw);
         }
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+        let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!("catalog connection ended: {e}");

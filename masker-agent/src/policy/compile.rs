@@ -330,7 +330,7 @@ fn compile_approval(a: &RawApproval, errs: &Errors<'_>) -> Result<ApprovalRule, 
     let timeout = match &a.timeout {
         None => DEFAULT_APPROVAL_TIMEOUT,
         Some(t) => {
-            let d = crate::approvals::parse_duration(t.get_ref()).map_err(|e| errs.at(t.span(), e))?;
+            let d = crate::approvals::parse_duration(t.get_ref()).map_err(|e| errs.at(t.span(), e.to_string()))?;
             if d.is_zero() || d > MAX_APPROVAL_TIMEOUT {
                 return Err(errs.at(t.span(), "`timeout` must be between 1s and 1h"));
             }
