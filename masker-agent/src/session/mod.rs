@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::daemon::registry::{SessionCounters, SessionOrigin};
 use crate::plan::PlanContext;
 use crate::policy::SessionPolicy;
+use crate::wire::message::Message;
 use crate::wire::{self, FrameError, Header, Severity, backend};
 use auth::{Credential, InjectOutcome, NoChannelBinding, inject, tls_server_end_point};
 use context::{Route, Session, SessionContext};
@@ -362,7 +363,7 @@ impl Filter for ClientFilter {
         Ok(false)
     }
 
-    async fn on_message(&mut self, _msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    async fn on_message(&mut self, _msg: Message<'_>, _out: &mut BytesMut) -> Result<Verdict, RelayError> {
         Ok(Verdict::Forward)
     }
 }
@@ -393,7 +394,7 @@ impl Filter for ServerFilter<'_> {
         Ok(false)
     }
 
-    async fn on_message(&mut self, _msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    async fn on_message(&mut self, _msg: Message<'_>, _out: &mut BytesMut) -> Result<Verdict, RelayError> {
         Ok(Verdict::Forward)
     }
 

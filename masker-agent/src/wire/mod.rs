@@ -8,6 +8,8 @@
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
+pub mod message;
+
 use std::fmt;
 
 use bytes::{BufMut, BytesMut};

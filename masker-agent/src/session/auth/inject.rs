@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::secret::{Credential, Secret};
 use crate::wire::auth::{AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL};
 use crate::wire::backend::{AUTHENTICATION, ERROR_RESPONSE, NEGOTIATE_PROTOCOL_VERSION, NOTICE_RESPONSE};
+use crate::wire::message::Message;
 
 /// Why an injected login could not be completed. The messages are safe to
 /// show a client: they never contain the secret.
@@ -199,7 +200,7 @@ pub async fn inject<S: AsyncRead + AsyncWrite + Unpin>(
                 keep.extend_from_slice(&buf);
                 return Ok((keep, injector.mechanism()));
             }
-            Step::Continue if msg[0] != AUTHENTICATION => keep.extend_from_slice(&msg),
+            Step::Continue if Message::new(&msg).tag() != AUTHENTICATION => keep.extend_from_slice(&msg),
             Step::Continue => {}
         }
         if !out.is_empty() {

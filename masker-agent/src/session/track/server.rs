@@ -17,6 +17,7 @@ use crate::plan::copy::CopyPlanError;
 use crate::plan::lineage::runs_client_code;
 use crate::session::context::Session;
 use crate::session::relay::{Filter, RelayError, Verdict};
+use crate::wire::message::Message;
 use crate::wire::{self, Cursor, FieldDescription, FrameError, Header, ResultFormats, backend};
 
 struct Statement {
@@ -123,8 +124,8 @@ impl ServerTracker {
         plan
     }
 
-    async fn on_row_description(&mut self, msg: &[u8]) -> Result<Verdict, RelayError> {
-        let fields = wire::parse_row_description(&msg[5..])?;
+    async fn on_row_description(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
+        let fields = wire::parse_row_description(msg.body())?;
         let front = lock(&self.queue).pop_front();
         match front {
             Some(Expect::Query { sql }) => {
@@ -199,7 +200,7 @@ impl ServerTracker {
         Ok(Verdict::Forward)
     }
 
-    fn on_data_row(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    fn on_data_row(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         if self.swallowing {
             return Ok(Verdict::Replaced);
         }
@@ -215,7 +216,7 @@ impl ServerTracker {
         let counters = &self.session.entry.counters;
         counters.rows.fetch_add(1, Ordering::Relaxed);
         let per_column = self.trail.column_counts(plan);
-        let stats = masking::mask_data_row_counted(plan, &msg[5..], out, per_column)
+        let stats = masking::mask_data_row_counted(plan, msg.body(), out, per_column)
             .map_err(|e| RelayError::refused(format!("masker: cannot mask a row ({e}); closing the session")))?;
         counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
         self.trail.row(Some(&stats));
@@ -224,10 +225,10 @@ impl ServerTracker {
 
     /// End of one statement's result: CommandComplete, EmptyQueryResponse or
     /// PortalSuspended.
-    fn on_result_end(&mut self, msg: &[u8]) -> Result<Verdict, RelayError> {
-        if msg[0] == backend::COMMAND_COMPLETE {
+    fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
+        if msg.tag() == backend::COMMAND_COMPLETE {
             let sql = self.audit_sql();
-            let stats = self.trail.end(sql.as_deref(), Some(&msg[5..]), None);
+            let stats = self.trail.end(sql.as_deref(), Some(msg.body()), None);
             self.session.entry.counters.add_masked(&stats);
         }
         self.current = None;
@@ -242,7 +243,7 @@ impl ServerTracker {
             _ => {}
         }
         drop(q);
-        if msg[0] == backend::COMMAND_COMPLETE && is_ddl_tag(&msg[5..]) {
+        if msg.tag() == backend::COMMAND_COMPLETE && is_ddl_tag(msg.body()) {
             self.planner.catalog.invalidate(&self.planner.destination, &self.planner.database);
         }
         if std::mem::take(&mut self.swallowing) {
@@ -251,7 +252,7 @@ impl ServerTracker {
         Ok(Verdict::Forward)
     }
 
-    async fn on_copy_out(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    async fn on_copy_out(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let sql = match lock(&self.queue).front() {
             Some(Expect::Query { sql }) => Some(sql.clone()),
             Some(Expect::Execute { portal }) => {
@@ -260,7 +261,7 @@ impl ServerTracker {
             _ => None,
         };
         let masker = match sql {
-            Some(sql) => self.planner.copy_masker(&sql, &msg[5..]).await,
+            Some(sql) => self.planner.copy_masker(&sql, msg.body()).await,
             None => Err(CopyPlanError::UnknownStatement),
         };
         match masker {
@@ -278,7 +279,7 @@ impl ServerTracker {
         }
     }
 
-    fn on_copy_data(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    fn on_copy_data(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         if self.swallowing {
             return Ok(Verdict::Replaced);
         }
@@ -286,7 +287,7 @@ impl ServerTracker {
             return Err(RelayError::refused("masker: COPY data outside a COPY; closing the session"));
         };
         let stats = copy
-            .push(&msg[5..], out)
+            .push(msg.body(), out)
             .map_err(|e| RelayError::refused(format!("masker: cannot mask COPY data ({e}); closing the session")))?;
         self.session.entry.counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
         self.trail.masked(&stats);
@@ -308,21 +309,21 @@ impl ServerTracker {
         }
     }
 
-    fn on_error(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        let tag = msg[0];
+    fn on_error(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        let tag = msg.tag();
         if tag == backend::ERROR_RESPONSE
             && let Some(sql) = self.audit_sql()
         {
-            let stats = self.trail.end(Some(&sql), None, Some(&msg[5..]));
+            let stats = self.trail.end(Some(&sql), None, Some(msg.body()));
             self.session.entry.counters.add_masked(&stats);
         }
         if self.observe_only {
             // The message goes out as it came (see below for the queue).
-            out.extend_from_slice(msg);
+            out.extend_from_slice(msg.bytes());
         } else if self.audit_sql().is_some_and(|sql| runs_client_code(&sql)) {
-            withhold_message(&msg[5..], out, tag)?;
+            withhold_message(msg.body(), out, tag)?;
         } else {
-            masking::mask_error_fields(&msg[5..], out, tag).map_err(|e| {
+            masking::mask_error_fields(msg.body(), out, tag).map_err(|e| {
                 RelayError::refused(format!("masker: cannot scrub a server message ({e}); closing the session"))
             })?;
         }
@@ -416,8 +417,8 @@ impl Filter for ServerTracker {
         })
     }
 
-    async fn on_message(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        match msg[0] {
+    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        match msg.tag() {
             backend::DATA_ROW => self.on_data_row(msg, out),
             backend::ROW_DESCRIPTION => self.on_row_description(msg).await,
             backend::BIND_COMPLETE => self.on_bind_complete().await,
@@ -468,7 +469,7 @@ impl Filter for ServerTracker {
             }
             backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => self.on_error(msg, out),
             backend::NOTIFICATION_RESPONSE => {
-                masking::mask_notification(&msg[5..], out, false).map_err(|e| {
+                masking::mask_notification(msg.body(), out, false).map_err(|e| {
                     RelayError::refused(format!("masker: cannot scrub a notification ({e}); closing the session"))
                 })?;
                 Ok(Verdict::Replaced)
