@@ -14,21 +14,22 @@
 //!
 //! [`cli`] is the `masker` command line; [`config`] the agent's config file.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod addr;
-pub mod approvals;
-pub mod audit;
+pub(crate) mod addr;
+pub(crate) mod approvals;
+pub(crate) mod audit;
 pub mod cli;
-pub mod daemon;
-pub mod identity;
+pub(crate) mod daemon;
+pub(crate) mod identity;
 pub mod interception;
-pub mod masking;
-pub mod plan;
-pub mod policy;
-pub mod rfc3339;
-pub mod session;
+pub(crate) mod masking;
+pub(crate) mod plan;
+pub(crate) mod policy;
+pub(crate) mod rfc3339;
+pub(crate) mod session;
 pub mod sql;
-pub mod wire;
+pub(crate) mod wire;
 
 /// This process's uid (the owner of `/proc/self`), without unsafe code;
 /// `None` when /proc cannot be read.

@@ -63,9 +63,7 @@ mod writer;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use event::{
-    ApprovalStep, Event, MaskedColumn, Outcome, SCHEMA_VERSION, SessionFields, Tls, What, masked_map, millis,
-};
+pub use event::{ApprovalStep, Event, Outcome, SessionFields, Tls, What, millis};
 pub use writer::{AuditError, AuditSettings};
 
 /// The audit trail of one agent or proxy. Disabled until [`Audit::start`].

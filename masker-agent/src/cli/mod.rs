@@ -33,18 +33,18 @@ use crate::session::auth::SecretSource;
 /// explicit proxy. The other commands talk to a running agent as root.
 #[derive(Debug, Parser)]
 #[command(name = "masker", version, about, long_about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The agent's admin socket.
     #[arg(long, global = true, env = "MASKER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
-    pub admin_socket: PathBuf,
+    pub(crate) admin_socket: PathBuf,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 // Parsed once per process: the size of the proxy's variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: attach the eBPF programs, relay and mask redirected connections.
     Agent {
         /// Agent configuration file (TOML).
@@ -184,19 +184,19 @@ pub enum Command {
 
 /// An OIDC token that backs a workload identity.
 #[derive(Debug, clap::Args)]
-pub struct TokenArgs {
+pub(crate) struct TokenArgs {
     /// File holding an OIDC ID token (JWT) for the identity; the agent
     /// verifies it against its `[[issuer]]` entries.
     #[arg(long, conflicts_with = "token_env")]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// Environment variable holding that token (as CI systems hand it out).
     #[arg(long)]
-    pub token_env: Option<String>,
+    pub(crate) token_env: Option<String>,
 }
 
 impl TokenArgs {
     /// The token, if one was given.
-    pub fn read(&self) -> anyhow::Result<Option<String>> {
+    pub(crate) fn read(&self) -> anyhow::Result<Option<String>> {
         match (&self.token_file, &self.token_env) {
             (Some(file), _) => {
                 let text = std::fs::read_to_string(file).with_context(|| format!("token file {}", file.display()))?;
@@ -212,7 +212,7 @@ impl TokenArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CaCommand {
+pub(crate) enum CaCommand {
     /// Print the CA certificate (PEM) for a trust store, creating the CA if needed.
     Export {
         /// The agent's state directory.
@@ -222,13 +222,13 @@ pub enum CaCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SessionsCommand {
+pub(crate) enum SessionsCommand {
     /// End a live session (its client gets SQLSTATE 57P01).
     Kill { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ApprovalsCommand {
+pub(crate) enum ApprovalsCommand {
     /// Statements waiting now: id, session, identity, rule, statement (literals replaced).
     List {
         /// Machine-readable output.
@@ -266,7 +266,7 @@ fn approver() -> String {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Print audit events, optionally following new ones (across rotations).
     Tail {
         /// Keep printing events as they are written.
@@ -288,7 +288,7 @@ pub enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Validate a policy file; errors give file, line and what was expected.
     Check { file: PathBuf },
     /// Make the running agent load its policy file again and re-read injected

@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
@@ -314,12 +314,6 @@ fn load_jwks(issuer: &IssuerConfig, path: &Path) -> Result<JwkSet, TokenError> {
     serde_json::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
-/// Seconds from `now` until `identity` expires (zero if it has).
-pub fn remaining(identity: &Identity, now: SystemTime) -> Option<Duration> {
-    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    identity.expires_at.map(|exp| Duration::from_secs(exp.saturating_sub(now)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,6 +321,7 @@ mod tests {
     use issuer::{DEFAULT_JWKS_CACHE_SECS, DEFAULT_JWKS_MIN_FETCH_INTERVAL_SECS};
     use jsonwebtoken::{EncodingKey, Header};
     use std::path::PathBuf;
+    use std::time::Duration;
 
     struct Keys {
         dir: PathBuf,

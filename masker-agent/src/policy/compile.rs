@@ -39,6 +39,7 @@ impl Policy {
     }
 
     /// Parses and validates a policy; `origin` names it in errors (a path).
+    #[cfg(test)]
     pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         Policy::parse_with_env(text, origin, &process_env)
     }
@@ -79,7 +80,7 @@ impl Policy {
             .iter()
             .map(|a| compile_approval(a.get_ref(), &errs).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(Policy { origin: origin.to_owned(), defaults, rules, identities, approvals, keys })
+        Ok(Policy { defaults, rules, identities, approvals, keys })
     }
 }
 

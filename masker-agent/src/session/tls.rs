@@ -234,11 +234,6 @@ impl ClientTls {
         Ok(ClientTls { ca: CertificateAuthority::load_or_create(state_dir)?, configs: Mutex::default() })
     }
 
-    /// The CA behind the certificates.
-    pub fn ca(&self) -> &CertificateAuthority {
-        &self.ca
-    }
-
     /// The server configuration presenting a certificate for `name`.
     pub fn server_config(&self, name: &str) -> Result<Arc<ServerConfig>, TlsError> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -364,15 +359,6 @@ impl TargetTls {
             ServerName::try_from(host.clone()).map_err(|source| TlsError::Host { host: host.clone(), source })?;
         }
         Ok(TargetTls { host, mode, connector: config.map(|c| tokio_rustls::TlsConnector::from(Arc::new(c))) })
-    }
-
-    /// Plain text to `host`.
-    pub fn plain(host: &str) -> TargetTls {
-        TargetTls {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
-            mode: UpstreamTlsMode::Disable,
-            connector: None,
-        }
     }
 }
 

@@ -7,7 +7,9 @@ use std::fmt;
 /// A relation as the statement names it (not yet resolved with a search path).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelName {
+    /// The schema, when the name is qualified.
     pub schema: Option<String>,
+    /// The relation's name (case-folded unless it was quoted).
     pub name: String,
 }
 
@@ -26,6 +28,7 @@ pub enum Source {
     /// Column `column` of `relation`. When a name is ambiguous as written
     /// (`SELECT email FROM a JOIN b`), each relation that could have it is a
     /// candidate source; the session drops candidates the catalog denies.
+    #[allow(missing_docs)]
     Column { relation: RelName, column: String },
     /// Every column of `relation` (whole-row references, `c::text`).
     AllColumns(RelName),
@@ -46,6 +49,7 @@ pub enum How {
     /// A whole row: `c`, `c.*` inside an expression, `row_to_json(c)`.
     WholeRow,
     /// An aggregate over the sources; `reveals` is false for `count`.
+    #[allow(missing_docs)]
     Aggregate { reveals: bool },
     /// The tracer could not follow the expression: fail closed.
     Unknown,
@@ -54,6 +58,7 @@ pub enum How {
 /// The lineage of one output column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lineage {
+    /// How the value derives from its sources.
     pub how: How,
     /// The columns the value reveals (empty for [`How::Constant`] and for
     /// aggregates that reveal no value).
@@ -74,6 +79,7 @@ impl Lineage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// One column, named as the server will name it (best effort).
+    #[allow(missing_docs)]
     Column { name: String, lineage: Lineage },
     /// Every column of a base relation, in attribute order, each exactly that
     /// column (`*`, `t.*`): the session expands it with the catalog.
@@ -86,16 +92,25 @@ pub enum Output {
 /// The kind of a statement, for guardrails and for deciding what to trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatementClass {
+    /// `SELECT` and `VALUES` (without `INTO`).
     Select,
     /// `SELECT ... INTO`, `CREATE TABLE AS`, `CREATE MATERIALIZED VIEW`.
     CreateTableAs,
+    /// `INSERT`.
     Insert,
+    /// `UPDATE`.
     Update,
+    /// `DELETE`.
     Delete,
+    /// `MERGE`.
     Merge,
+    /// `CREATE`, `ALTER`, `DROP`, `COMMENT`, `GRANT`, `TRUNCATE`, ...
     Ddl,
+    /// `COPY` (either direction).
     Copy,
+    /// `EXPLAIN`.
     Explain,
+    /// `BEGIN`, `COMMIT`, `ROLLBACK`, savepoints.
     Transaction,
     /// `SET`, `SHOW`, `RESET`, `DISCARD`...
     Config,
@@ -152,6 +167,7 @@ impl StatementClass {
 /// Analysis of one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
+    /// What kind of statement it is.
     pub class: StatementClass,
     /// Relations the statement reads or writes, as written (CTE names excluded).
     pub relations: BTreeSet<RelName>,
@@ -182,6 +198,7 @@ pub struct Statement {
 /// The analysis of a query string: one entry per statement, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
+    /// The statements, in the order of the text.
     pub statements: Vec<Statement>,
 }
 

@@ -14,8 +14,8 @@
 //! statement sent many times (or prepared once) is parsed once.
 
 mod analysis;
-pub mod copy;
-pub mod normalize;
+pub(crate) mod copy;
+pub(crate) mod normalize;
 mod trace;
 
 use std::sync::Arc;

@@ -47,4 +47,4 @@ pub mod secret;
 pub use der::tls_server_end_point;
 pub use inject::{InjectError, InjectOutcome, inject};
 pub use passthrough::NoChannelBinding;
-pub use secret::{Credential, CredentialError, Credentials, Secret, SecretSource, load};
+pub use secret::{Credential, CredentialError, Credentials, SecretSource, load};

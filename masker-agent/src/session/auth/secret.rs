@@ -16,6 +16,7 @@ pub struct Secret(String);
 
 impl Secret {
     /// Wraps a password.
+    #[cfg(test)]
     pub fn new(password: String) -> Secret {
         Secret(password)
     }

@@ -17,5 +17,5 @@ pub mod expect;
 pub mod server;
 
 pub use client::ClientTracker;
-pub use expect::{Expect, ExpectQueue};
+pub use expect::ExpectQueue;
 pub use server::ServerTracker;
