@@ -158,7 +158,7 @@ impl Approvals {
             .map(|g| (g.approval, g.approver.clone()))
     }
 
-    /// Registers a statement waiting for a decision. `shape` (see [`shape`])
+    /// Registers a statement waiting for a decision. `shape` (see [`crate::sql::shape`])
     /// is what a standing approval of it covers.
     pub fn request(
         &self,

@@ -51,7 +51,7 @@
 //! # Guarantees
 //!
 //! An event never carries a raw value: statements are normalized, error
-//! messages are scrubbed with [`masking::scrub_text`], and nothing from rows is
+//! messages are scrubbed with [`crate::masking::scrub_text`], and nothing from rows is
 //! recorded but counts. Writing never blocks a session: events go through a
 //! bounded channel to a writer thread; when it is full the event is dropped
 //! and counted (`masker_audit_events_dropped_total`).

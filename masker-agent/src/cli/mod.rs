@@ -1,10 +1,10 @@
 //! The `masker` command line: parses the arguments and dispatches to the
-//! daemons ([`crate::daemon`]) or, for the operator commands, to the
-//! running agent over its admin socket. `anyhow` lives here only: this is
-//! the binary's edge.
+//! daemons (`daemon`) or, for the operator commands, to the running agent
+//! over its admin socket. `anyhow` lives here only: this is the binary's
+//! edge.
 //!
-//! [`render`] turns admin replies into text, [`run`] is `masker run`'s
-//! cgroup steps, [`tail`] is `masker audit tail`.
+//! `render` turns admin replies into text, `run` is `masker run`'s cgroup
+//! steps, `tail` is `masker audit tail`.
 
 mod render;
 mod run;

@@ -35,7 +35,7 @@ pub enum JwksSource {
     /// A JWKS file, read at each verification so a rotated key file takes
     /// effect without a restart.
     File(PathBuf),
-    /// An `https://` URL, fetched and cached ([`jwks`]), with extra trust
+    /// An `https://` URL, fetched and cached ([`super::jwks`]), with extra trust
     /// anchors (PEM) besides the system bundle.
     Url { url: String, ca_file: Option<PathBuf> },
 }

@@ -2,7 +2,7 @@
 //!
 //! Pure functions over buffers, no I/O. The session builds a [`RowPlan`] from
 //! each RowDescription (one [`ColumnAction`] per output column, from the
-//! policy) and calls [`mask_data_row`] for every DataRow; COPY data goes
+//! policy) and calls [`mask_data_row_counted`] for every DataRow; COPY data goes
 //! through a [`CopyMasker`]; ErrorResponse/NoticeResponse bodies through
 //! [`mask_error_fields`] and NotificationResponse through [`mask_notification`].
 //!

@@ -163,21 +163,22 @@ pub(crate) fn count(col: &ColPlan, outcome: Outcome, stats: &mut RowStats) -> bo
     true
 }
 
-/// Rewrites one DataRow: reads the message *body* and appends a complete
-/// DataRow message (tag, length, body) to `out` with every cell masked by
-/// `plan`. NULL cells stay NULL.
-///
-/// On error nothing is appended to `out`; the caller must not forward the
-/// original row (fail closed). A row whose cell count differs from the plan
-/// is an error. No allocation on the common path (text and scalar values);
-/// arrays and detected values in bytea allocate scratch space.
+/// [`mask_data_row_counted`] without per-column counts.
 #[cfg(test)]
 pub fn mask_data_row(plan: &RowPlan, body: &[u8], out: &mut BytesMut) -> Result<RowStats, MaskError> {
     mask_data_row_counted(plan, body, out, &mut [])
 }
 
-/// [`mask_data_row`] that also adds each column's masked cells (fallback
-/// NULLs included) to `per_column[i]` (ignored when shorter than the plan).
+/// Rewrites one DataRow: reads the message *body* and appends a complete
+/// DataRow message (tag, length, body) to `out` with every cell masked by
+/// `plan`. NULL cells stay NULL. Each column's masked cells (fallback NULLs
+/// included) are added to `per_column[i]` (ignored when shorter than the
+/// plan).
+///
+/// On error nothing is appended to `out`; the caller must not forward the
+/// original row (fail closed). A row whose cell count differs from the plan
+/// is an error. No allocation on the common path (text and scalar values);
+/// arrays and detected values in bytea allocate scratch space.
 pub fn mask_data_row_counted(
     plan: &RowPlan,
     body: &[u8],

@@ -44,7 +44,8 @@ impl Policy {
         Policy::parse_with_env(text, origin, &process_env)
     }
 
-    /// [`Policy::parse`] with environment variables looked up by `env`.
+    /// Parses and validates a policy (`origin` names it in errors, a path),
+    /// with environment variables looked up by `env`.
     pub fn parse_with_env(text: &str, origin: &str, env: EnvLookup<'_>) -> Result<Policy, PolicyError> {
         let errs = Errors { origin, text };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| match e.span() {

@@ -7,9 +7,9 @@
 //! The session is the same in agent mode and in proxy mode; only the
 //! [`SessionOrigin`] (where the client was going, who it is) differs.
 //!
-//! The files follow the session: [`context`] (what it runs in), [`startup`]
+//! The files follow the session: [`context`] (what it runs in), [`startup`](mod@startup)
 //! (first packets, TLS with the client), [`upstream`] (the server
-//! connection), [`auth`] (the login), [`relay`] (both directions),
+//! connection), [`auth`] (the login), [`relay`](mod@relay) (both directions),
 //! [`track`] (following each result to its statement), with [`tls`] for
 //! both legs' TLS settings and [`stream`] for the streams themselves.
 

@@ -6,7 +6,7 @@
 //! column of each statement back to the columns of the relations *as
 //! written* in the SQL. Relation names are resolved to schema-qualified
 //! tables, `*` is expanded and views are followed by the session, with the
-//! server's catalog ([`crate::plan::lineage`]).
+//! server's catalog (`plan::lineage`).
 //!
 //! Whatever the tracer does not understand becomes [`How::Unknown`], which
 //! the session treats as "may carry any column the statement reads" (fail

@@ -49,7 +49,7 @@ pub struct Injector<'a> {
 
 impl<'a> Injector<'a> {
     /// An injector logging in as `user` with `secret`; `binding` is the
-    /// [`tls_server_end_point`] of a TLS server leg.
+    /// [`super::der::tls_server_end_point`] of a TLS server leg.
     pub fn new(user: &'a str, secret: &'a Secret, binding: Option<Vec<u8>>) -> Injector<'a> {
         Injector { user, secret, binding, scram: None, scram_open: false, mechanism: None }
     }
@@ -170,7 +170,7 @@ const MAX_AUTH_MESSAGE: usize = 1 << 20;
 /// server sent before: the relay forwards them to the client through its
 /// filters.
 ///
-/// `binding` is the [`tls_server_end_point`] of a TLS server leg. Returns
+/// `binding` is the [`super::der::tls_server_end_point`] of a TLS server leg. Returns
 /// the bytes and the SASL mechanism used (if any).
 pub async fn inject<S: AsyncRead + AsyncWrite + Unpin>(
     server: &mut S,

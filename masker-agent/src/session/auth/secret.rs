@@ -167,7 +167,7 @@ impl Credential {
             }
     }
 
-    /// The password, for [`Injector`].
+    /// The password, for [`super::inject::Injector`].
     pub fn secret(&self) -> Secret {
         self.secret.read().unwrap_or_else(|p| p.into_inner()).clone()
     }

@@ -52,7 +52,7 @@ impl ClientTracker {
     }
 
     /// Follows statements without masking anything (see
-    /// [`ServerTracker::observe_only`]).
+    /// [`super::ServerTracker::observe_only`]).
     pub fn observe_only(mut self) -> Self {
         self.observe_only = true;
         self
