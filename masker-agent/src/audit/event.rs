@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::interception::cgroup::{CgroupId, Pid};
 use crate::masking::{self, RowStats};
 
 /// Schema version written in every event's `v`.
@@ -42,9 +43,9 @@ pub struct Tls {
 pub struct SessionFields<'a> {
     pub client: String,
     pub destination: &'a str,
-    pub cgroup_id: Option<u64>,
+    pub cgroup_id: Option<CgroupId>,
     pub cgroup_path: Option<String>,
-    pub pid: Option<u32>,
+    pub pid: Option<Pid>,
     pub executable: Option<String>,
     pub user: Option<String>,
     pub database: Option<String>,
@@ -58,8 +59,8 @@ impl<'a> SessionFields<'a> {
     pub fn new(
         client: std::net::SocketAddr,
         destination: &'a str,
-        cgroup_id: Option<u64>,
-        pid: Option<u32>,
+        cgroup_id: Option<CgroupId>,
+        pid: Option<Pid>,
         user: Option<String>,
         database: Option<String>,
         tls: Tls,
@@ -87,7 +88,7 @@ fn display(p: PathBuf) -> String {
 }
 
 /// The cgroup v2 path of `pid` (`/runner/job-42`), from `/proc/PID/cgroup`.
-fn proc_cgroup(pid: u32) -> Option<String> {
+fn proc_cgroup(pid: Pid) -> Option<String> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
     text.lines().find_map(|l| l.strip_prefix("0::")).map(str::to_string)
 }

@@ -51,7 +51,7 @@
 //! # Guarantees
 //!
 //! An event never carries a raw value: statements are normalized, error
-//! messages are scrubbed with [`masking::scrub_text`], and nothing from rows is
+//! messages are scrubbed with [`crate::masking::scrub_text`], and nothing from rows is
 //! recorded but counts. Writing never blocks a session: events go through a
 //! bounded channel to a writer thread; when it is full the event is dropped
 //! and counted (`masker_audit_events_dropped_total`).
@@ -63,9 +63,7 @@ mod writer;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use event::{
-    ApprovalStep, Event, MaskedColumn, Outcome, SCHEMA_VERSION, SessionFields, Tls, What, masked_map, millis,
-};
+pub use event::{ApprovalStep, Event, Outcome, SessionFields, Tls, What, millis};
 pub use writer::{AuditError, AuditSettings};
 
 /// The audit trail of one agent or proxy. Disabled until [`Audit::start`].

@@ -1,10 +1,10 @@
 //! The `masker` command line: parses the arguments and dispatches to the
-//! daemons ([`crate::daemon`]) or, for the operator commands, to the
-//! running agent over its admin socket. `anyhow` lives here only: this is
-//! the binary's edge.
+//! daemons (`daemon`) or, for the operator commands, to the running agent
+//! over its admin socket. `anyhow` lives here only: this is the binary's
+//! edge.
 //!
-//! [`render`] turns admin replies into text, [`run`] is `masker run`'s
-//! cgroup steps, [`tail`] is `masker audit tail`.
+//! `render` turns admin replies into text, `run` is `masker run`'s cgroup
+//! steps, `tail` is `masker audit tail`.
 
 mod render;
 mod run;
@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -32,18 +33,18 @@ use crate::session::auth::SecretSource;
 /// explicit proxy. The other commands talk to a running agent as root.
 #[derive(Debug, Parser)]
 #[command(name = "masker", version, about, long_about)]
-pub struct Cli {
+pub(crate) struct Cli {
     /// The agent's admin socket.
     #[arg(long, global = true, env = "MASKER_ADMIN_SOCKET", default_value = DEFAULT_ADMIN_SOCKET)]
-    pub admin_socket: PathBuf,
+    pub(crate) admin_socket: PathBuf,
     #[command(subcommand)]
-    pub command: Command,
+    pub(crate) command: Command,
 }
 
 // Parsed once per process: the size of the proxy's variant does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the daemon: attach the eBPF programs, relay and mask redirected connections.
     Agent {
         /// Agent configuration file (TOML).
@@ -61,7 +62,7 @@ pub enum Command {
         listen: SocketAddr,
         /// The real PostgreSQL server, HOST:PORT.
         #[arg(long)]
-        upstream: String,
+        upstream: crate::addr::TargetAddr,
         /// Policy file; without one, results are relayed unchanged.
         #[arg(long)]
         policy: Option<PathBuf>,
@@ -183,21 +184,24 @@ pub enum Command {
 
 /// An OIDC token that backs a workload identity.
 #[derive(Debug, clap::Args)]
-pub struct TokenArgs {
+pub(crate) struct TokenArgs {
     /// File holding an OIDC ID token (JWT) for the identity; the agent
     /// verifies it against its `[[issuer]]` entries.
     #[arg(long, conflicts_with = "token_env")]
-    pub token_file: Option<PathBuf>,
+    pub(crate) token_file: Option<PathBuf>,
     /// Environment variable holding that token (as CI systems hand it out).
     #[arg(long)]
-    pub token_env: Option<String>,
+    pub(crate) token_env: Option<String>,
 }
 
 impl TokenArgs {
     /// The token, if one was given.
-    pub fn read(&self) -> anyhow::Result<Option<String>> {
+    pub(crate) fn read(&self) -> anyhow::Result<Option<String>> {
         match (&self.token_file, &self.token_env) {
-            (Some(file), _) => Ok(Some(crate::identity::read_token_file(file)?)),
+            (Some(file), _) => {
+                let text = std::fs::read_to_string(file).with_context(|| format!("token file {}", file.display()))?;
+                Ok(Some(text.trim().to_string()))
+            }
             (None, Some(var)) => match std::env::var(var) {
                 Ok(t) if !t.trim().is_empty() => Ok(Some(t.trim().to_string())),
                 _ => anyhow::bail!("--token-env: {var} is not set"),
@@ -208,7 +212,7 @@ impl TokenArgs {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum CaCommand {
+pub(crate) enum CaCommand {
     /// Print the CA certificate (PEM) for a trust store, creating the CA if needed.
     Export {
         /// The agent's state directory.
@@ -218,13 +222,13 @@ pub enum CaCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum SessionsCommand {
+pub(crate) enum SessionsCommand {
     /// End a live session (its client gets SQLSTATE 57P01).
     Kill { id: u64 },
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ApprovalsCommand {
+pub(crate) enum ApprovalsCommand {
     /// Statements waiting now: id, session, identity, rule, statement (literals replaced).
     List {
         /// Machine-readable output.
@@ -248,7 +252,7 @@ pub enum ApprovalsCommand {
     },
 }
 
-fn parse_duration_arg(s: &str) -> Result<std::time::Duration, String> {
+fn parse_duration_arg(s: &str) -> Result<std::time::Duration, crate::approvals::DurationError> {
     crate::approvals::parse_duration(s)
 }
 
@@ -262,7 +266,7 @@ fn approver() -> String {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Print audit events, optionally following new ones (across rotations).
     Tail {
         /// Keep printing events as they are written.
@@ -284,7 +288,7 @@ pub enum AuditCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
+pub(crate) enum PolicyCommand {
     /// Validate a policy file; errors give file, line and what was expected.
     Check { file: PathBuf },
     /// Make the running agent load its policy file again and re-read injected
@@ -306,10 +310,25 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("masker: {e:#}");
+            eprintln!("masker: {}", report(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// `e` with its causes, each said once: masker's errors name their cause in
+/// their own message (and also return it as their source), anyhow's context
+/// does not.
+fn report(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 fn init_logging() {
@@ -442,7 +461,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Uninstall { pin_dir } => {
             run::require_root()?;
-            crate::interception::uninstall(&pin_dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+            crate::interception::uninstall(&pin_dir)?;
             println!("removed masker's eBPF programs and maps under {}", pin_dir.display());
             Ok(ExitCode::SUCCESS)
         }

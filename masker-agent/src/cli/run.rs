@@ -18,8 +18,8 @@ pub(super) fn require_root() -> anyhow::Result<()> {
 
 /// An existing cgroup directory, absolute or relative to the v2 mount.
 pub(super) fn resolve_cgroup(cgroup: &Path) -> anyhow::Result<PathBuf> {
-    let root = crate::interception::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
-    crate::interception::cgroup::resolve(&root, cgroup).map_err(|e| anyhow::anyhow!("{e}"))
+    let root = crate::interception::cgroup::v2_root()?;
+    Ok(crate::interception::cgroup::resolve(&root, cgroup)?)
 }
 
 /// `masker run`: the command runs in a transient tagged cgroup. This process
@@ -32,16 +32,16 @@ pub(super) async fn run_tagged(
     command: &[String],
 ) -> anyhow::Result<ExitCode> {
     require_root()?;
-    let root = crate::interception::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let home = crate::interception::cgroup::current(&root, None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let dir = crate::interception::cgroup::create_transient(&root).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let root = crate::interception::cgroup::v2_root()?;
+    let home = crate::interception::cgroup::current(&root, None)?;
+    let dir = crate::interception::cgroup::create_transient(&root)?;
     let cleanup = |tagged: bool| {
         let dir = dir.clone();
         let home = home.clone();
         async move {
             let _ = crate::interception::cgroup::move_into(&home, std::process::id());
             if tagged && let Err(e) = admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await {
-                eprintln!("masker: untagging {}: {e:#}", dir.display());
+                eprintln!("masker: untagging {}: {e}", dir.display());
             }
             if let Err(e) = crate::interception::cgroup::remove(&dir) {
                 eprintln!("masker: {e}");
@@ -52,11 +52,11 @@ pub(super) async fn run_tagged(
         admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.to_string(), token }).await
     {
         cleanup(false).await;
-        return Err(e);
+        return Err(e.into());
     }
     if let Err(e) = crate::interception::cgroup::move_into(&dir, std::process::id()) {
         cleanup(true).await;
-        return Err(anyhow::anyhow!("{e}"));
+        return Err(e.into());
     }
     let status = tokio::process::Command::new(&command[0]).args(&command[1..]).status().await;
     cleanup(true).await;

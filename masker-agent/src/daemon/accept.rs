@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tracing::error;
 
 use super::registry::SessionOrigin;
+use crate::addr::TargetAddr;
 use crate::session;
 use crate::session::context::{Route, SessionContext};
 
@@ -59,7 +60,7 @@ pub async fn serve<R: Router>(
 /// (`host:port`) with workload identity `identity`.
 pub struct FixedUpstream {
     /// The real server.
-    pub upstream: String,
+    pub upstream: TargetAddr,
     /// The identity the policy sees for every session.
     pub identity: String,
 }
@@ -70,7 +71,7 @@ impl Router for FixedUpstream {
             identity: Some(self.identity.clone()),
             verified: None,
             client: peer,
-            destination: self.upstream.clone(),
+            destination: Some(self.upstream.clone()),
             cgroup_id: None,
             pid: None,
         };

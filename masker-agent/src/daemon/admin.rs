@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::daemon::metrics::CountersSnapshot;
 use crate::daemon::registry::SessionSnapshot;
+use crate::interception::cgroup::CgroupId;
 
 /// A request to the agent. `Sessions` lists live sessions (`masker
 /// sessions`); `KillSession` ends one (`masker sessions kill ID`);
@@ -115,7 +116,7 @@ pub struct TargetStatus {
 /// One tagged cgroup.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TagStatus {
-    pub cgroup_id: u64,
+    pub cgroup_id: CgroupId,
     pub path: Option<String>,
     pub identity: String,
 }
@@ -192,28 +193,52 @@ impl<R: tokio::io::AsyncRead> LineLimit for BufReader<R> {
     }
 }
 
+/// Why a request to the agent failed. Says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    /// No agent answers at the socket.
+    #[error(
+        "the masker agent is not running (no admin socket at {}); start it with `masker agent --config FILE`",
+        .0.display()
+    )]
+    NotRunning(PathBuf),
+    /// The socket is root's.
+    #[error("permission denied on {}: masker's admin commands must run as root", .0.display())]
+    PermissionDenied(PathBuf),
+    /// Connecting failed otherwise.
+    #[error("cannot reach the agent at {}: {source}", path.display())]
+    Unreachable { path: PathBuf, source: io::Error },
+    /// The connection failed mid-request.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// The request cannot be encoded.
+    #[error("{0}")]
+    Encode(serde_json::Error),
+    /// The agent refused the request; its message.
+    #[error("{0}")]
+    Refused(String),
+    /// The answer is not a response.
+    #[error("unreadable answer from the agent: {0}")]
+    Unreadable(serde_json::Error),
+}
+
 /// Sends `request` to the agent at `path`. Errors say what to do.
-pub async fn request(path: &Path, request: &Request) -> anyhow::Result<serde_json::Value> {
+pub async fn request(path: &Path, request: &Request) -> Result<serde_json::Value, AdminError> {
     let stream = UnixStream::connect(path).await.map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => anyhow::anyhow!(
-            "the masker agent is not running (no admin socket at {}); start it with `masker agent --config FILE`",
-            path.display()
-        ),
-        io::ErrorKind::PermissionDenied => {
-            anyhow::anyhow!("permission denied on {}: masker's admin commands must run as root", path.display())
-        }
-        _ => anyhow::anyhow!("cannot reach the agent at {}: {e}", path.display()),
+        io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => AdminError::NotRunning(path.to_path_buf()),
+        io::ErrorKind::PermissionDenied => AdminError::PermissionDenied(path.to_path_buf()),
+        _ => AdminError::Unreachable { path: path.to_path_buf(), source: e },
     })?;
     let (r, mut w) = stream.into_split();
-    let mut line = serde_json::to_vec(request)?;
+    let mut line = serde_json::to_vec(request).map_err(AdminError::Encode)?;
     line.push(b'\n');
     w.write_all(&line).await?;
     let mut reply = String::new();
     BufReader::new(r).read_line(&mut reply).await?;
     match serde_json::from_str::<Response>(&reply) {
         Ok(Response::Ok(v)) => Ok(v),
-        Ok(Response::Error(e)) => Err(anyhow::anyhow!("{e}")),
-        Err(e) => Err(anyhow::anyhow!("unreadable answer from the agent: {e}")),
+        Ok(Response::Error(e)) => Err(AdminError::Refused(e)),
+        Err(e) => Err(AdminError::Unreadable(e)),
     }
 }
 

@@ -14,8 +14,10 @@ use super::accept::{self, Router};
 use super::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
 use super::config::AgentConfig;
 use super::registry::SessionOrigin;
-use super::{DaemonSettings, signals};
-use crate::interception::{Interception, InterceptionConfig};
+use super::{DaemonError, DaemonSettings, signals};
+use crate::addr::TargetAddr;
+use crate::interception::cgroup::Pid;
+use crate::interception::{Interception, InterceptionConfig, InterceptionError};
 use crate::session::context::{ContextSettings, Route, SessionContext};
 
 /// The running agent, shared by the accept loops, the admin socket and the
@@ -37,10 +39,10 @@ pub struct Agent {
 }
 
 /// Runs the agent until SIGINT/SIGTERM.
-pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
+pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let config = AgentConfig::from_file(&config_path)?;
     let credentials = config.load_credentials(&config_path.display().to_string())?;
-    let policy = super::load_policy(config.policy.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let policy = super::load_policy(config.policy.as_deref())?;
     let catalog_access = config.catalog.as_ref().map(|c| c.access()).transpose()?;
     if policy.is_some() && catalog_access.is_none() {
         warn!("no [catalog] credentials configured: every table column will be masked (fail closed)");
@@ -49,17 +51,18 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     // Listen before attaching: a redirected connection must find someone.
     let v4 = TcpListener::bind(config.listen)
         .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        .map_err(|source| DaemonError::Listen { addr: config.listen.into(), source })?;
     let mut listeners = vec![v4];
     if let Some(v6) = config.listen_v6 {
-        listeners.push(TcpListener::bind(v6).await.map_err(|e| anyhow::anyhow!("cannot listen on {v6}: {e}"))?);
+        let listener = TcpListener::bind(v6).await;
+        listeners.push(listener.map_err(|source| DaemonError::Listen { addr: v6.into(), source })?);
     }
     let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
 
     let mut icfg = InterceptionConfig::new(config.listen);
     icfg.listen_v6 = config.listen_v6;
     icfg.pin_dir = config.pin_dir.clone();
-    let interception = Interception::start(&icfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let interception = Interception::start(&icfg)?;
     info!(pin_dir = %config.pin_dir.display(), "eBPF programs attached");
 
     let mut tls = crate::session::tls::SessionTls::default();
@@ -108,7 +111,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
             loop {
                 tokio::time::sleep(every).await;
                 if let Err(e) = agent.refresh_targets().await {
-                    warn!("refreshing targets: {e:#}");
+                    warn!("refreshing targets: {e}");
                 }
             }
         })
@@ -149,7 +152,7 @@ impl Router for Agent {
             identity: None,
             verified: None,
             client: peer,
-            destination: String::new(),
+            destination: None,
             cgroup_id: None,
             pid: None,
         };
@@ -159,14 +162,15 @@ impl Router for Agent {
         };
         match interception.original_destination(peer).await {
             Ok(r) => {
-                origin.destination = r.original.to_string();
-                origin.cgroup_id = Some(r.cgroup.0);
-                origin.pid = Some(r.pid);
+                let original = TargetAddr::from(r.original);
+                origin.destination = Some(original.clone());
+                origin.cgroup_id = Some(r.cgroup);
+                origin.pid = Some(Pid(r.pid));
                 let record = self
                     .identities
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .get(&r.tagged_cgroup.0)
+                    .get(&r.tagged_cgroup)
                     .map(|id| (Arc::new(id.clone()), id.expired_at(SystemTime::now()).then(|| id.expiry_text())));
                 let Some((record, expired)) = record else {
                     // Tagged, but this agent holds no verified identity for
@@ -174,14 +178,14 @@ impl Router for Agent {
                     let msg = format!(
                         "masker: the tag of cgroup {} has no identity record in the agent's state; connection \
                          from pid {} to {} refused (tag the cgroup again)",
-                        r.tagged_cgroup.0, r.pid, origin.destination
+                        r.tagged_cgroup, r.pid, original
                     );
                     return (origin, refuse(&msg));
                 };
                 if let Some(at) = expired {
                     let msg = format!(
                         "masker: identity {:?} expired at {at}; connection from pid {} to {} refused",
-                        record.name, r.pid, origin.destination
+                        record.name, r.pid, original
                     );
                     return (origin, refuse(&msg));
                 }
@@ -191,13 +195,12 @@ impl Router for Agent {
                         // is the record of this very tag.
                         origin.verified = (record.name == identity).then_some(record);
                         origin.identity = Some(identity);
-                        let dest = origin.destination.clone();
-                        (origin, Route::To(dest))
+                        (origin, Route::To(original))
                     }
                     None => {
                         let msg = format!(
                             "masker: the cgroup of pid {} is no longer tagged; connection to {} refused",
-                            r.pid, origin.destination
+                            r.pid, original
                         );
                         (origin, refuse(&msg))
                     }
@@ -213,7 +216,7 @@ impl Router for Agent {
 
 impl Agent {
     /// Resolves the configured targets and replaces the target map.
-    async fn refresh_targets(&self) -> anyhow::Result<()> {
+    async fn refresh_targets(&self) -> Result<(), DaemonError> {
         let mut addrs = Vec::new();
         let mut status = Vec::new();
         let mut tls = Vec::new();
@@ -222,12 +225,12 @@ impl Agent {
             match tokio::net::lookup_host(t.as_str()).await {
                 Ok(resolved) => {
                     let resolved: Vec<SocketAddr> = resolved.collect();
-                    let host = crate::plan::catalog::split_host_port(t.as_str()).map_or(t.as_str(), |(h, _)| h);
+                    let host = t.address.host();
                     let settings = Arc::new(crate::session::tls::TargetTls::new(host, t.tls, t.ca_file.as_deref())?);
-                    tls.extend(resolved.iter().map(|a| (a.to_string(), settings.clone())));
-                    names.extend(resolved.iter().map(|a| (a.to_string(), t.address.clone())));
+                    tls.extend(resolved.iter().map(|a| (TargetAddr::from(*a), settings.clone())));
+                    names.extend(resolved.iter().map(|a| (TargetAddr::from(*a), t.address.clone())));
                     status.push(TargetStatus {
-                        target: t.address.clone(),
+                        target: t.address.to_string(),
                         addresses: resolved.iter().map(|a| a.to_string()).collect(),
                     });
                     addrs.extend(resolved);
@@ -237,7 +240,7 @@ impl Agent {
                     // letting its connections bypass masker.
                     warn!(target = %t.address, "cannot resolve: {e}");
                     let old = self.targets.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(prev) = old.iter().find(|s| s.target == t.address) {
+                    if let Some(prev) = old.iter().find(|s| s.target == t.address.as_str()) {
                         addrs.extend(prev.addresses.iter().filter_map(|a| a.parse::<SocketAddr>().ok()));
                         status.push(prev.clone());
                     }
@@ -247,7 +250,7 @@ impl Agent {
         addrs.sort();
         addrs.dedup();
         if let Some(i) = self.interception.write().await.as_mut() {
-            i.set_targets(&addrs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            i.set_targets(&addrs)?;
         }
         *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = status;
         {
@@ -287,10 +290,10 @@ impl Agent {
         }
     }
 
-    async fn status(&self) -> anyhow::Result<Status> {
+    async fn status(&self) -> Result<Status, InterceptionError> {
         let guard = self.interception.read().await;
         let (tags, pin_dir) = match guard.as_ref() {
-            Some(i) => (i.tags().map_err(|e| anyhow::anyhow!("{e}"))?, i.pin_dir().display().to_string()),
+            Some(i) => (i.tags()?, i.pin_dir().display().to_string()),
             None => (Vec::new(), String::new()),
         };
         Ok(Status {
@@ -304,7 +307,7 @@ impl Agent {
             tags: tags
                 .into_iter()
                 .map(|t| TagStatus {
-                    cgroup_id: t.cgroup.0,
+                    cgroup_id: t.cgroup,
                     path: t.path.map(|p| p.display().to_string()),
                     identity: t.identity,
                 })
@@ -319,7 +322,7 @@ impl Agent {
                 .credentials
                 .iter()
                 .map(|c| crate::daemon::admin::CredentialStatus {
-                    target: c.target.clone(),
+                    target: c.target.to_string(),
                     identity: c.identity_pattern.clone(),
                     user: c.user.clone(),
                     source: c.source.to_string(),
@@ -342,7 +345,7 @@ impl Agent {
                 info!(approval = id, session = p.session, rule = %p.rule, "statement {what} by an operator");
                 json(serde_json::json!({ "approval": id, "decision": what, "session": p.session }))
             }
-            Err(e) => Response::Error(e),
+            Err(e) => Response::Error(e.to_string()),
         }
     }
 }
@@ -353,7 +356,7 @@ enum ReloadError {
     #[error("policy reload failed, the previous policy stays in force: {0}")]
     Policy(crate::policy::PolicyError),
     #[error("{done}, but {error}; those credentials keep their previous password")]
-    Credentials { done: String, error: String },
+    Credentials { done: String, error: crate::session::auth::secret::ReloadError },
 }
 
 /// The programs `Interception::start` attaches, as the kernel lists them.
@@ -395,7 +398,7 @@ impl admin::Handler for Agent {
         match request {
             Request::Status => match self.status().await {
                 Ok(s) => json(s),
-                Err(e) => Response::Error(format!("{e:#}")),
+                Err(e) => Response::Error(e.to_string()),
             },
             Request::Tag { cgroup, identity, token } => {
                 let verified = match &token {
@@ -413,11 +416,11 @@ impl admin::Handler for Agent {
                 match i.tag(&cgroup, &identity) {
                     Ok(id) => {
                         let expires_at = verified.expires_at;
-                        info!(cgroup = %cgroup.display(), cgroup_id = id.0, %identity, expires = %verified.expiry_text(), "tagged");
+                        info!(cgroup = %cgroup.display(), cgroup_id = %id, %identity, expires = %verified.expiry_text(), "tagged");
                         let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-                        ids.insert(id.0, verified);
+                        ids.insert(id, verified);
                         self.save_identities(&ids);
-                        json(serde_json::json!({ "cgroup_id": id.0, "expires_at": expires_at }))
+                        json(serde_json::json!({ "cgroup_id": id, "expires_at": expires_at }))
                     }
                     Err(e) => Response::Error(e.to_string()),
                 }
@@ -428,10 +431,10 @@ impl admin::Handler for Agent {
                 match i.untag_path(&cgroup) {
                     Ok(id) => {
                         let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-                        ids.remove(&id.0);
+                        ids.remove(&id);
                         self.save_identities(&ids);
-                        info!(cgroup = %cgroup.display(), cgroup_id = id.0, "untagged");
-                        json(serde_json::json!({ "cgroup_id": id.0 }))
+                        info!(cgroup = %cgroup.display(), cgroup_id = %id, "untagged");
+                        json(serde_json::json!({ "cgroup_id": id }))
                     }
                     Err(e) => Response::Error(e.to_string()),
                 }

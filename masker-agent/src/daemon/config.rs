@@ -45,7 +45,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::addr::{AddrError, TargetAddr};
 use crate::plan::catalog::CatalogAccess;
+use crate::session::auth::{self, CredentialError, Credentials, SecretSource};
 
 /// Default admin socket path.
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/masker/admin.sock";
@@ -121,10 +123,10 @@ impl CredentialConfig {
 
 /// One target: where it is and how masker talks TLS to its server.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(from = "TargetSpec")]
+#[serde(try_from = "TargetSpec")]
 pub struct TargetConfig {
     /// `host:port`.
-    pub address: String,
+    pub address: TargetAddr,
     pub tls: crate::session::tls::UpstreamTlsMode,
     /// CA bundle (PEM) for `tls = "verify-full"`; the system bundle without it.
     pub ca_file: Option<PathBuf>,
@@ -133,7 +135,7 @@ pub struct TargetConfig {
 impl TargetConfig {
     /// The `host:port` of the target.
     pub fn as_str(&self) -> &str {
-        &self.address
+        self.address.as_str()
     }
 }
 
@@ -154,12 +156,22 @@ struct TargetTable {
     ca_file: Option<PathBuf>,
 }
 
-impl From<TargetSpec> for TargetConfig {
-    fn from(spec: TargetSpec) -> Self {
-        match spec {
-            TargetSpec::Address(address) => TargetConfig { address, tls: Default::default(), ca_file: None },
-            TargetSpec::Table(t) => TargetConfig { address: t.address, tls: t.tls, ca_file: t.ca_file },
-        }
+/// A target that is not `host:port`.
+#[derive(Debug, thiserror::Error)]
+#[error("target {0}")]
+pub struct TargetError(#[from] AddrError);
+
+impl TryFrom<TargetSpec> for TargetConfig {
+    type Error = TargetError;
+    fn try_from(spec: TargetSpec) -> Result<Self, TargetError> {
+        Ok(match spec {
+            TargetSpec::Address(address) => {
+                TargetConfig { address: TargetAddr::parse(&address)?, tls: Default::default(), ca_file: None }
+            }
+            TargetSpec::Table(t) => {
+                TargetConfig { address: TargetAddr::parse(&t.address)?, tls: t.tls, ca_file: t.ca_file }
+            }
+        })
     }
 }
 
@@ -176,14 +188,12 @@ pub struct CatalogConfig {
 
 impl CatalogConfig {
     /// Reads the password from its source.
-    pub fn access(&self) -> anyhow::Result<CatalogAccess> {
+    pub fn access(&self) -> Result<CatalogAccess, ConfigError> {
         let password = match (&self.password_env, &self.password_file) {
-            (Some(var), _) => {
-                Some(std::env::var(var).map_err(|_| anyhow::anyhow!("catalog.password_env: {var} is not set"))?)
-            }
+            (Some(var), _) => Some(std::env::var(var).map_err(|_| ConfigError::CatalogEnv(var.clone()))?),
             (None, Some(file)) => Some(
                 std::fs::read_to_string(file)
-                    .map_err(|e| anyhow::anyhow!("catalog.password_file {}: {e}", file.display()))?
+                    .map_err(|source| ConfigError::CatalogFile { path: file.clone(), source })?
                     .trim_end_matches(['\n', '\r'])
                     .to_string(),
             ),
@@ -209,48 +219,77 @@ fn default_refresh() -> u64 {
     30
 }
 
+/// A configuration that cannot be used: the file, where in it and what is
+/// wrong (never a password).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("{}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The text is not a valid configuration.
+    #[error("{origin}{}: {message}", at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    Invalid {
+        /// The file (or origin name).
+        origin: String,
+        /// 1-based line and column, when the problem has a place.
+        at: Option<(usize, usize)>,
+        /// What is wrong and what was expected.
+        message: String,
+    },
+    /// A `[[credential]]`'s password cannot be read.
+    #[error("{origin}: {credential}: {source}")]
+    Credential { origin: String, credential: String, source: CredentialError },
+    /// `[catalog]`'s password cannot be read.
+    #[error("catalog.password_env: {0} is not set")]
+    CatalogEnv(String),
+    /// `[catalog]`'s password file cannot be read.
+    #[error("catalog.password_file {}: {source}", path.display())]
+    CatalogFile { path: PathBuf, source: std::io::Error },
+}
+
 impl AgentConfig {
     /// Reads and validates `path`; errors name the file, line and field.
-    pub fn from_file(path: &Path) -> anyhow::Result<AgentConfig> {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    pub fn from_file(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Self::parse(&text, &path.display().to_string())
     }
 
     /// Parses a configuration; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> anyhow::Result<AgentConfig> {
-        let config: AgentConfig = toml::from_str(text).map_err(|e| {
-            let at = e.span().map(|s| line_col(text, s.start)).map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default();
-            anyhow::anyhow!("{origin}{at}: {}", e.message())
-        })?;
+    pub fn parse(text: &str, origin: &str) -> Result<AgentConfig, ConfigError> {
+        let invalid = |at: Option<(usize, usize)>, message: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            at,
+            message,
+        };
+        let config: AgentConfig = toml::from_str(text)
+            .map_err(|e| invalid(e.span().map(|s| line_col(text, s.start)), e.message().to_string()))?;
         if config.targets.is_empty() {
-            anyhow::bail!("{origin}: `targets` is empty; list the databases to intercept as \"host:port\"");
-        }
-        for t in &config.targets {
-            if crate::plan::catalog::split_host_port(t.as_str()).is_none() {
-                anyhow::bail!("{origin}: target {:?} is not \"host:port\"", t.address);
-            }
+            return Err(invalid(
+                None,
+                "`targets` is empty; list the databases to intercept as \"host:port\"".to_string(),
+            ));
         }
         for (i, c) in config.credentials.iter().enumerate() {
             let name = c.name(i);
-            if !config.targets.iter().any(|t| t.address.eq_ignore_ascii_case(&c.target)) {
+            let problem = |what: &str| Err(invalid(None, format!("{name}: {what}")));
+            if !config.targets.iter().any(|t| t.as_str().eq_ignore_ascii_case(&c.target)) {
                 let known: Vec<&str> = config.targets.iter().map(TargetConfig::as_str).collect();
-                anyhow::bail!(
-                    "{origin}: {name}: target {:?} is not one of the configured targets ({})",
+                return problem(&format!(
+                    "target {:?} is not one of the configured targets ({})",
                     c.target,
                     known.join(", ")
-                );
+                ));
             }
             if c.user.is_empty() {
-                anyhow::bail!("{origin}: {name}: `user` is empty");
+                return problem("`user` is empty");
             }
             if c.identity.as_deref() == Some("") {
-                anyhow::bail!("{origin}: {name}: `identity` is empty; remove it to match every identity");
+                return problem("`identity` is empty; remove it to match every identity");
             }
             match (&c.password_file, &c.password_env) {
-                (Some(_), Some(_)) => {
-                    anyhow::bail!("{origin}: {name}: set one of `password_file` and `password_env`, not both")
-                }
-                (None, None) => anyhow::bail!("{origin}: {name}: set `password_file` or `password_env`"),
+                (Some(_), Some(_)) => return problem("set one of `password_file` and `password_env`, not both"),
+                (None, None) => return problem("set `password_file` or `password_env`"),
                 _ => {}
             }
         }
@@ -261,20 +300,26 @@ impl AgentConfig {
     /// regular file owned by root or the agent's user and not accessible to
     /// group or others; a variable must be set). Errors name the file, the
     /// credential and what is wrong, never a password.
-    pub fn load_credentials(&self, origin: &str) -> anyhow::Result<crate::session::auth::Credentials> {
-        use crate::session::auth::SecretSource;
+    pub fn load_credentials(&self, origin: &str) -> Result<Credentials, ConfigError> {
         let mut list = Vec::new();
         for (i, c) in self.credentials.iter().enumerate() {
             let source = match (&c.password_file, &c.password_env) {
                 (Some(f), _) => SecretSource::File(f.clone()),
                 (None, Some(v)) => SecretSource::Env(v.clone()),
-                (None, None) => anyhow::bail!("{origin}: {}: set `password_file` or `password_env`", c.name(i)),
+                (None, None) => {
+                    return Err(ConfigError::Invalid {
+                        origin: origin.to_string(),
+                        at: None,
+                        message: format!("{}: set `password_file` or `password_env`", c.name(i)),
+                    });
+                }
             };
-            let credential = crate::session::auth::load(&c.target, c.identity.as_deref(), &c.user, source)
-                .map_err(|e| anyhow::anyhow!("{origin}: {}: {e}", c.name(i)))?;
+            let credential = auth::load(&c.target, c.identity.as_deref(), &c.user, source).map_err(|source| {
+                ConfigError::Credential { origin: origin.to_string(), credential: c.name(i), source }
+            })?;
             list.push(credential);
         }
-        Ok(crate::session::auth::Credentials::new(list))
+        Ok(Credentials::new(list))
     }
 }
 

@@ -23,8 +23,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::audit::{AuditError, AuditSettings};
+use crate::identity::VerifierError;
+use crate::interception::InterceptionError;
 use crate::policy::{Policy, PolicyError};
+use crate::session::auth::CredentialError;
 use crate::session::context::{ContextSettings, SessionContext};
+use crate::session::tls::TlsError;
 use metrics::{CountersSnapshot, MetricsError};
 
 /// What a daemon starts with, besides its listeners.
@@ -37,9 +41,31 @@ pub struct DaemonSettings {
     pub metrics_listen: Option<SocketAddr>,
 }
 
-/// Why a daemon's services could not start.
+/// Why a daemon could not start (or, for the agent, keep its targets up to
+/// date). Every message names the file, address or setting involved.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum DaemonError {
+    /// The agent configuration cannot be used.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The policy file cannot be used.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A listener cannot be opened.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    /// The eBPF programs cannot be loaded, attached or updated.
+    #[error(transparent)]
+    Interception(#[from] InterceptionError),
+    /// masker's CA or a target's TLS settings cannot be used.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// An `[[issuer]]`'s key source cannot be set up.
+    #[error(transparent)]
+    Issuer(#[from] VerifierError),
+    /// The proxy's injected credential cannot be used.
+    #[error("--credential-user {user}: {source}")]
+    Credential { user: String, source: CredentialError },
     /// The audit trail's file cannot be opened.
     #[error(transparent)]
     Audit(#[from] AuditError),
@@ -51,7 +77,7 @@ pub enum StartError {
 /// Builds the context every session of a daemon runs in and starts its
 /// services (the audit writer, the metrics endpoint). The one way both
 /// daemons start.
-pub async fn start(settings: DaemonSettings) -> Result<Arc<SessionContext>, StartError> {
+pub async fn start(settings: DaemonSettings) -> Result<Arc<SessionContext>, DaemonError> {
     let ctx = Arc::new(SessionContext::new(settings.context));
     ctx.audit.start(&settings.audit)?;
     if let Some(addr) = settings.metrics_listen {
@@ -134,7 +160,7 @@ mod tests {
             identity: Some("ci".into()),
             verified: None,
             client: "127.0.0.1:1".parse().unwrap(),
-            destination: "db:5432".into(),
+            destination: Some("db:5432".parse().unwrap()),
             cgroup_id: None,
             pid: None,
         };

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::Context;
 use tracing::info;
 
 use super::accept::{self, FixedUpstream};
-use super::{DaemonSettings, signals};
+use super::{DaemonError, DaemonSettings, signals};
+use crate::addr::TargetAddr;
 use crate::audit::AuditSettings;
 use crate::plan::catalog::CatalogAccess;
 use crate::session::auth::{self, Credentials, SecretSource};
@@ -22,8 +22,8 @@ use crate::session::tls::{ClientTls, SessionTls, TargetTls, UpstreamTlsMode};
 pub struct ProxyOptions {
     /// Address to listen on (port 0 picks a free one).
     pub listen: SocketAddr,
-    /// The real server, `host:port`.
-    pub upstream: String,
+    /// The real server.
+    pub upstream: TargetAddr,
     /// Policy file; without one results are relayed unchanged.
     pub policy: Option<PathBuf>,
     /// Identity the policy sees for every session.
@@ -46,12 +46,12 @@ pub struct ProxyOptions {
 
 /// Runs the proxy until SIGINT/SIGTERM. Prints `masker proxy listening on
 /// ADDR` on stdout once ready.
-pub async fn run(opts: ProxyOptions) -> anyhow::Result<()> {
+pub async fn run(opts: ProxyOptions) -> Result<(), DaemonError> {
     let credentials = match &opts.credential {
         None => Credentials::default(),
         Some((user, source)) => {
-            let c = auth::load(&opts.upstream, None, user, source.clone())
-                .map_err(|e| anyhow::anyhow!("--credential-user {user}: {e}"))?;
+            let c = auth::load(opts.upstream.as_str(), None, user, source.clone())
+                .map_err(|source| DaemonError::Credential { user: user.clone(), source })?;
             Credentials::new(vec![c])
         }
     };
@@ -59,14 +59,12 @@ pub async fn run(opts: ProxyOptions) -> anyhow::Result<()> {
     if let Some(dir) = &opts.state_dir {
         tls.client = Some(Arc::new(ClientTls::new(dir)?));
     }
-    let host = crate::plan::catalog::split_host_port(&opts.upstream).map_or(opts.upstream.as_str(), |(h, _)| h);
-    let target = TargetTls::new(host, opts.upstream_tls, opts.upstream_ca.as_deref())?;
+    let target = TargetTls::new(opts.upstream.host(), opts.upstream_tls, opts.upstream_ca.as_deref())?;
     tls.set_targets([(opts.upstream.clone(), target)]);
-    let policy = super::load_policy(opts.policy.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let listener = tokio::net::TcpListener::bind(opts.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", opts.listen))?;
-    let local = listener.local_addr()?;
+    let policy = super::load_policy(opts.policy.as_deref())?;
+    let listen_failed = |source| DaemonError::Listen { addr: opts.listen, source };
+    let listener = tokio::net::TcpListener::bind(opts.listen).await.map_err(listen_failed)?;
+    let local = listener.local_addr().map_err(listen_failed)?;
     let audit = AuditSettings {
         file: opts.audit_file.clone(),
         max_bytes: AuditSettings::DEFAULT_MAX_BYTES,

@@ -15,6 +15,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use crate::addr::TargetAddr;
+use crate::interception::cgroup::{CgroupId, Pid};
 use crate::masking::RowStats;
 
 /// Who is on the other end of a session and where it was going.
@@ -31,12 +33,13 @@ pub struct SessionOrigin {
     /// Client socket address as the agent saw it.
     pub client: SocketAddr,
     /// The destination the client asked for (original destination in agent
-    /// mode, the configured upstream in proxy mode).
-    pub destination: String,
+    /// mode, the configured upstream in proxy mode); `None` when the agent
+    /// could not learn it (the connection is refused).
+    pub destination: Option<TargetAddr>,
     /// cgroup v2 id of the connecting task (agent mode).
-    pub cgroup_id: Option<u64>,
+    pub cgroup_id: Option<CgroupId>,
     /// Process id of the connecting task (agent mode).
-    pub pid: Option<u32>,
+    pub pid: Option<Pid>,
 }
 
 impl SessionOrigin {
@@ -207,8 +210,8 @@ pub struct SessionSnapshot {
     pub identity: Option<String>,
     pub client: String,
     pub destination: String,
-    pub cgroup_id: Option<u64>,
-    pub pid: Option<u32>,
+    pub cgroup_id: Option<CgroupId>,
+    pub pid: Option<Pid>,
     pub user: Option<String>,
     pub database: Option<String>,
     pub started_unix: u64,
@@ -231,7 +234,7 @@ impl SessionSnapshot {
             id: e.id,
             identity: e.origin.identity.clone(),
             client: e.origin.client.to_string(),
-            destination: e.origin.destination.clone(),
+            destination: e.origin.destination.as_ref().map_or_else(String::new, ToString::to_string),
             cgroup_id: e.origin.cgroup_id,
             pid: e.origin.pid,
             user: startup.as_ref().map(|s| s.0.clone()),

@@ -35,7 +35,7 @@ pub enum JwksSource {
     /// A JWKS file, read at each verification so a rotated key file takes
     /// effect without a restart.
     File(PathBuf),
-    /// An `https://` URL, fetched and cached ([`jwks`]), with extra trust
+    /// An `https://` URL, fetched and cached ([`super::jwks`]), with extra trust
     /// anchors (PEM) besides the system bundle.
     Url { url: String, ca_file: Option<PathBuf> },
 }
@@ -80,39 +80,71 @@ struct RawIssuer {
     audit_claims: Option<Vec<String>>,
 }
 
-impl TryFrom<RawIssuer> for IssuerConfig {
-    type Error = String;
+/// An `[[issuer]]` entry that cannot be used: the issuer, and what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("[[issuer]] {issuer:?}: {problem}")]
+pub struct IssuerError {
+    /// The entry's `issuer`.
+    pub issuer: String,
+    /// What is wrong with it.
+    pub problem: IssuerProblem,
+}
 
-    fn try_from(r: RawIssuer) -> Result<IssuerConfig, String> {
-        let who = format!("[[issuer]] {:?}", r.issuer);
+/// What is wrong with an `[[issuer]]` entry.
+#[derive(Debug, thiserror::Error)]
+pub enum IssuerProblem {
+    #[error("set either `jwks_file` or `jwks_url`, not both")]
+    BothSources,
+    #[error("needs `jwks_file` (a JWKS file) or `jwks_url` (https://...)")]
+    NoSource,
+    #[error("`jwks_ca_file` applies only to `jwks_url`")]
+    CaFileWithoutUrl,
+    #[error("jwks_url {url:?}: {source}")]
+    BadUrl { url: String, source: hyper::http::uri::InvalidUri },
+    #[error("jwks_url {0:?} is not https://; keys are fetched over HTTPS only")]
+    NotHttps(String),
+    #[error("jwks_url {0:?} has no host")]
+    NoHost(String),
+    #[error("audit_claims: {0:?} describes a person; audit events carry workload metadata only")]
+    PersonalClaim(String),
+    #[error("jwks_min_fetch_interval_secs must be at least 1")]
+    ZeroFetchInterval,
+}
+
+impl TryFrom<RawIssuer> for IssuerConfig {
+    type Error = IssuerError;
+
+    fn try_from(r: RawIssuer) -> Result<IssuerConfig, IssuerError> {
+        let fail = |problem| Err(IssuerError { issuer: r.issuer.clone(), problem });
         let jwks = match (r.jwks_file, r.jwks_url) {
-            (Some(_), Some(_)) => return Err(format!("{who}: set either `jwks_file` or `jwks_url`, not both")),
-            (None, None) => return Err(format!("{who}: needs `jwks_file` (a JWKS file) or `jwks_url` (https://...)")),
+            (Some(_), Some(_)) => return fail(IssuerProblem::BothSources),
+            (None, None) => return fail(IssuerProblem::NoSource),
             (Some(file), None) => {
                 if r.jwks_ca_file.is_some() {
-                    return Err(format!("{who}: `jwks_ca_file` applies only to `jwks_url`"));
+                    return fail(IssuerProblem::CaFileWithoutUrl);
                 }
                 JwksSource::File(file)
             }
             (None, Some(url)) => {
-                let uri: hyper::Uri = url.parse().map_err(|e| format!("{who}: jwks_url {url:?}: {e}"))?;
+                let uri: hyper::Uri = match url.parse() {
+                    Ok(u) => u,
+                    Err(source) => return fail(IssuerProblem::BadUrl { url, source }),
+                };
                 if uri.scheme_str() != Some("https") {
-                    return Err(format!("{who}: jwks_url {url:?} is not https://; keys are fetched over HTTPS only"));
+                    return fail(IssuerProblem::NotHttps(url));
                 }
                 if uri.host().is_none_or(str::is_empty) {
-                    return Err(format!("{who}: jwks_url {url:?} has no host"));
+                    return fail(IssuerProblem::NoHost(url));
                 }
                 JwksSource::Url { url, ca_file: r.jwks_ca_file }
             }
         };
         let audit_claims = r.audit_claims.unwrap_or_else(|| DEFAULT_AUDIT_CLAIMS.map(String::from).to_vec());
         if let Some(c) = audit_claims.iter().find(|c| PERSONAL_CLAIMS.contains(&c.as_str())) {
-            return Err(format!(
-                "{who}: audit_claims: {c:?} describes a person; audit events carry workload metadata only"
-            ));
+            return fail(IssuerProblem::PersonalClaim(c.clone()));
         }
         if r.jwks_min_fetch_interval_secs == Some(0) {
-            return Err(format!("{who}: jwks_min_fetch_interval_secs must be at least 1"));
+            return fail(IssuerProblem::ZeroFetchInterval);
         }
         Ok(IssuerConfig {
             issuer: r.issuer,

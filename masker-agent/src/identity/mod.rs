@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::JwkSet;
@@ -36,6 +36,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 pub mod issuer;
+
+use crate::interception::cgroup::CgroupId;
 pub mod jwks;
 
 pub use issuer::{IssuerConfig, JwksSource};
@@ -69,7 +71,7 @@ pub struct Identity {
 /// them under its state dir: the BPF tag map survives an agent restart, and
 /// so must each tag's expiry and claims, or a restarted agent could not
 /// refuse an expired identity.
-pub type Identities = std::collections::HashMap<u64, Identity>;
+pub type Identities = std::collections::HashMap<CgroupId, Identity>;
 
 /// Reads the identities saved at `path`; a missing file is an empty set.
 pub fn load_identities(path: &std::path::Path) -> std::io::Result<Identities> {
@@ -129,7 +131,7 @@ impl Identity {
 }
 
 /// Why a token was rejected; the message names the failed check.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     #[error("token is not a JWT: {0}")]
     Malformed(String),
@@ -146,7 +148,7 @@ pub enum TokenError {
     #[error("JWKS of {issuer} ({path}): {message}")]
     Jwks { issuer: String, path: String, message: String },
     #[error("jwks fetch from {url} failed: {reason}")]
-    Fetch { url: String, reason: String },
+    Fetch { url: String, reason: std::sync::Arc<jwks::FetchError> },
     #[error("token signature is invalid")]
     Signature,
     #[error("token expired at {0}")]
@@ -161,6 +163,16 @@ pub enum TokenError {
     Other(String),
 }
 
+/// An `[[issuer]]` whose key source cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[error("[[issuer]] {issuer:?}: {source}")]
+pub struct VerifierError {
+    /// The issuer.
+    pub issuer: String,
+    /// What failed.
+    pub source: jwks::SetupError,
+}
+
 /// The agent's token verifier: the `[[issuer]]` entries with their key
 /// sources (HTTPS key sets cached across verifications).
 #[derive(Debug)]
@@ -170,7 +182,7 @@ pub struct Verifier {
 
 impl Verifier {
     /// Prepares `issuers` (reads the `jwks_ca_file`s; errors name them).
-    pub fn new(issuers: &[IssuerConfig]) -> anyhow::Result<Verifier> {
+    pub fn new(issuers: &[IssuerConfig]) -> Result<Verifier, VerifierError> {
         let issuers = issuers
             .iter()
             .map(|i| {
@@ -178,12 +190,12 @@ impl Verifier {
                     JwksSource::File(_) => None,
                     JwksSource::Url { url, ca_file } => Some(
                         jwks::JwksClient::new(i, url, ca_file.as_deref())
-                            .map_err(|e| anyhow::anyhow!("[[issuer]] {:?}: {e:#}", i.issuer))?,
+                            .map_err(|source| VerifierError { issuer: i.issuer.clone(), source })?,
                     ),
                 };
                 Ok((i.clone(), client))
             })
-            .collect::<anyhow::Result<_>>()?;
+            .collect::<Result<_, VerifierError>>()?;
         Ok(Verifier { issuers })
     }
 
@@ -302,18 +314,6 @@ fn load_jwks(issuer: &IssuerConfig, path: &Path) -> Result<JwkSet, TokenError> {
     serde_json::from_str(&text).map_err(|e| err(e.to_string()))
 }
 
-/// Reads a token from a file (trailing whitespace removed).
-pub fn read_token_file(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("token file {}: {e}", path.display()))?;
-    Ok(text.trim().to_string())
-}
-
-/// Seconds from `now` until `identity` expires (zero if it has).
-pub fn remaining(identity: &Identity, now: SystemTime) -> Option<Duration> {
-    let now = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-    identity.expires_at.map(|exp| Duration::from_secs(exp.saturating_sub(now)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +321,7 @@ mod tests {
     use issuer::{DEFAULT_JWKS_CACHE_SECS, DEFAULT_JWKS_MIN_FETCH_INTERVAL_SECS};
     use jsonwebtoken::{EncodingKey, Header};
     use std::path::PathBuf;
+    use std::time::Duration;
 
     struct Keys {
         dir: PathBuf,
@@ -488,10 +489,10 @@ mod tests {
         assert!(load_identities(&path).unwrap().is_empty());
         let mut ids = Identities::new();
         ids.insert(
-            7,
+            CgroupId(7),
             Identity { expires_at: Some(NOW), issuer: Some("https://ci.example".into()), ..Identity::named("ci") },
         );
-        ids.insert(8, Identity::named("plain"));
+        ids.insert(CgroupId(8), Identity::named("plain"));
         save_identities(&path, &ids).unwrap();
         assert_eq!(load_identities(&path).unwrap(), ids);
         let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&path).unwrap().permissions());

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::{Client, NoTls};
 use tracing::{debug, warn};
 
+use crate::addr::TargetAddr;
 use crate::wire::{TableOid, TypeOid};
 
 /// How long a resolved table stays cached without DDL.
@@ -52,9 +53,30 @@ pub struct CatalogAccess {
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("catalog look-up on {destination} database {database}: {reason}")]
 pub struct CatalogError {
-    pub destination: String,
+    /// The server looked up.
+    pub destination: TargetAddr,
+    /// The database looked up.
     pub database: String,
-    pub reason: String,
+    /// What failed.
+    pub reason: CatalogFailure,
+}
+
+/// What failed in a catalog look-up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogFailure {
+    /// The agent has no `[catalog]` credentials (or the proxy no
+    /// `--catalog-user`).
+    #[error("the agent has no catalog credentials configured")]
+    NoCredentials,
+    /// Connecting or querying failed.
+    #[error("{0}")]
+    Postgres(Arc<tokio_postgres::Error>),
+}
+
+impl From<tokio_postgres::Error> for CatalogFailure {
+    fn from(e: tokio_postgres::Error) -> CatalogFailure {
+        CatalogFailure::Postgres(Arc::new(e))
+    }
 }
 
 type TableColumns = HashMap<i16, ColumnInfo>;
@@ -70,7 +92,6 @@ struct CachedTable {
 #[derive(Default)]
 struct DbCache {
     tables: HashMap<TableOid, CachedTable>,
-    relations: HashMap<crate::sql::RelName, (Option<Arc<Relation>>, Instant)>,
     /// Function name as written → whether it is a user (non-built-in) function.
     functions: HashMap<String, (bool, Instant)>,
     /// `(schemas searched, name)` → the relation found first.
@@ -111,8 +132,8 @@ pub struct FunctionBody {
 /// Catalog look-ups for all sessions of the agent.
 pub struct Catalog {
     access: Option<CatalogAccess>,
-    caches: Mutex<HashMap<(String, String), DbCache>>,
-    clients: tokio::sync::Mutex<HashMap<(String, String), Client>>,
+    caches: Mutex<HashMap<(TargetAddr, String), DbCache>>,
+    clients: tokio::sync::Mutex<HashMap<(TargetAddr, String), Client>>,
 }
 
 impl Catalog {
@@ -124,19 +145,19 @@ impl Catalog {
     }
 
     /// Forgets everything cached for `database` on `destination` (after DDL).
-    pub fn invalidate(&self, destination: &str, database: &str) {
+    pub fn invalidate(&self, destination: &TargetAddr, database: &str) {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches.remove(&(destination.to_string(), database.to_string()));
+        caches.remove(&(destination.clone(), database.to_string()));
     }
 
     /// The columns of each table in `tables`, from the cache or the server.
     pub async fn resolve(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         tables: &[TableOid],
     ) -> Result<HashMap<TableOid, Arc<TableColumns>>, CatalogError> {
-        let key = (destination.to_string(), database.to_string());
+        let key = (destination.clone(), database.to_string());
         let mut found = HashMap::new();
         let mut missing = Vec::new();
         {
@@ -156,8 +177,8 @@ impl Catalog {
         if missing.is_empty() {
             return Ok(found);
         }
-        let err = |reason: String| CatalogError {
-            destination: destination.to_string(),
+        let err = |reason: CatalogFailure| CatalogError {
+            destination: destination.clone(),
             database: database.to_string(),
             reason,
         };
@@ -174,116 +195,13 @@ impl Catalog {
         Ok(found)
     }
 
-    /// The columns of the table `schema.table` (or `table` as the catalog
-    /// connection's search path finds it) in attribute order, with type OIDs.
-    /// Used for `COPY table TO STDOUT`, whose output names no column origin.
-    pub async fn relation_columns(
-        &self,
-        destination: &str,
-        database: &str,
-        schema: Option<&str>,
-        table: &str,
-    ) -> Result<Vec<(String, TypeOid, ColumnInfo)>, CatalogError> {
-        const SQL: &str = "
-            SELECT a.attname::text, a.atttypid, n.nspname::text, c.relname::text, col_description(c.oid, a.attnum)
-              FROM pg_class c
-              JOIN pg_namespace n ON n.oid = c.relnamespace
-              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-             WHERE c.relname = $2 AND (n.nspname = $1 OR ($1 IS NULL AND pg_table_is_visible(c.oid)))
-             ORDER BY a.attnum";
-        let key = (destination.to_string(), database.to_string());
-        let err = |reason: String| CatalogError {
-            destination: destination.to_string(),
-            database: database.to_string(),
-            reason,
-        };
-        let rows = self.query(&key, SQL, &[&schema, &table]).await.map_err(err)?;
-        if rows.is_empty() {
-            return Err(err("the table is unknown to the catalog connection".into()));
-        }
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let info = ColumnInfo {
-                    schema: r.get(2),
-                    table: r.get(3),
-                    column: r.get(0),
-                    comment: r.get(4),
-                    base: None,
-                    derived_from_view: false,
-                };
-                (r.get(0), TypeOid(r.get(1)), info)
-            })
-            .collect())
-    }
-
-    /// The relation a statement names, resolved as the catalog connection's
-    /// search path finds it (`to_regclass`), from the cache or the server.
-    /// `None`: the catalog connection cannot see it (a temporary table of
-    /// the client's session, a relation on the client's own search path, a
-    /// typo); callers treat it as unknown (fail closed).
-    pub async fn relation(
-        &self,
-        destination: &str,
-        database: &str,
-        rel: &crate::sql::RelName,
-    ) -> Result<Option<Arc<Relation>>, CatalogError> {
-        const SQL: &str = "
-            SELECT n.nspname::text, c.relname::text, c.relkind::text,
-                   CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
-                   array(SELECT a.attname::text FROM pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-                   array(SELECT coalesce(col_description(c.oid, a.attnum), '') FROM pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
-                   array(SELECT a.atttypid FROM pg_attribute a
-                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
-              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.oid = to_regclass($1)";
-        let key = (destination.to_string(), database.to_string());
-        {
-            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((r, at)) = caches.get(&key).and_then(|c| c.relations.get(rel))
-                && at.elapsed() < CACHE_TTL
-            {
-                return Ok(r.clone());
-            }
-        }
-        let err = |reason: String| CatalogError {
-            destination: destination.to_string(),
-            database: database.to_string(),
-            reason,
-        };
-        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let name = match &rel.schema {
-            Some(schema) => format!("{}.{}", quote(schema), quote(&rel.name)),
-            None => quote(&rel.name),
-        };
-        let rows = self.query(&key, SQL, &[&name]).await.map_err(err)?;
-        let found = rows.first().map(|r| {
-            let names: Vec<String> = r.get(4);
-            let comments: Vec<String> = r.get(5);
-            let kind: String = r.get(2);
-            Arc::new(Relation {
-                schema: r.get(0),
-                name: r.get(1),
-                kind: kind.chars().next().unwrap_or('?'),
-                columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
-                types: r.get::<_, Vec<u32>>(6).into_iter().map(TypeOid).collect(),
-                definition: r.get(3),
-            })
-        });
-        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches.entry(key).or_default().relations.insert(rel.clone(), (found.clone(), Instant::now()));
-        Ok(found)
-    }
-
     /// The relation `name` as a session whose search path is `schemas` finds
     /// it: the first of `schemas` that has one. Read from the world-readable
     /// catalogs (`pg_class`, `pg_namespace`, `pg_attribute`), so the catalog
-    /// role needs no privilege on the schemas. Cached like [`Catalog::relation`].
+    /// role needs no privilege on the schemas. Cached for [`CACHE_TTL`].
     pub async fn relation_on_path(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         schemas: &[String],
         name: &str,
@@ -301,7 +219,7 @@ impl Catalog {
              WHERE c.relname = $2 AND n.nspname = ANY($1::text[])
              ORDER BY array_position($1::text[], n.nspname::text)
              LIMIT 1";
-        let key = (destination.to_string(), database.to_string());
+        let key = (destination.clone(), database.to_string());
         let cache_key = (schemas.to_vec(), name.to_string());
         {
             let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
@@ -311,8 +229,8 @@ impl Catalog {
                 return Ok(r.clone());
             }
         }
-        let err = |reason: String| CatalogError {
-            destination: destination.to_string(),
+        let err = |reason: CatalogFailure| CatalogError {
+            destination: destination.clone(),
             database: database.to_string(),
             reason,
         };
@@ -342,7 +260,7 @@ impl Catalog {
     /// written (`$user` not expanded).
     pub async fn default_search_path(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         role: &str,
     ) -> Result<Vec<String>, CatalogError> {
@@ -355,7 +273,7 @@ impl Catalog {
                     AND s LIKE 'search_path=%'
                   ORDER BY d.setdatabase DESC LIMIT 1),
                 (SELECT reset_val FROM pg_settings WHERE name = 'search_path'))";
-        let key = (destination.to_string(), database.to_string());
+        let key = (destination.clone(), database.to_string());
         {
             let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((p, at)) = caches.get(&key).and_then(|c| c.default_paths.get(role))
@@ -365,7 +283,7 @@ impl Catalog {
             }
         }
         let rows = self.query(&key, SQL, &[&role]).await.map_err(|reason| CatalogError {
-            destination: destination.to_string(),
+            destination: destination.clone(),
             database: database.to_string(),
             reason,
         })?;
@@ -381,21 +299,20 @@ impl Catalog {
     /// look-up opens a fresh one.
     async fn query(
         &self,
-        key: &(String, String),
+        key: &(TargetAddr, String),
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<Vec<tokio_postgres::Row>, String> {
+    ) -> Result<Vec<tokio_postgres::Row>, CatalogFailure> {
         let mut clients = self.clients.lock().await;
-        if clients.get(key).is_none_or(|c| c.is_closed()) {
-            let client = self.connect(&key.0, &key.1).await?;
+        let client = match clients.remove(key) {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect(&key.0, &key.1).await?,
+        };
+        let result = client.query(sql, params).await;
+        if result.is_ok() {
             clients.insert(key.clone(), client);
         }
-        let client = clients.get(key).ok_or("no catalog connection")?;
-        let result = client.query(sql, params).await;
-        if result.is_err() {
-            clients.remove(key);
-        }
-        result.map_err(|e| e.to_string())
+        Ok(result?)
     }
 
     /// Which of `functions` (as written: `name` or `schema.name`, lower
@@ -404,7 +321,7 @@ impl Catalog {
     /// functions (fail closed). Cached like relations.
     pub async fn user_functions(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         functions: &std::collections::BTreeSet<String>,
     ) -> Result<Vec<String>, CatalogError> {
@@ -412,7 +329,7 @@ impl Catalog {
             SELECT bool_and(n.nspname = 'pg_catalog')
               FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
              WHERE p.proname = $2 AND ($1::text IS NULL OR n.nspname = $1)";
-        let key = (destination.to_string(), database.to_string());
+        let key = (destination.clone(), database.to_string());
         let mut user = Vec::new();
         let mut missing = Vec::new();
         {
@@ -434,7 +351,7 @@ impl Catalog {
                 None => (None, f.clone()),
             };
             let rows = self.query(&key, SQL, &[&schema, &name]).await.map_err(|reason| CatalogError {
-                destination: destination.to_string(),
+                destination: destination.clone(),
                 database: database.to_string(),
                 reason,
             })?;
@@ -451,10 +368,10 @@ impl Catalog {
 
     /// The bodies of the user-defined functions named `function` (as
     /// written: `name` or `schema.name`; every overload, in any schema when
-    /// unqualified). Cached like relations.
+    /// unqualified). Cached for [`CACHE_TTL`].
     pub async fn function_bodies(
         &self,
-        destination: &str,
+        destination: &TargetAddr,
         database: &str,
         function: &str,
     ) -> Result<Arc<Vec<FunctionBody>>, CatalogError> {
@@ -464,7 +381,7 @@ impl Catalog {
               JOIN pg_namespace n ON n.oid = p.pronamespace
               JOIN pg_language l ON l.oid = p.prolang
              WHERE p.proname = $2 AND ($1::text IS NULL OR n.nspname = $1) AND n.nspname <> 'pg_catalog'";
-        let key = (destination.to_string(), database.to_string());
+        let key = (destination.clone(), database.to_string());
         {
             let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
             if let Some((b, at)) = caches.get(&key).and_then(|c| c.bodies.get(function))
@@ -478,7 +395,7 @@ impl Catalog {
             None => (None, function.to_string()),
         };
         let rows = self.query(&key, SQL, &[&schema, &name]).await.map_err(|reason| CatalogError {
-            destination: destination.to_string(),
+            destination: destination.clone(),
             database: database.to_string(),
             reason,
         })?;
@@ -494,17 +411,17 @@ impl Catalog {
 
     async fn fetch(
         &self,
-        key: &(String, String),
+        key: &(TargetAddr, String),
         tables: &[TableOid],
-    ) -> Result<HashMap<TableOid, TableColumns>, String> {
+    ) -> Result<HashMap<TableOid, TableColumns>, CatalogFailure> {
         let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
         let rows = self.query(key, COLUMNS_SQL, &[&oids]).await?;
         Ok(columns_from_rows(&rows, oids.len()))
     }
 
-    async fn connect(&self, destination: &str, database: &str) -> Result<Client, String> {
-        let access = self.access.as_ref().ok_or("the agent has no catalog credentials configured")?;
-        let (host, port) = split_host_port(destination).ok_or("destination is not HOST:PORT")?;
+    async fn connect(&self, destination: &TargetAddr, database: &str) -> Result<Client, CatalogFailure> {
+        let access = self.access.as_ref().ok_or(CatalogFailure::NoCredentials)?;
+        let (host, port) = (destination.host(), destination.port());
         let mut config = tokio_postgres::Config::new();
         config
             .host(host)
@@ -516,22 +433,15 @@ impl Catalog {
         if let Some(pw) = &access.password {
             config.password(pw);
         }
-        let (client, connection) = config.connect(NoTls).await.map_err(|e| e.to_string())?;
+        let (client, connection) = config.connect(NoTls).await?;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 debug!("catalog connection ended: {e}");
             }
         });
-        debug!(destination, database, "catalog connection opened");
+        debug!(%destination, database, "catalog connection opened");
         Ok(client)
     }
-}
-
-/// Splits `host:port` or `[v6]:port`.
-pub fn split_host_port(s: &str) -> Option<(&str, u16)> {
-    let (host, port) = s.rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    Some((host, port.parse().ok()?))
 }
 
 /// All columns of the tables `$1` (an oid array) in one round trip, with the
@@ -590,17 +500,4 @@ fn columns_from_rows(rows: &[tokio_postgres::Row], requested: usize) -> HashMap<
         warn!(requested, found = out.len(), "some result tables are unknown to the catalog");
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(split_host_port("db.internal:5432"), Some(("db.internal", 5432)));
-        assert_eq!(split_host_port("[::1]:5433"), Some(("::1", 5433)));
-        assert_eq!(split_host_port("nohost"), None);
-        assert_eq!(split_host_port("h:notaport"), None);
-    }
 }

@@ -1083,18 +1083,6 @@ pub fn is_refusal(sql: &str) -> bool {
     sql.starts_with(REFUSAL_PREFIX)
 }
 
-/// Whether `sql` runs the client's own procedural code (`DO`, `CALL`).
-pub fn runs_client_code(sql: &str) -> bool {
-    if is_refusal(sql) {
-        return false;
-    }
-    match sql::analyze(sql).as_ref() {
-        Ok(a) => a.statements.iter().any(|s| s.class == StatementClass::Procedural),
-        // Unparsable text does not run at all.
-        Err(_) => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

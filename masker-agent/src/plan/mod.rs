@@ -16,6 +16,7 @@ pub mod lineage;
 
 use std::sync::Arc;
 
+use crate::addr::TargetAddr;
 use crate::policy::SessionPolicy;
 use catalog::Catalog;
 
@@ -27,7 +28,7 @@ pub struct PlanContext {
     /// Catalog look-ups of the agent.
     pub catalog: Arc<Catalog>,
     /// The server the session is connected to (`host:port`).
-    pub destination: String,
+    pub destination: TargetAddr,
     /// The database of the session.
     pub database: String,
     /// The database user the session logged in as (`$user` in search_path).

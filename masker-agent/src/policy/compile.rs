@@ -39,11 +39,13 @@ impl Policy {
     }
 
     /// Parses and validates a policy; `origin` names it in errors (a path).
+    #[cfg(test)]
     pub fn parse(text: &str, origin: &str) -> Result<Policy, PolicyError> {
         Policy::parse_with_env(text, origin, &process_env)
     }
 
-    /// [`Policy::parse`] with environment variables looked up by `env`.
+    /// Parses and validates a policy (`origin` names it in errors, a path),
+    /// with environment variables looked up by `env`.
     pub fn parse_with_env(text: &str, origin: &str, env: EnvLookup<'_>) -> Result<Policy, PolicyError> {
         let errs = Errors { origin, text };
         let raw: RawPolicy = toml::from_str(text).map_err(|e| match e.span() {
@@ -79,7 +81,7 @@ impl Policy {
             .iter()
             .map(|a| compile_approval(a.get_ref(), &errs).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(Policy { origin: origin.to_owned(), defaults, rules, identities, approvals, keys })
+        Ok(Policy { defaults, rules, identities, approvals, keys })
     }
 }
 
@@ -339,7 +341,7 @@ fn compile_approval(a: &RawApproval, errs: &Errors<'_>) -> Result<ApprovalRule, 
     let timeout = match &a.timeout {
         None => DEFAULT_APPROVAL_TIMEOUT,
         Some(t) => {
-            let d = crate::approvals::parse_duration(t.get_ref()).map_err(|e| errs.at(t.span(), e))?;
+            let d = crate::approvals::parse_duration(t.get_ref()).map_err(|e| errs.at(t.span(), e.to_string()))?;
             if d.is_zero() || d > MAX_APPROVAL_TIMEOUT {
                 return Err(errs.at(t.span(), "`timeout` must be between 1s and 1h"));
             }

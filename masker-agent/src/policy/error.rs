@@ -15,22 +15,14 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
-    /// The file (or origin name) the policy came from.
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
     /// 1-based line of the problem, if it has one.
+    #[cfg(test)]
     pub fn line(&self) -> Option<usize> {
         self.at.map(|a| a.0)
     }
 
-    /// 1-based column of the problem, if it has one.
-    pub fn column(&self) -> Option<usize> {
-        self.at.map(|a| a.1)
-    }
-
     /// What is wrong and what was expected, without the location.
+    #[cfg(test)]
     pub fn message(&self) -> &str {
         &self.message
     }

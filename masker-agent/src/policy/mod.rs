@@ -63,7 +63,6 @@ pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 /// A loaded, validated policy.
 #[derive(Debug, Clone)]
 pub struct Policy {
-    origin: String,
     defaults: Defaults,
     rules: Vec<Rule>,
     /// `[[identity]]` blocks in file order: the first whose pattern matches
@@ -159,16 +158,13 @@ impl Policy {
     }
 
     /// The keys for the masking engine.
+    #[cfg(test)]
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
 
-    /// Where the policy came from.
-    pub fn origin(&self) -> &str {
-        &self.origin
-    }
-
     /// A one-line description for `masker policy check` and logs.
+    #[cfg(test)]
     pub fn summary(&self) -> String {
         format!(
             "{} rule(s); {} approval rule(s); unclassified columns: {}; column comments: {}; pseudonymisation key: {}",
@@ -271,11 +267,6 @@ impl SessionPolicy {
     /// detect, allow or redact).
     pub fn unclassified_action(&self) -> ColumnAction {
         self.defaults.action.clone()
-    }
-
-    /// Whether any rule applies to this session.
-    pub fn has_rules(&self) -> bool {
-        !self.rules.is_empty()
     }
 
     /// The keys for the masking engine.

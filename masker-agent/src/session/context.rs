@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::auth::Credentials;
 use super::relay::Outbox;
 use super::tls::SessionTls;
+use crate::addr::TargetAddr;
 use crate::approvals::Approvals;
 use crate::audit::Audit;
 use crate::audit::trail::SessionTrail;
@@ -85,7 +86,7 @@ pub struct SessionContext {
     /// The configured target name (`db.internal:5432`) of each destination
     /// address a route names (`10.0.0.5:5432`); kept up to date by the
     /// agent's target refresh. Destinations not listed are their own name.
-    pub target_names: RwLock<HashMap<String, String>>,
+    pub target_names: RwLock<HashMap<TargetAddr, TargetAddr>>,
 }
 
 impl SessionContext {
@@ -113,17 +114,17 @@ impl SessionContext {
     }
 
     /// The configured name of the target `destination` belongs to.
-    pub fn target_name(&self, destination: &str) -> String {
+    pub fn target_name(&self, destination: &TargetAddr) -> TargetAddr {
         let names = self.target_names.read().unwrap_or_else(|p| p.into_inner());
-        names.get(destination).cloned().unwrap_or_else(|| destination.to_string())
+        names.get(destination).cloned().unwrap_or_else(|| destination.clone())
     }
 }
 
 /// Where an accepted connection goes, or why it may not go anywhere.
 #[derive(Debug, Clone)]
 pub enum Route {
-    /// Relay to this `host:port`.
-    To(String),
+    /// Relay to this server.
+    To(TargetAddr),
     /// Refuse after the startup packet with this SQLSTATE and message (no
     /// data values in it).
     Refuse { code: &'static str, message: String },

@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use super::auth::InjectError;
 use super::relay::RelayError;
 use super::tls::UpstreamTlsError;
+use crate::addr::TargetAddr;
 use crate::wire::{self, FrameError, Severity};
 
 /// Why a session ended early. Messages never contain row data.
@@ -18,7 +19,7 @@ pub enum SessionError {
     #[error("server: {0}")]
     Server(RelayError),
     #[error("cannot connect to {dest}: {source}")]
-    Connect { dest: String, source: io::Error },
+    Connect { dest: TargetAddr, source: io::Error },
     #[error("startup: {0}")]
     Startup(FrameError),
     #[error("startup: {0}")]

@@ -7,9 +7,9 @@
 //! The session is the same in agent mode and in proxy mode; only the
 //! [`SessionOrigin`] (where the client was going, who it is) differs.
 //!
-//! The files follow the session: [`context`] (what it runs in), [`startup`]
+//! The files follow the session: [`context`] (what it runs in), [`startup`](mod@startup)
 //! (first packets, TLS with the client), [`upstream`] (the server
-//! connection), [`auth`] (the login), [`relay`] (both directions),
+//! connection), [`auth`] (the login), [`relay`](mod@relay) (both directions),
 //! [`track`] (following each result to its statement), with [`tls`] for
 //! both legs' TLS settings and [`stream`] for the streams themselves.
 
@@ -37,6 +37,7 @@ use tracing::{debug, info, warn};
 use crate::daemon::registry::{SessionCounters, SessionOrigin};
 use crate::plan::PlanContext;
 use crate::policy::SessionPolicy;
+use crate::wire::message::Message;
 use crate::wire::{self, FrameError, Header, Severity, backend};
 use auth::{Credential, InjectOutcome, NoChannelBinding, inject, tls_server_end_point};
 use context::{Route, Session, SessionContext};
@@ -121,7 +122,7 @@ async fn run<C: SplitIo>(
 ) -> Result<(), SessionError> {
     let entry = &session.entry;
     let destination = match route {
-        Route::To(d) => d.as_str(),
+        Route::To(d) => d,
         Route::Refuse { code, message } => {
             let _ = client.write_all(&fatal(code, message)).await;
             return Err(SessionError::Refused(message.clone()));
@@ -131,10 +132,12 @@ async fn run<C: SplitIo>(
     let identity = entry.origin.identity.as_deref();
     let target = ctx.target_name(destination);
     let (user, database) = entry.startup.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default();
-    let session_policy =
-        policy.as_ref().map(|p| p.for_session(identity.unwrap_or(""), entry.origin.verified_claims(), destination));
+    let session_policy = policy
+        .as_ref()
+        .map(|p| p.for_session(identity.unwrap_or(""), entry.origin.verified_claims(), destination.as_str()));
     if let Some(g) = session_policy.as_ref().and_then(|p| p.guardrails())
-        && let Some(message) = g.connect_refusal(identity.unwrap_or(""), &[&target, destination], &database, &user)
+        && let Some(message) =
+            g.connect_refusal(identity.unwrap_or(""), &[target.as_str(), destination.as_str()], &database, &user)
     {
         session.connect_denial(&message);
         let _ = client.write_all(&fatal("28000", &message)).await;
@@ -161,7 +164,7 @@ async fn run<C: SplitIo>(
             let msg = format!("masker: cannot connect to the database server {destination}: {e}");
             wire::put_error(&mut out, Severity::Fatal, "08006", &msg);
             let _ = client.write_all(&out).await;
-            return Err(SessionError::Connect { dest: destination.to_string(), source: e });
+            return Err(SessionError::Connect { dest: destination.clone(), source: e });
         }
     };
     let mut server = match upstream_tls(server, destination, ctx).await {
@@ -189,7 +192,7 @@ async fn run<C: SplitIo>(
         Arc::new(PlanContext {
             policy,
             catalog: ctx.catalog.clone(),
-            destination: destination.to_string(),
+            destination: destination.clone(),
             database: database.clone(),
             user: user.clone(),
         })
@@ -364,7 +367,7 @@ impl Filter for ClientFilter {
         Ok(false)
     }
 
-    async fn on_message(&mut self, _msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    async fn on_message(&mut self, _msg: Message<'_>, _out: &mut BytesMut) -> Result<Verdict, RelayError> {
         Ok(Verdict::Forward)
     }
 }
@@ -395,7 +398,7 @@ impl Filter for ServerFilter<'_> {
         Ok(false)
     }
 
-    async fn on_message(&mut self, _msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    async fn on_message(&mut self, _msg: Message<'_>, _out: &mut BytesMut) -> Result<Verdict, RelayError> {
         Ok(Verdict::Forward)
     }
 

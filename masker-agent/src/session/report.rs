@@ -18,7 +18,8 @@ impl Session {
             None => (None, None),
         };
         let tls = Tls { client: e.tls_client.load(Ordering::Relaxed), server: e.tls_server.load(Ordering::Relaxed) };
-        SessionFields::new(o.client, &o.destination, o.cgroup_id, o.pid, user, database, tls)
+        let destination = o.destination.as_ref().map_or("", |d| d.as_str());
+        SessionFields::new(o.client, destination, o.cgroup_id, o.pid, user, database, tls)
     }
 
     fn emit(&self, what: What<'_>) {

@@ -33,7 +33,7 @@ pub async fn accept_tls(
     session: &Session,
 ) -> Result<TlsStream<TcpStream>, SessionError> {
     let Some(tls) = ctx.tls.client.clone() else { return Err(ClientTlsError::NotConfigured.into()) };
-    let name_for = || ctx.tls.default_name(&session.entry.origin.destination);
+    let name_for = || ctx.tls.default_name(session.entry.origin.destination.as_ref());
     let accept = async {
         let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), client);
         let start = acceptor.await.map_err(ClientTlsError::Handshake)?;

@@ -30,6 +30,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 use serde::Deserialize;
+
+use crate::addr::TargetAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -54,14 +56,42 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 /// A TLS set-up problem; the message names the file or host involved.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file or directory cannot be read or written.
     #[error("{path}: {source}")]
     File { path: PathBuf, source: io::Error },
-    #[error("{path}: {message}")]
-    Invalid { path: PathBuf, message: String },
-    #[error("certificate for {name:?}: {message}")]
-    Issue { name: String, message: String },
+    /// The CA key can be read by others.
+    #[error("{path}: mode {mode:o} lets others read the CA key; chmod 600 it")]
+    KeyMode { path: PathBuf, mode: u32 },
+    /// The CA key (or the CA rebuilt from it) is unusable.
+    #[error("{path}: {source}")]
+    Key { path: PathBuf, source: rcgen::Error },
+    /// A PEM file cannot be read.
+    #[error("{path}: {source}")]
+    Pem { path: PathBuf, source: rustls::pki_types::pem::Error },
+    /// A certificate of a CA bundle is unusable.
+    #[error("{path}: {source}")]
+    Certificate { path: PathBuf, source: rustls::Error },
+    /// A CA bundle holds no certificate.
+    #[error("{path}: no certificate in this CA bundle")]
+    EmptyBundle { path: PathBuf },
+    /// No certificate could be issued for a name.
+    #[error("certificate for {name:?}: {source}")]
+    Issue { name: String, source: rcgen::Error },
+    /// A certificate was issued, but the TLS configuration refuses it.
+    #[error("certificate for {name:?}: {source}")]
+    Install { name: String, source: rustls::Error },
+    /// The CA certificate does not parse.
+    #[error("certificate for {name:?}: CA certificate: {source}")]
+    CaCertificate { name: String, source: rustls::pki_types::pem::Error },
+    /// Creating masker's CA failed.
     #[error("TLS configuration: {0}")]
-    Config(String),
+    Generate(rcgen::Error),
+    /// The TLS library refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Config(rustls::Error),
+    /// A `verify-full` target whose host cannot be a certificate name.
+    #[error("TLS configuration: target host {host:?} cannot be verified: {source}")]
+    Host { host: String, source: rustls::pki_types::InvalidDnsNameError },
 }
 
 /// The one crypto provider of every TLS configuration masker builds (ring;
@@ -114,30 +144,25 @@ impl CertificateAuthority {
             let key_pem = fs::read_to_string(&key_path).map_err(file_err(&key_path))?;
             let mode = fs::metadata(&key_path).map_err(file_err(&key_path))?.permissions().mode();
             if mode & 0o077 != 0 {
-                return Err(TlsError::Invalid {
-                    path: key_path,
-                    message: format!("mode {:o} lets others read the CA key; chmod 600 it", mode & 0o777),
-                });
+                return Err(TlsError::KeyMode { path: key_path, mode: mode & 0o777 });
             }
-            let key = KeyPair::from_pem(&key_pem)
-                .map_err(|e| TlsError::Invalid { path: key_path.clone(), message: e.to_string() })?;
+            let key = KeyPair::from_pem(&key_pem).map_err(|source| TlsError::Key { path: key_path.clone(), source })?;
             let pem = fs::read_to_string(&cert_path).map_err(file_err(&cert_path))?;
-            let issuer = ca_params()
-                .self_signed(&key)
-                .map_err(|e| TlsError::Invalid { path: key_path.clone(), message: e.to_string() })?;
+            let issuer =
+                ca_params().self_signed(&key).map_err(|source| TlsError::Key { path: key_path.clone(), source })?;
             return Ok(CertificateAuthority { issuer, key, pem });
         }
-        let key = KeyPair::generate().map_err(|e| TlsError::Config(e.to_string()))?;
+        let key = KeyPair::generate().map_err(TlsError::Generate)?;
         let mut params = ca_params();
         let now = time::OffsetDateTime::now_utc();
         params.not_before = now - time::Duration::hours(1);
         params.not_after = now + time::Duration::days(3650);
         params.serial_number = Some(random_serial());
-        let cert = params.self_signed(&key).map_err(|e| TlsError::Config(e.to_string()))?;
+        let cert = params.self_signed(&key).map_err(TlsError::Generate)?;
         let pem = cert.pem();
         write_private(&key_path, key.serialize_pem().as_bytes())?;
         write_file(&cert_path, pem.as_bytes(), 0o644)?;
-        let issuer = ca_params().self_signed(&key).map_err(|e| TlsError::Config(e.to_string()))?;
+        let issuer = ca_params().self_signed(&key).map_err(TlsError::Generate)?;
         tracing::info!(cert = %cert_path.display(), "created masker's certificate authority");
         Ok(CertificateAuthority { issuer, key, pem })
     }
@@ -150,7 +175,7 @@ impl CertificateAuthority {
     /// A certificate for `name` (a DNS name or an IP address) signed by this
     /// CA: the chain (leaf, CA) and the leaf's private key.
     pub fn issue(&self, name: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
-        let issue_err = |e: rcgen::Error| TlsError::Issue { name: name.to_string(), message: e.to_string() };
+        let issue_err = |source: rcgen::Error| TlsError::Issue { name: name.to_string(), source };
         let mut params = CertificateParams::new(vec![name.to_string()]).map_err(issue_err)?;
         params.distinguished_name = DistinguishedName::new();
         params.distinguished_name.push(DnType::CommonName, name);
@@ -165,7 +190,7 @@ impl CertificateAuthority {
         let key = KeyPair::generate().map_err(issue_err)?;
         let cert = params.signed_by(&key, &self.issuer, &self.key).map_err(issue_err)?;
         let ca_der = CertificateDer::from_pem_slice(self.pem.as_bytes())
-            .map_err(|e| TlsError::Issue { name: name.to_string(), message: format!("CA certificate: {e}") })?;
+            .map_err(|source| TlsError::CaCertificate { name: name.to_string(), source })?;
         let chain = vec![cert.der().clone(), ca_der];
         Ok((chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()))))
     }
@@ -209,11 +234,6 @@ impl ClientTls {
         Ok(ClientTls { ca: CertificateAuthority::load_or_create(state_dir)?, configs: Mutex::default() })
     }
 
-    /// The CA behind the certificates.
-    pub fn ca(&self) -> &CertificateAuthority {
-        &self.ca
-    }
-
     /// The server configuration presenting a certificate for `name`.
     pub fn server_config(&self, name: &str) -> Result<Arc<ServerConfig>, TlsError> {
         let name = name.trim_end_matches('.').to_ascii_lowercase();
@@ -229,10 +249,10 @@ impl ClientTls {
         let (chain, key) = self.ca.issue(&name)?;
         let config = ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?
+            .map_err(TlsError::Config)?
             .with_no_client_auth()
             .with_single_cert(chain, key)
-            .map_err(|e| TlsError::Issue { name: name.clone(), message: e.to_string() })?;
+            .map_err(|source| TlsError::Install { name: name.clone(), source })?;
         let config = Arc::new(config);
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
         if configs.len() >= MAX_CACHED_NAMES {
@@ -259,15 +279,20 @@ pub enum UpstreamTlsMode {
     VerifyFull,
 }
 
+/// A TLS mode other than `disable`, `prefer`, `require` and `verify-full`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown TLS mode {0:?}: expected disable, prefer, require or verify-full")]
+pub struct UnknownTlsMode(pub String);
+
 impl std::str::FromStr for UpstreamTlsMode {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownTlsMode;
+    fn from_str(s: &str) -> Result<Self, UnknownTlsMode> {
         match s {
             "disable" => Ok(Self::Disable),
             "prefer" => Ok(Self::Prefer),
             "require" => Ok(Self::Require),
             "verify-full" => Ok(Self::VerifyFull),
-            _ => Err(format!("unknown TLS mode {s:?}: expected disable, prefer, require or verify-full")),
+            _ => Err(UnknownTlsMode(s.to_string())),
         }
     }
 }
@@ -306,7 +331,7 @@ impl TargetTls {
     pub fn new(host: &str, mode: UpstreamTlsMode, ca_file: Option<&Path>) -> Result<TargetTls, TlsError> {
         let builder = ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Config(e.to_string()))?;
+            .map_err(TlsError::Config)?;
         let config = match mode {
             UpstreamTlsMode::Disable => None,
             UpstreamTlsMode::Prefer | UpstreamTlsMode::Require => Some(
@@ -318,39 +343,22 @@ impl TargetTls {
             UpstreamTlsMode::VerifyFull => {
                 let path = ca_file.unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
                 let mut roots = RootCertStore::empty();
-                let certs = CertificateDer::pem_file_iter(path)
-                    .map_err(|e| TlsError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
-                for cert in certs {
-                    let cert =
-                        cert.map_err(|e| TlsError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| TlsError::Invalid { path: path.to_path_buf(), message: e.to_string() })?;
+                let pem = |source| TlsError::Pem { path: path.to_path_buf(), source };
+                for cert in CertificateDer::pem_file_iter(path).map_err(pem)? {
+                    let cert = cert.map_err(pem)?;
+                    roots.add(cert).map_err(|source| TlsError::Certificate { path: path.to_path_buf(), source })?;
                 }
                 if roots.is_empty() {
-                    return Err(TlsError::Invalid {
-                        path: path.to_path_buf(),
-                        message: "no certificate in this CA bundle".into(),
-                    });
+                    return Err(TlsError::EmptyBundle { path: path.to_path_buf() });
                 }
                 Some(builder.with_root_certificates(roots).with_no_client_auth())
             }
         };
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         if mode == UpstreamTlsMode::VerifyFull {
-            ServerName::try_from(host.clone())
-                .map_err(|e| TlsError::Config(format!("target host {host:?} cannot be verified: {e}")))?;
+            ServerName::try_from(host.clone()).map_err(|source| TlsError::Host { host: host.clone(), source })?;
         }
         Ok(TargetTls { host, mode, connector: config.map(|c| tokio_rustls::TlsConnector::from(Arc::new(c))) })
-    }
-
-    /// Plain text to `host`.
-    pub fn plain(host: &str) -> TargetTls {
-        TargetTls {
-            host: host.trim_start_matches('[').trim_end_matches(']').to_string(),
-            mode: UpstreamTlsMode::Disable,
-            connector: None,
-        }
     }
 }
 
@@ -361,17 +369,17 @@ pub struct SessionTls {
     pub client: Option<Arc<ClientTls>>,
     /// Per destination (`host:port` as the route names it): the target's
     /// TLS settings. Destinations not listed are reached in plain text.
-    pub targets: RwLock<HashMap<String, Arc<TargetTls>>>,
+    pub targets: RwLock<HashMap<TargetAddr, Arc<TargetTls>>>,
 }
 
 impl SessionTls {
     /// The settings for `destination`, if any.
-    pub fn target(&self, destination: &str) -> Option<Arc<TargetTls>> {
+    pub fn target(&self, destination: &TargetAddr) -> Option<Arc<TargetTls>> {
         self.targets.read().unwrap_or_else(|p| p.into_inner()).get(destination).cloned()
     }
 
     /// Replaces the per-destination settings.
-    pub fn set_targets(&self, targets: impl IntoIterator<Item = (String, TargetTls)>) {
+    pub fn set_targets(&self, targets: impl IntoIterator<Item = (TargetAddr, TargetTls)>) {
         let map = targets.into_iter().map(|(d, t)| (d, Arc::new(t))).collect();
         *self.targets.write().unwrap_or_else(|p| p.into_inner()) = map;
     }
@@ -379,12 +387,13 @@ impl SessionTls {
     /// The name for the certificate shown to a client going to
     /// `destination` that sent no SNI: the target's configured host, else
     /// the destination's host.
-    pub fn default_name(&self, destination: &str) -> String {
-        match self.target(destination) {
-            Some(t) => t.host.clone(),
-            None => crate::plan::catalog::split_host_port(destination)
-                .map(|(h, _)| h.to_string())
-                .unwrap_or_else(|| destination.to_string()),
+    pub fn default_name(&self, destination: Option<&TargetAddr>) -> String {
+        match destination {
+            Some(d) => match self.target(d) {
+                Some(t) => t.host.clone(),
+                None => d.host().to_string(),
+            },
+            None => String::new(),
         }
     }
 }

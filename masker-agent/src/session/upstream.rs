@@ -12,14 +12,15 @@ use tokio::net::TcpStream;
 use super::context::SessionContext;
 use super::error::SessionError;
 use super::tls::{Upstream, UpstreamTlsError, negotiate_upstream};
+use crate::addr::TargetAddr;
 
 /// A CancelRequest is forwarded as is to the server the session's
 /// destination names: the client holds the server's own BackendKeyData
 /// because the relay passed it through unchanged.
-pub async fn forward_cancel(packet: &[u8], destination: &str, ctx: &SessionContext) -> Result<(), SessionError> {
+pub async fn forward_cancel(packet: &[u8], destination: &TargetAddr, ctx: &SessionContext) -> Result<(), SessionError> {
     let server = connect_upstream(destination, ctx)
         .await
-        .map_err(|source| SessionError::Connect { dest: destination.to_string(), source })?;
+        .map_err(|source| SessionError::Connect { dest: destination.clone(), source })?;
     let mut server = upstream_tls(server, destination, ctx).await.map_err(SessionError::UpstreamTls)?;
     server.write_all(packet).await.map_err(|e| SessionError::Server(e.into()))?;
     server.flush().await.map_err(|e| SessionError::Server(e.into()))?;
@@ -32,7 +33,7 @@ pub async fn forward_cancel(packet: &[u8], destination: &str, ctx: &SessionConte
 /// Sets up TLS on a fresh server connection as the target's settings say.
 pub async fn upstream_tls(
     stream: TcpStream,
-    destination: &str,
+    destination: &TargetAddr,
     ctx: &SessionContext,
 ) -> Result<Upstream, UpstreamTlsError> {
     match ctx.tls.target(destination) {
@@ -43,15 +44,15 @@ pub async fn upstream_tls(
 
 /// Connects to `destination` (`host:port`, names resolved now), trying each
 /// address in turn, within the connect timeout.
-pub async fn connect_upstream(destination: &str, ctx: &SessionContext) -> io::Result<TcpStream> {
+pub async fn connect_upstream(destination: &TargetAddr, ctx: &SessionContext) -> io::Result<TcpStream> {
     let attempt = async {
         // An address needs no resolver: `lookup_host` would hand even a
         // literal to the blocking pool, a thread hop on every connection.
-        if let Ok(addr) = destination.parse::<SocketAddr>() {
+        if let Some(addr) = destination.socket_addr() {
             return connect_one(addr, ctx.socket_mark).await;
         }
         let mut last = None;
-        for addr in tokio::net::lookup_host(destination).await? {
+        for addr in tokio::net::lookup_host(destination.as_str()).await? {
             match connect_one(addr, ctx.socket_mark).await {
                 Ok(s) => return Ok(s),
                 Err(e) => last = Some(e),

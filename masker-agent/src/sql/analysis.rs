@@ -11,7 +11,9 @@ use super::plpgsql;
 /// A relation as the statement names it (not yet resolved with a search path).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelName {
+    /// The schema, when the name is qualified.
     pub schema: Option<String>,
+    /// The relation's name (case-folded unless it was quoted).
     pub name: String,
 }
 
@@ -30,6 +32,7 @@ pub enum Source {
     /// Column `column` of `relation`. When a name is ambiguous as written
     /// (`SELECT email FROM a JOIN b`), each relation that could have it is a
     /// candidate source; the session drops candidates the catalog denies.
+    #[allow(missing_docs)]
     Column { relation: RelName, column: String },
     /// Every column of `relation` (whole-row references, `c::text`).
     AllColumns(RelName),
@@ -37,7 +40,12 @@ pub enum Source {
     /// columns not counted) of `relation`: a column renamed by an alias
     /// column list (`FROM customers AS t(i, n, e)`), resolved by the session
     /// with the catalog.
-    ColumnAt { relation: RelName, position: usize },
+    ColumnAt {
+        /// The relation as written.
+        relation: RelName,
+        /// 0-based attribute position.
+        position: usize,
+    },
     /// SQL text written by people that the catalog keeps (a view's
     /// definition, a function's body, a default or constraint expression),
     /// as catalog functions such as `pg_get_viewdef` print it: it may embed
@@ -64,6 +72,7 @@ pub enum How {
     /// A whole row: `c`, `c.*` inside an expression, `row_to_json(c)`.
     WholeRow,
     /// An aggregate over the sources; `reveals` is false for `count`.
+    #[allow(missing_docs)]
     Aggregate { reveals: bool },
     /// The tracer could not follow the expression: fail closed.
     Unknown,
@@ -72,6 +81,7 @@ pub enum How {
 /// The lineage of one output column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lineage {
+    /// How the value derives from its sources.
     pub how: How,
     /// The columns the value reveals (empty for [`How::Constant`] and for
     /// aggregates that reveal no value).
@@ -92,6 +102,7 @@ impl Lineage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
     /// One column, named as the server will name it (best effort).
+    #[allow(missing_docs)]
     Column { name: String, lineage: Lineage },
     /// Every column of a base relation, in attribute order, each exactly that
     /// column (`*`, `t.*`): the session expands it with the catalog.
@@ -104,16 +115,25 @@ pub enum Output {
 /// The kind of a statement, for guardrails and for deciding what to trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatementClass {
+    /// `SELECT` and `VALUES` (without `INTO`).
     Select,
     /// `SELECT ... INTO`, `CREATE TABLE AS`, `CREATE MATERIALIZED VIEW`.
     CreateTableAs,
+    /// `INSERT`.
     Insert,
+    /// `UPDATE`.
     Update,
+    /// `DELETE`.
     Delete,
+    /// `MERGE`.
     Merge,
+    /// `CREATE`, `ALTER`, `DROP`, `COMMENT`, `GRANT`, `TRUNCATE`, ...
     Ddl,
+    /// `COPY` (either direction).
     Copy,
+    /// `EXPLAIN`.
     Explain,
+    /// `BEGIN`, `COMMIT`, `ROLLBACK`, savepoints.
     Transaction,
     /// `SET`, `SHOW`, `RESET`, `DISCARD`...
     Config,
@@ -171,7 +191,10 @@ impl StatementClass {
 /// a plain equality with a constant (`col = 'x'`, `col = $1`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Condition {
+    /// What the test looks at.
     pub lineage: Lineage,
+    /// `col = constant` (or `IN` constants): tells no more about a
+    /// pseudonymized column than a join on the pseudonym does.
     pub equality: bool,
 }
 
@@ -214,17 +237,22 @@ impl SinkKind {
 /// and the lineage of the arguments that reach the channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sink {
+    /// The channel.
     pub kind: SinkKind,
+    /// The function or statement that feeds it (`pg_notify`, `RAISE`).
     pub function: String,
+    /// What reaches the channel.
     pub lineage: Lineage,
 }
 
 /// A relation the statement creates, for the session model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Created {
+    /// Its name as written.
     pub name: RelName,
     /// `CREATE TEMP ...` or created in `pg_temp`.
     pub temp: bool,
+    /// What it holds.
     pub kind: CreatedKind,
 }
 
@@ -233,12 +261,21 @@ pub struct Created {
 pub enum CreatedKind {
     /// A table the client fills itself; `columns` in order when the
     /// statement lists them all (`None`: `LIKE`, `OF type`, inheritance).
-    Table { columns: Option<Vec<String>> },
+    Table {
+        /// The column names in order, when the statement lists them all.
+        columns: Option<Vec<String>>,
+    },
     /// `CREATE TABLE AS` / `SELECT INTO`: its columns are the query's
     /// outputs (renamed by a column list).
-    TableAs { outputs: Vec<Output> },
+    TableAs {
+        /// The query's outputs.
+        outputs: Vec<Output>,
+    },
     /// A view: its columns are its query's outputs.
-    View { outputs: Vec<Output> },
+    View {
+        /// The query's outputs.
+        outputs: Vec<Output>,
+    },
     /// Another kind of relation (sequence, materialized view, ...) that the
     /// session model does not follow: names resolve to unknown.
     Other,
@@ -250,7 +287,9 @@ pub enum Effect {
     /// `SET [LOCAL] search_path`, `set_config('search_path', ..., local)`:
     /// the schemas in order (`None`: back to the default, `RESET`/`DEFAULT`).
     SearchPath {
+        /// The schemas as written (`$user` not expanded).
         schemas: Option<Vec<String>>,
+        /// `SET LOCAL`: until the end of the transaction.
         local: bool,
     },
     /// search_path set to something the tracer cannot read
@@ -258,53 +297,73 @@ pub enum Effect {
     SearchPathUnknown,
     /// `RESET ALL`.
     ResetAll,
+    /// `CREATE TABLE/VIEW/...`.
     Create(Created),
     /// `DROP TABLE/VIEW/...` of these relations.
     Drop(Vec<RelName>),
     /// SQL-level `PREPARE name AS statement`.
     Prepare {
+        /// The statement name.
         name: String,
+        /// Its analysis (parameters count as constants).
         statement: Box<Statement>,
     },
     /// `EXECUTE name`.
     Execute {
+        /// The prepared statement's name.
         name: String,
     },
     /// `DEALLOCATE name` (`None`: `ALL`).
     Deallocate {
+        /// The statement name (`None`: all of them).
         name: Option<String>,
     },
     /// `DECLARE name CURSOR FOR statement`.
     Declare {
+        /// The cursor's name.
         name: String,
+        /// Its query's analysis.
         statement: Box<Statement>,
     },
     /// `FETCH` (or `MOVE`: `rows` false) from cursor `name`.
     Fetch {
+        /// The cursor's name.
         name: String,
+        /// `FETCH` (rows come back) rather than `MOVE`.
         rows: bool,
     },
     /// `CLOSE name` (`None`: `ALL`).
     Close {
+        /// The cursor's name (`None`: all of them).
         name: Option<String>,
     },
     /// `DISCARD ALL|TEMP|PLANS|SEQUENCES`.
     Discard {
+        /// `DISCARD ALL`.
         all: bool,
+        /// Temporary objects go (`TEMP` or `ALL`).
         temp: bool,
+        /// Prepared plans go (`PLANS` or `ALL`).
         plans: bool,
     },
+    /// `BEGIN`, `COMMIT`, `SAVEPOINT`, ...
     Transaction(TransactionStep),
 }
 
 /// A transaction boundary, for the session model's undo.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransactionStep {
+    /// `BEGIN` / `START TRANSACTION`.
     Begin,
+    /// `COMMIT` (its CommandComplete tag says whether it committed).
     Commit,
+    /// `ROLLBACK`.
     Rollback,
+    /// `SAVEPOINT name`.
     Savepoint(String),
+    /// `RELEASE SAVEPOINT name`.
     Release(String),
+    /// `ROLLBACK TO SAVEPOINT name`.
     RollbackTo(String),
     /// `PREPARE TRANSACTION` and the like: the session's transaction ends.
     Other,
@@ -313,6 +372,7 @@ pub enum TransactionStep {
 /// Analysis of one statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Statement {
+    /// What kind of statement it is.
     pub class: StatementClass,
     /// Relations the statement reads or writes, as written (CTE names excluded).
     pub relations: BTreeSet<RelName>,
@@ -363,6 +423,7 @@ pub struct Statement {
 /// The analysis of a query string: one entry per statement, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Analysis {
+    /// The statements, in the order of the text.
     pub statements: Vec<Statement>,
 }
 

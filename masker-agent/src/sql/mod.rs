@@ -6,7 +6,7 @@
 //! column of each statement back to the columns of the relations *as
 //! written* in the SQL. Relation names are resolved to schema-qualified
 //! tables, `*` is expanded and views are followed by the session, with the
-//! server's catalog ([`crate::plan::lineage`]).
+//! server's catalog (`plan::lineage`).
 //!
 //! Whatever the tracer does not understand becomes [`How::Unknown`], which
 //! the session treats as "may carry any column the statement reads" (fail
@@ -14,9 +14,9 @@
 //! statement sent many times (or prepared once) is parsed once.
 
 mod analysis;
-pub mod copy;
+pub(crate) mod copy;
 pub mod definition;
-pub mod normalize;
+pub(crate) mod normalize;
 pub mod plpgsql;
 mod trace;
 

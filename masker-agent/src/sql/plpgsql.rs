@@ -5,7 +5,7 @@
 //!
 //! PostgreSQL's own PL/pgSQL parser (through `pg_query`) splits the body
 //! into statements; every embedded query and expression is traced like a
-//! top-level statement ([`super::trace`]) with the block's variables in
+//! top-level statement (see [`super::analyze`]) with the block's variables in
 //! scope. Variables carry the lineage of what was assigned to them (a
 //! union over all assignments, iterated so that loops are covered);
 //! `SQLERRM`, `SQLSTATE` and `GET DIAGNOSTICS` carry everything the block

@@ -8,6 +8,7 @@
 //!
 //! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
+pub mod message;
 pub mod sqlstate;
 
 use std::fmt;
@@ -26,7 +27,8 @@ pub const PROTOCOL_MAJOR_3: u32 = 3;
 /// PostgreSQL's own limit for a startup packet (`MAX_STARTUP_PACKET_LENGTH`).
 pub const MAX_STARTUP_PACKET: usize = 10_000;
 
-/// Backend message tags the relay looks at.
+/// Backend message tags (every one, for reference; not all are looked at).
+#[allow(dead_code)]
 pub mod backend {
     pub const AUTHENTICATION: u8 = b'R';
     pub const BACKEND_KEY_DATA: u8 = b'K';
@@ -57,7 +59,8 @@ pub mod backend {
     pub const ALL: &[u8] = b"R K 2 3 C W d c G H D I E V v n N A t S 1 s Z T";
 }
 
-/// Frontend message tags.
+/// Frontend message tags (every one, for reference; not all are looked at).
+#[allow(dead_code)]
 pub mod frontend {
     pub const BIND: u8 = b'B';
     pub const CLOSE: u8 = b'C';
@@ -125,13 +128,6 @@ pub struct Header {
     pub tag: u8,
     /// Total length on the wire, including the tag byte and the length field.
     pub total_len: usize,
-}
-
-impl Header {
-    /// Length of the body (after the 5-byte header).
-    pub fn body_len(&self) -> usize {
-        self.total_len - 5
-    }
 }
 
 /// A message that can never be valid, whatever follows it.
@@ -294,10 +290,6 @@ impl<'a> Cursor<'a> {
         self.pos >= self.buf.len()
     }
 
-    pub fn position(&self) -> usize {
-        self.pos
-    }
-
     pub fn remaining(&self) -> &'a [u8] {
         &self.buf[self.pos.min(self.buf.len())..]
     }
@@ -354,13 +346,6 @@ impl Format {
             0 => Some(Format::Text),
             1 => Some(Format::Binary),
             _ => None,
-        }
-    }
-
-    pub fn code(self) -> i16 {
-        match self {
-            Format::Text => 0,
-            Format::Binary => 1,
         }
     }
 }
@@ -452,12 +437,6 @@ impl DataRowCells<'_> {
     }
 }
 
-/// Writes a message header for `tag` with a body of `body_len` bytes.
-pub fn put_header(out: &mut BytesMut, tag: u8, body_len: usize) {
-    out.put_u8(tag);
-    out.put_u32((body_len + 4) as u32);
-}
-
 /// Starts a message whose length is not yet known; finish it with
 /// [`finish_message`] passing the returned offset.
 pub fn begin_message(out: &mut BytesMut, tag: u8) -> usize {
@@ -535,12 +514,6 @@ pub fn put_error_with_hint(out: &mut BytesMut, severity: Severity, code: &str, m
     }
     out.put_u8(0);
     finish_message(out, at);
-}
-
-/// Appends `ReadyForQuery` with transaction status `status` (`I`, `T`, `E`).
-pub fn put_ready_for_query(out: &mut BytesMut, status: u8) {
-    put_header(out, backend::READY_FOR_QUERY, 1);
-    out.put_u8(status);
 }
 
 /// SQLSTATE (`C`) and message (`M`) of an ErrorResponse/NoticeResponse body.

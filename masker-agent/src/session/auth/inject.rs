@@ -10,6 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::secret::{Credential, Secret};
 use crate::wire::auth::{AUTH_CLEARTEXT, AUTH_MD5, AUTH_OK, AUTH_SASL, AUTH_SASL_CONTINUE, AUTH_SASL_FINAL};
 use crate::wire::backend::{AUTHENTICATION, ERROR_RESPONSE, NEGOTIATE_PROTOCOL_VERSION, NOTICE_RESPONSE};
+use crate::wire::message::Message;
 
 /// Why an injected login could not be completed. The messages are safe to
 /// show a client: they never contain the secret.
@@ -48,7 +49,7 @@ pub struct Injector<'a> {
 
 impl<'a> Injector<'a> {
     /// An injector logging in as `user` with `secret`; `binding` is the
-    /// [`tls_server_end_point`] of a TLS server leg.
+    /// [`super::der::tls_server_end_point`] of a TLS server leg.
     pub fn new(user: &'a str, secret: &'a Secret, binding: Option<Vec<u8>>) -> Injector<'a> {
         Injector { user, secret, binding, scram: None, scram_open: false, mechanism: None }
     }
@@ -169,7 +170,7 @@ const MAX_AUTH_MESSAGE: usize = 1 << 20;
 /// server sent before: the relay forwards them to the client through its
 /// filters.
 ///
-/// `binding` is the [`tls_server_end_point`] of a TLS server leg. Returns
+/// `binding` is the [`super::der::tls_server_end_point`] of a TLS server leg. Returns
 /// the bytes and the SASL mechanism used (if any).
 pub async fn inject<S: AsyncRead + AsyncWrite + Unpin>(
     server: &mut S,
@@ -199,7 +200,7 @@ pub async fn inject<S: AsyncRead + AsyncWrite + Unpin>(
                 keep.extend_from_slice(&buf);
                 return Ok((keep, injector.mechanism()));
             }
-            Step::Continue if msg[0] != AUTHENTICATION => keep.extend_from_slice(&msg),
+            Step::Continue if Message::new(&msg).tag() != AUTHENTICATION => keep.extend_from_slice(&msg),
             Step::Continue => {}
         }
         if !out.is_empty() {

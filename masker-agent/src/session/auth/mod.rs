@@ -18,12 +18,12 @@
 //! else is refused with SQLSTATE 28000 naming the allowed user); it is sent
 //! to the server as the client wrote it (database, options,
 //! application_name, ...). The agent answers the server's authentication
-//! request ([`Injector`]: SCRAM-SHA-256 (channel binding below), md5 or
+//! request ([`inject::Injector`]: SCRAM-SHA-256 (channel binding below), md5 or
 //! cleartext password), and from `AuthenticationOk` on everything the server
 //! sends goes to the client through the normal relay. The client is never
 //! asked for a password. A failed login reaches the client as the server's
 //! own ErrorResponse (28P01), through the same scrubbing as every other
-//! error. The secret itself lives only in a [`Secret`], whose `Debug` shows
+//! error. The secret itself lives only in a [`secret::Secret`], whose `Debug` shows
 //! nothing, and is never put in a log line, an error, the audit trail or
 //! `masker status`.
 //!
@@ -47,4 +47,4 @@ pub mod secret;
 pub use der::tls_server_end_point;
 pub use inject::{InjectError, InjectOutcome, inject};
 pub use passthrough::NoChannelBinding;
-pub use secret::{Credential, Credentials, Secret, SecretSource, load};
+pub use secret::{Credential, CredentialError, Credentials, SecretSource, load};

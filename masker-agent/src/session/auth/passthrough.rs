@@ -6,6 +6,7 @@ use bytes::{BufMut, BytesMut};
 use crate::session::relay::{Filter, RelayError, Verdict};
 use crate::wire::auth::{AUTH_OK, AUTH_SASL};
 use crate::wire::backend::AUTHENTICATION;
+use crate::wire::message::Message;
 use crate::wire::{FrameError, Header};
 
 /// The SASL mechanism masker never offers a client.
@@ -70,15 +71,15 @@ impl<F: Filter + Send> Filter for NoChannelBinding<F> {
         Ok(inner)
     }
 
-    async fn on_message(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        if !(self.active && msg[0] == AUTHENTICATION) {
+    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        if !(self.active && msg.tag() == AUTHENTICATION) {
             return self.inner.on_message(msg, out).await;
         }
-        let code = msg.get(5..9).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+        let code = msg.body().get(..4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
         if code == Some(AUTH_OK) {
             self.active = false;
         }
-        let rewritten = if code == Some(AUTH_SASL) { without_scram_plus(msg) } else { None };
+        let rewritten = if code == Some(AUTH_SASL) { without_scram_plus(msg.bytes()) } else { None };
         match (rewritten, self.inner_wants) {
             (None, false) => Ok(Verdict::Forward),
             (None, true) => self.inner.on_message(msg, out).await,
@@ -86,7 +87,7 @@ impl<F: Filter + Send> Filter for NoChannelBinding<F> {
                 out.extend_from_slice(&new);
                 Ok(Verdict::Replaced)
             }
-            (Some(new), true) => match self.inner.on_message(&new, out).await? {
+            (Some(new), true) => match self.inner.on_message(Message::new(&new), out).await? {
                 Verdict::Forward => {
                     out.extend_from_slice(&new);
                     Ok(Verdict::Replaced)

@@ -4,6 +4,10 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
+use crate::addr::{AddrError, TargetAddr};
+
 /// A database password the agent holds. `Debug` prints nothing of it and
 /// there is no `Display`: the only way out is [`Secret::expose`], used where
 /// the authentication exchange needs the bytes.
@@ -12,6 +16,7 @@ pub struct Secret(String);
 
 impl Secret {
     /// Wraps a password.
+    #[cfg(test)]
     pub fn new(password: String) -> Secret {
         Secret(password)
     }
@@ -114,8 +119,8 @@ impl SecretSource {
 /// sessions without one), as database user `user`.
 #[derive(Debug)]
 pub struct Credential {
-    /// The target as configured (`host:port`).
-    pub target: String,
+    /// The target as configured.
+    pub target: TargetAddr,
     identity: Option<crate::policy::glob::Glob>,
     /// The pattern as written, for messages.
     pub identity_pattern: Option<String>,
@@ -135,16 +140,16 @@ impl Credential {
         user: &str,
         source: SecretSource,
         secret: Secret,
-    ) -> Result<Credential, String> {
+    ) -> Result<Credential, CredentialError> {
         let glob = match identity {
             None => None,
-            Some(p) => Some(crate::policy::glob::Glob::new(p).ok_or("empty `identity` pattern")?),
+            Some(p) => Some(crate::policy::glob::Glob::new(p).ok_or(CredentialError::EmptyIdentity)?),
         };
         if user.is_empty() {
-            return Err("empty `user`".into());
+            return Err(CredentialError::EmptyUser);
         }
         Ok(Credential {
-            target: target.to_string(),
+            target: TargetAddr::parse(target)?,
             identity: glob,
             identity_pattern: identity.map(str::to_string),
             user: user.to_string(),
@@ -154,7 +159,7 @@ impl Credential {
     }
 
     fn applies(&self, target: &str, identity: Option<&str>) -> bool {
-        self.target.eq_ignore_ascii_case(target)
+        self.target.as_str().eq_ignore_ascii_case(target)
             && match (&self.identity, identity) {
                 (None, _) => true,
                 (Some(g), Some(id)) => g.matches(id),
@@ -162,7 +167,7 @@ impl Credential {
             }
     }
 
-    /// The password, for [`Injector`].
+    /// The password, for [`super::inject::Injector`].
     pub fn secret(&self) -> Secret {
         self.secret.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -179,7 +184,7 @@ impl Credential {
 /// The credentials of an agent or proxy; the first that applies wins (file
 /// order).
 #[derive(Debug, Clone, Default)]
-pub struct Credentials(Vec<std::sync::Arc<Credential>>);
+pub struct Credentials(Vec<Arc<Credential>>);
 
 impl Credentials {
     /// A set of credentials, tried in this order.
@@ -189,24 +194,22 @@ impl Credentials {
 
     /// The credential for sessions of `identity` towards `target` (the
     /// configured `host:port`), if the agent injects one.
-    pub fn find(&self, target: &str, identity: Option<&str>) -> Option<std::sync::Arc<Credential>> {
-        self.0.iter().find(|c| c.applies(target, identity)).cloned()
+    pub fn find(
+        &self,
+        target: &(impl AsRef<str> + ?Sized),
+        identity: Option<&str>,
+    ) -> Option<std::sync::Arc<Credential>> {
+        self.0.iter().find(|c| c.applies(target.as_ref(), identity)).cloned()
     }
 
     /// Reads every password from its source again (`masker policy reload`,
     /// SIGHUP). Returns how many were re-read, or the errors (naming the
     /// credential and the source, never a value) of those that keep their
     /// previous password.
-    pub fn reload(&self) -> Result<usize, String> {
-        let errors: Vec<String> = self
-            .0
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                c.reload().err().map(|e| format!("credential {} (target {}, user {}): {e}", i + 1, c.target, c.user))
-            })
-            .collect();
-        if errors.is_empty() { Ok(self.0.len()) } else { Err(errors.join("; ")) }
+    pub fn reload(&self) -> Result<usize, ReloadError> {
+        let failed: Vec<(usize, Arc<Credential>, SecretError)> =
+            self.0.iter().enumerate().filter_map(|(i, c)| c.reload().err().map(|e| (i + 1, c.clone(), e))).collect();
+        if failed.is_empty() { Ok(self.0.len()) } else { Err(ReloadError { failed }) }
     }
 
     /// The credentials in the order they are tried.
@@ -225,10 +228,50 @@ impl Credentials {
     }
 }
 
+/// Why a credential cannot be used. Names the setting, never a value.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    /// The password cannot be read from its source.
+    #[error("{0}")]
+    Secret(#[from] SecretError),
+    /// The target is not `host:port`.
+    #[error("target {0}")]
+    Target(#[from] AddrError),
+    #[error("empty `identity` pattern")]
+    EmptyIdentity,
+    #[error("empty `user`")]
+    EmptyUser,
+}
+
+/// The credentials whose password could not be read again on reload (they
+/// keep the previous one).
+#[derive(Debug, thiserror::Error)]
+pub struct ReloadError {
+    /// Position (from 1) of each credential, and why.
+    failed: Vec<(usize, Arc<Credential>, SecretError)>,
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (n, (i, c, e)) in self.failed.iter().enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "credential {i} (target {}, user {}): {e}", c.target, c.user)?;
+        }
+        Ok(())
+    }
+}
+
 /// Reads `[[credential]]`-style settings into a [`Credential`], checking the
 /// secret's source; the error names the target and user, never a value.
-pub fn load(target: &str, identity: Option<&str>, user: &str, source: SecretSource) -> Result<Credential, String> {
-    let secret = source.load().map_err(|e| e.to_string())?;
+pub fn load(
+    target: &str,
+    identity: Option<&str>,
+    user: &str,
+    source: SecretSource,
+) -> Result<Credential, CredentialError> {
+    let secret = source.load()?;
     Credential::new(target, identity, user, source, secret)
 }
 

@@ -17,11 +17,8 @@ use crate::policy::approval::ApprovalRule;
 use crate::session::context::Session;
 use crate::session::relay::{Filter, RelayError, Verdict};
 use crate::sql::shape;
-use crate::wire::{self, Cursor, Format, FrameError, Header, ResultFormats, frontend};
-
-fn bad(tag: u8, what: &'static str) -> RelayError {
-    RelayError::Frame(FrameError::BadBody { tag, what })
-}
+use crate::wire::message::{Frontend, Message, Target};
+use crate::wire::{self, FrameError, Header, frontend};
 
 /// Client → server side of a masking session.
 pub struct ClientTracker {
@@ -71,7 +68,7 @@ impl ClientTracker {
     }
 
     /// Follows statements without masking anything (see
-    /// [`ServerTracker::observe_only`]).
+    /// [`super::ServerTracker::observe_only`]).
     pub fn observe_only(mut self) -> Self {
         self.observe_only = true;
         self
@@ -197,15 +194,12 @@ impl Filter for ClientTracker {
         ))
     }
 
-    async fn on_message(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        let tag = msg[0];
-        if matches!(tag, frontend::QUERY | frontend::SYNC) {
+    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        if matches!(msg.tag(), frontend::QUERY | frontend::SYNC) {
             self.session.trail.request();
         }
-        let mut cur = Cursor::new(&msg[5..], tag);
-        let expect = match tag {
-            frontend::QUERY => {
-                let sql = cur.cstr()?;
+        let expect = match Frontend::parse(msg)? {
+            Frontend::Query { sql } => {
                 if let Some(message) = self.check(sql).await {
                     // The server answers with our error, in order.
                     let refused = refusal_statement(&message);
@@ -218,114 +212,76 @@ impl Filter for ClientTracker {
                 }
                 Expect::Query { sql: sql.into() }
             }
-            frontend::PARSE => {
-                let name = cur.cstr()?.to_string();
-                let sql: &str = cur.cstr()?;
-                self.described_statements.remove(&name);
+            Frontend::Parse { name, sql, param_types } => {
+                self.described_statements.remove(name);
                 if let Some(message) = self.check(sql).await {
                     // Same statement name and parameter types, our text.
                     let refused = refusal_statement(&message);
-                    let rest_at = 5 + name.len() + 1 + sql.len() + 1;
                     let at = wire::begin_message(out, frontend::PARSE);
                     out.extend_from_slice(name.as_bytes());
                     out.put_u8(0);
                     out.extend_from_slice(refused.as_bytes());
                     out.put_u8(0);
-                    out.extend_from_slice(&msg[rest_at.min(msg.len())..]);
+                    out.extend_from_slice(param_types);
                     wire::finish_message(out, at);
-                    lock(&self.queue).push_back(Expect::Parse { name, sql: refused.into() });
+                    lock(&self.queue).push_back(Expect::Parse { name: name.to_string(), sql: refused.into() });
                     return Ok(Verdict::Replaced);
                 }
                 if let Ok(a) = crate::sql::analyze(sql).as_ref() {
-                    self.model.protocol_prepared(&name, a.statements.first());
+                    self.model.protocol_prepared(name, a.statements.first());
                 }
-                Expect::Parse { name, sql: sql.into() }
+                Expect::Parse { name: name.to_string(), sql: sql.into() }
             }
-            frontend::BIND => {
-                let portal = cur.cstr()?.to_string();
-                let statement = cur.cstr()?.to_string();
-                let n = cur.i16()?.max(0) as usize;
-                cur.bytes(2 * n)?;
-                let params = cur.i16()?.max(0);
-                for _ in 0..params {
-                    let len = cur.i32()?;
-                    if len > 0 {
-                        cur.bytes(len as usize)?;
-                    }
-                }
-                let n = cur.i16()?;
-                let code = |c: i16| Format::from_code(c).ok_or(bad(tag, "unknown result format code"));
-                let formats = match n {
-                    0 => ResultFormats::All(Format::Text),
-                    1 => ResultFormats::All(code(cur.i16()?)?),
-                    n if n > 1 => {
-                        let mut v = Vec::with_capacity(n as usize);
-                        for _ in 0..n {
-                            v.push(code(cur.i16()?)?);
-                        }
-                        ResultFormats::PerColumn(v)
-                    }
-                    _ => return Err(bad(tag, "negative result format count")),
-                };
-                if self.described_statements.contains(&statement) {
-                    self.described_portals.insert(portal.clone());
+            Frontend::Bind { portal, statement, formats } => {
+                if self.described_statements.contains(statement) {
+                    self.described_portals.insert(portal.to_string());
                 } else {
-                    self.described_portals.remove(&portal);
+                    self.described_portals.remove(portal);
                 }
-                Expect::Bind { portal, statement, formats }
+                Expect::Bind { portal: portal.to_string(), statement: statement.to_string(), formats }
             }
-            frontend::DESCRIBE => {
-                let kind = cur.u8()?;
-                let name = cur.cstr()?.to_string();
-                match kind {
-                    b'S' => {
-                        self.described_statements.insert(name.clone());
-                        Expect::DescribeStatement { name }
-                    }
-                    b'P' => {
-                        self.described_portals.insert(name.clone());
-                        Expect::DescribePortal { name, injected: false }
-                    }
-                    _ => return Err(bad(tag, "Describe of neither statement nor portal")),
-                }
+            Frontend::Describe { target: Target::Statement, name } => {
+                self.described_statements.insert(name.to_string());
+                Expect::DescribeStatement { name: name.to_string() }
             }
-            frontend::EXECUTE => {
-                let portal = cur.cstr()?.to_string();
-                if !self.observe_only && !self.described_portals.contains(&portal) {
+            Frontend::Describe { target: Target::Portal, name } => {
+                self.described_portals.insert(name.to_string());
+                Expect::DescribePortal { name: name.to_string(), injected: false }
+            }
+            Frontend::Execute { portal } => {
+                if !self.observe_only && !self.described_portals.contains(portal) {
                     // The client never asked for this portal's columns; ask
                     // ourselves so its rows can be masked, and hide the answer.
-                    self.described_portals.insert(portal.clone());
+                    self.described_portals.insert(portal.to_string());
                     let at = wire::begin_message(out, frontend::DESCRIBE);
                     out.put_u8(b'P');
                     out.extend_from_slice(portal.as_bytes());
                     out.put_u8(0);
                     wire::finish_message(out, at);
-                    out.extend_from_slice(msg);
+                    out.extend_from_slice(msg.bytes());
                     let mut q = lock(&self.queue);
-                    q.push_back(Expect::DescribePortal { name: portal.clone(), injected: true });
-                    q.push_back(Expect::Execute { portal });
+                    q.push_back(Expect::DescribePortal { name: portal.to_string(), injected: true });
+                    q.push_back(Expect::Execute { portal: portal.to_string() });
                     return Ok(Verdict::Replaced);
                 }
-                Expect::Execute { portal }
+                Expect::Execute { portal: portal.to_string() }
             }
-            frontend::CLOSE => {
-                let kind = cur.u8()?;
-                let name = cur.cstr()?;
-                match kind {
-                    b'S' => self.described_statements.remove(name),
-                    _ => self.described_portals.remove(name),
+            Frontend::Close { target, name } => {
+                match target {
+                    Target::Statement => self.described_statements.remove(name),
+                    Target::Portal => self.described_portals.remove(name),
                 };
                 Expect::Close
             }
-            frontend::SYNC => Expect::Sync,
+            Frontend::Sync => Expect::Sync,
             // Answered like a simple query: a result, then ReadyForQuery.
-            frontend::FUNCTION_CALL if self.observe_only => Expect::Sync,
-            frontend::FUNCTION_CALL => {
+            Frontend::FunctionCall if self.observe_only => Expect::Sync,
+            Frontend::FunctionCall => {
                 return Err(RelayError::refused(
                     "masker: the fast-path function call interface is not allowed for masked sessions",
                 ));
             }
-            _ => return Ok(Verdict::Forward),
+            Frontend::Other => return Ok(Verdict::Forward),
         };
         lock(&self.queue).push_back(expect);
         Ok(Verdict::Forward)

@@ -3,7 +3,7 @@
 //! the right plan.
 //!
 //! The client side ([`ClientTracker`]) notes, in order, what each request will
-//! be answered with ([`Expect`]); the server side ([`ServerTracker`]) consumes
+//! be answered with ([`expect::Expect`]); the server side ([`ServerTracker`]) consumes
 //! those notes as the answers arrive. This is how a `DataRow` of an `Execute`
 //! finds its columns even though no `RowDescription` precedes it: the
 //! statement's `Describe`, or one the agent injects itself when the client
@@ -18,5 +18,5 @@ pub mod model;
 pub mod server;
 
 pub use client::ClientTracker;
-pub use expect::{Expect, ExpectQueue};
+pub use expect::ExpectQueue;
 pub use server::ServerTracker;

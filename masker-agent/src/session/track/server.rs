@@ -18,6 +18,7 @@ use crate::plan::copy::CopyPlanError;
 use crate::plan::lineage::is_refusal;
 use crate::session::context::Session;
 use crate::session::relay::{Filter, RelayError, Verdict};
+use crate::wire::message::Message;
 use crate::wire::{self, Cursor, FieldDescription, FrameError, Header, ResultFormats, backend};
 
 struct Statement {
@@ -223,8 +224,8 @@ impl ServerTracker {
         plan
     }
 
-    async fn on_row_description(&mut self, msg: &[u8]) -> Result<Verdict, RelayError> {
-        let fields = wire::parse_row_description(&msg[5..])?;
+    async fn on_row_description(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
+        let fields = wire::parse_row_description(msg.body())?;
         let front = lock(&self.queue).pop_front();
         match front {
             Some(Expect::Query { sql }) => {
@@ -299,7 +300,7 @@ impl ServerTracker {
         Ok(Verdict::Forward)
     }
 
-    fn on_data_row(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    fn on_data_row(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         if self.swallowing {
             return Ok(Verdict::Replaced);
         }
@@ -315,7 +316,7 @@ impl ServerTracker {
         let counters = &self.session.entry.counters;
         counters.rows.fetch_add(1, Ordering::Relaxed);
         let per_column = self.trail.column_counts(plan);
-        let stats = masking::mask_data_row_counted(plan, &msg[5..], out, per_column)
+        let stats = masking::mask_data_row_counted(plan, msg.body(), out, per_column)
             .map_err(|e| RelayError::refused(format!("masker: cannot mask a row ({e}); closing the session")))?;
         counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
         self.trail.row(Some(&stats));
@@ -324,16 +325,16 @@ impl ServerTracker {
 
     /// End of one statement's result: CommandComplete, EmptyQueryResponse or
     /// PortalSuspended.
-    async fn on_result_end(&mut self, msg: &[u8]) -> Result<Verdict, RelayError> {
-        if msg[0] == backend::COMMAND_COMPLETE {
+    async fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
+        if msg.tag() == backend::COMMAND_COMPLETE {
             let sql = self.audit_sql();
-            let stats = self.trail.end(sql.as_deref(), Some(&msg[5..]), None);
+            let stats = self.trail.end(sql.as_deref(), Some(msg.body()), None);
             self.session.entry.counters.add_masked(&stats);
             if !self.observe_only {
                 // Settings it changed are reported before ReadyForQuery.
                 self.attribution().await;
             }
-            self.completed(&msg[5..]);
+            self.completed(msg.body());
         }
         self.current = None;
         self.copy = None;
@@ -347,7 +348,7 @@ impl ServerTracker {
             _ => {}
         }
         drop(q);
-        if msg[0] == backend::COMMAND_COMPLETE && is_ddl_tag(&msg[5..]) {
+        if msg.tag() == backend::COMMAND_COMPLETE && is_ddl_tag(msg.body()) {
             self.planner.catalog.invalidate(&self.planner.destination, &self.planner.database);
         }
         if std::mem::take(&mut self.swallowing) {
@@ -356,9 +357,9 @@ impl ServerTracker {
         Ok(Verdict::Forward)
     }
 
-    async fn on_copy_out(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    async fn on_copy_out(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let masker = match self.current() {
-            Some((sql, index)) => self.planner.copy_masker(&self.model, &sql, index, &msg[5..]).await,
+            Some((sql, index)) => self.planner.copy_masker(&self.model, &sql, index, msg.body()).await,
             None => Err(CopyPlanError::UnknownStatement),
         };
         match masker {
@@ -376,7 +377,7 @@ impl ServerTracker {
         }
     }
 
-    fn on_copy_data(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    fn on_copy_data(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         if self.swallowing {
             return Ok(Verdict::Replaced);
         }
@@ -384,7 +385,7 @@ impl ServerTracker {
             return Err(RelayError::refused("masker: COPY data outside a COPY; closing the session"));
         };
         let stats = copy
-            .push(&msg[5..], out)
+            .push(msg.body(), out)
             .map_err(|e| RelayError::refused(format!("masker: cannot mask COPY data ({e}); closing the session")))?;
         self.session.entry.counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
         self.trail.masked(&stats);
@@ -413,18 +414,18 @@ impl ServerTracker {
     /// in the client's own statement text before anything ran (a `P`
     /// position and no context of code that ran). masker's own refusals
     /// lose the context of how they are delivered.
-    async fn on_error(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        let tag = msg[0];
+    async fn on_error(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        let tag = msg.tag();
         if tag == backend::ERROR_RESPONSE
             && let Some(sql) = self.audit_sql()
         {
-            let stats = self.trail.end(Some(&sql), None, Some(&msg[5..]));
+            let stats = self.trail.end(Some(&sql), None, Some(msg.body()));
             self.session.entry.counters.add_masked(&stats);
         }
         let verdict = if self.observe_only {
             Verdict::Forward
         } else {
-            let body = &msg[5..];
+            let body = msg.body();
             match self.attribution().await {
                 Attribution::None | Attribution::Clean => Verdict::Forward,
                 Attribution::Refusal => {
@@ -483,7 +484,7 @@ fn from_statement_text(body: &[u8]) -> bool {
 /// A ParameterStatus reported after a tainted statement: settings with free
 /// text (`application_name` and any the server adds) lose their value; the
 /// ones drivers parse, whose values are validated, stay.
-fn on_parameter_status(msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+fn on_parameter_status(body: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
     const VALIDATED: &[&str] = &[
         "server_version",
         "server_encoding",
@@ -499,7 +500,7 @@ fn on_parameter_status(msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayE
         "in_hot_standby",
         "scram_iterations",
     ];
-    let mut cur = Cursor::new(&msg[5..], backend::PARAMETER_STATUS);
+    let mut cur = Cursor::new(body, backend::PARAMETER_STATUS);
     let name = cur.cstr()?;
     if VALIDATED.contains(&name) {
         return Ok(Verdict::Forward);
@@ -614,8 +615,8 @@ impl Filter for ServerTracker {
         })
     }
 
-    async fn on_message(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        match msg[0] {
+    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        match msg.tag() {
             backend::DATA_ROW => self.on_data_row(msg, out),
             backend::ROW_DESCRIPTION => self.on_row_description(msg).await,
             backend::BIND_COMPLETE => self.on_bind_complete().await,
@@ -655,10 +656,10 @@ impl Filter for ServerTracker {
             backend::COMMAND_COMPLETE | backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED => {
                 self.on_result_end(msg).await
             }
-            backend::PARAMETER_STATUS => on_parameter_status(msg, out),
+            backend::PARAMETER_STATUS => on_parameter_status(msg.body(), out),
             backend::READY_FOR_QUERY => {
                 self.trail.ready();
-                self.model.ready(msg.get(5).copied().unwrap_or(b'I'));
+                self.model.ready(msg.body().first().copied().unwrap_or(b'I'));
                 self.published.publish(&self.model);
                 self.attribution = None;
                 self.batch_tainted = false;
@@ -674,14 +675,16 @@ impl Filter for ServerTracker {
             }
             backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => self.on_error(msg, out).await,
             backend::NOTIFICATION_RESPONSE
-                if self.planner.policy.guardrails().is_some_and(|g| {
-                    g.notifications == crate::policy::guardrails::Notifications::Withhold
-                }) =>
+                if self
+                    .planner
+                    .policy
+                    .guardrails()
+                    .is_some_and(|g| g.notifications == crate::policy::guardrails::Notifications::Withhold) =>
             {
                 Ok(Verdict::Replaced)
             }
             backend::NOTIFICATION_RESPONSE => {
-                masking::mask_notification(&msg[5..], out, false).map_err(|e| {
+                masking::mask_notification(msg.body(), out, false).map_err(|e| {
                     RelayError::refused(format!("masker: cannot scrub a notification ({e}); closing the session"))
                 })?;
                 Ok(Verdict::Replaced)
