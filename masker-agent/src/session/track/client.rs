@@ -80,14 +80,21 @@ impl ClientTracker {
     /// statement waits here, and with it everything the client sends after it.
     async fn check(&mut self, sql: &str) -> Option<String> {
         let plan = self.plan.clone()?;
-        if lock(&self.queue).is_empty()
-            && let Some((model, version)) = self.published.newer_than(self.model_version)
-        {
+        let in_flight = !lock(&self.queue).is_empty();
+        if !in_flight && let Some((model, version)) = self.published.newer_than(self.model_version) {
             self.model = (*model).clone();
             self.model_version = version;
         }
         let resolver = plan.resolver(&self.model);
-        if let Some((rule, message)) = resolver.refusal(sql).await {
+        let mut refusal = resolver.refusal(sql).await;
+        if refusal.is_none() && in_flight {
+            // What was sent may still fail: the statement must pass with the
+            // session as it is now too (a CREATE still in flight that will
+            // fail must not make a name look like the client's own data).
+            let now = self.published.latest();
+            refusal = plan.resolver(&now).refusal(sql).await;
+        }
+        if let Some((rule, message)) = refusal {
             self.session.denial(sql, rule, &message);
             return Some(message);
         }

@@ -391,6 +391,11 @@ impl Published {
         g.1 += 1;
     }
 
+    /// The latest model.
+    pub fn latest(&self) -> Arc<SessionModel> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
+    }
+
     /// The latest model if it is newer than `seen` (its version).
     pub fn newer_than(&self, seen: u64) -> Option<(Arc<SessionModel>, u64)> {
         let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
@@ -515,7 +520,7 @@ mod tests {
         assert!(m.temp_clean());
         run(&mut m, "CREATE TEMP TABLE t (a int)");
         m.ready(b'I');
-        run(&mut m, "DO $$ BEGIN EXECUTE 'select 1'; END $$");
+        run(&mut m, "DO $$ BEGIN EXECUTE 'select ' || '1'; END $$");
         assert!(!m.temp_clean());
     }
 }
