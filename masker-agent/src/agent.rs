@@ -1,6 +1,9 @@
 //! `masker agent`: the daemon. Loads the policy, attaches the eBPF programs,
-//! keeps the target map in step with DNS, accepts redirected connections and
-//! answers the admin socket.
+//! keeps the target map in step with DNS, accepts redirected connections (on
+//! its own listeners and on those it opens inside containers' network
+//! namespaces: [`namespaces`]) and answers the admin socket.
+
+mod namespaces;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +16,8 @@ use tracing::{error, info, warn};
 use crate::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
 use crate::catalog::Catalog;
 use crate::config::AgentConfig;
-use crate::interception::{Interception, InterceptionConfig};
+use crate::interception::netns::NsId;
+use crate::interception::{Interception, InterceptionConfig, NetPort};
 use crate::policy::Policy;
 use crate::registry::{Registry, SessionOrigin};
 use crate::session::{self, Limits, Route, SessionContext};
@@ -34,6 +38,13 @@ pub struct Agent {
     identities: std::sync::Mutex<crate::identity::Identities>,
     /// Verifies tokens presented at tag time (caches HTTPS key sets).
     verifier: crate::identity::Verifier,
+    /// Listeners inside other network namespaces (containers).
+    namespaces: namespaces::Namespaces,
+    /// Targets given as a network (`172.16.0.0/12:5432`, `*:5432`): their
+    /// TLS settings and names apply to every address inside.
+    network_targets: std::sync::Mutex<Vec<(NetPort, String, Arc<crate::tls::TargetTls>)>>,
+    /// This agent, for work the admin handler (which has `&self`) starts.
+    me: std::sync::OnceLock<std::sync::Weak<Agent>>,
 }
 
 /// Loads the policy named in `config` (if any), failing with its precise error.
@@ -67,8 +78,19 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     let mut icfg = InterceptionConfig::new(config.listen);
     icfg.listen_v6 = config.listen_v6;
     icfg.pin_dir = config.pin_dir.clone();
-    let interception = Interception::start(&icfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut interception = Interception::start(&icfg).map_err(|e| anyhow::anyhow!("{e}"))?;
     info!(pin_dir = %config.pin_dir.display(), "eBPF programs attached");
+    // The programs' own decisions, into our log (debug level).
+    let _kernel_log = match interception.take_kernel_log().map(|l| l.forward()) {
+        Some(Ok(forwarding)) => Some(forwarding),
+        Some(Err(e)) => {
+            warn!("kernel-side decisions will not be logged: {e}");
+            None
+        }
+        None => None,
+    };
+    let namespaces =
+        namespaces::Namespaces::new().map_err(|e| anyhow::anyhow!("starting the network namespace thread: {e}"))?;
 
     let mut tls = crate::tls::SessionTls::default();
     tls.client = Some(Arc::new(crate::tls::ClientTls::new(&config.state_dir)?));
@@ -102,8 +124,27 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         targets: std::sync::Mutex::new(Vec::new()),
         identities: std::sync::Mutex::new(identities),
         verifier,
+        namespaces,
+        network_targets: std::sync::Mutex::new(Vec::new()),
+        me: std::sync::OnceLock::new(),
     });
+    let _ = agent.me.set(Arc::downgrade(&agent));
+    agent.apply_egress().await;
     agent.refresh_targets().await?;
+    // Containers already running under tagged cgroups (an agent restart).
+    let found = agent.namespaces.reconcile(&agent).await;
+    if found.opened > 0 {
+        info!(namespaces = found.opened, "serving the network namespaces of running tagged workloads");
+    }
+    let rescan = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(namespaces::RESCAN).await;
+                agent.namespaces.reconcile(&agent).await;
+            }
+        })
+    };
 
     let admin_path = agent.config.admin_socket.clone();
     // Operators decide on held statements over the admin socket.
@@ -139,6 +180,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     Ok(msg) => info!("{msg}"),
                     Err(e) => error!("{e}"),
                 }
+                agent.apply_egress().await;
             }
         })
     };
@@ -151,7 +193,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     info!("shutting down");
     admin_task.abort();
     refresher.abort();
+    rescan.abort();
     hup.abort();
+    agent.namespaces.close_all(&agent).await;
     let _ = std::fs::remove_file(&agent.config.admin_socket);
     if let Some(i) = agent.interception.write().await.take() {
         match i.shutdown(true) {
@@ -175,16 +219,56 @@ impl Agent {
             };
             let agent = self.clone();
             tokio::spawn(async move {
-                let (origin, route) = agent.route(peer).await;
+                let (origin, route) = agent.route(peer, None).await;
                 session::serve(stream, origin, route, agent.ctx.clone()).await;
             });
         }
     }
 
-    /// Where a connection accepted from `peer` goes: the original destination
-    /// the kernel recorded, or a refusal when there is none or its cgroup is
-    /// no longer tagged (fail closed).
-    async fn route(&self, peer: SocketAddr) -> (SessionOrigin, Route) {
+    /// Accepts on a listener the agent opened inside namespace `ns`.
+    async fn accept_loop_in(self: Arc<Self>, listener: TcpListener, ns: NsId) {
+        loop {
+            let (stream, peer) = match listener.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    error!(netns = %ns, "accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let agent = self.clone();
+            tokio::spawn(async move {
+                let (origin, route) = match agent.namespaces.session_origin(ns) {
+                    Some(netns) => agent.route(peer, Some(netns)).await,
+                    // Closed between accept and here: nowhere to connect from.
+                    None => (
+                        SessionOrigin {
+                            identity: None,
+                            verified: None,
+                            client: peer,
+                            destination: String::new(),
+                            cgroup_id: None,
+                            pid: None,
+                            netns: None,
+                        },
+                        refuse("masker: the workload's network namespace is no longer served"),
+                    ),
+                };
+                session::serve(stream, origin, route, agent.ctx.clone()).await;
+            });
+        }
+    }
+
+    /// Where a connection accepted from `peer` (in namespace `netns`, or the
+    /// agent's own) goes: the original destination the kernel recorded, or a
+    /// refusal when there is none or its cgroup is no longer tagged (fail
+    /// closed).
+    async fn route(
+        &self,
+        peer: SocketAddr,
+        netns: Option<crate::interception::netns::NetnsOrigin>,
+    ) -> (SessionOrigin, Route) {
+        let cookie = netns.as_ref().map(|n| n.cookie);
         let mut origin = SessionOrigin {
             identity: None,
             verified: None,
@@ -192,14 +276,17 @@ impl Agent {
             destination: String::new(),
             cgroup_id: None,
             pid: None,
+            netns,
         };
         let guard = self.interception.read().await;
         let Some(interception) = guard.as_ref() else {
             return (origin, refuse("masker: the agent is shutting down"));
         };
-        match interception.original_destination(peer).await {
+        let cookie = cookie.unwrap_or_else(|| interception.own_netns());
+        match interception.original_destination(peer, cookie).await {
             Ok(r) => {
                 origin.destination = r.original.to_string();
+                self.note_network_target(r.original);
                 origin.cgroup_id = Some(r.cgroup.0);
                 origin.pid = Some(r.pid);
                 let record = self
@@ -250,13 +337,38 @@ impl Agent {
         }
     }
 
+    /// A destination inside a network target gets that target's TLS
+    /// settings and name (for credentials and per-identity `targets`), as a
+    /// resolved address of a named target has them.
+    fn note_network_target(&self, dest: SocketAddr) {
+        let key = dest.to_string();
+        if self.ctx.tls.target(&key).is_some()
+            || self.ctx.target_names.read().unwrap_or_else(|p| p.into_inner()).contains_key(&key)
+        {
+            return;
+        }
+        let nets = self.network_targets.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, name, tls)) = nets.iter().find(|(n, _, _)| n.contains(dest)) {
+            self.ctx.tls.targets.write().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), tls.clone());
+            self.ctx.target_names.write().unwrap_or_else(|p| p.into_inner()).insert(key, name.clone());
+        }
+    }
+
     /// Resolves the configured targets and replaces the target map.
     async fn refresh_targets(&self) -> anyhow::Result<()> {
         let mut addrs = Vec::new();
         let mut status = Vec::new();
         let mut tls = Vec::new();
         let mut names = Vec::new();
+        let mut nets = Vec::new();
         for t in &self.config.targets {
+            if NetPort::looks_like_network(t.as_str()) {
+                let net = NetPort::parse_target(t.as_str()).map_err(|e| anyhow::anyhow!("target {e}"))?;
+                let settings = Arc::new(crate::tls::TargetTls::new(t.as_str(), t.tls, t.ca_file.as_deref())?);
+                nets.push((net, t.address.clone(), settings));
+                status.push(TargetStatus { target: t.address.clone(), addresses: vec![net.to_string()] });
+                continue;
+            }
             match tokio::net::lookup_host(t.as_str()).await {
                 Ok(resolved) => {
                     let resolved: Vec<SocketAddr> = resolved.collect();
@@ -284,8 +396,11 @@ impl Agent {
         }
         addrs.sort();
         addrs.dedup();
+        let specs: Vec<NetPort> =
+            addrs.iter().map(|a| NetPort::exact(*a)).chain(nets.iter().map(|(n, _, _)| *n)).collect();
+        *self.network_targets.lock().unwrap_or_else(|p| p.into_inner()) = nets;
         if let Some(i) = self.interception.write().await.as_mut() {
-            i.set_targets(&addrs).map_err(|e| anyhow::anyhow!("{e}"))?;
+            i.set_targets(&specs).map_err(|e| anyhow::anyhow!("{e}"))?;
         }
         *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = status;
         {
@@ -296,6 +411,37 @@ impl Agent {
             map.extend(names);
         }
         Ok(())
+    }
+
+    /// The egress lock the policy gives `identity` (with its verified claims).
+    fn egress_of(&self, identity: &crate::identity::Identity) -> Option<crate::interception::EgressLock> {
+        let policy = self.ctx.current_policy()?;
+        policy.egress_for(&identity.name, identity.verified_claims())
+    }
+
+    /// Puts every tag's egress lock in line with the policy in force (after
+    /// a start or a reload).
+    async fn apply_egress(&self) {
+        let wanted: Vec<(u64, Option<crate::interception::EgressLock>)> = {
+            let ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+            ids.iter().map(|(id, identity)| (*id, self.egress_of(identity))).collect()
+        };
+        let mut guard = self.interception.write().await;
+        let Some(i) = guard.as_mut() else { return };
+        let tagged: std::collections::HashSet<u64> =
+            i.tags().map(|t| t.into_iter().map(|t| t.cgroup.0).collect()).unwrap_or_default();
+        for (id, lock) in wanted.into_iter().filter(|(id, _)| tagged.contains(id)) {
+            if let Err(e) = i.set_egress(crate::cgroup::CgroupId(id), lock.as_ref()) {
+                error!(cgroup_id = id, "cannot apply the egress lock: {e}");
+            }
+        }
+    }
+
+    /// Re-scans the namespaces of tagged workloads now (after a tag change).
+    async fn reconcile_namespaces(&self) {
+        if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {
+            me.namespaces.reconcile(&me).await;
+        }
     }
 
     /// Saves the identities; a failure is logged (the tags in force keep
@@ -327,9 +473,14 @@ impl Agent {
 
     async fn status(&self) -> anyhow::Result<Status> {
         let guard = self.interception.read().await;
-        let (tags, pin_dir) = match guard.as_ref() {
-            Some(i) => (i.tags().map_err(|e| anyhow::anyhow!("{e}"))?, i.pin_dir().display().to_string()),
-            None => (Vec::new(), String::new()),
+        let (tags, pin_dir, refused, locked) = match guard.as_ref() {
+            Some(i) => {
+                let tags = i.tags().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let locked: std::collections::HashSet<u64> =
+                    tags.iter().filter(|t| i.egress_locked(t.cgroup)).map(|t| t.cgroup.0).collect();
+                (tags, i.pin_dir().display().to_string(), i.refusals().map_err(|e| anyhow::anyhow!("{e}"))?, locked)
+            }
+            None => (Vec::new(), String::new(), Default::default(), Default::default()),
         };
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
@@ -345,8 +496,11 @@ impl Agent {
                     cgroup_id: t.cgroup.0,
                     path: t.path.map(|p| p.display().to_string()),
                     identity: t.identity,
+                    egress_lock: locked.contains(&t.cgroup.0),
+                    refused: refused.get(&t.cgroup).copied().unwrap_or_default(),
                 })
                 .collect(),
+            namespaces: self.namespaces.status(),
             policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
             sessions: self.ctx.registry.snapshot(),
             counters: self.ctx.registry.counters_snapshot(),
@@ -395,10 +549,7 @@ enum ReloadError {
 }
 
 /// The programs `Interception::start` attaches, as the kernel lists them.
-const PROGRAMS: [&str; 5] = {
-    use masker_common::program_names::*;
-    [CONNECT4, CONNECT6, SOCK_OPS, GETPEERNAME4, GETPEERNAME6]
-};
+const PROGRAMS: [&str; 7] = masker_common::program_names::ALL;
 
 /// Where the agent keeps the identities of its tags.
 fn config_state_file(config: &AgentConfig) -> PathBuf {
@@ -446,16 +597,26 @@ impl admin::Handler for Agent {
                     },
                     None => crate::identity::Identity::named(&identity),
                 };
+                let egress = self.egress_of(&verified);
                 let mut guard = self.interception.write().await;
                 let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
-                match i.tag(&cgroup, &identity) {
+                let tagged = i.tag(&cgroup, &identity, egress.as_ref());
+                drop(guard);
+                match tagged {
                     Ok(id) => {
                         let expires_at = verified.expires_at;
                         info!(cgroup = %cgroup.display(), cgroup_id = id.0, %identity, expires = %verified.expiry_text(), "tagged");
-                        let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-                        ids.insert(id.0, verified);
-                        self.save_identities(&ids);
-                        json(serde_json::json!({ "cgroup_id": id.0, "expires_at": expires_at }))
+                        {
+                            let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+                            ids.insert(id.0, verified);
+                            self.save_identities(&ids);
+                        }
+                        // Workloads already running in their own namespaces
+                        // get their listener before `masker tag` returns.
+                        self.reconcile_namespaces().await;
+                        json(
+                            serde_json::json!({ "cgroup_id": id.0, "expires_at": expires_at, "egress_lock": egress.is_some() }),
+                        )
                     }
                     Err(e) => Response::Error(e.to_string()),
                 }
@@ -463,12 +624,17 @@ impl admin::Handler for Agent {
             Request::Untag { cgroup } => {
                 let mut guard = self.interception.write().await;
                 let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
-                match i.untag_path(&cgroup) {
+                let untagged = i.untag_path(&cgroup);
+                drop(guard);
+                match untagged {
                     Ok(id) => {
-                        let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-                        ids.remove(&id.0);
-                        self.save_identities(&ids);
+                        {
+                            let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+                            ids.remove(&id.0);
+                            self.save_identities(&ids);
+                        }
                         info!(cgroup = %cgroup.display(), cgroup_id = id.0, "untagged");
+                        self.reconcile_namespaces().await;
                         json(serde_json::json!({ "cgroup_id": id.0 }))
                     }
                     Err(e) => Response::Error(e.to_string()),
@@ -491,10 +657,14 @@ impl admin::Handler for Agent {
             Request::Deny { id, approver, reason } => {
                 self.decide(id, crate::approvals::Decision::Deny { approver, reason })
             }
-            Request::PolicyReload => match self.reload_policy() {
-                Ok(msg) => json(msg),
-                Err(e) => Response::Error(e.to_string()),
-            },
+            Request::PolicyReload => {
+                let result = self.reload_policy();
+                self.apply_egress().await;
+                match result {
+                    Ok(msg) => json(msg),
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
         }
     }
 }

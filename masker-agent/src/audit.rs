@@ -299,6 +299,12 @@ pub struct SessionFields<'a> {
     pub cgroup_path: Option<String>,
     pub pid: Option<u32>,
     pub executable: Option<String>,
+    /// The client's network namespace (`net:[INODE]`), when not the agent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The container id its cgroup names, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub user: Option<String>,
     pub database: Option<String>,
     pub tls: Tls,
@@ -321,6 +327,8 @@ impl<'a> SessionFields<'a> {
             cgroup_path,
             pid: o.pid,
             executable,
+            netns: o.netns.as_ref().map(|n| n.ns.to_string()),
+            container: o.netns.as_ref().and_then(|n| n.container.clone()),
             user: startup.as_ref().map(|s| s.0.clone()),
             database: startup.map(|s| s.1),
             tls: Tls {
@@ -1167,6 +1175,7 @@ mod tests {
             destination: "db:5432".into(),
             cgroup_id: None,
             pid: None,
+            netns: None,
         };
         let guard = registry.open(origin);
         let id = guard.entry.id;

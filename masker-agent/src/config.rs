@@ -226,8 +226,21 @@ impl AgentConfig {
             anyhow::bail!("{origin}: `targets` is empty; list the databases to intercept as \"host:port\"");
         }
         for t in &config.targets {
-            if crate::catalog::split_host_port(t.as_str()).is_none() {
-                anyhow::bail!("{origin}: target {:?} is not \"host:port\"", t.address);
+            if crate::interception::NetPort::looks_like_network(t.as_str()) {
+                crate::interception::NetPort::parse_target(t.as_str())
+                    .map_err(|e| anyhow::anyhow!("{origin}: target {e}"))?;
+                if t.tls == crate::tls::UpstreamTlsMode::VerifyFull {
+                    anyhow::bail!(
+                        "{origin}: target {:?} is a network: tls = \"verify-full\" needs a host name to verify; \
+                         use \"require\" or name the host",
+                        t.address
+                    );
+                }
+            } else if crate::catalog::split_host_port(t.as_str()).is_none() {
+                anyhow::bail!(
+                    "{origin}: target {:?} is not \"host:port\" or \"NETWORK/LEN:PORT\" (\"*:PORT\" for any address)",
+                    t.address
+                );
             }
         }
         for (i, c) in config.credentials.iter().enumerate() {

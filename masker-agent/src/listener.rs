@@ -41,6 +41,7 @@ pub async fn run_proxy(
                     destination: upstream.clone(),
                     cgroup_id: None,
                     pid: None,
+                    netns: None,
                 };
                 tokio::spawn(session::serve(stream, origin, Route::To(upstream.clone()), ctx.clone()));
             }

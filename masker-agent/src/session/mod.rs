@@ -254,7 +254,9 @@ async fn startup<C: AsyncRead + AsyncWrite + Unpin>(
                 ctx.registry.counters.cancel_requests.fetch_add(1, Ordering::Relaxed);
                 return match route {
                     Route::To(destination) => {
-                        forward_cancel(&buf[..len], destination, ctx).await.map(|()| Startup::Done)
+                        forward_cancel(&buf[..len], destination, ctx, entry.origin.netns.as_ref())
+                            .await
+                            .map(|()| Startup::Done)
                     }
                     Route::Refuse { message, .. } => Err(SessionError::Refused(message.clone())),
                 };
@@ -336,7 +338,7 @@ async fn run<C: SplitIo>(
         let _ = client.write_all(&refuse("28000", &message)).await;
         return Err(SessionError::Refused(message));
     }
-    let server = match connect_upstream(destination, ctx).await {
+    let server = match connect_upstream(destination, ctx, entry.origin.netns.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             let mut out = BytesMut::new();
@@ -537,8 +539,13 @@ fn is_disconnect(e: &io::Error) -> bool {
 /// A CancelRequest is forwarded as is to the server the session's
 /// destination names: the client holds the server's own BackendKeyData
 /// because the relay passed it through unchanged.
-async fn forward_cancel(packet: &[u8], destination: &str, ctx: &SessionContext) -> Result<(), SessionError> {
-    let server = connect_upstream(destination, ctx)
+async fn forward_cancel(
+    packet: &[u8],
+    destination: &str,
+    ctx: &SessionContext,
+    netns: Option<&crate::interception::netns::NetnsOrigin>,
+) -> Result<(), SessionError> {
+    let server = connect_upstream(destination, ctx, netns)
         .await
         .map_err(|source| SessionError::Connect { dest: destination.to_string(), source })?;
     let mut server = upstream_tls(server, destination, ctx).await.map_err(SessionError::UpstreamTls)?;
@@ -563,13 +570,29 @@ async fn upstream_tls(
 }
 
 /// Connects to `destination` (`host:port`, names resolved now), trying each
-/// address in turn, within the connect timeout.
-async fn connect_upstream(destination: &str, ctx: &SessionContext) -> io::Result<TcpStream> {
+/// address in turn, within the connect timeout. For a client in another
+/// network namespace (`netns`), from a socket created in that namespace.
+async fn connect_upstream(
+    destination: &str,
+    ctx: &SessionContext,
+    netns: Option<&crate::interception::netns::NetnsOrigin>,
+) -> io::Result<TcpStream> {
     let attempt = async {
         // An address needs no resolver: `lookup_host` would hand even a
         // literal to the blocking pool, a thread hop on every connection.
         if let Ok(addr) = destination.parse::<SocketAddr>() {
-            return connect_one(addr, ctx.socket_mark).await;
+            return match netns {
+                Some(ns) => ns.connect(addr, ctx.socket_mark).await,
+                None => connect_one(addr, ctx.socket_mark).await,
+            };
+        }
+        if netns.is_some() {
+            // Only the workload's own resolver knows its names; the kernel
+            // recorded an address, so this does not happen on that path.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a name cannot be resolved in the client's namespace",
+            ));
         }
         let mut last = None;
         for addr in tokio::net::lookup_host(destination).await? {
