@@ -94,6 +94,10 @@ pub struct Status {
     /// Network namespaces (containers) the agent has a listener in.
     #[serde(default)]
     pub namespaces: Vec<NamespaceStatus>,
+    /// Entries of the kernel's listeners map (one per served namespace,
+    /// the agent's own included).
+    #[serde(default)]
+    pub listener_entries: usize,
 }
 
 /// One `[[credential]]`, as `masker status` shows it.

@@ -501,6 +501,7 @@ impl Agent {
                 })
                 .collect(),
             namespaces: self.namespaces.status(),
+            listener_entries: guard.as_ref().and_then(|i| i.listener_cookies().ok()).map_or(0, |c| c.len()),
             policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
             sessions: self.ctx.registry.snapshot(),
             counters: self.ctx.registry.counters_snapshot(),

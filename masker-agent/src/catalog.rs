@@ -91,6 +91,20 @@ pub struct Catalog {
     access: Option<CatalogAccess>,
     caches: Mutex<HashMap<(String, String), DbCache>>,
     clients: tokio::sync::Mutex<HashMap<(String, String), Client>>,
+    /// Sessions from other network namespaces (containers) reach their
+    /// server from there, and so does the catalog connection for them; their
+    /// destinations are keyed `netns:<cookie>/<address>` (two containers'
+    /// `127.0.0.1:5432` are different servers). By cookie.
+    netns: Mutex<HashMap<u64, crate::interception::netns::NetnsOrigin>>,
+}
+
+/// The catalog key of `destination` as seen from `netns` (or the agent's own
+/// namespace): see [`Catalog::register_netns`].
+pub fn destination_key(destination: &str, netns: Option<&crate::interception::netns::NetnsOrigin>) -> String {
+    match netns {
+        Some(ns) => format!("netns:{}/{destination}", ns.cookie),
+        None => destination.to_string(),
+    }
 }
 
 impl Catalog {
@@ -98,7 +112,28 @@ impl Catalog {
     /// catalog credentials and every table column is treated as unresolved
     /// (and so masked: fail closed).
     pub fn new(access: Option<CatalogAccess>) -> Self {
-        Catalog { access, caches: Mutex::new(HashMap::new()), clients: tokio::sync::Mutex::new(HashMap::new()) }
+        Catalog {
+            access,
+            caches: Mutex::new(HashMap::new()),
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+            netns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Lets look-ups for destinations keyed by [`destination_key`] with
+    /// `origin` connect from its namespace.
+    pub fn register_netns(&self, origin: &crate::interception::netns::NetnsOrigin) {
+        self.netns.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.cookie, origin.clone());
+    }
+
+    /// Forgets namespace `cookie`: its connector, its open catalog
+    /// connections (which would otherwise keep the namespace alive) and its
+    /// cache.
+    pub async fn forget_netns(&self, cookie: u64) {
+        let prefix = format!("netns:{cookie}/");
+        self.netns.lock().unwrap_or_else(|p| p.into_inner()).remove(&cookie);
+        self.clients.lock().await.retain(|(dest, _), _| !dest.starts_with(&prefix));
+        self.caches.lock().unwrap_or_else(|p| p.into_inner()).retain(|(dest, _), _| !dest.starts_with(&prefix));
     }
 
     /// Forgets everything cached for `database` on `destination` (after DDL).
@@ -337,6 +372,9 @@ impl Catalog {
 
     async fn connect(&self, destination: &str, database: &str) -> Result<Client, String> {
         let access = self.access.as_ref().ok_or("the agent has no catalog credentials configured")?;
+        if let Some(rest) = destination.strip_prefix("netns:") {
+            return self.connect_in_netns(rest, database, access).await;
+        }
         let (host, port) = split_host_port(destination).ok_or("destination is not HOST:PORT")?;
         let mut config = tokio_postgres::Config::new();
         config
@@ -356,6 +394,39 @@ impl Catalog {
             }
         });
         debug!(destination, database, "catalog connection opened");
+        Ok(client)
+    }
+
+    /// A catalog connection made from another network namespace: `rest` is
+    /// `<cookie>/<address>`.
+    async fn connect_in_netns(&self, rest: &str, database: &str, access: &CatalogAccess) -> Result<Client, String> {
+        let (cookie, addr) = rest.split_once('/').ok_or("bad namespace destination")?;
+        let cookie: u64 = cookie.parse().map_err(|_| "bad namespace cookie")?;
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| "destination is not an address")?;
+        let origin = self
+            .netns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cookie)
+            .cloned()
+            .ok_or("the client's network namespace is no longer served")?;
+        let stream = origin.connect(addr, Some(masker_common::MASKER_SOCKET_MARK)).await.map_err(|e| e.to_string())?;
+        let mut config = tokio_postgres::Config::new();
+        config.user(&access.user).dbname(database).application_name("masker-catalog");
+        if let Some(pw) = &access.password {
+            config.password(pw);
+        }
+        let connect = config.connect_raw(stream, NoTls);
+        let (client, connection) = tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .map_err(|_| "timed out")?
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("catalog connection ended: {e}");
+            }
+        });
+        debug!(netns = cookie, %addr, database, "catalog connection opened from the client's namespace");
         Ok(client)
     }
 }

@@ -24,6 +24,7 @@ pub mod cluster;
 pub mod compare;
 pub mod fixture;
 pub mod leaks;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod psql;

@@ -137,6 +137,8 @@ impl Namespaces {
                     warn!(netns = %id, "removing the listener entry: {e}");
                 }
                 let removed = self.served.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                // Its catalog connections would keep the namespace alive.
+                agent.ctx.catalog.forget_netns(cookie).await;
                 if let Some(s) = removed {
                     info!(netns = %id, cookie, container = s.container.as_deref().unwrap_or("-"), "namespace listener closed");
                 }

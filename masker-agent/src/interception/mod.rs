@@ -251,6 +251,12 @@ impl Interception {
             .map_err(|e| InterceptionError::io("reading the agent's network namespace cookie (kernel < 5.14?)", e))?;
         let mut listeners: HashMap<_, u64, Listener> = HashMap::try_from(take_map(&mut ebpf, map_names::LISTENERS)?)
             .map_err(|e| InterceptionError::bpf("opening the listeners map", e))?;
+        // Entries a previous agent left for other namespaces name listeners
+        // that died with it; this agent opens its own (`netns`).
+        let stale: Vec<u64> = listeners.keys().filter_map(Result::ok).filter(|c| *c != own_netns).collect();
+        for cookie in stale {
+            let _ = remove_key(&mut listeners, &cookie);
+        }
         listeners
             .insert(own_netns, host_listener(cfg), 0)
             .map_err(|e| InterceptionError::bpf("writing the agent's address to the listeners map", e))?;

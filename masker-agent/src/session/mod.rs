@@ -375,7 +375,7 @@ async fn run<C: SplitIo>(
             let observe = MaskContext {
                 policy: crate::policy::SessionPolicy::allow_all(),
                 catalog: ctx.catalog.clone(),
-                destination: destination.to_string(),
+                destination: catalog_key(destination, entry, ctx),
                 database,
                 entry: entry.clone(),
             };
@@ -393,7 +393,7 @@ async fn run<C: SplitIo>(
             let mask = MaskContext {
                 policy: session_policy,
                 catalog: ctx.catalog.clone(),
-                destination: destination.to_string(),
+                destination: catalog_key(destination, entry, ctx),
                 database,
                 entry: entry.clone(),
             };
@@ -403,6 +403,15 @@ async fn run<C: SplitIo>(
             relay(client, &mut server, &buf, &from_server, client_filter, server_filter, holds, ctx, entry).await
         }
     }
+}
+
+/// The catalog's key for the session's server: for a client in another
+/// network namespace, qualified by that namespace (and looked up from there).
+fn catalog_key(destination: &str, entry: &SessionEntry, ctx: &SessionContext) -> String {
+    if let Some(ns) = &entry.origin.netns {
+        ctx.catalog.register_netns(ns);
+    }
+    crate::catalog::destination_key(destination, entry.origin.netns.as_ref())
 }
 
 /// Logs in to `server` with `credential` (see [`crate::credentials`]);
