@@ -45,6 +45,10 @@ pub struct Agent {
     network_targets: std::sync::Mutex<Vec<(NetPort, String, Arc<crate::tls::TargetTls>)>>,
     /// This agent, for work the admin handler (which has `&self`) starts.
     me: std::sync::OnceLock<std::sync::Weak<Agent>>,
+    /// The cgroup v2 mount.
+    cgroup_root: PathBuf,
+    /// Containers the Docker watcher tagged: id → tagged cgroup.
+    docker_tags: std::sync::Mutex<std::collections::HashMap<String, crate::cgroup::CgroupId>>,
 }
 
 /// Loads the policy named in `config` (if any), failing with its precise error.
@@ -127,6 +131,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         namespaces,
         network_targets: std::sync::Mutex::new(Vec::new()),
         me: std::sync::OnceLock::new(),
+        cgroup_root: crate::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?,
+        docker_tags: std::sync::Mutex::new(Default::default()),
     });
     let _ = agent.me.set(Arc::downgrade(&agent));
     agent.apply_egress().await;
@@ -136,15 +142,21 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     if found.opened > 0 {
         info!(namespaces = found.opened, "serving the network namespaces of running tagged workloads");
     }
+    if let Err(e) = namespaces::watch_cgroups(agent.namespaces.watched.clone(), agent.namespaces.wake.clone()) {
+        warn!("cannot watch the tagged cgroups ({e}); new containers are found every {:?}", namespaces::RESCAN);
+    }
     let rescan = {
         let agent = agent.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(namespaces::RESCAN).await;
-                agent.namespaces.reconcile(&agent).await;
-            }
-        })
+        tokio::spawn(async move { agent.namespaces.run(&agent).await })
     };
+    let docker = agent.config.docker.clone().map(|d| {
+        let agent = agent.clone();
+        let root = agent.cgroup_root.clone();
+        tokio::spawn(async move {
+            let watcher = crate::interception::docker::Watcher { socket: d.socket, label: d.label, root };
+            watcher.run(|change| agent.apply_docker(change)).await
+        })
+    });
 
     let admin_path = agent.config.admin_socket.clone();
     // Operators decide on held statements over the admin socket.
@@ -194,6 +206,9 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
     admin_task.abort();
     refresher.abort();
     rescan.abort();
+    if let Some(d) = docker {
+        d.abort();
+    }
     hup.abort();
     agent.namespaces.close_all(&agent).await;
     let _ = std::fs::remove_file(&agent.config.admin_socket);
@@ -433,6 +448,49 @@ impl Agent {
         for (id, lock) in wanted.into_iter().filter(|(id, _)| tagged.contains(id)) {
             if let Err(e) = i.set_egress(crate::cgroup::CgroupId(id), lock.as_ref()) {
                 error!(cgroup_id = id, "cannot apply the egress lock: {e}");
+            }
+        }
+    }
+
+    /// Applies what the Docker watcher saw.
+    async fn apply_docker(&self, change: crate::interception::docker::Change) {
+        use crate::interception::docker::Change;
+        match change {
+            Change::Tag { container, cgroup, identity, create } => {
+                if create && let Err(e) = std::fs::create_dir_all(&cgroup) {
+                    warn!(container, cgroup = %cgroup.display(), "docker watcher: cannot create the cgroup: {e}");
+                    return;
+                }
+                let response = admin::Handler::handle(
+                    self,
+                    Request::Tag { cgroup: cgroup.clone(), identity: identity.clone(), token: None },
+                )
+                .await;
+                match response {
+                    Response::Ok(v) => {
+                        let id = crate::cgroup::CgroupId(v["cgroup_id"].as_u64().unwrap_or_default());
+                        self.docker_tags.lock().unwrap_or_else(|p| p.into_inner()).insert(container.clone(), id);
+                        info!(container, cgroup = %cgroup.display(), identity, "docker watcher: container tagged");
+                    }
+                    Response::Error(e) => warn!(container, "docker watcher: cannot tag: {e}"),
+                }
+            }
+            Change::Untag { container } => {
+                let Some(id) = self.docker_tags.lock().unwrap_or_else(|p| p.into_inner()).remove(&container) else {
+                    return;
+                };
+                if let Some(i) = self.interception.write().await.as_mut()
+                    && let Err(e) = i.untag(id)
+                {
+                    warn!(container, "docker watcher: cannot untag: {e}");
+                }
+                {
+                    let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+                    ids.remove(&id.0);
+                    self.save_identities(&ids);
+                }
+                info!(container, cgroup_id = id.0, "docker watcher: container stopped, untagged");
+                self.reconcile_namespaces().await;
             }
         }
     }

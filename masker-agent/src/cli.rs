@@ -106,7 +106,13 @@ pub enum Command {
     /// Tag a cgroup (and its descendants) with a workload identity.
     Tag {
         /// cgroup directory: absolute, or relative to the cgroup v2 mount.
-        cgroup: PathBuf,
+        #[arg(required_unless_present = "container")]
+        cgroup: Option<PathBuf>,
+        /// A running container instead (Docker id or name, or a containerd/CRI
+        /// or Podman id): its cgroup is tagged, and its network namespace
+        /// gets the agent's listener.
+        #[arg(long, conflicts_with = "cgroup")]
+        container: Option<String>,
         #[arg(long)]
         identity: String,
         #[command(flatten)]
@@ -115,7 +121,11 @@ pub enum Command {
     /// Remove a cgroup's tag; its new connections are no longer intercepted.
     Untag {
         /// cgroup directory: absolute, or relative to the cgroup v2 mount.
-        cgroup: PathBuf,
+        #[arg(required_unless_present = "container")]
+        cgroup: Option<PathBuf>,
+        /// A running container instead (as for `tag --container`).
+        #[arg(long, conflicts_with = "cgroup")]
+        container: Option<String>,
     },
     /// Run a command in a new tagged cgroup; exits with the command's status.
     ///
@@ -402,15 +412,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tag { cgroup, identity, token } => {
+        Command::Tag { cgroup, container, identity, token } => {
             let token = token.read()?;
-            let dir = resolve_cgroup(&cgroup)?;
+            let dir = cgroup_or_container(cgroup, container).await?;
             admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.clone(), token }).await?;
             println!("tagged {} as {identity}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Untag { cgroup } => {
-            let dir = resolve_cgroup(&cgroup)?;
+        Command::Untag { cgroup, container } => {
+            let dir = cgroup_or_container(cgroup, container).await?;
             admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await?;
             println!("untagged {}", dir.display());
             Ok(ExitCode::SUCCESS)
@@ -471,6 +481,20 @@ fn require_root() -> anyhow::Result<()> {
         anyhow::bail!("this command must run as root");
     }
     Ok(())
+}
+
+/// The cgroup named on the command line, or that of `--container` (Docker
+/// at `DOCKER_HOST` or its default socket, else by id in the cgroup tree).
+async fn cgroup_or_container(cgroup: Option<PathBuf>, container: Option<String>) -> anyhow::Result<PathBuf> {
+    match (cgroup, container) {
+        (Some(c), _) => resolve_cgroup(&c),
+        (None, Some(id)) => {
+            let root = crate::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let socket = crate::interception::docker::socket_from_env();
+            Ok(crate::interception::docker::container_cgroup(&root, &socket, &id).await?)
+        }
+        (None, None) => anyhow::bail!("name a cgroup or --container"),
+    }
 }
 
 /// An existing cgroup directory, absolute or relative to the v2 mount.

@@ -92,6 +92,30 @@ pub struct AgentConfig {
     /// Credentials the agent logs in with (`[[credential]]`), tried in order.
     #[serde(default, rename = "credential")]
     pub credentials: Vec<CredentialConfig>,
+    /// The Docker events watcher (`[docker]`); off without it.
+    #[serde(default)]
+    pub docker: Option<DockerConfig>,
+}
+
+/// `[docker]`: tag containers that carry the identity label when they are
+/// created or start, untag them when they stop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// The daemon's API socket.
+    #[serde(default = "default_docker_socket")]
+    pub socket: PathBuf,
+    /// The label whose value is the identity (`masker.identity=ci-job`).
+    #[serde(default = "default_docker_label")]
+    pub label: String,
+}
+
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from(crate::interception::docker::DEFAULT_SOCKET)
+}
+
+fn default_docker_label() -> String {
+    "masker.identity".to_string()
 }
 
 /// One `[[credential]]`: for sessions towards `target` of an identity

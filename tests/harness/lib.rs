@@ -22,6 +22,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod compare;
+pub mod docker;
 pub mod fixture;
 pub mod leaks;
 pub mod netns;

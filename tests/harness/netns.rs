@@ -16,7 +16,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -39,8 +39,7 @@ pub struct NetnsContainer {
     name: String,
     cgroup: Option<TestCgroup>,
     init: Option<Child>,
-    stop: Arc<AtomicBool>,
-    forwarders: Vec<thread::JoinHandle<()>>,
+    forwards: Vec<NsForward>,
     watchdog: Option<Child>,
 }
 
@@ -54,8 +53,7 @@ impl NetnsContainer {
             name: name.clone(),
             cgroup: None,
             init: None,
-            stop: Arc::new(AtomicBool::new(false)),
-            forwarders: Vec::new(),
+            forwards: Vec::new(),
             watchdog: Some(watchdog),
         };
         ip(&["netns", "add", &name])?;
@@ -120,48 +118,9 @@ impl NetnsContainer {
     /// Makes `127.0.0.1:port` inside the namespace lead to `to` (in the
     /// test's namespace). Returns once the listener exists.
     pub fn forward(&mut self, port: u16, to: SocketAddr) -> Result<()> {
-        let ns = File::open(self.netns_path())?;
-        let home = File::open("/proc/thread-self/ns/net")?;
-        let stop = self.stop.clone();
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let handle = thread::spawn(move || {
-            // Enter, bind, return: the listener stays in the namespace.
-            let listener = (|| -> io::Result<TcpListener> {
-                move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))?;
-                let bound = TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port));
-                move_into_link_name_space(home.as_fd(), Some(LinkNameSpaceType::Network))?;
-                let listener = bound?;
-                listener.set_nonblocking(true)?;
-                Ok(listener)
-            })();
-            let listener = match listener {
-                Ok(l) => {
-                    let _ = ready_tx.send(Ok(()));
-                    l
-                }
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e));
-                    return;
-                }
-            };
-            while !stop.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((inside, _)) => {
-                        let _ = inside.set_nonblocking(false);
-                        if let Ok(outside) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
-                            relay(inside, outside);
-                        }
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => thread::sleep(Duration::from_millis(5)),
-                    Err(_) => thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        });
-        ready_rx
-            .recv()
-            .context("forwarder thread")?
-            .with_context(|| format!("listening on 127.0.0.1:{port} in {}", self.name))?;
-        self.forwarders.push(handle);
+        let f = NsForward::start(&self.netns_path(), SocketAddr::from((Ipv4Addr::LOCALHOST, port)), to)
+            .with_context(|| format!("in {}", self.name))?;
+        self.forwards.push(f);
         Ok(())
     }
 
@@ -187,10 +146,7 @@ impl NetnsContainer {
 impl Drop for NetnsContainer {
     fn drop(&mut self) {
         let _ = self.kill();
-        self.stop.store(true, Ordering::Relaxed);
-        for f in self.forwarders.drain(..) {
-            let _ = f.join();
-        }
+        self.forwards.clear();
         drop(self.cgroup.take());
         let _ = ip(&["netns", "delete", &self.name]);
         if let Some(mut watchdog) = self.watchdog.take() {
@@ -272,6 +228,69 @@ impl Forward {
 }
 
 impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A listener on `listen` inside the network namespace at `ns_path`
+/// (`/run/netns/NAME`, `/proc/PID/ns/net`) whose connections are relayed to
+/// `to` from the test's own namespace: how a container reaches a server
+/// outside it in these tests. Stops on drop.
+pub struct NsForward {
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl NsForward {
+    /// Opens the listener (enter the namespace, bind, return) and starts
+    /// relaying; returns once the listener exists.
+    pub fn start(ns_path: &Path, listen: SocketAddr, to: SocketAddr) -> Result<NsForward> {
+        let ns = File::open(ns_path).with_context(|| format!("opening {}", ns_path.display()))?;
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = thread::spawn(move || {
+            let listener = (|| -> io::Result<TcpListener> {
+                let home = File::open("/proc/thread-self/ns/net")?;
+                move_into_link_name_space(ns.as_fd(), Some(LinkNameSpaceType::Network))?;
+                let bound = TcpListener::bind(listen);
+                move_into_link_name_space(home.as_fd(), Some(LinkNameSpaceType::Network))?;
+                let listener = bound?;
+                listener.set_nonblocking(true)?;
+                Ok(listener)
+            })();
+            let listener = match listener {
+                Ok(l) => {
+                    let _ = ready_tx.send(Ok(()));
+                    l
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            while !flag.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((inside, _)) => {
+                        let _ = inside.set_nonblocking(false);
+                        if let Ok(outside) = TcpStream::connect_timeout(&to, Duration::from_secs(5)) {
+                            relay(inside, outside);
+                        }
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+        ready_rx.recv().context("forwarder thread")?.with_context(|| format!("listening on {listen}"))?;
+        Ok(NsForward { stop, thread: Some(thread) })
+    }
+}
+
+impl Drop for NsForward {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {

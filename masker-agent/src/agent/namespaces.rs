@@ -51,6 +51,10 @@ impl Drop for Served {
 pub struct Namespaces {
     worker: NetnsWorker,
     own: NsId,
+    /// The tagged cgroup directories, for [`watch_cgroups`].
+    pub(super) watched: Arc<Mutex<Vec<std::path::PathBuf>>>,
+    /// Wakes the scan loop ([`Namespaces::run`]).
+    pub(super) wake: Arc<tokio::sync::Notify>,
     served: Mutex<HashMap<NsId, Served>>,
     /// One reconcile at a time (they open sockets and write the map).
     running: tokio::sync::Mutex<()>,
@@ -69,6 +73,8 @@ impl Namespaces {
         Ok(Self {
             worker: NetnsWorker::start()?,
             own: netns::own_ns()?,
+            watched: Arc::new(Mutex::new(Vec::new())),
+            wake: Arc::new(tokio::sync::Notify::new()),
             served: Mutex::new(HashMap::new()),
             running: tokio::sync::Mutex::new(()),
         })
@@ -113,6 +119,7 @@ impl Namespaces {
                 }
             }
         };
+        *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = tagged.iter().map(|(_, p)| p.clone()).collect();
         let own = self.own;
         let seen = match tokio::task::spawn_blocking(move || netns::scan(&tagged, own)).await {
             Ok(seen) => seen,
@@ -215,6 +222,29 @@ impl Namespaces {
         Ok(())
     }
 
+    /// Scans every [`RESCAN`], and at once when woken (a cgroup event, a
+    /// Docker event); after a wake-up a few more times in quick succession,
+    /// since a container runtime puts its first process in the cgroup before
+    /// that process has its own network namespace.
+    pub async fn run(&self, agent: &Arc<Agent>) {
+        loop {
+            let woken = tokio::select! {
+                _ = self.wake.notified() => true,
+                _ = tokio::time::sleep(RESCAN) => false,
+            };
+            self.reconcile(agent).await;
+            if woken {
+                for pause in [5u64, 10, 20, 40, 80, 160] {
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(pause)) => {}
+                    }
+                    self.reconcile(agent).await;
+                }
+            }
+        }
+    }
+
     /// Closes every listener and removes their map entries (agent shutdown).
     pub async fn close_all(&self, agent: &Agent) {
         let served: Vec<(NsId, Served)> = self.served.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
@@ -231,4 +261,62 @@ impl Namespaces {
     pub(super) fn session_origin(&self, ns: NsId) -> Option<NetnsOrigin> {
         self.origin(ns)
     }
+}
+
+/// Wakes the namespace scan at once when a cgroup appears in, or a cgroup's
+/// population changes under, one of the tagged cgroups (inotify on the
+/// directories and their `cgroup.events`): a container started under a
+/// tagged cgroup gets its listener within milliseconds, not at the next
+/// [`RESCAN`]. Runs on a thread of its own; the watch list follows `dirs`.
+pub fn watch_cgroups(dirs: Arc<Mutex<Vec<std::path::PathBuf>>>, wake: Arc<tokio::sync::Notify>) -> std::io::Result<()> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    use rustix::fs::inotify;
+    let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
+    std::thread::Builder::new().name("masker-cgroup-watch".into()).spawn(move || {
+        let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        loop {
+            // (Re)watch every directory of the tagged trees; adding a watch
+            // that exists is a no-op. Watches of removed directories go away
+            // by themselves.
+            let roots = dirs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            for root in roots {
+                let mut stack = vec![(root, 0usize)];
+                while let Some((dir, depth)) = stack.pop() {
+                    let flags = inotify::WatchFlags::CREATE | inotify::WatchFlags::ONLYDIR;
+                    if inotify::add_watch(&fd, &dir, flags).is_err() {
+                        continue;
+                    }
+                    let _ = inotify::add_watch(&fd, dir.join("cgroup.events"), inotify::WatchFlags::MODIFY);
+                    if depth < 32
+                        && let Ok(entries) = std::fs::read_dir(&dir)
+                    {
+                        stack.extend(
+                            entries
+                                .flatten()
+                                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                                .map(|e| (e.path(), depth + 1)),
+                        );
+                    }
+                }
+            }
+            let mut fds = [PollFd::new(&fd, PollFlags::IN)];
+            match poll(&mut fds, Some(&Timespec { tv_sec: 1, tv_nsec: 0 })) {
+                Ok(0) | Err(rustix::io::Errno::INTR) => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!("cgroup watch: {e}; new containers are found by the periodic scan only");
+                    return;
+                }
+            }
+            let mut reader = inotify::Reader::new(&fd, &mut buf);
+            let mut any = false;
+            while reader.next().is_ok() {
+                any = true;
+            }
+            if any {
+                wake.notify_one();
+            }
+        }
+    })?;
+    Ok(())
 }

@@ -38,6 +38,7 @@
 //! started on the same pin directory takes the pins over: it reuses the maps
 //! (tags and targets survive) and atomically replaces the pinned links with
 //! its own programs.
+pub mod docker;
 mod error;
 pub mod kernel_log;
 pub mod netns;
