@@ -113,6 +113,10 @@ pub enum Command {
         /// gets the agent's listener.
         #[arg(long, conflicts_with = "cgroup")]
         container: Option<String>,
+        /// Create the cgroup (relative to the v2 mount) if it does not exist:
+        /// e.g. the `--cgroup-parent` of containers not yet started.
+        #[arg(long, requires = "cgroup")]
+        create: bool,
         #[arg(long)]
         identity: String,
         #[command(flatten)]
@@ -412,8 +416,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tag { cgroup, container, identity, token } => {
+        Command::Tag { cgroup, container, create, identity, token } => {
             let token = token.read()?;
+            if create && let Some(c) = &cgroup {
+                let root = crate::cgroup::v2_root().map_err(|e| anyhow::anyhow!("{e}"))?;
+                let dir = root.join(c.strip_prefix(&root).unwrap_or(c).strip_prefix("/").unwrap_or(c));
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+            }
             let dir = cgroup_or_container(cgroup, container).await?;
             admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.clone(), token }).await?;
             println!("tagged {} as {identity}", dir.display());
