@@ -9,6 +9,8 @@
 //! targets = [
 //!     "db.internal:5432",                                  # plain text to the server
 //!     { address = "10.0.0.5:5432", tls = "verify-full", ca_file = "/etc/masker/db-ca.pem" },
+//!     "172.16.0.0/12:5432",                                # a network: e.g. service containers
+//!     "*:6432",                                            # every address on a port
 //! ]
 //! state_dir = "/var/lib/masker"     # masker's CA (TLS towards clients)
 //! target_refresh_secs = 30
@@ -29,6 +31,10 @@
 //! issuer = "https://token.actions.githubusercontent.com"
 //! audience = "masker"
 //! jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+//!
+//! [docker]                          # optional: tag containers by label
+//! socket = "/var/run/docker.sock"
+//! label = "masker.identity"         # its value is the identity
 //!
 //! [[credential]]                    # the agent logs in for the workload
 //! target = "db.internal:5432"       # a target as `targets` names it
