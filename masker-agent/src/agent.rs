@@ -495,6 +495,21 @@ impl Agent {
         }
     }
 
+    /// Copies the kernel's refusal counters into the metrics.
+    async fn refresh_kernel_metrics(&self) {
+        let guard = self.interception.read().await;
+        let Some(i) = guard.as_ref() else { return };
+        let (Ok(refusals), Ok(tags)) = (i.refusals(), i.tag_ids()) else { return };
+        let rows = refusals
+            .into_iter()
+            .map(|(id, r)| {
+                let identity = tags.iter().find(|t| t.0 == id).map(|t| t.1.clone()).unwrap_or_default();
+                (id.0, identity, r)
+            })
+            .collect();
+        self.ctx.registry.metrics.set_kernel_refusals(rows);
+    }
+
     /// Re-scans the namespaces of tagged workloads now (after a tag change).
     async fn reconcile_namespaces(&self) {
         if let Some(me) = self.me.get().and_then(std::sync::Weak::upgrade) {

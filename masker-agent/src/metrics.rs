@@ -65,6 +65,9 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     pub sessions_killed: AtomicU64,
+    /// Connects the kernel refused, per tagged cgroup: `(cgroup id,
+    /// identity, counts)`, refreshed by the agent from the eBPF map.
+    kernel_refusals: Mutex<Vec<(u64, String, crate::interception::RefusedCounts)>>,
 }
 
 impl Metrics {
@@ -74,6 +77,11 @@ impl Metrics {
             Some(c) => f(c),
             None => f(map.entry(identity.to_string()).or_default()),
         }
+    }
+
+    /// Replaces the kernel's refusal counts (see [`Metrics::kernel_refusals`]).
+    pub fn set_kernel_refusals(&self, refusals: Vec<(u64, String, crate::interception::RefusedCounts)>) {
+        *self.kernel_refusals.lock().unwrap_or_else(|p| p.into_inner()) = refusals;
     }
 
     /// A session of `identity` started.
@@ -205,6 +213,21 @@ pub fn render(registry: &Registry) -> String {
 
     let _ = writeln!(
         o,
+        "# HELP masker_kernel_refused_total Connects of tagged cgroups the eBPF programs refused \
+         (reason: no_listener in the workload's network namespace, egress lock).\n\
+         # TYPE masker_kernel_refused_total counter"
+    );
+    for (cgroup, identity, r) in m.kernel_refusals.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        let id = label(identity);
+        for (reason, n) in [("no_listener", r.no_listener), ("egress", r.egress)] {
+            let _ = writeln!(
+                o,
+                "masker_kernel_refused_total{{cgroup_id=\"{cgroup}\",identity=\"{id}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
         "# HELP masker_relay_latency_seconds Time from a client's Query or Sync to the server's ReadyForQuery.\n\
          # TYPE masker_relay_latency_seconds histogram"
     );
@@ -290,6 +313,19 @@ pub async fn start(addr: std::net::SocketAddr, registry: Arc<Registry>) -> anyho
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn renders_kernel_refusals_per_cgroup() {
+        let r = Registry::default();
+        let counts = crate::interception::RefusedCounts { no_listener: 2, egress: 5 };
+        r.metrics.set_kernel_refusals(vec![(42, "ci-job".into(), counts)]);
+        let text = render(&r);
+        assert!(
+            text.contains("masker_kernel_refused_total{cgroup_id=\"42\",identity=\"ci-job\",reason=\"no_listener\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("masker_kernel_refused_total{cgroup_id=\"42\",identity=\"ci-job\",reason=\"egress\"} 5"));
+    }
 
     #[test]
     fn renders_histogram_and_identities() {

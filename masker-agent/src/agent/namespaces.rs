@@ -56,9 +56,22 @@ pub struct Namespaces {
     /// Wakes the scan loop ([`Namespaces::run`]).
     pub(super) wake: Arc<tokio::sync::Notify>,
     served: Mutex<HashMap<NsId, Served>>,
-    /// One reconcile at a time (they open sockets and write the map).
-    running: tokio::sync::Mutex<()>,
+    /// One reconcile at a time (they open sockets and write the map); holds
+    /// the directories of the tagged cgroups found so far (looking one up
+    /// walks the cgroup tree, so it is done once per tag).
+    running: tokio::sync::Mutex<TagDirs>,
 }
+
+/// Directories of tagged cgroups, and when a tag's directory was last
+/// looked for in vain (a tag outliving its cgroup is looked for again only
+/// every [`MISSING_RETRY`]).
+#[derive(Default)]
+struct TagDirs {
+    found: HashMap<CgroupId, std::path::PathBuf>,
+    missing: HashMap<CgroupId, std::time::Instant>,
+}
+
+const MISSING_RETRY: Duration = Duration::from_secs(30);
 
 /// What a reconcile changed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +89,7 @@ impl Namespaces {
             watched: Arc::new(Mutex::new(Vec::new())),
             wake: Arc::new(tokio::sync::Notify::new()),
             served: Mutex::new(HashMap::new()),
-            running: tokio::sync::Mutex::new(()),
+            running: tokio::sync::Mutex::new(TagDirs::default()),
         })
     }
 
@@ -107,17 +120,37 @@ impl Namespaces {
     /// Opens listeners in the namespaces the tagged cgroups' processes live
     /// in and closes those no such process is left in.
     pub async fn reconcile(&self, agent: &Arc<Agent>) -> Reconciled {
-        let _one = self.running.lock().await;
+        let mut dirs = self.running.lock().await;
         let tagged: Vec<(CgroupId, std::path::PathBuf)> = {
             let guard = agent.interception.read().await;
             let Some(i) = guard.as_ref() else { return Reconciled::default() };
-            match i.tags() {
-                Ok(tags) => tags.into_iter().filter_map(|t| Some((t.cgroup, t.path?))).collect(),
+            let ids = match i.tag_ids() {
+                Ok(ids) => ids,
                 Err(e) => {
                     warn!("namespaces: reading the tags: {e}");
                     return Reconciled::default();
                 }
+            };
+            let TagDirs { found, missing } = &mut *dirs;
+            found.retain(|id, path| {
+                ids.iter().any(|(t, _)| t == id) && crate::cgroup::id_of(path).is_ok_and(|now| now == *id)
+            });
+            missing.retain(|id, _| ids.iter().any(|(t, _)| t == id));
+            for (id, _) in &ids {
+                if found.contains_key(id) || missing.get(id).is_some_and(|at| at.elapsed() < MISSING_RETRY) {
+                    continue;
+                }
+                match i.find_cgroup(*id) {
+                    Some(path) => {
+                        missing.remove(id);
+                        found.insert(*id, path);
+                    }
+                    None => {
+                        missing.insert(*id, std::time::Instant::now());
+                    }
+                }
             }
+            found.iter().map(|(id, p)| (*id, p.clone())).collect()
         };
         *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = tagged.iter().map(|(_, p)| p.clone()).collect();
         let own = self.own;
@@ -233,6 +266,7 @@ impl Namespaces {
                 _ = tokio::time::sleep(RESCAN) => false,
             };
             self.reconcile(agent).await;
+            agent.refresh_kernel_metrics().await;
             if woken {
                 for pause in [5u64, 10, 20, 40, 80, 160] {
                     tokio::select! {

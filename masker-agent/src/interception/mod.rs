@@ -493,6 +493,22 @@ impl Interception {
         Ok(id)
     }
 
+    /// The tagged cgroups' ids and identities, without looking for their
+    /// directories (cheap; see [`Interception::tags`]).
+    pub fn tag_ids(&self) -> Result<Vec<(CgroupId, String)>, InterceptionError> {
+        self.tags
+            .iter()
+            .map(|e| e.map(|(id, tag)| (CgroupId(id), tag.identity().to_owned())))
+            .collect::<Result<_, _>>()
+            .map_err(|e| InterceptionError::bpf("reading the tags map", e))
+    }
+
+    /// The directory of tagged cgroup `id` (a walk of the intercepted
+    /// subtree), if it still exists.
+    pub fn find_cgroup(&self, id: CgroupId) -> Option<PathBuf> {
+        cgroup::find_all_by_id(&self.attach_dir, &[id]).into_iter().next().map(|(_, p)| p)
+    }
+
     /// The tagged cgroups, with their directories where they still exist.
     pub fn tags(&self) -> Result<Vec<TagEntry>, InterceptionError> {
         let entries: Vec<(u64, CgroupTag)> = self
