@@ -300,6 +300,28 @@ fn agent_restart_while_a_container_runs() {
     assert_stdout(&s.psql(&c, &s.cluster.app(), QUERY), &s.masked_email());
 }
 
+/// `docker restart`: the container comes back in a new network namespace,
+/// which the agent serves; the old one's listener is closed.
+#[test]
+fn a_restarted_container_is_served_in_its_new_namespace() {
+    let Some(s) = setup(|_| {}) else { return };
+    let parent = DockerParent::new().unwrap();
+    s.agent.tag(parent.path(), "ci-docker-restart");
+    let mut c = s.container(Some(&parent), &[]);
+    let before = s.wait_served(&c);
+    assert_stdout(&s.psql(&c, &s.cluster.app(), QUERY), &s.masked_email());
+    c._forward = None;
+    s.docker.run(&["restart", "-t", "0", &c.id]).unwrap().assert_success();
+    let ns = s.docker.netns_path(&c.id).unwrap();
+    c._forward =
+        Some(NsForward::start(&ns, SocketAddr::from(([127, 0, 0, 1], s.cluster.port())), s.cluster.addr()).unwrap());
+    let after = s.wait_served(&c);
+    assert_ne!(before["netns"], after["netns"], "a restarted container has a new namespace");
+    let old = before["netns"].as_str().unwrap().to_string();
+    s.wait_status("the old namespace's listener closed", |st| served(st, &old).is_none());
+    assert_stdout(&s.psql(&c, &s.cluster.app(), QUERY), &s.masked_email());
+}
+
 /// The Docker events watcher tags a labelled container before it runs and
 /// untags it when it stops; an unlabelled one is left alone.
 #[test]
