@@ -31,8 +31,10 @@
 //! Attachments are bpf links pinned under the pin directory (default
 //! `/sys/fs/bpf/masker`), next to the pinned maps. They do not depend on the
 //! agent process: while the agent is down, tagged workloads' connections to
-//! targets still go to the (closed) agent port and are refused; they never
-//! reach the database directly. [`Interception::shutdown`] removes everything
+//! targets still go to the (closed) agent port and are refused, or, from a
+//! namespace the agent had no listener in, are refused by the program
+//! (`EPERM`); they never reach the database directly. The egress lock stays
+//! in force too. [`Interception::shutdown`] removes everything
 //! only when no cgroup is tagged; `masker uninstall` ([`uninstall`]) removes
 //! the pins (and so detaches the programs) unconditionally. A new agent
 //! started on the same pin directory takes the pins over: it reuses the maps
