@@ -47,8 +47,10 @@ pub struct Agent {
     me: std::sync::OnceLock<std::sync::Weak<Agent>>,
     /// The cgroup v2 mount.
     cgroup_root: PathBuf,
-    /// Containers the Docker watcher tagged: id → tagged cgroup.
-    docker_tags: std::sync::Mutex<std::collections::HashMap<String, crate::cgroup::CgroupId>>,
+    /// Containers the Docker watcher tagged: id → tagged cgroup, and its
+    /// directory when the watcher created it (removed again, if empty, when
+    /// the container goes).
+    docker_tags: std::sync::Mutex<std::collections::HashMap<String, (crate::cgroup::CgroupId, Option<PathBuf>)>>,
 }
 
 /// Loads the policy named in `config` (if any), failing with its precise error.
@@ -457,7 +459,8 @@ impl Agent {
         use crate::interception::docker::Change;
         match change {
             Change::Tag { container, cgroup, identity, create } => {
-                if create && let Err(e) = std::fs::create_dir_all(&cgroup) {
+                let made = create && !cgroup.exists();
+                if made && let Err(e) = std::fs::create_dir_all(&cgroup) {
                     warn!(container, cgroup = %cgroup.display(), "docker watcher: cannot create the cgroup: {e}");
                     return;
                 }
@@ -469,16 +472,26 @@ impl Agent {
                 match response {
                     Response::Ok(v) => {
                         let id = crate::cgroup::CgroupId(v["cgroup_id"].as_u64().unwrap_or_default());
-                        self.docker_tags.lock().unwrap_or_else(|p| p.into_inner()).insert(container.clone(), id);
+                        let mut tags = self.docker_tags.lock().unwrap_or_else(|p| p.into_inner());
+                        // A start after our create keeps the record of who made it.
+                        let made =
+                            made.then(|| cgroup.clone()).or_else(|| tags.get(&container).and_then(|t| t.1.clone()));
+                        tags.insert(container.clone(), (id, made));
                         info!(container, cgroup = %cgroup.display(), identity, "docker watcher: container tagged");
                     }
                     Response::Error(e) => warn!(container, "docker watcher: cannot tag: {e}"),
                 }
             }
             Change::Untag { container } => {
-                let Some(id) = self.docker_tags.lock().unwrap_or_else(|p| p.into_inner()).remove(&container) else {
+                let Some((id, made)) = self.docker_tags.lock().unwrap_or_else(|p| p.into_inner()).remove(&container)
+                else {
                     return;
                 };
+                if let Some(dir) = made {
+                    // Made at `create` for a container that may never have
+                    // run: gone unless something is (still) in it.
+                    let _ = std::fs::remove_dir(dir);
+                }
                 if let Some(i) = self.interception.write().await.as_mut()
                     && let Err(e) = i.untag(id)
                 {
