@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use masker_agent::cgroup;
+use masker_agent::interception::cgroup;
 use masker_agent::interception::netns::{NetnsWorker, NsHandle};
 use masker_agent::interception::{
     self, EgressLock, Interception, InterceptionConfig, NetPort, Redirected, RefusedCounts, Shutdown,

@@ -120,7 +120,7 @@ pub async fn inspect(socket: &Path, id_or_name: &str, label: &str) -> Result<Ins
 /// The cgroup v2 directory of process `pid`.
 fn cgroup_of_pid(root: &Path, pid: u32) -> Option<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    let rel = crate::cgroup::v2_path_from_proc_cgroup(&text)?;
+    let rel = crate::interception::cgroup::v2_path_from_proc_cgroup(&text)?;
     Some(root.join(rel.trim_start_matches('/')))
 }
 
@@ -183,15 +183,31 @@ fn find_by_id_prefix(root: &Path, prefix: &str) -> Vec<PathBuf> {
 pub enum Change {
     /// Tag `cgroup` (creating it first when `create`) with `identity`;
     /// `container` is the full id.
-    Tag { container: String, cgroup: PathBuf, identity: String, create: bool },
+    Tag {
+        /// The container's full id.
+        container: String,
+        /// Its cgroup v2 directory.
+        cgroup: PathBuf,
+        /// The identity label's value.
+        identity: String,
+        /// Whether to create the directory first (at `create`, before the
+        /// runtime does).
+        create: bool,
+    },
     /// The container stopped or was removed: untag its cgroup.
-    Untag { container: String },
+    Untag {
+        /// The container's full id.
+        container: String,
+    },
 }
 
 /// The Docker events watcher; see the module documentation.
 pub struct Watcher {
+    /// The daemon's API socket.
     pub socket: PathBuf,
+    /// The label whose value is the identity.
     pub label: String,
+    /// The cgroup v2 mount.
     pub root: PathBuf,
 }
 

@@ -40,6 +40,7 @@
 //! started on the same pin directory takes the pins over: it reuses the maps
 //! (tags and targets survive) and atomically replaces the pinned links with
 //! its own programs.
+pub mod cgroup;
 pub mod docker;
 mod error;
 pub mod kernel_log;
@@ -64,7 +65,7 @@ use masker_common::{
     TAG_EGRESS_LOCKED, TARGET_PREFIX_BASE, TargetNet, map_names, program_names, unmapped_v4,
 };
 
-use crate::cgroup::{self, CgroupId};
+use cgroup::CgroupId;
 pub use error::{ErrorKind, InterceptionError};
 pub use netport::{NetPort, NetPortError};
 

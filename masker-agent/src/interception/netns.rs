@@ -28,7 +28,7 @@ use std::sync::mpsc;
 
 use rustix::thread::{LinkNameSpaceType, move_into_link_name_space};
 
-use crate::cgroup::CgroupId;
+use crate::interception::cgroup::CgroupId;
 
 /// A network namespace, by the identity of its nsfs inode (what
 /// `readlink /proc/PID/ns/net` shows as `net:[INODE]`).
