@@ -736,6 +736,42 @@ impl Resolver<'_> {
         self.decisions_for(stmt, columns).await
     }
 
+    /// The type of each output column of `stmt` that is exactly a table
+    /// column (a masked value must stay valid for it); `None` for the
+    /// others, or when the output cannot be matched to `columns`.
+    pub async fn output_types(&self, stmt: &Statement, columns: usize) -> Vec<Option<crate::wire::TypeOid>> {
+        let mut out = Vec::with_capacity(columns);
+        for o in stmt.output.iter().flatten() {
+            match o {
+                Output::Column { lineage, .. } => out.push(self.column_type(lineage).await),
+                Output::Star(r) => match self.relation(r).await {
+                    Some(Found::Catalog(rel)) => out.extend(rel.types.iter().map(|t| Some(*t))),
+                    _ => return vec![None; columns],
+                },
+                Output::Unknown => return vec![None; columns],
+            }
+        }
+        if out.len() != columns {
+            return vec![None; columns];
+        }
+        out
+    }
+
+    /// The type of a value that is exactly one table column.
+    async fn column_type(&self, l: &Lineage) -> Option<crate::wire::TypeOid> {
+        if l.how != How::Direct || l.sources.len() != 1 {
+            return None;
+        }
+        let Some(Source::Column { relation, column }) = l.sources.iter().next() else { return None };
+        match self.relation(relation).await? {
+            Found::Catalog(rel) if rel.definition.is_none() => {
+                let i = rel.columns.iter().position(|(c, _)| c == column)?;
+                rel.types.get(i).copied()
+            }
+            _ => None,
+        }
+    }
+
     /// See [`Resolver::decisions`].
     pub async fn decisions_for(&self, stmt: &Statement, columns: usize) -> Vec<Decision> {
         if let Some(stood) = self.stands_for(stmt) {
