@@ -6,8 +6,6 @@
 //!   value appears anywhere in the audit file or the proxy's log, even for
 //!   statements that quote values and errors that echo them;
 //! - the metrics endpoint answers and counts.
-//!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -9,8 +9,6 @@
 //! the real `masker agent` with eBPF for the tests that need a tagged
 //! workload (skipped with a message without root and BPF). Password files
 //! live in temp dirs only.
-//!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 #![forbid(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;

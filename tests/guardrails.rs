@@ -1,8 +1,6 @@
 //! Guardrails through `masker proxy` (issue 7): statements an identity may
 //! not run are refused with SQLSTATE 42501 and a message naming the rule,
 //! the session stays usable, and each refusal is audited as a denial.
-//!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
 use std::path::Path;
 use std::time::Duration;

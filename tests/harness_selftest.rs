@@ -208,3 +208,35 @@ async fn binary_decoding_matches_text_for_the_fixture() {
     })
     .await
 }
+
+/// Every suite file in `tests/` is a test target of `masker-agent` (the
+/// package that owns the binary), so none can sit there without running.
+#[test]
+fn suites_are_all_listed() {
+    let root = masker_tests::workspace_root();
+    let manifest = std::fs::read_to_string(root.join("masker-agent/Cargo.toml")).expect("masker-agent/Cargo.toml");
+    let mut missing = Vec::new();
+    let mut seen = 0;
+    for entry in std::fs::read_dir(root.join("tests")).expect("tests/") {
+        let name = entry.expect("dir entry").file_name().to_string_lossy().into_owned();
+        if name.ends_with(".rs") {
+            seen += 1;
+            if !manifest.contains(&format!("path = \"../tests/{name}\"")) {
+                missing.push(name);
+            }
+        }
+    }
+    assert!(seen >= 10, "only {seen} suites found in {}", root.join("tests").display());
+    assert!(
+        missing.is_empty(),
+        "suites not listed as [[test]] in masker-agent/Cargo.toml (they would never run): {missing:?}"
+    );
+    // The binary under test is cargo's build of this tree.
+    let binary = masker_tests::masker_binary();
+    assert!(
+        binary.starts_with(masker_tests::target_dir()),
+        "{} is not in {}",
+        binary.display(),
+        masker_tests::target_dir().display()
+    );
+}

@@ -10,8 +10,7 @@
 //! the agent (`masker status --json`: connection counter, live sessions).
 //! Every test ends by checking that its pins and cgroups are gone.
 //!
-//! Needs root and BPF; skipped with a message otherwise. The `masker` binary
-//! must be built (`cargo build -p masker-agent --bin masker`).
+//! Needs root and BPF; skipped with a message otherwise.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;

@@ -9,8 +9,6 @@
 //! - Refusals are SQLSTATE 42501 errors and keep the session usable.
 //! - A compatibility corpus of non-sensitive queries returns exactly what a
 //!   direct connection returns.
-//!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
 use std::sync::LazyLock;
 use std::time::Duration;

@@ -13,7 +13,6 @@
 //!
 //! Each test starts its own proxy (identity `ci-test`, catalog user `app`)
 //! with the policy from [`policy_toml`], written into a temporary directory.
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;

@@ -145,12 +145,6 @@ impl MaskerAgent {
     /// waits until its admin socket answers.
     pub fn start(options: &AgentOptions) -> Result<MaskerAgent> {
         let binary = MaskerProxy::binary();
-        if !binary.is_file() {
-            bail!(
-                "no masker binary at {}: run `cargo build -p masker-agent --bin masker` (or set MASKER_BIN)",
-                binary.display()
-            );
-        }
         let dir = tempfile::Builder::new().prefix("masker-agent-").tempdir_in("/tmp")?;
         let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port((Ipv4Addr::LOCALHOST, 0).into())?);
         let listen_v6 = if options.ipv6 {

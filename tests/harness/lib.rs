@@ -32,7 +32,7 @@ pub mod raw;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use cluster::PgCluster;
@@ -164,17 +164,39 @@ pub fn target_dir() -> PathBuf {
     {
         return dir.to_path_buf();
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join("target")
+    workspace_root().join("target")
 }
 
-/// The directory the running binary's profile lives in (`<target>/debug`).
-pub fn profile_dir() -> PathBuf {
-    if let Ok(exe) = std::env::current_exe()
-        && let Some(deps) = exe.parent()
-        && deps.file_name().is_some_and(|name| name == "deps")
-        && let Some(profile) = deps.parent()
-    {
-        return profile.to_path_buf();
-    }
-    target_dir().join("debug")
+/// The root of the workspace under test (the directory above `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// The `masker` binary under test.
+///
+/// The suites are test targets of `masker-agent`, the package that owns the
+/// binary, so `cargo test` builds it from the same tree before it runs them
+/// and passes its path in `CARGO_BIN_EXE_masker`. There is no other way in:
+/// no fallback to a path on disk, no override, so a stale or foreign binary
+/// cannot be tested by accident.
+///
+/// # Panics
+///
+/// When the variable is not set (the suite was not started by `cargo test`)
+/// or names no file.
+pub fn masker_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            let Some(path) = std::env::var_os("CARGO_BIN_EXE_masker") else {
+                panic!(
+                    "CARGO_BIN_EXE_masker is not set: run the suites with `cargo test -p masker-agent --test NAME` \
+                     (cargo builds the masker binary of this tree first and passes its path)"
+                )
+            };
+            let path = PathBuf::from(path);
+            assert!(path.is_file(), "CARGO_BIN_EXE_masker names no file: {}", path.display());
+            path
+        })
+        .clone()
 }
