@@ -18,10 +18,11 @@
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use masker_tests::agent::{AgentOptions, MaskerAgent, TestCgroup, skip_reason};
+use masker_tests::agent::{AgentOptions, MaskerAgent, TestCgroup};
 use masker_tests::cluster::{APP_DB, APP_PASSWORD, APP_USER};
 use masker_tests::process;
 use masker_tests::psql::Psql;
+use masker_tests::skip;
 use masker_tests::{ConnInfo, PgCluster};
 use serde_json::Value;
 
@@ -53,8 +54,7 @@ struct Setup {
 }
 
 fn setup() -> Option<Setup> {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if !skip::ebpf() {
         return None;
     }
     let cluster = PgCluster::shared();

@@ -144,7 +144,7 @@ fn psycopg_runs_against_the_cluster() {
 #[test]
 fn ipv6_loopback_is_served() {
     let cluster = PgCluster::shared();
-    let Some(addr) = cluster.addr_v6() else { return };
+    let Some(addr) = masker_tests::skip::ipv6(cluster) else { return };
     let out = Psql::new(&cluster.app().at(addr)).command("SELECT inet_server_addr()").run_ok();
     assert_eq!(out.trim(), "::1");
 }
@@ -239,4 +239,14 @@ fn suites_are_all_listed() {
         binary.display(),
         masker_tests::target_dir().display()
     );
+}
+
+/// The set-up script installs exactly the Python packages the harness
+/// expects (one list in each language; they must agree).
+#[test]
+fn setup_script_pins_the_python_clients() {
+    let script = std::fs::read_to_string(masker_tests::workspace_root().join("scripts/setup.sh")).expect("setup.sh");
+    let want = format!("MASKER_TEST_PY_PACKAGES=\"{}\"", python::PACKAGES);
+    assert!(script.contains(&want), "scripts/setup.sh does not set {want}");
+    assert!(python::PACKAGES.split(' ').all(|p| p.contains("==")), "unpinned: {}", python::PACKAGES);
 }

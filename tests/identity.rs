@@ -27,9 +27,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason, test_client};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, test_client};
 use masker_tests::process::{self, Output};
 use masker_tests::psql::Psql;
+use masker_tests::skip;
 use masker_tests::{ConnInfo, PgCluster};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -45,11 +46,14 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
 const CLIENT_ENV: &str = "MASKER_IT_IDENTITY_CLIENT";
 
-/// Not a test of its own: the body of the client process (does nothing
-/// without [`CLIENT_ENV`]).
+/// Not a test of its own (hence ignored): the body of the client process,
+/// run by the tests with [`CLIENT_ENV`] set and `--ignored`; fails without.
 #[test]
+#[ignore = "the body of a client process the other tests start, not a test"]
 fn identity_client_process() {
-    let Ok(spec) = std::env::var(CLIENT_ENV) else { return };
+    let spec = std::env::var(CLIENT_ENV).unwrap_or_else(|_| {
+        panic!("not a test: the body of a client process, run with {CLIENT_ENV} set by the other tests")
+    });
     let info = ConnInfo::from_spec(&spec).unwrap_or_else(|| panic!("bad {CLIENT_ENV}: {spec:?}"));
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
@@ -183,8 +187,7 @@ fn rfc3339(secs: u64) -> String {
 // Set-up
 
 fn start(keys: &Keys) -> Option<(&'static PgCluster, MaskerAgent)> {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !skip::ebpf() {
         return None;
     }
     let cluster = PgCluster::shared();
@@ -651,8 +654,7 @@ fn jwks_over_https_is_cached_refetched_and_bounded() {
     // An issuer whose URL nothing answers (a port bound, then released).
     let down_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let down_url = format!("https://127.0.0.1:{down_port}/jwks");
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !skip::ebpf() {
         return;
     }
     let cluster = PgCluster::shared();
@@ -825,8 +827,7 @@ fn session_starts(file: &Path, n: usize) -> Vec<Value> {
 #[test]
 fn policy_rules_match_verified_claims() {
     let keys = Keys::new();
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !skip::ebpf() {
         return;
     }
     let cluster = PgCluster::shared();
@@ -910,8 +911,7 @@ fn jwks_fetch_failures_are_precise() {
     let keys = Keys::new();
     let server = JwksServer::start(keys.dir.path());
     server.serve(&[&keys.jwk]);
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !skip::ebpf() {
         return;
     }
     let base = format!("https://{}", server.addr);

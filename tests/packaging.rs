@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, cgroup_v2_root, skip_reason};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, cgroup_v2_root};
 use masker_tests::process::{self, shell_quote_path};
+use masker_tests::skip;
 use masker_tests::{MaskerProxy, PgCluster};
 use serde_json::Value;
 
@@ -25,8 +26,7 @@ fn script(name: &str) -> PathBuf {
 }
 
 fn start() -> Option<(MaskerAgent, &'static PgCluster)> {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if !skip::ebpf() {
         return None;
     }
     let cluster = PgCluster::shared();

@@ -609,7 +609,7 @@ async fn a_million_rows() {
 #[tokio::test]
 async fn ipv6_upstream() {
     let cluster = PgCluster::shared();
-    let Some(v6) = cluster.addr_v6() else { return };
+    let Some(v6) = masker_tests::skip::ipv6(cluster) else { return };
     let proxy = MaskerProxy::start(v6, None);
     within(LIMIT, "IPv6 upstream", async {
         let direct = cluster.app().connect().await.unwrap();

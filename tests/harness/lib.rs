@@ -29,6 +29,7 @@ pub mod proxy;
 pub mod psql;
 pub mod python;
 pub mod raw;
+pub mod skip;
 
 use std::future::Future;
 use std::net::SocketAddr;
