@@ -14,16 +14,17 @@
 //! Each test starts its own proxy (identity `ci-test`, catalog user `app`)
 //! with the policy from [`policy_toml`], written into a temporary directory.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use masker_tests::attack::{self, Attack};
 use masker_tests::cluster::{APP_DB, APP_PASSWORD, APP_USER};
 use masker_tests::compare::{self, RawCell};
+use masker_tests::finder::Finder;
 use masker_tests::fixture::PersonalValues;
-use masker_tests::leaks::{Forms, LeakFinder};
 use masker_tests::psql::Psql;
 use masker_tests::raw::{self, Msg, RawConn};
 use masker_tests::{ConnInfo, MaskerProxy, PgCluster, python, within};
@@ -219,7 +220,7 @@ fn typed_sql() -> String {
 /// the seeded personal values with their leak finder.
 struct Env {
     policy: PathBuf,
-    finder: LeakFinder,
+    finder: Finder,
 }
 
 static ENV: LazyLock<Env> = LazyLock::new(|| {
@@ -229,8 +230,7 @@ static ENV: LazyLock<Env> = LazyLock::new(|| {
     std::fs::write(&policy, policy_toml()).expect("writing the policy");
     let values = PersonalValues::load(cluster).expect("loading the seeded personal values");
     // Generalised to the year, a January 1st birth date is its own mask.
-    let finder =
-        LeakFinder::new(&values, Forms::default(), |kind, value| kind == "birth_date" && value.ends_with("-01-01"));
+    let finder = Finder::new(&values, |kind, value| kind == "birth_date" && value.ends_with("-01-01"));
     Env { policy, finder }
 });
 
@@ -276,8 +276,8 @@ impl Setup {
 
 #[track_caller]
 fn assert_no_leak(what: &str, text: &[u8]) {
-    let leaks = env().finder.find(text);
-    assert!(leaks.is_empty(), "{what}: seeded personal values leaked (kind, form) → count: {leaks:?}");
+    let found = env().finder.find(text);
+    assert!(found.is_empty(), "{what}: seeded personal values leaked: {found}");
 }
 
 // ------------------------------------------------------------------ client helpers
@@ -1423,134 +1423,32 @@ const CORPUS: &[(Class, &str, &str)] = &[
     (Lineage, "", "DO $$ BEGIN RAISE NOTICE '%', (SELECT full_name FROM customers WHERE id = 9); END $$"),
 ];
 
-/// What one client saw for one query (rows, errors, notices), as text.
-struct Seen {
-    client: &'static str,
-    text: Vec<u8>,
+/// The corpus as attacks: `masking#N (class)`.
+fn corpus() -> Vec<Attack> {
+    CORPUS
+        .iter()
+        .enumerate()
+        .map(|(i, (class, setup, sql))| Attack::new(format!("masking#{} ({class:?})", i + 1), setup, sql))
+        .collect()
 }
-
-async fn run_tokio_binary(info: &ConnInfo, setup: &str, sql: &str) -> Vec<u8> {
-    let (client, mut messages) = info.connect_with_messages().await.expect("connect");
-    let mut out = Vec::new();
-    if !setup.is_empty()
-        && let Err(e) = client.batch_execute(setup).await
-    {
-        out.extend_from_slice(format!("setup: {e:?}\n").as_bytes());
-    }
-    let result = async {
-        let statement = client.prepare(sql).await?;
-        let rows = client.query(&statement, &[]).await?;
-        Ok::<_, tokio_postgres::Error>((statement, rows))
-    }
-    .await;
-    match result {
-        Ok((statement, rows)) => {
-            for row in &rows {
-                for (i, column) in statement.columns().iter().enumerate() {
-                    if let Some(raw) = row.get::<_, RawCell>(i).0 {
-                        out.extend_from_slice(&raw);
-                        out.push(b'\t');
-                        if let Ok(text) = decode_cell(column.type_(), &raw) {
-                            out.extend_from_slice(text.as_bytes());
-                        }
-                        out.push(b'\n');
-                    }
-                }
-            }
-        }
-        Err(e) => out.extend_from_slice(format!("{e:?}").as_bytes()),
-    }
-    while let Ok(m) = messages.try_recv() {
-        out.extend_from_slice(format!("{m:?}").as_bytes());
-    }
-    out
-}
-
-fn run_psql(info: &ConnInfo, setup: &str, sql: &str) -> Vec<u8> {
-    let mut psql = Psql::new(info).arg("-v").arg("VERBOSITY=verbose");
-    if !setup.is_empty() {
-        psql = psql.command(setup);
-    }
-    let out = psql.command(sql).run();
-    format!("{}\n{}", out.stdout, out.stderr).into_bytes()
-}
-
-const PSYCOPG_CORPUS: &str = r#"
-import json
-
-def main(conn):
-    conn.autocommit = True
-    notices = []
-    conn.add_notice_handler(lambda d: notices.append(repr([d.severity, d.message_primary, d.message_detail, d.message_hint, d.context])))
-    conn.add_notify_handler(lambda n: notices.append(repr([n.channel, n.payload])))
-    out = []
-    for setup, sql in CASES:
-        res = {}
-        for binary in (False, True):
-            notices.clear()
-            key = "binary" if binary else "text"
-            try:
-                if setup:
-                    try:
-                        conn.execute(setup)
-                    except psycopg.Error:
-                        pass  # second round: the cursor or statement exists
-                cur = conn.cursor(binary=binary)
-                cur.execute(sql)
-                res[key] = [list(r) for r in cur.fetchall()] if cur.description else cur.statusmessage
-            except psycopg.Error as e:
-                d = e.diag
-                res[key] = [str(e), d.sqlstate, d.message_primary, d.message_detail, d.message_hint, d.context]
-            res[key + "_notices"] = list(notices)
-        out.append(json.dumps(res, default=lambda o: "\\x" + bytes(o).hex() if isinstance(o, (bytes, bytearray, memoryview)) else str(o)))
-    return out
-"#;
 
 /// The attack corpus through psql (text), tokio-postgres (binary) and
-/// psycopg (text and binary): no query may leak any seeded value in any form.
+/// psycopg (text and binary), each attack once directly (it must leak
+/// there: the direct control) and once through masker (nothing may be
+/// found in any channel: rows, errors, notices, notifications,
+/// ParameterStatus, COPY data, raw bytes).
 #[tokio::test]
 async fn attack_corpus() {
-    within(Duration::from_secs(300), "attack corpus", async {
+    within(Duration::from_secs(900), "attack corpus", async {
         let s = start(IDENTITY);
-        assert!(CORPUS.len() >= 40, "corpus size");
-        // The finder finds what a direct connection shows, in every form.
-        let direct = s.direct.connect().await.unwrap();
-        let rows = simple_rows(
-            &direct,
-            "SELECT upper(email), encode(email::bytea, 'hex'), encode(full_name::bytea, 'base64'), translate(ssn, '-', '') FROM customers WHERE id <= 3",
-        )
-        .await;
-        let leaks = env().finder.find(format!("{rows:?}").as_bytes());
-        let forms: BTreeSet<&str> = leaks.keys().map(|(_, f)| *f).collect();
-        assert_eq!(forms, BTreeSet::from(["base64", "digits", "hex", "value"]), "the finder works: {leaks:?}");
-
-        // psycopg (one process for the whole corpus) runs while psql and tokio-postgres do.
-        let cases: Vec<(&str, &str)> = CORPUS.iter().map(|(_, setup, sql)| (*setup, *sql)).collect();
-        let snippet = format!("CASES = {}\n{PSYCOPG_CORPUS}", serde_json::to_string(&cases).unwrap());
-        let dsn = s.proxied.dsn();
-        let py = tokio::task::spawn_blocking(move || python::run(&dsn, &snippet));
-        let mut seen: Vec<Vec<Seen>> = Vec::new();
-        for (_, setup, sql) in CORPUS {
-            let mut v = vec![Seen { client: "psql (text)", text: run_psql(&s.proxied, setup, sql) }];
-            v.push(Seen { client: "tokio-postgres (binary)", text: run_tokio_binary(&s.proxied, setup, sql).await });
-            seen.push(v);
-        }
-        let py = py.await.unwrap().expect("psycopg corpus");
-        for (v, res) in seen.iter_mut().zip(py.as_array().expect("psycopg results")) {
-            v.push(Seen { client: "psycopg (text+binary)", text: res.as_str().unwrap_or_default().as_bytes().to_vec() });
-        }
-        let mut failures = Vec::new();
-        for ((class, _, sql), v) in CORPUS.iter().zip(&seen) {
-            for seen in v {
-                let leaks = env().finder.find(&seen.text);
-                if !leaks.is_empty() {
-                    failures.push(format!("[{} / {class:?}] {sql}\n    leaked (kind, form) → count: {leaks:?}", seen.client));
-                }
-            }
-        }
+        let attacks = corpus();
+        assert!(attacks.len() >= 40, "corpus size");
+        let direct = attack::run(&s.direct, &attacks, &attack::Client::ALL).await.expect("direct runs");
+        let masked = attack::run(&s.proxied, &attacks, &attack::Client::ALL).await.expect("runs through masker");
+        let verdict = attack::judge(&env().finder, &attacks, &direct, &masked);
         let mut proxy = s.proxy;
         proxy.assert_running();
-        assert!(failures.is_empty(), "{} leak(s):\n{}", failures.len(), failures.join("\n"));
+        verdict.assert_clean("masking attack corpus");
     })
     .await;
 }

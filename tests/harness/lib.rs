@@ -20,15 +20,17 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod attack;
 pub mod cluster;
 pub mod compare;
+pub mod finder;
 pub mod fixture;
-pub mod leaks;
 pub mod process;
 pub mod proxy;
 pub mod psql;
 pub mod python;
 pub mod raw;
+pub mod recorder;
 pub mod skip;
 
 use std::future::Future;
