@@ -447,10 +447,13 @@ def run(case):
                         ch["rows"].append("-- " + str(cur.statusmessage))
                         if not cur.nextset():
                             break
-                except psycopg.Error as e:
+                except Exception as e:
                     if conn.closed:
                         raise
-                    ch["error"].append(f"{type(e).__name__}: {e} || {diag(e.diag)}")
+                    if isinstance(e, psycopg.Error):
+                        ch["error"].append(f"{type(e).__name__}: {e} || {diag(e.diag)}")
+                    else:  # a value the client could not load: still a result, not a crash
+                        ch["error"].append(f"client-side {type(e).__name__}: {e}")
         for p in PARAMS:
             ch["parameter_status"].append(f"{p}={conn.info.parameter_status(p)}")
     except Exception as e:
@@ -670,6 +673,26 @@ impl Verdict {
     }
 }
 
+/// What `finder` finds in each channel of each client's run of `attack`
+/// (values the attacker typed aside), where it finds anything.
+pub fn scan(finder: &Finder, attack: &Attack, seen: &BTreeMap<Client, Seen>) -> BTreeMap<(Client, Channel), Found> {
+    let typed = typed_values(finder, attack);
+    let mut out = BTreeMap::new();
+    for (client, seen) in seen {
+        for (channel, text) in &seen.channels {
+            let f = found(finder, text, &typed);
+            if !f.is_empty() {
+                out.insert((*client, *channel), f);
+            }
+        }
+    }
+    out
+}
+
+fn typed_values(finder: &Finder, attack: &Attack) -> BTreeSet<usize> {
+    finder.find(format!("{}\n{}", attack.setup, attack.sql).as_bytes()).hits.iter().map(|h| h.value).collect()
+}
+
 /// What `finder` finds in `text`, without the values the attacker typed.
 fn found(finder: &Finder, text: &[u8], typed: &BTreeSet<usize>) -> Found {
     let mut found = finder.find(text);
@@ -687,8 +710,7 @@ fn describe(finder: &Finder, found: &Found) -> String {
 pub fn judge(finder: &Finder, attacks: &[Attack], direct: &Results, masked: &Results) -> Verdict {
     let mut v = Verdict { attacks: attacks.len(), runs: masked.iter().map(BTreeMap::len).sum(), ..Verdict::default() };
     for (i, attack) in attacks.iter().enumerate() {
-        let typed: BTreeSet<usize> =
-            finder.find(format!("{}\n{}", attack.setup, attack.sql).as_bytes()).hits.iter().map(|h| h.value).collect();
+        let typed = typed_values(finder, attack);
         let problem = |what: String| Problem { attack: format!("{}: {}", attack.id, attack.sql), what };
         // The direct control.
         let mut leaked_directly = false;

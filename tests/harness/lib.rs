@@ -25,6 +25,7 @@ pub mod cluster;
 pub mod compare;
 pub mod finder;
 pub mod fixture;
+pub mod leaky;
 pub mod process;
 pub mod proxy;
 pub mod psql;
