@@ -152,6 +152,9 @@ async fn every_form_is_found() {
     .await
 }
 
+/// `(case, what the relay adds, the query, where it must be found, its form)`.
+type ChannelCase = (&'static str, Inject, &'static str, Vec<(Client, Channel)>, Form);
+
 /// The plain value in each channel: the clients that show that channel must
 /// report it there, and the raw bytes must show it for every client.
 #[tokio::test]
@@ -162,7 +165,7 @@ async fn every_channel_is_scanned() {
         let uuid = value("external_id", |_| true);
         let date = value("birth_date", |v| !v.ends_with("-01-01"));
         let binary = [Client::TokioBinary, Client::PsycopgBinary];
-        let cases: Vec<(&str, Inject, &str, Vec<(Client, Channel)>, Form)> = vec![
+        let cases: Vec<ChannelCase> = vec![
             (
                 "text cell",
                 Inject::Cell(email.clone().into_bytes()),
