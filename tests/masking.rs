@@ -6,10 +6,12 @@
 //! - every path out of the database: simple query, extended protocol (with
 //!   and without a client Describe), cursors, COPY, errors, notices,
 //!   notifications, CommandComplete counts;
-//! - an attack corpus: no seeded personal value (nor its case variants,
-//!   digits-only, base64 or hex form) reaches psql, tokio-postgres or psycopg;
-//! - a no-over-masking corpus: what the policy allows comes back exactly as
-//!   direct, in text and binary.
+//! - an attack corpus: each attack leaks on a direct connection (its
+//!   control) and no seeded personal value, in any form the finder knows,
+//!   reaches psql, tokio-postgres or psycopg through masker, in any channel.
+//!
+//! What the policy allows must come back exactly as direct: that is the
+//! byte comparison of `compat.rs`.
 //!
 //! Each test starts its own proxy (identity `ci-test`, catalog user `app`)
 //! with the policy from [`policy_toml`], written into a temporary directory.
@@ -1449,47 +1451,6 @@ async fn attack_corpus() {
         let mut proxy = s.proxy;
         proxy.assert_running();
         verdict.assert_clean("masking attack corpus");
-    })
-    .await;
-}
-
-// ------------------------------------------------------------------ 4. no over-masking
-
-/// Queries whose results the policy allows entirely (or that hold nothing
-/// personal): through masker they equal direct, value for value.
-const PLAIN: &[&str] = &[
-    "SELECT id, customer_id, order_no, amount, created_at, status FROM orders ORDER BY id",
-    "SELECT 'ORD-2024-000123' AS order_no, 'INV-2024-0042' AS invoice, 20240115 AS day_key, 4711 AS n",
-    "SELECT order_no FROM orders WHERE order_no IN ('ORD-2024-000123', 'ORD-2024-012345', 'ORD-2024-019999') ORDER BY 1",
-    "SELECT id, plan, balance, signup_ts, tags FROM customers ORDER BY id",
-    "SELECT plan, count(*), sum(balance), avg(balance), min(signup_ts), max(signup_ts) FROM customers GROUP BY plan ORDER BY plan",
-    "SELECT customer_id, count(*), sum(amount), max(created_at) FROM orders GROUP BY customer_id ORDER BY customer_id",
-    "SELECT o.id, o.order_no, p.method, p.amount, p.paid_at FROM orders o JOIN payments p ON p.order_id = o.id ORDER BY o.id",
-    "SELECT c.id, c.plan, count(o.id), coalesce(sum(o.amount), 0) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id, c.plan ORDER BY c.id",
-    "SELECT status, count(*), sum(amount)::numeric(14,2), percentile_cont(0.5) WITHIN GROUP (ORDER BY amount) FROM orders GROUP BY status ORDER BY status",
-    "SELECT count(*), count(DISTINCT email), count(DISTINCT ssn), sum(id) FROM customers",
-    "SELECT id, created_at::date, extract(epoch FROM created_at)::bigint, date_trunc('month', created_at) FROM orders WHERE id <= 3000 ORDER BY id",
-    "SELECT generate_series(1, 2000) AS n, generate_series(1, 2000) * 1000003 AS big",
-    "SELECT id, amount, amount * 100 AS cents, round(amount / 3, 4) AS third FROM payments ORDER BY id",
-    "SELECT 1::int2, 2::int4, 3::int8, 1.5::float4, 2.25::float8, 12345678.9::numeric, true, 'plain text', '2024-05-06'::date, '2024-05-06 07:08:09+00'::timestamptz",
-];
-
-/// Ids, amounts, timestamps, order numbers, plan names, counts, sums, joins
-/// on keys: equal to direct in text (simple protocol) and binary (raw bytes).
-#[tokio::test]
-async fn no_over_masking() {
-    within(LIMIT, "no over-masking", async {
-        let s = start(IDENTITY);
-        let (direct, proxied) = s.clients().await;
-        for sql in PLAIN {
-            compare::assert_same_simple(&direct, &proxied, sql).await;
-            compare::assert_same_binary(&direct, &proxied, sql, &[]).await;
-        }
-        // psql output, byte for byte.
-        let sql = "SELECT id, customer_id, order_no, amount, created_at, status FROM orders ORDER BY id";
-        let want = Psql::new(&s.direct).command(sql).run_ok();
-        let got = Psql::new(&s.proxied).command(sql).run_ok();
-        assert!(want == got, "psql output differs for {sql}");
     })
     .await;
 }

@@ -33,6 +33,7 @@ pub mod python;
 pub mod raw;
 pub mod recorder;
 pub mod skip;
+pub mod transcript;
 
 use std::future::Future;
 use std::net::SocketAddr;
