@@ -14,7 +14,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup};
 use masker_tests::cluster::{APP_DB, APP_PASSWORD, APP_USER};
@@ -213,7 +213,16 @@ static AUTH_CLUSTER: LazyLock<PgCluster> = LazyLock::new(|| {
     let new = format!("host all md5user 127.0.0.1/32 md5\nhost all pwuser 127.0.0.1/32 password\n{old}");
     std::fs::write(&hba, new).unwrap();
     cluster.run_sql_as_superuser("postgres", "SELECT pg_reload_conf();\n").expect("reload");
-    std::thread::sleep(Duration::from_millis(300));
+    // The postmaster has read the new pg_hba.conf once it shows its rules.
+    masker_tests::poll(Duration::from_secs(30), "pg_hba.conf reloaded", || {
+        let rules = cluster
+            .run_sql_as_superuser(
+                "postgres",
+                "SELECT count(*) FROM pg_hba_file_rules WHERE 'md5user' = ANY(user_name);\n",
+            )
+            .ok()?;
+        (rules.trim() == "1").then_some(())
+    });
     cluster
 });
 
@@ -297,9 +306,10 @@ fn a_wrong_stored_password_is_the_servers_28p01_and_never_shown() {
             assert!(!out.status.success());
             assert!(out.stderr.contains("password authentication failed for user \"app\""), "{}", out.stderr);
             proxy.assert_running();
-            std::thread::sleep(Duration::from_millis(300)); // let the audit writer catch up
-            let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-            assert!(audit.contains("\"session_end\""), "{audit}");
+            // The audit writer is asynchronous: wait for the session's end.
+            let audit = masker_tests::poll(Duration::from_secs(20), "a session_end audit event", || {
+                std::fs::read_to_string(dir.path().join("audit.jsonl")).ok().filter(|a| a.contains("\"session_end\""))
+            });
             for (what, text) in [
                 ("tokio-postgres error", format!("{err:?}")),
                 ("psql stdout", out.stdout.clone()),
@@ -401,15 +411,18 @@ name = "ci-elsewhere"
 targets = ["db.internal:5432"]
 "#;
 
-/// Denial events of an audit file.
-fn denials(audit: &Path) -> Vec<serde_json::Value> {
-    std::thread::sleep(Duration::from_millis(300)); // let the audit writer catch up
-    std::fs::read_to_string(audit)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "denial")
-        .collect()
+/// Denial events of an audit file, once there are `n` (the audit writer is
+/// asynchronous: polled, with a deadline).
+fn denials(audit: &Path, n: usize) -> Vec<serde_json::Value> {
+    masker_tests::poll(Duration::from_secs(20), &format!("{n} denial event(s) in {}", audit.display()), || {
+        let events: Vec<serde_json::Value> = std::fs::read_to_string(audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == "denial")
+            .collect();
+        (events.len() >= n).then_some(events)
+    })
 }
 
 fn policy_proxy(identity: &str, dir: &Path, extra: &[&str]) -> MaskerProxy {
@@ -452,7 +465,7 @@ fn identity_may_connect_only_to_its_databases_users_and_targets() {
     assert!(!out.status.success());
     assert!(out.stderr.contains("masker: identity ci-read may not connect to database postgres"), "{}", out.stderr);
     proxy.assert_running();
-    let events = denials(&dir.path().join("audit.jsonl"));
+    let events = denials(&dir.path().join("audit.jsonl"), 3);
     assert_eq!(events.len(), 3, "{events:#?}");
     for e in &events {
         assert_eq!(
@@ -473,7 +486,7 @@ fn identity_may_connect_only_to_its_databases_users_and_targets() {
         cluster.addr()
     );
     assert!(out.stderr.contains(&expected), "{}", out.stderr);
-    assert_eq!(denials(&dir.path().join("audit.jsonl")).len(), 1);
+    assert_eq!(denials(&dir.path().join("audit.jsonl"), 1).len(), 1);
 }
 
 /// The real agent: a tagged workload's psql logs in with no password (the
@@ -531,7 +544,7 @@ fn agent_injects_for_a_tagged_identity_and_enforces_its_databases() {
         "{}",
         out.stderr
     );
-    let events = denials(&audit);
+    let events = denials(&audit, 1);
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["class"], "connect");
     assert!(!agent.stderr().contains(APP_PASSWORD));
@@ -623,21 +636,23 @@ fn agent_rereads_a_rotated_password_file_on_reload() {
 // ---------------------------------------------------------------------------
 // CancelRequest
 
-/// Starts `SELECT pg_sleep(30)` on `client`, cancels it with the client's
-/// cancel token (which connects to the address the client connected to:
-/// masker) and checks it ends with 57014 quickly.
-async fn cancel_sleep(client: &tokio_postgres::Client) {
+/// Starts `SELECT pg_sleep(30)` on `client`, waits until the server runs
+/// it, cancels it with the client's cancel token (which connects to the
+/// address the client connected to: masker) and checks it ends with 57014.
+/// `watcher` is another session of the same role (it sees the query in
+/// `pg_stat_activity`).
+async fn cancel_sleep(client: &tokio_postgres::Client, watcher: &tokio_postgres::Client) {
     let token = client.cancel_token();
-    let started = Instant::now();
-    let sleep = client.simple_query("SELECT pg_sleep(30)");
+    let marker = format!("credentials_cancel_{}", std::process::id());
+    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    let sleep = client.simple_query(&sql);
     let cancel = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        masker_tests::wait_until_running(watcher, &marker).await;
         token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
     };
     let (result, ()) = tokio::join!(sleep, cancel);
     let err = result.map(|_| ()).expect_err("pg_sleep(30) was not cancelled");
     assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("57014"), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     // The session is still usable.
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -651,7 +666,8 @@ fn cancel_request_cancels_the_query_with_passthrough_and_injection() {
     let passthrough = MaskerProxy::start(cluster.addr(), None);
     rt.block_on(within(LIMIT, "cancel passthrough", async {
         let client = cluster.app().at(passthrough.addr()).connect().await.expect("connect");
-        cancel_sleep(&client).await;
+        let watcher = cluster.app().at(passthrough.addr()).connect().await.expect("connect");
+        cancel_sleep(&client, &watcher).await;
     }));
     // Injection, over TLS to the server.
     let dir = tempfile::tempdir().unwrap();
@@ -659,7 +675,8 @@ fn cancel_request_cancels_the_query_with_passthrough_and_injection() {
     let mut injecting = injecting_proxy(ssl.addr(), "require", Source::Env, APP_PASSWORD, dir.path(), &[]).unwrap();
     rt.block_on(within(LIMIT, "cancel injected", async {
         let client = connect_without_password(&no_password(ssl, injecting.addr())).await.expect("connect");
-        cancel_sleep(&client).await;
+        let watcher = connect_without_password(&no_password(ssl, injecting.addr())).await.expect("connect");
+        cancel_sleep(&client, &watcher).await;
     }));
     injecting.assert_running();
 }
@@ -690,10 +707,12 @@ fn cancel_client_process() {
     };
     let result = std::panic::catch_unwind(|| {
         runtime().block_on(async {
-            let client =
-                if info.password.is_empty() { connect_without_password(&info).await } else { info.connect().await };
-            let client = client.unwrap_or_else(|e| panic!("connect: {e:?}"));
-            cancel_sleep(&client).await;
+            let connect = || async {
+                if info.password.is_empty() { connect_without_password(&info).await } else { info.connect().await }
+            };
+            let client = connect().await.unwrap_or_else(|e| panic!("connect: {e:?}"));
+            let watcher = connect().await.unwrap_or_else(|e| panic!("connect: {e:?}"));
+            cancel_sleep(&client, &watcher).await;
         })
     });
     match result {

@@ -943,17 +943,12 @@ fn jwks_fetch_failures_are_precise() {
     for (name, reason) in cases {
         let issuer = format!("https://{name}.example.test");
         let token = keys.token_from(&issuer, &keys.key, "k1", |_| {});
-        let started = std::time::Instant::now();
         let out = tag_with_file(&agent, cg.path(), "ci-fail", &keys.file(&token));
         assert!(!out.status.success(), "{name}: tagged");
         let url = if name == "untrusted" { format!("{base}/jwks") } else { format!("{base}/{name}") };
         let expected = format!("jwks fetch from {url} failed: {reason}");
         assert!(out.stderr.contains(&expected), "{name}: expected {expected:?} in:\n{}", out.stderr);
         assert!(out.stderr.contains("was not tagged"), "{name}: {}", out.stderr);
-        if name == "stall" {
-            let took = started.elapsed();
-            assert!(took >= Duration::from_secs(5) && took < Duration::from_secs(15), "{name}: {took:?}");
-        }
     }
     assert_eq!(tags(&agent), Vec::<Value>::new());
     tear_down(agent, vec![cg]);

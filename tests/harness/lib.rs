@@ -157,6 +157,50 @@ pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>
     }
 }
 
+/// Polls `check` (every 20 ms) until it returns `Some`, and returns that;
+/// panics with `what` once `limit` has passed. The way to wait for
+/// something to happen: never sleep and then assert.
+#[track_caller]
+pub fn poll<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(std::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// [`poll`] for an async check.
+pub async fn poll_async<T, F: Future<Output = Option<T>>>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the server runs a statement whose text contains `marker`, as
+/// `watcher` (another session of the same role, or a superuser's) sees it in
+/// `pg_stat_activity`: e.g. before cancelling it.
+pub async fn wait_until_running(watcher: &tokio_postgres::Client, marker: &str) {
+    let sql = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND pid <> pg_backend_pid() \
+               AND strpos(query, $1) > 0";
+    poll_async(Duration::from_secs(30), &format!("a running statement containing {marker:?}"), || async {
+        let n: i64 = watcher.query_one(sql, &[&marker]).await.expect("pg_stat_activity").get(0);
+        (n > 0).then_some(())
+    })
+    .await
+}
+
 /// Cargo's target directory: `$CARGO_TARGET_DIR`, else the directory the
 /// running test binary was built into (`<target>/<profile>/deps/<test>`),
 /// else `<workspace>/target`.
