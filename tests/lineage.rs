@@ -235,6 +235,13 @@ const ATTACKS: &[&str] = &[
     // parameters and prepared statements
     "PREPARE p1 AS SELECT upper(email) FROM customers ORDER BY id LIMIT 40; EXECUTE p1",
     "BEGIN; DECLARE cur CURSOR FOR SELECT upper(email) FROM customers ORDER BY id; FETCH 40 FROM cur; COMMIT",
+    // side channels: a large object, a comment, a setting (read back by a statement of its own)
+    "BEGIN; SELECT lo_from_bytea(424242, convert_to(email, 'UTF8')) FROM customers WHERE id = 9; \
+     SELECT encode(lo_get(424242), 'escape'); ROLLBACK",
+    "CREATE TEMP TABLE lineage_note (i int); \
+     DO $$ BEGIN EXECUTE format('COMMENT ON TABLE lineage_note IS %L', (SELECT phone FROM customers WHERE id = 10)); END $$; \
+     SELECT obj_description('lineage_note'::regclass)",
+    "SELECT set_config('masker.note', ssn, false) FROM customers WHERE id = 11; SELECT current_setting('masker.note')",
 ];
 
 /// A session that stays open while the corpus runs, whose last statement

@@ -1425,8 +1425,25 @@ const CORPUS: &[(Class, &str, &str)] = &[
     (Lineage, "", "SELECT translate(ssn, '-', '') FROM customers"),
     (Lineage, "", "SELECT regexp_replace(phone, '\\D', '', 'g') FROM customers"),
     (Lineage, "", "SELECT * FROM fixture.personal_values()"),
+    // Session parameters the server reports back (ParameterStatus).
+    (Lineage, "", "SELECT set_config('application_name', email, false) FROM customers WHERE id = 5"),
+    (Lineage, "", "SELECT set_config('application_name', (SELECT full_name FROM customers WHERE id = 6), false)"),
+    (Lineage, "", "SELECT id FROM customers WHERE id = 7 AND set_config('application_name', ssn, false) IS NOT NULL"),
     (Lineage, "", "DO $$ BEGIN RAISE NOTICE '%', (SELECT full_name FROM customers WHERE id = 9); END $$"),
 ];
+
+/// Attacks that leak through masker today, `(attack id, why)`. Listed, not
+/// hidden: each must still leak (once masker holds one, the corpus fails and
+/// asks to remove it here), and the lead tracks them.
+const KNOWN_LEAKS: &[(&str, &str)] = &[
+    ("masking#80 (Lineage)", PARAMETER_STATUS_LEAK),
+    ("masking#81 (Lineage)", PARAMETER_STATUS_LEAK),
+    ("masking#82 (Lineage)", PARAMETER_STATUS_LEAK),
+];
+
+const PARAMETER_STATUS_LEAK: &str = "set_config() of a classified value is neither refused nor scrubbed: the \
+    server reports the new application_name in a ParameterStatus message, which masker forwards unchanged \
+    (seen in the raw bytes and in psycopg's parameter_status)";
 
 /// The corpus as attacks: `masking#N (class)`.
 fn corpus() -> Vec<Attack> {
@@ -1453,7 +1470,7 @@ async fn attack_corpus() {
         let verdict = attack::judge(&env().finder, &attacks, &direct, &masked);
         let mut proxy = s.proxy;
         proxy.assert_running();
-        verdict.assert_clean("masking attack corpus");
+        verdict.assert_clean_except("masking attack corpus", KNOWN_LEAKS);
     })
     .await;
 }
