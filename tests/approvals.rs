@@ -11,8 +11,7 @@
 //! kill` of a session that waits (its request is withdrawn), and the audit
 //! events of each step validated field by field.
 //!
-//! Needs root and BPF; skipped with a message otherwise. The `masker` binary
-//! must be built.
+//! Needs root and BPF: fails otherwise, unless `MASKER_TESTS_ALLOW_SKIP=ebpf`.
 #![forbid(unsafe_code)]
 
 use std::process::Child;

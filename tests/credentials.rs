@@ -7,7 +7,8 @@
 //! Real PostgreSQL (scram-sha-256; one cluster with `ssl = on` and a
 //! self-signed certificate made in its temp dir), real `masker proxy`, and
 //! the real `masker agent` with eBPF for the tests that need a tagged
-//! workload (skipped with a message without root and BPF). Password files
+//! workload (they fail without root and BPF, unless
+//! `MASKER_TESTS_ALLOW_SKIP=ebpf`). Password files
 //! live in temp dirs only.
 #![forbid(unsafe_code)]
 

@@ -17,8 +17,8 @@
 //! with `claims` apply to the matching verified token only, and audit
 //! `session_start` events carry the issuer and the selected claims.
 //!
-//! Keys, certificates and tokens live in temp dirs only. Needs root and BPF;
-//! skipped with a message otherwise. The `masker` binary must be built.
+//! Keys, certificates and tokens live in temp dirs only. Needs root and BPF:
+//! fails otherwise, unless `MASKER_TESTS_ALLOW_SKIP=ebpf`.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};

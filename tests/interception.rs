@@ -10,7 +10,7 @@
 //! the agent (`masker status --json`: connection counter, live sessions).
 //! Every test ends by checking that its pins and cgroups are gone.
 //!
-//! Needs root and BPF; skipped with a message otherwise.
+//! Needs root and BPF: fails otherwise, unless `MASKER_TESTS_ALLOW_SKIP=ebpf`.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;

@@ -6,7 +6,7 @@
 //!
 //! The scripts take `MASKER_BIN` (and the GitHub hooks `MASKER_SUDO`, empty
 //! here: the test runs as root) so they can run against the built binary.
-//! Needs root and BPF; skipped with a message otherwise.
+//! Needs root and BPF: fails otherwise, unless `MASKER_TESTS_ALLOW_SKIP=ebpf`.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};

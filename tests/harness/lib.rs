@@ -9,14 +9,23 @@
 //! - [`fixture`]: the `shop` schema with deterministic fake personal data, and
 //!   [`fixture::PersonalValues`] to assert that none of it leaks.
 //! - [`proxy`]: [`MaskerProxy`], a `masker proxy` child process in front of a
-//!   cluster.
+//!   cluster; [`agent`]: `masker agent` with real eBPF, and test cgroups. The
+//!   binary is always cargo's build of the tree under test ([`masker_binary`]).
 //! - Clients: [`ConnInfo::connect`] (tokio-postgres, in process), [`psql`]
-//!   (subprocess) and [`python`] (psycopg 3 in a venv the harness creates),
-//!   plus [`raw`], a byte-level protocol client for edge cases.
-//! - [`compare`]: results through masker vs direct, value for value.
+//!   (subprocess) and [`python`] (psycopg 3 from the venv `scripts/setup.sh`
+//!   made), plus [`raw`], a byte-level protocol client for edge cases.
+//! - [`compare`]: results through masker vs direct, value for value, and
+//!   binary values decoded per type.
+//! - [`finder`]: every seeded value in every form; [`attack`]: attack
+//!   corpora run directly (the control: each must leak) and through masker,
+//!   per client and channel, with the raw bytes from a [`recorder`];
+//!   [`leaky`]: a deliberately leaking relay for the finder's own tests.
+//! - [`transcript`]: compatibility as a byte comparison of whole sessions.
+//! - [`skip`]: what a test does when the machine lacks what it needs (fail,
+//!   unless `MASKER_TESTS_ALLOW_SKIP` allows that kind).
 //!
-//! Everything that waits has a deadline, so a broken proxy fails a test
-//! instead of hanging it.
+//! Everything that waits has a deadline ([`poll`], [`within`]), so a broken
+//! proxy fails a test instead of hanging it; nothing sleeps and then asserts.
 #![forbid(unsafe_code)]
 
 pub mod agent;
