@@ -239,8 +239,11 @@ fn tagged_psql_and_tokio_postgres_reach_the_server_through_masker() {
     assert!(table.stdout.contains("it-tagged") && table.stdout.contains(&pid.to_string()), "{}", table.stdout);
 
     finish_client(client);
-    let status = agent.status();
-    assert!(status["sessions"].as_array().unwrap().is_empty(), "session still listed: {status:#}");
+    // The agent ends the session once it sees the client gone: wait for it.
+    let status = masker_tests::poll(CLIENT_TIMEOUT, "the session to leave `masker status`", || {
+        let status = agent.status();
+        status["sessions"].as_array().is_some_and(Vec::is_empty).then_some(status)
+    });
     assert_eq!(status["counters"]["sessions_refused"], json!(0), "{status:#}");
     tear_down(agent, vec![cg]);
 }

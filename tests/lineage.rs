@@ -229,7 +229,7 @@ const ATTACKS: &[&str] = &[
     "COPY (SELECT upper(email) FROM customers LIMIT 40) TO STDOUT",
     "COPY (SELECT c::text FROM customers c LIMIT 40) TO STDOUT WITH (FORMAT csv)",
     // RETURNING
-    "UPDATE customers SET plan = plan WHERE id < 40 RETURNING upper(email), ssn || ''",
+    "BEGIN; UPDATE customers SET plan = plan WHERE id < 40 RETURNING upper(email), ssn || ''; ROLLBACK",
     // multi-statement simple queries
     "SELECT 1; SELECT upper(email) FROM customers ORDER BY id LIMIT 40; SELECT count(*) FROM orders",
     // parameters and prepared statements
