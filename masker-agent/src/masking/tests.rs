@@ -219,7 +219,7 @@ fn yields_value(action: &ColumnAction, oid: u32) -> bool {
         ColumnAction::Allow | ColumnAction::Redact => true,
         ColumnAction::Null => false,
         ColumnAction::Detect => oid != BYTEA,
-        ColumnAction::Email | ColumnAction::Partial { .. } => text,
+        ColumnAction::Email | ColumnAction::Partial { .. } | ColumnAction::Definition(_) => text,
         ColumnAction::Pseudonymize { .. } => ![BOOL, FLOAT4, FLOAT8, INTERVAL].contains(&oid),
         ColumnAction::Generalize(Generalize::Network { .. }) => oid == INET || oid == CIDR,
         ColumnAction::Generalize(Generalize::Bucket(_)) => number,
