@@ -489,11 +489,7 @@ fn inference_attacks(truth: &[Truth]) -> Vec<Attack> {
 /// Inference attacks that get their answer through masker today, with why.
 /// Listed, not hidden: each must still leak (the corpus fails once one is
 /// held, asking to remove it here), and the lead tracks them.
-const KNOWN_INFERENCE_LEAKS: &[(&str, &str)] = &[(
-    "inference#12 error when true",
-    "a predicate on a masked column inside CASE (not WHERE/GROUP/ORDER) is not refused, and the error it \
-     raises keeps its SQLSTATE (22012), which answers the question",
-)];
+const KNOWN_INFERENCE_LEAKS: &[(&str, &str)] = &[];
 
 #[test]
 fn inference_corpus_answers_directly_and_never_through_masker() {

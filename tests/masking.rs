@@ -1478,15 +1478,7 @@ const CORPUS: &[(Class, &str, &str)] = &[
 /// Attacks that leak through masker today, `(attack id, why)`. Listed, not
 /// hidden: each must still leak (once masker holds one, the corpus fails and
 /// asks to remove it here), and the lead tracks them.
-const KNOWN_LEAKS: &[(&str, &str)] = &[
-    ("masking#82 (Lineage)", PARAMETER_STATUS_LEAK),
-    ("masking#83 (Lineage)", PARAMETER_STATUS_LEAK),
-    ("masking#84 (Lineage)", PARAMETER_STATUS_LEAK),
-];
-
-const PARAMETER_STATUS_LEAK: &str = "set_config() of a classified value is neither refused nor scrubbed: the \
-    server reports the new application_name in a ParameterStatus message, which masker forwards unchanged \
-    (seen in the raw bytes and in psycopg's parameter_status)";
+const KNOWN_LEAKS: &[(&str, &str)] = &[];
 
 /// The corpus as attacks: `masking#N (class)`.
 fn corpus() -> Vec<Attack> {
