@@ -52,6 +52,11 @@ use std::time::Duration;
 pub use cluster::PgCluster;
 pub use proxy::MaskerProxy;
 
+/// Deadline of a tokio-postgres login (TCP, start-up, SCRAM): generous,
+/// because dozens of logins at once on a loaded 2-core machine queue up
+/// behind each other; a deadline, not a performance check.
+const CONNECT_LIMIT: Duration = Duration::from_secs(60);
+
 /// Where and as whom a client connects: one PostgreSQL login.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConnInfo {
@@ -120,10 +125,10 @@ impl ConnInfo {
     }
 
     /// Connects with tokio-postgres and drives the connection on a spawned
-    /// task of the current runtime. Times out after 20 s.
+    /// task of the current runtime, within [`CONNECT_LIMIT`].
     pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let config = self.tokio_config();
-        let (client, connection) = within(Duration::from_secs(20), "tokio-postgres connect", async {
+        let (client, connection) = within(CONNECT_LIMIT, "tokio-postgres connect", async {
             config.connect(tokio_postgres::NoTls).await
         })
         .await?;
@@ -143,7 +148,7 @@ impl ConnInfo {
         tokio_postgres::Error,
     > {
         let config = self.tokio_config();
-        let (client, mut connection) = within(Duration::from_secs(20), "tokio-postgres connect", async {
+        let (client, mut connection) = within(CONNECT_LIMIT, "tokio-postgres connect", async {
             config.connect(tokio_postgres::NoTls).await
         })
         .await?;
