@@ -6,6 +6,8 @@
 #   - bpf-linker, built against the nightly toolchain's own libLLVM
 #   - PostgreSQL 15 server binaries, pgbouncer (benchmark peer), python3-venv
 #   - libclang-dev and protobuf-compiler (to build pg_query)
+#   - docker.io (Debian's Docker 20.10: the container tests start a private
+#     dockerd) and iproute2 (`ip netns` for the hand-made containers)
 #   - the Python client libraries of the tests (psycopg 3), pinned, in a venv
 #     outside the checkout (tests/harness/python.rs finds it; it installs
 #     nothing itself)
@@ -43,6 +45,11 @@ setup_system_packages() {
   # pg_query (PostgreSQL's own parser, used for SQL lineage) generates its
   # bindings with bindgen (libclang) and its protobuf types with protoc.
   apt_install libclang-dev protobuf-compiler
+  # Container tests: a private dockerd (tests/harness/docker.rs) and
+  # hand-made network namespaces (tests/harness/netns.rs). Debian 12 ships
+  # Docker 20.10 as docker.io; the tests need 20.10 or later.
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+  command -v ip >/dev/null 2>&1 || apt_install iproute2
 }
 
 setup_nightly() {

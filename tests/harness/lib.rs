@@ -32,9 +32,11 @@ pub mod agent;
 pub mod attack;
 pub mod cluster;
 pub mod compare;
+pub mod docker;
 pub mod finder;
 pub mod fixture;
 pub mod leaky;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod psql;
@@ -128,10 +130,9 @@ impl ConnInfo {
     /// task of the current runtime, within [`CONNECT_LIMIT`].
     pub async fn connect(&self) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
         let config = self.tokio_config();
-        let (client, connection) = within(CONNECT_LIMIT, "tokio-postgres connect", async {
-            config.connect(tokio_postgres::NoTls).await
-        })
-        .await?;
+        let (client, connection) =
+            within(CONNECT_LIMIT, "tokio-postgres connect", async { config.connect(tokio_postgres::NoTls).await })
+                .await?;
         tokio::spawn(async move {
             // The error (if any) reaches the client as a closed connection.
             let _ = connection.await;
@@ -148,10 +149,9 @@ impl ConnInfo {
         tokio_postgres::Error,
     > {
         let config = self.tokio_config();
-        let (client, mut connection) = within(CONNECT_LIMIT, "tokio-postgres connect", async {
-            config.connect(tokio_postgres::NoTls).await
-        })
-        .await?;
+        let (client, mut connection) =
+            within(CONNECT_LIMIT, "tokio-postgres connect", async { config.connect(tokio_postgres::NoTls).await })
+                .await?;
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));

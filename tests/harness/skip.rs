@@ -13,7 +13,9 @@
 //!
 //! - `ebpf`: root, bpffs at `/sys/fs/bpf` and a cgroup v2 mount (the agent
 //!   attaches real programs to real cgroups);
-//! - `ipv6`: an IPv6 loopback address (`::1`) to listen and connect on.
+//! - `ipv6`: an IPv6 loopback address (`::1`) to listen and connect on;
+//! - `docker`: `dockerd` (Debian's docker.io; the Docker tests start a
+//!   private daemon), on top of `ebpf`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -28,6 +30,8 @@ pub enum Kind {
     Ebpf,
     /// An IPv6 loopback address.
     Ipv6,
+    /// `dockerd`.
+    Docker,
 }
 
 impl Kind {
@@ -36,6 +40,7 @@ impl Kind {
         match self {
             Kind::Ebpf => "ebpf",
             Kind::Ipv6 => "ipv6",
+            Kind::Docker => "docker",
         }
     }
 }
@@ -94,6 +99,7 @@ fn describe(kind: Kind) -> &'static str {
     match kind {
         Kind::Ebpf => "root, bpffs at /sys/fs/bpf and a cgroup v2 mount",
         Kind::Ipv6 => "an IPv6 loopback address (::1)",
+        Kind::Docker => "dockerd (apt-get install docker.io; scripts/setup.sh does)",
     }
 }
 
@@ -101,6 +107,12 @@ fn describe(kind: Kind) -> &'static str {
 #[track_caller]
 pub fn ebpf() -> bool {
     require(Kind::Ebpf, crate::agent::ebpf_missing())
+}
+
+/// [`require`] for the Docker tests: eBPF, then `dockerd`.
+#[track_caller]
+pub fn docker() -> bool {
+    ebpf() && require(Kind::Docker, crate::docker::dockerd_missing())
 }
 
 /// [`require`] for an IPv6 loopback: the address of `cluster` on `::1`.
