@@ -8,6 +8,9 @@
 #   - libclang-dev and protobuf-compiler (to build pg_query)
 #   - docker.io (Debian's Docker 20.10: the container tests start a private
 #     dockerd) and iproute2 (`ip netns` for the hand-made containers)
+#   - the Python client libraries of the tests (psycopg 3), pinned, in a venv
+#     outside the checkout (tests/harness/python.rs finds it; it installs
+#     nothing itself)
 #
 # Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
 set -euo pipefail
@@ -82,10 +85,34 @@ setup_bpf_linker() {
     cargo install --locked bpf-linker --version '^0.13' --no-default-features --features "llvm-$major"
 }
 
+# The Python packages the tests use, exactly these versions (pip installs
+# nothing else: --no-deps). tests/harness/python.rs holds the same list and
+# fails, naming this script, when the venv does not have it.
+MASKER_TEST_PY_PACKAGES="psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0"
+masker_test_venv() { printf '%s' "${MASKER_TEST_VENV:-${HOME:-/root}/.cache/masker/test-venv}"; }
+
+setup_test_clients() {
+  local venv stamp
+  venv=$(masker_test_venv)
+  stamp="$venv/.masker-packages"
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$MASKER_TEST_PY_PACKAGES" ]; then
+    return 0
+  fi
+  log "creating the test clients' venv $venv ($MASKER_TEST_PY_PACKAGES)"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086 # one word per package
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-input --no-deps $MASKER_TEST_PY_PACKAGES
+  "$venv/bin/python" -c 'import psycopg; print("psycopg", psycopg.__version__)' >&2
+  printf '%s' "$MASKER_TEST_PY_PACKAGES" >"$stamp"
+}
+
 setup_all() {
   setup_system_packages
   setup_nightly
   setup_bpf_linker
+  setup_test_clients
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -22,7 +22,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason, test_client};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, test_client};
 use masker_tests::cluster::{APP_PASSWORD, APP_USER};
 use masker_tests::netns::NetnsContainer;
 use masker_tests::process::Output;
@@ -101,13 +101,11 @@ struct Setup {
 }
 
 fn setup(identity: &str, extra: impl FnOnce(&mut AgentOptions)) -> Option<Setup> {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !masker_tests::skip::ebpf() {
         return None;
     }
     if std::process::Command::new("ip").arg("-V").output().is_err() {
-        eprintln!("skipped: no `ip` command (iproute2)");
-        return None;
+        panic!("no `ip` command (iproute2, which scripts/setup.sh installs)");
     }
     let cluster = PgCluster::shared();
     let dir = tempfile::tempdir().expect("tempdir");

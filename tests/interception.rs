@@ -10,8 +10,7 @@
 //! the agent (`masker status --json`: connection counter, live sessions).
 //! Every test ends by checking that its pins and cgroups are gone.
 //!
-//! Needs root and BPF; skipped with a message otherwise. The `masker` binary
-//! must be built (`cargo build -p masker-agent --bin masker`).
+//! Needs root and BPF: fails otherwise, unless `MASKER_TESTS_ALLOW_SKIP=ebpf`.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -21,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason, test_client};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, test_client};
 use masker_tests::process::{self, Output};
 use masker_tests::psql::Psql;
+use masker_tests::skip;
 use masker_tests::{ConnInfo, PgCluster};
 use serde_json::{Value, json};
 
@@ -43,17 +43,21 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// (`host port user password dbname`) of the client process.
 const CLIENT_ENV: &str = "MASKER_IT_TOKIO_CLIENT";
 
-/// Not a test of its own: the body of the tokio-postgres client process the
-/// other tests start (this test binary, re-executed with [`CLIENT_ENV`] set,
-/// inside a cgroup). Without the variable it does nothing.
+/// Not a test of its own (hence ignored): the body of the tokio-postgres
+/// client process the other tests start (this test binary, re-executed with
+/// [`CLIENT_ENV`] set and `--ignored`, inside a cgroup). Run without the
+/// variable, it fails.
 ///
 /// The client connects, runs a parameterized query (extended protocol) and
 /// prints `CLIENT-RESULT {json}` (or `CLIENT-ERROR message`), then keeps the
 /// connection open until a line arrives on stdin, runs one more query and
 /// prints `CLIENT-DONE {json}`.
 #[test]
+#[ignore = "the body of a client process the other tests start, not a test"]
 fn tokio_postgres_client_process() {
-    let Ok(spec) = std::env::var(CLIENT_ENV) else { return };
+    let spec = std::env::var(CLIENT_ENV).unwrap_or_else(|_| {
+        panic!("not a test: the body of a client process, run with {CLIENT_ENV} set by the other tests")
+    });
     let info = ConnInfo::from_spec(&spec).unwrap_or_else(|| panic!("bad {CLIENT_ENV}: {spec:?}"));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -147,8 +151,7 @@ fn assert_query_ok(out: &Output) {
 /// The shared cluster and a fresh agent, or `None` (with the reason printed)
 /// when the machine cannot run these tests.
 fn start(options: impl FnOnce(&PgCluster) -> Option<AgentOptions>) -> Option<(&'static PgCluster, MaskerAgent)> {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !skip::ebpf() {
         return None;
     }
     let cluster = PgCluster::shared();
@@ -236,8 +239,11 @@ fn tagged_psql_and_tokio_postgres_reach_the_server_through_masker() {
     assert!(table.stdout.contains("it-tagged") && table.stdout.contains(&pid.to_string()), "{}", table.stdout);
 
     finish_client(client);
-    let status = agent.status();
-    assert!(status["sessions"].as_array().unwrap().is_empty(), "session still listed: {status:#}");
+    // The agent ends the session once it sees the client gone: wait for it.
+    let status = masker_tests::poll(CLIENT_TIMEOUT, "the session to leave `masker status`", || {
+        let status = agent.status();
+        status["sessions"].as_array().is_some_and(Vec::is_empty).then_some(status)
+    });
     assert_eq!(status["counters"]["sessions_refused"], json!(0), "{status:#}");
     tear_down(agent, vec![cg]);
 }
@@ -350,14 +356,9 @@ fn stopped_agent_fails_closed_until_uninstalled() {
 
 #[test]
 fn ipv6_target_is_redirected() {
-    let Some((cluster, agent)) = start(|cluster| match cluster.addr_v6() {
-        Some(v6) => {
-            Some(AgentOptions { targets: vec![v6.to_string()], ipv6: true, policy: None, ..AgentOptions::default() })
-        }
-        None => {
-            eprintln!("skipped: the host has no IPv6 loopback");
-            None
-        }
+    let Some((cluster, agent)) = start(|cluster| {
+        let v6 = skip::ipv6(cluster)?;
+        Some(AgentOptions { targets: vec![v6.to_string()], ipv6: true, policy: None, ..AgentOptions::default() })
     }) else {
         return;
     };

@@ -6,15 +6,16 @@
 //!
 //! The scripts take `MASKER_BIN` (and the GitHub hooks `MASKER_SUDO`, empty
 //! here: the test runs as root) so they can run against the built binary.
-//! Needs root and BPF; skipped with a message otherwise.
+//! Needs root and BPF: fails otherwise, unless `MASKER_TESTS_ALLOW_SKIP=ebpf`.
 #![forbid(unsafe_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, cgroup_v2_root, skip_reason};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, cgroup_v2_root};
 use masker_tests::process::{self, shell_quote_path};
+use masker_tests::skip;
 use masker_tests::{MaskerProxy, PgCluster};
 use serde_json::Value;
 
@@ -25,8 +26,7 @@ fn script(name: &str) -> PathBuf {
 }
 
 fn start() -> Option<(MaskerAgent, &'static PgCluster)> {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if !skip::ebpf() {
         return None;
     }
     let cluster = PgCluster::shared();
@@ -223,8 +223,7 @@ fn psql_in_container(docker: &masker_tests::docker::Docker, parent: &str, cluste
 /// masker as the runner's identity.
 #[test]
 fn gitlab_docker_executor_cgroup_parent_is_tagged_by_the_drop_in() {
-    if let Some(why) = masker_tests::docker::skip_reason() {
-        eprintln!("skipped: {why}");
+    if !masker_tests::skip::docker() {
         return;
     }
     let Some((agent, cluster)) = start() else { return };
@@ -274,8 +273,7 @@ fn gitlab_docker_executor_cgroup_parent_is_tagged_by_the_drop_in() {
 /// job-completed hook untags it.
 #[test]
 fn github_actions_container_jobs_are_tagged_through_the_docker_cgroup_parent() {
-    if let Some(why) = masker_tests::docker::skip_reason() {
-        eprintln!("skipped: {why}");
+    if !masker_tests::skip::docker() {
         return;
     }
     let Some((agent, cluster)) = start() else { return };

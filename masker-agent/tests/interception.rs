@@ -1,12 +1,12 @@
 //! Loads and attaches the real eBPF programs and drives real connections from
-//! processes in real cgroups. Needs root; skipped (with a message) otherwise.
+//! processes in real cgroups. Needs root, bpffs and cgroup v2: fails otherwise,
+//! unless `MASKER_TESTS_ALLOW_SKIP=ebpf` (see `masker_tests::skip`).
 //!
 //! The programs are attached to a cgroup subtree of the test's own (not the
 //! root) and pinned in a test-specific directory, so a running agent and other
 //! runs of this test are not disturbed. Everything is removed at the end, also
 //! when an assertion fails (drop guards).
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -118,31 +118,22 @@ impl Env {
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-fn skip_reason() -> Option<&'static str> {
-    if std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(1) != 0 {
-        return Some("needs root to load eBPF programs");
-    }
-    if !Path::new("/sys/fs/bpf").is_dir() {
-        return Some("no /sys/fs/bpf");
-    }
-    None
-}
-
-async fn python() -> Option<PathBuf> {
-    let out = Command::new("python3").args(["-c", "import sys; print(sys.executable)"]).output().await.ok()?;
-    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+async fn python() -> PathBuf {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("python3 (the client of this test, installed by scripts/setup.sh): {e}"));
+    assert!(out.status.success(), "python3 failed: {}", String::from_utf8_lossy(&out.stderr));
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tagged_cgroups_are_redirected_and_untagged_are_not() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !masker_tests::skip::ebpf() {
         return;
     }
-    let Some(python) = python().await else {
-        eprintln!("skipped: python3 not found");
-        return;
-    };
+    let python = python().await;
 
     let unique = format!("masker-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let root = cgroup::v2_root().expect("cgroup v2");
@@ -361,14 +352,10 @@ impl Drop for TestNetns {
 /// counters) and per-namespace listeners, straight against the kernel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn egress_lock_network_targets_and_namespace_listeners() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !masker_tests::skip::ebpf() {
         return;
     }
-    let Some(python) = python().await else {
-        eprintln!("skipped: python3 not found");
-        return;
-    };
+    let python = python().await;
     let unique = format!("masker-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let root = cgroup::v2_root().expect("cgroup v2");
     let base = root.join(&unique);

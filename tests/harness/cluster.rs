@@ -308,7 +308,10 @@ impl PgCluster {
         std::fs::copy(&cert, &client_copy)?;
         self.run_sql_as_superuser("postgres", "ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();\n")
             .context("enabling ssl")?;
-        std::thread::sleep(Duration::from_millis(500));
+        // New sessions see the reloaded setting once the postmaster has read it.
+        crate::poll(Duration::from_secs(30), "ssl = on after pg_reload_conf()", || {
+            self.run_sql_as_superuser("postgres", "SHOW ssl;\n").ok().filter(|out| out.trim() == "on")
+        });
         Ok(client_copy)
     }
 

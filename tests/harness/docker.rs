@@ -47,11 +47,9 @@ pub struct Docker {
 
 static SHARED: LazyLock<Result<Docker, String>> = LazyLock::new(|| Docker::start().map_err(|e| format!("{e:#}")));
 
-/// Why the Docker tests cannot run here, if they cannot.
-pub fn skip_reason() -> Option<String> {
-    if let Some(r) = crate::agent::skip_reason() {
-        return Some(r);
-    }
+/// What the Docker tests miss here besides eBPF, if anything: `dockerd`.
+/// Tests ask through [`crate::skip::docker`].
+pub fn dockerd_missing() -> Option<String> {
     if Command::new("dockerd").arg("--version").output().is_err() {
         return Some("no dockerd (apt-get install docker.io; scripts/setup.sh does)".into());
     }
