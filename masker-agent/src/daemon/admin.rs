@@ -93,6 +93,9 @@ pub struct Status {
     /// password).
     #[serde(default)]
     pub credentials: Vec<CredentialStatus>,
+    /// Partial messages' memory, sessions refused for it, RSS and fds.
+    #[serde(default)]
+    pub memory: crate::daemon::metrics::MemoryStatus,
 }
 
 /// One `[[credential]]`, as `masker status` shows it.

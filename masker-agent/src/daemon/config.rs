@@ -15,6 +15,10 @@
 //!
 //! metrics_listen = "127.0.0.1:9187" # optional Prometheus endpoint
 //!
+//! [limits]                          # optional; see crate::daemon::limits
+//! partial_message_timeout_secs = 30
+//! memory_budget_mib = 256
+//!
 //! [audit]                           # optional; see crate::audit for the schema
 //! file = "/var/log/masker/audit.jsonl"
 //! max_bytes = 104857600
@@ -94,6 +98,9 @@ pub struct AgentConfig {
     /// Credentials the agent logs in with (`[[credential]]`), tried in order.
     #[serde(default, rename = "credential")]
     pub credentials: Vec<CredentialConfig>,
+    /// Timeouts and memory limits (`[limits]`); defaults for what is absent.
+    #[serde(default)]
+    pub limits: super::limits::LimitsConfig,
 }
 
 /// One `[[credential]]`: for sessions towards `target` of an identity

@@ -12,8 +12,17 @@
 //! configuration ([`CatalogAccess`]); it needs no privilege beyond `LOGIN`,
 //! since `pg_class`, `pg_attribute` and `pg_description` are readable by
 //! every role.
+//!
+//! A look-up (waiting for the connection, opening it, the query) takes at
+//! most the catalog timeout ([`Catalog::with_timeout`]); the connection also
+//! runs with that `statement_timeout`, so the server cancels a query stuck
+//! behind a lock. A connection that timed out is dropped (a frozen backend
+//! is never used again). Failed look-ups are remembered per database
+//! ([`Catalog::failed_since`]) so that the statement that needed them can be
+//! refused, naming the catalog, rather than guessed at.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +34,10 @@ use crate::wire::{TableOid, TypeOid};
 
 /// How long a resolved table stays cached without DDL.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// How long a look-up may take unless [`Catalog::with_timeout`] says
+/// otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A base column as the catalog names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,11 +82,31 @@ pub enum CatalogFailure {
     #[error("the agent has no catalog credentials configured")]
     NoCredentials,
     /// Connecting or querying failed.
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Postgres(Arc<tokio_postgres::Error>),
+    /// No answer within the catalog timeout.
+    #[error("no answer within {}s (catalog_timeout_secs)", .0.as_secs_f64())]
+    Timeout(Duration),
     /// `COPY`'s table is not visible to the catalog connection.
     #[error("the table is unknown to the catalog connection")]
     UnknownTable,
+}
+
+/// What a client library error says, with its causes: the server's
+/// severity, SQLSTATE and message for an error it reported (its detail is
+/// left out: it may quote values), else the I/O or protocol cause.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("the server answered {} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl From<tokio_postgres::Error> for CatalogFailure {
@@ -116,6 +149,13 @@ pub struct Catalog {
     access: Option<CatalogAccess>,
     caches: Mutex<HashMap<(TargetAddr, String), DbCache>>,
     clients: tokio::sync::Mutex<HashMap<(TargetAddr, String), Client>>,
+    /// How long one look-up may take, and the connection's
+    /// `statement_timeout`.
+    timeout: Duration,
+    /// The last failed look-up per destination and database: its number in
+    /// `failure_seq` and what failed.
+    failures: Mutex<HashMap<(TargetAddr, String), (u64, String)>>,
+    failure_seq: AtomicU64,
 }
 
 impl Catalog {
@@ -123,7 +163,34 @@ impl Catalog {
     /// catalog credentials and every table column is treated as unresolved
     /// (and so masked: fail closed).
     pub fn new(access: Option<CatalogAccess>) -> Self {
-        Catalog { access, caches: Mutex::new(HashMap::new()), clients: tokio::sync::Mutex::new(HashMap::new()) }
+        Catalog {
+            access,
+            caches: Mutex::new(HashMap::new()),
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+            timeout: DEFAULT_TIMEOUT,
+            failures: Mutex::new(HashMap::new()),
+            failure_seq: AtomicU64::new(0),
+        }
+    }
+
+    /// Look-ups take at most `timeout` each (at least 1 ms).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A mark to pass to [`Catalog::failed_since`] later.
+    pub fn failure_mark(&self) -> u64 {
+        self.failure_seq.load(Ordering::Acquire)
+    }
+
+    /// What failed, if a look-up on `destination` and `database` failed
+    /// after `mark` was taken (its message names the catalog and holds no
+    /// data value).
+    pub fn failed_since(&self, mark: u64, destination: &TargetAddr, database: &str) -> Option<String> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, what) = failures.get(&(destination.clone(), database.to_string()))?;
+        (*seq > mark).then(|| what.clone())
     }
 
     /// Forgets everything cached for `database` on `destination` (after DDL).
@@ -286,16 +353,29 @@ impl Catalog {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, CatalogFailure> {
-        let mut clients = self.clients.lock().await;
-        let client = match clients.remove(key) {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect(&key.0, &key.1).await?,
+        let attempt = async {
+            let mut clients = self.clients.lock().await;
+            let client = match clients.remove(key) {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect(&key.0, &key.1).await?,
+            };
+            let result = client.query(sql, params).await;
+            if result.is_ok() {
+                clients.insert(key.clone(), client);
+            }
+            Ok(result?)
         };
-        let result = client.query(sql, params).await;
-        if result.is_ok() {
-            clients.insert(key.clone(), client);
+        // On expiry the attempt is dropped, and with it a connection that
+        // did not answer: the next look-up opens a fresh one.
+        let result =
+            tokio::time::timeout(self.timeout, attempt).await.unwrap_or(Err(CatalogFailure::Timeout(self.timeout)));
+        if let Err(e) = &result {
+            let what = CatalogError { destination: key.0.clone(), database: key.1.clone(), reason: e.clone() };
+            warn!("{what}");
+            let seq = self.failure_seq.fetch_add(1, Ordering::AcqRel) + 1;
+            self.failures.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (seq, what.to_string()));
         }
-        Ok(result?)
+        result
     }
 
     /// Which of `functions` (as written: `name` or `schema.name`, lower
@@ -369,7 +449,8 @@ impl Catalog {
             .user(&access.user)
             .dbname(database)
             .application_name("masker-catalog")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(self.timeout)
+            .options(format!("-c statement_timeout={}", self.timeout.as_millis()));
         if let Some(pw) = &access.password {
             config.password(pw);
         }

@@ -64,11 +64,20 @@ impl ClientTracker {
     /// statement waits here, and with it everything the client sends after it.
     async fn check(&self, sql: &str) -> Option<String> {
         let plan = self.plan.as_ref()?;
+        let catalog_mark = plan.catalog.failure_mark();
         if let Some((rule, message)) = plan.refusal(sql).await {
             self.session.denial(sql, rule, &message);
             return Some(message);
         }
-        let rule = plan.approval(sql).await?;
+        let rule = plan.approval(sql).await;
+        // A look-up the decisions needed failed (timed out, unreachable):
+        // what the statement would reveal is unknown (fail closed).
+        if let Some(failure) = plan.catalog.failed_since(catalog_mark, &plan.destination, &plan.database) {
+            let message = format!("masker: statement refused: {failure}; masker cannot tell what it would reveal");
+            self.session.denial(sql, "catalog", &message);
+            return Some(message);
+        }
+        let rule = rule?;
         hold(&self.session, &rule, sql).await
     }
 }
