@@ -65,6 +65,16 @@ impl ClientTracker {
     async fn check(&self, sql: &str) -> Option<String> {
         let plan = self.plan.as_ref()?;
         let catalog_mark = plan.catalog.failure_mark();
+        // The relations it names are looked up now, before it runs (the
+        // plan of its result finds them cached): a catalog that does not
+        // answer refuses the statement below instead of masking blindly.
+        if let Ok(analysis) = crate::sql::analyze(sql).as_ref() {
+            for rel in analysis.statements.iter().flat_map(|s| &s.relations) {
+                if plan.catalog.relation(&plan.destination, &plan.database, rel).await.is_err() {
+                    break;
+                }
+            }
+        }
         if let Some((rule, message)) = plan.refusal(sql).await {
             self.session.denial(sql, rule, &message);
             return Some(message);
