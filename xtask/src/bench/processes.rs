@@ -151,17 +151,23 @@ pub struct Cluster {
 impl Cluster {
     /// initdb + pg_ctl start in a new temporary directory.
     pub fn start() -> Result<Cluster> {
-        Cluster::start_with(false)
+        Cluster::start_with(false, "")
+    }
+
+    /// [`Cluster::start`] with `extra` lines appended to postgresql.conf
+    /// (later lines win, e.g. a larger `max_connections`).
+    pub fn start_configured(extra: &str) -> Result<Cluster> {
+        Cluster::start_with(false, extra)
     }
 
     /// [`Cluster::start`] with `ssl = on` and a throwaway self-signed
     /// certificate (openssl, in the cluster's directory), for comparing TLS
     /// connections with TLS connections.
     pub fn start_tls() -> Result<Cluster> {
-        Cluster::start_with(true)
+        Cluster::start_with(true, "")
     }
 
-    fn start_with(tls: bool) -> Result<Cluster> {
+    fn start_with(tls: bool, extra: &str) -> Result<Cluster> {
         let bindir = bindir()?;
         let run_as = RunAs::detect()?;
         let work = Workdir::create(run_as.as_ref(), |dir| pg_ctl_stop_line(&bindir, run_as.as_ref(), dir))?;
@@ -199,6 +205,7 @@ impl Cluster {
             }
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
+        conf.push_str(extra);
         OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))
