@@ -106,18 +106,21 @@ impl SessionBudget {
     /// session ends on it).
     pub fn reserve(&self, bytes: usize) -> Result<Reservation, BudgetError> {
         let held = &self.entry.counters.buffered_bytes;
-        let mine = held.load(Ordering::Relaxed) as usize;
         let refuse = |e| {
             self.budget.refused.fetch_add(1, Ordering::Relaxed);
             Err(e)
         };
+        // Both directions of a session may charge at once: add first, then
+        // check, so that together they never pass the cap.
+        let mine = held.fetch_add(bytes as u64, Ordering::AcqRel) as usize;
         if mine.saturating_add(bytes) > self.budget.session_cap {
+            held.fetch_sub(bytes as u64, Ordering::AcqRel);
             return refuse(BudgetError::Session { wanted: bytes, cap: self.budget.session_cap });
         }
         if let Err(used) = self.budget.take(bytes) {
+            held.fetch_sub(bytes as u64, Ordering::AcqRel);
             return refuse(BudgetError::Global { wanted: bytes, used, limit: self.budget.limit });
         }
-        held.fetch_add(bytes as u64, Ordering::Relaxed);
         Ok(Reservation { account: self.clone(), bytes })
     }
 }

@@ -605,6 +605,77 @@ mod tests {
         assert_eq!(got, [big, notice.clone(), notice].concat());
     }
 
+    fn budget(limit: usize, cap: usize) -> (SessionBudget, crate::daemon::registry::SessionGuard) {
+        let registry = Arc::new(crate::daemon::registry::Registry::default());
+        let guard = registry.open(crate::daemon::registry::SessionOrigin {
+            identity: None,
+            verified: None,
+            client: "127.0.0.1:1".parse().unwrap(),
+            destination: None,
+            cgroup_id: None,
+            pid: None,
+        });
+        let budget = Arc::new(super::super::budget::MemoryBudget::new(limit, cap));
+        (SessionBudget::new(budget, guard.entry.clone()), guard)
+    }
+
+    #[tokio::test]
+    async fn a_wanted_message_is_charged_while_incomplete_and_refused_past_the_cap() {
+        for (cap, fits) in [(1 << 20, true), (1000, false)] {
+            let (account, guard) = budget(1 << 20, cap);
+            let (mut client, mut relay_in) = tokio::io::duplex(1 << 16);
+            let (mut relay_out, _server) = tokio::io::duplex(1 << 16);
+            let query = msg(b'Q', &[b'x'; 5000]);
+            client.write_all(&query[..100]).await.unwrap();
+            let counter = AtomicU64::new(0);
+            let mut pump = Pump::new(1 << 20).with_budget(account);
+            let mut filter = Upper;
+            let run = pump.run(&mut relay_in, &mut relay_out, &mut filter, &counter);
+            tokio::pin!(run);
+            let held = &guard.entry.counters.buffered_bytes;
+            if fits {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                while held.load(Ordering::Relaxed) != query.len() as u64 {
+                    tokio::select! {
+                        _ = &mut run => panic!("ended early"),
+                        () = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "never charged");
+                }
+                client.write_all(&query[100..]).await.unwrap();
+                drop(client);
+                assert!(run.await.is_ok());
+                assert_eq!(held.load(Ordering::Relaxed), 0, "given back");
+            } else {
+                let r = tokio::time::timeout(std::time::Duration::from_secs(5), run).await.unwrap();
+                assert!(
+                    matches!(r, Err(RelayError::Memory(BudgetError::Session { wanted: 5005, cap: 1000 }))),
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn half_a_message_then_silence_times_out_but_silence_between_messages_does_not() {
+        let (mut client, mut relay_in) = tokio::io::duplex(1 << 16);
+        let (mut relay_out, _server) = tokio::io::duplex(1 << 16);
+        let counter = AtomicU64::new(0);
+        let limit = std::time::Duration::from_millis(50);
+        let mut pump = Pump::new(1 << 20).with_partial_timeout(limit);
+        client.write_all(&msg(b'S', b"")).await.unwrap();
+        let mut filter = Upper;
+        let run = pump.run(&mut relay_in, &mut relay_out, &mut filter, &counter);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => panic!("an idle peer was cut: {r:?}"),
+            () = tokio::time::sleep(limit * 4) => {}
+        }
+        client.write_all(&msg(b'd', &[0; 100])[..20]).await.unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), run).await.unwrap();
+        assert!(matches!(r, Err(RelayError::Stalled(l)) if l == limit), "{r:?}");
+    }
+
     #[tokio::test]
     async fn valid_prefix_is_written_before_a_malformed_message() {
         let mut input = msg(b'S', b"");
