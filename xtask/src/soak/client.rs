@@ -320,7 +320,12 @@ async fn mixed_phase(addr: SocketAddr, sessions: usize, secs: Duration) -> Resul
                         ),
                         75..90 => (
                             2,
-                            match client.execute("UPDATE soak_people SET plan = 'x' WHERE id = $1", &[&id]).await {
+                            // Literal text: a refused statement with parameters fails in
+                            // tokio-postgres itself (the refusal takes none).
+                            match client
+                                .simple_query(&format!("UPDATE soak_people SET plan = 'x' WHERE id = {id}"))
+                                .await
+                            {
                                 Err(e) if e.code().is_some_and(|c| c.code() == "42501") => Ok(()),
                                 Err(e) => Err(e.into()),
                                 Ok(_) => Err(anyhow::anyhow!("a write was not refused")),

@@ -122,19 +122,41 @@ fn fds(pid: u32) -> Result<usize> {
     Ok(std::fs::read_dir(format!("/proc/{pid}/fd")).context("reading /proc/<pid>/fd")?.count())
 }
 
+/// This process's hard limit of open files (soft limits are raised to it:
+/// no privilege needed).
+fn hard_nofile() -> Result<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(4))
+        .and_then(|v| v.parse().ok())
+        .context("no open files limit in /proc/self/limits")
+}
+
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
 
 /// Polls until the agent holds at most `baseline` fds (its sessions are
-/// gone), then gives it a second to return freed memory; its RSS then.
+/// gone), then until its RSS stops falling (two readings 0.5 s apart within
+/// 1%, at most 10 s): the allocator returns freed memory with a delay. Its
+/// RSS and fds then.
 fn settle(pid: u32, baseline: usize, limit: Duration) -> Result<(u64, usize)> {
     let deadline = Instant::now() + limit;
     while fds(pid)? > baseline && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_secs(1));
-    Ok((rss_kib(pid)?, fds(pid)?))
+    let until = Instant::now() + Duration::from_secs(10);
+    let mut last = rss_kib(pid)?;
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = rss_kib(pid)?;
+        if now + now / 100 >= last || Instant::now() > until {
+            return Ok((now, fds(pid)?));
+        }
+        last = now;
+    }
 }
 
 /// The load generator of one phase, running in the tagged cgroup.
@@ -150,7 +172,7 @@ impl Load {
         let wrapper = agent.run_as("soak");
         let mut cmd = Command::new(&wrapper[0]);
         cmd.args(&wrapper[1..])
-            .args(["prlimit", "--nofile=65536:65536", "--"])
+            .args(["prlimit", &format!("--nofile={0}:{0}", hard_nofile()?), "--"])
             .arg(exe)
             .arg("soak-client")
             .args(phase)
@@ -264,9 +286,14 @@ pub fn run(opts: &Options) -> Result<()> {
     let agent =
         Agent::start_with(&masker_bin, &cluster, &extra).context("starting masker agent (needs root and BPF)")?;
     let pid = agent.pid();
-    let out = Command::new("prlimit").arg("--nofile=65536:65536").arg(format!("--pid={pid}")).output()?;
+    let nofile = hard_nofile()?;
+    let out =
+        Command::new("prlimit").arg(format!("--nofile={nofile}:{nofile}")).arg(format!("--pid={pid}")).output()?;
     if !out.status.success() {
         bail!("prlimit on the agent: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    if nofile < (opts.idle + opts.sessions + 1000) as u64 {
+        bail!("the open files limit ({nofile}) is too low for --idle {} and --sessions {}", opts.idle, opts.sessions);
     }
     let machine = report::machine(cluster.bindir(), &root);
     println!("{}", report::machine_line(&machine));
@@ -404,7 +431,9 @@ pub fn run(opts: &Options) -> Result<()> {
         format!("{fds_end} / {baseline}"),
         (if fds_ok { "ok" } else { "MISSED" }).into(),
     ]);
-    t.note("RSS after a burst or phase is read once the agent's fds are back to the baseline, plus 1 s");
+    t.note(
+        "RSS after a burst or phase: read once the agent's fds are back to the baseline and its RSS stopped falling",
+    );
 
     let mut w = Table::new(
         format!("soak: mixed workload, {} concurrent sessions for {} s (eBPF path)", opts.sessions, opts.secs),
