@@ -12,6 +12,8 @@
 //! connection), [`auth`] (the login), [`relay`](mod@relay) (both directions),
 //! [`track`] (following each result to its statement), with [`tls`] for
 //! both legs' TLS settings and [`stream`] for the streams themselves.
+//! [`budget`] bounds the memory a session's partial messages hold, and
+//! [`drain`] knows whether a statement is running, for the daemon's stop.
 
 pub mod auth;
 pub mod budget;
