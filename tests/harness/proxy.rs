@@ -156,6 +156,35 @@ impl MaskerProxy {
         }
     }
 
+    /// The proxy's process id (`None` when bypassed or already reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`"TERM"`, `"HUP"`, `"INT"`) to the proxy with kill(1).
+    ///
+    /// # Panics
+    ///
+    /// If there is no proxy process or kill(1) fails.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("a running masker proxy");
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill(1)");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// Waits up to `limit` for the proxy to exit; its status, or `None` if
+    /// it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        process::wait_until(child, limit).ok().flatten()
+    }
+
+    /// The proxy's open file descriptors now (from /proc).
+    pub fn open_fds(&self) -> Option<usize> {
+        let pid = self.pid()?;
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    }
+
     /// Panics with the proxy's stderr if it has exited.
     #[track_caller]
     pub fn assert_running(&mut self) {

@@ -2,6 +2,7 @@
 //! Each command lives in its own module; this file only dispatches.
 mod bench;
 mod build_ebpf;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +19,19 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Run end-to-end benchmarks (relay, connect, mask) against real processes.
     Bench(bench::Options),
+    /// Soak masker agent through the eBPF path: bursts, 10,000 idle and 16
+    /// stalled connections, then a mixed workload; RSS, fds, errors, latency.
+    Soak(soak::Options),
+    /// The load of `soak`, run by it in a tagged cgroup (not for direct use).
+    #[command(hide = true)]
+    SoakClient(soak::client::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(opts) => build_ebpf::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Soak(opts) => soak::run(&opts),
+        Command::SoakClient(opts) => soak::client::run(&opts),
     }
 }

@@ -55,7 +55,9 @@ pub(crate) enum Command {
     ///
     /// Every client connecting to --listen is relayed to --upstream through
     /// the same session and masking path as the transparent agent. Prints
-    /// `masker proxy listening on ADDR` on stdout once ready.
+    /// `masker proxy listening on ADDR` on stdout once ready. SIGHUP reloads
+    /// --policy; SIGTERM stops accepting, lets running statements finish for
+    /// --drain-secs, then ends each session with SQLSTATE 57P01.
     Proxy {
         /// Address to listen on, e.g. 127.0.0.1:6432 (port 0 picks a free one).
         #[arg(long)]
@@ -104,6 +106,9 @@ pub(crate) enum Command {
         /// Environment variable holding that user's password.
         #[arg(long, group = "credential_source", requires = "credential_user")]
         credential_password_env: Option<String>,
+        /// Timeouts and memory limits (the agent's `[limits]`).
+        #[command(flatten, next_help_heading = "Limits")]
+        limits: crate::daemon::limits::LimitsConfig,
     },
     /// Show the agent: programs, targets, tagged cgroups, live sessions, per-identity counts, pending approvals.
     Status {
@@ -376,6 +381,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             credential_user,
             credential_password_file,
             credential_password_env,
+            limits,
         } => {
             let credential = match credential_user {
                 None => None,
@@ -404,6 +410,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 audit_file,
                 metrics_listen,
                 credential,
+                limits: limits.limits()?,
             };
             crate::daemon::proxy::run(opts).await?;
             Ok(ExitCode::SUCCESS)

@@ -41,7 +41,10 @@ pub(super) fn sessions(sessions: &[crate::daemon::registry::SessionSnapshot]) ->
         "ID", "IDENTITY", "PID", "DESTINATION", "USER", "AGE", "BYTES IN", "BYTES OUT", "ROWS", "MASKED"
     );
     for x in sessions {
-        let by_action: Vec<String> = x.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let mut by_action: Vec<String> = x.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        if x.buffered_bytes > 0 {
+            by_action.push(format!("(partial message {} bytes)", x.buffered_bytes));
+        }
         let _ = writeln!(
             o,
             "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}  {}",
@@ -137,6 +140,19 @@ pub(super) fn status(s: &Status) -> String {
         c.cancel_requests,
         c.rows,
         c.masked_cells
+    );
+    let m = &s.memory;
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let _ = writeln!(
+        o,
+        "\nMEMORY\n  partial messages {:.1} of {:.0} MiB (per session at most {:.0} MiB)  sessions refused for memory {}\n  \
+         resident {}  open fds {}",
+        mib(m.buffered_bytes),
+        mib(m.budget_bytes),
+        mib(m.session_cap_bytes),
+        m.sessions_refused,
+        m.rss_bytes.map_or_else(|| "?".to_string(), |b| format!("{:.1} MiB", mib(b))),
+        m.open_fds.map_or_else(|| "?".to_string(), |n| n.to_string()),
     );
     o
 }

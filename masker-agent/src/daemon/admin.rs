@@ -100,6 +100,9 @@ pub struct Status {
     /// the agent's own included).
     #[serde(default)]
     pub listener_entries: usize,
+    /// Partial messages' memory, sessions refused for it, RSS and fds.
+    #[serde(default)]
+    pub memory: crate::daemon::metrics::MemoryStatus,
 }
 
 /// One `[[credential]]`, as `masker status` shows it.

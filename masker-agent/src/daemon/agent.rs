@@ -17,6 +17,7 @@ use super::accept::{self, Router};
 use super::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
 use super::config::AgentConfig;
 use super::registry::SessionOrigin;
+use super::reload::ReloadError;
 use super::{DaemonError, DaemonSettings, signals};
 use crate::addr::TargetAddr;
 use crate::interception::cgroup::{CgroupId, Pid};
@@ -104,6 +105,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
         tls,
         credentials,
         socket_mark: Some(masker_common::MASKER_SOCKET_MARK),
+        limits: config.limits.limits()?,
     };
     let audit = config.audit.as_ref().map(|a| a.settings()).unwrap_or_default();
     let ctx = super::start(DaemonSettings { context, audit, metrics_listen: config.metrics_listen }).await?;
@@ -185,11 +187,15 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     };
     for l in listeners {
         let (agent, ctx) = (agent.clone(), agent.ctx.clone());
-        tokio::spawn(accept::serve(l, agent, ctx, std::future::pending()));
+        // Each loop ends (and closes its listener) when the drain begins.
+        tokio::spawn(async move { accept::serve(l, agent, ctx.clone(), ctx.shutdown.started()).await });
     }
     println!("masker agent listening on {}", listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
     signals::shutdown_signal().await;
     info!("shutting down");
+    // New connections are refused (the listeners close: tagged workloads
+    // cannot get around the agent meanwhile); sessions drain.
+    super::drain(&agent.ctx).await;
     admin_task.abort();
     refresher.abort();
     rescan.abort();
@@ -513,19 +519,7 @@ impl Agent {
     /// Loads the policy file again and re-reads the injected credentials'
     /// passwords (SIGHUP, `masker policy reload`).
     fn reload_policy(&self) -> Result<String, ReloadError> {
-        let policy = super::load_policy(self.config.policy.as_deref()).map_err(ReloadError::Policy)?;
-        let what = match &self.config.policy {
-            Some(p) => format!("policy {} reloaded; new sessions use it", p.display()),
-            None => "no policy file configured; nothing to reload".to_string(),
-        };
-        *self.ctx.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
-        // Injected credentials: rotated password files take effect for new
-        // sessions; one that cannot be read keeps its previous password.
-        match self.ctx.credentials.reload() {
-            Ok(0) => Ok(what),
-            Ok(n) => Ok(format!("{what}; {n} credential password(s) re-read")),
-            Err(error) => Err(ReloadError::Credentials { done: what, error }),
-        }
+        super::reload::reload(&self.ctx, self.config.policy.as_deref())
     }
 
     async fn status(&self) -> Result<Status, InterceptionError> {
@@ -564,6 +558,7 @@ impl Agent {
             counters: super::counters(&self.ctx),
             identities: self.ctx.metrics.identities(),
             approvals: self.ctx.approvals.list(),
+            memory: super::memory(&self.ctx),
             credentials: self
                 .ctx
                 .credentials
@@ -595,15 +590,6 @@ impl Agent {
             Err(e) => Response::Error(e.to_string()),
         }
     }
-}
-
-/// Why a reload did not do all it should.
-#[derive(Debug, thiserror::Error)]
-enum ReloadError {
-    #[error("policy reload failed, the previous policy stays in force: {0}")]
-    Policy(crate::policy::PolicyError),
-    #[error("{done}, but {error}; those credentials keep their previous password")]
-    Credentials { done: String, error: crate::session::auth::secret::ReloadError },
 }
 
 /// The programs `Interception::start` attaches, as the kernel lists them.

@@ -17,6 +17,10 @@
 //!
 //! metrics_listen = "127.0.0.1:9187" # optional Prometheus endpoint
 //!
+//! [limits]                          # optional; see crate::daemon::limits
+//! partial_message_timeout_secs = 30
+//! memory_budget_mib = 256
+//!
 //! [audit]                           # optional; see crate::audit for the schema
 //! file = "/var/log/masker/audit.jsonl"
 //! max_bytes = 104857600
@@ -103,6 +107,9 @@ pub struct AgentConfig {
     /// The Docker events watcher (`[docker]`); off without it.
     #[serde(default)]
     pub docker: Option<DockerConfig>,
+    /// Timeouts and memory limits (`[limits]`); defaults for what is absent.
+    #[serde(default)]
+    pub limits: super::limits::LimitsConfig,
 }
 
 /// `[docker]`: tag containers that carry the identity label when they are

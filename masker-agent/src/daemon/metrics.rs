@@ -21,6 +21,9 @@
 //! | `masker_sessions_killed_total` | counter | |
 //! | `masker_audit_events_total`, `masker_audit_events_dropped_total` | counter | |
 //! | `masker_relay_latency_seconds` | histogram | |
+//! | `masker_buffered_bytes`, `masker_buffer_budget_bytes` | gauge | |
+//! | `masker_sessions_refused_memory_total` | counter | |
+//! | `process_resident_memory_bytes`, `process_open_fds` | gauge | |
 //!
 //! The relay latency is the time from a client's Query or Sync to the
 //! server's ReadyForQuery answering it, as the agent sees it.
@@ -184,6 +187,39 @@ impl Metrics {
     }
 }
 
+/// Memory held by partial messages (see [`crate::session::budget`]) and
+/// the process's own resources, as `masker status` and the metrics show
+/// them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// Bytes partial messages of all sessions hold now.
+    pub buffered_bytes: u64,
+    /// The daemon-wide budget for them (`memory_budget_mib`).
+    pub budget_bytes: u64,
+    /// One session's cap (`session_buffer_mib`).
+    pub session_cap_bytes: u64,
+    /// Sessions ended because a message did not fit.
+    pub sessions_refused: u64,
+    /// Resident set size of the process, when /proc tells.
+    pub rss_bytes: Option<u64>,
+    /// Open file descriptors of the process, when /proc tells.
+    pub open_fds: Option<u64>,
+}
+
+impl MemoryStatus {
+    /// The process's resident set size (`/proc/self/statm`).
+    pub fn rss_bytes() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+
+    /// The process's open file descriptors (`/proc/self/fd`).
+    pub fn open_fds() -> Option<u64> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+    }
+}
+
 /// The relay latency histogram: per-bucket (not cumulative) counts.
 #[derive(Debug, Clone, Default)]
 pub struct LatencySnapshot {
@@ -206,6 +242,7 @@ pub struct Snapshot {
     pub latency: LatencySnapshot,
     /// Connects the eBPF programs refused: `(cgroup id, identity, counts)`.
     pub kernel_refusals: Vec<(u64, String, crate::interception::RefusedCounts)>,
+    pub memory: MemoryStatus,
 }
 
 /// The Prometheus text exposition of `s`.
@@ -228,6 +265,23 @@ pub fn render(s: &Snapshot) -> String {
         "Audit events dropped because the writer fell behind.",
         s.audit_events_dropped,
     );
+
+    let m = &s.memory;
+    counter(
+        &mut o,
+        "masker_sessions_refused_memory_total",
+        "Sessions ended: a message did not fit in memory.",
+        m.sessions_refused,
+    );
+    let gauge = |o: &mut String, name: &str, help: &str, v: Option<u64>| {
+        if let Some(v) = v {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    };
+    gauge(&mut o, "masker_buffered_bytes", "Bytes held by partial messages of all sessions.", Some(m.buffered_bytes));
+    gauge(&mut o, "masker_buffer_budget_bytes", "Budget for partial messages of all sessions.", Some(m.budget_bytes));
+    gauge(&mut o, "process_resident_memory_bytes", "Resident memory size in bytes.", m.rss_bytes);
+    gauge(&mut o, "process_open_fds", "Number of open file descriptors.", m.open_fds);
 
     let _ = writeln!(
         o,

@@ -4,23 +4,30 @@
 //! Both start the same way ([`start`]): one [`SessionContext`] with its
 //! services (audit trail, metrics, approvals, the registry of live
 //! sessions), then the same accept loop ([`accept`]) with a router of their
-//! own. [`signals`] ends and reloads them, [`admin`] is the agent's socket
-//! for operators, [`config`] its configuration file, [`metrics`] the
-//! Prometheus endpoint and [`registry`] the list of live sessions.
+//! own. [`signals`] ends and reloads them ([`drain`] the sessions on stop,
+//! [`reload`] the policy), [`admin`] is the agent's socket for operators,
+//! [`config`] its configuration file and [`limits`] its `[limits]` (the
+//! proxy's flags of the same names), [`metrics`] the Prometheus endpoint
+//! and [`registry`] the list of live sessions.
 
 pub mod accept;
 pub mod admin;
 pub mod agent;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod signals;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
 
 use crate::audit::{AuditError, AuditSettings};
 use crate::identity::VerifierError;
@@ -75,6 +82,9 @@ pub enum DaemonError {
     /// The thread that works in containers' network namespaces cannot start.
     #[error("starting the network namespace thread: {0}")]
     Netns(std::io::Error),
+    /// A timeout or memory limit cannot be used.
+    #[error(transparent)]
+    Limits(#[from] limits::LimitsError),
 }
 
 /// Builds the context every session of a daemon runs in and starts its
@@ -88,6 +98,47 @@ pub async fn start(settings: DaemonSettings) -> Result<Arc<SessionContext>, Daem
         metrics::start(addr, Arc::new(move || snapshot(&of))).await?;
     }
     Ok(ctx)
+}
+
+/// How long after the drain deadline the daemon waits for sessions to
+/// write their 57P01 and close.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Stops a daemon's sessions (the accept loops end with it): every session
+/// whose statements are all answered gets 57P01 at once, the others when
+/// their running statement is answered or at the drain deadline
+/// (`drain_secs`). A second SIGINT/SIGTERM moves the deadline to now.
+/// Returns once no session is left, or shortly after the deadline.
+pub async fn drain(ctx: &SessionContext) {
+    let deadline = Instant::now() + ctx.limits.drain;
+    ctx.shutdown.begin(deadline);
+    let live = ctx.registry.live();
+    if live > 0 {
+        info!(
+            sessions = live,
+            drain_secs = ctx.limits.drain.as_secs(),
+            "stopping: sessions end as their statements finish"
+        );
+    }
+    let mut give_up = tokio::time::Instant::from_std(deadline) + DRAIN_GRACE;
+    let again = signals::shutdown_signal();
+    tokio::pin!(again);
+    let mut hurried = false;
+    while ctx.registry.live() > 0 {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            () = &mut again, if !hurried => {
+                hurried = true;
+                info!("second stop signal: ending every session now");
+                ctx.shutdown.begin(Instant::now());
+                give_up = tokio::time::Instant::now() + DRAIN_GRACE;
+            }
+            () = tokio::time::sleep_until(give_up) => {
+                warn!(sessions = ctx.registry.live(), "sessions still open after the drain; closing them");
+                return;
+            }
+        }
+    }
 }
 
 /// Loads the policy at `path` (if any), failing with its precise error.
@@ -117,6 +168,20 @@ pub fn snapshot(ctx: &SessionContext) -> metrics::Snapshot {
         identities: ctx.metrics.identities(),
         latency: ctx.metrics.latency_snapshot(),
         kernel_refusals: ctx.metrics.kernel_refusals(),
+        memory: memory(ctx),
+    }
+}
+
+/// Memory held by partial messages, and the process's RSS and fds.
+pub fn memory(ctx: &SessionContext) -> metrics::MemoryStatus {
+    let b = &ctx.budget;
+    metrics::MemoryStatus {
+        buffered_bytes: b.used() as u64,
+        budget_bytes: b.limit() as u64,
+        session_cap_bytes: b.session_cap() as u64,
+        sessions_refused: b.refused_sessions(),
+        rss_bytes: metrics::MemoryStatus::rss_bytes(),
+        open_fds: metrics::MemoryStatus::open_fds(),
     }
 }
 

@@ -61,6 +61,9 @@ pub struct SessionCounters {
     pub rows: AtomicU64,
     pub masked_cells: AtomicU64,
     pub statements: AtomicU64,
+    /// Bytes the session's partial messages hold now (both directions; see
+    /// [`crate::session::budget`]).
+    pub buffered_bytes: AtomicU64,
     /// Masked cells of finished statements, per action.
     masked: Mutex<RowStats>,
 }
@@ -194,6 +197,11 @@ impl Registry {
         sessions.values().map(|e| SessionSnapshot::of(e)).collect()
     }
 
+    /// How many sessions are live (accepted and not yet ended).
+    pub fn live(&self) -> usize {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Rows and masked cells of all sessions since start (finished and
     /// live).
     pub fn totals(&self) -> (u64, u64) {
@@ -235,6 +243,9 @@ pub struct SessionSnapshot {
     /// Masked cells of finished statements, per action.
     #[serde(default)]
     pub masked: BTreeMap<String, u64>,
+    /// Bytes its partial messages hold now.
+    #[serde(default)]
+    pub buffered_bytes: u64,
 }
 
 impl SessionSnapshot {
@@ -260,6 +271,7 @@ impl SessionSnapshot {
             masked_cells: get(&e.counters.masked_cells),
             statements: get(&e.counters.statements),
             masked: e.counters.masked().iter().map(|(k, n)| (k.as_str().to_string(), n)).collect(),
+            buffered_bytes: get(&e.counters.buffered_bytes),
         }
     }
 }

@@ -12,8 +12,17 @@
 //! configuration ([`CatalogAccess`]); it needs no privilege beyond `LOGIN`,
 //! since `pg_class`, `pg_attribute` and `pg_description` are readable by
 //! every role.
+//!
+//! A look-up (waiting for the connection, opening it, the query) takes at
+//! most the catalog timeout ([`Catalog::with_timeout`]); the connection also
+//! runs with that `statement_timeout`, so the server cancels a query stuck
+//! behind a lock. A connection that timed out is dropped (a frozen backend
+//! is never used again). Failed look-ups are remembered per database
+//! ([`Catalog::failed_since`]) so that the statement that needed them can be
+//! refused, naming the catalog, rather than guessed at.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +34,10 @@ use crate::wire::{TableOid, TypeOid};
 
 /// How long a resolved table stays cached without DDL.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// How long a look-up may take unless [`Catalog::with_timeout`] says
+/// otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A base column as the catalog names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,12 +82,32 @@ pub enum CatalogFailure {
     #[error("the agent has no catalog credentials configured")]
     NoCredentials,
     /// Connecting or querying failed.
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Postgres(Arc<tokio_postgres::Error>),
     /// The session's client is in a network namespace the catalog cannot
     /// reach (no longer served, or its socket could not be made there).
     #[error("catalog connection from the client's network namespace: {0}")]
     Netns(String),
+    /// No answer within the catalog timeout.
+    #[error("no answer within {}s (catalog_timeout_secs)", .0.as_secs_f64())]
+    Timeout(Duration),
+}
+
+/// What a client library error says, with its causes: the server's
+/// severity, SQLSTATE and message for an error it reported (its detail is
+/// left out: it may quote values), else the I/O or protocol cause.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("the server answered {} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl From<tokio_postgres::Error> for CatalogFailure {
@@ -143,6 +176,13 @@ pub struct Catalog {
     /// destinations are keyed `netns:<cookie>/<address>` (two containers'
     /// `127.0.0.1:5432` are different servers). By cookie.
     netns: Mutex<HashMap<u64, crate::interception::netns::NetnsOrigin>>,
+    /// How long one look-up may take, and the connection's
+    /// `statement_timeout`.
+    timeout: Duration,
+    /// The last failed look-up per destination and database: its number in
+    /// `failure_seq` and what failed.
+    failures: Mutex<HashMap<(TargetAddr, String), (u64, String)>>,
+    failure_seq: AtomicU64,
 }
 
 /// The catalog key of `destination` as seen from `netns` (or the agent's own
@@ -169,6 +209,9 @@ impl Catalog {
             caches: Mutex::new(HashMap::new()),
             clients: tokio::sync::Mutex::new(HashMap::new()),
             netns: Mutex::new(HashMap::new()),
+            timeout: DEFAULT_TIMEOUT,
+            failures: Mutex::new(HashMap::new()),
+            failure_seq: AtomicU64::new(0),
         }
     }
 
@@ -189,6 +232,26 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(dest, _), _| !dest.as_str().starts_with(&prefix));
+    }
+
+    /// Look-ups take at most `timeout` each (at least 1 ms).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A mark to pass to [`Catalog::failed_since`] later.
+    pub fn failure_mark(&self) -> u64 {
+        self.failure_seq.load(Ordering::Acquire)
+    }
+
+    /// What failed, if a look-up on `destination` and `database` failed
+    /// after `mark` was taken (its message names the catalog and holds no
+    /// data value).
+    pub fn failed_since(&self, mark: u64, destination: &TargetAddr, database: &str) -> Option<String> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, what) = failures.get(&(destination.clone(), database.to_string()))?;
+        (*seq > mark).then(|| what.clone())
     }
 
     /// Forgets everything cached for `database` on `destination` (after DDL).
@@ -350,16 +413,33 @@ impl Catalog {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, CatalogFailure> {
-        let mut clients = self.clients.lock().await;
-        let client = match clients.remove(key) {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect(&key.0, &key.1).await?,
+        let attempt = async {
+            let mut clients = self.clients.lock().await;
+            let client = match clients.remove(key) {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect(&key.0, &key.1).await?,
+            };
+            let result = client.query(sql, params).await;
+            if result.is_ok() {
+                clients.insert(key.clone(), client);
+            }
+            Ok(result?)
         };
-        let result = client.query(sql, params).await;
-        if result.is_ok() {
-            clients.insert(key.clone(), client);
+        // On expiry the attempt is dropped, and with it a connection that
+        // did not answer: the next look-up opens a fresh one.
+        let result =
+            tokio::time::timeout(self.timeout, attempt).await.unwrap_or(Err(CatalogFailure::Timeout(self.timeout)));
+        // Without credentials there is no catalog to fail: every table
+        // column is masked, as documented (and warned about at start).
+        if let Err(e) = &result
+            && !matches!(e, CatalogFailure::NoCredentials)
+        {
+            let what = CatalogError { destination: key.0.clone(), database: key.1.clone(), reason: e.clone() };
+            warn!("{what}");
+            let seq = self.failure_seq.fetch_add(1, Ordering::AcqRel) + 1;
+            self.failures.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (seq, what.to_string()));
         }
-        Ok(result?)
+        result
     }
 
     /// Which of `functions` (as written: `name` or `schema.name`, lower
@@ -479,7 +559,8 @@ impl Catalog {
             .user(&access.user)
             .dbname(database)
             .application_name("masker-catalog")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(self.timeout)
+            .options(format!("-c statement_timeout={}", self.timeout.as_millis()));
         if let Some(pw) = &access.password {
             config.password(pw);
         }

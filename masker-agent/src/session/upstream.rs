@@ -41,9 +41,17 @@ pub async fn upstream_tls(
     destination: &TargetAddr,
     ctx: &SessionContext,
 ) -> Result<Upstream, UpstreamTlsError> {
-    match ctx.tls.target(destination) {
-        Some(target) => negotiate_upstream(stream, &target).await,
-        None => Ok(Upstream::Plain(stream)),
+    let Some(target) = ctx.tls.target(destination) else { return Ok(Upstream::Plain(stream)) };
+    let limit = ctx.limits.tls_timeout;
+    match tokio::time::timeout(limit, negotiate_upstream(stream, &target)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamTlsError::Handshake {
+            host: target.host.clone(),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("not completed within {}s (tls_timeout_secs)", limit.as_secs()),
+            ),
+        }),
     }
 }
 

@@ -275,7 +275,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
 /// row. Its own admin socket and pin directory; stopped (SIGTERM) and
 /// `masker uninstall`ed when dropped, and by a watchdog shell if the bench
 /// process dies first.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     watchdog: Option<Child>,
     bin: PathBuf,
@@ -285,6 +285,17 @@ struct Agent {
 
 impl Agent {
     fn start(bin: &Path, cluster: &Cluster, extra_targets: &[SocketAddr]) -> Result<Agent> {
+        Agent::start_with(bin, cluster, extra_targets, "")
+    }
+
+    /// [`Agent::start`] with `extra` appended to the agent configuration
+    /// (a policy, `[catalog]`, `[limits]`).
+    pub(crate) fn start_with(
+        bin: &Path,
+        cluster: &Cluster,
+        extra_targets: &[SocketAddr],
+        extra: &str,
+    ) -> Result<Agent> {
         let dir = cluster.work().path();
         let admin_socket = dir.join("agent-admin").join("admin.sock");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/masker-bench-{}", std::process::id()));
@@ -292,7 +303,7 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\nadmin_socket = {:?}\npin_dir = {:?}\nstate_dir = {:?}\ntargets = [{}]\n",
+                "listen = \"127.0.0.1:{}\"\nadmin_socket = {:?}\npin_dir = {:?}\nstate_dir = {:?}\ntargets = [{}]\n{extra}",
                 free_port()?,
                 admin_socket.display().to_string(),
                 pin_dir.display().to_string(),
@@ -346,6 +357,19 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The agent's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `masker status --json` of the agent.
+    pub(crate) fn status(&self) -> Result<serde_json::Value> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--admin-socket").arg(&self.admin_socket).args(["status", "--json"]);
+        let out = client::run(cmd, Duration::from_secs(30))?;
+        serde_json::from_str(&out.stdout).context("masker status --json")
+    }
+
     /// The agent's connection counter (`masker status --json`).
     fn connections(&self) -> Result<u64> {
         let mut cmd = Command::new(&self.bin);
@@ -381,9 +405,14 @@ impl Agent {
     /// `masker --admin-socket S run --identity bench --`: pgbench runs in a
     /// transient tagged cgroup.
     fn run_wrapper(&self) -> Vec<String> {
+        self.run_as("bench")
+    }
+
+    /// `masker --admin-socket S run --identity IDENTITY --`.
+    pub(crate) fn run_as(&self, identity: &str) -> Vec<String> {
         [self.bin.to_string_lossy().as_ref(), "--admin-socket", &self.admin_socket.to_string_lossy()]
             .into_iter()
-            .chain(["run", "--identity", "bench", "--"])
+            .chain(["run", "--identity", identity, "--"])
             .map(str::to_owned)
             .collect()
     }

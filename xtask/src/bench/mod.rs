@@ -16,14 +16,14 @@
 //! - [`lineage`]: parse-and-trace cost per statement, and pgbench `-S` with
 //!   SQL lineage on vs off.
 
-mod client;
-mod connect;
+pub(crate) mod client;
+pub(crate) mod connect;
 mod container;
 mod lineage;
 mod mask;
-mod processes;
+pub(crate) mod processes;
 mod relay;
-mod report;
+pub(crate) mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

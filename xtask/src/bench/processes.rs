@@ -153,23 +153,29 @@ pub struct Cluster {
 impl Cluster {
     /// initdb + pg_ctl start in a new temporary directory.
     pub fn start() -> Result<Cluster> {
-        Cluster::start_with(false, None)
+        Cluster::start_with(false, None, "")
+    }
+
+    /// [`Cluster::start`] with `extra` lines appended to postgresql.conf
+    /// (later lines win, e.g. a larger `max_connections`).
+    pub fn start_configured(extra: &str) -> Result<Cluster> {
+        Cluster::start_with(false, None, extra)
     }
 
     /// [`Cluster::start`] with `ssl = on` and a throwaway self-signed
     /// certificate (openssl, in the cluster's directory), for comparing TLS
     /// connections with TLS connections.
     pub fn start_tls() -> Result<Cluster> {
-        Cluster::start_with(true, None)
+        Cluster::start_with(true, None, "")
     }
 
     /// [`Cluster::start`] inside network namespace `netns` (`ip netns`
     /// name): its `127.0.0.1` is the namespace's loopback.
     pub fn start_in_netns(netns: &str) -> Result<Cluster> {
-        Cluster::start_with(false, Some(netns.to_string()))
+        Cluster::start_with(false, Some(netns.to_string()), "")
     }
 
-    fn start_with(tls: bool, netns: Option<String>) -> Result<Cluster> {
+    fn start_with(tls: bool, netns: Option<String>, extra: &str) -> Result<Cluster> {
         let bindir = bindir()?;
         let run_as = RunAs::detect()?;
         let work = Workdir::create(run_as.as_ref(), |dir| pg_ctl_stop_line(&bindir, run_as.as_ref(), dir))?;
@@ -207,6 +213,7 @@ impl Cluster {
             }
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
+        conf.push_str(extra);
         OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))

@@ -80,6 +80,7 @@ impl ClientTracker {
     /// statement waits here, and with it everything the client sends after it.
     async fn check(&mut self, sql: &str) -> Option<String> {
         let plan = self.plan.clone()?;
+        let catalog_mark = plan.catalog.failure_mark();
         let in_flight = !lock(&self.queue).is_empty();
         if !in_flight && let Some((model, version)) = self.published.newer_than(self.model_version) {
             self.model = (*model).clone();
@@ -94,11 +95,19 @@ impl ClientTracker {
             let now = self.published.latest();
             refusal = plan.resolver(&now).refusal(sql).await;
         }
+        let approval = if refusal.is_none() { resolver.approval(sql).await } else { None };
+        // A look-up the decisions needed failed (timed out, unreachable):
+        // what the statement would reveal is unknown (fail closed).
+        if let Some(failure) = plan.catalog.failed_since(catalog_mark, &plan.destination, &plan.database) {
+            let message = format!("masker: statement refused: {failure}; masker cannot tell what it would reveal");
+            self.session.denial(sql, "catalog", &message);
+            return Some(message);
+        }
         if let Some((rule, message)) = refusal {
             self.session.denial(sql, rule, &message);
             return Some(message);
         }
-        if let Some(rule) = resolver.approval(sql).await
+        if let Some(rule) = approval
             && let Some(message) = hold(&self.session, &rule, sql).await
         {
             return Some(message);
