@@ -2,6 +2,7 @@
 //! Each command lives in its own module; this file only dispatches.
 mod bench;
 mod build_ebpf;
+mod fuzz;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +19,15 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Run end-to-end benchmarks (relay, connect, mask) against real processes.
     Bench(bench::Options),
+    /// Run the cargo-fuzz targets of fuzz/ (nightly, cargo-fuzz), each for
+    /// --seconds, from the committed seeds.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(opts) => build_ebpf::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     }
 }
