@@ -241,13 +241,15 @@ def cut_backend_seeds(conns):
                     copy_data += m[5:]
             if copy_fmt is not None and copy_data:
                 sql = req[5:].split(b"\0")[0].decode()
-                kind = 3 if copy_fmt == 1 else (2 if "HEADER" in sql else (1 if "csv" in sql else 0))
+                # Options bytes of `copy_options`: format and HEADER, then
+                # 0 for the default delimiter, NULL marker and quotes.
+                spec = 2 if copy_fmt == 1 else (5 if "HEADER" in sql else (1 if "csv" in sql else 0))
                 # The copy target plans 1 to 4 columns: the COPY of all
                 # columns is too wide (its rows seed the backend target).
                 if "(id, email, born)" not in sql:
                     continue
                 cols = [23, 25, 1082]
-                head = bytes([kind, 9, len(cols) - 1])
+                head = bytes([spec, 0, 9, len(cols) - 1])
                 for j, oid in enumerate(cols):
                     head += bytes([CELL_TYPES.index(oid)]) + ACTIONS[(j + 1) % len(ACTIONS)]
                 write("copy", f"rec-{n_copy:02}", head + bytes(copy_data))
@@ -284,15 +286,20 @@ def copy_seeds_by_hand():
     rows_text = b"1\talice@example.com\t1990-02-28\n2\t\\N\t0044-03-15 BC\n3\ttab\\there\\nx\t2020-01-01\n"
     rows_csv = b"id,email,born\n1,alice@example.com,1990-02-28\n2,,1999-12-31\n3,\"a,\"\"b\"\"\nc\",2020-01-01\n"
     cols = bytes([6]) + ACTIONS[3] + bytes([0]) + ACTIONS[2] + bytes([12]) + ACTIONS[7]
-    write("copy", "text-3", bytes([0, 5, 2]) + cols + rows_text)
-    write("copy", "csv-header-3", bytes([2, 3, 2]) + cols + rows_csv)
-    write("copy", "csv-3", bytes([1, 11, 2]) + cols + rows_csv.split(b"\n", 1)[1])
+    write("copy", "text-3", bytes([0, 0, 5, 2]) + cols + rows_text)
+    write("copy", "csv-header-3", bytes([5, 0, 3, 2]) + cols + rows_csv)
+    write("copy", "csv-3", bytes([1, 0, 11, 2]) + cols + rows_csv.split(b"\n", 1)[1])
+    # DELIMITER '|' and NULL 'NULL' (text); DELIMITER ';', QUOTE '\'', ESCAPE '\\' (csv).
+    write("copy", "text-pipe-null", bytes([0, 0b00010001, 7, 2]) + cols +
+          rows_text.replace(b"\t", b"|").replace(b"\\N", b"NULL"))
+    write("copy", "csv-quote-escape", bytes([1, 0b10000011, 0b00000100, 7, 2]) + cols +
+          b"1;'alice@example.com';1990-02-28\n2;'it\\'s';1999-12-31\n")
     tup = lambda vals: struct.pack(">h", len(vals)) + b"".join(
         struct.pack(">i", -1) if v is None else struct.pack(">i", len(v)) + v for v in vals)
     binary = (b"PGCOPY\n\xff\r\n\0" + struct.pack(">II", 0, 0) +
               tup([struct.pack(">i", 1), b"alice@example.com", struct.pack(">i", 7000)]) +
               tup([struct.pack(">i", 2), None, struct.pack(">i", -700000)]) + struct.pack(">h", -1))
-    write("copy", "binary-3", bytes([3, 13, 2]) + cols + binary)
+    write("copy", "binary-3", bytes([2, 0, 13, 2]) + cols + binary)
 
 
 def sql_seeds():
@@ -307,7 +314,33 @@ def sql_seeds():
         write("sql", "s-" + hashlib.sha1(t.encode()).hexdigest()[:12], t.encode())
 
 
+PLPGSQL = [
+    "BEGIN RAISE NOTICE 'x %', (SELECT email FROM customers LIMIT 1); END",
+    "DECLARE r record; BEGIN FOR r IN SELECT * FROM customers LOOP PERFORM pg_notify('c', r.email); END LOOP; END",
+    "DECLARE v text; BEGIN SELECT email INTO v FROM customers WHERE id = 1; "
+    "EXECUTE format('SET application_name = %L', v); END",
+    "BEGIN IF EXISTS (SELECT 1 FROM customers WHERE ssn LIKE '1%') THEN RAISE EXCEPTION 'found'; END IF; END",
+    "DECLARE c CURSOR FOR SELECT name FROM customers; n text; BEGIN OPEN c; FETCH c INTO n; "
+    "INSERT INTO log VALUES (n); CLOSE c; END",
+    "BEGIN RETURN QUERY SELECT a, email FROM customers; END",
+]
+
+DEFINITIONS = [
+    " SELECT customers.id, customers.email FROM customers WHERE customers.email = 'alice@example.com'::text;",
+    " SELECT c.id FROM customers c WHERE c.ssn LIKE '123%' AND c.age > 30 OR c.name IN ('Alice', 'Bob');",
+    "CREATE OR REPLACE FUNCTION public.f(a integer) RETURNS text LANGUAGE sql AS $function$ "
+    "SELECT email FROM customers WHERE phone = '+33 6 12 34 56 78' $function$",
+    " SELECT CASE WHEN customers.email ~~ '%@example.com'::text THEN 1 ELSE 0 END AS x FROM customers;",
+]
+
+
 def file_seeds():
+    for i, body in enumerate(PLPGSQL):
+        write("plpgsql", f"do-{i}", bytes([i % 2]) + body.encode())
+    write("plpgsql", "sql-language", b"\x02SELECT 1")
+    for i, text in enumerate(DEFINITIONS):
+        for cls in (0, 1, 2):
+            write("definition", f"def-{i}-{cls}", bytes([cls]) + text.encode())
     shutil.copy(os.path.join(ROOT, "examples", "policy.toml"), os.path.join(SEEDS, "policy", "example"))
     write("policy", "minimal", b'version = 1\n[[rule]]\nname = "email"\ncolumns = ["public.customers.email"]\naction = "email"\n')
     write("policy", "bad-line", b'version = 1\n[defaults]\naction = "sometimes"\n')
@@ -336,7 +369,8 @@ def main():
     ap.add_argument("--python", default=sys.executable, help="a python with psycopg 3")
     args = ap.parse_args()
     shutil.rmtree(SEEDS, ignore_errors=True)
-    for t in ["startup", "frontend", "backend", "cell", "copy", "policy", "agent_config", "sql", "token"]:
+    for t in ["startup", "frontend", "backend", "cell", "copy", "policy", "agent_config", "sql", "plpgsql",
+              "definition", "token"]:
         os.makedirs(os.path.join(SEEDS, t))
     tmp = tempfile.mkdtemp(prefix="masker-seeds-")
     os.chmod(tmp, 0o777)

@@ -15,8 +15,19 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 
 /// Every fuzz target, in the order they run.
-pub const TARGETS: &[&str] =
-    &["startup", "frontend", "backend", "cell", "copy", "policy", "agent_config", "sql", "token"];
+pub const TARGETS: &[&str] = &[
+    "startup",
+    "frontend",
+    "backend",
+    "cell",
+    "copy",
+    "policy",
+    "agent_config",
+    "sql",
+    "plpgsql",
+    "definition",
+    "token",
+];
 
 /// Options of `cargo xtask fuzz`.
 #[derive(clap::Args)]

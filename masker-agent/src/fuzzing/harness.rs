@@ -22,6 +22,7 @@ use crate::policy::Policy;
 use crate::session::context::{ContextSettings, Route, Session, SessionContext};
 use crate::session::relay::Pump;
 use crate::session::startup::{Startup, startup as session_startup};
+use crate::session::track::model::Published;
 use crate::session::track::{ClientTracker, ExpectQueue, ServerTracker};
 
 /// The issuer and audience [`super::token`] verifies against.
@@ -128,6 +129,8 @@ pub struct Harness {
     session: Arc<Session>,
     plan: Arc<PlanContext>,
     queue: ExpectQueue,
+    /// The session model the client tracker keeps and the server tracker reads.
+    model: Published,
     observe_only: bool,
     _guard: SessionGuard,
 }
@@ -153,16 +156,28 @@ impl Harness {
         } else {
             policy().for_session("fuzz", None, destination.as_str())
         };
-        let plan =
-            Arc::new(PlanContext { policy: rules, catalog: ctx.catalog.clone(), destination, database: "shop".into() });
-        Harness { session, plan, queue: ExpectQueue::default(), observe_only, _guard: guard }
+        let plan = Arc::new(PlanContext {
+            policy: rules,
+            catalog: ctx.catalog.clone(),
+            destination,
+            database: "shop".into(),
+            user: "app".into(),
+        });
+        Harness {
+            session,
+            plan,
+            queue: ExpectQueue::default(),
+            model: Published::default(),
+            observe_only,
+            _guard: guard,
+        }
     }
 
     fn client_tracker(&self) -> ClientTracker {
         if self.observe_only {
-            ClientTracker::new(self.queue.clone(), None, self.session.clone()).observe_only()
+            ClientTracker::new(self.queue.clone(), None, self.session.clone(), self.model.clone()).observe_only()
         } else {
-            ClientTracker::new(self.queue.clone(), Some(self.plan.clone()), self.session.clone())
+            ClientTracker::new(self.queue.clone(), Some(self.plan.clone()), self.session.clone(), self.model.clone())
         }
     }
 
@@ -177,7 +192,8 @@ impl Harness {
     pub fn server(&self, client: &[u8], server: &[u8], cut: u8) -> Run {
         let mut filter = self.client_tracker();
         let _ = relay(client, 0, &mut filter);
-        let mut filter = ServerTracker::new(self.queue.clone(), self.plan.clone(), self.session.clone());
+        let mut filter =
+            ServerTracker::new(self.queue.clone(), self.plan.clone(), self.session.clone(), self.model.clone());
         if self.observe_only {
             filter = filter.observe_only();
         }

@@ -267,22 +267,62 @@ pub fn cell(data: &[u8]) {
     let _ = stats.total();
 }
 
+/// COPY options as PostgreSQL accepts them for `COPY ... TO STDOUT`:
+/// format (0 text, 1 csv, 2 binary) in bits 0-1 of `spec` (3 is csv),
+/// `HEADER` in bit 2; delimiter, NULL marker, quote and escape picked by
+/// the next bytes among values that do not clash.
+fn copy_options(spec: u8, input: &mut Input<'_>) -> (u8, CopyOptions) {
+    let kind = match spec & 3 {
+        0 => 0,
+        2 => 2,
+        _ => 1,
+    };
+    let header = spec & 4 != 0;
+    let pick = input.byte();
+    let mut opts = match kind {
+        0 => CopyOptions { header, ..CopyOptions::text() },
+        1 => CopyOptions { header, ..CopyOptions::csv() },
+        _ => return (2, CopyOptions::binary()),
+    };
+    if pick & 1 == 1 {
+        opts.delimiter = [b'|', b';', b':', b' ', b'~', b',', b'\t'][(pick >> 1) as usize % 7];
+        if kind == 1 && opts.delimiter == b'\t' {
+            opts.delimiter = b'|';
+        }
+    }
+    if pick & 16 != 0 {
+        opts.null = [&b"NULL"[..], b"", b"-", b"\\N", b"<null>"][(pick >> 5) as usize % 5].to_vec();
+        if opts.null.contains(&opts.delimiter) {
+            opts.null = b"NULL".to_vec();
+        }
+    }
+    if kind == 1 && pick & 128 != 0 {
+        let q = input.byte();
+        opts.quote = [b'"', b'\'', b'%'][q as usize % 3];
+        opts.escape = [opts.quote, b'\\', b'!'][(q >> 2) as usize % 3];
+        if opts.quote == opts.delimiter || opts.escape == opts.delimiter {
+            (opts.quote, opts.escape) = (b'"', b'"');
+        }
+    }
+    (kind, opts)
+}
+
 /// `COPY ... TO STDOUT` data through a [`CopyMasker`] with a plan of one to
 /// four columns, fed whole and in pieces.
 ///
-/// Layout: format byte (0 text, 1 csv, 2 csv with header, 3 binary), cut
-/// byte, column count byte, per column a type byte and action bytes, then
-/// the data.
+/// Layout: options bytes (see `copy_options`), cut byte, column count
+/// byte, per column a type byte and action bytes, then the data.
 ///
 /// # Panics
 ///
 /// When masking succeeds or fails depending on how the data was cut, when
 /// the output differs with the cut, or when the output of a successful
-/// COPY does not read back as rows of the plan's column count in its
-/// format (with valid values where the input's were).
+/// COPY does not read back as the input's rows with the plan's column
+/// count (with valid values where the input's were, allowed ones unchanged).
 pub fn copy(data: &[u8]) {
     let mut input = Input(data);
-    let format = input.byte() % 4;
+    let spec = input.byte();
+    let (kind, opts) = copy_options(spec, &mut input);
     let cut = input.byte();
     let ncols = 1 + input.byte() as usize % 4;
     let cols: Vec<(ColumnAction, TypeOid)> = (0..ncols)
@@ -292,12 +332,6 @@ pub fn copy(data: &[u8]) {
         })
         .collect();
     let payload = input.rest();
-    let opts = match format {
-        0 => CopyOptions::text(),
-        1 => CopyOptions::csv(),
-        2 => CopyOptions { header: true, ..CopyOptions::csv() },
-        _ => CopyOptions::binary(),
-    };
     let plan = CopyPlan::new(opts.clone(), cols.clone(), &keys());
     let run = |cut: u8| -> Result<Vec<u8>, String> {
         let mut masker = CopyMasker::new(plan.clone());
@@ -315,7 +349,7 @@ pub fn copy(data: &[u8]) {
     assert_eq!(whole.is_ok(), pieces.is_ok(), "COPY masking fails or not depending on the cut: {whole:?} {pieces:?}");
     if let (Ok(a), Ok(b)) = (&whole, &pieces) {
         assert!(a == b, "COPY output depends on the cut");
-        valid::copy_output(format, &opts, &cols, payload, a);
+        valid::copy_output(kind, &opts, &cols, payload, a);
     }
 }
 
@@ -382,13 +416,11 @@ pub fn agent_config(data: &[u8]) {
 
 /// SQL text as a client sends it: parsed and traced (uncached: the cache
 /// would grow with every input), normalized, scrubbed of literals, reduced
-/// to its shape, read as a `COPY ... TO STDOUT`, and checked for client
-/// code.
+/// to its shape, and read as a `COPY ... TO STDOUT`.
 ///
 /// # Panics
 ///
-/// When a statement that `COPY ... TO STDOUT` accepts names no table, or
-/// when scrubbing literals is not stable (scrubbing twice changes more).
+/// When scrubbing literals is not stable (scrubbing twice changes more).
 pub fn sql(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let sql = text.as_ref();
@@ -402,10 +434,59 @@ pub fn sql(data: &[u8]) {
     let scrubbed = crate::sql::scrub_literals(sql);
     assert_eq!(crate::sql::scrub_literals(&scrubbed), scrubbed, "scrubbing literals is not stable");
     let _ = (crate::sql::shape(sql), crate::sql::cache_key(sql));
-    if let Ok(copy) = crate::sql::copy::parse_copy_to_stdout(sql) {
-        assert!(!copy.table.is_empty(), "COPY of no table: {copy:?}");
+    for index in 0..3 {
+        let _ = crate::sql::copy::parse_copy_to_stdout(sql, index);
     }
-    let _ = crate::plan::lineage::runs_client_code(sql);
+    let _ = crate::plan::lineage::is_refusal(sql);
+}
+
+/// Procedural code as a client sends it in `DO` (and as a function body):
+/// PostgreSQL's PL/pgSQL parser, then the analysis of what the body reads
+/// and where values flow.
+///
+/// Layout: language byte (0 `plpgsql`, 1 `PLpgSQL`, 2 `sql`), then the body.
+pub fn plpgsql(data: &[u8]) {
+    let mut input = Input(data);
+    let language = ["plpgsql", "PLpgSQL", "sql"][input.byte() as usize % 3];
+    let body = String::from_utf8_lossy(input.rest());
+    if let Some(p) = crate::sql::plpgsql::analyze_do(&body, language) {
+        let _ = format!("{p:?}");
+    }
+    let args = ["a".to_string(), "email".to_string()];
+    if let Some(p) = crate::sql::plpgsql::analyze_function_body(&body, &args) {
+        let _ = format!("{p:?}");
+    }
+}
+
+/// A view or function definition as the server's catalog prints it,
+/// scrubbed of literals that stand against classified columns.
+///
+/// Layout: class byte (which column names are classified: none, all, or
+/// those containing `e`), then the text.
+///
+/// # Panics
+///
+/// When nothing is classified and the text changes, when scrubbing twice
+/// changes more than once, or when a definition PostgreSQL parses no longer
+/// parses once scrubbed.
+pub fn definition(data: &[u8]) {
+    let mut input = Input(data);
+    let class = input.byte() % 3;
+    let text = String::from_utf8_lossy(input.rest());
+    let classified: &dyn Fn(&str) -> bool = match class {
+        0 => &|_: &str| false,
+        1 => &|_: &str| true,
+        _ => &|c: &str| c.contains('e'),
+    };
+    let scrubbed = crate::sql::definition::scrub_definition(&text, classified);
+    if class == 0 {
+        assert_eq!(scrubbed, text, "scrubbed with no column classified");
+    }
+    let again = crate::sql::definition::scrub_definition(&scrubbed, classified);
+    assert_eq!(again, scrubbed, "scrubbing is not stable");
+    if pg_query::parse(&text, 0).is_ok() {
+        assert!(pg_query::parse(&scrubbed, 0).is_ok(), "a parsing definition no longer parses: {scrubbed:?}");
+    }
 }
 
 /// An OIDC token as `masker tag --token-file` presents it, verified by the

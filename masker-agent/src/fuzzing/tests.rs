@@ -63,6 +63,16 @@ fn sql_seeds() {
 }
 
 #[test]
+fn plpgsql_seeds() {
+    replay("plpgsql", super::plpgsql);
+}
+
+#[test]
+fn definition_seeds() {
+    replay("definition", super::definition);
+}
+
+#[test]
 fn token_seeds() {
     replay("token", super::token);
 }

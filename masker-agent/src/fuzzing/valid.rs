@@ -445,11 +445,11 @@ type ReadRows = fn(&CopyOptions, &[u8]) -> Option<Vec<Row>>;
 /// one, with the plan's column count; a masked field that was valid for its
 /// type still is, and an allowed one is unchanged.
 ///
-/// `kind`: 0 text, 1 and 2 csv, 3 binary (as in [`super::copy`]).
+/// `kind`: 0 text, 1 csv, 2 binary (as in [`super::copy`]).
 pub fn copy_output(kind: u8, opts: &CopyOptions, cols: &[(ColumnAction, TypeOid)], input: &[u8], output: &[u8]) {
     let (format, read): (Format, ReadRows) = match kind {
         0 => (Format::Text, text_rows),
-        1 | 2 => (Format::Text, csv_rows),
+        1 => (Format::Text, csv_rows),
         _ => (Format::Binary, binary_rows),
     };
     let Some(rows_in) = read(opts, input) else { return };
