@@ -10,7 +10,8 @@ from the repository's examples and tests.
 
     python3 fuzz/make_seeds.py [--python PYTHON_WITH_PSYCOPG]
 
-Run as root (the cluster runs as user postgres). Rewrites fuzz/seeds/.
+Run as root (the cluster runs as user postgres). Rewrites fuzz/seeds/,
+keeping the inputs that once found a bug (`found-*`).
 """
 
 import argparse
@@ -368,10 +369,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--python", default=sys.executable, help="a python with psycopg 3")
     args = ap.parse_args()
-    shutil.rmtree(SEEDS, ignore_errors=True)
+    # Inputs that once found a bug (`found-*`) stay; the rest is remade.
+    for dp, _, fs in os.walk(SEEDS):
+        for f in fs:
+            if not f.startswith("found-"):
+                os.remove(os.path.join(dp, f))
     for t in ["startup", "frontend", "backend", "cell", "copy", "policy", "agent_config", "sql", "plpgsql",
               "definition", "token"]:
-        os.makedirs(os.path.join(SEEDS, t))
+        os.makedirs(os.path.join(SEEDS, t), exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="masker-seeds-")
     os.chmod(tmp, 0o777)
     port = free_port()

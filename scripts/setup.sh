@@ -6,6 +6,7 @@
 #   - bpf-linker, built against the nightly toolchain's own libLLVM
 #   - PostgreSQL 15 server binaries, pgbouncer (benchmark peer), python3-venv
 #   - libclang-dev and protobuf-compiler (to build pg_query)
+#   - cargo-fuzz (the fuzz targets of fuzz/, `cargo xtask fuzz`)
 #
 # Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
 set -euo pipefail
@@ -75,10 +76,22 @@ setup_bpf_linker() {
     cargo install --locked bpf-linker --version '^0.13' --no-default-features --features "llvm-$major"
 }
 
+# cargo-fuzz builds the fuzz targets of fuzz/ with the nightly toolchain
+# (sanitizers, libFuzzer); `cargo xtask fuzz` runs them.
+CARGO_FUZZ_VERSION=0.13.1
+setup_cargo_fuzz() {
+  if cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+    return 0
+  fi
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}
+
 setup_all() {
   setup_system_packages
   setup_nightly
   setup_bpf_linker
+  setup_cargo_fuzz
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

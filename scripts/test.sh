@@ -20,3 +20,6 @@ cargo build --workspace --bins
 
 step "tests"
 cargo test --workspace --no-fail-fast
+
+step "fuzz smoke: every target from the committed seeds, 15 s each"
+cargo xtask fuzz --seconds 15
