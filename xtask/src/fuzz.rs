@@ -125,18 +125,19 @@ fn run_target(root: &Path, target: &str, opts: &Options) -> anyhow::Result<Repor
 }
 
 /// `cargo +nightly fuzz` in the workspace root, with the environment of
-/// the outer `cargo xtask` (its toolchain, its flags) removed.
+/// the outer `cargo xtask` (its toolchain, its flags, the `CARGO_*`
+/// variables `cargo run` sets) removed: build scripts that watch them
+/// would otherwise rebuild everything on each run.
 fn cargo_fuzz(root: &Path) -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(root)
-        .args(["+nightly", "fuzz"])
-        .env_remove("RUSTUP_TOOLCHAIN")
-        .env_remove("RUSTC")
-        .env_remove("RUSTC_WRAPPER")
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO");
+    cmd.current_dir(root).args(["+nightly", "fuzz"]);
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let outer = name.starts_with("CARGO") && name != "CARGO_HOME";
+        if outer || matches!(&*name, "RUSTUP_TOOLCHAIN" | "RUSTC" | "RUSTC_WRAPPER" | "RUSTFLAGS" | "RUSTDOC") {
+            cmd.env_remove(&*name);
+        }
+    }
     if let Some(path) = crate::build_ebpf::path_with_cargo_bin() {
         cmd.env("PATH", path);
     }
