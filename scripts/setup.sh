@@ -11,6 +11,7 @@
 #   - the Python client libraries of the tests (psycopg 3), pinned, in a venv
 #     outside the checkout (tests/harness/python.rs finds it; it installs
 #     nothing itself)
+#   - cargo-fuzz (the fuzz targets of fuzz/, `cargo xtask fuzz`)
 #
 # Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
 set -euo pipefail
@@ -108,11 +109,23 @@ setup_test_clients() {
   printf '%s' "$MASKER_TEST_PY_PACKAGES" >"$stamp"
 }
 
+# cargo-fuzz builds the fuzz targets of fuzz/ with the nightly toolchain
+# (sanitizers, libFuzzer); `cargo xtask fuzz` runs them.
+CARGO_FUZZ_VERSION=0.13.1
+setup_cargo_fuzz() {
+  if cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+    return 0
+  fi
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}
+
 setup_all() {
   setup_system_packages
   setup_nightly
   setup_bpf_linker
   setup_test_clients
+  setup_cargo_fuzz
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

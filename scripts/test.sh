@@ -28,6 +28,9 @@ step "tests"
 status=0
 cargo test --workspace --no-fail-fast || status=$?
 
+step "fuzz smoke: every target from the committed seeds, 15 s each"
+cargo xtask fuzz --seconds 15 || status=$?
+
 step "skipped tests"
 if [ -s "$skips" ]; then
   printf '%s skipped (MASKER_TESTS_ALLOW_SKIP=%s):\n' "$(wc -l <"$skips")" "${MASKER_TESTS_ALLOW_SKIP:-}" >&2

@@ -2,6 +2,7 @@
 //! Each command lives in its own module; this file only dispatches.
 mod bench;
 mod build_ebpf;
+mod fuzz;
 mod soak;
 
 use clap::{Parser, Subcommand};
@@ -25,6 +26,9 @@ enum Command {
     /// The load of `soak`, run by it in a tagged cgroup (not for direct use).
     #[command(hide = true)]
     SoakClient(soak::client::Options),
+    /// Run the cargo-fuzz targets of fuzz/ (nightly, cargo-fuzz), each for
+    /// --seconds, from the committed seeds.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(opts) => bench::run(&opts),
         Command::Soak(opts) => soak::run(&opts),
         Command::SoakClient(opts) => soak::client::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     }
 }

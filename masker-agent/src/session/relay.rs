@@ -300,6 +300,9 @@ impl Pump {
         self.need = 0;
         // Start of the run of original bytes not yet copied to `out`.
         let mut fwd_start = 0;
+        // Whether a message was replaced: then `out` is what goes out, even
+        // when it is empty (a message replaced by nothing must not go out).
+        let mut replaced = false;
         let mut failure = None;
         // Length of a message the filter needs whole that is incomplete.
         let mut partial = 0;
@@ -379,6 +382,7 @@ impl Pump {
                     self.out.extend_from_slice(&self.buf[fwd_start..pos]);
                     self.out.extend_from_slice(&self.scratch);
                     fwd_start = end;
+                    replaced = true;
                 }
                 Err(e) => {
                     failure = Some(e);
@@ -389,15 +393,17 @@ impl Pump {
         }
 
         self.mid_write = true;
-        if self.out.is_empty() {
+        if !replaced {
             if pos > 0 {
                 w.write_all(&self.buf[..pos]).await?;
                 bytes.fetch_add(pos as u64, Ordering::Relaxed);
             }
         } else {
             self.out.extend_from_slice(&self.buf[fwd_start..pos]);
-            w.write_all(&self.out).await?;
-            bytes.fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            if !self.out.is_empty() {
+                w.write_all(&self.out).await?;
+                bytes.fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            }
             self.out.clear();
         }
         self.mid_write = false;
@@ -675,6 +681,57 @@ mod tests {
         client.write_all(&msg(b'd', &[0; 100])[..20]).await.unwrap();
         let r = tokio::time::timeout(std::time::Duration::from_secs(5), run).await.unwrap();
         assert!(matches!(r, Err(RelayError::Stalled(l)) if l == limit), "{r:?}");
+    }
+
+    /// Drops every `d` message (as the server tracker swallows the rows of
+    /// a refused COPY or result).
+    struct Swallow;
+
+    impl Filter for Swallow {
+        fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
+            Ok(header.tag == b'd')
+        }
+
+        async fn on_message(&mut self, _: Message<'_>, _: &mut BytesMut) -> Result<Verdict, RelayError> {
+            Ok(Verdict::Replaced)
+        }
+    }
+
+    /// Found by the `backend` fuzz target: a read that held only messages
+    /// replaced by nothing sent them on as they came (the rows of a refused
+    /// COPY reached the client raw whenever they arrived in a read of their
+    /// own).
+    #[tokio::test]
+    async fn messages_replaced_by_nothing_never_go_out() {
+        let mut input = msg(b'd', b"alice@example.com\n");
+        input.extend(msg(b'd', b"bob@example.org\n"));
+        input.extend(msg(b'c', b""));
+        for chunk in [1, 5, 23, 1 << 20] {
+            let (mut relay_in, mut peer) = tokio::io::duplex(1 << 16);
+            let (mut relay_out, mut server) = tokio::io::duplex(1 << 16);
+            let input = input.clone();
+            let writer = tokio::spawn(async move {
+                for piece in input.chunks(chunk) {
+                    peer.write_all(piece).await.unwrap();
+                    // Each piece is read on its own.
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            });
+            let counter = AtomicU64::new(0);
+            let mut pump = Pump::new(1 << 16);
+            let res = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let res = pump.run(&mut relay_in, &mut relay_out, &mut Swallow, &counter).await;
+                writer.await.unwrap();
+                res
+            })
+            .await
+            .unwrap();
+            assert!(res.is_ok(), "{res:?}");
+            drop(relay_out);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, msg(b'c', b""), "chunk {chunk}");
+        }
     }
 
     #[tokio::test]
