@@ -153,8 +153,8 @@ pub(crate) enum Command {
     /// Run a command in a new tagged cgroup; exits with the command's status.
     ///
     /// Creates a transient cgroup under masker's subtree, tags it, runs the
-    /// command in it, then untags and removes the cgroup (killing anything
-    /// the command left running there).
+    /// command in it, then kills anything the command left running there,
+    /// deletes the tag and removes the cgroup.
     Run {
         #[arg(long)]
         identity: String,
