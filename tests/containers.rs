@@ -71,7 +71,14 @@ fn tokio_postgres_client_process() {
         let client = match info.connect().await {
             Ok(c) => c,
             Err(e) => {
-                println!("CLIENT-ERROR {e}");
+                // With its causes (the errno of a refused connect).
+                let mut message = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                println!("CLIENT-ERROR {message}");
                 return;
             }
         };
@@ -256,10 +263,11 @@ fn container_clients_get_masked_rows_through_their_namespace_listener() {
 }
 
 /// A container outside the tagged cgroup connects directly; one under a
-/// cgroup whose tag is removed is no longer intercepted and its listener
-/// goes away.
+/// cgroup whose tag is removed loses its listener and is refused in the
+/// kernel (`EPERM`, counted), never let through; tagged again, it is served
+/// again.
 #[test]
-fn untagged_containers_go_direct_and_untagging_closes_the_listener() {
+fn untagged_containers_go_direct_and_untagging_refuses_them() {
     let Some(s) = setup("ci-untag", |_| {}) else { return };
     let other_parent = TestCgroup::new().expect("cgroup");
     let mut plain = NetnsContainer::start(&other_parent).expect("container");
@@ -274,7 +282,21 @@ fn untagged_containers_go_direct_and_untagging_closes_the_listener() {
     s.agent.untag(s.parent.path());
     let status = s.agent.status();
     assert!(served(&status, ns["netns"].as_str().unwrap()).is_none(), "listener left after untag: {status:#}");
-    assert_stdout(&s.psql_in(&c, QUERY), &s.raw_email);
+    assert_eq!(status["tags"][0]["revoked"], json!(true), "{status:#}");
+    let out = s.psql_in(&c, QUERY);
+    assert!(!out.status.success(), "the untagged container reached the database: {}", out.stdout);
+    assert!(out.stderr.contains("Operation not permitted"), "psql: {}", out.stderr);
+    let mut client = s.tokio_in(&c);
+    let result = client.line_starting("CLIENT-", CLIENT_TIMEOUT).expect("client result");
+    assert!(result.starts_with("ERROR ") && result.contains("Operation not permitted"), "tokio-postgres: {result}");
+    let _ = client.finish(CLIENT_TIMEOUT);
+    let status = s.agent.status();
+    assert!(status["tags"][0]["refused"]["no_listener"].as_u64().unwrap_or(0) >= 2, "counted: {status:#}");
+
+    // Tagged again: the listener comes back, masked rows again.
+    s.agent.tag(s.parent.path(), "ci-untag");
+    s.wait_served(&c);
+    assert_stdout(&s.psql_in(&c, QUERY), &s.masked_email());
     drop(c);
     drop(plain);
 }
@@ -393,6 +415,15 @@ fn egress_lock_refuses_other_paths_to_the_database() {
     let open = TestCgroup::new().expect("cgroup");
     s.agent.tag(open.path(), "ci-open");
     assert_stdout(&psql_at(&open, "127.0.0.2"), &s.raw_email);
+
+    // Untagged: the target is refused by the agent, and the lock stays (a
+    // removed tag never opens more than the tag allowed).
+    s.agent.untag(s.parent.path());
+    let out = psql_at(&locked, "127.0.0.1");
+    assert!(!out.status.success() && out.stderr.contains("was removed"), "revoked, to the target: {}", out.stderr);
+    let out = psql_at(&locked, "127.0.0.2");
+    assert!(!out.status.success(), "the revoked job reached the database around masker: {}", out.stdout);
+    assert!(out.stderr.contains("Operation not permitted"), "psql: {}", out.stderr);
     drop(second);
 }
 

@@ -177,9 +177,10 @@ fn agent_fds(agent: &MaskerAgent) -> usize {
 
 /// psql and tokio-postgres in a container under a tagged `--cgroup-parent`
 /// get masked rows with the host's connection string; a container elsewhere
-/// goes direct until `masker tag --container NAME`; `masker untag
-/// --container` lets its new connections go direct again. The host's
-/// forwarding and firewall are as before.
+/// goes direct until `masker tag --container NAME`; after `masker untag
+/// --container` its new connections are refused (its listener is closed:
+/// `EPERM` in the kernel), never direct. The host's forwarding and firewall
+/// are as before.
 #[test]
 fn docker_containers_through_masker() {
     let Some(s) = setup(|_| {}) else { return };
@@ -222,14 +223,21 @@ fn docker_containers_through_masker() {
     process::run(tag, None, CLIENT_TIMEOUT).unwrap().assert_success();
     s.wait_served(&plain);
     assert_stdout(&s.psql(&plain, &s.cluster.app(), QUERY), &s.masked_email());
-    // Untagged (by id prefix, through the cgroup tree): direct again, and
-    // its listener is gone.
+    // Untagged (by id prefix, through the cgroup tree): its listener is
+    // gone and its connections are refused, never direct.
     let mut untag = s.agent.cli();
     untag.env("DOCKER_HOST", "unix:///nonexistent.sock").args(["untag", "--container", &plain.id[..16]]);
     process::run(untag, None, CLIENT_TIMEOUT).unwrap().assert_success();
     let ino = netns_inode(&s.docker.netns_path(&plain.id).unwrap());
     s.wait_status("listener of the untagged container closed", |st| served(st, &format!("net:[{ino}]")).is_none());
-    assert_stdout(&s.psql(&plain, &s.cluster.app(), QUERY), &s.raw_email);
+    let out = s.psql(&plain, &s.cluster.app(), QUERY);
+    assert!(!out.status.success(), "the untagged container reached the database: {}", out.stdout);
+    assert!(out.stderr.contains("Operation not permitted"), "psql: {}", out.stderr);
+    let status = s.agent.status();
+    let tag = status["tags"].as_array().unwrap().iter().find(|t| t["identity"] == json!("ci-by-name")).cloned();
+    let tag = tag.unwrap_or_else(|| panic!("the revoked tag is listed: {status:#}"));
+    assert_eq!(tag["revoked"], json!(true), "{tag:#}");
+    assert!(tag["refused"]["no_listener"].as_u64().unwrap_or(0) >= 1, "{tag:#}");
 
     drop((plain, c));
     assert_eq!(&host_network_state(), s.docker.host_network_before(), "dockerd changed forwarding or iptables");
@@ -358,6 +366,8 @@ fn labelled_containers_are_tagged_by_the_watcher() {
     let unlabelled = s.container(Some(&parent), &[]);
     assert_stdout(&s.psql(&unlabelled, &s.cluster.app(), QUERY), &s.raw_email);
 
+    // Stopped: the watcher deletes the entry outright (the container's
+    // processes and cgroup are gone), not just revoked.
     s.docker.run(&["stop", "-t", "0", &labelled.id]).unwrap().assert_success();
     s.wait_status("the stopped container untagged", |st| {
         st["tags"].as_array().is_some_and(|t| t.iter().all(|t| t["identity"] != json!("ci-label")))

@@ -102,12 +102,23 @@ fn github_actions_hooks_tag_the_runner_service_for_the_job() {
 
     let out = run_hook("github-actions/job-completed.sh");
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    assert!(self::tags(&agent).is_empty(), "untagged after the job");
+    let after = self::tags(&agent);
+    assert!(after.len() == 1 && after[0]["revoked"] == true, "revoked after the job (the service lives on): {after:?}");
     assert!(!temp.path().join("masker-cgroup").exists(), "the hook's state file is removed");
-    let before = agent.connections();
+    // Between jobs the runner's connections to the targets are refused,
+    // never direct.
     let out = job_psql();
+    assert_ne!(out.code(), Some(0), "a connection after the job reached the database: {}", out.stdout);
+    assert!(out.stderr.contains("was removed"), "{}", out.stderr);
+
+    // The next job is tagged (and served) again.
+    let out = run_hook("github-actions/job-started.sh");
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    assert_eq!(agent.connections(), before, "after the job, connections go direct");
+    let out = job_psql();
+    assert_eq!((out.code(), out.stdout.trim()), (Some(0), "1"), "{}", out.stderr);
+    assert_eq!(sessions_of(&agent, "gha-org-app"), 2, "the next job's connection went through masker");
+    let out = run_hook("github-actions/job-completed.sh");
+    assert_eq!(out.code(), Some(0), "{}", out.stderr);
 }
 
 #[test]
@@ -166,8 +177,15 @@ fn gitlab_pre_and_post_build_scripts_move_the_job_shell_in_and_out() {
 
 /// A `--network none` container under `--cgroup-parent parent` in which
 /// `127.0.0.1:<cluster port>` leads to the cluster; runs `psql -c 'SELECT
-/// 1'` in it with `docker exec` and returns psql's output.
-fn psql_in_container(docker: &masker_tests::docker::Docker, parent: &str, cluster: &PgCluster) -> process::Output {
+/// 1'` in it with `docker exec` and returns psql's output. With `retry`,
+/// psql is run again until it succeeds (the agent needs a moment to find
+/// a new container), up to a deadline.
+fn psql_in_container(
+    docker: &masker_tests::docker::Docker,
+    parent: &str,
+    cluster: &PgCluster,
+    retry: bool,
+) -> process::Output {
     let run = docker
         .run(&[
             "run",
@@ -208,7 +226,7 @@ fn psql_in_container(docker: &masker_tests::docker::Docker, parent: &str, cluste
             "SELECT 1",
         ]);
         let out = process::run(cmd, None, LIMIT).expect("docker exec psql");
-        if out.status.success() || std::time::Instant::now() > deadline {
+        if !retry || out.status.success() || std::time::Instant::now() > deadline {
             break out;
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -259,7 +277,7 @@ fn gitlab_docker_executor_cgroup_parent_is_tagged_by_the_drop_in() {
     }
     let _parent = Parent(unique.clone());
     let identity = words[words.iter().position(|w| *w == "--identity").unwrap() + 1];
-    let out = psql_in_container(docker, &format!("/{unique}"), cluster);
+    let out = psql_in_container(docker, &format!("/{unique}"), cluster, true);
     assert_eq!((out.code(), out.stdout.trim()), (Some(0), "1"), "{}\n{}", out.stderr, agent.stderr());
     assert_eq!(sessions_of(&agent, identity), 1, "the job container's connection went through masker");
     let mut untag = agent.cli();
@@ -316,10 +334,16 @@ fn github_actions_container_jobs_are_tagged_through_the_docker_cgroup_parent() {
     let out = run_hook("github-actions/job-started.sh");
     assert_eq!(out.code(), Some(0), "{}\n{}", out.stderr, agent.stderr());
     assert_eq!(tags(&agent).len(), 2, "the runner service and the Docker parent: {:?}", tags(&agent));
-    let out = psql_in_container(docker, &unique, cluster);
+    let out = psql_in_container(docker, &unique, cluster, true);
     assert_eq!((out.code(), out.stdout.trim()), (Some(0), "1"), "{}\n{}", out.stderr, agent.stderr());
     assert_eq!(sessions_of(&agent, "gha-org-app"), 1, "the container job's connection went through masker");
     let out = run_hook("github-actions/job-completed.sh");
     assert_eq!(out.code(), Some(0), "{}", out.stderr);
-    assert!(tags(&agent).is_empty(), "untagged after the job: {:?}", tags(&agent));
+    let after = tags(&agent);
+    assert!(after.len() == 2 && after.iter().all(|t| t["revoked"] == true), "revoked after the job: {after:?}");
+    // A container started between jobs is refused (no listener), never
+    // direct.
+    let out = psql_in_container(docker, &unique, cluster, false);
+    assert_ne!(out.code(), Some(0), "a container between jobs reached the database: {}", out.stdout);
+    assert!(out.stderr.contains("Operation not permitted"), "{}", out.stderr);
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use masker_agent::interception::cgroup;
 use masker_agent::interception::netns::{NetnsWorker, NsHandle};
 use masker_agent::interception::{
-    self, EgressLock, Interception, InterceptionConfig, NetPort, Redirected, RefusedCounts, Shutdown,
+    self, EgressLock, Interception, InterceptionConfig, NetPort, Redirected, RefusedCounts, Revoked, Shutdown,
 };
 use masker_common::{OrigDst, PeerKey, map_names};
 use tokio::io::AsyncWriteExt;
@@ -178,7 +178,7 @@ async fn tagged_cgroups_are_redirected_and_untagged_are_not() {
     let r = expect_redirect(&ic, &c).await;
     assert_eq!(r.original, pg4_addr);
     assert_eq!((r.cgroup, r.tagged_cgroup, r.pid), (tagged_id, tagged_id, c.pid));
-    assert_eq!(r.identity.as_deref(), Some("ci-job-1"));
+    assert_eq!((r.identity.as_deref(), r.revoked), (Some("ci-job-1"), false));
     assert_eq!(c.said, format!("PEER 127.0.0.1 {}", pg4_addr.port()), "getpeername shows the target");
     assert!(ic.original_destination(peer(&c), ic.own_netns()).await.is_err(), "the record is taken once");
 
@@ -244,19 +244,47 @@ async fn tagged_cgroups_are_redirected_and_untagged_are_not() {
     let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
     assert_eq!(expect_redirect(&ic, &c).await.original, pg4_addr);
 
-    // Untagged: direct again.
-    assert!(ic.untag(tagged_id).unwrap());
+    // Revoked (`masker untag`): still sent to the agent, which is told the
+    // tag is revoked (and refuses); descendants too. Never direct.
+    assert_eq!(ic.revoke(tagged_id).unwrap(), Revoked::Now);
+    assert_eq!(ic.revoke(tagged_id).unwrap(), Revoked::Already);
+    let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
+    let r = expect_redirect(&ic, &c).await;
+    assert_eq!((r.identity.as_deref(), r.revoked, r.tagged_cgroup), (Some("ci-job-1"), true, tagged_id));
+    let c = env.connect(&deeper, &pg4_addr.to_string(), &pg4).await;
+    assert!(expect_redirect(&ic, &c).await.revoked);
+    let tags = ic.tags().unwrap();
+    assert_eq!((tags.len(), tags[0].revoked), (1, true), "{tags:?}");
+    // An existing cgroup's revoked entry is kept; only a gone one's goes.
+    assert!(!ic.forget_if_gone(tagged_id).unwrap());
+    let gone = tagged.join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let gone_id = ic.tag(&gone, "ci-gone", None).unwrap();
+    assert!(!ic.forget_if_gone(gone_id).unwrap(), "an active tag is never deleted as gone");
+    assert_eq!(ic.revoke(gone_id).unwrap(), Revoked::Now);
+    std::fs::remove_dir(&gone).unwrap();
+    assert!(ic.forget_if_gone(gone_id).unwrap());
+    assert_eq!(ic.revoke(gone_id).unwrap(), Revoked::NotTagged);
+    // Tagged again: served again.
+    ic.tag(&tagged, "ci-job-1b", None).unwrap();
+    let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
+    let r = expect_redirect(&ic, &c).await;
+    assert_eq!((r.identity.as_deref(), r.revoked), (Some("ci-job-1b"), false));
+    // Deleted (`forget`): direct again.
+    assert!(ic.forget(tagged_id).unwrap());
     let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
     assert!(matches!(c.landed, Landed::Direct), "{:?}", c.landed);
 
-    // Clean shutdown keeps the pins while something is tagged, not otherwise.
+    // Clean shutdown keeps the pins while something is tagged (a revoked tag
+    // counts), not otherwise.
     ic.tag(&tagged, "ci-job-2", None).unwrap();
     assert_eq!(ic.shutdown(true).unwrap(), Shutdown::LeftAttached { tagged: 1 });
     assert!(cleanup.pin_dir.exists());
-    let ic = Interception::start(&cfg).expect("restart");
-    ic.tags().unwrap();
-    let mut ic = ic;
-    ic.untag_path(&tagged).unwrap();
+    let mut ic = Interception::start(&cfg).expect("restart");
+    assert_eq!(ic.revoke(ic.cgroup_id(&tagged).unwrap()).unwrap(), Revoked::Now);
+    assert_eq!(ic.shutdown(true).unwrap(), Shutdown::LeftAttached { tagged: 1 });
+    let mut ic = Interception::start(&cfg).expect("restart");
+    assert!(ic.forget(ic.cgroup_id(&tagged).unwrap()).unwrap());
     assert_eq!(ic.shutdown(true).unwrap(), Shutdown::Removed);
     assert!(!cleanup.pin_dir.exists(), "no pins left");
     let c = env.connect(&tagged, &pg4_addr.to_string(), &pg4).await;
@@ -479,9 +507,25 @@ async fn egress_lock_network_targets_and_namespace_listeners() {
     assert_eq!(out, format!("ERR {}", libc::EPERM));
     assert_eq!(ic.refusals().unwrap()[&id].no_listener, 2);
 
-    // Untag: allowlist and counters go with the tag.
-    assert!(ic.untag(id).unwrap());
+    // Revoked: the lock, its allowlist and the counters stay; a policy
+    // reload cannot lift the lock; the target still goes to the agent.
+    ic.set_egress(id, Some(&lock)).unwrap();
+    assert_eq!(ic.revoke(id).unwrap(), Revoked::Now);
+    ic.set_egress(id, None).unwrap();
+    assert!(ic.egress_locked(id), "a revoked tag keeps its egress lock");
+    let c = env.connect(&locked, &format!("127.0.0.2:{port}"), &db_other).await;
+    assert_eq!(c.said, format!("ERR {}", libc::EPERM), "{:?}", c.landed);
+    let c = env.connect(&locked, &allowed.local_addr().unwrap().to_string(), &allowed).await;
+    assert!(matches!(c.landed, Landed::Direct), "{:?} {}", c.landed, c.said);
+    let c = env.connect(&locked, &format!("127.0.0.1:{port}"), &db).await;
+    assert!(expect_redirect(&ic, &c).await.revoked);
+    assert_eq!(ic.refusals().unwrap()[&id], RefusedCounts { no_listener: 2, egress: 3 });
+
+    // Deleted: allowlist and counters go with the entry.
+    assert!(ic.forget(id).unwrap());
     assert!(ic.refusals().unwrap().is_empty());
+    let c = env.connect(&locked, &format!("127.0.0.2:{port}"), &db_other).await;
+    assert!(matches!(c.landed, Landed::Direct), "{:?} {}", c.landed, c.said);
     drop((agent_ns, ns_db, handle, worker, ns));
     assert_eq!(ic.shutdown(true).unwrap(), Shutdown::Removed);
     drop(cleanup);

@@ -42,7 +42,7 @@ pub const AF_INET6: u16 = 10;
 /// Names of the maps in the eBPF object. They double as the file names under
 /// the agent's pin directory. (The kernel keeps at most 15 characters.)
 pub mod map_names {
-    /// `u64 cgroup id -> CgroupTag`.
+    /// `u64 cgroup id -> CgroupTag` (active and revoked tags).
     pub const TAGS: &str = "MASKER_TAGS";
     /// LPM trie `Key<TargetNet> -> u32 (1)`: destinations to intercept.
     pub const TARGETS: &str = "MASKER_TGT_NETS";
@@ -91,6 +91,17 @@ pub mod program_names {
 /// connect, and every unconnected UDP send elsewhere, is refused with `EPERM`.
 pub const TAG_EGRESS_LOCKED: u32 = 1;
 
+/// [`CgroupTag::flags`] bit: the tag was removed (`masker untag`) while its
+/// cgroup lives on. Removal fails closed: the connect programs treat a
+/// revoked tag like any other (its connections to targets go to the agent's
+/// listener of the socket's namespace, or are refused where there is none;
+/// the egress lock, if set, stays in force) and the agent answers the
+/// redirected connections with an error (SQLSTATE 28000) instead of relaying
+/// them. Tagging the cgroup again replaces the entry (clearing the bit); the
+/// agent deletes the entry once the cgroup directory is gone (cgroup ids are
+/// inode numbers, which the kernel reuses).
+pub const TAG_REVOKED: u32 = 2;
+
 /// Length in bits of the fixed part of a [`TargetNet`] key (port and padding)
 /// before the address: a key for `a.b.c.d/n` has prefix length
 /// `TARGET_PREFIX_BASE + 96 + n`.
@@ -106,7 +117,7 @@ pub const EGRESS_PREFIX_BASE: u32 = 96;
 pub struct CgroupTag {
     /// Number of meaningful bytes in `identity`.
     pub identity_len: u32,
-    /// Reserved, zero.
+    /// [`TAG_EGRESS_LOCKED`], [`TAG_REVOKED`]; other bits zero.
     pub flags: u32,
     /// UTF-8 identity name, zero-filled after `identity_len` bytes.
     pub identity: [u8; IDENTITY_MAX],
@@ -129,6 +140,16 @@ impl CgroupTag {
     pub fn identity(&self) -> &str {
         let len = (self.identity_len as usize).min(IDENTITY_MAX);
         core::str::from_utf8(&self.identity[..len]).unwrap_or("")
+    }
+
+    /// Whether the tag was removed ([`TAG_REVOKED`]).
+    pub fn revoked(&self) -> bool {
+        self.flags & TAG_REVOKED != 0
+    }
+
+    /// Whether the egress lock is set ([`TAG_EGRESS_LOCKED`]).
+    pub fn egress_locked(&self) -> bool {
+        self.flags & TAG_EGRESS_LOCKED != 0
     }
 }
 
@@ -380,6 +401,18 @@ mod tests {
         loopback6[15] = 1;
         assert_eq!(unmapped_v4(&loopback6), None);
         assert_eq!(Endpoint::from_v4([127, 0, 0, 1], 5432), Endpoint::new(mapped_v4([127, 0, 0, 1]), 5432));
+    }
+
+    #[test]
+    fn flag_bits_are_distinct() {
+        assert_eq!(TAG_EGRESS_LOCKED & TAG_REVOKED, 0);
+        let mut tag = CgroupTag::new("ci-job");
+        assert!(!tag.revoked() && !tag.egress_locked());
+        tag.flags |= TAG_REVOKED;
+        assert!(tag.revoked() && !tag.egress_locked());
+        tag.flags |= TAG_EGRESS_LOCKED;
+        assert!(tag.revoked() && tag.egress_locked());
+        assert_eq!(tag.identity(), "ci-job");
     }
 
     #[test]

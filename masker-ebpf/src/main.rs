@@ -25,6 +25,14 @@
 //! 3. anything else: allowed, unless the tag has the egress lock and the
 //!    destination is not in the tag's allowlist: refused (`EPERM`), counted.
 //!
+//! A revoked tag (`TAG_REVOKED`: `masker untag` on a cgroup that lives on)
+//! gets the same decisions: its connections to targets still go to the
+//! agent, which answers them with an error instead of relaying them (or are
+//! refused here where the namespace has no listener, as the agent closes a
+//! revoked tag's container listeners), and its egress lock stays in force.
+//! Removing a tag never lets a cgroup's connections go around masker; only
+//! deleting the entry does, which the agent does once the cgroup is gone.
+//!
 //! Each decision is reported through aya-log at debug level (the agent
 //! lowers the level in `AYA_LOG_LEVEL` when it does not want them).
 //! Untagged sockets return 1 (allow) without a log or a map write. Every
@@ -55,7 +63,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use masker_common::{
     AF_INET, AF_INET6, CgroupTag, EGRESS_PREFIX_BASE, EgressNet, Listener, MASKER_SOCKET_MARK, MAX_CGROUP_DEPTH,
-    OrigDst, PeerKey, Refusals, TAG_EGRESS_LOCKED, TARGET_PREFIX_BASE, TargetNet, mapped_v4,
+    OrigDst, PeerKey, Refusals, TAG_EGRESS_LOCKED, TAG_REVOKED, TARGET_PREFIX_BASE, TargetNet, mapped_v4,
 };
 
 /// Let the operation proceed (with whatever the program rewrote).
@@ -68,8 +76,9 @@ const SOCK_STREAM: u32 = 1;
 const ADDR_BITS: u32 = 128;
 
 /// Tagged cgroups. Key: cgroup v2 id (`u64`, the directory's inode number).
-/// Value: [`CgroupTag`] (identity name, egress lock flag). Written by the
-/// agent (`tag`/`untag`, policy reload), read by the connect and sendmsg
+/// Value: [`CgroupTag`] (identity name, egress lock and revoked flags).
+/// Written by the agent (`tag`/`untag`, policy reload, deleted when a
+/// revoked tag's cgroup is gone), read by the connect and sendmsg
 /// programs and by the agent (identity of a redirected connection). Pinned so
 /// tags survive an agent restart. `BPF_MAP_TYPE_HASH`, kernel 3.19+.
 #[map(name = "MASKER_TAGS")]
@@ -150,15 +159,7 @@ pub fn masker_connect4(ctx: SockAddrContext) -> i32 {
         return no_listener(&ctx, &tagged, netns, &dst, port);
     }
     record(&ctx, &dst, port, AF_INET, tagged.id, netns);
-    debug!(
-        &ctx,
-        "masker: cgroup {} to [{:i}]:{} redirected to netns {} port {}",
-        tagged.id,
-        dst,
-        port,
-        netns,
-        listener.listen_port4
-    );
+    log_redirect(&ctx, &tagged, &dst, port, netns, listener.listen_port4);
     // SAFETY: user_ip4/user_port are writable in connect4 with 4-byte stores.
     unsafe {
         write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(listener.listen_ip4));
@@ -196,10 +197,7 @@ pub fn masker_connect6(ctx: SockAddrContext) -> i32 {
         return no_listener(&ctx, &tagged, netns, &dst, port);
     }
     record(&ctx, &dst, port, AF_INET6, tagged.id, netns);
-    debug!(
-        &ctx,
-        "masker: cgroup {} to [{:i}]:{} redirected to netns {} port {}", tagged.id, dst, port, netns, new_port
-    );
+    log_redirect(&ctx, &tagged, &dst, port, netns, new_port);
     // SAFETY: user_ip6 words and user_port are writable in connect6.
     unsafe {
         let ip = addr_of_mut!((*sa).user_ip6);
@@ -390,8 +388,41 @@ fn pass(ctx: &SockAddrContext, tagged: &Tagged, dst: &[u8; 16], port: u16) -> i3
 #[inline(always)]
 fn no_listener(ctx: &SockAddrContext, tagged: &Tagged, netns: u64, dst: &[u8; 16], port: u16) -> i32 {
     count_no_listener(tagged.id);
-    debug!(ctx, "masker: cgroup {} to [{:i}]:{} refused: no listener in netns {}", tagged.id, *dst, port, netns);
+    if tagged.flags & TAG_REVOKED != 0 {
+        debug!(
+            ctx,
+            "masker: cgroup {} (tag revoked) to [{:i}]:{} refused: no listener in netns {}",
+            tagged.id,
+            *dst,
+            port,
+            netns
+        );
+    } else {
+        debug!(ctx, "masker: cgroup {} to [{:i}]:{} refused: no listener in netns {}", tagged.id, *dst, port, netns);
+    }
     DENY
+}
+
+/// Reports a redirect; a revoked tag's is marked as such (the agent refuses
+/// the connection it receives).
+#[inline(always)]
+fn log_redirect(ctx: &SockAddrContext, tagged: &Tagged, dst: &[u8; 16], port: u16, netns: u64, to_port: u16) {
+    if tagged.flags & TAG_REVOKED != 0 {
+        debug!(
+            ctx,
+            "masker: cgroup {} (tag revoked) to [{:i}]:{} redirected to netns {} port {}",
+            tagged.id,
+            *dst,
+            port,
+            netns,
+            to_port
+        );
+    } else {
+        debug!(
+            ctx,
+            "masker: cgroup {} to [{:i}]:{} redirected to netns {} port {}", tagged.id, *dst, port, netns, to_port
+        );
+    }
 }
 
 /// Whether the egress allowlist of tagged cgroup `id` has `addr` on `port`

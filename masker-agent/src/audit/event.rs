@@ -239,16 +239,17 @@ impl<'a> What<'a> {
         }
     }
 
-    /// A session refused at its start by its identity's `targets`,
-    /// `databases` or `users`: class `connect`, rule `identity`, SQLSTATE
-    /// 28000.
-    pub fn connect_denial(reason: &str) -> What<'a> {
+    /// A session refused at its start, class `connect`: by its identity's
+    /// `targets`, `databases` or `users` (rule `identity`), or because its
+    /// cgroup's tag was removed (rule `revoked`); SQLSTATE `sqlstate`
+    /// (28000 for both).
+    pub fn connect_denial(rule: &str, sqlstate: &'static str, reason: &str) -> What<'a> {
         What::Denial {
             statement: String::new(),
             class: "connect",
-            rule: "identity".to_string(),
+            rule: rule.to_string(),
             reason: masking::scrub_text(reason).into_owned(),
-            sqlstate: "28000",
+            sqlstate,
         }
     }
 

@@ -135,7 +135,13 @@ pub(crate) enum Command {
         #[command(flatten)]
         token: TokenArgs,
     },
-    /// Remove a cgroup's tag; its new connections are no longer intercepted.
+    /// Remove a cgroup's tag: its new connections to targets are refused.
+    ///
+    /// Removal fails closed: the cgroup's connections to targets keep going
+    /// to the agent, which answers them with SQLSTATE 28000 naming the
+    /// cgroup and pid (a container's are refused with EPERM: its listener
+    /// closes); they never go around masker. `masker tag` serves the cgroup
+    /// again. The entry is deleted once the cgroup directory is removed.
     Untag {
         /// cgroup directory: absolute, or relative to the cgroup v2 mount.
         #[arg(required_unless_present = "container")]
@@ -143,12 +149,17 @@ pub(crate) enum Command {
         /// A running container instead (as for `tag --container`).
         #[arg(long, conflicts_with = "cgroup")]
         container: Option<String>,
+        /// Delete the entry instead, for a cgroup whose processes are gone
+        /// (about to be removed); one that still has processes is only
+        /// untagged as above.
+        #[arg(long)]
+        forget: bool,
     },
     /// Run a command in a new tagged cgroup; exits with the command's status.
     ///
     /// Creates a transient cgroup under masker's subtree, tags it, runs the
-    /// command in it, then untags and removes the cgroup (killing anything
-    /// the command left running there).
+    /// command in it, then kills anything the command left running there,
+    /// deletes the tag and removes the cgroup.
     Run {
         #[arg(long)]
         identity: String,
@@ -437,10 +448,19 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("tagged {} as {identity}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Untag { cgroup, container } => {
+        Command::Untag { cgroup, container, forget } => {
             let dir = run::cgroup_or_container(cgroup, container).await?;
-            admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await?;
-            println!("untagged {}", dir.display());
+            let answer = admin::request(socket, &Request::Untag { cgroup: dir.clone(), forget }).await?;
+            if let Some(note) = answer["note"].as_str() {
+                eprintln!("masker: {note}");
+            }
+            let d = dir.display();
+            match answer["outcome"].as_str().unwrap_or_default() {
+                "forgotten" => println!("untagged {d} and deleted its entry"),
+                "not_tagged" => println!("{d} was not tagged"),
+                "already_revoked" => println!("{d} was already untagged; its connections to targets are refused"),
+                _ => println!("untagged {d}: its connections to targets are refused until it is tagged again"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { identity, token, command } => {

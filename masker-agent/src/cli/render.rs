@@ -81,9 +81,14 @@ pub(super) fn status(s: &Status) -> String {
     for t in &s.tags {
         let path = t.path.as_deref().unwrap_or("(cgroup removed)");
         let lock = if t.egress_lock { "  egress locked" } else { "" };
+        let revoked = if t.revoked {
+            format!("  REVOKED (untagged; {} connection(s) refused by the agent)", t.revoked_refusals)
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             o,
-            "  {:<20} {:>10}  {}  refused: no listener {}, egress {}{lock}",
+            "  {:<20} {:>10}  {}  refused: no listener {}, egress {}{lock}{revoked}",
             t.identity, t.cgroup_id, path, t.refused.no_listener, t.refused.egress
         );
     }

@@ -35,8 +35,14 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
     },
+    /// `masker untag`: revokes the tag (the entry stays and the cgroup's
+    /// connections to targets are refused). With `forget`, for a cgroup
+    /// whose processes are gone, the entry is deleted instead; a cgroup that
+    /// still has processes is only revoked (the answer says so).
     Untag {
         cgroup: PathBuf,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forget: bool,
     },
     PolicyReload,
     Sessions,
@@ -136,6 +142,14 @@ pub struct TagStatus {
     /// workload's namespace; egress lock).
     #[serde(default)]
     pub refused: crate::interception::RefusedCounts,
+    /// The tag was removed (`masker untag`) while the cgroup lives on: its
+    /// connections to targets are refused.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Connections of this revoked tag the agent refused (since the agent
+    /// started).
+    #[serde(default)]
+    pub revoked_refusals: u64,
 }
 
 /// One namespace the agent serves, as `masker status` shows it.

@@ -281,6 +281,16 @@ impl Agent {
                 origin.destination = Some(original.clone());
                 origin.cgroup_id = Some(r.cgroup);
                 origin.pid = Some(Pid(r.pid));
+                if r.revoked
+                    && let Some(identity) = r.identity.clone()
+                {
+                    // Removed, not deleted: refused with a clear error,
+                    // never relayed, never let through.
+                    self.ctx.metrics.revoked_refusal(r.tagged_cgroup.0, &identity);
+                    let msg = revoked_message(&identity, r.tagged_cgroup, Pid(r.pid), &original);
+                    origin.identity = Some(identity);
+                    return (origin, deny(&msg, "revoked"));
+                }
                 let record = self
                     .identities
                     .lock()
@@ -314,7 +324,8 @@ impl Agent {
                     }
                     None => {
                         let msg = format!(
-                            "masker: the cgroup of pid {} is no longer tagged; connection to {} refused",
+                            "masker: the cgroup of pid {} is no longer tagged (its tag was deleted); connection to \
+                             {} refused",
                             r.pid, original
                         );
                         (origin, refuse(&msg))
@@ -426,8 +437,9 @@ impl Agent {
         };
         let mut guard = self.interception.write().await;
         let Some(i) = guard.as_mut() else { return };
+        // Revoked tags keep the lock they had (`set_egress` leaves them).
         let tagged: std::collections::HashSet<CgroupId> =
-            i.tag_ids().map(|t| t.into_iter().map(|t| t.0).collect()).unwrap_or_default();
+            i.tag_ids().map(|t| t.into_iter().filter(|t| !t.revoked).map(|t| t.cgroup).collect()).unwrap_or_default();
         for (id, lock) in wanted.into_iter().filter(|(id, _)| tagged.contains(id)) {
             if let Err(e) = i.set_egress(id, lock.as_ref()) {
                 error!(cgroup_id = %id, "cannot apply the egress lock: {e}");
@@ -443,7 +455,7 @@ impl Agent {
         let rows = refusals
             .into_iter()
             .map(|(id, r)| {
-                let identity = tags.iter().find(|t| t.0 == id).map(|t| t.1.clone()).unwrap_or_default();
+                let identity = tags.iter().find(|t| t.cgroup == id).map(|t| t.identity.clone()).unwrap_or_default();
                 (id.0, identity, r)
             })
             .collect();
@@ -484,11 +496,14 @@ impl Agent {
                     // run: gone unless something is (still) in it.
                     let _ = std::fs::remove_dir(dir);
                 }
+                // The container's processes are gone with it: the entry is
+                // deleted, not revoked (its cgroup goes away too).
                 if let Some(i) = self.interception.write().await.as_mut()
-                    && let Err(e) = i.untag(id)
+                    && let Err(e) = i.forget(id)
                 {
                     warn!(container, "docker watcher: cannot untag: {e}");
                 }
+                self.ctx.metrics.forget_revoked(id.0);
                 {
                     let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
                     ids.remove(&id);
@@ -498,6 +513,54 @@ impl Agent {
                 self.reconcile_namespaces().await;
             }
         }
+    }
+
+    /// `masker untag`: revokes the tag of `cgroup`, or with `forget` deletes
+    /// its entry when no process is left in the cgroup (one that still has
+    /// processes is revoked instead: they must not reach the targets around
+    /// masker). Either way the identity record goes.
+    async fn untag(&self, cgroup: &std::path::Path, forget: bool) -> Result<UntagOutcome, String> {
+        use crate::interception::Revoked;
+        use crate::interception::cgroup as cg;
+        let mut guard = self.interception.write().await;
+        let Some(i) = guard.as_mut() else { return Err("the agent is shutting down".into()) };
+        let dir = cg::resolve(i.cgroup_root(), cgroup).map_err(|e| e.to_string())?;
+        let id = cg::id_of(&dir).map_err(|e| e.to_string())?;
+        // Cannot tell whether it is empty: not empty (fail closed).
+        let busy = forget && cg::populated(&dir).unwrap_or(true);
+        let outcome = if forget && !busy {
+            let had = i.forget(id).map_err(|e| e.to_string())?;
+            UntagOutcome { cgroup_id: id, outcome: if had { "forgotten" } else { "not_tagged" }, note: None }
+        } else {
+            let outcome = match i.revoke(id).map_err(|e| e.to_string())? {
+                Revoked::Now => "revoked",
+                Revoked::Already => "already_revoked",
+                Revoked::NotTagged => "not_tagged",
+            };
+            let note = busy.then(|| {
+                format!(
+                    "{} still has processes: its tag is revoked (their connections to targets are refused), \
+                     not deleted",
+                    dir.display()
+                )
+            });
+            UntagOutcome { cgroup_id: id, outcome, note }
+        };
+        drop(guard);
+        if outcome.outcome == "forgotten" {
+            self.ctx.metrics.forget_revoked(id.0);
+        }
+        {
+            let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+            if ids.remove(&id).is_some() {
+                self.save_identities(&ids);
+            }
+        }
+        info!(cgroup = %dir.display(), cgroup_id = %id, outcome = outcome.outcome, "untagged");
+        // A revoked tag's namespace listeners close (its containers' connects
+        // are refused in the kernel from now on).
+        self.reconcile_namespaces().await;
+        Ok(outcome)
     }
 
     /// Re-scans the namespaces of tagged workloads now (after a tag change).
@@ -533,6 +596,8 @@ impl Agent {
             }
             None => (Vec::new(), String::new(), Default::default(), Default::default()),
         };
+        let revoked_refusals: std::collections::HashMap<u64, u64> =
+            self.ctx.metrics.revoked_refusals().into_iter().map(|(id, _, n)| (id, n)).collect();
         Ok(Status {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
@@ -549,6 +614,8 @@ impl Agent {
                     identity: t.identity,
                     egress_lock: locked.contains(&t.cgroup),
                     refused: refused.get(&t.cgroup).copied().unwrap_or_default(),
+                    revoked: t.revoked,
+                    revoked_refusals: revoked_refusals.get(&t.cgroup.0).copied().unwrap_or(0),
                 })
                 .collect(),
             namespaces: self.namespaces.status(),
@@ -592,6 +659,18 @@ impl Agent {
     }
 }
 
+/// What `masker untag` did.
+#[derive(Debug, serde::Serialize)]
+struct UntagOutcome {
+    cgroup_id: CgroupId,
+    /// `revoked`, `already_revoked`, `forgotten` (entry deleted) or
+    /// `not_tagged`.
+    outcome: &'static str,
+    /// Why a `forget` was only a revocation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
+
 /// The programs `Interception::start` attaches, as the kernel lists them.
 const PROGRAMS: [&str; 7] = masker_common::program_names::ALL;
 
@@ -613,7 +692,26 @@ fn load_identities_or_none(path: &std::path::Path) -> crate::identity::Identitie
 }
 
 fn refuse(message: &str) -> Route {
-    Route::Refuse { code: "28000", message: message.to_string() }
+    Route::Refuse { code: "28000", message: message.to_string(), denial: None }
+}
+
+/// A refusal that is a decision about the workload, audited as a denial
+/// under `rule`.
+fn deny(message: &str, rule: &'static str) -> Route {
+    Route::Refuse { code: "28000", message: message.to_string(), denial: Some(rule) }
+}
+
+/// What a workload whose tag was revoked is told: which tag, which process
+/// (and its cgroup, when it can still be read), what to do.
+fn revoked_message(identity: &str, tagged: CgroupId, pid: Pid, destination: &TargetAddr) -> String {
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .ok()
+        .and_then(|t| crate::interception::cgroup::v2_path_from_proc_cgroup(&t).map(|p| format!(" in cgroup {p}")))
+        .unwrap_or_default();
+    format!(
+        "masker: the tag of cgroup {tagged} (identity {identity:?}) was removed; connection from pid {pid}{own} to \
+         {destination} refused (tag the cgroup again to connect through masker)"
+    )
 }
 
 fn json<T: serde::Serialize>(v: T) -> Response {
@@ -655,6 +753,8 @@ impl admin::Handler for Agent {
                             ids.insert(id, verified);
                             self.save_identities(&ids);
                         }
+                        // A revoked tag is replaced: its refusals go with it.
+                        self.ctx.metrics.forget_revoked(id.0);
                         // Workloads already running in their own namespaces
                         // get their listener before `masker tag` returns.
                         self.reconcile_namespaces().await;
@@ -665,25 +765,10 @@ impl admin::Handler for Agent {
                     Err(e) => Response::Error(e.to_string()),
                 }
             }
-            Request::Untag { cgroup } => {
-                let mut guard = self.interception.write().await;
-                let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
-                let untagged = i.untag_path(&cgroup);
-                drop(guard);
-                match untagged {
-                    Ok(id) => {
-                        {
-                            let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
-                            ids.remove(&id);
-                            self.save_identities(&ids);
-                        }
-                        info!(cgroup = %cgroup.display(), cgroup_id = %id, "untagged");
-                        self.reconcile_namespaces().await;
-                        json(serde_json::json!({ "cgroup_id": id }))
-                    }
-                    Err(e) => Response::Error(e.to_string()),
-                }
-            }
+            Request::Untag { cgroup, forget } => match self.untag(&cgroup, forget).await {
+                Ok(outcome) => json(outcome),
+                Err(e) => Response::Error(e),
+            },
             Request::Sessions => json(self.ctx.registry.snapshot()),
             Request::KillSession { id } => {
                 if super::kill_session(&self.ctx, id) {

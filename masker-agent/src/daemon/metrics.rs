@@ -20,10 +20,19 @@
 //! | `masker_approvals_pending` | gauge | |
 //! | `masker_sessions_killed_total` | counter | |
 //! | `masker_audit_events_total`, `masker_audit_events_dropped_total` | counter | |
+//! | `masker_kernel_refused_total` | counter | `cgroup_id`, `identity`, `reason` (`no_listener`, `egress`) |
+//! | `masker_revoked_refused_total` | counter | `cgroup_id`, `identity` |
 //! | `masker_relay_latency_seconds` | histogram | |
 //! | `masker_buffered_bytes`, `masker_buffer_budget_bytes` | gauge | |
 //! | `masker_sessions_refused_memory_total` | counter | |
 //! | `process_resident_memory_bytes`, `process_open_fds` | gauge | |
+//!
+//! `masker_revoked_refused_total` counts the connections of a revoked tag
+//! (`masker untag`, cgroup still there) that reached the agent and were
+//! refused; a revoked container's connections are refused in the kernel
+//! instead (its namespace listener is closed) and counted as `no_listener`.
+//! Both series go away with the tag's entry (the cgroup removed, or tagged
+//! again for the revoked one).
 //!
 //! The relay latency is the time from a client's Query or Sync to the
 //! server's ReadyForQuery answering it, as the agent sees it.
@@ -97,6 +106,9 @@ pub struct Metrics {
     /// Connects the kernel refused, per tagged cgroup: `(cgroup id,
     /// identity, counts)`, refreshed by the agent from the eBPF map.
     kernel_refusals: Mutex<Vec<(u64, String, crate::interception::RefusedCounts)>>,
+    /// Connections refused because their tag was revoked, per tagged cgroup
+    /// id: `(identity, count)`.
+    revoked_refusals: Mutex<BTreeMap<u64, (String, u64)>>,
 }
 
 impl Metrics {
@@ -108,6 +120,26 @@ impl Metrics {
     /// The kernel's refusal counts, as last refreshed.
     pub fn kernel_refusals(&self) -> Vec<(u64, String, crate::interception::RefusedCounts)> {
         self.kernel_refusals.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A connection of the revoked tag of cgroup `cgroup` (identity
+    /// `identity`) was refused.
+    pub fn revoked_refusal(&self, cgroup: u64, identity: &str) {
+        let mut map = self.revoked_refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(cgroup).or_insert_with(|| (identity.to_string(), 0));
+        entry.1 += 1;
+    }
+
+    /// Drops the revoked-tag refusals of `cgroup` (its entry was deleted or
+    /// tagged again).
+    pub fn forget_revoked(&self, cgroup: u64) {
+        self.revoked_refusals.lock().unwrap_or_else(|p| p.into_inner()).remove(&cgroup);
+    }
+
+    /// Refusals of revoked tags: `(cgroup id, identity, count)`.
+    pub fn revoked_refusals(&self) -> Vec<(u64, String, u64)> {
+        let map = self.revoked_refusals.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(id, (identity, n))| (*id, identity.clone(), *n)).collect()
     }
 
     fn with<R>(&self, identity: &str, f: impl FnOnce(&mut IdentityCounters) -> R) -> R {
@@ -243,6 +275,9 @@ pub struct Snapshot {
     /// Connects the eBPF programs refused: `(cgroup id, identity, counts)`.
     pub kernel_refusals: Vec<(u64, String, crate::interception::RefusedCounts)>,
     pub memory: MemoryStatus,
+    /// Connections of revoked tags the agent refused: `(cgroup id,
+    /// identity, count)`.
+    pub revoked_refusals: Vec<(u64, String, u64)>,
 }
 
 /// The Prometheus text exposition of `s`.
@@ -349,6 +384,15 @@ pub fn render(s: &Snapshot) -> String {
                 "masker_kernel_refused_total{{cgroup_id=\"{cgroup}\",identity=\"{id}\",reason=\"{reason}\"}} {n}"
             );
         }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP masker_revoked_refused_total Connections from cgroups whose tag was removed (masker untag), \
+         refused by the agent.\n# TYPE masker_revoked_refused_total counter"
+    );
+    for (cgroup, identity, n) in &s.revoked_refusals {
+        let _ =
+            writeln!(o, "masker_revoked_refused_total{{cgroup_id=\"{cgroup}\",identity=\"{}\"}} {n}", label(identity));
     }
     let _ = writeln!(
         o,

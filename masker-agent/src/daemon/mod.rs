@@ -169,6 +169,7 @@ pub fn snapshot(ctx: &SessionContext) -> metrics::Snapshot {
         latency: ctx.metrics.latency_snapshot(),
         kernel_refusals: ctx.metrics.kernel_refusals(),
         memory: memory(ctx),
+        revoked_refusals: ctx.metrics.revoked_refusals(),
     }
 }
 
@@ -219,6 +220,24 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("masker_kernel_refused_total{cgroup_id=\"42\",identity=\"ci-job\",reason=\"egress\"} 5"));
+    }
+
+    #[test]
+    fn counts_refusals_of_revoked_tags_until_the_entry_goes() {
+        let ctx = SessionContext::new(ContextSettings::default());
+        ctx.metrics.revoked_refusal(42, "ci-job");
+        ctx.metrics.revoked_refusal(42, "ci-job");
+        ctx.metrics.revoked_refusal(7, "ci-\"other\"");
+        let text = render(&snapshot(&ctx));
+        assert!(text.contains("masker_revoked_refused_total{cgroup_id=\"42\",identity=\"ci-job\"} 2"), "{text}");
+        assert!(
+            text.contains("masker_revoked_refused_total{cgroup_id=\"7\",identity=\"ci-\\\"other\\\"\"} 1"),
+            "{text}"
+        );
+        ctx.metrics.forget_revoked(42);
+        let text = render(&snapshot(&ctx));
+        assert!(!text.contains("cgroup_id=\"42\""), "{text}");
+        assert!(text.contains("# TYPE masker_revoked_refused_total counter"), "{text}");
     }
 
     #[test]

@@ -284,7 +284,7 @@ pub fn startup(data: &[u8], cut: u8, allow_tls: bool) -> (Result<Option<Vec<u8>>
     let ctx = harness.session.ctx.clone();
     let mut client = Scripted::new(data, cut);
     let mut buf = BytesMut::new();
-    let route = Route::Refuse { code: "28000", message: "masker: fuzzing".into() };
+    let route = Route::Refuse { code: "28000", message: "masker: fuzzing".into(), denial: None };
     let result = runtime().block_on(session_startup(&mut client, &mut buf, allow_tls, &route, &ctx, &harness.session));
     let result = match result {
         Ok(Startup::Packet(len)) => {

@@ -19,6 +19,18 @@
 //!   sees as its peer ([`Interception::original_destination`]).
 //! - `cgroup/getpeername4/6`: the client sees the original destination.
 //!
+//! # Removed tags
+//!
+//! `masker untag` revokes a tag ([`Interception::revoke`]) rather than
+//! deleting it: the entry stays, marked [`TAG_REVOKED`], so the kernel keeps
+//! sending the cgroup's connections to targets to the agent, which refuses
+//! them ([`Redirected::revoked`]); the egress lock stays as it was. Only
+//! [`Interception::forget`] deletes an entry (and its allowlist and
+//! counters): for a cgroup whose processes are gone (`masker run`, a
+//! container that died), and for a revoked tag whose directory no longer
+//! exists ([`Interception::forget_if_gone`]: cgroup ids are inode numbers,
+//! which the kernel hands out again).
+//!
 //! The programs report each decision for a tagged cgroup through aya-log;
 //! [`Interception::take_kernel_log`] hands the reader to the agent, which
 //! forwards the records to `tracing` at debug level ([`kernel_log`]).
@@ -62,7 +74,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use masker_common::{
     AF_INET, CgroupTag, EGRESS_PREFIX_BASE, EgressNet, IDENTITY_MAX, Listener, OrigDst, PeerKey, Refusals,
-    TAG_EGRESS_LOCKED, TARGET_PREFIX_BASE, TargetNet, map_names, program_names, unmapped_v4,
+    TAG_EGRESS_LOCKED, TAG_REVOKED, TARGET_PREFIX_BASE, TargetNet, map_names, program_names, unmapped_v4,
 };
 
 use cgroup::CgroupId;
@@ -141,6 +153,21 @@ pub struct TagEntry {
     pub path: Option<PathBuf>,
     /// The identity bound to it.
     pub identity: String,
+    /// Whether the tag was removed (`masker untag`): its connections are
+    /// refused.
+    pub revoked: bool,
+}
+
+/// An entry of the tags map, without its directory (see
+/// [`Interception::tag_ids`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TagRef {
+    /// The tagged cgroup.
+    pub cgroup: CgroupId,
+    /// The identity bound to it.
+    pub identity: String,
+    /// Whether the tag was removed: its connections are refused.
+    pub revoked: bool,
 }
 
 /// The egress lock of a tag: the tagged workload may connect only to the
@@ -173,9 +200,12 @@ pub struct Redirected {
     pub tagged_cgroup: CgroupId,
     /// Process id (tgid, initial pid namespace) that called `connect()`.
     pub pid: u32,
-    /// Identity of `tagged_cgroup`; `None` if its tag was removed since the
-    /// connect (the connection should be refused).
+    /// Identity of `tagged_cgroup`; `None` if its entry was deleted since
+    /// the connect (the connection must be refused).
     pub identity: Option<String>,
+    /// Whether the tag of `tagged_cgroup` is revoked (`masker untag`): the
+    /// connection must be refused.
+    pub revoked: bool,
     /// Cookie of the client's network namespace.
     pub netns_cookie: u64,
 }
@@ -185,11 +215,23 @@ pub struct Redirected {
 pub enum Shutdown {
     /// Programs detached, pins removed.
     Removed,
-    /// Left attached and pinned because this many cgroups are tagged.
+    /// Left attached and pinned because this many cgroups are tagged
+    /// (revoked tags included: their connections stay refused).
     LeftAttached {
         /// Number of tagged cgroups.
         tagged: usize,
     },
+}
+
+/// What [`Interception::revoke`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Revoked {
+    /// The tag was active and is revoked now.
+    Now,
+    /// It was revoked before.
+    Already,
+    /// The cgroup was not tagged: nothing to revoke.
+    NotTagged,
 }
 
 /// The loaded and attached programs and their maps.
@@ -416,8 +458,9 @@ impl Interception {
             ));
         }
         let id = cgroup::id_of(&dir)?;
-        // The allowlist is in place before the lock takes effect.
-        self.set_egress(id, egress)?;
+        // The allowlist is in place before the lock takes effect. A revoked
+        // entry is replaced as a whole, its allowlist included.
+        self.write_allowlist(id, egress)?;
         let mut tag = CgroupTag::new(identity);
         if egress.is_some() {
             tag.flags |= TAG_EGRESS_LOCKED;
@@ -427,21 +470,40 @@ impl Interception {
         Ok(id)
     }
 
-    /// Sets the egress lock of the tag of `id` (already tagged or about to
-    /// be): `None` lifts it. Used at tag time and when a policy reload
-    /// changes an identity's `egress`.
+    /// Sets the egress lock of the tag of `id`: `None` lifts it. Used when a
+    /// policy reload changes an identity's `egress`. A revoked tag keeps the
+    /// lock it had (no policy speaks for it any more, and lifting the lock
+    /// would open more than the tag allowed): unchanged, `Ok(())`.
     pub fn set_egress(&mut self, id: CgroupId, egress: Option<&EgressLock>) -> Result<(), InterceptionError> {
+        let current = match self.tags.get(&id.0, 0) {
+            Ok(tag) => Some(tag),
+            Err(MapError::KeyNotFound) => None,
+            Err(e) => return Err(InterceptionError::bpf("reading the tags map", e)),
+        };
+        if current.is_some_and(|t| t.revoked()) {
+            return Ok(());
+        }
+        self.write_allowlist(id, egress)?;
+        if let Some(mut tag) = current {
+            let flags = if egress.is_some() { tag.flags | TAG_EGRESS_LOCKED } else { tag.flags & !TAG_EGRESS_LOCKED };
+            if flags != tag.flags {
+                tag.flags = flags;
+                // BPF_EXIST: never re-create an entry deleted meanwhile.
+                self.tags
+                    .insert(id.0, tag, BPF_EXIST)
+                    .map_err(|e| InterceptionError::bpf("writing the tags map", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the allowlist of `id` exactly `egress`'s (empty for `None`):
+    /// new entries first, then the ones no longer wanted.
+    fn write_allowlist(&mut self, id: CgroupId, egress: Option<&EgressLock>) -> Result<(), InterceptionError> {
         let wanted: Vec<Key<EgressNet>> =
             egress.map(|lock| lock.allow.iter().map(|n| egress_key(id, n)).collect()).unwrap_or_default();
         for key in &wanted {
             self.egress.insert(key, 1, 0).map_err(|e| InterceptionError::bpf("writing the egress map", e))?;
-        }
-        if let Ok(mut tag) = self.tags.get(&id.0, 0) {
-            let flags = if egress.is_some() { tag.flags | TAG_EGRESS_LOCKED } else { tag.flags & !TAG_EGRESS_LOCKED };
-            if flags != tag.flags {
-                tag.flags = flags;
-                self.tags.insert(id.0, tag, 0).map_err(|e| InterceptionError::bpf("writing the tags map", e))?;
-            }
         }
         let keep: HashSet<(u32, EgressNet)> = wanted.iter().map(|k| (k.prefix_len(), k.data())).collect();
         self.remove_egress_where(|k| {
@@ -451,7 +513,7 @@ impl Interception {
 
     /// Whether the tag of `id` has the egress lock.
     pub fn egress_locked(&self, id: CgroupId) -> bool {
-        self.tags.get(&id.0, 0).is_ok_and(|t| t.flags & TAG_EGRESS_LOCKED != 0)
+        self.tags.get(&id.0, 0).is_ok_and(|t| t.egress_locked())
     }
 
     fn remove_egress_where(&mut self, drop: impl Fn(&Key<EgressNet>) -> bool) -> Result<(), InterceptionError> {
@@ -470,9 +532,38 @@ impl Interception {
         Ok(())
     }
 
-    /// Removes the tag of cgroup `id` (its directory may already be gone).
-    /// Returns whether it was tagged.
-    pub fn untag(&mut self, id: CgroupId) -> Result<bool, InterceptionError> {
+    /// Revokes the tag of cgroup `id` (`masker untag`): the entry stays,
+    /// marked [`TAG_REVOKED`], so the cgroup's connections to targets keep
+    /// coming to the agent, which refuses them. Its egress lock, allowlist
+    /// and refusal counters stay too. Tagging the cgroup again
+    /// ([`Interception::tag`]) replaces the entry.
+    pub fn revoke(&mut self, id: CgroupId) -> Result<Revoked, InterceptionError> {
+        let mut tag = match self.tags.get(&id.0, 0) {
+            Ok(tag) => tag,
+            Err(MapError::KeyNotFound) => return Ok(Revoked::NotTagged),
+            Err(e) => return Err(InterceptionError::bpf("reading the tags map", e)),
+        };
+        if tag.revoked() {
+            return Ok(Revoked::Already);
+        }
+        tag.flags |= TAG_REVOKED;
+        // BPF_EXIST: a revocation never creates an entry.
+        match self.tags.insert(id.0, tag, BPF_EXIST) {
+            Ok(()) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {
+                return Ok(Revoked::NotTagged);
+            }
+            Err(e) => return Err(InterceptionError::bpf("writing the tags map", e)),
+        }
+        tracing::info!(cgroup_id = %id, identity = tag.identity(), "tag revoked: the cgroup's connections are refused");
+        Ok(Revoked::Now)
+    }
+
+    /// Deletes the entry of cgroup `id`, active or revoked, with its
+    /// allowlist and counters: the cgroup's connections are no longer
+    /// intercepted at all. Only for a cgroup whose processes are gone (its
+    /// directory may already be removed). Returns whether there was one.
+    pub fn forget(&mut self, id: CgroupId) -> Result<bool, InterceptionError> {
         let removed =
             remove_key(&mut self.tags, &id.0).map_err(|e| InterceptionError::bpf("writing the tags map", e))?;
         // The tag is gone, so neither its allowlist nor its counters apply.
@@ -484,24 +575,45 @@ impl Interception {
             Err(e) => return Err(InterceptionError::bpf("writing the refusals map", e)),
         }
         if removed {
-            tracing::info!(cgroup_id = %id, "cgroup untagged");
+            tracing::info!(cgroup_id = %id, "tag entry deleted");
         }
         Ok(removed)
     }
 
-    /// [`Interception::untag`] by directory.
-    pub fn untag_path(&mut self, cgroup_dir: &Path) -> Result<CgroupId, InterceptionError> {
-        let id = cgroup::id_of(&cgroup::resolve(&self.cgroup_root, cgroup_dir)?)?;
-        self.untag(id)?;
-        Ok(id)
+    /// Deletes the entry of `id` if it is revoked and no cgroup with that id
+    /// exists in the intercepted subtree any more (a walk of the subtree:
+    /// call it for a tag whose known directory vanished). Returns whether
+    /// it did. An active tag is never deleted here.
+    pub fn forget_if_gone(&mut self, id: CgroupId) -> Result<bool, InterceptionError> {
+        match self.tags.get(&id.0, 0) {
+            Ok(tag) if tag.revoked() => {}
+            Ok(_) | Err(MapError::KeyNotFound) => return Ok(false),
+            Err(e) => return Err(InterceptionError::bpf("reading the tags map", e)),
+        }
+        if self.find_cgroup(id).is_some() {
+            return Ok(false);
+        }
+        self.forget(id)
     }
 
-    /// The tagged cgroups' ids and identities, without looking for their
-    /// directories (cheap; see [`Interception::tags`]).
-    pub fn tag_ids(&self) -> Result<Vec<(CgroupId, String)>, InterceptionError> {
+    /// The id of the cgroup at `cgroup_dir` (absolute, `/proc/<pid>/cgroup`
+    /// style, or relative to the v2 root), which must exist.
+    pub fn cgroup_id(&self, cgroup_dir: &Path) -> Result<CgroupId, InterceptionError> {
+        Ok(cgroup::id_of(&cgroup::resolve(&self.cgroup_root, cgroup_dir)?)?)
+    }
+
+    /// The tags map's entries (active and revoked), without looking for
+    /// their directories (cheap; see [`Interception::tags`]).
+    pub fn tag_ids(&self) -> Result<Vec<TagRef>, InterceptionError> {
         self.tags
             .iter()
-            .map(|e| e.map(|(id, tag)| (CgroupId(id), tag.identity().to_owned())))
+            .map(|e| {
+                e.map(|(id, tag)| TagRef {
+                    cgroup: CgroupId(id),
+                    identity: tag.identity().to_owned(),
+                    revoked: tag.revoked(),
+                })
+            })
             .collect::<Result<_, _>>()
             .map_err(|e| InterceptionError::bpf("reading the tags map", e))
     }
@@ -527,6 +639,7 @@ impl Interception {
                 cgroup: CgroupId(id),
                 path: paths.iter().find(|(found, _)| found.0 == id).map(|(_, p)| p.clone()),
                 identity: tag.identity().to_owned(),
+                revoked: tag.revoked(),
             })
             .collect())
     }
@@ -557,9 +670,9 @@ impl Interception {
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_millis(10));
         };
-        let identity = match self.tags.get(&orig.tag_cgroup_id, 0) {
-            Ok(tag) => Some(tag.identity().to_owned()),
-            Err(MapError::KeyNotFound) => None,
+        let (identity, revoked) = match self.tags.get(&orig.tag_cgroup_id, 0) {
+            Ok(tag) => (Some(tag.identity().to_owned()), tag.revoked()),
+            Err(MapError::KeyNotFound) => (None, false),
             Err(e) => return Err(InterceptionError::bpf("reading the tags map", e)),
         };
         Ok(Redirected {
@@ -568,6 +681,7 @@ impl Interception {
             tagged_cgroup: CgroupId(orig.tag_cgroup_id),
             pid: orig.pid,
             identity,
+            revoked,
             netns_cookie: orig.netns_cookie,
         })
     }
@@ -586,10 +700,23 @@ impl Interception {
     }
 
     /// Stops intercepting. With `keep_if_tagged` and at least one tagged
-    /// cgroup, leaves programs and pins in place so tagged workloads stay
-    /// unable to reach targets while the agent is down (fail closed);
-    /// otherwise removes everything.
-    pub fn shutdown(self, keep_if_tagged: bool) -> Result<Shutdown, InterceptionError> {
+    /// cgroup (a revoked tag counts: its cgroup must not reach the targets
+    /// around masker either), leaves programs and pins in place so tagged
+    /// workloads stay unable to reach targets while the agent is down (fail
+    /// closed); otherwise removes everything. Revoked tags whose cgroup is
+    /// gone are deleted first.
+    pub fn shutdown(mut self, keep_if_tagged: bool) -> Result<Shutdown, InterceptionError> {
+        let revoked: Vec<CgroupId> =
+            self.tag_ids().unwrap_or_default().into_iter().filter(|t| t.revoked).map(|t| t.cgroup).collect();
+        if !revoked.is_empty() {
+            let present: HashSet<CgroupId> =
+                cgroup::find_all_by_id(&self.attach_dir, &revoked).into_iter().map(|(id, _)| id).collect();
+            for id in revoked.into_iter().filter(|id| !present.contains(id)) {
+                if let Err(e) = self.forget(id) {
+                    tracing::warn!(cgroup_id = %id, "cannot delete the revoked tag of a removed cgroup: {e}");
+                }
+            }
+        }
         let tagged = self.tags.keys().filter(|k| k.is_ok()).count();
         let pin_dir = self.pin_dir.clone();
         drop(self);
@@ -706,6 +833,9 @@ fn take_map(ebpf: &mut Ebpf, name: &str) -> Result<aya::maps::Map, InterceptionE
         InterceptionError::new(ErrorKind::Bpf, format!("map {name} missing from the embedded eBPF object"))
     })
 }
+
+/// `BPF_EXIST` for map updates: only replace an existing entry.
+const BPF_EXIST: u64 = 2;
 
 /// Removes `key`; `Ok(false)` if it was not there.
 fn remove_key<K: aya::Pod, V: aya::Pod>(map: &mut HashMap<MapData, K, V>, key: &K) -> Result<bool, MapError> {

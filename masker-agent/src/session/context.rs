@@ -164,8 +164,10 @@ pub enum Route {
     /// Relay to this server.
     To(TargetAddr),
     /// Refuse after the startup packet with this SQLSTATE and message (no
-    /// data values in it).
-    Refuse { code: &'static str, message: String },
+    /// data values in it). With `denial`, the refusal is a decision about
+    /// the workload (not a failure): audited as a `denial` of class
+    /// `connect` under that rule name and counted in the identity's denials.
+    Refuse { code: &'static str, message: String, denial: Option<&'static str> },
 }
 
 /// One session: its entry in the registry, the context it runs in, and what

@@ -129,7 +129,10 @@ async fn run<C: SplitIo>(
     let entry = &session.entry;
     let destination = match route {
         Route::To(d) => d,
-        Route::Refuse { code, message } => {
+        Route::Refuse { code, message, denial } => {
+            if let Some(rule) = denial {
+                session.connect_denial(rule, code, message);
+            }
             let _ = client.write_all(&fatal(code, message)).await;
             return Err(SessionError::Refused(message.clone()));
         }
@@ -145,7 +148,7 @@ async fn run<C: SplitIo>(
         && let Some(message) =
             g.connect_refusal(identity.unwrap_or(""), &[target.as_str(), destination.as_str()], &database, &user)
     {
-        session.connect_denial(&message);
+        session.connect_denial("identity", "28000", &message);
         let _ = client.write_all(&fatal("28000", &message)).await;
         return Err(SessionError::Refused(message));
     }

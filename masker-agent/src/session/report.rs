@@ -70,12 +70,14 @@ impl Session {
         }
     }
 
-    /// Records that the session was refused at its start by its identity's
-    /// `targets`, `databases` or `users` and counts it for the identity.
-    pub fn connect_denial(&self, reason: &str) {
+    /// Records that the session was refused at its start by `rule`
+    /// (`identity`: its identity's `targets`, `databases` or `users`;
+    /// `revoked`: its cgroup's tag was removed) with SQLSTATE `code`, and
+    /// counts it for the identity.
+    pub fn connect_denial(&self, rule: &str, code: &'static str, reason: &str) {
         self.ctx.metrics.denial(self.identity().unwrap_or(""));
         if self.ctx.audit.enabled() {
-            self.emit(What::connect_denial(reason));
+            self.emit(What::connect_denial(rule, code, reason));
         }
     }
 

@@ -9,6 +9,12 @@
 //! every [`RESCAN`] for containers started under an already tagged cgroup.
 //! A namespace in which no process of a tagged cgroup is left loses its
 //! listener and map entry; nothing of masker keeps it alive afterwards.
+//!
+//! Revoked tags (`masker untag`) get no listener: their containers' connects
+//! to targets are refused in the kernel. The same scans delete a revoked
+//! tag's entry once its cgroup directory is gone (within one [`RESCAN`]),
+//! so a stale entry never applies to a new cgroup that gets the same id
+//! (inode number).
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -121,7 +127,7 @@ impl Namespaces {
     /// in and closes those no such process is left in.
     pub async fn reconcile(&self, agent: &Arc<Agent>) -> Reconciled {
         let mut dirs = self.running.lock().await;
-        let tagged: Vec<(CgroupId, std::path::PathBuf)> = {
+        let (tagged, vanished): (Vec<(CgroupId, std::path::PathBuf)>, Vec<CgroupId>) = {
             let guard = agent.interception.read().await;
             let Some(i) = guard.as_ref() else { return Reconciled::default() };
             let ids = match i.tag_ids() {
@@ -131,13 +137,28 @@ impl Namespaces {
                     return Reconciled::default();
                 }
             };
+            let revoked = |id: &CgroupId| ids.iter().any(|t| t.cgroup == *id && t.revoked);
+            // Revoked tags whose cgroup may be gone: deleted below once a
+            // walk of the tree confirms it.
+            let mut vanished = Vec::new();
             let TagDirs { found, missing } = &mut *dirs;
             found.retain(|id, path| {
-                ids.iter().any(|(t, _)| t == id) && crate::interception::cgroup::id_of(path).is_ok_and(|now| now == *id)
+                if !ids.iter().any(|t| t.cgroup == *id) {
+                    return false;
+                }
+                let there = crate::interception::cgroup::id_of(path).is_ok_and(|now| now == *id);
+                if !there && revoked(id) {
+                    vanished.push(*id);
+                }
+                there
             });
-            missing.retain(|id, _| ids.iter().any(|(t, _)| t == id));
-            for (id, _) in &ids {
-                if found.contains_key(id) || missing.get(id).is_some_and(|at| at.elapsed() < MISSING_RETRY) {
+            missing.retain(|id, _| ids.iter().any(|t| t.cgroup == *id));
+            for t in &ids {
+                let id = &t.cgroup;
+                if found.contains_key(id)
+                    || vanished.contains(id)
+                    || (!t.revoked && missing.get(id).is_some_and(|at| at.elapsed() < MISSING_RETRY))
+                {
                     continue;
                 }
                 match i.find_cgroup(*id) {
@@ -145,13 +166,19 @@ impl Namespaces {
                         missing.remove(id);
                         found.insert(*id, path);
                     }
+                    None if t.revoked => vanished.push(*id),
                     None => {
                         missing.insert(*id, std::time::Instant::now());
                     }
                 }
             }
-            found.iter().map(|(id, p)| (*id, p.clone())).collect()
+            // Only active tags get listeners.
+            let active = found.iter().filter(|(id, _)| !revoked(id)).map(|(id, p)| (*id, p.clone())).collect();
+            (active, vanished)
         };
+        if !vanished.is_empty() {
+            self.forget_vanished(agent, &vanished, &mut dirs).await;
+        }
         *self.watched.lock().unwrap_or_else(|p| p.into_inner()) = tagged.iter().map(|(_, p)| p.clone()).collect();
         let own = self.own;
         let seen = match tokio::task::spawn_blocking(move || netns::scan(&tagged, own)).await {
@@ -198,6 +225,30 @@ impl Namespaces {
             }
         }
         done
+    }
+
+    /// Deletes the entries of revoked tags whose cgroup is gone (checked
+    /// again under the write lock, so a tag given meanwhile is never
+    /// touched).
+    async fn forget_vanished(&self, agent: &Arc<Agent>, ids: &[CgroupId], dirs: &mut TagDirs) {
+        let mut forgotten = Vec::new();
+        {
+            let mut guard = agent.interception.write().await;
+            let Some(i) = guard.as_mut() else { return };
+            for id in ids {
+                match i.forget_if_gone(*id) {
+                    Ok(true) => forgotten.push(*id),
+                    Ok(false) => {}
+                    Err(e) => warn!(cgroup_id = %id, "deleting the revoked tag of a removed cgroup: {e}"),
+                }
+            }
+        }
+        for id in forgotten {
+            dirs.found.remove(&id);
+            dirs.missing.remove(&id);
+            agent.ctx.metrics.forget_revoked(id.0);
+            info!(cgroup_id = %id, "revoked tag deleted: its cgroup is gone");
+        }
     }
 
     async fn open(&self, agent: &Arc<Agent>, id: NsId, seen: &netns::Seen) -> std::io::Result<()> {
