@@ -313,6 +313,7 @@ impl Agent {
                 })
                 .collect(),
             policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
+            observe: self.ctx.current_policy().map(|p| p.observing()).unwrap_or_default(),
             sessions: self.ctx.registry.snapshot(),
             counters: super::counters(&self.ctx),
             identities: self.ctx.metrics.identities(),

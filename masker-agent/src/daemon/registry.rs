@@ -90,6 +90,9 @@ pub struct SessionEntry {
     pub counters: SessionCounters,
     /// Ends the session when an operator asks (`masker sessions kill`).
     pub kill: KillSwitch,
+    /// The identity's policy block says `mode = "observe"`: the session is
+    /// relayed unchanged; what enforcing would do is only recorded.
+    pub observe: std::sync::atomic::AtomicBool,
 }
 
 /// Set once by an operator; the session's relay watches it.
@@ -167,6 +170,7 @@ impl Registry {
             tls_server: Default::default(),
             counters: SessionCounters::default(),
             kill: KillSwitch::default(),
+            observe: Default::default(),
         });
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         SessionGuard { registry: self.clone(), entry }
@@ -224,6 +228,9 @@ pub struct SessionSnapshot {
     /// Masked cells of finished statements, per action.
     #[serde(default)]
     pub masked: BTreeMap<String, u64>,
+    /// Observe mode: relayed unchanged, nothing masked or refused.
+    #[serde(default)]
+    pub observe: bool,
 }
 
 impl SessionSnapshot {
@@ -247,6 +254,7 @@ impl SessionSnapshot {
             masked_cells: get(&e.counters.masked_cells),
             statements: get(&e.counters.statements),
             masked: e.counters.masked().iter().map(|(k, n)| (k.as_str().to_string(), n)).collect(),
+            observe: e.observe.load(Ordering::Relaxed),
         }
     }
 }

@@ -246,6 +246,14 @@ fn compile_identity(
             _ => return Err(errs.at(n.span(), "expected \"scrub\" or \"withhold\"")),
         },
     };
+    let mode = match &i.mode {
+        None => super::guardrails::Mode::Enforce,
+        Some(m) => match m.get_ref().as_str() {
+            "enforce" => super::guardrails::Mode::Enforce,
+            "observe" => super::guardrails::Mode::Observe,
+            _ => return Err(errs.at(m.span(), "expected \"enforce\" (the default) or \"observe\"")),
+        },
+    };
     Ok((
         pattern,
         claims,
@@ -260,6 +268,7 @@ fn compile_identity(
             databases,
             users,
             notifications,
+            mode,
         }),
     ))
 }

@@ -47,6 +47,7 @@ pub(super) struct RawIdentity {
     pub(super) databases: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) users: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) notifications: Option<Spanned<String>>,
+    pub(super) mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
