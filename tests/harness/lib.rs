@@ -14,6 +14,7 @@
 //!   (subprocess) and [`python`] (psycopg 3 in a venv the harness creates),
 //!   plus [`raw`], a byte-level protocol client for edge cases.
 //! - [`compare`]: results through masker vs direct, value for value.
+//! - [`corpora`]: the query corpora several suites run.
 //!
 //! Everything that waits has a deadline, so a broken proxy fails a test
 //! instead of hanging it.
@@ -22,6 +23,7 @@
 pub mod agent;
 pub mod cluster;
 pub mod compare;
+pub mod corpora;
 pub mod fixture;
 pub mod leaks;
 pub mod process;

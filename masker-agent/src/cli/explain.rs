@@ -173,6 +173,14 @@ fn render(e: &Explanation, policy: &std::path::Path) -> String {
         );
         return o;
     }
+    for a in &e.after_refused {
+        let _ = writeln!(
+            o,
+            "--after {} is refused (it does not run, nor does what it creates exist): {}",
+            a.after + 1,
+            a.message
+        );
+    }
     if let Some(r) = &e.refusal {
         let _ = writeln!(
             o,

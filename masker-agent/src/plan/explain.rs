@@ -118,12 +118,24 @@ pub struct Explanation {
     /// PostgreSQL's parser rejects the text: it goes to the server, which
     /// answers a syntax error.
     pub parse_error: Option<String>,
+    /// The `--after` texts the agent would refuse (they do not run, so
+    /// what they create does not exist).
+    pub after_refused: Vec<AfterRefused>,
     /// The text is refused before it runs (nothing of it runs).
     pub refusal: Option<Refusal>,
     /// An `[[approval]]` rule holds the text until an operator decides.
     pub approval: Option<Hold>,
     /// Each statement of the text, in order.
     pub statements: Vec<StatementExplanation>,
+}
+
+/// An `--after` text the agent would refuse.
+#[derive(Debug, Serialize)]
+pub struct AfterRefused {
+    /// Its position among the `--after` texts (from 0).
+    pub after: usize,
+    /// The refusal.
+    pub message: String,
 }
 
 /// A refusal before the text runs.
@@ -181,6 +193,9 @@ pub struct StatementExplanation {
     /// refused under `defaults.refuse_inference` (except equality with a
     /// constant on a pseudonymized column).
     pub tests: Vec<BaseColumn>,
+    /// It also tests values masker cannot trace (refused under
+    /// `defaults.refuse_inference` when the statement is tainted).
+    pub tests_untraced: bool,
 }
 
 /// One result column.
@@ -334,13 +349,15 @@ impl PlanContext {
                 .and_then(|g| g.connect_refusal(who.identity, &[target.as_str()], &self.database, &self.user)),
             catalog_error: None,
             parse_error: None,
+            after_refused: Vec::new(),
             refusal: None,
             approval: None,
             statements: Vec::new(),
         };
         let mut model = SessionModel::default();
-        for text in after {
-            if self.resolver(&model).refusal(text).await.is_some() {
+        for (i, text) in after.iter().enumerate() {
+            if let Some((_, message)) = self.resolver(&model).refusal(text).await {
+                out.after_refused.push(AfterRefused { after: i, message });
                 continue;
             }
             if let Ok(a) = sql::analyze(text).as_ref() {
@@ -390,8 +407,15 @@ impl PlanContext {
         // The server resolves names without the session's own objects:
         // describe only statements that name none of them.
         let own = stmt.relations.iter().any(|rel| model.relation(rel).is_some());
+        // `EXECUTE`/`FETCH` run the session's prepared statements and
+        // cursors: on another connection the server answers NoData.
+        let stored = matches!(stmt.effect, Some(Effect::Execute { .. } | Effect::Fetch { .. }));
         let mut describe_error = None;
         let fields = match (describer, text) {
+            (Some(_), Some(_)) if stored => {
+                describe_error = Some("it runs a prepared statement or cursor of the session".into());
+                None
+            }
             (Some(d), Some(text)) if !own => {
                 let schemas = r.schemas_searched().await;
                 match d.describe(text, schemas.as_deref()).await {
@@ -444,8 +468,10 @@ impl PlanContext {
         };
         let mut tests = Vec::new();
         let mut seen = BTreeSet::new();
+        let mut tests_untraced = false;
         for cond in &stmt.filters {
             let bases = r.lineage_bases(&cond.lineage).await;
+            tests_untraced |= bases.unknown;
             for b in r.describe_bases(&bases) {
                 if b.classified && seen.insert(b.column.clone()) {
                     tests.push(b);
@@ -465,6 +491,7 @@ impl PlanContext {
             sinks,
             moves,
             tests,
+            tests_untraced,
         }
     }
 
