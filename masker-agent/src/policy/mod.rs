@@ -348,6 +348,10 @@ mod tests {
             g.connect_refusal("ci-build", &t, "prod_admin", "ci_reader").unwrap(),
             "masker: identity ci-build may not connect to database prod_admin (rule: identity ci-*)"
         );
+        // The rollout block observes; the others enforce.
+        assert!(p.for_session("ci-newteam-7", None, "db:5432").observes());
+        assert!(!ci.observes());
+        assert_eq!(p.observing(), ["ci-newteam-*"]);
         // Without the key the error names the variable, not a value.
         let e = Policy::from_file_with_env(&path, &no_env).unwrap_err();
         assert!(e.message().contains("MASKER_PSEUDONYM_KEY is not set"), "{e}");
