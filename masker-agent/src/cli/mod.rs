@@ -4,8 +4,9 @@
 //! edge.
 //!
 //! `render` turns admin replies into text, `run` is `masker run`'s cgroup
-//! steps, `tail` is `masker audit tail`.
+//! steps, `tail` is `masker audit tail`, `explain` is `masker explain`.
 
+mod explain;
 mod render;
 mod run;
 mod tail;
@@ -196,6 +197,18 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Show how masker decides a statement for an identity, and why.
+    ///
+    /// For each result column: the base columns it derives from, the rule,
+    /// the action and why; whether the statement is clean or tainted (what
+    /// its errors and notices become); refusals (which rule, which column or
+    /// option), values flowing into side channels, approval holds. The same
+    /// decision the agent makes, from the same code, with the policy and the
+    /// server's catalog as they are now, for a session that starts fresh
+    /// (see --after). The catalog role reads the catalog and has the server
+    /// describe each statement (Parse and Describe: nothing runs). Prints
+    /// nothing of the statement but its normalized text (literals replaced).
+    Explain(explain::ExplainArgs),
     /// Policy file commands.
     Policy {
         #[command(subcommand)]
@@ -485,6 +498,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Explain(args) => explain::explain(args).await,
         Command::Policy { command: PolicyCommand::Check { file } } => match Policy::from_file(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());

@@ -621,6 +621,7 @@ impl Agent {
             namespaces: self.namespaces.status(),
             listener_entries: guard.as_ref().and_then(|i| i.listener_cookies().ok()).map_or(0, |c| c.len()),
             policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
+            observe: self.ctx.current_policy().map(|p| p.observing()).unwrap_or_default(),
             sessions: self.ctx.registry.snapshot(),
             counters: super::counters(&self.ctx),
             identities: self.ctx.metrics.identities(),

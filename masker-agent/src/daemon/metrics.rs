@@ -16,6 +16,8 @@
 //! | `masker_rows_total` | counter | `identity` |
 //! | `masker_masked_cells_total` | counter | `identity`, `action` |
 //! | `masker_denials_total` | counter | `identity` |
+//! | `masker_observe_masked_cells_total` | counter | `identity`, `action`: cells an identity in observe mode would have had masked |
+//! | `masker_observe_denials_total` | counter | `identity`: its statements and sessions that would have been refused or held |
 //! | `masker_approvals_total` | counter | `identity`, `decision` (`approved`, `denied`, `timeout`, `granted`, `abandoned`) |
 //! | `masker_approvals_pending` | gauge | |
 //! | `masker_sessions_killed_total` | counter | |
@@ -66,6 +68,16 @@ pub struct IdentityCounters {
     pub denials: u64,
     /// Approval decisions by name (`approved`, `denied`, `timeout`, `granted`).
     pub approvals: BTreeMap<String, u64>,
+    /// Observe mode: cells enforcing would have masked (nothing was).
+    #[serde(default)]
+    pub observe_masked_cells: u64,
+    /// Observe mode: those cells per action name.
+    #[serde(default)]
+    pub observe_masked: BTreeMap<String, u64>,
+    /// Observe mode: statements (and sessions) enforcing would have refused
+    /// or held (they ran).
+    #[serde(default)]
+    pub observe_denials: u64,
 }
 
 /// Agent-wide counters since start.
@@ -171,6 +183,26 @@ impl Metrics {
     /// A statement of `identity` was refused by a guardrail.
     pub fn denial(&self, identity: &str) {
         self.with(identity, |c| c.denials += 1);
+    }
+
+    /// A statement of `identity`, in observe mode, had cells enforcing would
+    /// have masked (`stats`); nothing was masked.
+    pub fn observed(&self, identity: &str, stats: &RowStats) {
+        if stats.total() == 0 {
+            return;
+        }
+        self.with(identity, |c| {
+            c.observe_masked_cells += stats.total();
+            for (kind, n) in stats.iter() {
+                *c.observe_masked.entry(kind.as_str().to_string()).or_default() += n;
+            }
+        });
+    }
+
+    /// A statement or session of `identity`, in observe mode, would have
+    /// been refused or held; it ran.
+    pub fn observed_denial(&self, identity: &str) {
+        self.with(identity, |c| c.observe_denials += 1);
     }
 
     /// An approval of a statement of `identity` was decided.
@@ -363,6 +395,25 @@ pub fn render(s: &Snapshot) -> String {
     family(&mut o, "masker_denials_total", "Statements refused by a guardrail.", &|o, id, c| {
         let _ = writeln!(o, "masker_denials_total{{identity=\"{id}\"}} {}", c.denials);
     });
+    family(
+        &mut o,
+        "masker_observe_masked_cells_total",
+        "Observe mode: cells enforcing would have masked, by action (nothing was masked).",
+        &|o, id, c| {
+            for kind in ActionKind::ALL {
+                let n = c.observe_masked.get(kind.as_str()).copied().unwrap_or(0);
+                let _ = writeln!(o, "masker_observe_masked_cells_total{{identity=\"{id}\",action=\"{kind}\"}} {n}");
+            }
+        },
+    );
+    family(
+        &mut o,
+        "masker_observe_denials_total",
+        "Observe mode: statements and sessions enforcing would have refused or held (they ran).",
+        &|o, id, c| {
+            let _ = writeln!(o, "masker_observe_denials_total{{identity=\"{id}\"}} {}", c.observe_denials);
+        },
+    );
     family(&mut o, "masker_approvals_total", "Approval decisions.", &|o, id, c| {
         for d in ["approved", "denied", "timeout", "granted", "abandoned"] {
             let n = c.approvals.get(d).copied().unwrap_or(0);

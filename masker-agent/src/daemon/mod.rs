@@ -142,8 +142,18 @@ pub async fn drain(ctx: &SessionContext) {
 }
 
 /// Loads the policy at `path` (if any), failing with its precise error.
+/// Identities in observe mode are named loudly in the log: nothing is
+/// masked for them.
 pub fn load_policy(path: Option<&Path>) -> Result<Option<Arc<Policy>>, PolicyError> {
-    path.map(|p| Policy::from_file(p).map(Arc::new)).transpose()
+    let policy = path.map(|p| Policy::from_file(p).map(Arc::new)).transpose()?;
+    if let Some(observing) = policy.as_ref().map(|p| p.observing()).filter(|o| !o.is_empty()) {
+        tracing::warn!(
+            identities = %observing.join(", "),
+            "OBSERVE MODE for these [[identity]] blocks: their sessions are relayed UNMASKED; what masker would mask \
+             or refuse is only recorded (audit trail, metrics)"
+        );
+    }
+    Ok(policy)
 }
 
 /// The agent-wide counters, with the rows and masked cells of all sessions.
