@@ -12,7 +12,8 @@
 //! 5. [`masking`]: column plans and per-cell masking of result data.
 //! 6. [`policy`]: the policy file that says what to mask for whom.
 //!
-//! [`cli`] is the `masker` command line; [`config`] the agent's config file.
+//! [`cli`] is the `masker` command line; [`config`] the agent's config file;
+//! [`discover`] proposes a policy for a database (`masker discover`).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -24,6 +25,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod config;
 pub mod credentials;
+pub mod discover;
 pub mod guardrails;
 pub mod identity;
 pub mod interception;
