@@ -10,6 +10,7 @@
 mod labelled;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -36,10 +37,14 @@ const RECALL_FLOOR: f64 = 0.90;
 const PRECISION_FLOOR: f64 = 0.90;
 /// Of the columns found, how many got the category a reviewer would pick.
 const CATEGORY_FLOOR: f64 = 0.90;
-/// The held-out tables (see `labelled::holdout_tables`).
-const HOLDOUT_PRECISION_FLOOR: f64 = 0.0;
-const HOLDOUT_RECALL_FLOOR: f64 = 0.0;
-const HOLDOUT_CATEGORY_FLOOR: f64 = 0.0;
+/// The held-out tables (see `labelled::holdout_tables`). Measured against
+/// the frozen classifier they gave precision 0.958 and recall 0.767 (the
+/// figure the README quotes as what to expect on an unseen schema); the
+/// dictionary was extended from those misses afterwards, so they are a
+/// second development set now and the same floors guard them.
+const HOLDOUT_PRECISION_FLOOR: f64 = 0.90;
+const HOLDOUT_RECALL_FLOOR: f64 = 0.90;
+const HOLDOUT_CATEGORY_FLOOR: f64 = 0.90;
 
 /// The labelled database `name` in the shared cluster, created once per name.
 fn lab(name: &'static str) -> ConnInfo {
@@ -114,7 +119,8 @@ fn score(
                 if label.contains(&cat) {
                     right_category += 1;
                 } else {
-                    errors.push(format!("CATEGORY {s}.{t}.{c}: labelled {label:?}, proposed {cat} ({})", col["signals"]));
+                    errors
+                        .push(format!("CATEGORY {s}.{t}.{c}: labelled {label:?}, proposed {cat} ({})", col["signals"]));
                 }
             }
             (false, Some(cat)) => {
@@ -187,7 +193,7 @@ fn precision_and_recall_on_the_labelled_schema() {
         .map(|r| (format!("{}.{}", r["schema"].as_str().unwrap_or(""), r["name"].as_str().unwrap_or("")), r))
         .collect();
     let sample = |rel: &str| relations[rel]["sample"].as_str().unwrap_or_default().to_string();
-    assert!(sample("ops.slow_view").starts_with("timed out"), "{}", sample("ops.slow_view"));
+    assert_eq!(relations["ops.slow_view"]["outcome"], "timed_out", "{}", sample("ops.slow_view"));
     assert!(sample("public.audit_events").ends_with("(tablesample)"), "{}", sample("public.audit_events"));
     assert!(relations["public.audit_events"]["rows"].as_u64().unwrap_or(0) <= 500);
     assert_eq!(sample("public.newsletter_stats"), "0 rows");
@@ -236,6 +242,18 @@ async fn lab_values(login: &ConnInfo) -> BTreeSet<String> {
     values
 }
 
+/// A log without the timestamp that starts each line (its digits would
+/// match sampled numbers such as `39.23092` by chance).
+fn without_timestamps(log: &str) -> String {
+    log.lines()
+        .map(|l| match l.split_once(' ') {
+            Some((first, rest)) if first.ends_with('Z') && first.contains('T') => rest,
+            _ => l,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn no_sampled_value_in_output_logs_policy_or_sql() {
     let login = lab(LAB);
@@ -263,21 +281,41 @@ async fn no_sampled_value_in_output_logs_policy_or_sql() {
     stdout_run.assert_success();
     let texts = [
         ("table", table_run.stdout.clone()),
-        ("table run log", table_run.stderr.clone()),
+        ("table run log", without_timestamps(&table_run.stderr)),
         ("json", json_run.stdout.clone()),
-        ("json run log", json_run.stderr.clone()),
+        ("json run log", without_timestamps(&json_run.stderr)),
         ("policy on stdout", stdout_run.stdout.clone()),
-        ("table on stderr", stdout_run.stderr.clone()),
+        ("table on stderr", without_timestamps(&stdout_run.stderr)),
         ("policy file", std::fs::read_to_string(&policy).expect("policy")),
         ("comments file", std::fs::read_to_string(&sql).expect("sql")),
     ];
     assert!(table_run.stderr.contains("DEBUG"), "the debug log is on: {}", table_run.stderr);
+    // MASKER_DISCOVER_KEEP=DIR keeps what discover wrote, to read it.
+    if let Some(keep) = std::env::var_os("MASKER_DISCOVER_KEEP") {
+        for (what, text) in &texts {
+            let _ = std::fs::write(Path::new(&keep).join(what.replace(' ', "-")), text);
+        }
+    }
     assert!(texts[4].1.contains("[[rule]]") && texts[5].1.contains("COLUMN"), "-o - splits policy and table");
     let values = lab_values(&login).await;
     assert!(values.len() > 1000, "{} values", values.len());
+    let leaks = |text: &str| -> Vec<String> {
+        // Every 8-byte window of the text, so each value costs one look-up
+        // before a full search.
+        let windows: std::collections::HashSet<&[u8]> = text.as_bytes().windows(8).collect();
+        values
+            .iter()
+            .filter(|v| windows.contains(&v.as_bytes()[..8]) && text.contains(v.as_str()))
+            .take(5)
+            .cloned()
+            .collect()
+    };
+    // The search finds a value where there is one.
+    let planted = values.iter().find(|v| v.contains('@')).expect("an email");
+    assert!(leaks(&format!("{}\n{planted}\n", texts[0].1)).contains(planted));
     for (what, text) in &texts {
         assert!(!text.contains(READER_PASSWORD), "{what} holds the password");
-        let leaked: Vec<&String> = values.iter().filter(|v| text.contains(v.as_str())).take(5).collect();
+        let leaked = leaks(text);
         assert!(leaked.is_empty(), "{what} holds sampled values: {leaked:?}");
     }
 }

@@ -863,10 +863,14 @@ pub fn holdout_tables() -> Vec<Table> {
             rows: 200,
             cols: vec![
                 col("id", "integer PRIMARY KEY", NONE, |_, i| id(i)),
-                col("password", "varchar(128)", NONE, |r, _| t(format!("pbkdf2_sha256$600000${:x}${:x}", r.next(), r.next()))),
+                col("password", "varchar(128)", NONE, |r, _| {
+                    t(format!("pbkdf2_sha256$600000${:x}${:x}", r.next(), r.next()))
+                }),
                 col("last_login", "timestamptz", NONE, |r, _| ts(r)),
                 col("is_superuser", "boolean", NONE, |r, _| bool_(r)),
-                col("username", "varchar(150)", &["person-name"], |r, _| t(format!("{}{}", ascii(&first(r)), r.range(1, 99)))),
+                col("username", "varchar(150)", &["person-name"], |r, _| {
+                    t(format!("{}{}", ascii(&first(r)), r.range(1, 99)))
+                }),
                 col("first_name", "varchar(150)", &["person-name"], |r, _| t(first(r))),
                 col("last_name", "varchar(150)", &["person-name"], |r, _| t(last(r))),
                 col("email", "varchar(254)", &["email"], |r, _| t(email(r))),
@@ -881,9 +885,13 @@ pub fn holdout_tables() -> Vec<Table> {
             rows: 200,
             cols: vec![
                 col("ID", "bigint PRIMARY KEY", NONE, |_, i| id(i)),
-                col("user_login", "varchar(60)", &["person-name"], |r, _| t(format!("{}_{}", ascii(&first(r)), ascii(&last(r))))),
+                col("user_login", "varchar(60)", &["person-name"], |r, _| {
+                    t(format!("{}_{}", ascii(&first(r)), ascii(&last(r))))
+                }),
                 col("user_pass", "varchar(255)", NONE, |r, _| t(format!("$P$B{:x}{:x}", r.next(), r.next()))),
-                col("user_nicename", "varchar(50)", &["person-name"], |r, _| t(format!("{}-{}", ascii(&first(r)), ascii(&last(r))))),
+                col("user_nicename", "varchar(50)", &["person-name"], |r, _| {
+                    t(format!("{}-{}", ascii(&first(r)), ascii(&last(r))))
+                }),
                 col("user_email", "varchar(100)", &["email"], |r, _| t(email(r))),
                 col("user_url", "varchar(100)", NONE, |r, _| t(format!("https://blog{}.example.net", r.range(1, 300)))),
                 col("user_registered", "timestamp", NONE, |r, _| ts(r)),
@@ -903,7 +911,9 @@ pub fn holdout_tables() -> Vec<Table> {
                 col("updated_at", "timestamp", NONE, |r, _| ts(r)),
                 col("is_active", "smallint", NONE, |_, _| V::Raw("1".into())),
                 col("city", "varchar(255)", NONE, |r, _| t(r.pick(CITIES))),
-                col("company", "varchar(255)", NONE, |r, _| sometimes(r, 0.3, |r| t(r.pick(&["Acme GmbH", "Globex SA"])))),
+                col("company", "varchar(255)", NONE, |r, _| {
+                    sometimes(r, 0.3, |r| t(r.pick(&["Acme GmbH", "Globex SA"])))
+                }),
                 col("country_id", "varchar(255)", NONE, |r, _| t(r.pick(&["DE", "FR", "ES", "US"]))),
                 col("fax", "varchar(255)", &["phone"], |r, _| sometimes(r, 0.2, |r| t(phone(r)))),
                 col("firstname", "varchar(255)", &["person-name"], |r, _| t(first(r))),
@@ -931,11 +941,15 @@ pub fn holdout_tables() -> Vec<Table> {
                 col("lang", "varchar", NONE, |r, _| t(r.pick(&["en_US", "de_DE", "fr_FR"]))),
                 col("tz", "varchar", NONE, |r, _| t(r.pick(&["Europe/Berlin", "Europe/Paris"]))),
                 col("vat", "varchar", NONE, |r, _| sometimes(r, 0.3, |r| t(format!("DE{}", r.digits(9))))),
-                col("website", "varchar", NONE, |r, _| sometimes(r, 0.3, |r| t(format!("https://www.shop{}.example", r.range(1, 99))))),
+                col("website", "varchar", NONE, |r, _| {
+                    sometimes(r, 0.3, |r| t(format!("https://www.shop{}.example", r.range(1, 99))))
+                }),
                 col("comment", "text", &["free-text"], |r, _| note(r, 0.3)),
                 col("active", "boolean", NONE, |r, _| bool_(r)),
                 col("street", "varchar", &["postal-address"], |r, _| t(street(r))),
-                col("street2", "varchar", &["postal-address"], |r, _| sometimes(r, 0.3, |r| t(format!("Building {}", r.range(1, 9))))),
+                col("street2", "varchar", &["postal-address"], |r, _| {
+                    sometimes(r, 0.3, |r| t(format!("Building {}", r.range(1, 9))))
+                }),
                 col("zip", "varchar", &["postal-address"], |r, _| t(postcode(r))),
                 col("city", "varchar", NONE, |r, _| t(r.pick(CITIES))),
                 col("email", "varchar", &["email"], |r, _| t(email(r))),
@@ -952,7 +966,9 @@ pub fn holdout_tables() -> Vec<Table> {
             rows: 300,
             cols: vec![
                 col("id", "integer PRIMARY KEY", NONE, |_, i| id(i)),
-                col("username", "varchar(60)", &["person-name"], |r, _| t(format!("{}{}", ascii(&first(r)), r.range(1, 999)))),
+                col("username", "varchar(60)", &["person-name"], |r, _| {
+                    t(format!("{}{}", ascii(&first(r)), r.range(1, 999)))
+                }),
                 col("name", "varchar", &["person-name"], |r, _| t(full_name(r))),
                 col("created_at", "timestamp", NONE, |r, _| ts(r)),
                 col("last_seen_at", "timestamp", NONE, |r, _| ts(r)),
@@ -1004,7 +1020,11 @@ pub fn holdout_tables() -> Vec<Table> {
                 col("balance", "bigint", NONE, |r, _| int(r, 0, 100_000)),
                 col("created", "bigint", NONE, |r, _| int(r, 1_600_000_000, 1_730_000_000)),
                 col("description", "text", &["free-text"], |r, _| {
-                    if r.chance(0.5) { t(format!("Customer for {}", email(r))) } else { t("Imported from the old shop") }
+                    if r.chance(0.5) {
+                        t(format!("Customer for {}", email(r)))
+                    } else {
+                        t("Imported from the old shop")
+                    }
                 }),
             ],
         },
@@ -1016,7 +1036,9 @@ pub fn holdout_tables() -> Vec<Table> {
                 col("id", "integer PRIMARY KEY", NONE, |_, i| id(i)),
                 col("recipient", "text", &["person-name"], |r, _| t(full_name(r))),
                 col("recipient_phone", "text", &["phone"], |r, _| t(phone(r))),
-                col("dest_address", "text", &["postal-address"], |r, _| t(format!("{}, {}", street(r), r.pick(CITIES)))),
+                col("dest_address", "text", &["postal-address"], |r, _| {
+                    t(format!("{}, {}", street(r), r.pick(CITIES)))
+                }),
                 col("dest_postcode", "text", &["postal-address"], |r, _| t(postcode(r))),
                 col("weight_kg", "numeric(8,3)", NONE, |r, _| V::Raw(format!("{}.{}", r.range(0, 30), r.digits(3)))),
                 col("carrier", "text", NONE, |r, _| t(r.pick(&["DHL", "UPS", "La Poste", "Correos"]))),
@@ -1157,7 +1179,9 @@ pub fn setup_sql(reader: &str) -> String {
 
 /// `name` as an SQL identifier.
 pub fn ident(name: &str) -> String {
-    if name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') && !["ref", "function", "user"].contains(&name) {
+    if name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !["ref", "function", "user"].contains(&name)
+    {
         name.to_string()
     } else {
         format!("\"{}\"", name.replace('"', "\"\""))

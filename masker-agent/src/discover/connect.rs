@@ -246,13 +246,14 @@ impl Target {
 }
 
 fn login_error(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
-    if e.as_db_error().is_none() && e.to_string().contains("password missing") {
+    let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+    if e.as_db_error().is_none() && cause.contains("password missing") {
         return anyhow!(
             "{what} asks for a password: set PGPASSWORD, use a password file (~/.pgpass or PGPASSFILE), \
              or --url-env VAR with a connection string that carries it"
         );
     }
-    anyhow!("logging in to {what}: {e}")
+    if cause.is_empty() { anyhow!("logging in to {what}: {e}") } else { anyhow!("logging in to {what}: {e}: {cause}") }
 }
 
 /// Whether `-d`'s value is a connection string rather than a name.

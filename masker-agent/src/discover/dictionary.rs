@@ -7,8 +7,8 @@
 //! letters and digits (`address2`); letters are lower-cased and folded to
 //! ASCII (`prénom` → `prenom`, `Straße` → `strasse`). A dictionary entry is
 //! either a run of words (`"date of birth"`, which also matches the single
-//! word `dateofbirth`) or a word prefix (`"telefon*"`: `telefonnummer`,
-//! `telefono`). The longest match wins; an entry with no category
+//! word `dateofbirth`), a word prefix (`"telefon*"`: `telefonnummer`,
+//! `telefono`) or a word ending (`"*gehalt"`: `bruttogehalt`). The longest match wins; an entry with no category
 //! (`"mac address"`) claims its words for a meaning that is not personal.
 //!
 //! A match is dropped when another word of the name says the column is
@@ -32,7 +32,7 @@ pub enum Strength {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
     /// Words separated by single spaces; a trailing `*` makes the last word
-    /// a prefix.
+    /// a prefix, a leading `*` makes a single word an ending.
     pub pattern: &'static str,
     /// `None`: the words have a meaning that is not personal data.
     pub category: Option<Category>,
@@ -121,6 +121,19 @@ pub const ENTRIES: &[Entry] = &[
     strong("apellido*", PersonName),
     strong("nombre completo", PersonName),
     strong("nombre y apellidos", PersonName),
+    strong("username", PersonName),
+    strong("user name", PersonName),
+    strong("user login", PersonName),
+    strong("login name", PersonName),
+    strong("screen name", PersonName),
+    strong("nicename", PersonName),
+    strong("user nicename", PersonName),
+    strong("signed by", PersonName),
+    people("given", PersonName),
+    people("family", PersonName),
+    people("recipient", PersonName),
+    people("physician*", PersonName),
+    people("doctor", PersonName),
     people("name", PersonName),
     people("display name", PersonName),
     people("nom", PersonName),
@@ -163,6 +176,12 @@ pub const ENTRIES: &[Entry] = &[
     strong("pesel", NationalId),
     strong("bsn", NationalId),
     strong("personnummer", NationalId),
+    strong("mrn", NationalId),
+    strong("medical record*", NationalId),
+    strong("insurance number", NationalId),
+    strong("insurance id", NationalId),
+    strong("health insurance number", NationalId),
+    strong("versichertennummer", NationalId),
     // ------------------------------------------------------------ cards
     strong("card number", Card),
     strong("card no", Card),
@@ -246,7 +265,12 @@ pub const ENTRIES: &[Entry] = &[
     strong("calle", PostalAddress),
     strong("codigo postal", PostalAddress),
     strong("domicilio", PostalAddress),
+    people("postal", PostalAddress),
     people("address", PostalAddress),
+    not_personal("address city"),
+    not_personal("address country"),
+    not_personal("address state"),
+    not_personal("address region"),
     people("adresse", PostalAddress),
     people("direccion", PostalAddress),
     not_personal("mac address*"),
@@ -273,8 +297,8 @@ pub const ENTRIES: &[Entry] = &[
     strong("bonus", Compensation),
     strong("compensation", Compensation),
     strong("income", Compensation),
-    strong("gehalt", Compensation),
-    strong("lohn", Compensation),
+    strong("*gehalt", Compensation),
+    strong("*lohn", Compensation),
     strong("salaire", Compensation),
     strong("salario", Compensation),
     strong("sueldo", Compensation),
@@ -495,6 +519,15 @@ pub fn lookup(words: &[String]) -> Verdict {
 /// Every place `entry` matches in `words`: as a run of words, or as one
 /// word that is the entry's words run together (`firstname`).
 fn find(entry: &'static Entry, words: &[String]) -> Vec<Match> {
+    if let Some(suffix) = entry.pattern.strip_prefix('*') {
+        // A word ending (German compounds: `bruttogehalt`).
+        return words
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.ends_with(suffix))
+            .map(|(i, _)| Match { entry, start: i, end: i + 1 })
+            .collect();
+    }
     let (pattern, prefix) = match entry.pattern.strip_suffix('*') {
         Some(p) => (p, true),
         None => (entry.pattern, false),
@@ -577,6 +610,9 @@ mod tests {
             ("code_postal", PostalAddress),
             ("lat", Geolocation),
             ("gross_pay", Compensation),
+            ("bruttogehalt", Compensation),
+            ("user_login", PersonName),
+            ("mrn", NationalId),
         ] {
             assert_eq!(category(name), Some(want), "{name}");
         }
@@ -597,6 +633,8 @@ mod tests {
             "nombre_de_commandes",
             "order_number",
             "created_at",
+            "address_city",
+            "last_login",
         ] {
             assert_eq!(category(name), None, "{name}");
         }

@@ -234,7 +234,10 @@ pub struct RelationReport {
     pub schema: String,
     pub name: String,
     pub kind: &'static str,
-    /// `tablesample`, `limit`, `skipped: ...`, `failed: ...`, `timed out`.
+    /// `sampled`, `timed_out`, `skipped` or `failed`.
+    pub outcome: &'static str,
+    /// How, in words: `500 rows (tablesample)`, `timed out after 120 rows`,
+    /// `not sampled: ...`, `sampling failed: SQLSTATE ...` (scrubbed).
     pub sample: String,
     pub rows: u64,
 }
@@ -318,6 +321,7 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
             schema: rel.schema.clone(),
             name: rel.name.clone(),
             kind: rel.kind.label(),
+            outcome: outcome.kind(),
             sample: outcome.to_string(),
             rows: outcome.rows(),
         });

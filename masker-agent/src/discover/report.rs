@@ -82,7 +82,7 @@ pub fn policy_toml(r: &Report) -> String {
     let unsampled: Vec<String> = r
         .relations
         .iter()
-        .filter(|rel| rel.sample.starts_with("timed out") || rel.sample.starts_with("sampling failed"))
+        .filter(|rel| rel.outcome == "timed_out" || rel.outcome == "failed")
         .map(|rel| format!("{}.{}: {}", rel.schema, rel.name, rel.sample))
         .collect();
     if !unsampled.is_empty() {
@@ -175,10 +175,8 @@ pub fn table(r: &Report, all: bool, output: Option<&Path>, comments: Option<&Pat
             );
         }
     }
-    let count = |p: &dyn Fn(&str) -> bool| r.relations.iter().filter(|rel| p(&rel.sample)).count();
-    let sampled = count(&|s| s.ends_with("rows") || s.ends_with("(tablesample)"));
-    let timed_out = count(&|s| s.starts_with("timed out"));
-    let failed = count(&|s| s.starts_with("sampling failed"));
+    let count = |kind: &str| r.relations.iter().filter(|rel| rel.outcome == kind).count();
+    let (sampled, timed_out, failed) = (count("sampled"), count("timed_out"), count("failed"));
     let _ = writeln!(
         o,
         "\n{} columns in {} tables and views ({sampled} sampled, {timed_out} timed out, {failed} failed); \
@@ -310,6 +308,7 @@ mod tests {
                 schema: "public".into(),
                 name: "t".into(),
                 kind: "table",
+                outcome: "sampled",
                 sample: "10 rows".into(),
                 rows: 10,
             }],

@@ -51,6 +51,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// `sampled`, `timed_out`, `skipped` or `failed`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Outcome::Sampled { .. } => "sampled",
+            Outcome::TimedOut { .. } => "timed_out",
+            Outcome::Skipped(_) => "skipped",
+            Outcome::Failed(_) => "failed",
+        }
+    }
+
     /// Rows read.
     pub fn rows(&self) -> u64 {
         match self {
