@@ -104,6 +104,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
         verifier,
     });
     agent.refresh_targets().await?;
+    agent.count_tags().await;
 
     let admin_path = agent.config.admin_socket.clone();
     // Operators decide on held statements over the admin socket.
@@ -125,6 +126,7 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                 if let Err(e) = agent.refresh_targets().await {
                     warn!("refreshing targets: {e:#}");
                 }
+                agent.count_tags().await;
             }
         })
     };
@@ -298,6 +300,20 @@ impl Agent {
         Ok(())
     }
 
+    /// Publishes the size of the tag map (`masker_tagged_cgroups`).
+    async fn count_tags(&self) {
+        if let Some(i) = self.interception.read().await.as_ref() {
+            self.publish_tags(i);
+        }
+    }
+
+    fn publish_tags(&self, i: &Interception) {
+        match i.tags() {
+            Ok(tags) => self.ctx.registry.metrics.set_tagged_cgroups(tags.len()),
+            Err(e) => warn!("counting tags: {e}"),
+        }
+    }
+
     /// Saves the identities; a failure is logged (the tags in force keep
     /// working; a restarted agent would refuse the ones it cannot read).
     fn save_identities(&self, ids: &crate::identity::Identities) {
@@ -455,6 +471,7 @@ impl admin::Handler for Agent {
                         let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
                         ids.insert(id.0, verified);
                         self.save_identities(&ids);
+                        self.publish_tags(i);
                         json(serde_json::json!({ "cgroup_id": id.0, "expires_at": expires_at }))
                     }
                     Err(e) => Response::Error(e.to_string()),
@@ -468,6 +485,7 @@ impl admin::Handler for Agent {
                         let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
                         ids.remove(&id.0);
                         self.save_identities(&ids);
+                        self.publish_tags(i);
                         info!(cgroup = %cgroup.display(), cgroup_id = id.0, "untagged");
                         json(serde_json::json!({ "cgroup_id": id.0 }))
                     }

@@ -18,12 +18,19 @@
 //! | `masker_denials_total` | counter | `identity` |
 //! | `masker_approvals_total` | counter | `identity`, `decision` (`approved`, `denied`, `timeout`, `granted`, `abandoned`) |
 //! | `masker_approvals_pending` | gauge | |
+//! | `masker_tagged_cgroups` | gauge | |
 //! | `masker_sessions_killed_total` | counter | |
 //! | `masker_audit_events_total`, `masker_audit_events_dropped_total` | counter | |
 //! | `masker_relay_latency_seconds` | histogram | |
 //!
 //! The relay latency is the time from a client's Query or Sync to the
 //! server's ReadyForQuery answering it, as the agent sees it.
+//!
+//! `masker_tagged_cgroups` is the number of cgroups in the agent's tag map
+//! (0 for `masker proxy`), updated on every tag and untag and with each
+//! target refresh. Tags outlive the agent: while it is down with tags in
+//! place, tagged workloads cannot reach their targets (fail closed), which
+//! is what the example alert in `packaging/prometheus/` watches for.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -65,6 +72,7 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     pub sessions_killed: AtomicU64,
+    tagged_cgroups: AtomicU64,
 }
 
 impl Metrics {
@@ -114,6 +122,11 @@ impl Metrics {
         self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// The agent's tag map now holds `n` cgroups.
+    pub fn set_tagged_cgroups(&self, n: usize) {
+        self.tagged_cgroups.store(n as u64, Ordering::Relaxed);
+    }
+
     /// Per-identity counters, by identity.
     pub fn identities(&self) -> BTreeMap<String, IdentityCounters> {
         self.identities.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -153,6 +166,13 @@ pub fn render(registry: &Registry) -> String {
         "# HELP masker_approvals_pending Statements waiting for an operator's decision.\n\
          # TYPE masker_approvals_pending gauge\nmasker_approvals_pending {}",
         registry.approvals.pending_count()
+    );
+
+    let _ = writeln!(
+        o,
+        "# HELP masker_tagged_cgroups Cgroups tagged for interception (their connections to targets go through masker).\n\
+         # TYPE masker_tagged_cgroups gauge\nmasker_tagged_cgroups {}",
+        m.tagged_cgroups.load(Ordering::Relaxed)
     );
 
     let mut live: BTreeMap<String, u64> = BTreeMap::new();
@@ -303,6 +323,9 @@ mod tests {
         assert!(text.contains("masker_statements_total{identity=\"ci\",outcome=\"ok\"} 1"));
         assert!(text.contains("masker_rows_total{identity=\"ci\"} 4"));
         assert!(text.contains("masker_approvals_pending 0"), "{text}");
+        assert!(text.contains("# TYPE masker_tagged_cgroups gauge\nmasker_tagged_cgroups 0\n"), "{text}");
+        r.metrics.set_tagged_cgroups(3);
+        assert!(render(&r).contains("masker_tagged_cgroups 3\n"));
         let ticket = r.approvals.request(1, Some("ci"), "r", "x".into(), None, Duration::from_secs(5));
         assert!(render(&r).contains("masker_approvals_pending 1"));
         drop(ticket);

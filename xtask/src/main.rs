@@ -2,6 +2,7 @@
 //! Each command lives in its own module; this file only dispatches.
 mod bench;
 mod build_ebpf;
+mod package;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +19,14 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Run end-to-end benchmarks (relay, connect, mask) against real processes.
     Bench(bench::Options),
+    /// Build the Debian package (cargo-deb) and print the path of the .deb.
+    Package(package::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(opts) => build_ebpf::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Package(opts) => package::run(&opts),
     }
 }
