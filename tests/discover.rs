@@ -491,3 +491,32 @@ async fn connects_like_psql_and_keeps_the_password_off_the_command_line() {
     help.assert_success();
     assert!(help.stdout.contains("--url-env") && help.stdout.contains("-h, --host"), "{}", help.stdout);
 }
+
+#[test]
+fn tls_towards_the_server_as_sslmode_says() {
+    // A cluster of its own: turning TLS on must not change the others'.
+    let cluster = PgCluster::start().expect("a cluster with TLS");
+    let ca = cluster.enable_ssl().expect("enabling TLS");
+    let app = cluster.app();
+    let run = |mode: &str, rootcert: Option<&Path>| {
+        let mut cmd = Command::new(MaskerProxy::binary());
+        cmd.args(["discover", "--sample-rows", "5", "--json", "--sslmode", mode])
+            .args(["-h", &app.host, "-p", &app.port.to_string(), "-U", &app.user, "-d", &app.dbname])
+            .env("PGPASSWORD", &app.password)
+            .env_remove("PGSSLROOTCERT")
+            .env_remove("PGPASSFILE");
+        if let Some(ca) = rootcert {
+            cmd.arg("--sslrootcert").arg(ca);
+        }
+        process::run(cmd, None, LIMIT).expect("masker discover")
+    };
+    run("verify-full", Some(&ca)).assert_success();
+    run("require", None).assert_success();
+    run("disable", None).assert_success();
+    // The system bundle does not know the test CA: verify-full refuses.
+    let untrusted = run("verify-full", None);
+    assert_eq!(untrusted.code(), Some(1), "{}", untrusted.stdout);
+    assert!(untrusted.stderr.contains("TLS handshake"), "{}", untrusted.stderr);
+    let bad = run("verify-ca", None);
+    assert!(bad.stderr.contains("verify-ca is not supported"), "{}", bad.stderr);
+}

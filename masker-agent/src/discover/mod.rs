@@ -189,7 +189,7 @@ pub struct DiscoverArgs {
     /// Print the report as JSON on standard output instead of the table.
     #[arg(long, conflicts_with = "all")]
     pub json: bool,
-    /// List every column in the table, not only those with a proposal or a note.
+    /// List every column in the table, not only the proposed ones.
     #[arg(long)]
     pub all: bool,
     /// Print help (`-h` is the host, as in psql).
@@ -263,6 +263,9 @@ impl Report {
 
 /// Runs `masker discover`.
 pub async fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
+    if args.json && args.output.as_deref().is_some_and(|p| p.as_os_str() == "-") {
+        anyhow::bail!("--json and --output - both write to standard output; write the policy to a file");
+    }
     let target = connect::Target::from_args(&args.connection)?;
     let client = target.connect().await?;
     let globs = args
