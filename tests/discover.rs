@@ -520,3 +520,29 @@ fn tls_towards_the_server_as_sslmode_says() {
     let bad = run("verify-ca", None);
     assert!(bad.stderr.contains("verify-ca is not supported"), "{}", bad.stderr);
 }
+
+#[test]
+fn a_progress_bar_on_a_terminal_only() {
+    let login = lab(LAB);
+    // `script` gives discover a pseudo-terminal for its standard streams.
+    let line = format!(
+        "{} discover --schema intl --sample-rows 20",
+        masker_tests::process::shell_quote_path(&MaskerProxy::binary())
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env("PGHOST", &login.host)
+        .env("PGPORT", login.port.to_string())
+        .env("PGUSER", &login.user)
+        .env("PGPASSWORD", &login.password)
+        .env("PGDATABASE", &login.dbname)
+        .env_remove("PGPASSFILE");
+    let tty = process::run(cmd, None, LIMIT).expect("script");
+    tty.assert_success();
+    assert!(tty.stdout.contains("\r\x1b[2K[") && tty.stdout.contains("] 3/3 intl.kunden"), "{:?}", tty.stdout);
+    assert!(tty.stdout.contains("intl.kunden.vorname"), "the table follows: {}", tty.stdout);
+    // Not on a pipe.
+    let piped = discover(&login, &["--schema", "intl", "--sample-rows", "20"], &[]);
+    piped.assert_success();
+    assert!(!piped.stderr.contains('\r') && !piped.stdout.contains('\r'), "{:?}", piped.stderr);
+}
