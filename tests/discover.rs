@@ -260,7 +260,7 @@ async fn no_sampled_value_in_output_logs_policy_or_sql() {
     let dir = tempfile::tempdir().expect("tempdir");
     let policy = dir.path().join("proposed.toml");
     let sql = dir.path().join("comments.sql");
-    let debug = [("MASKER_LOG", "debug")];
+    let verbose = [("MASKER_LOG", "trace")];
     let table_run = discover(
         &login,
         &[
@@ -272,12 +272,12 @@ async fn no_sampled_value_in_output_logs_policy_or_sql() {
             "--comments",
             &sql.to_string_lossy(),
         ],
-        &debug,
+        &verbose,
     );
     table_run.assert_success();
-    let json_run = discover(&login, &["--json", "--table-timeout", TABLE_TIMEOUT], &debug);
+    let json_run = discover(&login, &["--json", "--table-timeout", TABLE_TIMEOUT], &verbose);
     json_run.assert_success();
-    let stdout_run = discover(&login, &["--table-timeout", TABLE_TIMEOUT, "-o", "-"], &debug);
+    let stdout_run = discover(&login, &["--table-timeout", TABLE_TIMEOUT, "-o", "-"], &verbose);
     stdout_run.assert_success();
     let texts = [
         ("table", table_run.stdout.clone()),
@@ -289,7 +289,7 @@ async fn no_sampled_value_in_output_logs_policy_or_sql() {
         ("policy file", std::fs::read_to_string(&policy).expect("policy")),
         ("comments file", std::fs::read_to_string(&sql).expect("sql")),
     ];
-    assert!(table_run.stderr.contains("DEBUG"), "the debug log is on: {}", table_run.stderr);
+    assert!(table_run.stderr.contains("DEBUG"), "the trace log is on: {}", table_run.stderr);
     // MASKER_DISCOVER_KEEP=DIR keeps what discover wrote, to read it.
     if let Some(keep) = std::env::var_os("MASKER_DISCOVER_KEEP") {
         for (what, text) in &texts {

@@ -47,7 +47,9 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
     std::fs::create_dir_all(&output).with_context(|| format!("creating {}", output.display()))?;
     let out = Command::new("cargo")
         .current_dir(&root)
-        .args(["deb", "-p", "masker-agent", "--output"])
+        // The release profile keeps line tables for benchmarks' profiles;
+        // the package ships a stripped binary.
+        .args(["deb", "-p", "masker-agent", "--strip", "--output"])
         .arg(&output)
         .stderr(Stdio::inherit())
         .output()
