@@ -1,6 +1,6 @@
 //! Approvals: statements that wait for an operator's yes.
 //!
-//! An `[[approval]]` rule of the policy ([`crate::policy::ApprovalRule`])
+//! An `[[approval]]` rule of the policy ([`crate::policy::approval::ApprovalRule`])
 //! holds the matching statements of a session. The client → server relay
 //! stops at the statement (nothing the client sends after it is relayed) and
 //! the statement waits in the agent's book ([`Approvals`]) until an operator runs
@@ -135,15 +135,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The shape of a statement for standing approvals: its text with every
-/// literal replaced by a parameter (PostgreSQL's normalizer), so statements
-/// that differ only in literals share it; `None` when the text does not
-/// parse (such a statement is asked about each time). Not the fingerprint:
-/// that one treats `orders_2024_01` and `orders_2024_02` as one table.
-pub fn shape(sql: &str) -> Option<String> {
-    pg_query::normalize(sql).ok()
-}
-
 impl Approvals {
     /// Says that operators can decide (the admin socket is served).
     pub fn enable_decisions(&self) {
@@ -167,7 +158,7 @@ impl Approvals {
             .map(|g| (g.approval, g.approver.clone()))
     }
 
-    /// Registers a statement waiting for a decision. `shape` (see [`shape`])
+    /// Registers a statement waiting for a decision. `shape` (see [`crate::sql::shape`])
     /// is what a standing approval of it covers.
     pub fn request(
         &self,
@@ -186,7 +177,7 @@ impl Approvals {
             identity: identity.map(str::to_string),
             rule: rule.to_string(),
             statement,
-            requested_at: crate::audit::rfc3339_now(),
+            requested_at: crate::rfc3339::now_millis(),
             waiting_secs: 0,
             timeout_secs: timeout.as_secs(),
         };
@@ -209,12 +200,12 @@ impl Approvals {
 
     /// Delivers `decision` to request `id`. Errors say why not (unknown id,
     /// already decided or withdrawn, bad approver or reason text).
-    pub fn decide(&self, id: u64, decision: Decision) -> Result<PendingApproval, String> {
+    pub fn decide(&self, id: u64, decision: Decision) -> Result<PendingApproval, DecideError> {
         match &decision {
             Decision::Approve { approver, standing } => {
                 check_text("approver", approver, MAX_APPROVER)?;
                 if standing.is_some_and(|d| d.is_zero() || d > MAX_STANDING) {
-                    return Err("--for must be between 1s and 7d".into());
+                    return Err(DecideError::Standing);
                 }
             }
             Decision::Deny { approver, reason } => {
@@ -222,9 +213,7 @@ impl Approvals {
                 check_text("reason", reason, MAX_REASON)?;
             }
         }
-        let pending = lock(&self.pending)
-            .remove(&id)
-            .ok_or_else(|| format!("no pending approval {id} (decided, timed out or its session ended)"))?;
+        let pending = lock(&self.pending).remove(&id).ok_or(DecideError::NotPending(id))?;
         if let (Decision::Approve { approver, standing: Some(d) }, Some(shape)) = (&decision, pending.shape) {
             lock(&self.grants).push(Grant {
                 approval: id,
@@ -241,27 +230,53 @@ impl Approvals {
     }
 }
 
+/// Why an operator's decision was not delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecideError {
+    /// The approver or reason is empty.
+    #[error("the {0} is empty")]
+    Empty(&'static str),
+    /// The approver or reason is longer than allowed.
+    #[error("the {0} is longer than {1} characters")]
+    TooLong(&'static str, usize),
+    /// The approver or reason is not one printable line.
+    #[error("the {0} contains control characters")]
+    Control(&'static str),
+    /// A standing approval (`--for`) out of range.
+    #[error("--for must be between 1s and 7d")]
+    Standing,
+    /// No statement waits under this id.
+    #[error("no pending approval {0} (decided, timed out or its session ended)")]
+    NotPending(u64),
+}
+
 /// Operator-given text that ends up in client errors and audit events:
 /// one line, printable, bounded.
-fn check_text(what: &str, text: &str, max: usize) -> Result<(), String> {
+fn check_text(what: &'static str, text: &str, max: usize) -> Result<(), DecideError> {
     if text.trim().is_empty() {
-        return Err(format!("the {what} is empty"));
+        return Err(DecideError::Empty(what));
     }
     if text.chars().count() > max {
-        return Err(format!("the {what} is longer than {max} characters"));
+        return Err(DecideError::TooLong(what, max));
     }
     if text.chars().any(char::is_control) {
-        return Err(format!("the {what} contains control characters"));
+        return Err(DecideError::Control(what));
     }
     Ok(())
 }
 
+/// A duration that is not one number and one unit (`s`, `m`, `h`, `d`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}; expected e.g. 90s, 15m, 2h or 1d")]
+pub struct DurationError(pub String);
+
 /// Parses `90s`, `15m`, `2h`, `7d` (one number, one unit).
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (n, unit) = t.split_at(split);
-    let n: u64 = n.parse().map_err(|_| format!("invalid duration {text:?}; expected e.g. 90s, 15m, 2h or 1d"))?;
+    let bad = || DurationError(text.to_string());
+    let n: u64 = n.parse().map_err(|_| bad())?;
     let secs = match unit {
         "s" => Some(n),
         "m" => n.checked_mul(60),
@@ -269,12 +284,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => n.checked_mul(86400),
         _ => None,
     };
-    secs.map(Duration::from_secs).ok_or_else(|| format!("invalid duration {text:?}; expected e.g. 90s, 15m, 2h or 1d"))
+    secs.map(Duration::from_secs).ok_or_else(bad)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sql::shape;
 
     fn approve(by: &str, standing: Option<Duration>) -> Decision {
         Decision::Approve { approver: by.into(), standing }
@@ -301,7 +317,7 @@ mod tests {
         book.decide(id, approve("alice", None)).unwrap();
         assert_eq!(t.wait(Duration::from_secs(5)).await, Outcome::Approved { approver: "alice".into() });
         assert_eq!(book.pending_count(), 0);
-        assert!(book.decide(id, approve("alice", None)).unwrap_err().contains("no pending approval"));
+        assert!(book.decide(id, approve("alice", None)).unwrap_err().to_string().contains("no pending approval"));
 
         let t = book.request(1, Some("ci"), "writes", "x".into(), None, Duration::from_secs(5));
         let deny = Decision::Deny { approver: "bob".into(), reason: "not during the freeze".into() };
@@ -326,9 +342,9 @@ mod tests {
         let book = Approvals::default();
         let t = book.request(1, None, "r", "x".into(), None, Duration::from_secs(5));
         let deny = |reason: &str| Decision::Deny { approver: "bob".into(), reason: reason.into() };
-        assert!(book.decide(t.id, deny("")).unwrap_err().contains("reason is empty"));
-        assert!(book.decide(t.id, deny("a\nb")).unwrap_err().contains("control"));
-        assert!(book.decide(t.id, deny(&"x".repeat(501))).unwrap_err().contains("longer"));
+        assert!(book.decide(t.id, deny("")).unwrap_err().to_string().contains("reason is empty"));
+        assert!(book.decide(t.id, deny("a\nb")).unwrap_err().to_string().contains("control"));
+        assert!(book.decide(t.id, deny(&"x".repeat(501))).unwrap_err().to_string().contains("longer"));
         assert!(book.decide(t.id, approve("alice", Some(Duration::from_secs(8 * 86400)))).is_err());
         assert_eq!(book.pending_count(), 1);
     }

@@ -1,43 +1,52 @@
 //! masker: a host agent that relays PostgreSQL connections from tagged
 //! workloads and masks personal data in everything that flows back.
 //!
-//! Modules follow one connection along the data path:
+//! The modules follow one connection along the data path:
 //!
 //! 1. [`interception`]: eBPF programs redirect tagged cgroups' connections to
 //!    the agent and record the original destination, cgroup and pid.
-//! 2. [`listener`]: accepts connections (transparent agent mode or explicit
-//!    proxy mode) and learns where each one was going.
-//! 3. [`session`]: startup handshake, upstream connection, the relay loop.
-//! 4. [`wire`]: PostgreSQL message framing, pure functions over buffers.
-//! 5. [`masking`]: column plans and per-cell masking of result data.
-//! 6. [`policy`]: the policy file that says what to mask for whom.
+//! 2. `identity`: the workload identity of a tag, backed by a verified
+//!    OIDC token.
+//! 3. `session`: one connection, from its first packets (TLS towards the
+//!    client, the server connection and login) through the relay of both
+//!    directions; its trackers follow each result back to its request.
+//! 4. `wire`: PostgreSQL message framing and typed message views, pure
+//!    functions over buffers.
+//! 5. `plan`: what each result column is masked with, from the `policy`,
+//!    the server's catalog and the statement's lineage ([`sql`]).
+//! 6. `masking`: per-cell masking of rows, COPY data, errors and notices.
+//! 7. `approvals` and `audit`: statements held for an operator, and the
+//!    record of every session and statement.
 //!
-//! [`cli`] is the `masker` command line; [`config`] the agent's config file;
-//! [`discover`] proposes a policy for a database (`masker discover`).
+//! Around them, `daemon` starts `masker agent` and `masker proxy` the same
+//! way (one session context, one accept loop) and serves the admin socket
+//! and metrics; [`cli`] is the `masker` command line, the only place that
+//! uses `anyhow`. `addr` (host:port) and `rfc3339` (timestamps) are shared
+//! by many.
+//!
+//! `discover` proposes a policy for a database (`masker discover`): it
+//! reuses the masking detectors and the policy loader, and nothing on the
+//! data path uses it.
+//!
+//! No file imports, directly or through other files, a file that imports it.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
-pub mod admin;
-pub mod agent;
-pub mod approvals;
-pub mod audit;
-pub mod catalog;
-pub mod cgroup;
+pub(crate) mod addr;
+pub(crate) mod approvals;
+pub(crate) mod audit;
 pub mod cli;
-pub mod config;
-pub mod credentials;
-pub mod discover;
-pub mod guardrails;
-pub mod identity;
+pub(crate) mod daemon;
+pub(crate) mod discover;
+pub(crate) mod identity;
 pub mod interception;
-pub mod listener;
-pub mod masking;
-pub mod metrics;
-pub mod policy;
-pub mod registry;
-pub mod session;
+pub(crate) mod masking;
+pub(crate) mod plan;
+pub(crate) mod policy;
+pub(crate) mod rfc3339;
+pub(crate) mod session;
 pub mod sql;
-pub mod tls;
-pub mod wire;
+pub(crate) mod wire;
 
 /// This process's uid (the owner of `/proc/self`), without unsafe code;
 /// `None` when /proc cannot be read.

@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use masker_agent::cgroup;
+use masker_agent::interception::cgroup;
 use masker_agent::interception::{self, Interception, InterceptionConfig, Redirected, Shutdown};
 use masker_common::{Endpoint, OrigDst, map_names};
 use tokio::io::AsyncWriteExt;

@@ -35,7 +35,7 @@ use serde::Serialize;
 
 use super::Category;
 use super::dictionary::{self, Strength, Verdict};
-use crate::masking::PiiKind;
+use crate::masking::detect::PiiKind;
 
 /// Share of sampled values that must be one detected kind for the column
 /// to be that kind: half. A column of order ids, some of which pass Luhn

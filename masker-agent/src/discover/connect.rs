@@ -17,10 +17,15 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
 use tokio_postgres::{Client, NoTls};
 
-use crate::tls::UpstreamTlsMode;
+use super::DiscoverError;
+use crate::session::tls::UpstreamTlsMode;
+
+/// An options error with `message`.
+fn bad(message: impl Into<String>) -> DiscoverError {
+    DiscoverError::Options(message.into())
+}
 
 /// Connection options, as `psql` takes them.
 #[derive(Debug, Clone, clap::Args)]
@@ -82,7 +87,7 @@ pub struct Target {
 
 impl Target {
     /// Resolves the options; the password is looked up here.
-    pub fn from_args(args: &ConnectionArgs) -> anyhow::Result<Target> {
+    pub fn from_args(args: &ConnectionArgs) -> Result<Target, DiscoverError> {
         let mut settings: BTreeMap<String, String> = BTreeMap::new();
         let mut put = |k: &str, v: &Option<String>| {
             if let Some(v) = v {
@@ -96,12 +101,10 @@ impl Target {
         put("sslrootcert", &args.sslrootcert.as_ref().map(|p| p.display().to_string()));
         match &args.dbname {
             Some(d) if is_conninfo(d) => {
-                let parsed = parse_conninfo(d).context("-d")?;
+                let parsed = parse_conninfo(d).map_err(|e| bad(format!("-d: {e}")))?;
                 if parsed.contains_key("password") {
-                    bail!(
-                        "-d: the connection string carries a password; keep it off the command line \
-                         (PGPASSWORD, ~/.pgpass, or --url-env VAR with the string in VAR)"
-                    );
+                    return Err(bad("-d: the connection string carries a password; keep it off the command line \
+                         (PGPASSWORD, ~/.pgpass, or --url-env VAR with the string in VAR)"));
                 }
                 settings.extend(parsed);
             }
@@ -111,12 +114,12 @@ impl Target {
             None => {}
         }
         if let Some(var) = &args.url_env {
-            let text = std::env::var(var).map_err(|_| anyhow!("--url-env: {var} is not set"))?;
-            settings.extend(parse_conninfo(&text).with_context(|| format!("--url-env {var}"))?);
+            let text = std::env::var(var).map_err(|_| bad(format!("--url-env: {var} is not set")))?;
+            settings.extend(parse_conninfo(&text).map_err(|e| bad(format!("--url-env {var}: {e}")))?);
         }
 
         let port = match settings.get("port") {
-            Some(p) => p.parse().map_err(|_| anyhow!("invalid port {p:?}"))?,
+            Some(p) => p.parse().map_err(|_| bad(format!("invalid port {p:?}")))?,
             None => 5432,
         };
         let host = match settings.get("host") {
@@ -135,19 +138,19 @@ impl Target {
             None => ["USER", "LOGNAME"]
                 .iter()
                 .find_map(|v| std::env::var(v).ok().filter(|s| !s.is_empty()))
-                .ok_or_else(|| anyhow!("no database user: pass -U USER (or set PGUSER)"))?,
+                .ok_or_else(|| bad("no database user: pass -U USER (or set PGUSER)"))?,
         };
         let dbname = settings.get("dbname").cloned().unwrap_or_else(|| user.clone());
         let sslmode = match settings.get("sslmode").map(String::as_str) {
             None => UpstreamTlsMode::Prefer,
             Some("allow") => UpstreamTlsMode::Prefer,
             Some("verify-ca") => {
-                bail!("sslmode verify-ca is not supported; use verify-full (it checks the host name too)")
+                return Err(bad("sslmode verify-ca is not supported; use verify-full (it checks the host name too)"));
             }
-            Some(m) => m.parse().map_err(|e: String| anyhow!("sslmode: {e}"))?,
+            Some(m) => m.parse().map_err(|e: crate::session::tls::UnknownTlsMode| bad(format!("sslmode: {e}")))?,
         };
         let connect_timeout = Duration::from_secs(match settings.get("connect_timeout") {
-            Some(t) => t.parse().map_err(|_| anyhow!("invalid connect_timeout {t:?}"))?,
+            Some(t) => t.parse().map_err(|_| bad(format!("invalid connect_timeout {t:?}")))?,
             None => args.connect_timeout,
         });
         let mut target = Target {
@@ -195,7 +198,7 @@ impl Target {
     }
 
     /// Connects, and makes the session read-only.
-    pub async fn connect(&self) -> anyhow::Result<Client> {
+    pub async fn connect(&self) -> Result<Client, DiscoverError> {
         let mut config = tokio_postgres::Config::new();
         config
             .user(&self.user)
@@ -207,53 +210,54 @@ impl Target {
             config.password(p);
         }
         let what = self.describe();
+        let secs = self.connect_timeout.as_secs();
+        let timeout = |what: String| DiscoverError::Timeout { what, secs };
         let connected = if self.is_socket() {
             config.host_path(&self.host).port(self.port);
             let (client, connection) = tokio::time::timeout(self.connect_timeout, config.connect(NoTls))
                 .await
-                .map_err(|_| anyhow!("connecting to {what}: no answer within {}s", self.connect_timeout.as_secs()))?
+                .map_err(|_| timeout(format!("connecting to {what}")))?
                 .map_err(|e| login_error(e, &what))?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
             client
         } else {
+            let address = format!("{}:{}", self.host, self.port);
             let stream = tokio::time::timeout(
                 self.connect_timeout,
                 tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
             )
             .await
-            .map_err(|_| anyhow!("connecting to {what}: no answer within {}s", self.connect_timeout.as_secs()))?
-            .with_context(|| format!("connecting to {}:{}", self.host, self.port))?;
+            .map_err(|_| timeout(format!("connecting to {address}")))?
+            .map_err(|source| DiscoverError::Connect { what: address, source })?;
             let _ = stream.set_nodelay(true);
-            let tls = crate::tls::TargetTls::new(&self.host, self.sslmode, self.sslrootcert.as_deref())?;
-            let upstream = crate::tls::negotiate_upstream(stream, &tls).await?;
+            let tls = crate::session::tls::TargetTls::new(&self.host, self.sslmode, self.sslrootcert.as_deref())?;
+            let upstream = crate::session::tls::negotiate_upstream(stream, &tls).await?;
             let (client, connection) = tokio::time::timeout(self.connect_timeout, config.connect_raw(upstream, NoTls))
                 .await
-                .map_err(|_| anyhow!("logging in to {what}: no answer within {}s", self.connect_timeout.as_secs()))?
+                .map_err(|_| timeout(format!("logging in to {what}")))?
                 .map_err(|e| login_error(e, &what))?;
             tokio::spawn(async move {
                 let _ = connection.await;
             });
             client
         };
-        connected
-            .batch_execute("SET default_transaction_read_only = on")
-            .await
-            .with_context(|| format!("setting up the session on {what}"))?;
+        connected.batch_execute("SET default_transaction_read_only = on").await.map_err(|e| DiscoverError::Login {
+            what: what.clone(),
+            message: format!("setting up the session: {e}"),
+        })?;
         Ok(connected)
     }
 }
 
-fn login_error(e: tokio_postgres::Error, what: &str) -> anyhow::Error {
+fn login_error(e: tokio_postgres::Error, what: &str) -> DiscoverError {
     let cause = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
     if e.as_db_error().is_none() && cause.contains("password missing") {
-        return anyhow!(
-            "{what} asks for a password: set PGPASSWORD, use a password file (~/.pgpass or PGPASSFILE), \
-             or --url-env VAR with a connection string that carries it"
-        );
+        return DiscoverError::PasswordMissing(what.to_string());
     }
-    if cause.is_empty() { anyhow!("logging in to {what}: {e}") } else { anyhow!("logging in to {what}: {e}: {cause}") }
+    let message = if cause.is_empty() || e.as_db_error().is_some() { e.to_string() } else { format!("{e}: {cause}") };
+    DiscoverError::Login { what: what.to_string(), message }
 }
 
 /// Whether `-d`'s value is a connection string rather than a name.
@@ -262,7 +266,7 @@ fn is_conninfo(s: &str) -> bool {
 }
 
 /// The settings of a connection string (URI or `key=value` list).
-pub fn parse_conninfo(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+pub fn parse_conninfo(s: &str) -> Result<BTreeMap<String, String>, String> {
     let s = s.trim();
     let mut out = BTreeMap::new();
     let rest = s.strip_prefix("postgresql://").or_else(|| s.strip_prefix("postgres://"));
@@ -289,7 +293,7 @@ pub fn parse_conninfo(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
     };
     let first = hostspec.split(',').next().unwrap_or_default();
     let (host, port) = if let Some(v6) = first.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or_else(|| anyhow!("unterminated [ in the host"))?;
+        let (h, after) = v6.split_once(']').ok_or_else(|| "unterminated [ in the host".to_string())?;
         (h.to_string(), after.strip_prefix(':').map(str::to_string))
     } else {
         match first.rsplit_once(':') {
@@ -307,13 +311,13 @@ pub fn parse_conninfo(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
         out.insert("dbname".into(), percent_decode(path)?);
     }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').ok_or_else(|| anyhow!("parameter {pair:?} has no value"))?;
+        let (k, v) = pair.split_once('=').ok_or_else(|| format!("parameter {pair:?} has no value"))?;
         insert_known(&mut out, &percent_decode(k)?, percent_decode(v)?);
     }
     Ok(out)
 }
 
-fn parse_key_values(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
+fn parse_key_values(s: &str) -> Result<BTreeMap<String, String>, String> {
     let mut out = BTreeMap::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -335,7 +339,7 @@ fn parse_key_values(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
             chars.next();
         }
         if chars.next() != Some('=') {
-            bail!("expected key=value in the connection string after {key:?}");
+            return Err(format!("expected key=value in the connection string after {key:?}"));
         }
         while chars.peek().is_some_and(|c| c.is_whitespace()) {
             chars.next();
@@ -345,10 +349,10 @@ fn parse_key_values(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
             chars.next();
             loop {
                 match chars.next() {
-                    Some('\\') => value.push(chars.next().ok_or_else(|| anyhow!("unterminated quoted value"))?),
+                    Some('\\') => value.push(chars.next().ok_or_else(|| "unterminated quoted value".to_string())?),
                     Some('\'') => break,
                     Some(c) => value.push(c),
-                    None => bail!("unterminated quoted value for {key:?}"),
+                    None => return Err(format!("unterminated quoted value for {key:?}")),
                 }
             }
         } else {
@@ -358,7 +362,7 @@ fn parse_key_values(s: &str) -> anyhow::Result<BTreeMap<String, String>> {
                 }
                 chars.next();
                 if c == '\\' {
-                    value.push(chars.next().ok_or_else(|| anyhow!("dangling \\ in the connection string"))?);
+                    value.push(chars.next().ok_or_else(|| "dangling \\ in the connection string".to_string())?);
                 } else {
                     value.push(c);
                 }
@@ -382,21 +386,21 @@ fn insert_known(out: &mut BTreeMap<String, String>, key: &str, value: String) {
     out.insert(key.to_string(), value);
 }
 
-fn percent_decode(s: &str) -> anyhow::Result<String> {
+fn percent_decode(s: &str) -> Result<String, String> {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| anyhow!("bad %-escape in the connection string"))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| anyhow!("bad %-escape in the connection string"))?);
+            let hex = s.get(i + 1..i + 3).ok_or_else(|| "bad %-escape in the connection string".to_string())?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| "bad %-escape in the connection string".to_string())?);
             i += 3;
         } else {
             out.push(b[i]);
             i += 1;
         }
     }
-    String::from_utf8(out).map_err(|_| anyhow!("the connection string is not UTF-8 once decoded"))
+    String::from_utf8(out).map_err(|_| "the connection string is not UTF-8 once decoded".to_string())
 }
 
 /// The password of the first `.pgpass` line matching (`*` matches anything;

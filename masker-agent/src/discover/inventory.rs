@@ -6,7 +6,7 @@
 use tokio_postgres::Client;
 
 use super::classify::TypeClass;
-use crate::policy::Glob;
+use crate::policy::glob::Glob;
 
 /// What kind of relation a column belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

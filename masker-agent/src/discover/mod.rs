@@ -24,6 +24,7 @@
 pub mod classify;
 pub mod connect;
 pub mod dictionary;
+pub mod error;
 pub mod inventory;
 pub mod report;
 pub mod sample;
@@ -33,8 +34,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use serde::Serialize;
+
+pub use error::DiscoverError;
 
 /// A kind of personal data discover proposes a rule for. The rule names
 /// ([`Category::rule_name`]) are also the `pii:<rule>` tags of the
@@ -198,7 +200,7 @@ pub struct DiscoverArgs {
 }
 
 fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = crate::approvals::parse_duration(s)?;
+    let d = crate::approvals::parse_duration(s).map_err(|e| e.to_string())?;
     if d.is_zero() { Err("the table timeout must be at least 1s".into()) } else { Ok(d) }
 }
 
@@ -262,18 +264,22 @@ impl Report {
 }
 
 /// Runs `masker discover`.
-pub async fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: DiscoverArgs) -> Result<ExitCode, DiscoverError> {
     if args.json && args.output.as_deref().is_some_and(|p| p.as_os_str() == "-") {
-        anyhow::bail!("--json and --output - both write to standard output; write the policy to a file");
+        return Err(DiscoverError::Options(
+            "--json and --output - both write to standard output; write the policy to a file".into(),
+        ));
     }
-    let target = connect::Target::from_args(&args.connection)?;
-    let client = target.connect().await?;
     let globs = args
         .schemas
         .iter()
-        .map(|s| crate::policy::Glob::new(s).ok_or_else(|| anyhow::anyhow!("--schema: empty pattern")))
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let relations = inventory::list(&client, &globs).await.context("listing tables and columns")?;
+        .map(|s| {
+            crate::policy::glob::Glob::new(s).ok_or_else(|| DiscoverError::Options("--schema: empty pattern".into()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let target = connect::Target::from_args(&args.connection)?;
+    let client = target.connect().await?;
+    let relations = inventory::list(&client, &globs).await.map_err(DiscoverError::Catalog)?;
     tracing::info!(relations = relations.len(), "discover: sampling");
 
     let budget = sample::Budget { rows: args.sample_rows, timeout: args.table_timeout };
@@ -332,13 +338,13 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
     progress.finish();
 
     if let Some(path) = &args.comments {
-        write_file(path, &report::comments_sql(&report)).with_context(|| format!("writing {}", path.display()))?;
+        write_file(path, &report::comments_sql(&report))?;
     }
     let policy = report::policy_toml(&report);
     let policy_to_stdout = args.output.as_deref().is_some_and(|p| p.as_os_str() == "-");
     match &args.output {
         Some(_) if policy_to_stdout => {}
-        Some(path) => write_file(path, &policy).with_context(|| format!("writing {}", path.display()))?,
+        Some(path) => write_file(path, &policy)?,
         None => {}
     }
     let mut stdout = std::io::stdout().lock();
@@ -360,7 +366,8 @@ pub async fn run(args: DiscoverArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Writes `text` to `path` (mode 0644: it holds no value, only names).
-fn write_file(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    std::fs::write(path, text)
+/// Writes `text` to `path` (the default mode: it holds names and counts,
+/// no value).
+fn write_file(path: &std::path::Path, text: &str) -> Result<(), DiscoverError> {
+    std::fs::write(path, text).map_err(|source| DiscoverError::Write { path: path.to_path_buf(), source })
 }

@@ -41,7 +41,7 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tracing::{info, warn};
 
-use super::IssuerConfig;
+use super::issuer::IssuerConfig;
 
 /// Longest time one fetch (connect, TLS, request, whole body) may take.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,7 +52,55 @@ const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Why a key set could not be fetched (displayed as the reason in
 /// `jwks fetch from <url> failed: <reason>`).
-pub type FetchError = String;
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("connect to {host}:{port}: {source}")]
+    Connect { host: String, port: u16, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(std::io::Error),
+    #[error("HTTP: {0}")]
+    Http(hyper::Error),
+    #[error("request: {0}")]
+    Request(hyper::http::Error),
+    #[error("HTTP {status}, redirect to {to} not followed")]
+    Redirect { status: hyper::StatusCode, to: String },
+    #[error("HTTP {0}")]
+    Status(hyper::StatusCode),
+    #[error("the answer is larger than {MAX_JWKS_BYTES} bytes")]
+    TooLarge,
+    #[error("reading the answer: {0}")]
+    Body(Box<dyn std::error::Error + Send + Sync>),
+    #[error("no complete answer within {} s", FETCH_TIMEOUT.as_secs())]
+    Timeout,
+    #[error("the answer is not a JWKS: {0}")]
+    NotJwks(serde_json::Error),
+    /// The last fetch failed and the next is not due yet.
+    #[error("{last} (retried at most every {every_secs} s)")]
+    RateLimited { last: Arc<FetchError>, every_secs: u64 },
+    #[error("no key set fetched yet")]
+    NotYet,
+}
+
+/// A `jwks_url` issuer whose client cannot be set up. Names the URL or file.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("jwks_url {url:?}: {source}")]
+    Url { url: String, source: hyper::http::uri::InvalidUri },
+    #[error("jwks_url {0:?} has no host")]
+    NoHost(String),
+    #[error("jwks_url {url:?}: host cannot be verified: {source}")]
+    Host { url: String, source: rustls::pki_types::InvalidDnsNameError },
+    #[error("{}: {source}", path.display())]
+    Pem { path: std::path::PathBuf, source: rustls::pki_types::pem::Error },
+    #[error("{}: {source}", path.display())]
+    Certificate { path: std::path::PathBuf, source: rustls::Error },
+    #[error("jwks_ca_file {}: no certificate in this file", .0.display())]
+    NoCertificate(std::path::PathBuf),
+    #[error("jwks_url {url:?}: no trust anchors ({source}); set jwks_ca_file")]
+    NoTrustAnchors { url: String, source: Box<SetupError> },
+    #[error("TLS configuration: {0}")]
+    Tls(rustls::Error),
+}
 
 /// The keys of one `jwks_url` issuer and where to get them again.
 pub struct JwksClient {
@@ -77,26 +125,26 @@ struct Cache {
     fetched_at: Option<Instant>,
     /// When the last fetch started (successful or not): the rate limit.
     last_attempt: Option<Instant>,
-    last_error: Option<FetchError>,
+    last_error: Option<Arc<FetchError>>,
 }
 
 impl JwksClient {
     /// A client for `url` (already checked to be `https://`) trusting the
     /// system bundle and the PEM certificates of `ca_file`. Errors name the
     /// file or URL.
-    pub fn new(issuer: &IssuerConfig, url: &str, ca_file: Option<&Path>) -> anyhow::Result<JwksClient> {
-        let uri: Uri = url.parse().map_err(|e| anyhow::anyhow!("jwks_url {url:?}: {e}"))?;
-        let host = uri.host().ok_or_else(|| anyhow::anyhow!("jwks_url {url:?} has no host"))?;
+    pub fn new(issuer: &IssuerConfig, url: &str, ca_file: Option<&Path>) -> Result<JwksClient, SetupError> {
+        let uri: Uri = url.parse().map_err(|source| SetupError::Url { url: url.to_string(), source })?;
+        let host = uri.host().ok_or_else(|| SetupError::NoHost(url.to_string()))?;
         let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
-        let server_name = ServerName::try_from(host)
-            .map_err(|e| anyhow::anyhow!("jwks_url {url:?}: host cannot be verified: {e}"))?;
+        let server_name =
+            ServerName::try_from(host).map_err(|source| SetupError::Host { url: url.to_string(), source })?;
         let mut roots = RootCertStore::empty();
-        let mut add_pem = |path: &Path| -> anyhow::Result<usize> {
+        let mut add_pem = |path: &Path| -> Result<usize, SetupError> {
             let mut n = 0;
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let pem = |source| SetupError::Pem { path: path.to_path_buf(), source };
+            for cert in CertificateDer::pem_file_iter(path).map_err(pem)? {
+                let cert = cert.map_err(pem)?;
+                roots.add(cert).map_err(|source| SetupError::Certificate { path: path.to_path_buf(), source })?;
                 n += 1;
             }
             Ok(n)
@@ -104,17 +152,17 @@ impl JwksClient {
         if let Some(ca) = ca_file
             && add_pem(ca)? == 0
         {
-            anyhow::bail!("jwks_ca_file {}: no certificate in this file", ca.display());
+            return Err(SetupError::NoCertificate(ca.to_path_buf()));
         }
         // The system bundle is optional when the issuer names its own CA.
         if let Err(e) = add_pem(Path::new(SYSTEM_CA_BUNDLE))
             && ca_file.is_none()
         {
-            anyhow::bail!("jwks_url {url:?}: no trust anchors ({e}); set jwks_ca_file");
+            return Err(SetupError::NoTrustAnchors { url: url.to_string(), source: Box::new(e) });
         }
-        let config = ClientConfig::builder_with_provider(crate::tls::provider())
+        let config = ClientConfig::builder_with_provider(crate::session::tls::provider())
             .with_safe_default_protocol_versions()
-            .map_err(|e| anyhow::anyhow!("TLS configuration: {e}"))?
+            .map_err(SetupError::Tls)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         Ok(JwksClient {
@@ -132,7 +180,7 @@ impl JwksClient {
     /// names no key), following the rules of the module documentation. The
     /// returned set may still lack `kid` (rate-limited refetch); the caller
     /// reports the unknown key.
-    pub async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<JwkSet>, FetchError> {
+    pub async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<JwkSet>, Arc<FetchError>> {
         let mut cache = self.cache.lock().await;
         let now = Instant::now();
         let has_kid = |set: &JwkSet| kid.is_none_or(|k| set.find(k).is_some());
@@ -147,8 +195,10 @@ impl JwksClient {
         if !may_fetch {
             return match (&cache.keys, &cache.last_error) {
                 (Some(keys), _) => Ok(keys.clone()),
-                (None, Some(e)) => Err(format!("{e} (retried at most every {} s)", self.min_interval.as_secs())),
-                (None, None) => Err("no key set fetched yet".into()),
+                (None, Some(e)) => {
+                    Err(Arc::new(FetchError::RateLimited { last: e.clone(), every_secs: self.min_interval.as_secs() }))
+                }
+                (None, None) => Err(Arc::new(FetchError::NotYet)),
             };
         }
         cache.last_attempt = Some(now);
@@ -162,6 +212,7 @@ impl JwksClient {
                 Ok(set)
             }
             Err(e) => {
+                let e = Arc::new(e);
                 cache.last_error = Some(e.clone());
                 match &cache.keys {
                     Some(keys) if has_kid(keys) => {
@@ -175,20 +226,21 @@ impl JwksClient {
     }
 
     async fn fetch(&self) -> Result<JwkSet, FetchError> {
-        let body = tokio::time::timeout(FETCH_TIMEOUT, self.get())
-            .await
-            .map_err(|_| format!("no complete answer within {} s", FETCH_TIMEOUT.as_secs()))??;
-        serde_json::from_slice(&body).map_err(|e| format!("the answer is not a JWKS: {e}"))
+        let body = tokio::time::timeout(FETCH_TIMEOUT, self.get()).await.map_err(|_| FetchError::Timeout)??;
+        serde_json::from_slice(&body).map_err(FetchError::NotJwks)
     }
 
     async fn get(&self) -> Result<Bytes, FetchError> {
         let host = self.uri.host().unwrap_or_default().trim_start_matches('[').trim_end_matches(']');
         let port = self.uri.port_u16().unwrap_or(443);
-        let tcp = TcpStream::connect((host, port)).await.map_err(|e| format!("connect to {host}:{port}: {e}"))?;
-        let tls = self.connector.connect(self.server_name.clone(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
-            .await
-            .map_err(|e| format!("HTTP: {e}"))?;
+        let tcp = TcpStream::connect((host, port)).await.map_err(|source| FetchError::Connect {
+            host: host.to_string(),
+            port,
+            source,
+        })?;
+        let tls = self.connector.connect(self.server_name.clone(), tcp).await.map_err(FetchError::Tls)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls)).await.map_err(FetchError::Http)?;
         // The connection task ends with the response (or with this future on
         // timeout, as the sender is dropped).
         tokio::spawn(conn);
@@ -199,24 +251,23 @@ impl JwksClient {
             .header(hyper::header::ACCEPT, "application/json")
             .header(hyper::header::USER_AGENT, concat!("masker/", env!("CARGO_PKG_VERSION")))
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("request: {e}"))?;
-        let response = sender.send_request(request).await.map_err(|e| format!("HTTP: {e}"))?;
+            .map_err(FetchError::Request)?;
+        let response = sender.send_request(request).await.map_err(FetchError::Http)?;
         let status = response.status();
         if status.is_redirection() {
             let to = response.headers().get(hyper::header::LOCATION).and_then(|l| l.to_str().ok()).unwrap_or("?");
-            return Err(format!("HTTP {status}, redirect to {to} not followed"));
+            return Err(FetchError::Redirect { status, to: to.to_string() });
         }
         if !status.is_success() {
-            return Err(format!("HTTP {status}"));
+            return Err(FetchError::Status(status));
         }
-        let too_large = || format!("the answer is larger than {} bytes", MAX_JWKS_BYTES);
         if let Some(len) = response.headers().get(hyper::header::CONTENT_LENGTH)
             && len.to_str().ok().and_then(|l| l.parse::<u64>().ok()).is_some_and(|l| l > MAX_JWKS_BYTES as u64)
         {
-            return Err(too_large());
+            return Err(FetchError::TooLarge);
         }
         let body = Limited::new(response.into_body(), MAX_JWKS_BYTES).collect().await.map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() { too_large() } else { format!("reading the answer: {e}") }
+            if e.is::<http_body_util::LengthLimitError>() { FetchError::TooLarge } else { FetchError::Body(e) }
         })?;
         Ok(body.to_bytes())
     }

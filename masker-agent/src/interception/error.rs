@@ -4,7 +4,7 @@ use std::error::Error;
 use std::fmt;
 use std::io;
 
-use crate::cgroup::CgroupError;
+use crate::interception::cgroup::CgroupError;
 
 /// What went wrong, for callers that react differently (e.g. the lead's
 /// session refuses a connection on [`ErrorKind::NotRedirected`]).

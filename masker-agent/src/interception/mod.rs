@@ -26,6 +26,7 @@
 //! started on the same pin directory takes the pins over: it reuses the maps
 //! (tags and targets survive) and atomically replaces the pinned links with
 //! its own programs.
+pub mod cgroup;
 mod error;
 
 use std::collections::HashSet;
@@ -44,7 +45,7 @@ use masker_common::{
     AF_INET, AgentConfig, CgroupTag, Endpoint, IDENTITY_MAX, OrigDst, map_names, program_names, unmapped_v4,
 };
 
-use crate::cgroup::{self, CgroupId};
+use cgroup::CgroupId;
 pub use error::{ErrorKind, InterceptionError};
 
 /// Default directory for the pinned maps and links.

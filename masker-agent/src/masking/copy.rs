@@ -85,11 +85,6 @@ impl CopyPlan {
         let cols = cols.into_iter().map(|(action, oid)| ColPlan { action, ty: classify(oid), format }).collect();
         CopyPlan { opts, cols, keys: keys.clone() }
     }
-
-    /// Whether every column is allowed: the data can be forwarded as it came.
-    pub fn is_passthrough(&self) -> bool {
-        self.cols.iter().all(|c| c.action == ColumnAction::Allow)
-    }
 }
 
 /// Default limit of one COPY row held while incomplete.

@@ -2,7 +2,7 @@
 //!
 //! Pure functions over buffers, no I/O. The session builds a [`RowPlan`] from
 //! each RowDescription (one [`ColumnAction`] per output column, from the
-//! policy) and calls [`mask_data_row`] for every DataRow; COPY data goes
+//! policy) and calls [`mask_data_row_counted`] for every DataRow; COPY data goes
 //! through a [`CopyMasker`]; ErrorResponse/NoticeResponse bodies through
 //! [`mask_error_fields`] and NotificationResponse through [`mask_notification`].
 //!
@@ -28,11 +28,9 @@ mod scrub;
 pub mod types;
 
 pub use action::{ActionKind, ColumnAction, Generalize, RowStats};
-pub use cell::REDACTED;
-pub use copy::{CopyFormat, CopyMasker, CopyOptions, CopyPlan};
-pub use detect::{PiiKind, contains_pii};
+pub use copy::{CopyMasker, CopyOptions, CopyPlan};
 pub use pseudonym::Keys;
-pub use row::{MaskError, RowPlan, mask_data_row, mask_data_row_counted};
+pub use row::{RowPlan, mask_data_row_counted};
 pub use scrub::{mask_error_fields, mask_notification, scrub_text};
 
 #[cfg(test)]

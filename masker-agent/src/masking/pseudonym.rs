@@ -47,6 +47,7 @@ impl Keys {
     }
 
     /// Whether a pseudonymisation key is set.
+    #[cfg(test)]
     pub fn has_pseudonym_key(&self) -> bool {
         self.pseudonym.is_some()
     }

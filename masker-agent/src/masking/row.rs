@@ -37,6 +37,7 @@ impl MaskError {
 
     /// Whether the message did not match the plan (column count), as opposed
     /// to being malformed.
+    #[cfg(test)]
     pub fn is_plan_mismatch(&self) -> bool {
         matches!(self.kind, MaskErrorKind::ColumnCount { .. })
     }
@@ -112,11 +113,6 @@ impl RowPlan {
         self.cols.len()
     }
 
-    /// Whether the plan has no columns.
-    pub fn is_empty(&self) -> bool {
-        self.cols.is_empty()
-    }
-
     /// The action of column `i`.
     pub fn action(&self, i: usize) -> Option<&ColumnAction> {
         self.cols.get(i).map(|c| &c.action)
@@ -156,7 +152,7 @@ pub(crate) fn count(col: &ColPlan, outcome: Outcome, stats: &mut RowStats) -> bo
     let Some(kind) = col.action.kind() else { return false };
     match outcome {
         Outcome::Same | Outcome::Wrote { changed: false } => {
-            if kind == super::ActionKind::Detect {
+            if kind == super::action::ActionKind::Detect {
                 return false;
             }
             stats.bump(kind);
@@ -167,20 +163,22 @@ pub(crate) fn count(col: &ColPlan, outcome: Outcome, stats: &mut RowStats) -> bo
     true
 }
 
+/// [`mask_data_row_counted`] without per-column counts.
+#[cfg(test)]
+pub fn mask_data_row(plan: &RowPlan, body: &[u8], out: &mut BytesMut) -> Result<RowStats, MaskError> {
+    mask_data_row_counted(plan, body, out, &mut [])
+}
+
 /// Rewrites one DataRow: reads the message *body* and appends a complete
 /// DataRow message (tag, length, body) to `out` with every cell masked by
-/// `plan`. NULL cells stay NULL.
+/// `plan`. NULL cells stay NULL. Each column's masked cells (fallback NULLs
+/// included) are added to `per_column[i]` (ignored when shorter than the
+/// plan).
 ///
 /// On error nothing is appended to `out`; the caller must not forward the
 /// original row (fail closed). A row whose cell count differs from the plan
 /// is an error. No allocation on the common path (text and scalar values);
 /// arrays and detected values in bytea allocate scratch space.
-pub fn mask_data_row(plan: &RowPlan, body: &[u8], out: &mut BytesMut) -> Result<RowStats, MaskError> {
-    mask_data_row_counted(plan, body, out, &mut [])
-}
-
-/// [`mask_data_row`] that also adds each column's masked cells (fallback
-/// NULLs included) to `per_column[i]` (ignored when shorter than the plan).
 pub fn mask_data_row_counted(
     plan: &RowPlan,
     body: &[u8],

@@ -255,7 +255,7 @@ pub fn mask_notification(body: &[u8], out: &mut BytesMut, redact_payload: bool) 
     out.extend_from_slice(pid);
     out.extend_from_slice(&rest[..=ch_len]);
     let changed = if redact_payload {
-        out.extend_from_slice(super::REDACTED.as_bytes());
+        out.extend_from_slice(super::cell::REDACTED.as_bytes());
         true
     } else if payload.trim_ascii_start().first().is_some_and(|c| *c == b'{' || *c == b'[') {
         mask_json(payload, out) > 0

@@ -3,6 +3,8 @@
 use bytes::{BufMut, BytesMut};
 use postgres_protocol::types as pt;
 
+use super::cell::REDACTED;
+use super::row::mask_data_row;
 use super::*;
 use crate::wire::{Format, TypeOid};
 

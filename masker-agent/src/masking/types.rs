@@ -2,14 +2,10 @@
 //!
 //! Only built-in types with a fixed OID are known here. Domains need no entry:
 //! PostgreSQL reports a domain column with its base type in RowDescription.
-//! Types whose wire form is plain text in both formats (enums, `citext`) may be
-//! mapped by the caller to [`TEXT`] after a catalog lookup.
+//! Types whose wire form is plain text in both formats (enums, `citext`)
+//! are not known here: their columns get the actions that need no decoding.
 
 use crate::wire::TypeOid;
-
-/// `text`: the type OID a caller may substitute for text-like types it resolved
-/// through the catalog (enums, `citext`), whose binary form is their text.
-pub const TEXT: TypeOid = TypeOid(25);
 
 /// The value types the engine can decode and re-encode in both formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::wire::message::Message;
 use crate::wire::{self, FrameError, Header};
 
 /// Bytes read per `read` call at most (the buffer grows only for messages a
@@ -33,6 +34,14 @@ pub enum RelayError {
     /// (no data values in it).
     #[error("{message}")]
     Refused { code: &'static str, message: String },
+}
+
+impl RelayError {
+    /// A refusal by policy (SQLSTATE 42501); `message` is what the client
+    /// is told and holds no data value.
+    pub fn refused(message: impl Into<String>) -> RelayError {
+        RelayError::Refused { code: "42501", message: message.into() }
+    }
 }
 
 /// Messages the agent itself sends a peer between the messages it relays
@@ -75,7 +84,7 @@ pub trait Filter {
     /// A whole message (header included) that [`Filter::wants`] asked for.
     fn on_message(
         &mut self,
-        msg: &[u8],
+        msg: Message<'_>,
         out: &mut BytesMut,
     ) -> impl Future<Output = Result<Verdict, RelayError>> + Send;
 
@@ -258,7 +267,7 @@ impl Pump {
             // While the filter decides, keep reading (up to a chunk) so that
             // a peer that hangs up is noticed; what arrives is framed next.
             let decided = {
-                let decide = filter.on_message(&self.buf[pos..end], &mut self.scratch);
+                let decide = filter.on_message(Message::new(&self.buf[pos..end]), &mut self.scratch);
                 tokio::pin!(decide);
                 let side = &mut self.side;
                 let mut ended = false;
@@ -336,8 +345,8 @@ mod tests {
             Ok(header.tag == b'Q')
         }
 
-        async fn on_message(&mut self, msg: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
-            out.extend(msg.iter().map(|b| if b.is_ascii_lowercase() { b.to_ascii_uppercase() } else { *b }));
+        async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+            out.extend(msg.bytes().iter().map(|b| if b.is_ascii_lowercase() { b.to_ascii_uppercase() } else { *b }));
             Ok(Verdict::Replaced)
         }
     }
@@ -402,8 +411,8 @@ mod tests {
             Ok(header.tag == b'Q')
         }
 
-        async fn on_message(&mut self, msg: &[u8], _out: &mut BytesMut) -> Result<Verdict, RelayError> {
-            self.seen.push(msg.to_vec());
+        async fn on_message(&mut self, msg: Message<'_>, _out: &mut BytesMut) -> Result<Verdict, RelayError> {
+            self.seen.push(msg.bytes().to_vec());
             if self.forever {
                 std::future::pending::<()>().await;
             }

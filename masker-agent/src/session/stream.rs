@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::tls::Upstream;
+use crate::session::tls::Upstream;
 
 /// A connection that can be split into halves used concurrently.
 pub trait SplitIo: AsyncRead + AsyncWrite + Unpin + Send {

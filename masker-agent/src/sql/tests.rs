@@ -1,4 +1,5 @@
 use super::*;
+use std::collections::BTreeSet;
 
 fn rel(name: &str) -> RelName {
     RelName { schema: None, name: name.into() }

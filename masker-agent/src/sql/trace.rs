@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 use pg_query::NodeEnum as N;
 use pg_query::protobuf::{self as pb, Node};
 
-use super::{Analysis, How, Lineage, Output, RelName, Source, SqlError, Statement, StatementClass};
+use super::analysis::{Analysis, How, Lineage, Output, RelName, Source, SqlError, Statement, StatementClass};
 
 /// How deep subqueries may nest before the tracer gives up (fail closed).
 const MAX_DEPTH: usize = 64;

@@ -1,0 +1,129 @@
+//! Text rendering of the agent's admin replies (`masker status`, `masker
+//! sessions`, `masker approvals list`).
+
+use std::fmt::Write;
+
+use crate::daemon::admin::Status;
+
+pub(super) fn approvals(pending: &[crate::approvals::PendingApproval]) -> String {
+    let mut o = String::new();
+    if pending.is_empty() {
+        let _ = writeln!(o, "  (none)");
+        return o;
+    }
+    let _ =
+        writeln!(o, "  {:>4}  {:>7}  {:<16} {:<16} {:>9}  STATEMENT", "ID", "SESSION", "IDENTITY", "RULE", "WAITING");
+    for p in pending {
+        let _ = writeln!(
+            o,
+            "  {:>4}  {:>7}  {:<16} {:<16} {:>4}/{:<4}  {}",
+            p.id,
+            p.session,
+            p.identity.as_deref().unwrap_or("-"),
+            p.rule,
+            format!("{}s", p.waiting_secs),
+            format!("{}s", p.timeout_secs),
+            p.statement
+        );
+    }
+    o
+}
+
+pub(super) fn sessions(sessions: &[crate::daemon::registry::SessionSnapshot]) -> String {
+    let mut o = String::new();
+    if sessions.is_empty() {
+        let _ = writeln!(o, "  (none)");
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>6} {:>10} {:>10} {:>8} {:>8}",
+        "ID", "IDENTITY", "PID", "DESTINATION", "USER", "AGE", "BYTES IN", "BYTES OUT", "ROWS", "MASKED"
+    );
+    for x in sessions {
+        let by_action: Vec<String> = x.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let _ = writeln!(
+            o,
+            "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}  {}",
+            x.id,
+            x.identity.as_deref().unwrap_or("-"),
+            x.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            x.destination,
+            x.user.as_deref().unwrap_or("-"),
+            x.age_secs,
+            x.bytes_from_client,
+            x.bytes_to_client,
+            x.rows,
+            x.masked_cells,
+            by_action.join(" ")
+        );
+    }
+    o
+}
+
+pub(super) fn status(s: &Status) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "masker agent {} (pid {}, up {}s)", s.version, s.pid, s.uptime_secs);
+    let _ = writeln!(o, "listening:  {}", s.listen.join(", "));
+    let _ = writeln!(o, "programs:   {} (pinned under {})", s.programs.join(", "), s.pin_dir);
+    let _ = writeln!(o, "policy:     {}", s.policy.as_deref().unwrap_or("none (relay without masking)"));
+    let _ = writeln!(o, "\nTARGETS");
+    for t in &s.targets {
+        let _ = writeln!(o, "  {:<30} {}", t.target, t.addresses.join(", "));
+    }
+    let _ = writeln!(o, "\nTAGGED CGROUPS");
+    if s.tags.is_empty() {
+        let _ = writeln!(o, "  (none)");
+    }
+    for t in &s.tags {
+        let path = t.path.as_deref().unwrap_or("(cgroup removed)");
+        let _ = writeln!(o, "  {:<20} {:>10}  {}", t.identity, t.cgroup_id, path);
+    }
+    if !s.credentials.is_empty() {
+        let _ = writeln!(o, "\nINJECTED CREDENTIALS (the agent logs in; clients send no password)");
+        for c in &s.credentials {
+            let identity = c.identity.as_deref().unwrap_or("*");
+            let _ = writeln!(o, "  {:<30} {:<16} user {:<14} {}", c.target, identity, c.user, c.source);
+        }
+    }
+    let _ = writeln!(o, "\nSESSIONS");
+    o.push_str(&sessions(&s.sessions));
+    if !s.identities.is_empty() {
+        let _ = writeln!(o, "\nIDENTITIES");
+        let _ = writeln!(
+            o,
+            "  {:<20} {:>8} {:>10} {:>8} {:>10} {:>8} {:>8}  MASKED BY ACTION",
+            "IDENTITY", "SESSIONS", "STATEMENTS", "ERRORS", "ROWS", "MASKED", "DENIALS"
+        );
+        for (id, c) in &s.identities {
+            let by_action: Vec<String> = c.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let _ = writeln!(
+                o,
+                "  {:<20} {:>8} {:>10} {:>8} {:>10} {:>8} {:>8}  {}",
+                if id.is_empty() { "-" } else { id },
+                c.sessions,
+                c.statements,
+                c.statement_errors,
+                c.rows,
+                c.masked_cells,
+                c.denials,
+                by_action.join(" ")
+            );
+        }
+    }
+    let _ = writeln!(o, "\nPENDING APPROVALS");
+    o.push_str(&approvals(&s.approvals));
+    let c = &s.counters;
+    let _ = writeln!(
+        o,
+        "\nCOUNTERS\n  connections {}  refused {}  protocol errors {}  upstream errors {}  cancels {}\n  rows {}  masked cells {}",
+        c.connections,
+        c.sessions_refused,
+        c.protocol_errors,
+        c.upstream_errors,
+        c.cancel_requests,
+        c.rows,
+        c.masked_cells
+    );
+    o
+}

@@ -1,0 +1,483 @@
+//! `masker agent`: the daemon. Loads the policy, attaches the eBPF programs,
+//! keeps the target map in step with DNS, accepts redirected connections and
+//! answers the admin socket.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use super::accept::{self, Router};
+use super::admin::{self, Request, Response, Status, TagStatus, TargetStatus};
+use super::config::AgentConfig;
+use super::registry::SessionOrigin;
+use super::{DaemonError, DaemonSettings, signals};
+use crate::addr::TargetAddr;
+use crate::interception::cgroup::Pid;
+use crate::interception::{Interception, InterceptionConfig, InterceptionError};
+use crate::session::context::{ContextSettings, Route, SessionContext};
+
+/// The running agent, shared by the accept loops, the admin socket and the
+/// target refresher.
+pub struct Agent {
+    config: AgentConfig,
+    interception: tokio::sync::RwLock<Option<Interception>>,
+    ctx: Arc<SessionContext>,
+    started: Instant,
+    listen: Vec<SocketAddr>,
+    targets: std::sync::Mutex<Vec<TargetStatus>>,
+    /// Identities with their verified token claims and expiry, by tagged
+    /// cgroup id (the BPF tag map holds only the name).
+    /// Verified identity of each tagged cgroup (by id), saved under the state
+    /// dir on every change so a restarted agent still enforces expiry.
+    identities: std::sync::Mutex<crate::identity::Identities>,
+    /// Verifies tokens presented at tag time (caches HTTPS key sets).
+    verifier: crate::identity::Verifier,
+}
+
+/// Runs the agent until SIGINT/SIGTERM.
+pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
+    let config = AgentConfig::from_file(&config_path)?;
+    let credentials = config.load_credentials(&config_path.display().to_string())?;
+    let policy = super::load_policy(config.policy.as_deref())?;
+    let catalog_access = config.catalog.as_ref().map(|c| c.access()).transpose()?;
+    if policy.is_some() && catalog_access.is_none() {
+        warn!("no [catalog] credentials configured: every table column will be masked (fail closed)");
+    }
+
+    // Listen before attaching: a redirected connection must find someone.
+    let v4 = TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| DaemonError::Listen { addr: config.listen.into(), source })?;
+    let mut listeners = vec![v4];
+    if let Some(v6) = config.listen_v6 {
+        let listener = TcpListener::bind(v6).await;
+        listeners.push(listener.map_err(|source| DaemonError::Listen { addr: v6.into(), source })?);
+    }
+    let listen: Vec<SocketAddr> = listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+
+    let mut icfg = InterceptionConfig::new(config.listen);
+    icfg.listen_v6 = config.listen_v6;
+    icfg.pin_dir = config.pin_dir.clone();
+    let interception = Interception::start(&icfg)?;
+    info!(pin_dir = %config.pin_dir.display(), "eBPF programs attached");
+
+    let mut tls = crate::session::tls::SessionTls::default();
+    tls.client = Some(Arc::new(crate::session::tls::ClientTls::new(&config.state_dir)?));
+    if !credentials.is_empty() {
+        info!(credentials = credentials.len(), "injecting credentials for configured targets");
+    }
+    let context = ContextSettings {
+        policy,
+        catalog: catalog_access,
+        tls,
+        credentials,
+        socket_mark: Some(masker_common::MASKER_SOCKET_MARK),
+    };
+    let audit = config.audit.as_ref().map(|a| a.settings()).unwrap_or_default();
+    let ctx = super::start(DaemonSettings { context, audit, metrics_listen: config.metrics_listen }).await?;
+    let identities = load_identities_or_none(&config_state_file(&config));
+    let verifier = crate::identity::Verifier::new(&config.issuers)?;
+    let agent = Arc::new(Agent {
+        config,
+        interception: tokio::sync::RwLock::new(Some(interception)),
+        ctx,
+        started: Instant::now(),
+        listen: listen.clone(),
+        targets: std::sync::Mutex::new(Vec::new()),
+        identities: std::sync::Mutex::new(identities),
+        verifier,
+    });
+    agent.refresh_targets().await?;
+    agent.count_tags().await;
+
+    let admin_path = agent.config.admin_socket.clone();
+    // Operators decide on held statements over the admin socket.
+    agent.ctx.approvals.enable_decisions();
+    let admin_task = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve(&admin_path, agent).await {
+                error!("admin socket {}: {e}", admin_path.display());
+            }
+        })
+    };
+    let refresher = {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let every = Duration::from_secs(agent.config.target_refresh_secs.max(1));
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = agent.refresh_targets().await {
+                    warn!("refreshing targets: {e}");
+                }
+                agent.count_tags().await;
+            }
+        })
+    };
+    let hup = {
+        let agent = agent.clone();
+        signals::on_hangup(move || match agent.reload_policy() {
+            Ok(msg) => info!("{msg}"),
+            Err(e) => error!("{e}"),
+        })
+    };
+    for l in listeners {
+        let (agent, ctx) = (agent.clone(), agent.ctx.clone());
+        tokio::spawn(accept::serve(l, agent, ctx, std::future::pending()));
+    }
+    println!("masker agent listening on {}", listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", "));
+    signals::shutdown_signal().await;
+    info!("shutting down");
+    admin_task.abort();
+    refresher.abort();
+    hup.abort();
+    let _ = std::fs::remove_file(&agent.config.admin_socket);
+    if let Some(i) = agent.interception.write().await.take() {
+        match i.shutdown(true) {
+            Ok(s) => info!("eBPF: {s:?}"),
+            Err(e) => error!("eBPF shutdown: {e}"),
+        }
+    }
+    Ok(())
+}
+
+impl Router for Agent {
+    /// Where a connection accepted from `peer` goes: the original destination
+    /// the kernel recorded, or a refusal when there is none or its cgroup is
+    /// no longer tagged (fail closed).
+    async fn route(&self, peer: SocketAddr) -> (SessionOrigin, Route) {
+        let mut origin = SessionOrigin {
+            identity: None,
+            verified: None,
+            client: peer,
+            destination: None,
+            cgroup_id: None,
+            pid: None,
+        };
+        let guard = self.interception.read().await;
+        let Some(interception) = guard.as_ref() else {
+            return (origin, refuse("masker: the agent is shutting down"));
+        };
+        match interception.original_destination(peer).await {
+            Ok(r) => {
+                let original = TargetAddr::from(r.original);
+                origin.destination = Some(original.clone());
+                origin.cgroup_id = Some(r.cgroup);
+                origin.pid = Some(Pid(r.pid));
+                let record = self
+                    .identities
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&r.tagged_cgroup)
+                    .map(|id| (Arc::new(id.clone()), id.expired_at(SystemTime::now()).then(|| id.expiry_text())));
+                let Some((record, expired)) = record else {
+                    // Tagged, but this agent holds no verified identity for
+                    // the tag (its state was lost): refuse, never assume.
+                    let msg = format!(
+                        "masker: the tag of cgroup {} has no identity record in the agent's state; connection \
+                         from pid {} to {} refused (tag the cgroup again)",
+                        r.tagged_cgroup, r.pid, original
+                    );
+                    return (origin, refuse(&msg));
+                };
+                if let Some(at) = expired {
+                    let msg = format!(
+                        "masker: identity {:?} expired at {at}; connection from pid {} to {} refused",
+                        record.name, r.pid, original
+                    );
+                    return (origin, refuse(&msg));
+                }
+                match r.identity {
+                    Some(identity) => {
+                        // The record's claims go with the session only if it
+                        // is the record of this very tag.
+                        origin.verified = (record.name == identity).then_some(record);
+                        origin.identity = Some(identity);
+                        (origin, Route::To(original))
+                    }
+                    None => {
+                        let msg = format!(
+                            "masker: the cgroup of pid {} is no longer tagged; connection to {} refused",
+                            r.pid, original
+                        );
+                        (origin, refuse(&msg))
+                    }
+                }
+            }
+            Err(e) => {
+                warn!(client = %peer, "{e}");
+                (origin, refuse("masker: cannot identify the connecting workload; connection refused"))
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Resolves the configured targets and replaces the target map.
+    async fn refresh_targets(&self) -> Result<(), DaemonError> {
+        let mut addrs = Vec::new();
+        let mut status = Vec::new();
+        let mut tls = Vec::new();
+        let mut names = Vec::new();
+        for t in &self.config.targets {
+            match tokio::net::lookup_host(t.as_str()).await {
+                Ok(resolved) => {
+                    let resolved: Vec<SocketAddr> = resolved.collect();
+                    let host = t.address.host();
+                    let settings = Arc::new(crate::session::tls::TargetTls::new(host, t.tls, t.ca_file.as_deref())?);
+                    tls.extend(resolved.iter().map(|a| (TargetAddr::from(*a), settings.clone())));
+                    names.extend(resolved.iter().map(|a| (TargetAddr::from(*a), t.address.clone())));
+                    status.push(TargetStatus {
+                        target: t.address.to_string(),
+                        addresses: resolved.iter().map(|a| a.to_string()).collect(),
+                    });
+                    addrs.extend(resolved);
+                }
+                Err(e) => {
+                    // Keep what the name resolved to before rather than
+                    // letting its connections bypass masker.
+                    warn!(target = %t.address, "cannot resolve: {e}");
+                    let old = self.targets.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some(prev) = old.iter().find(|s| s.target == t.address.as_str()) {
+                        addrs.extend(prev.addresses.iter().filter_map(|a| a.parse::<SocketAddr>().ok()));
+                        status.push(prev.clone());
+                    }
+                }
+            }
+        }
+        addrs.sort();
+        addrs.dedup();
+        if let Some(i) = self.interception.write().await.as_mut() {
+            i.set_targets(&addrs)?;
+        }
+        *self.targets.lock().unwrap_or_else(|p| p.into_inner()) = status;
+        {
+            // Addresses that failed to resolve this time keep their settings.
+            let mut map = self.ctx.tls.targets.write().unwrap_or_else(|p| p.into_inner());
+            map.extend(tls);
+            let mut map = self.ctx.target_names.write().unwrap_or_else(|p| p.into_inner());
+            map.extend(names);
+        }
+        Ok(())
+    }
+
+    /// Publishes the size of the tag map (`masker_tagged_cgroups`).
+    async fn count_tags(&self) {
+        if let Some(i) = self.interception.read().await.as_ref() {
+            self.publish_tags(i);
+        }
+    }
+
+    fn publish_tags(&self, i: &Interception) {
+        match i.tags() {
+            Ok(tags) => self.ctx.metrics.set_tagged_cgroups(tags.len()),
+            Err(e) => warn!("counting tags: {e}"),
+        }
+    }
+
+    /// Saves the identities; a failure is logged (the tags in force keep
+    /// working; a restarted agent would refuse the ones it cannot read).
+    fn save_identities(&self, ids: &crate::identity::Identities) {
+        let path = config_state_file(&self.config);
+        if let Err(e) = crate::identity::save_identities(&path, ids) {
+            error!("cannot save tag identities to {}: {e}", path.display());
+        }
+    }
+
+    /// Loads the policy file again and re-reads the injected credentials'
+    /// passwords (SIGHUP, `masker policy reload`).
+    fn reload_policy(&self) -> Result<String, ReloadError> {
+        let policy = super::load_policy(self.config.policy.as_deref()).map_err(ReloadError::Policy)?;
+        let what = match &self.config.policy {
+            Some(p) => format!("policy {} reloaded; new sessions use it", p.display()),
+            None => "no policy file configured; nothing to reload".to_string(),
+        };
+        *self.ctx.policy.write().unwrap_or_else(|p| p.into_inner()) = policy;
+        // Injected credentials: rotated password files take effect for new
+        // sessions; one that cannot be read keeps its previous password.
+        match self.ctx.credentials.reload() {
+            Ok(0) => Ok(what),
+            Ok(n) => Ok(format!("{what}; {n} credential password(s) re-read")),
+            Err(error) => Err(ReloadError::Credentials { done: what, error }),
+        }
+    }
+
+    async fn status(&self) -> Result<Status, InterceptionError> {
+        let guard = self.interception.read().await;
+        let (tags, pin_dir) = match guard.as_ref() {
+            Some(i) => (i.tags()?, i.pin_dir().display().to_string()),
+            None => (Vec::new(), String::new()),
+        };
+        Ok(Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            listen: self.listen.iter().map(|a| a.to_string()).collect(),
+            programs: PROGRAMS.iter().map(|s| s.to_string()).collect(),
+            pin_dir,
+            targets: self.targets.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            tags: tags
+                .into_iter()
+                .map(|t| TagStatus {
+                    cgroup_id: t.cgroup,
+                    path: t.path.map(|p| p.display().to_string()),
+                    identity: t.identity,
+                })
+                .collect(),
+            policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
+            sessions: self.ctx.registry.snapshot(),
+            counters: super::counters(&self.ctx),
+            identities: self.ctx.metrics.identities(),
+            approvals: self.ctx.approvals.list(),
+            credentials: self
+                .ctx
+                .credentials
+                .iter()
+                .map(|c| crate::daemon::admin::CredentialStatus {
+                    target: c.target.to_string(),
+                    identity: c.identity_pattern.clone(),
+                    user: c.user.clone(),
+                    source: c.source.to_string(),
+                })
+                .collect(),
+        })
+    }
+}
+
+impl Agent {
+    /// Delivers an operator's decision on a held statement.
+    fn decide(&self, id: u64, decision: crate::approvals::Decision) -> Response {
+        let what = match &decision {
+            crate::approvals::Decision::Approve { standing: Some(_), .. } => "approved (standing)",
+            crate::approvals::Decision::Approve { .. } => "approved",
+            crate::approvals::Decision::Deny { .. } => "denied",
+        };
+        match self.ctx.approvals.decide(id, decision) {
+            Ok(p) => {
+                info!(approval = id, session = p.session, rule = %p.rule, "statement {what} by an operator");
+                json(serde_json::json!({ "approval": id, "decision": what, "session": p.session }))
+            }
+            Err(e) => Response::Error(e.to_string()),
+        }
+    }
+}
+
+/// Why a reload did not do all it should.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error("policy reload failed, the previous policy stays in force: {0}")]
+    Policy(crate::policy::PolicyError),
+    #[error("{done}, but {error}; those credentials keep their previous password")]
+    Credentials { done: String, error: crate::session::auth::secret::ReloadError },
+}
+
+/// The programs `Interception::start` attaches, as the kernel lists them.
+const PROGRAMS: [&str; 5] = {
+    use masker_common::program_names::*;
+    [CONNECT4, CONNECT6, SOCK_OPS, GETPEERNAME4, GETPEERNAME6]
+};
+
+/// Where the agent keeps the identities of its tags.
+fn config_state_file(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join("identities.json")
+}
+
+/// The saved identities; an unreadable file is logged and treated as empty,
+/// which refuses every existing tag until it is tagged again (fail closed).
+fn load_identities_or_none(path: &std::path::Path) -> crate::identity::Identities {
+    match crate::identity::load_identities(path) {
+        Ok(ids) => ids,
+        Err(e) => {
+            error!("cannot read {}: {e}; existing tags are refused until they are tagged again", path.display());
+            crate::identity::Identities::new()
+        }
+    }
+}
+
+fn refuse(message: &str) -> Route {
+    Route::Refuse { code: "28000", message: message.to_string() }
+}
+
+fn json<T: serde::Serialize>(v: T) -> Response {
+    match serde_json::to_value(v) {
+        Ok(v) => Response::Ok(v),
+        Err(e) => Response::Error(e.to_string()),
+    }
+}
+
+impl admin::Handler for Agent {
+    async fn handle(&self, request: Request) -> Response {
+        match request {
+            Request::Status => match self.status().await {
+                Ok(s) => json(s),
+                Err(e) => Response::Error(e.to_string()),
+            },
+            Request::Tag { cgroup, identity, token } => {
+                let verified = match &token {
+                    Some(token) => match self.verifier.verify(token, &identity, SystemTime::now()).await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            warn!(cgroup = %cgroup.display(), %identity, "token rejected: {e}");
+                            return Response::Error(format!("{e}; {} was not tagged", cgroup.display()));
+                        }
+                    },
+                    None => crate::identity::Identity::named(&identity),
+                };
+                let mut guard = self.interception.write().await;
+                let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
+                match i.tag(&cgroup, &identity) {
+                    Ok(id) => {
+                        let expires_at = verified.expires_at;
+                        info!(cgroup = %cgroup.display(), cgroup_id = %id, %identity, expires = %verified.expiry_text(), "tagged");
+                        let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+                        ids.insert(id, verified);
+                        self.save_identities(&ids);
+                        self.publish_tags(i);
+                        json(serde_json::json!({ "cgroup_id": id, "expires_at": expires_at }))
+                    }
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::Untag { cgroup } => {
+                let mut guard = self.interception.write().await;
+                let Some(i) = guard.as_mut() else { return Response::Error("the agent is shutting down".into()) };
+                match i.untag_path(&cgroup) {
+                    Ok(id) => {
+                        let mut ids = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+                        ids.remove(&id);
+                        self.save_identities(&ids);
+                        self.publish_tags(i);
+                        info!(cgroup = %cgroup.display(), cgroup_id = %id, "untagged");
+                        json(serde_json::json!({ "cgroup_id": id }))
+                    }
+                    Err(e) => Response::Error(e.to_string()),
+                }
+            }
+            Request::Sessions => json(self.ctx.registry.snapshot()),
+            Request::KillSession { id } => {
+                if super::kill_session(&self.ctx, id) {
+                    info!(session = id, "session killed by an operator");
+                    json(serde_json::json!({ "killed": id }))
+                } else {
+                    Response::Error(format!("no live session {id}; `masker sessions` lists them"))
+                }
+            }
+            Request::Approvals => json(self.ctx.approvals.list()),
+            Request::Approve { id, approver, for_secs } => {
+                let standing = for_secs.map(Duration::from_secs);
+                self.decide(id, crate::approvals::Decision::Approve { approver, standing })
+            }
+            Request::Deny { id, approver, reason } => {
+                self.decide(id, crate::approvals::Decision::Deny { approver, reason })
+            }
+            Request::PolicyReload => match self.reload_policy() {
+                Ok(msg) => json(msg),
+                Err(e) => Response::Error(e.to_string()),
+            },
+        }
+    }
+}

@@ -1,0 +1,443 @@
+//! Resolving result columns to the base columns they come from, through the
+//! server's own catalog, on a connection the agent owns.
+//!
+//! A `RowDescription` names each column's table by OID and attribute number.
+//! The agent asks the server (once per table, then cached) for the schema,
+//! table and column names, the column comment (a DBA may classify a column
+//! with `pii:<rule>`), and, for views, the base column a view column passes
+//! through. The cache is per destination and database, dropped after DDL seen
+//! on any session and after [`CACHE_TTL`].
+//!
+//! The catalog connection authenticates with credentials from the agent's
+//! configuration ([`CatalogAccess`]); it needs no privilege beyond `LOGIN`,
+//! since `pg_class`, `pg_attribute` and `pg_description` are readable by
+//! every role.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
+use tracing::{debug, warn};
+
+use crate::addr::TargetAddr;
+use crate::wire::{TableOid, TypeOid};
+
+/// How long a resolved table stays cached without DDL.
+pub const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// A base column as the catalog names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ColumnInfo {
+    pub schema: String,
+    pub table: String,
+    pub column: String,
+    /// The column comment, if any (may carry a `pii:<rule>` classification).
+    pub comment: Option<String>,
+    /// For a column of a view: the base column it passes through unchanged,
+    /// when the view's dependencies show one of the same name.
+    pub base: Option<Box<ColumnInfo>>,
+    /// For a column of a view that does not pass a base column through by
+    /// name: the view reads other columns, which may be sensitive.
+    pub derived_from_view: bool,
+}
+
+/// How the agent logs in for catalog look-ups.
+#[derive(Debug, Clone, Default)]
+pub struct CatalogAccess {
+    pub user: String,
+    pub password: Option<String>,
+}
+
+/// Why a look-up failed (no data values in it).
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("catalog look-up on {destination} database {database}: {reason}")]
+pub struct CatalogError {
+    /// The server looked up.
+    pub destination: TargetAddr,
+    /// The database looked up.
+    pub database: String,
+    /// What failed.
+    pub reason: CatalogFailure,
+}
+
+/// What failed in a catalog look-up.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CatalogFailure {
+    /// The agent has no `[catalog]` credentials (or the proxy no
+    /// `--catalog-user`).
+    #[error("the agent has no catalog credentials configured")]
+    NoCredentials,
+    /// Connecting or querying failed.
+    #[error("{0}")]
+    Postgres(Arc<tokio_postgres::Error>),
+    /// `COPY`'s table is not visible to the catalog connection.
+    #[error("the table is unknown to the catalog connection")]
+    UnknownTable,
+}
+
+impl From<tokio_postgres::Error> for CatalogFailure {
+    fn from(e: tokio_postgres::Error) -> CatalogFailure {
+        CatalogFailure::Postgres(Arc::new(e))
+    }
+}
+
+type TableColumns = HashMap<i16, ColumnInfo>;
+
+struct CachedTable {
+    columns: Arc<TableColumns>,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct DbCache {
+    tables: HashMap<TableOid, CachedTable>,
+    relations: HashMap<crate::sql::RelName, (Option<Arc<Relation>>, Instant)>,
+    /// Function name as written → whether it is a user (non-built-in) function.
+    functions: HashMap<String, (bool, Instant)>,
+}
+
+/// A relation found by name (for SQL lineage): its columns in attribute
+/// order and, for a view, its definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Relation {
+    pub schema: String,
+    pub name: String,
+    /// `pg_class.relkind`: `r` table, `v` view, `m` materialized view, ...
+    pub kind: char,
+    /// Column names and comments, in attribute order.
+    pub columns: Vec<(String, Option<String>)>,
+    /// `pg_get_viewdef` of a view or materialized view.
+    pub definition: Option<String>,
+}
+
+/// Catalog look-ups for all sessions of the agent.
+pub struct Catalog {
+    access: Option<CatalogAccess>,
+    caches: Mutex<HashMap<(TargetAddr, String), DbCache>>,
+    clients: tokio::sync::Mutex<HashMap<(TargetAddr, String), Client>>,
+}
+
+impl Catalog {
+    /// A catalog that logs in with `access`; `None` means the agent has no
+    /// catalog credentials and every table column is treated as unresolved
+    /// (and so masked: fail closed).
+    pub fn new(access: Option<CatalogAccess>) -> Self {
+        Catalog { access, caches: Mutex::new(HashMap::new()), clients: tokio::sync::Mutex::new(HashMap::new()) }
+    }
+
+    /// Forgets everything cached for `database` on `destination` (after DDL).
+    pub fn invalidate(&self, destination: &TargetAddr, database: &str) {
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.remove(&(destination.clone(), database.to_string()));
+    }
+
+    /// The columns of each table in `tables`, from the cache or the server.
+    pub async fn resolve(
+        &self,
+        destination: &TargetAddr,
+        database: &str,
+        tables: &[TableOid],
+    ) -> Result<HashMap<TableOid, Arc<TableColumns>>, CatalogError> {
+        let key = (destination.clone(), database.to_string());
+        let mut found = HashMap::new();
+        let mut missing = Vec::new();
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            for t in tables {
+                if t.0 == 0 || found.contains_key(t) || missing.contains(t) {
+                    continue;
+                }
+                match caches.get(&key).and_then(|c| c.tables.get(t)) {
+                    Some(c) if c.at.elapsed() < CACHE_TTL => {
+                        found.insert(*t, c.columns.clone());
+                    }
+                    _ => missing.push(*t),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let err = |reason: CatalogFailure| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        };
+        let fetched = self.fetch(&key, &missing).await.map_err(err)?;
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = caches.entry(key).or_default();
+        for t in missing {
+            // A table the catalog does not know (dropped meanwhile) resolves
+            // to no columns: every column of it stays unresolved.
+            let columns = Arc::new(fetched.get(&t).cloned().unwrap_or_default());
+            cache.tables.insert(t, CachedTable { columns: columns.clone(), at: Instant::now() });
+            found.insert(t, columns);
+        }
+        Ok(found)
+    }
+
+    /// The columns of the table `schema.table` (or `table` as the catalog
+    /// connection's search path finds it) in attribute order, with type OIDs.
+    /// Used for `COPY table TO STDOUT`, whose output names no column origin.
+    pub async fn relation_columns(
+        &self,
+        destination: &TargetAddr,
+        database: &str,
+        schema: Option<&str>,
+        table: &str,
+    ) -> Result<Vec<(String, TypeOid, ColumnInfo)>, CatalogError> {
+        const SQL: &str = "
+            SELECT a.attname::text, a.atttypid, n.nspname::text, c.relname::text, col_description(c.oid, a.attnum)
+              FROM pg_class c
+              JOIN pg_namespace n ON n.oid = c.relnamespace
+              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+             WHERE c.relname = $2 AND (n.nspname = $1 OR ($1 IS NULL AND pg_table_is_visible(c.oid)))
+             ORDER BY a.attnum";
+        let key = (destination.clone(), database.to_string());
+        let err = |reason: CatalogFailure| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        };
+        let rows = self.query(&key, SQL, &[&schema, &table]).await.map_err(err)?;
+        if rows.is_empty() {
+            return Err(err(CatalogFailure::UnknownTable));
+        }
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let info = ColumnInfo {
+                    schema: r.get(2),
+                    table: r.get(3),
+                    column: r.get(0),
+                    comment: r.get(4),
+                    base: None,
+                    derived_from_view: false,
+                };
+                (r.get(0), TypeOid(r.get(1)), info)
+            })
+            .collect())
+    }
+
+    /// The relation a statement names, resolved as the catalog connection's
+    /// search path finds it (`to_regclass`), from the cache or the server.
+    /// `None`: the catalog connection cannot see it (a temporary table of
+    /// the client's session, a relation on the client's own search path, a
+    /// typo); callers treat it as unknown (fail closed).
+    pub async fn relation(
+        &self,
+        destination: &TargetAddr,
+        database: &str,
+        rel: &crate::sql::RelName,
+    ) -> Result<Option<Arc<Relation>>, CatalogError> {
+        const SQL: &str = "
+            SELECT n.nspname::text, c.relname::text, c.relkind::text,
+                   CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END,
+                   array(SELECT a.attname::text FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                   array(SELECT coalesce(col_description(c.oid, a.attnum), '') FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)";
+        let key = (destination.clone(), database.to_string());
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((r, at)) = caches.get(&key).and_then(|c| c.relations.get(rel))
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(r.clone());
+            }
+        }
+        let err = |reason: CatalogFailure| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        };
+        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+        let name = match &rel.schema {
+            Some(schema) => format!("{}.{}", quote(schema), quote(&rel.name)),
+            None => quote(&rel.name),
+        };
+        let rows = self.query(&key, SQL, &[&name]).await.map_err(err)?;
+        let found = rows.first().map(|r| {
+            let names: Vec<String> = r.get(4);
+            let comments: Vec<String> = r.get(5);
+            let kind: String = r.get(2);
+            Arc::new(Relation {
+                schema: r.get(0),
+                name: r.get(1),
+                kind: kind.chars().next().unwrap_or('?'),
+                columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
+                definition: r.get(3),
+            })
+        });
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.entry(key).or_default().relations.insert(rel.clone(), (found.clone(), Instant::now()));
+        Ok(found)
+    }
+
+    /// Runs `sql` on the agent's catalog connection to `key`, opening it
+    /// first if needed; a connection that failed is dropped so the next
+    /// look-up opens a fresh one.
+    async fn query(
+        &self,
+        key: &(TargetAddr, String),
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<tokio_postgres::Row>, CatalogFailure> {
+        let mut clients = self.clients.lock().await;
+        let client = match clients.remove(key) {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect(&key.0, &key.1).await?,
+        };
+        let result = client.query(sql, params).await;
+        if result.is_ok() {
+            clients.insert(key.clone(), client);
+        }
+        Ok(result?)
+    }
+
+    /// Which of `functions` (as written: `name` or `schema.name`, lower
+    /// case) are not built in: defined outside `pg_catalog`, so they may read
+    /// tables the statement does not name. Unknown names count as user
+    /// functions (fail closed). Cached like relations.
+    pub async fn user_functions(
+        &self,
+        destination: &TargetAddr,
+        database: &str,
+        functions: &std::collections::BTreeSet<String>,
+    ) -> Result<Vec<String>, CatalogError> {
+        const SQL: &str = "
+            SELECT bool_and(n.nspname = 'pg_catalog')
+              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+             WHERE p.proname = $2 AND ($1::text IS NULL OR n.nspname = $1)";
+        let key = (destination.clone(), database.to_string());
+        let mut user = Vec::new();
+        let mut missing = Vec::new();
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            for f in functions {
+                match caches.get(&key).and_then(|c| c.functions.get(f)) {
+                    Some((is_user, at)) if at.elapsed() < CACHE_TTL => {
+                        if *is_user {
+                            user.push(f.clone());
+                        }
+                    }
+                    _ => missing.push(f.clone()),
+                }
+            }
+        }
+        for f in missing {
+            let (schema, name) = match f.rsplit_once('.') {
+                Some((s, n)) => (Some(s.to_string()), n.to_string()),
+                None => (None, f.clone()),
+            };
+            let rows = self.query(&key, SQL, &[&schema, &name]).await.map_err(|reason| CatalogError {
+                destination: destination.clone(),
+                database: database.to_string(),
+                reason,
+            })?;
+            let builtin: Option<bool> = rows.first().and_then(|r| r.get(0));
+            let is_user = builtin != Some(true);
+            let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            caches.entry(key.clone()).or_default().functions.insert(f.clone(), (is_user, Instant::now()));
+            if is_user {
+                user.push(f);
+            }
+        }
+        Ok(user)
+    }
+
+    async fn fetch(
+        &self,
+        key: &(TargetAddr, String),
+        tables: &[TableOid],
+    ) -> Result<HashMap<TableOid, TableColumns>, CatalogFailure> {
+        let oids: Vec<u32> = tables.iter().map(|t| t.0).collect();
+        let rows = self.query(key, COLUMNS_SQL, &[&oids]).await?;
+        Ok(columns_from_rows(&rows, oids.len()))
+    }
+
+    async fn connect(&self, destination: &TargetAddr, database: &str) -> Result<Client, CatalogFailure> {
+        let access = self.access.as_ref().ok_or(CatalogFailure::NoCredentials)?;
+        let (host, port) = (destination.host(), destination.port());
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(port)
+            .user(&access.user)
+            .dbname(database)
+            .application_name("masker-catalog")
+            .connect_timeout(Duration::from_secs(10));
+        if let Some(pw) = &access.password {
+            config.password(pw);
+        }
+        let (client, connection) = config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("catalog connection ended: {e}");
+            }
+        });
+        debug!(%destination, database, "catalog connection opened");
+        Ok(client)
+    }
+}
+
+/// All columns of the tables `$1` (an oid array) in one round trip, with the
+/// base column of each view column that passes one through under the same
+/// name.
+const COLUMNS_SQL: &str = "
+        SELECT c.oid, a.attnum, n.nspname::text, c.relname::text, a.attname::text,
+               col_description(c.oid, a.attnum),
+               b.nspname::text, b.relname::text, b.attname::text, b.comment,
+               (c.relkind IN ('v', 'm'))
+          FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          LEFT JOIN LATERAL (
+                SELECT bn.nspname, bc.relname, ba.attname, col_description(bc.oid, ba.attnum) AS comment
+                  FROM pg_rewrite r
+                  JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+                                  AND d.refclassid = 'pg_class'::regclass AND d.refobjsubid > 0
+                  JOIN pg_class bc ON bc.oid = d.refobjid AND bc.oid <> c.oid
+                  JOIN pg_namespace bn ON bn.oid = bc.relnamespace
+                  JOIN pg_attribute ba ON ba.attrelid = bc.oid AND ba.attnum = d.refobjsubid
+                 WHERE r.ev_class = c.oid AND c.relkind IN ('v', 'm') AND ba.attname = a.attname
+                 ORDER BY bc.oid LIMIT 1
+          ) b ON true
+         WHERE c.oid = ANY($1::oid[])";
+
+/// Groups the rows of [`COLUMNS_SQL`] by table; `requested` tables were asked.
+fn columns_from_rows(rows: &[tokio_postgres::Row], requested: usize) -> HashMap<TableOid, TableColumns> {
+    let mut out: HashMap<TableOid, TableColumns> = HashMap::new();
+    for row in rows {
+        let oid: u32 = row.get(0);
+        let attnum: i16 = row.get(1);
+        let is_view: bool = row.get(10);
+        let base_table: Option<String> = row.get(7);
+        let base = base_table.map(|table| {
+            Box::new(ColumnInfo {
+                schema: row.get(6),
+                table,
+                column: row.get(8),
+                comment: row.get(9),
+                base: None,
+                derived_from_view: false,
+            })
+        });
+        let info = ColumnInfo {
+            schema: row.get(2),
+            table: row.get(3),
+            column: row.get(4),
+            comment: row.get(5),
+            derived_from_view: is_view && base.is_none(),
+            base,
+        };
+        out.entry(TableOid(oid)).or_default().insert(attnum, info);
+    }
+    if out.len() < requested {
+        warn!(requested, found = out.len(), "some result tables are unknown to the catalog");
+    }
+    out
+}

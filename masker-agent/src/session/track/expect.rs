@@ -1,0 +1,47 @@
+//! The queue between a session's two trackers: what each request the client
+//! sent will be answered with, in order.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::wire::ResultFormats;
+
+/// What the server will answer a request with, noted when the request passes.
+#[derive(Debug)]
+pub enum Expect {
+    Query {
+        sql: Arc<str>,
+    },
+    Parse {
+        name: String,
+        sql: Arc<str>,
+    },
+    Bind {
+        portal: String,
+        statement: String,
+        formats: ResultFormats,
+    },
+    DescribeStatement {
+        name: String,
+    },
+    /// `injected`: the agent sent this Describe itself; its answer is
+    /// consumed here and never reaches the client.
+    DescribePortal {
+        name: String,
+        injected: bool,
+    },
+    Execute {
+        portal: String,
+    },
+    Close,
+    Sync,
+}
+
+/// The queue between the two trackers of a session.
+pub type ExpectQueue = Arc<Mutex<VecDeque<Expect>>>;
+
+/// The queue, locked (never contended: both trackers run in the session's
+/// task).
+pub fn lock(q: &ExpectQueue) -> MutexGuard<'_, VecDeque<Expect>> {
+    q.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -1,0 +1,516 @@
+//! The server → client side of a session: follows each result back to the
+//! request that produced it and masks rows, COPY data, errors, notices and
+//! notifications with the right plan.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::{BufMut, BytesMut};
+use tracing::warn;
+
+use super::expect::{Expect, ExpectQueue, lock};
+use crate::audit::trail::StatementTrail;
+use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
+use crate::plan::PlanContext;
+use crate::plan::copy::CopyPlanError;
+use crate::plan::lineage::runs_client_code;
+use crate::session::context::Session;
+use crate::session::relay::{Filter, RelayError, Verdict};
+use crate::wire::message::Message;
+use crate::wire::{self, Cursor, FieldDescription, FrameError, Header, ResultFormats, backend};
+
+struct Statement {
+    sql: Arc<str>,
+    fields: Option<Arc<Vec<FieldDescription>>>,
+    /// The plan for the formats of the last Bind, reused while they repeat.
+    plan: Option<(ResultFormats, Arc<RowPlan>)>,
+}
+
+struct Portal {
+    statement: String,
+    formats: ResultFormats,
+    plan: Option<Arc<RowPlan>>,
+}
+
+/// Server → client side of a masking session.
+pub struct ServerTracker {
+    queue: ExpectQueue,
+    /// What the session's column plans are made with.
+    planner: Arc<PlanContext>,
+    session: Arc<Session>,
+    statements: HashMap<String, Statement>,
+    portals: HashMap<String, Portal>,
+    /// Plan for the rows now arriving.
+    current: Option<Arc<RowPlan>>,
+    copy: Option<CopyMasker>,
+    /// A refused result is being swallowed up to its end.
+    swallowing: bool,
+    catalog_warned: bool,
+    /// Statements of the current simple Query completed so far: the next
+    /// result belongs to the statement at this index.
+    query_index: usize,
+    /// Audit events, per-identity counters and latency of this session.
+    trail: StatementTrail,
+    /// Only follow statements for the audit trail: every message reaches
+    /// the client as the server sent it.
+    observe_only: bool,
+}
+
+impl ServerTracker {
+    /// The server side of `session`, planning with `planner`; `queue` is
+    /// shared with its [`super::ClientTracker`].
+    pub fn new(queue: ExpectQueue, planner: Arc<PlanContext>, session: Arc<Session>) -> Self {
+        let ctx = &session.ctx;
+        let trail = StatementTrail::new(
+            session.id(),
+            session.identity().map(str::to_string),
+            ctx.audit.clone(),
+            ctx.metrics.clone(),
+            session.trail.clone(),
+        );
+        ServerTracker {
+            trail,
+            queue,
+            planner,
+            session,
+            statements: HashMap::new(),
+            portals: HashMap::new(),
+            current: None,
+            copy: None,
+            swallowing: false,
+            catalog_warned: false,
+            query_index: 0,
+            observe_only: false,
+        }
+    }
+
+    /// Follows statements for `statement` audit events, per-identity counters
+    /// and latency without masking, scrubbing or refusing anything: for
+    /// sessions without a policy while the audit trail is on.
+    pub fn observe_only(mut self) -> Self {
+        self.observe_only = true;
+        self
+    }
+
+    /// The plan for rows of the Execute at the head of the queue, if that is
+    /// what comes next.
+    fn execute_plan(&self) -> Option<Arc<RowPlan>> {
+        match lock(&self.queue).front() {
+            Some(Expect::Execute { portal }) => self.portals.get(portal).and_then(|p| p.plan.clone()),
+            _ => None,
+        }
+    }
+
+    /// The masking plan for columns `fields` (see [`PlanContext::row_plan`]);
+    /// all columns allowed when observing only.
+    async fn plan(
+        &mut self,
+        fields: &[FieldDescription],
+        formats: Option<&ResultFormats>,
+        sql: Option<(&str, usize)>,
+    ) -> Arc<RowPlan> {
+        if self.observe_only {
+            let columns = fields.iter().map(|f| (ColumnAction::Allow, f.type_oid, f.format)).collect();
+            return Arc::new(RowPlan::new(columns, self.planner.policy.keys()));
+        }
+        let (plan, error) = self.planner.row_plan(fields, formats, sql).await;
+        if let Some(e) = error
+            && !self.catalog_warned
+        {
+            warn!(session = self.session.id(), "{e}; masking every table column of this session");
+            self.catalog_warned = true;
+        }
+        plan
+    }
+
+    async fn on_row_description(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
+        let fields = wire::parse_row_description(msg.body())?;
+        let front = lock(&self.queue).pop_front();
+        match front {
+            Some(Expect::Query { sql }) => {
+                self.current = Some(self.plan(&fields, None, Some((&*sql, self.query_index))).await);
+                lock(&self.queue).push_front(Expect::Query { sql });
+                Ok(Verdict::Forward)
+            }
+            Some(Expect::DescribeStatement { name }) => {
+                let fields = Arc::new(fields);
+                let sql = self.statements.get(&name).map(|s| s.sql.clone());
+                let waiting: Vec<String> = self
+                    .portals
+                    .iter()
+                    .filter(|(_, p)| p.statement == name && p.plan.is_none())
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for portal in waiting {
+                    let formats = self.portals[&portal].formats.clone();
+                    let plan = self.plan(&fields, Some(&formats), sql.as_deref().map(|s| (s, 0))).await;
+                    if let Some(p) = self.portals.get_mut(&portal) {
+                        p.plan = Some(plan);
+                    }
+                }
+                if let Some(s) = self.statements.get_mut(&name) {
+                    s.fields = Some(fields);
+                    s.plan = None;
+                }
+                Ok(Verdict::Forward)
+            }
+            Some(Expect::DescribePortal { name, injected }) => {
+                let sql =
+                    self.portals.get(&name).and_then(|p| self.statements.get(&p.statement)).map(|s| s.sql.clone());
+                let plan = self.plan(&fields, None, sql.as_deref().map(|s| (s, 0))).await;
+                if let Some(p) = self.portals.get_mut(&name) {
+                    p.plan = Some(plan);
+                }
+                Ok(if injected { Verdict::Replaced } else { Verdict::Forward })
+            }
+            other => {
+                if let Some(e) = other {
+                    lock(&self.queue).push_front(e);
+                }
+                Err(RelayError::refused("masker: RowDescription that answers no request; closing the session"))
+            }
+        }
+    }
+
+    async fn on_bind_complete(&mut self) -> Result<Verdict, RelayError> {
+        let front = lock(&self.queue).pop_front();
+        let Some(Expect::Bind { portal, statement, formats }) = front else {
+            return Err(RelayError::refused("masker: BindComplete that answers no Bind; closing the session"));
+        };
+        let cached = self.statements.get(&statement).and_then(|s| {
+            let fields = s.fields.clone()?;
+            match &s.plan {
+                Some((f, plan)) if *f == formats => Some(Ok(plan.clone())),
+                _ => Some(Err((fields, s.sql.clone()))),
+            }
+        });
+        let plan = match cached {
+            Some(Ok(plan)) => Some(plan),
+            Some(Err((fields, sql))) => {
+                let plan = self.plan(&fields, Some(&formats), Some((&*sql, 0))).await;
+                if let Some(s) = self.statements.get_mut(&statement) {
+                    s.plan = Some((formats.clone(), plan.clone()));
+                }
+                Some(plan)
+            }
+            None => None,
+        };
+        self.portals.insert(portal, Portal { statement, formats, plan });
+        Ok(Verdict::Forward)
+    }
+
+    fn on_data_row(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        if self.swallowing {
+            return Ok(Verdict::Replaced);
+        }
+        if self.current.is_none() {
+            self.current = self.execute_plan();
+        }
+        let Some(plan) = &self.current else {
+            return Err(RelayError::refused(
+                "masker: rows whose columns are unknown; closing the session rather than relaying them",
+            ));
+        };
+        // Rows of an all-allowed plan stream through unseen (see `wants`).
+        let counters = &self.session.entry.counters;
+        counters.rows.fetch_add(1, Ordering::Relaxed);
+        let per_column = self.trail.column_counts(plan);
+        let stats = masking::mask_data_row_counted(plan, msg.body(), out, per_column)
+            .map_err(|e| RelayError::refused(format!("masker: cannot mask a row ({e}); closing the session")))?;
+        counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
+        self.trail.row(Some(&stats));
+        Ok(Verdict::Replaced)
+    }
+
+    /// End of one statement's result: CommandComplete, EmptyQueryResponse or
+    /// PortalSuspended.
+    fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
+        if msg.tag() == backend::COMMAND_COMPLETE {
+            let sql = self.audit_sql();
+            let stats = self.trail.end(sql.as_deref(), Some(msg.body()), None);
+            self.session.entry.counters.add_masked(&stats);
+        }
+        self.current = None;
+        self.copy = None;
+        self.session.entry.counters.statements.fetch_add(1, Ordering::Relaxed);
+        let mut q = lock(&self.queue);
+        match q.front() {
+            Some(Expect::Execute { .. }) => {
+                q.pop_front();
+            }
+            Some(Expect::Query { .. }) => self.query_index += 1,
+            _ => {}
+        }
+        drop(q);
+        if msg.tag() == backend::COMMAND_COMPLETE && is_ddl_tag(msg.body()) {
+            self.planner.catalog.invalidate(&self.planner.destination, &self.planner.database);
+        }
+        if std::mem::take(&mut self.swallowing) {
+            return Ok(Verdict::Replaced);
+        }
+        Ok(Verdict::Forward)
+    }
+
+    async fn on_copy_out(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        let sql = match lock(&self.queue).front() {
+            Some(Expect::Query { sql }) => Some(sql.clone()),
+            Some(Expect::Execute { portal }) => {
+                self.portals.get(portal).and_then(|p| self.statements.get(&p.statement)).map(|s| s.sql.clone())
+            }
+            _ => None,
+        };
+        let masker = match sql {
+            Some(sql) => self.planner.copy_masker(&sql, msg.body()).await,
+            None => Err(CopyPlanError::UnknownStatement),
+        };
+        match masker {
+            Ok(m) => {
+                self.copy = Some(m);
+                Ok(Verdict::Forward)
+            }
+            Err(why) => {
+                self.swallowing = true;
+                let message = format!("masker: COPY TO STDOUT refused: {why}");
+                let hint = "COPY a table (optionally with a column list) in text, csv or binary format, or use SELECT";
+                wire::put_error_with_hint(out, wire::Severity::Error, "42501", &message, Some(hint));
+                Ok(Verdict::Replaced)
+            }
+        }
+    }
+
+    fn on_copy_data(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        if self.swallowing {
+            return Ok(Verdict::Replaced);
+        }
+        let Some(copy) = self.copy.as_mut() else {
+            return Err(RelayError::refused("masker: COPY data outside a COPY; closing the session"));
+        };
+        let stats = copy
+            .push(msg.body(), out)
+            .map_err(|e| RelayError::refused(format!("masker: cannot mask COPY data ({e}); closing the session")))?;
+        self.session.entry.counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
+        self.trail.masked(&stats);
+        Ok(Verdict::Replaced)
+    }
+
+    /// The text of the statement the server is answering now, for audit.
+    fn audit_sql(&self) -> Option<Arc<str>> {
+        let q = lock(&self.queue);
+        let named = |name: &str| self.statements.get(name).map(|s| s.sql.clone());
+        match q.front()? {
+            Expect::Query { sql } | Expect::Parse { sql, .. } => Some(sql.clone()),
+            Expect::Bind { statement, .. } => named(statement),
+            Expect::DescribeStatement { name } => named(name),
+            Expect::Execute { portal } | Expect::DescribePortal { name: portal, .. } => {
+                self.portals.get(portal).and_then(|p| named(&p.statement))
+            }
+            Expect::Close | Expect::Sync => None,
+        }
+    }
+
+    fn on_error(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        let tag = msg.tag();
+        if tag == backend::ERROR_RESPONSE
+            && let Some(sql) = self.audit_sql()
+        {
+            let stats = self.trail.end(Some(&sql), None, Some(msg.body()));
+            self.session.entry.counters.add_masked(&stats);
+        }
+        if self.observe_only {
+            // The message goes out as it came (see below for the queue).
+            out.extend_from_slice(msg.bytes());
+        } else if self.audit_sql().is_some_and(|sql| runs_client_code(&sql)) {
+            withhold_message(msg.body(), out, tag)?;
+        } else {
+            masking::mask_error_fields(msg.body(), out, tag).map_err(|e| {
+                RelayError::refused(format!("masker: cannot scrub a server message ({e}); closing the session"))
+            })?;
+        }
+        if tag == backend::ERROR_RESPONSE {
+            self.current = None;
+            self.copy = None;
+            let mut q = lock(&self.queue);
+            if !matches!(q.front(), Some(Expect::Query { .. })) {
+                // Extended protocol: the server skips everything up to Sync.
+                while !matches!(q.front(), None | Some(Expect::Sync)) {
+                    q.pop_front();
+                }
+            }
+            if std::mem::take(&mut self.swallowing) {
+                out.clear();
+                return Ok(Verdict::Replaced);
+            }
+        }
+        Ok(Verdict::Replaced)
+    }
+}
+
+/// Appends an ErrorResponse/NoticeResponse (`tag`) that keeps only the
+/// severity and SQLSTATE of `body` and says that the text was withheld: for
+/// messages raised by the client's own procedural code.
+fn withhold_message(body: &[u8], out: &mut BytesMut, tag: u8) -> Result<(), RelayError> {
+    let mut cur = Cursor::new(body, tag);
+    let at = wire::begin_message(out, tag);
+    loop {
+        let kind = cur.u8()?;
+        if kind == 0 {
+            break;
+        }
+        let value = cur.cstr()?;
+        if matches!(kind, b'S' | b'V' | b'C') {
+            out.put_u8(kind);
+            out.extend_from_slice(value.as_bytes());
+            out.put_u8(0);
+        }
+    }
+    out.put_u8(b'M');
+    out.extend_from_slice(b"masker: the text of a message raised by procedural code (DO, CALL) is withheld");
+    out.put_u8(0);
+    out.put_u8(0);
+    wire::finish_message(out, at);
+    Ok(())
+}
+
+/// Whether a CommandComplete tag reports DDL (the catalog may have changed).
+fn is_ddl_tag(body: &[u8]) -> bool {
+    const DDL: [&[u8]; 5] = [b"CREATE", b"ALTER", b"DROP", b"COMMENT", b"SELECT INTO"];
+    DDL.iter().any(|p| body.starts_with(p))
+}
+
+impl Filter for ServerTracker {
+    fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
+        if !wire::is_backend_tag(header.tag) {
+            return Err(FrameError::UnknownTag { tag: header.tag });
+        }
+        Ok(match header.tag {
+            // Observing only: rows, COPY data, notices and notifications
+            // stream through (rows need no plan: nothing is masked).
+            backend::DATA_ROW if self.observe_only => {
+                self.session.entry.counters.rows.fetch_add(1, Ordering::Relaxed);
+                self.trail.row(None);
+                false
+            }
+            backend::COPY_DATA | backend::COPY_DONE | backend::NOTIFICATION_RESPONSE | backend::NOTICE_RESPONSE
+                if self.observe_only =>
+            {
+                false
+            }
+            backend::DATA_ROW => {
+                if self.current.is_none() {
+                    self.current = self.execute_plan();
+                }
+                let whole = self.swallowing || self.current.as_ref().is_none_or(|p| !p.is_passthrough());
+                if !whole {
+                    // Streams through unseen: count it here.
+                    self.session.entry.counters.rows.fetch_add(1, Ordering::Relaxed);
+                    self.trail.row(None);
+                }
+                whole
+            }
+            backend::PARAMETER_STATUS
+            | backend::AUTHENTICATION
+            | backend::BACKEND_KEY_DATA
+            | backend::NEGOTIATE_PROTOCOL_VERSION
+            | backend::PARAMETER_DESCRIPTION => false,
+            _ => true,
+        })
+    }
+
+    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        match msg.tag() {
+            backend::DATA_ROW => self.on_data_row(msg, out),
+            backend::ROW_DESCRIPTION => self.on_row_description(msg).await,
+            backend::BIND_COMPLETE => self.on_bind_complete().await,
+            backend::PARSE_COMPLETE => {
+                let front = lock(&self.queue).pop_front();
+                match front {
+                    Some(Expect::Parse { name, sql }) => {
+                        self.statements.insert(name, Statement { sql, fields: None, plan: None });
+                        Ok(Verdict::Forward)
+                    }
+                    _ => Err(RelayError::refused("masker: ParseComplete that answers no Parse; closing the session")),
+                }
+            }
+            backend::NO_DATA => {
+                let front = lock(&self.queue).pop_front();
+                match front {
+                    Some(Expect::DescribePortal { injected: true, .. }) => Ok(Verdict::Replaced),
+                    Some(Expect::DescribeStatement { name }) => {
+                        if let Some(s) = self.statements.get_mut(&name) {
+                            s.fields = Some(Arc::new(Vec::new()));
+                        }
+                        Ok(Verdict::Forward)
+                    }
+                    _ => Ok(Verdict::Forward),
+                }
+            }
+            backend::CLOSE_COMPLETE => {
+                let mut q = lock(&self.queue);
+                if matches!(q.front(), Some(Expect::Close)) {
+                    q.pop_front();
+                }
+                Ok(Verdict::Forward)
+            }
+            backend::COMMAND_COMPLETE | backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED => {
+                self.on_result_end(msg)
+            }
+            backend::READY_FOR_QUERY => {
+                self.trail.ready();
+                self.query_index = 0;
+                self.current = None;
+                self.copy = None;
+                self.swallowing = false;
+                let mut q = lock(&self.queue);
+                if matches!(q.front(), Some(Expect::Query { .. } | Expect::Sync)) {
+                    q.pop_front();
+                }
+                Ok(Verdict::Forward)
+            }
+            backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => self.on_error(msg, out),
+            backend::NOTIFICATION_RESPONSE => {
+                masking::mask_notification(msg.body(), out, false).map_err(|e| {
+                    RelayError::refused(format!("masker: cannot scrub a notification ({e}); closing the session"))
+                })?;
+                Ok(Verdict::Replaced)
+            }
+            backend::COPY_OUT_RESPONSE | backend::COPY_BOTH_RESPONSE if self.observe_only => Ok(Verdict::Forward),
+            backend::COPY_OUT_RESPONSE => self.on_copy_out(msg, out).await,
+            backend::COPY_DATA => self.on_copy_data(msg, out),
+            backend::COPY_DONE => {
+                if self.swallowing {
+                    return Ok(Verdict::Replaced);
+                }
+                if let Some(copy) = self.copy.as_mut() {
+                    copy.finish().map_err(|e| {
+                        RelayError::refused(format!("masker: COPY data ended badly ({e}); closing the session"))
+                    })?;
+                }
+                Ok(Verdict::Forward)
+            }
+            backend::COPY_BOTH_RESPONSE => {
+                Err(RelayError::refused("masker: replication (CopyBoth) is not allowed for masked sessions"))
+            }
+            _ => Ok(Verdict::Forward),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn withheld_message_keeps_only_severity_and_sqlstate() {
+        let body = b"SERROR\0VERROR\0CP0001\0Mrelation \"Alice Martin\"\0WPL/pgSQL function inline_code_block\0\0";
+        let mut out = BytesMut::new();
+        withhold_message(body, &mut out, backend::ERROR_RESPONSE).unwrap();
+        let header = wire::peek_header(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(header.total_len, out.len());
+        let text = String::from_utf8_lossy(&out[5..]).to_string();
+        assert!(text.starts_with("SERROR\0VERROR\0CP0001\0Mmasker: "), "{text:?}");
+        assert!(!text.contains("Alice") && !text.contains("inline_code_block"), "{text:?}");
+        // A truncated body is an error, not a panic or a partial message.
+        assert!(withhold_message(b"SERROR\0CP0", &mut BytesMut::new(), backend::ERROR_RESPONSE).is_err());
+    }
+}
