@@ -1,6 +1,7 @@
 //! What to do with one column, and the counters of what was done.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// The action applied to every cell of one output column.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -23,6 +24,48 @@ pub enum ColumnAction {
     Generalize(Generalize),
     /// Scan the content with the PII detectors and mask what they find.
     Detect,
+    /// SQL text written by people and kept in the catalog (a view's
+    /// definition, a function body, a default): the literals that stand
+    /// against a classified column are replaced, the rest stays (see
+    /// [`crate::sql::definition`]).
+    Definition(ClassifiedNames),
+}
+
+/// Which column names count as classified when a definition is scrubbed:
+/// compared by identity (one per policy), as the policy decides.
+#[derive(Clone)]
+pub struct ClassifiedNames(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl ClassifiedNames {
+    /// Column names (lower case, unqualified) for which `f` holds.
+    pub fn new(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
+        ClassifiedNames(Arc::new(f))
+    }
+
+    /// Whether `column` (lower case) is classified.
+    pub fn contains(&self, column: &str) -> bool {
+        (self.0)(column)
+    }
+}
+
+impl fmt::Debug for ClassifiedNames {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClassifiedNames")
+    }
+}
+
+impl PartialEq for ClassifiedNames {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for ClassifiedNames {}
+
+impl std::hash::Hash for ClassifiedNames {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (Arc::as_ptr(&self.0) as *const () as usize).hash(state);
+    }
 }
 
 /// How [`ColumnAction::Generalize`] coarsens a value.
@@ -54,6 +97,7 @@ impl ColumnAction {
             ColumnAction::Pseudonymize { .. } => ActionKind::Pseudonymize,
             ColumnAction::Generalize(_) => ActionKind::Generalize,
             ColumnAction::Detect => ActionKind::Detect,
+            ColumnAction::Definition(_) => ActionKind::Definition,
         })
     }
 }
@@ -68,10 +112,11 @@ pub enum ActionKind {
     Pseudonymize,
     Generalize,
     Detect,
+    Definition,
 }
 
 impl ActionKind {
-    pub const ALL: [ActionKind; 7] = [
+    pub const ALL: [ActionKind; 8] = [
         ActionKind::Redact,
         ActionKind::Null,
         ActionKind::Partial,
@@ -79,6 +124,7 @@ impl ActionKind {
         ActionKind::Pseudonymize,
         ActionKind::Generalize,
         ActionKind::Detect,
+        ActionKind::Definition,
     ];
 
     /// The name used in the policy file and in metrics labels.
@@ -91,6 +137,7 @@ impl ActionKind {
             ActionKind::Pseudonymize => "pseudonymize",
             ActionKind::Generalize => "generalize",
             ActionKind::Detect => "detect",
+            ActionKind::Definition => "definition",
         }
     }
 
@@ -111,7 +158,7 @@ impl fmt::Display for ActionKind {
 /// applied to the column's type or the value could not be decoded (fail closed).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RowStats {
-    counts: [u64; 7],
+    counts: [u64; 8],
     /// Cells nulled because the action does not fit the type or value.
     pub fallback_null: u64,
 }

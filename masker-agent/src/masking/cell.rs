@@ -98,7 +98,18 @@ fn mask_scalar(action: &ColumnAction, s: Scalar, f: Format, keys: &Keys, v: &[u8
         }
         ColumnAction::Generalize(g) => generalize(s, bin, *g, v, out).unwrap_or(Outcome::Fallback),
         ColumnAction::Detect => detect_scalar(s, bin, v, out).unwrap_or(Outcome::Fallback),
-        ColumnAction::Partial { .. } | ColumnAction::Email => Outcome::Fallback,
+        ColumnAction::Definition(names) if s.is_text() => {
+            // Text in both formats: the value's UTF-8 bytes.
+            let Ok(text) = std::str::from_utf8(v) else { return Outcome::Fallback };
+            match crate::sql::definition::scrub_definition(text, &|c| names.contains(c)) {
+                std::borrow::Cow::Borrowed(_) => Outcome::Same,
+                std::borrow::Cow::Owned(scrubbed) => {
+                    out.extend_from_slice(scrubbed.as_bytes());
+                    done
+                }
+            }
+        }
+        ColumnAction::Partial { .. } | ColumnAction::Email | ColumnAction::Definition(_) => Outcome::Fallback,
     }
 }
 

@@ -3,8 +3,9 @@
 //! Pure functions over buffers, no I/O. The session builds a [`RowPlan`] from
 //! each RowDescription (one [`ColumnAction`] per output column, from the
 //! policy) and calls [`mask_data_row_counted`] for every DataRow; COPY data goes
-//! through a [`CopyMasker`]; ErrorResponse/NoticeResponse bodies through
-//! [`mask_error_fields`] and NotificationResponse through [`mask_notification`].
+//! through a [`CopyMasker`]; NotificationResponse payloads through
+//! [`mask_notification`] (errors and notices are decided per statement by the
+//! session: as sent, or their text withheld).
 //!
 //! Every masked value stays valid for its column type in both the text and
 //! the binary format. When an action cannot be applied (a type the engine
@@ -27,11 +28,11 @@ mod row;
 mod scrub;
 pub mod types;
 
-pub use action::{ActionKind, ColumnAction, Generalize, RowStats};
+pub use action::{ActionKind, ClassifiedNames, ColumnAction, Generalize, RowStats};
 pub use copy::{CopyMasker, CopyOptions, CopyPlan};
 pub use pseudonym::Keys;
 pub use row::{RowPlan, mask_data_row_counted};
-pub use scrub::{mask_error_fields, mask_notification, scrub_text};
+pub use scrub::{mask_notification, scrub_text};
 
 #[cfg(test)]
 mod tests;

@@ -174,66 +174,6 @@ fn identifier_like(c: &str) -> bool {
         && !detect::contains_pii(c.as_bytes())
 }
 
-/// Rewrites an ErrorResponse or NoticeResponse body (`tag` is `E` or `N`)
-/// field by field and appends the complete message to `out`.
-///
-/// Kept as is: severity (`S`, `V`), SQLSTATE (`C`), position (`P`), object
-/// names (`s`, `t`, `c`, `d`, `n`), source location (`F`, `L`, `R`).
-/// Scrubbed with [`scrub_text`]: message (`M`), detail (`D`), hint (`H`),
-/// context (`W`). Dropped: internal query and its position (`q`, `p`), which
-/// may quote function bodies with literals, and any field code unknown to
-/// PostgreSQL 15. Returns the number of fields changed or dropped; on error
-/// nothing is appended.
-pub fn mask_error_fields(body: &[u8], out: &mut BytesMut, tag: u8) -> Result<usize, MaskError> {
-    let start = out.len();
-    let res = write_fields(body, out, tag);
-    if res.is_err() {
-        out.truncate(start);
-    }
-    res
-}
-
-fn write_fields(body: &[u8], out: &mut BytesMut, tag: u8) -> Result<usize, MaskError> {
-    let bad = |what| MaskError::from(FrameError::BadBody { tag, what });
-    let at = wire::begin_message(out, tag);
-    let mut changed = 0;
-    let mut i = 0;
-    loop {
-        let code = *body.get(i).ok_or_else(|| bad("missing terminator"))?;
-        i += 1;
-        if code == 0 {
-            break;
-        }
-        let len = memchr::memchr(0, &body[i..]).ok_or_else(|| bad("unterminated field"))?;
-        let value = &body[i..i + len];
-        i += len + 1;
-        match code {
-            b'S' | b'V' | b'C' | b'P' | b's' | b't' | b'c' | b'd' | b'n' | b'F' | b'L' | b'R' => {
-                out.put_u8(code);
-                out.extend_from_slice(value);
-                out.put_u8(0);
-            }
-            b'M' | b'D' | b'H' | b'W' => {
-                let text = String::from_utf8_lossy(value);
-                let scrubbed = scrub_text(&text);
-                if scrubbed.as_bytes() != value {
-                    changed += 1;
-                }
-                out.put_u8(code);
-                out.extend_from_slice(scrubbed.as_bytes());
-                out.put_u8(0);
-            }
-            _ => changed += 1,
-        }
-    }
-    if i != body.len() {
-        return Err(bad("bytes after the terminator"));
-    }
-    out.put_u8(0);
-    wire::finish_message(out, at);
-    Ok(changed)
-}
-
 /// Rewrites a NotificationResponse body (pid, channel, payload) and appends
 /// the complete message. The channel (an identifier) is kept. The payload is
 /// replaced by `REDACTED` when `redact_payload`; otherwise the detectors mask
@@ -302,36 +242,6 @@ mod tests {
             assert_eq!(scrub_text(input), want, "{input}");
         }
         assert!(matches!(scrub_text("relation \"orders\" does not exist"), Cow::Borrowed(_)));
-    }
-
-    fn fields(msg: &[u8]) -> Vec<(u8, String)> {
-        let body = &msg[5..];
-        let mut v = Vec::new();
-        let mut i = 0;
-        while body[i] != 0 {
-            let end = i + 1 + body[i + 1..].iter().position(|&b| b == 0).unwrap();
-            v.push((body[i], String::from_utf8(body[i + 1..end].to_vec()).unwrap()));
-            i = end + 1;
-        }
-        v
-    }
-
-    #[test]
-    fn error_fields() {
-        let body = b"SERROR\0VERROR\0C22P02\0Minvalid input syntax for type integer: \"alice@example.com\"\0\
-Dfailing value 555-123-4567\0qSELECT 'alice@example.com'\0p8\0tcustomers\0\0";
-        let mut out = BytesMut::new();
-        let n = mask_error_fields(body, &mut out, b'E').unwrap();
-        assert_eq!(n, 4);
-        let header = wire::peek_header(&out, 1 << 20).unwrap().unwrap();
-        assert_eq!(header.total_len, out.len());
-        let f = fields(&out);
-        assert_eq!(f[2], (b'C', "22P02".into()));
-        assert_eq!(f[3], (b'M', "invalid input syntax for type integer: \"***\"".into()));
-        assert_eq!(f[4], (b'D', "failing value ***-***-****".into()));
-        assert_eq!(f[5], (b't', "customers".into()));
-        assert_eq!(f.len(), 6);
-        assert!(mask_error_fields(b"Mabc", &mut out, b'E').is_err());
     }
 
     #[test]

@@ -71,9 +71,6 @@ pub enum CatalogFailure {
     /// Connecting or querying failed.
     #[error("{0}")]
     Postgres(Arc<tokio_postgres::Error>),
-    /// `COPY`'s table is not visible to the catalog connection.
-    #[error("the table is unknown to the catalog connection")]
-    UnknownTable,
 }
 
 impl From<tokio_postgres::Error> for CatalogFailure {
@@ -84,6 +81,9 @@ impl From<tokio_postgres::Error> for CatalogFailure {
 
 type TableColumns = HashMap<i16, ColumnInfo>;
 
+/// A relation looked up by name (none found is cached too), and when.
+type CachedRelation = (Option<Arc<Relation>>, Instant);
+
 struct CachedTable {
     columns: Arc<TableColumns>,
     at: Instant,
@@ -92,9 +92,14 @@ struct CachedTable {
 #[derive(Default)]
 struct DbCache {
     tables: HashMap<TableOid, CachedTable>,
-    relations: HashMap<crate::sql::RelName, (Option<Arc<Relation>>, Instant)>,
     /// Function name as written → whether it is a user (non-built-in) function.
     functions: HashMap<String, (bool, Instant)>,
+    /// `(schemas searched, name)` → the relation found first.
+    on_path: HashMap<(Vec<String>, String), CachedRelation>,
+    /// Function name as written → the bodies of its user-defined overloads.
+    bodies: HashMap<String, (Arc<Vec<FunctionBody>>, Instant)>,
+    /// Login role → its default search_path in this database.
+    default_paths: HashMap<String, (Vec<String>, Instant)>,
 }
 
 /// A relation found by name (for SQL lineage): its columns in attribute
@@ -107,8 +112,21 @@ pub struct Relation {
     pub kind: char,
     /// Column names and comments, in attribute order.
     pub columns: Vec<(String, Option<String>)>,
+    /// Column type OIDs, in the same order.
+    pub types: Vec<TypeOid>,
     /// `pg_get_viewdef` of a view or materialized view.
     pub definition: Option<String>,
+}
+
+/// The source of one user-defined function or procedure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionBody {
+    /// `pg_language.lanname`: `sql`, `plpgsql`, `c`, ...
+    pub language: String,
+    /// `pg_proc.prosrc` (empty for a `BEGIN ATOMIC` SQL body).
+    pub source: String,
+    /// Argument names (empty strings for unnamed ones).
+    pub arg_names: Vec<String>,
 }
 
 /// Catalog look-ups for all sessions of the agent.
@@ -177,59 +195,16 @@ impl Catalog {
         Ok(found)
     }
 
-    /// The columns of the table `schema.table` (or `table` as the catalog
-    /// connection's search path finds it) in attribute order, with type OIDs.
-    /// Used for `COPY table TO STDOUT`, whose output names no column origin.
-    pub async fn relation_columns(
+    /// The relation `name` as a session whose search path is `schemas` finds
+    /// it: the first of `schemas` that has one. Read from the world-readable
+    /// catalogs (`pg_class`, `pg_namespace`, `pg_attribute`), so the catalog
+    /// role needs no privilege on the schemas. Cached for [`CACHE_TTL`].
+    pub async fn relation_on_path(
         &self,
         destination: &TargetAddr,
         database: &str,
-        schema: Option<&str>,
-        table: &str,
-    ) -> Result<Vec<(String, TypeOid, ColumnInfo)>, CatalogError> {
-        const SQL: &str = "
-            SELECT a.attname::text, a.atttypid, n.nspname::text, c.relname::text, col_description(c.oid, a.attnum)
-              FROM pg_class c
-              JOIN pg_namespace n ON n.oid = c.relnamespace
-              JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-             WHERE c.relname = $2 AND (n.nspname = $1 OR ($1 IS NULL AND pg_table_is_visible(c.oid)))
-             ORDER BY a.attnum";
-        let key = (destination.clone(), database.to_string());
-        let err = |reason: CatalogFailure| CatalogError {
-            destination: destination.clone(),
-            database: database.to_string(),
-            reason,
-        };
-        let rows = self.query(&key, SQL, &[&schema, &table]).await.map_err(err)?;
-        if rows.is_empty() {
-            return Err(err(CatalogFailure::UnknownTable));
-        }
-        Ok(rows
-            .iter()
-            .map(|r| {
-                let info = ColumnInfo {
-                    schema: r.get(2),
-                    table: r.get(3),
-                    column: r.get(0),
-                    comment: r.get(4),
-                    base: None,
-                    derived_from_view: false,
-                };
-                (r.get(0), TypeOid(r.get(1)), info)
-            })
-            .collect())
-    }
-
-    /// The relation a statement names, resolved as the catalog connection's
-    /// search path finds it (`to_regclass`), from the cache or the server.
-    /// `None`: the catalog connection cannot see it (a temporary table of
-    /// the client's session, a relation on the client's own search path, a
-    /// typo); callers treat it as unknown (fail closed).
-    pub async fn relation(
-        &self,
-        destination: &TargetAddr,
-        database: &str,
-        rel: &crate::sql::RelName,
+        schemas: &[String],
+        name: &str,
     ) -> Result<Option<Arc<Relation>>, CatalogError> {
         const SQL: &str = "
             SELECT n.nspname::text, c.relname::text, c.relkind::text,
@@ -237,13 +212,18 @@ impl Catalog {
                    array(SELECT a.attname::text FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
                    array(SELECT coalesce(col_description(c.oid, a.attnum), '') FROM pg_attribute a
+                          WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum),
+                   array(SELECT a.atttypid FROM pg_attribute a
                           WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum)
               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.oid = to_regclass($1)";
+             WHERE c.relname = $2 AND n.nspname = ANY($1::text[])
+             ORDER BY array_position($1::text[], n.nspname::text)
+             LIMIT 1";
         let key = (destination.clone(), database.to_string());
+        let cache_key = (schemas.to_vec(), name.to_string());
         {
             let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some((r, at)) = caches.get(&key).and_then(|c| c.relations.get(rel))
+            if let Some((r, at)) = caches.get(&key).and_then(|c| c.on_path.get(&cache_key))
                 && at.elapsed() < CACHE_TTL
             {
                 return Ok(r.clone());
@@ -254,12 +234,7 @@ impl Catalog {
             database: database.to_string(),
             reason,
         };
-        let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
-        let name = match &rel.schema {
-            Some(schema) => format!("{}.{}", quote(schema), quote(&rel.name)),
-            None => quote(&rel.name),
-        };
-        let rows = self.query(&key, SQL, &[&name]).await.map_err(err)?;
+        let rows = self.query(&key, SQL, &[&schemas, &name]).await.map_err(err)?;
         let found = rows.first().map(|r| {
             let names: Vec<String> = r.get(4);
             let comments: Vec<String> = r.get(5);
@@ -269,12 +244,54 @@ impl Catalog {
                 name: r.get(1),
                 kind: kind.chars().next().unwrap_or('?'),
                 columns: names.into_iter().zip(comments).map(|(n, c)| (n, (!c.is_empty()).then_some(c))).collect(),
+                types: r.get::<_, Vec<u32>>(6).into_iter().map(TypeOid).collect(),
                 definition: r.get(3),
             })
         });
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
-        caches.entry(key).or_default().relations.insert(rel.clone(), (found.clone(), Instant::now()));
+        caches.entry(key).or_default().on_path.insert(cache_key, (found.clone(), Instant::now()));
         Ok(found)
+    }
+
+    /// The search_path a new session of `role` starts with in `database`:
+    /// the role's own setting for the database or for all databases
+    /// (`ALTER ROLE ... SET search_path`), else the database's and the
+    /// server's (the catalog connection's reset value). Schema names as
+    /// written (`$user` not expanded).
+    pub async fn default_search_path(
+        &self,
+        destination: &TargetAddr,
+        database: &str,
+        role: &str,
+    ) -> Result<Vec<String>, CatalogError> {
+        const SQL: &str = "
+            SELECT coalesce(
+                (SELECT substr(s, 13)
+                   FROM pg_db_role_setting d, unnest(d.setconfig) s
+                  WHERE d.setrole = (SELECT oid FROM pg_roles WHERE rolname = $1)
+                    AND d.setdatabase IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+                    AND s LIKE 'search_path=%'
+                  ORDER BY d.setdatabase DESC LIMIT 1),
+                (SELECT reset_val FROM pg_settings WHERE name = 'search_path'))";
+        let key = (destination.clone(), database.to_string());
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((p, at)) = caches.get(&key).and_then(|c| c.default_paths.get(role))
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(p.clone());
+            }
+        }
+        let rows = self.query(&key, SQL, &[&role]).await.map_err(|reason| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        })?;
+        let text: Option<String> = rows.first().and_then(|r| r.get(0));
+        let path = crate::sql::search_path_schemas(&[text.unwrap_or_else(|| "\"$user\", public".into())]);
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.entry(key).or_default().default_paths.insert(role.to_string(), (path.clone(), Instant::now()));
+        Ok(path)
     }
 
     /// Runs `sql` on the agent's catalog connection to `key`, opening it
@@ -347,6 +364,49 @@ impl Catalog {
             }
         }
         Ok(user)
+    }
+
+    /// The bodies of the user-defined functions named `function` (as
+    /// written: `name` or `schema.name`; every overload, in any schema when
+    /// unqualified). Cached for [`CACHE_TTL`].
+    pub async fn function_bodies(
+        &self,
+        destination: &TargetAddr,
+        database: &str,
+        function: &str,
+    ) -> Result<Arc<Vec<FunctionBody>>, CatalogError> {
+        const SQL: &str = "
+            SELECT l.lanname::text, coalesce(p.prosrc, ''), coalesce(p.proargnames, '{}'::text[])
+              FROM pg_proc p
+              JOIN pg_namespace n ON n.oid = p.pronamespace
+              JOIN pg_language l ON l.oid = p.prolang
+             WHERE p.proname = $2 AND ($1::text IS NULL OR n.nspname = $1) AND n.nspname <> 'pg_catalog'";
+        let key = (destination.clone(), database.to_string());
+        {
+            let caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((b, at)) = caches.get(&key).and_then(|c| c.bodies.get(function))
+                && at.elapsed() < CACHE_TTL
+            {
+                return Ok(b.clone());
+            }
+        }
+        let (schema, name) = match function.rsplit_once('.') {
+            Some((s, n)) => (Some(s.to_string()), n.to_string()),
+            None => (None, function.to_string()),
+        };
+        let rows = self.query(&key, SQL, &[&schema, &name]).await.map_err(|reason| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        })?;
+        let bodies = Arc::new(
+            rows.iter()
+                .map(|r| FunctionBody { language: r.get(0), source: r.get(1), arg_names: r.get(2) })
+                .collect::<Vec<_>>(),
+        );
+        let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
+        caches.entry(key).or_default().bodies.insert(function.to_string(), (bodies.clone(), Instant::now()));
+        Ok(bodies)
     }
 
     async fn fetch(

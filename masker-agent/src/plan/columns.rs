@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use super::PlanContext;
 use super::catalog::CatalogError;
-use super::lineage::Decision;
+use super::lineage::{Decision, origin_action};
 use crate::masking::{ColumnAction, RowPlan};
+use crate::session::track::model::SessionModel;
 use crate::wire::{FieldDescription, ResultFormats, TableOid};
 
 impl PlanContext {
@@ -21,12 +22,13 @@ impl PlanContext {
     /// report.
     pub async fn row_plan(
         &self,
+        session: &SessionModel,
         fields: &[FieldDescription],
         formats: Option<&ResultFormats>,
         sql: Option<(&str, usize)>,
     ) -> (Arc<RowPlan>, Option<CatalogError>) {
         let decisions = match sql {
-            Some((sql, index)) => Some(self.decisions(sql, index, fields.len()).await),
+            Some((sql, index)) => Some(self.resolver(session).decisions(sql, index, fields.len()).await),
             // No statement text known: fail closed on computed columns.
             None => None,
         };
@@ -57,8 +59,19 @@ impl PlanContext {
                     }
                 } else {
                     match resolved.get(&f.table).and_then(|cols| cols.get(&f.column)) {
+                        // A view column computed from others: its lineage
+                        // says more than its origin.
+                        Some(info) if info.derived_from_view && matches!(decision, Some(Decision::Direct(_))) => {
+                            match decision {
+                                Some(Decision::Direct(a)) => a.clone(),
+                                _ => ColumnAction::Redact,
+                            }
+                        }
                         Some(info) => {
                             let base = info.base.as_deref().unwrap_or(info);
+                            if let Some(a) = origin_action(policy, session, &base.schema, &base.table, &base.column) {
+                                return (a, f.type_oid, formats.map(|fm| fm.for_column(i)).unwrap_or(f.format));
+                            }
                             let action =
                                 policy.column_action(&base.schema, &base.table, &base.column, base.comment.as_deref());
                             // A view column computed from other columns gets

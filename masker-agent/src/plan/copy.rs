@@ -1,65 +1,97 @@
-//! The plan of a `COPY ... TO STDOUT`: the table's columns (from the
-//! statement and the catalog) with their actions, in the format the server
-//! announced.
+//! The plan of a `COPY ... TO STDOUT`: one action (and type) per column of
+//! the data — a table's columns (from the statement and the catalog, or the
+//! session's own temporary table) or a query's output columns (from its
+//! lineage) — in the layout the statement asked for.
 
 use super::PlanContext;
-use super::catalog::{CatalogError, ColumnInfo};
-use crate::masking::{self, CopyMasker};
-use crate::sql::copy::{CopyFormat, CopyParseError, parse_copy_to_stdout};
+use super::lineage::Decision;
+use crate::masking::{self, ColumnAction, CopyMasker};
+use crate::session::track::model::SessionModel;
+use crate::sql::copy::{CopyFormat, CopyParseError, CopySource, parse_copy_to_stdout};
 use crate::wire::{Cursor, FrameError, TypeOid, backend};
 
 /// Why a COPY's output cannot be masked; the client is told, with no value
 /// in the message.
 #[derive(Debug, thiserror::Error)]
 pub enum CopyPlanError {
-    /// The statement is not a form whose columns are exactly a table's.
+    /// The statement is not a form masker masks.
     #[error("{0}")]
     Statement(#[from] CopyParseError),
     /// The server's CopyOutResponse is malformed.
     #[error("{0}")]
     Response(#[from] FrameError),
-    /// The table's columns could not be read.
-    #[error("{0}")]
-    Catalog(#[from] CatalogError),
-    /// The column list names a column the table does not have.
-    #[error("unknown column {0:?}")]
-    UnknownColumn(String),
+    /// The table or its columns could not be resolved.
+    #[error("the table's columns cannot be resolved")]
+    Columns,
+    /// The data's columns do not match the statement's.
+    #[error("the server sends {sent} columns where the statement has {planned}")]
+    Count { sent: usize, planned: usize },
     /// The statement that answers with COPY data is not known.
     #[error("the COPY statement is unknown")]
     UnknownStatement,
 }
 
 impl PlanContext {
-    /// The masker for the COPY data that answers `sql`, whose
-    /// CopyOutResponse body is `response`.
-    pub async fn copy_masker(&self, sql: &str, response: &[u8]) -> Result<CopyMasker, CopyPlanError> {
-        let copy = parse_copy_to_stdout(sql)?;
+    /// The masker for the COPY data that answers statement `index` of
+    /// `sql`, whose CopyOutResponse body is `response`.
+    pub async fn copy_masker(
+        &self,
+        session: &SessionModel,
+        sql: &str,
+        index: usize,
+        response: &[u8],
+    ) -> Result<CopyMasker, CopyPlanError> {
+        let copy = parse_copy_to_stdout(sql, index)?;
         let mut cur = Cursor::new(response, backend::COPY_OUT_RESPONSE);
         let overall = cur.u8()?;
-        let columns = self
-            .catalog
-            .relation_columns(&self.destination, &self.database, copy.schema.as_deref(), &copy.table)
-            .await?;
-        let selected: Vec<&(String, TypeOid, ColumnInfo)> = match &copy.columns {
-            None => columns.iter().collect(),
-            Some(names) => names
-                .iter()
-                .map(|n| columns.iter().find(|c| &c.0 == n).ok_or_else(|| CopyPlanError::UnknownColumn(n.clone())))
-                .collect::<Result<_, _>>()?,
+        let sent = usize::try_from(cur.i16()?).unwrap_or(0);
+        let resolver = self.resolver(session);
+        let plan: Vec<(ColumnAction, TypeOid)> = match &copy.source {
+            CopySource::Table { relation, columns } => {
+                resolver.copy_columns(relation, columns.as_deref()).await.ok_or(CopyPlanError::Columns)?
+            }
+            CopySource::Query => {
+                let analysis = crate::sql::analyze(sql);
+                let stmt = analysis
+                    .as_ref()
+                    .as_ref()
+                    .ok()
+                    .and_then(|a| a.statements.get(index))
+                    .ok_or(CopyPlanError::UnknownStatement)?;
+                resolver
+                    .decisions_for(stmt, sent)
+                    .await
+                    .into_iter()
+                    .map(|d| match d {
+                        // No type is known for a query's columns: a masked
+                        // value the type needs becomes NULL (fail closed).
+                        Decision::Direct(a) | Decision::Force(a) => (a, TypeOid(0)),
+                    })
+                    .collect()
+            }
         };
-        let policy = &self.policy;
-        let plan = selected
-            .iter()
-            .map(|(_, ty, info)| {
-                let base = info.base.as_deref().unwrap_or(info);
-                (policy.column_action(&base.schema, &base.table, &base.column, base.comment.as_deref()), *ty)
-            })
-            .collect();
-        let options = match (overall, copy.format) {
+        if plan.len() != sent {
+            return Err(CopyPlanError::Count { sent, planned: plan.len() });
+        }
+        let mut options = match (overall, copy.format) {
             (1, _) | (_, CopyFormat::Binary) => masking::CopyOptions::binary(),
             (_, CopyFormat::Csv { header }) => masking::CopyOptions { header, ..masking::CopyOptions::csv() },
-            (_, CopyFormat::Text) => masking::CopyOptions::text(),
+            (_, CopyFormat::Text) => masking::CopyOptions { header: copy.text_header, ..masking::CopyOptions::text() },
         };
-        Ok(CopyMasker::new(masking::CopyPlan::new(options, plan, policy.keys())))
+        if let Some(d) = copy.delimiter {
+            options.delimiter = d;
+        }
+        if let Some(n) = copy.null {
+            options.null = n;
+        }
+        if let Some(q) = copy.quote {
+            options.quote = q;
+            // ESCAPE defaults to QUOTE.
+            options.escape = q;
+        }
+        if let Some(e) = copy.escape {
+            options.escape = e;
+        }
+        Ok(CopyMasker::new(masking::CopyPlan::new(options, plan, self.policy.keys())))
     }
 }

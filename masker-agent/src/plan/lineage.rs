@@ -1,12 +1,22 @@
 //! SQL lineage in a session: turning the [`crate::sql`] analysis of a
-//! statement into one masking decision per result column, and refusing the
-//! statements that would move personal data out of the policy's sight.
+//! statement into a decision — clean or tainted, one masking action per
+//! result column — and refusing the statements that would move personal
+//! data out of the policy's sight.
 //!
-//! Relation names are resolved with the agent's catalog connection
-//! (`to_regclass` on *its* search path, not the client's: a client that sets
-//! its own `search_path`, or reads its temporary tables, names relations the
-//! agent cannot see; those count as unknown and fail closed). Views are
-//! followed through `pg_get_viewdef`, up to [`VIEW_DEPTH`] levels.
+//! A statement is *clean* when everything it reads (see
+//! [`Statement::reads`]) derives only from allowed columns, the catalogs,
+//! literals and parameters, and the client's own temporary data: all it
+//! causes reaches the client as the server sent it. Otherwise it is
+//! *tainted*: its rows are masked per column, its errors and notices lose
+//! their text, and a value it derives from a classified column may not flow
+//! into a channel other than the rows (it is refused before it runs).
+//!
+//! Names resolve as the server resolves them for this session: relations
+//! the session created ([`SessionModel`]) first, then the catalog, searched
+//! along the session's own `search_path` through the world-readable
+//! catalogs. Views are followed through their definitions, up to
+//! [`VIEW_DEPTH`] levels. What cannot be resolved counts as unknown and
+//! fails closed.
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -18,7 +28,8 @@ use super::catalog::Relation;
 use crate::masking::ColumnAction;
 use crate::policy::approval::ApprovalRule;
 use crate::policy::guardrails::{self, Resolved};
-use crate::sql::{self, How, Lineage, Output, RelName, Source, Statement, StatementClass};
+use crate::session::track::model::{SearchPath, SessionModel};
+use crate::sql::{self, CreatedKind, Effect, How, Lineage, Output, RelName, Source, Statement, StatementClass};
 
 /// How many views deep a column is followed before it counts as unknown.
 pub const VIEW_DEPTH: usize = 4;
@@ -40,6 +51,69 @@ const REFUSED_RELATIONS: &[&str] = &[
 const REFUSED_FUNCTIONS: &[&str] =
     &["pg_stat_get_activity", "pg_stat_statements", "pg_prepared_statement", "pg_cursor"];
 
+/// Schemas whose relations are the catalog: their columns pass, except the
+/// ones below.
+const CATALOG_SCHEMAS: &[&str] = &["pg_catalog", "information_schema"];
+
+/// Catalog columns that hold SQL text written by people: scrubbed of the
+/// literals that stand against classified columns.
+const DEFINITION_COLUMNS: &[(&str, &str)] = &[
+    ("pg_views", "definition"),
+    ("pg_matviews", "definition"),
+    ("pg_rules", "definition"),
+    ("pg_policies", "qual"),
+    ("pg_policies", "with_check"),
+    ("pg_proc", "prosrc"),
+    ("pg_type", "typdefault"),
+    ("views", "view_definition"),
+    ("routines", "routine_definition"),
+    ("check_constraints", "check_clause"),
+    ("columns", "column_default"),
+    ("columns", "generation_expression"),
+    ("domains", "domain_default"),
+    ("attributes", "attribute_default"),
+    ("triggers", "action_statement"),
+    ("triggers", "action_condition"),
+    ("parameters", "parameter_default"),
+];
+
+/// Catalog columns that hold parse trees (with constants as raw bytes) or
+/// stored values: masked whole.
+const VALUE_COLUMNS: &[(&str, &str)] = &[
+    ("pg_proc", "prosqlbody"),
+    ("pg_attrdef", "adbin"),
+    ("pg_constraint", "conbin"),
+    ("pg_index", "indexprs"),
+    ("pg_index", "indpred"),
+    ("pg_rewrite", "ev_qual"),
+    ("pg_rewrite", "ev_action"),
+    ("pg_policy", "polqual"),
+    ("pg_policy", "polwithcheck"),
+    ("pg_trigger", "tgqual"),
+    ("pg_statistic_ext", "stxexprs"),
+    ("pg_partitioned_table", "partexprs"),
+    ("pg_class", "relpartbound"),
+    ("pg_type", "typdefaultbin"),
+    ("pg_attribute", "attmissingval"),
+    ("pg_largeobject", "data"),
+];
+
+/// A session's [`PlanContext`] with its [`SessionModel`] as it stands: what
+/// names resolve to and what each statement is decided with.
+#[derive(Clone, Copy)]
+pub struct Resolver<'a> {
+    plan: &'a PlanContext,
+    session: &'a SessionModel,
+}
+
+impl PlanContext {
+    /// Decisions for this session's statements, with its objects and
+    /// settings as `session` has them.
+    pub fn resolver<'a>(&'a self, session: &'a SessionModel) -> Resolver<'a> {
+        Resolver { plan: self, session }
+    }
+}
+
 /// The decision for one result column.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -50,114 +124,316 @@ pub enum Decision {
     Force(ColumnAction),
 }
 
-/// A base column reached by following sources, or the fact that one could
-/// not be followed.
+/// Where a base column's action comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Origin {
+    /// A table column: the policy decides.
+    Policy,
+    /// A catalog column: passes.
+    Catalog,
+    /// SQL text written by people in the catalog: scrubbed.
+    Definition,
+    /// A parse tree or stored value in the catalog: masked.
+    CatalogValue,
+    /// A column of a temporary table the session filled itself.
+    ClientData,
+}
+
+/// A base column reached by following sources.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Base {
+    schema: String,
+    table: String,
+    column: String,
+    comment: Option<String>,
+    origin: Origin,
+}
+
+impl Base {
+    fn named(&self) -> String {
+        match self.origin {
+            Origin::Definition if self.table.is_empty() => "a catalog definition".into(),
+            _ => format!("{}.{}.{}", self.schema, self.table, self.column),
+        }
+    }
+}
+
+/// The base columns reached by following sources, and whether something
+/// could not be followed.
 #[derive(Debug, Default)]
 struct Bases {
-    columns: BTreeSet<(String, String, String, Option<String>)>,
+    columns: BTreeSet<Base>,
     unknown: bool,
 }
 
-type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A relation a name resolved to.
+#[derive(Debug, Clone)]
+enum Found {
+    Catalog(Arc<Relation>),
+    /// Created by this session.
+    Session {
+        name: RelName,
+        temp: bool,
+        kind: CreatedKind,
+    },
+}
 
-impl PlanContext {
-    async fn relation(&self, rel: &RelName) -> Option<Arc<Relation>> {
-        self.catalog.relation(&self.destination, &self.database, rel).await.ok().flatten()
+impl Found {
+    fn schema(&self) -> String {
+        match self {
+            Found::Catalog(r) => r.schema.clone(),
+            Found::Session { name, temp: true, .. } => name.schema.clone().unwrap_or_else(|| "pg_temp".into()),
+            Found::Session { name, .. } => name.schema.clone().unwrap_or_default(),
+        }
     }
 
-    /// The lineage of each column of a view (`None` when not traceable).
-    fn view_columns<'s>(&'s self, rel: Arc<Relation>, depth: usize) -> Boxed<'s, Option<Vec<Lineage>>> {
+    fn name(&self) -> String {
+        match self {
+            Found::Catalog(r) => r.name.clone(),
+            Found::Session { name, .. } => name.name.clone(),
+        }
+    }
+}
+
+/// Why a statement is tainted: the first base column (or other cause) that
+/// is not allowed, for messages.
+pub type Taint = Option<String>;
+
+type Boxed<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The action for a RowDescription column whose origin the catalog named
+/// `schema.table.column`, when it is not the policy's to decide: catalog
+/// columns (allowed, definitions scrubbed, parse trees masked) and the
+/// session's own clean temporary tables (its own data).
+pub fn origin_action(
+    policy: &crate::policy::SessionPolicy,
+    session: &SessionModel,
+    schema: &str,
+    table: &str,
+    column: &str,
+) -> Option<ColumnAction> {
+    if CATALOG_SCHEMAS.contains(&schema) {
+        return Some(match catalog_column(table, column) {
+            Origin::Definition => ColumnAction::Definition(policy.classified_names()),
+            Origin::CatalogValue => ColumnAction::Redact,
+            _ => ColumnAction::Allow,
+        });
+    }
+    if schema.starts_with("pg_temp_") && session.has_temp_table(table) && session.temp_clean() {
+        return Some(ColumnAction::Allow);
+    }
+    None
+}
+
+fn catalog_column(table: &str, column: &str) -> Origin {
+    if DEFINITION_COLUMNS.contains(&(table, column)) {
+        Origin::Definition
+    } else if VALUE_COLUMNS.contains(&(table, column)) {
+        Origin::CatalogValue
+    } else {
+        Origin::Catalog
+    }
+}
+
+impl Resolver<'_> {
+    /// The schemas an unqualified relation name is searched in, in order
+    /// (`pg_catalog` first unless the path places it); `None` when the
+    /// session's search_path is unknown.
+    async fn search_path(&self) -> Option<Vec<String>> {
+        let path = match self.session.search_path() {
+            SearchPath::Unknown => return None,
+            SearchPath::Set(p) => p.clone(),
+            SearchPath::Default => self
+                .plan
+                .catalog
+                .default_search_path(&self.plan.destination, &self.plan.database, &self.plan.user)
+                .await
+                .unwrap_or_else(|_| vec!["$user".into(), "public".into()]),
+        };
+        let mut out: Vec<String> = Vec::with_capacity(path.len() + 1);
+        if !path.iter().any(|s| s == "pg_catalog") {
+            out.push("pg_catalog".into());
+        }
+        for s in path {
+            let s = if s == "$user" { self.plan.user.clone() } else { s };
+            // The session's temporary schema is the session model's.
+            if s != "pg_temp" && !out.contains(&s) {
+                out.push(s);
+            }
+        }
+        Some(out)
+    }
+
+    async fn relation(&self, rel: &RelName) -> Option<Found> {
+        if let Some(r) = self.session.relation(rel) {
+            return Some(Found::Session { name: r.name.clone(), temp: r.temp, kind: r.kind.clone() });
+        }
+        let schemas = match &rel.schema {
+            Some(s) if s.eq_ignore_ascii_case("pg_temp") => return None,
+            Some(s) => vec![s.clone()],
+            None => self.search_path().await?,
+        };
+        self.plan
+            .catalog
+            .relation_on_path(&self.plan.destination, &self.plan.database, &schemas, &rel.name)
+            .await
+            .ok()
+            .flatten()
+            .map(Found::Catalog)
+    }
+
+    /// The lineage of each column of a view or of a table built from a
+    /// query (`None` when not traceable), in order.
+    fn derived_columns<'s>(&'s self, found: &'s Found, depth: usize) -> Boxed<'s, Option<Vec<(String, Lineage)>>> {
         Box::pin(async move {
-            let def = rel.definition.as_deref()?;
             if depth >= VIEW_DEPTH {
                 return None;
             }
-            let analysis = sql::analyze(def);
-            let stmt = analysis.as_ref().as_ref().ok()?.statements.first()?.clone();
-            let outs = stmt.output?;
+            let outs: Vec<Output> = match found {
+                Found::Catalog(rel) => {
+                    let def = rel.definition.as_deref()?;
+                    let analysis = sql::analyze(def);
+                    let stmt = analysis.as_ref().as_ref().ok()?.statements.first()?.clone();
+                    stmt.output?
+                }
+                Found::Session {
+                    kind: CreatedKind::View { outputs, .. } | CreatedKind::TableAs { outputs }, ..
+                } => outputs.clone(),
+                Found::Session { .. } => return None,
+            };
             let mut cols = Vec::new();
             for o in outs {
                 match o {
-                    Output::Column { lineage, .. } => cols.push(lineage),
+                    Output::Column { name, lineage } => cols.push((name, lineage)),
                     Output::Star(r) => {
                         let inner = self.relation(&r).await?;
-                        for (c, _) in &inner.columns {
-                            cols.push(Lineage {
+                        for c in self.column_names(&inner, depth + 1).await? {
+                            let lineage = Lineage {
                                 how: How::Direct,
                                 sources: [Source::Column { relation: r.clone(), column: c.clone() }].into(),
-                            });
+                            };
+                            cols.push((c, lineage));
                         }
                     }
                     Output::Unknown => return None,
                 }
             }
-            (cols.len() == rel.columns.len()).then_some(cols)
+            if let Found::Catalog(rel) = found
+                && cols.len() != rel.columns.len()
+            {
+                return None;
+            }
+            Some(cols)
         })
     }
 
-    /// Follows `l` to base table columns. Returns the bases and whether the
-    /// value is still exactly one column.
+    /// The column names of a relation in order, when known.
+    fn column_names<'s>(&'s self, found: &'s Found, depth: usize) -> Boxed<'s, Option<Vec<String>>> {
+        Box::pin(async move {
+            match found {
+                Found::Catalog(rel) => Some(rel.columns.iter().map(|(c, _)| c.clone()).collect()),
+                Found::Session { kind: CreatedKind::Table { columns }, .. } => columns.clone(),
+                Found::Session { .. } => {
+                    Some(self.derived_columns(found, depth).await?.into_iter().map(|(c, _)| c).collect())
+                }
+            }
+        })
+    }
+
+    /// Follows `l` to base columns. Returns the bases and whether the value
+    /// is still exactly one column.
     fn bases<'s>(&'s self, l: &'s Lineage, depth: usize) -> Boxed<'s, (Bases, bool)> {
         Box::pin(async move {
             let mut out = Bases::default();
             let mut direct = l.how == How::Direct;
-            if l.how == How::Unknown {
+            if l.how == How::Unknown || depth > VIEW_DEPTH {
                 out.unknown = true;
             }
             let mut found_direct = 0;
             for s in &l.sources {
                 match s {
                     Source::Opaque => out.unknown = true,
+                    Source::Function(name) => {
+                        if !self.function_clean(name, depth).await {
+                            out.unknown = true;
+                        }
+                    }
+                    Source::Definition => {
+                        found_direct += 1;
+                        out.columns.insert(Base {
+                            schema: "pg_catalog".into(),
+                            table: String::new(),
+                            column: String::new(),
+                            comment: None,
+                            origin: Origin::Definition,
+                        });
+                    }
                     Source::Column { relation, column } => {
-                        let Some(rel) = self.relation(relation).await else {
+                        let Some(found) = self.relation(relation).await else {
                             out.unknown = true;
                             continue;
                         };
-                        let Some(i) = rel.columns.iter().position(|(c, _)| c == column) else {
-                            // A candidate that does not exist (ambiguous names).
+                        match self.column(&found, column, depth).await {
+                            ColumnOf::Missing => {}
+                            ColumnOf::Unknown => {
+                                found_direct += 1;
+                                out.unknown = true;
+                            }
+                            ColumnOf::Base(b) => {
+                                found_direct += 1;
+                                out.columns.insert(b);
+                            }
+                            ColumnOf::Derived(l) => {
+                                found_direct += 1;
+                                let (b, d) = self.bases(&l, depth + 1).await;
+                                direct &= d;
+                                out.unknown |= b.unknown;
+                                out.columns.extend(b.columns);
+                            }
+                        }
+                    }
+                    Source::ColumnAt { relation, position } => {
+                        let Some(found) = self.relation(relation).await else {
+                            out.unknown = true;
                             continue;
                         };
+                        let name = self.column_names(&found, depth).await.and_then(|c| c.get(*position).cloned());
+                        let Some(column) = name else {
+                            out.unknown = true;
+                            continue;
+                        };
+                        let l = Lineage {
+                            how: How::Direct,
+                            sources: [Source::Column { relation: relation.clone(), column }].into(),
+                        };
                         found_direct += 1;
-                        if rel.definition.is_some() {
-                            match self.view_columns(rel.clone(), depth + 1).await {
-                                Some(cols) => {
-                                    let (b, d) = self.bases(&cols[i], depth + 1).await;
-                                    direct &= d;
-                                    out.unknown |= b.unknown;
-                                    out.columns.extend(b.columns);
-                                }
-                                None => out.unknown = true,
-                            }
-                        } else {
-                            let (name, comment) = &rel.columns[i];
-                            out.columns.insert((rel.schema.clone(), rel.name.clone(), name.clone(), comment.clone()));
-                        }
+                        let (b, d) = self.bases(&l, depth).await;
+                        direct &= d;
+                        out.unknown |= b.unknown;
+                        out.columns.extend(b.columns);
                     }
                     Source::AllColumns(relation) => {
                         direct = false;
-                        let Some(rel) = self.relation(relation).await else {
+                        let Some(found) = self.relation(relation).await else {
                             out.unknown = true;
                             continue;
                         };
-                        if rel.definition.is_some() {
-                            match self.view_columns(rel.clone(), depth + 1).await {
-                                Some(cols) => {
-                                    for c in &cols {
-                                        let (b, _) = self.bases(c, depth + 1).await;
-                                        out.unknown |= b.unknown;
-                                        out.columns.extend(b.columns);
-                                    }
+                        let Some(names) = self.column_names(&found, depth).await else {
+                            out.unknown = true;
+                            continue;
+                        };
+                        for c in names {
+                            match self.column(&found, &c, depth).await {
+                                ColumnOf::Missing => {}
+                                ColumnOf::Unknown => out.unknown = true,
+                                ColumnOf::Base(b) => {
+                                    out.columns.insert(b);
                                 }
-                                None => out.unknown = true,
-                            }
-                        } else {
-                            for (name, comment) in &rel.columns {
-                                out.columns.insert((
-                                    rel.schema.clone(),
-                                    rel.name.clone(),
-                                    name.clone(),
-                                    comment.clone(),
-                                ));
+                                ColumnOf::Derived(l) => {
+                                    let (b, _) = self.bases(&l, depth + 1).await;
+                                    out.unknown |= b.unknown;
+                                    out.columns.extend(b.columns);
+                                }
                             }
                         }
                     }
@@ -172,75 +448,282 @@ impl PlanContext {
         })
     }
 
-    /// The first base column of `bases` whose action is not `allow`, as
-    /// `schema.table.column`; `Some("an unknown column")` when unknown.
+    /// Column `column` of a found relation.
+    async fn column(&self, found: &Found, column: &str, depth: usize) -> ColumnOf {
+        match found {
+            Found::Catalog(rel) => {
+                let Some(i) = rel.columns.iter().position(|(c, _)| c == column) else { return ColumnOf::Missing };
+                let catalog = CATALOG_SCHEMAS.contains(&rel.schema.as_str());
+                if rel.definition.is_some() && !catalog {
+                    return match self.derived_columns(found, depth + 1).await {
+                        Some(cols) => cols.get(i).map_or(ColumnOf::Unknown, |(_, l)| ColumnOf::Derived(l.clone())),
+                        None => ColumnOf::Unknown,
+                    };
+                }
+                let (name, comment) = &rel.columns[i];
+                let origin = if catalog { catalog_column(&rel.name, name) } else { Origin::Policy };
+                ColumnOf::Base(Base {
+                    schema: rel.schema.clone(),
+                    table: rel.name.clone(),
+                    column: name.clone(),
+                    comment: comment.clone(),
+                    origin,
+                })
+            }
+            Found::Session { kind: CreatedKind::Table { columns }, temp, .. } => {
+                if columns.as_ref().is_some_and(|c| !c.iter().any(|c| c == column)) {
+                    return ColumnOf::Missing;
+                }
+                if *temp && !self.session.temp_clean() {
+                    return ColumnOf::Unknown;
+                }
+                ColumnOf::Base(Base {
+                    schema: found.schema(),
+                    table: found.name(),
+                    column: column.to_string(),
+                    comment: None,
+                    origin: if *temp { Origin::ClientData } else { Origin::Policy },
+                })
+            }
+            Found::Session { temp, .. } => {
+                if *temp && !self.session.temp_clean() {
+                    return ColumnOf::Unknown;
+                }
+                match self.derived_columns(found, depth + 1).await {
+                    Some(cols) => match cols.into_iter().find(|(c, _)| c == column) {
+                        Some((_, l)) => ColumnOf::Derived(l),
+                        None => ColumnOf::Missing,
+                    },
+                    None => ColumnOf::Unknown,
+                }
+            }
+        }
+    }
+
+    /// The action for a base column.
+    fn action(&self, b: &Base) -> ColumnAction {
+        match b.origin {
+            Origin::Policy => self.plan.policy.column_action(&b.schema, &b.table, &b.column, b.comment.as_deref()),
+            Origin::Catalog | Origin::ClientData => ColumnAction::Allow,
+            Origin::Definition => ColumnAction::Definition(self.plan.policy.classified_names()),
+            Origin::CatalogValue => ColumnAction::Redact,
+        }
+    }
+
+    /// Whether a base column is classified (a rule or a comment masks it,
+    /// or it is catalog text that can embed values): what inference checks.
+    fn classified(&self, b: &Base) -> bool {
+        match b.origin {
+            Origin::Policy => {
+                let c = self.plan.policy.classification(&b.schema, &b.table, &b.column, b.comment.as_deref());
+                c.classified && c.action != ColumnAction::Allow
+            }
+            // Definitions are masked where they are shown; testing or
+            // ordering by them is what psql does (`ORDER BY` its
+            // `pg_get_function_arguments` column).
+            Origin::CatalogValue => true,
+            Origin::Definition | Origin::Catalog | Origin::ClientData => false,
+        }
+    }
+
+    /// The first base column of `bases` whose action is not `allow`, named
+    /// for messages; `Some` too when something is unknown.
     fn first_masked(&self, bases: &Bases) -> Option<String> {
         if bases.unknown {
             return Some("a column the agent cannot trace".into());
         }
-        bases.columns.iter().find_map(|(s, t, c, comment)| {
-            (self.policy.column_action(s, t, c, comment.as_deref()) != ColumnAction::Allow)
-                .then(|| format!("{s}.{t}.{c}"))
+        bases.columns.iter().find_map(|b| (self.action(b) != ColumnAction::Allow).then(|| b.named()))
+    }
+
+    /// The statement a statement stands for when it runs another: the
+    /// prepared statement of `EXECUTE`, the cursor's of `FETCH`.
+    fn stands_for(&self, stmt: &Statement) -> Option<StoodFor> {
+        match &stmt.effect {
+            Some(Effect::Execute { name }) => Some(match self.session.prepared(name) {
+                Some(s) => StoodFor::Stored(s),
+                None => StoodFor::Missing,
+            }),
+            Some(Effect::Fetch { name, .. }) => Some(match self.session.cursor(name) {
+                Some(s) => StoodFor::Stored(s),
+                None => StoodFor::Missing,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Why `stmt` is tainted (`None`: clean): the first thing it reads that
+    /// is not allowed — a masked or unclassified column, a value the agent
+    /// cannot trace, a function whose body it cannot see.
+    pub fn taint<'s>(&'s self, stmt: &'s Statement) -> Boxed<'s, Taint> {
+        self.taint_at(stmt, 0)
+    }
+
+    /// [`Resolver::taint`] of a statement `depth` function bodies deep.
+    fn taint_at<'s>(&'s self, stmt: &'s Statement, depth: usize) -> Boxed<'s, Taint> {
+        Box::pin(async move {
+            match self.stands_for(stmt) {
+                Some(StoodFor::Stored(inner)) => {
+                    if let Some(t) = self.taint(&inner).await {
+                        return Some(t);
+                    }
+                }
+                // The server answers that it does not exist, unless code
+                // masker could not see made it.
+                Some(StoodFor::Missing) if self.session.unseen_code() => {
+                    return Some("a prepared statement or cursor the agent has not seen".into());
+                }
+                Some(StoodFor::Missing) => {}
+                None => {}
+            }
+            for l in &stmt.reads {
+                let (bases, _) = self.bases(l, depth).await;
+                if let Some(what) = self.first_masked(&bases) {
+                    return Some(what);
+                }
+            }
+            // A view reads what its query reads, filters included (its
+            // errors, and an EXPLAIN of it, can show them).
+            if depth < VIEW_DEPTH {
+                for r in &stmt.relations {
+                    match self.relation(r).await {
+                        Some(Found::Catalog(rel))
+                            if rel.definition.is_some() && !CATALOG_SCHEMAS.contains(&rel.schema.as_str()) =>
+                        {
+                            let analysis = sql::analyze(rel.definition.as_deref().unwrap_or_default());
+                            let Ok(a) = analysis.as_ref() else { return Some(format!("the view {r}")) };
+                            for inner in &a.statements {
+                                if let Some(t) = self.taint_at(inner, depth + 1).await {
+                                    return Some(t);
+                                }
+                            }
+                        }
+                        Some(Found::Session { kind: CreatedKind::View { reads, .. }, .. }) => {
+                            for l in &reads {
+                                let (bases, _) = self.bases(l, depth + 1).await;
+                                if let Some(what) = self.first_masked(&bases) {
+                                    return Some(what);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if self.calls_unclean_function(stmt, depth).await {
+                return Some("a function whose body reads masked data or cannot be analysed".into());
+            }
+            None
         })
     }
 
-    /// Whether any column of the statement's relations is masked (or a
-    /// relation is unknown): what an untraceable output could carry.
-    async fn statement_sensitive(&self, stmt: &Statement) -> bool {
-        for r in &stmt.relations {
-            let l = Lineage { how: How::WholeRow, sources: [Source::AllColumns(r.clone())].into() };
-            let (b, _) = self.bases(&l, 0).await;
-            if self.first_masked(&b).is_some() {
+    /// Whether the function `name` (as written) is clean: built in, or
+    /// user-defined with a body (SQL or PL/pgSQL) that reads only allowed
+    /// data, sends nothing to another channel and runs no dynamic SQL, for
+    /// every overload. Bodies are followed [`VIEW_DEPTH`] calls deep.
+    fn function_clean<'s>(&'s self, name: &'s str, depth: usize) -> Boxed<'s, bool> {
+        Box::pin(async move {
+            if depth >= VIEW_DEPTH {
+                return false;
+            }
+            let one: std::collections::BTreeSet<String> = [name.to_string()].into();
+            match self.plan.catalog.user_functions(&self.plan.destination, &self.plan.database, &one).await {
+                Ok(user) if user.is_empty() => return true,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+            let Ok(bodies) = self.plan.catalog.function_bodies(&self.plan.destination, &self.plan.database, name).await
+            else {
+                return false;
+            };
+            if bodies.is_empty() {
+                return false;
+            }
+            for b in bodies.iter() {
+                let vars: Vec<(String, Lineage)> =
+                    b.arg_names.iter().filter(|a| !a.is_empty()).map(|a| (a.clone(), Lineage::constant())).collect();
+                let statements = match b.language.as_str() {
+                    "sql" if !b.source.trim().is_empty() => match sql::analyze_with_variables(&b.source, &vars) {
+                        Ok(a) => a.statements,
+                        Err(_) => return false,
+                    },
+                    "plpgsql" => match sql::plpgsql::analyze_function_body(&b.source, &b.arg_names) {
+                        Some(p) if !p.dynamic && !p.opaque => {
+                            if p.sinks.iter().any(|s| s.lineage.how != How::Constant) {
+                                return false;
+                            }
+                            p.statements
+                        }
+                        _ => return false,
+                    },
+                    _ => return false,
+                };
+                for st in &statements {
+                    let reads_only = matches!(st.class, StatementClass::Select) && st.write.is_none();
+                    if !reads_only || st.sinks.iter().any(|s| s.lineage.how != How::Constant) {
+                        return false;
+                    }
+                    if self.taint_at(st, depth + 1).await.is_some() {
+                        return false;
+                    }
+                }
+            }
+            true
+        })
+    }
+
+    /// Whether the statement calls a user-defined function that is not
+    /// clean (see [`Resolver::function_clean`]); when the catalog cannot
+    /// tell, it counts as one (fail closed).
+    async fn calls_unclean_function(&self, stmt: &Statement, depth: usize) -> bool {
+        if stmt.functions.is_empty() {
+            return false;
+        }
+        let Ok(user) =
+            self.plan.catalog.user_functions(&self.plan.destination, &self.plan.database, &stmt.functions).await
+        else {
+            return true;
+        };
+        for f in &user {
+            if !self.function_clean(f, depth).await {
                 return true;
             }
         }
         false
     }
 
-    /// Whether the statement calls a function defined outside `pg_catalog`:
-    /// its body may read tables the statement does not name, so no output
-    /// that is not exactly a column can be trusted. When the catalog cannot
-    /// tell, it counts as one (fail closed).
-    async fn calls_user_function(&self, stmt: &Statement) -> bool {
-        if stmt.functions.is_empty() {
-            return false;
-        }
-        self.catalog
-            .user_functions(&self.destination, &self.database, &stmt.functions)
-            .await
-            .map_or(true, |user| !user.is_empty())
-    }
-
-    async fn decide(&self, l: &Lineage, stmt: &Statement) -> Decision {
-        let unclassified = Decision::Force(self.policy.unclassified_action());
-        if l.how != How::Direct && l.how != (How::Aggregate { reveals: false }) && self.calls_user_function(stmt).await
-        {
-            return Decision::Force(ColumnAction::Redact);
-        }
+    async fn decide(&self, l: &Lineage, stmt: &Statement, taint: &Taint) -> Decision {
         match l.how {
-            How::Constant | How::Aggregate { reveals: false } => unclassified,
+            // Literals, parameters, counts: the client's own values.
+            How::Constant | How::Aggregate { reveals: false } => return Decision::Force(ColumnAction::Allow),
             How::Unknown => {
-                // An opaque source (a user-defined function, XMLTABLE, ...)
-                // may read tables the statement does not name: fail closed.
-                if l.sources.contains(&Source::Opaque) || self.statement_sensitive(stmt).await {
+                return if taint.is_some() || l.sources.contains(&Source::Opaque) {
                     Decision::Force(ColumnAction::Redact)
                 } else {
-                    unclassified
-                }
+                    Decision::Force(ColumnAction::Allow)
+                };
             }
-            _ => {
-                let (bases, direct) = self.bases(l, 0).await;
-                if direct && let Some((s, t, c, comment)) = bases.columns.iter().next() {
-                    return Decision::Direct(self.policy.column_action(s, t, c, comment.as_deref()));
-                }
-                if self.first_masked(&bases).is_some() { Decision::Force(ColumnAction::Redact) } else { unclassified }
-            }
+            _ => {}
         }
+        if l.how != How::Direct && self.calls_unclean_function(stmt, 0).await {
+            return Decision::Force(ColumnAction::Redact);
+        }
+        let (bases, direct) = self.bases(l, 0).await;
+        if direct && let Some(b) = bases.columns.iter().next() {
+            return Decision::Direct(self.action(b));
+        }
+        if bases.unknown || bases.columns.iter().any(|b| self.classified(b)) {
+            return Decision::Force(ColumnAction::Redact);
+        }
+        if bases.columns.iter().any(|b| self.action(b) != ColumnAction::Allow) {
+            // Computed from columns no rule classifies.
+            return Decision::Force(self.plan.policy.unclassified_action());
+        }
+        Decision::Force(ColumnAction::Allow)
     }
 
-    /// One decision per result column of statement `index` of `sql`, or
-    /// `None` when the columns cannot be matched to the statement's output
-    /// (the caller fails closed).
+    /// One decision per result column of statement `index` of `sql`, or a
+    /// decision for every column when they cannot be matched to the
+    /// statement's output (failing closed when the statement is tainted).
     pub async fn decisions(&self, sql: &str, index: usize, columns: usize) -> Vec<Decision> {
         let analysis = sql::analyze(sql);
         let stmt = match analysis.as_ref() {
@@ -250,86 +733,139 @@ impl PlanContext {
         let Some(stmt) = stmt else {
             return vec![Decision::Direct(ColumnAction::Redact); columns];
         };
-        let fallback = |sensitive: bool| {
-            let action = if sensitive { ColumnAction::Redact } else { self.policy.unclassified_action() };
-            vec![Decision::Direct(action); columns]
+        self.decisions_for(stmt, columns).await
+    }
+
+    /// See [`Resolver::decisions`].
+    pub async fn decisions_for(&self, stmt: &Statement, columns: usize) -> Vec<Decision> {
+        if let Some(stood) = self.stands_for(stmt) {
+            return match stood {
+                StoodFor::Stored(inner) => Box::pin(self.decisions_for(&inner, columns)).await,
+                StoodFor::Missing => vec![Decision::Direct(ColumnAction::Redact); columns],
+            };
+        }
+        let taint = self.taint(stmt).await;
+        let fallback = |tainted: bool| {
+            let action = if tainted { ColumnAction::Redact } else { ColumnAction::Allow };
+            vec![Decision::Force(action); columns]
         };
         let Some(outs) = &stmt.output else {
-            // Rows from a statement without traced output: SHOW and EXPLAIN
-            // carry no table data; FETCH, EXECUTE and the like may.
+            if stmt.class == StatementClass::Explain && taint.is_some() {
+                // The plan quotes filters on masked columns (the query's and
+                // its views'): the literals against them go, the plan stays.
+                let action = if stmt.explain_text {
+                    ColumnAction::Definition(self.plan.policy.classified_names())
+                } else {
+                    ColumnAction::Redact
+                };
+                return vec![Decision::Force(action); columns];
+            }
+            // Rows from a statement without traced output (SHOW, EXPLAIN):
+            // as clean as what it reads.
             let safe = matches!(stmt.class, StatementClass::Config | StatementClass::Explain);
-            return fallback(!safe || self.statement_sensitive(stmt).await);
+            return fallback(!safe || taint.is_some());
         };
         let mut decisions = Vec::with_capacity(columns);
         for o in outs {
             match o {
-                Output::Column { lineage, .. } => decisions.push(self.decide(lineage, stmt).await),
+                Output::Column { lineage, .. } => decisions.push(self.decide(lineage, stmt, &taint).await),
                 Output::Star(r) => {
-                    let Some(rel) = self.relation(r).await else {
+                    let Some(found) = self.relation(r).await else {
                         return fallback(true);
                     };
-                    let cols = match rel.definition {
-                        Some(_) => match self.view_columns(rel.clone(), 0).await {
-                            Some(c) => c,
-                            None => return fallback(true),
-                        },
-                        None => rel
-                            .columns
-                            .iter()
-                            .map(|(c, _)| Lineage {
-                                how: How::Direct,
-                                sources: [Source::Column { relation: r.clone(), column: c.clone() }].into(),
-                            })
-                            .collect(),
+                    let Some(names) = self.column_names(&found, 0).await else {
+                        return fallback(taint.is_some());
                     };
-                    for c in &cols {
-                        decisions.push(self.decide(c, stmt).await);
+                    for c in names {
+                        let l = Lineage {
+                            how: How::Direct,
+                            sources: [Source::Column { relation: r.clone(), column: c }].into(),
+                        };
+                        decisions.push(self.decide(&l, stmt, &taint).await);
                     }
                 }
-                Output::Unknown => {
-                    let sensitive = self.statement_sensitive(stmt).await || self.calls_user_function(stmt).await;
-                    return fallback(sensitive);
-                }
+                Output::Unknown => return fallback(taint.is_some()),
             }
         }
         if decisions.len() != columns {
-            let sensitive = self.statement_sensitive(stmt).await || self.calls_user_function(stmt).await;
-            return fallback(sensitive);
+            return fallback(taint.is_some());
         }
         decisions
     }
 
-    /// Under `defaults.refuse_inference`: why the statement may not filter,
-    /// group or order as it does, naming the first masked column it uses so
-    /// (`WHERE ssn LIKE '1%'` with a count reveals digits one by one).
-    /// Equality with a constant on a pseudonymized column stays allowed: it
-    /// tells no more than a join on the pseudonym does.
+    /// The action and type of each column a `COPY relation [(columns)] TO
+    /// STDOUT` sends, in order; `None` when the relation or a column cannot
+    /// be resolved.
+    pub async fn copy_columns(
+        &self,
+        relation: &RelName,
+        columns: Option<&[String]>,
+    ) -> Option<Vec<(ColumnAction, crate::wire::TypeOid)>> {
+        let found = self.relation(relation).await?;
+        let names = self.column_names(&found, 0).await?;
+        let types: Vec<crate::wire::TypeOid> = match &found {
+            Found::Catalog(rel) => rel.types.clone(),
+            // The session's own table: allowed, so its types do not matter.
+            Found::Session { .. } => vec![crate::wire::TypeOid(0); names.len()],
+        };
+        let selected: Vec<usize> = match columns {
+            None => (0..names.len()).collect(),
+            Some(list) => list.iter().map(|c| names.iter().position(|n| n == c)).collect::<Option<_>>()?,
+        };
+        let mut out = Vec::with_capacity(selected.len());
+        for i in selected {
+            let l = Lineage {
+                how: How::Direct,
+                sources: [Source::Column { relation: relation.clone(), column: names[i].clone() }].into(),
+            };
+            let action = match self.decide(&l, &Statement::empty_copy(), &None).await {
+                Decision::Direct(a) | Decision::Force(a) => a,
+            };
+            out.push((action, types.get(i).copied().unwrap_or(crate::wire::TypeOid(0))));
+        }
+        Some(out)
+    }
+
+    /// Under `defaults.refuse_inference`: why the statement may not test
+    /// values as it does, naming the first masked column it tests (`WHERE
+    /// ssn LIKE '1%'` with a count reveals digits one by one; so does an
+    /// error raised only when a CASE on it holds). Equality with a constant
+    /// on a pseudonymized column stays allowed: it tells no more than a join
+    /// on the pseudonym does.
     async fn inference(&self, stmt: &Statement) -> Option<String> {
-        for (source, equality) in &stmt.filters {
-            let l = Lineage { how: How::Direct, sources: [source.clone()].into() };
-            let (bases, _) = self.bases(&l, 0).await;
+        for cond in &stmt.filters {
+            let (bases, _) = self.bases(&cond.lineage, 0).await;
             if bases.unknown {
-                if self.statement_sensitive(stmt).await {
+                if self.taint(stmt).await.is_some() {
                     return Some(
-                        "masker: filtering, grouping or ordering on an expression the agent cannot trace is refused \
-                         (rule: defaults.refuse_inference; the statement reads masked columns)"
+                        "masker: testing values of an expression the agent cannot trace is refused (rule: \
+                         defaults.refuse_inference; the statement reads masked columns)"
                             .into(),
                     );
                 }
                 continue;
             }
-            for (s, t, c, comment) in &bases.columns {
-                let allowed = match self.policy.column_action(s, t, c, comment.as_deref()) {
+            for b in &bases.columns {
+                if !self.classified(b) {
+                    continue;
+                }
+                let allowed = match self.action(b) {
                     ColumnAction::Allow | ColumnAction::Detect => true,
-                    ColumnAction::Pseudonymize { .. } => *equality,
+                    ColumnAction::Pseudonymize { .. } => cond.equality,
                     _ => false,
                 };
                 if !allowed {
-                    let rule = self.policy.rule_name(s, t, c, comment.as_deref());
+                    let rule = match b.origin {
+                        Origin::Policy => {
+                            self.plan.policy.rule_name(&b.schema, &b.table, &b.column, b.comment.as_deref())
+                        }
+                        _ => "catalog text that can embed values".into(),
+                    };
                     return Some(format!(
-                        "masker: filtering, grouping or ordering on {s}.{t}.{c} is refused ({rule} masks it and \
-                         defaults.refuse_inference is on: a predicate on a masked column reveals its values); \
-                         filter on unmasked columns instead"
+                        "masker: filtering, grouping, ordering or testing on {} is refused ({rule} masks it and \
+                         defaults.refuse_inference is on: a test on a masked column reveals its values); test \
+                         unmasked columns instead",
+                        b.named()
                     ));
                 }
             }
@@ -339,21 +875,29 @@ impl PlanContext {
 
     /// Why the statements of `sql` must be refused, if they must, and by
     /// which kind of rule (`guardrail` or `lineage`): the message names the
-    /// statement, relation or column and the rule, never a value.
+    /// statement, relation or column and the rule, never a value. Later
+    /// statements of `sql` are checked as if the earlier ones had run
+    /// (`model` is the session as it will be).
     pub async fn refusal(&self, sql: &str) -> Option<(&'static str, String)> {
         let analysis = sql::analyze(sql);
         let analysis = analysis.as_ref().as_ref().ok()?;
-        if let Some(g) = self.policy.guardrails() {
-            for stmt in &analysis.statements {
-                let relations = self.resolved_relations(stmt).await;
+        let mut model = self.session.clone();
+        for stmt in &analysis.statements {
+            let r = Resolver { plan: self.plan, session: &model };
+            if let Some(g) = self.plan.policy.guardrails() {
+                let relations = r.resolved_relations(stmt).await;
                 let resolved: Vec<Resolved<'_>> =
                     relations.iter().map(|(schema, name)| Resolved { schema: schema.as_deref(), name }).collect();
                 if let Some(message) = guardrails::violation(g, stmt, &resolved) {
                     return Some(("guardrail", message));
                 }
             }
+            if let Some(m) = r.lineage_refusal(stmt).await {
+                return Some(("lineage", m));
+            }
+            model.apply(stmt);
         }
-        self.lineage_refusal(analysis).await.map(|m| ("lineage", m))
+        None
     }
 
     /// The relations of `stmt` as the catalog resolves them (`schema`,
@@ -362,7 +906,7 @@ impl PlanContext {
         let mut out = Vec::with_capacity(stmt.relations.len());
         for r in &stmt.relations {
             out.push(match self.relation(r).await {
-                Some(rel) => (Some(rel.schema.clone()), rel.name.clone()),
+                Some(f) => (Some(f.schema()), f.name()),
                 None => (r.schema.clone(), r.name.clone()),
             });
         }
@@ -373,7 +917,7 @@ impl PlanContext {
     /// one does: the first rule whose every condition holds for one of its
     /// statements. Text that does not parse is not held (it will not run).
     pub async fn approval(&self, sql: &str) -> Option<Arc<ApprovalRule>> {
-        let rules = self.policy.approvals();
+        let rules = self.plan.policy.approvals();
         if rules.is_empty() {
             return None;
         }
@@ -421,13 +965,16 @@ impl PlanContext {
         let mut out = BTreeSet::new();
         for l in &lineages {
             let (bases, _) = self.bases(l, 0).await;
-            out.extend(bases.columns.into_iter().map(|(s, t, c, _)| (s, t, c)));
+            out.extend(bases.columns.into_iter().map(|b| (b.schema, b.table, b.column)));
         }
         out
     }
 
-    async fn lineage_refusal(&self, analysis: &sql::Analysis) -> Option<String> {
-        for stmt in &analysis.statements {
+    /// The lineage refusals of one statement: refused catalog views,
+    /// inference, data moved out of sight, values flowing into side
+    /// channels — for the statement and every statement of its `DO` body.
+    fn lineage_refusal<'s>(&'s self, stmt: &'s Statement) -> Boxed<'s, Option<String>> {
+        Box::pin(async move {
             for r in &stmt.relations {
                 let catalog_schema = r.schema.as_deref().is_none_or(|s| s == "pg_catalog" || s == "public");
                 if catalog_schema && REFUSED_RELATIONS.contains(&r.name.to_ascii_lowercase().as_str()) {
@@ -446,34 +993,98 @@ impl PlanContext {
                     ));
                 }
             }
-            if self.policy.refuses_inference()
+            if self.plan.policy.refuses_inference()
                 && let Some(message) = self.inference(stmt).await
             {
                 return Some(message);
             }
-            let what = match stmt.class {
-                StatementClass::CreateTableAs => "CREATE TABLE AS / SELECT INTO",
-                StatementClass::Insert => "INSERT ... SELECT",
-                StatementClass::Update => "UPDATE ... SET",
-                StatementClass::Merge => "MERGE",
-                StatementClass::Copy => "COPY (query)",
-                _ => continue,
-            };
-            let Some(moves) = &stmt.moves else { continue };
-            if moves.how == How::Constant || matches!(moves.how, How::Aggregate { reveals: false }) {
+            if let Some(Err(why)) = &stmt.copy {
+                return Some(format!(
+                    "masker: COPY refused: {why} (rule: COPY output is masked only in the forms masker can parse \
+                     and re-emit)"
+                ));
+            }
+            if let Some(m) = self.move_refusal(stmt).await {
+                return Some(m);
+            }
+            if let Some(m) = self.sink_refusal(stmt).await {
+                return Some(m);
+            }
+            if let Some(body) = &stmt.body {
+                if body.dynamic {
+                    return Some(
+                        "masker: DO block refused: it runs SQL built at run time (EXECUTE of a text that is not a \
+                         constant), which masker cannot analyse (rule: code masker cannot see may not run in masked \
+                         sessions); run the statements themselves"
+                            .into(),
+                    );
+                }
+                for inner in &body.statements {
+                    if let Some(m) = self.move_refusal(inner).await {
+                        return Some(m);
+                    }
+                }
+            }
+            None
+        })
+    }
+
+    /// Statements that would copy masked data where masking cannot follow.
+    async fn move_refusal(&self, stmt: &Statement) -> Option<String> {
+        let what = match stmt.class {
+            StatementClass::CreateTableAs => "CREATE TABLE AS / SELECT INTO",
+            StatementClass::Insert => "INSERT ... SELECT",
+            StatementClass::Update => "UPDATE ... SET",
+            StatementClass::Merge => "MERGE",
+            StatementClass::Copy => "COPY (query)",
+            _ if stmt.moves.is_some() => "a data-modifying WITH",
+            _ => return None,
+        };
+        let moves = stmt.moves.as_ref()?;
+        if moves.how == How::Constant || matches!(moves.how, How::Aggregate { reveals: false }) {
+            return None;
+        }
+        if stmt.class == StatementClass::Copy {
+            // COPY (query) TO STDOUT is masked per output column; only a
+            // COPY TO a file or program would move data out of sight, and
+            // those need server privileges masker does not pass through.
+            return None;
+        }
+        let masked = if moves.how == How::Unknown {
+            self.taint(stmt).await.map(|_| "a column the agent cannot trace".to_string())
+        } else {
+            let (bases, _) = self.bases(moves, 0).await;
+            self.first_masked(&bases)
+        };
+        masked.map(|column| {
+            format!(
+                "masker: {what} refused: it would copy {column} (rule: data derived from masked columns may not be \
+                 stored or exported where masking cannot follow it); select the masked columns instead, or leave \
+                 them out"
+            )
+        })
+    }
+
+    /// A value derived from a masked column flowing into a notification, a
+    /// setting, an advisory lock, a large object, a sequence, a RAISE or
+    /// dynamic SQL: refused before it runs.
+    async fn sink_refusal(&self, stmt: &Statement) -> Option<String> {
+        for sink in &stmt.sinks {
+            if sink.lineage.how == How::Constant || matches!(sink.lineage.how, How::Aggregate { reveals: false }) {
                 continue;
             }
-            let masked = if moves.how == How::Unknown {
-                self.statement_sensitive(stmt).await.then(|| "a column the agent cannot trace".to_string())
+            let (bases, _) = self.bases(&sink.lineage, 0).await;
+            let column = if bases.unknown {
+                self.taint(stmt).await.map(|_| "a value the agent cannot trace".to_string())
             } else {
-                let (bases, _) = self.bases(moves, 0).await;
-                self.first_masked(&bases)
+                bases.columns.iter().find(|b| self.action(b) != ColumnAction::Allow).map(Base::named)
             };
-            if let Some(column) = masked {
+            if let Some(column) = column {
                 return Some(format!(
-                    "masker: {what} refused: it would copy {column} (rule: data derived from masked columns may \
-                     not be stored or exported where masking cannot follow it); select the masked columns \
-                     instead, or leave them out"
+                    "masker: statement refused: {column} would flow into {} through {} (rule: values derived from \
+                     masked columns may not leave through channels other than the masked rows)",
+                    sink.kind.describe(),
+                    sink.function
                 ));
             }
         }
@@ -481,10 +1092,28 @@ impl PlanContext {
     }
 }
 
+/// A column of a found relation.
+enum ColumnOf {
+    /// The relation has no such column.
+    Missing,
+    /// The relation is known but its column cannot be followed.
+    Unknown,
+    Base(Base),
+    /// A view's (or query-built table's) column: follow this lineage.
+    Derived(Lineage),
+}
+
+/// What `EXECUTE`/`FETCH` stand for.
+enum StoodFor {
+    Stored(Arc<Statement>),
+    /// The prepared statement or cursor is unknown to the session model.
+    Missing,
+}
+
 /// How every refusal statement starts (and a client's own code never does
 /// unless it imitates one, which gains it nothing: its messages are then
-/// scrubbed like any other).
-const REFUSAL_PREFIX: &str = "DO $masker$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '";
+/// treated like any other).
+pub const REFUSAL_PREFIX: &str = "DO $masker$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '";
 
 /// A statement that makes the server itself answer with our refusal, as an
 /// ordinary error in the statement's place: the transaction aborts exactly
@@ -495,32 +1124,14 @@ pub fn refusal_statement(message: &str) -> String {
     format!("{REFUSAL_PREFIX}{quoted}'; END $masker$")
 }
 
-/// Whether `sql` runs the client's own procedural code (`DO`, `CALL`):
-/// whatever it RAISEs was computed where lineage cannot see, so the text of
-/// its errors and notices is withheld (fail closed). The agent's own
-/// refusal statements are not the client's code.
-pub fn runs_client_code(sql: &str) -> bool {
-    if sql.starts_with(REFUSAL_PREFIX) {
-        return false;
-    }
-    match sql::analyze(sql).as_ref() {
-        Ok(a) => a.statements.iter().any(|s| s.class == StatementClass::Procedural),
-        // Unparsable text does not run at all.
-        Err(_) => false,
-    }
+/// Whether `sql` is one of the agent's own refusal statements.
+pub fn is_refusal(sql: &str) -> bool {
+    sql.starts_with(REFUSAL_PREFIX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn client_code_is_told_from_our_refusals() {
-        assert!(runs_client_code("DO $$ BEGIN RAISE NOTICE 'x'; END $$"));
-        assert!(runs_client_code("select 1; call p()"));
-        assert!(!runs_client_code(&refusal_statement("masker: refused")));
-        assert!(!runs_client_code("select 1"));
-    }
 
     #[test]
     fn refusal_statement_quotes_and_parses() {
@@ -529,5 +1140,6 @@ mod tests {
         assert!(crate::sql::analyze_uncached(&sql).is_ok());
         let clean = refusal_statement("column public.customers.ssn (rule: x)");
         assert!(crate::sql::analyze_uncached(&clean).is_ok());
+        assert!(is_refusal(&clean));
     }
 }

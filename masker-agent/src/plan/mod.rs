@@ -31,4 +31,6 @@ pub struct PlanContext {
     pub destination: TargetAddr,
     /// The database of the session.
     pub database: String,
+    /// The database user the session logged in as (`$user` in search_path).
+    pub user: String,
 }

@@ -238,6 +238,14 @@ fn compile_identity(
     }
     let databases = allow(&i.databases, "databases")?;
     let users = allow(&i.users, "users")?;
+    let notifications = match &i.notifications {
+        None => super::guardrails::Notifications::Scrub,
+        Some(n) => match n.get_ref().as_str() {
+            "scrub" => super::guardrails::Notifications::Scrub,
+            "withhold" => super::guardrails::Notifications::Withhold,
+            _ => return Err(errs.at(n.span(), "expected \"scrub\" or \"withhold\"")),
+        },
+    };
     Ok((
         pattern,
         claims,
@@ -251,6 +259,7 @@ fn compile_identity(
             targets,
             databases,
             users,
+            notifications,
         }),
     ))
 }

@@ -29,6 +29,23 @@ pub struct Guardrails {
     pub(crate) targets: Option<Vec<Glob>>,
     pub(crate) databases: Option<Vec<Glob>>,
     pub(crate) users: Option<Vec<Glob>>,
+    /// What sessions of the identity get of notifications (`LISTEN`).
+    pub notifications: Notifications,
+}
+
+/// What a session gets of the notifications it listens to. Payloads a
+/// masker session sends cannot carry a masked column's value (such a
+/// `pg_notify` is refused); these settings are about payloads sent by
+/// anything else (an application writing to the same database).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Notifications {
+    /// Payloads are scanned by the content detectors and what they find is
+    /// masked (the default): names and street addresses, which no detector
+    /// recognises, pass.
+    #[default]
+    Scrub,
+    /// No notification reaches the client.
+    Withhold,
 }
 
 impl Guardrails {

@@ -99,6 +99,28 @@ pub struct SessionPolicy {
     guardrails: Option<Arc<Guardrails>>,
     approvals: Vec<Arc<ApprovalRule>>,
     keys: Keys,
+    /// Column names the rules mask (for scrubbing definitions).
+    classified: crate::masking::ClassifiedNames,
+}
+
+/// The column names that masking rules select, for scrubbing definitions.
+fn classified_names(rules: &[Rule]) -> crate::masking::ClassifiedNames {
+    let globs: Vec<Glob> = rules
+        .iter()
+        .filter(|r| r.action != ColumnAction::Allow)
+        .flat_map(|r| r.columns.iter().map(|[_, _, c]| c.clone()).chain(r.column_names.iter().cloned()))
+        .collect();
+    crate::masking::ClassifiedNames::new(move |c| globs.iter().any(|g| g.matches(c)))
+}
+
+/// How a base column is classified: its action, and whether a rule or a
+/// `pii:` comment (not `defaults.action`) decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Classification {
+    /// What is done to the column's values.
+    pub action: ColumnAction,
+    /// A rule or a column comment chose the action.
+    pub classified: bool,
 }
 
 impl Policy {
@@ -115,7 +137,7 @@ impl Policy {
         let applies =
             |globs: &Option<Vec<Glob>>, s: &str| globs.as_ref().is_none_or(|g| g.iter().any(|g| g.matches(s)));
         let claims_match = |m: &Option<ClaimsMatch>| m.as_ref().is_none_or(|m| m.matches(claims));
-        let rules = self
+        let rules: Vec<Rule> = self
             .rules
             .iter()
             .filter(|r| applies(&r.identities, identity) && applies(&r.targets, target) && claims_match(&r.claims))
@@ -124,12 +146,14 @@ impl Policy {
         let guardrails =
             self.identities.iter().find(|(g, c, _)| g.matches(identity) && claims_match(c)).map(|(_, _, g)| g.clone());
         let approvals = self.approvals.iter().filter(|a| applies(&a.identities, identity)).cloned().collect();
+        let classified = classified_names(&rules);
         Arc::new(SessionPolicy {
             defaults: self.defaults.clone(),
             rules,
             guardrails,
             approvals,
             keys: self.keys.clone(),
+            classified,
         })
     }
 
@@ -163,7 +187,22 @@ impl SessionPolicy {
             guardrails: None,
             approvals: Vec::new(),
             keys: Keys::default(),
+            classified: classified_names(&[]),
         })
+    }
+
+    /// The action for `schema.table.column` and whether a rule or a column
+    /// comment (rather than `defaults.action`) chose it.
+    pub fn classification(&self, schema: &str, table: &str, column: &str, comment: Option<&str>) -> Classification {
+        let tag = if self.defaults.comment_classification { comment.and_then(pii_tag) } else { None };
+        let classified = self.matching_rule(schema, table, column, tag).is_some() || tag.is_some();
+        Classification { action: self.column_action(schema, table, column, comment), classified }
+    }
+
+    /// The column names masking rules select, for scrubbing literals out of
+    /// catalog definitions.
+    pub fn classified_names(&self) -> crate::masking::ClassifiedNames {
+        self.classified.clone()
     }
 
     /// The action for a base column `schema.table.column`; `comment` is the

@@ -46,6 +46,7 @@ pub(super) struct RawIdentity {
     pub(super) targets: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) databases: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) users: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) notifications: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -46,6 +46,7 @@ use relay::{Filter, Pump, RelayError, Verdict};
 use startup::{Startup, accept_tls, startup};
 use stream::SplitIo;
 use tls::Upstream;
+use track::model::Published;
 use track::{ClientTracker, ExpectQueue, ServerTracker};
 use upstream::{connect_upstream, upstream_tls};
 
@@ -193,15 +194,17 @@ async fn run<C: SplitIo>(
             catalog: ctx.catalog.clone(),
             destination: destination.clone(),
             database: database.clone(),
+            user: user.clone(),
         })
     };
     match session_policy {
         // No policy but an audit trail: statements are followed, not masked.
         None if ctx.audit.enabled() => {
             let queue = ExpectQueue::default();
-            let client_filter = ClientTracker::new(queue.clone(), None, session.clone()).observe_only();
+            let model = Published::default();
+            let client_filter = ClientTracker::new(queue.clone(), None, session.clone(), model.clone()).observe_only();
             let server_filter =
-                ServerTracker::new(queue, plan(SessionPolicy::allow_all()), session.clone()).observe_only();
+                ServerTracker::new(queue, plan(SessionPolicy::allow_all()), session.clone(), model).observe_only();
             relay(client, &mut server, &buf, &from_server, client_filter, server_filter, false, ctx, session).await
         }
         None => {
@@ -212,8 +215,9 @@ async fn run<C: SplitIo>(
             let holds = !session_policy.approvals().is_empty();
             let plan = plan(session_policy);
             let queue = ExpectQueue::default();
-            let client_filter = ClientTracker::new(queue.clone(), Some(plan.clone()), session.clone());
-            let server_filter = ServerTracker::new(queue, plan, session.clone());
+            let model = Published::default();
+            let client_filter = ClientTracker::new(queue.clone(), Some(plan.clone()), session.clone(), model.clone());
+            let server_filter = ServerTracker::new(queue, plan, session.clone(), model);
             relay(client, &mut server, &buf, &from_server, client_filter, server_filter, holds, ctx, session).await
         }
     }

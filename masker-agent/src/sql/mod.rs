@@ -15,14 +15,19 @@
 
 mod analysis;
 pub(crate) mod copy;
+pub mod definition;
 pub(crate) mod normalize;
+pub mod plpgsql;
 mod trace;
 
 use std::sync::Arc;
 
-pub use analysis::{Analysis, How, Lineage, Output, RelName, Source, SqlError, Statement, StatementClass};
+pub use analysis::{
+    Analysis, Condition, Created, CreatedKind, Effect, How, Lineage, Output, RelName, Sink, SinkKind, Source, SqlError,
+    Statement, StatementClass, TransactionStep,
+};
 pub use normalize::{cache_key, normalize, scrub_literals, shape};
-pub use trace::analyze_uncached;
+pub use trace::{analyze_uncached, analyze_with_variables, search_path_schemas};
 
 use normalize::ShapeCache;
 

@@ -44,15 +44,28 @@ impl<V: Clone> ShapeCache<V> {
     }
 }
 
+/// Whether `word` occurs in `lower` as a whole identifier.
+fn has_word(lower: &str, word: &str) -> bool {
+    let b = lower.as_bytes();
+    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+    lower.match_indices(word).any(|(i, _)| {
+        let before = i == 0 || !ident(b[i - 1]);
+        let after = b.get(i + word.len()).is_none_or(|&c| !ident(c));
+        before && after
+    })
+}
+
 /// The cache key of `sql`: the text with the contents of string literals
 /// (quoted, `E''`, dollar-quoted) and numeric literals blanked, so
 /// `... WHERE aid = 1` and `... WHERE aid = 2` (every statement of a client
 /// that does not use parameters) share one analysis.
 ///
-/// Sound because an analysis does not depend on literal values, with two
+/// Sound because an analysis does not depend on literal values, with these
 /// exceptions handled here: positional references (`ORDER BY 2`,
 /// `GROUP BY 1`, `DISTINCT ON`) — numbers are kept verbatim in any text that
-/// mentions those keywords — and a literal's own validity (`E'\u0000'`): a
+/// mentions those keywords; code and settings held in strings (a `DO`
+/// body, a function body, `set_config('search_path', ...)`) — no text that
+/// may hold them is blanked at all; and a literal's own validity (`E'\u0000'`): a
 /// text that shares its key with one that does not parse gets that error,
 /// and a statement without analysis is masked entirely (fail closed), while
 /// the server rejects the invalid one anyway. Identifiers (`"x1"`, `t2`),
@@ -62,6 +75,11 @@ pub fn cache_key(sql: &str) -> String {
     let b = sql.as_bytes();
     let lower = sql.to_ascii_lowercase();
     let keep_numbers = ["order", "group", "distinct"].iter().any(|k| lower.contains(k));
+    if ["search_path", "set_config", "function", "procedure"].iter().any(|k| lower.contains(k))
+        || has_word(&lower, "do")
+    {
+        return sql.to_string();
+    }
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
     let mut run_start = 0;

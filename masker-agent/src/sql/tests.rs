@@ -137,8 +137,12 @@ fn lateral_and_functions_in_from() {
     reveals("SELECT x FROM customers c, LATERAL (SELECT upper(c.email) AS x) l", col("customers", "email"));
     reveals("SELECT t FROM customers, unnest(tags || ARRAY[ssn]) t", col("customers", "ssn"));
     reveals("SELECT v FROM customers c, jsonb_each_text(c.profile) AS j(k, v)", col("customers", "profile"));
+    // A function the session resolves with the catalog (its body decides).
     let l = lineage("SELECT v FROM fixture.personal_values() v", 0);
-    assert_eq!(l.how, How::Unknown);
+    assert!(l.sources.contains(&Source::Function("fixture.personal_values".into())), "{l:?}");
+    assert_ne!(l.how, How::Direct);
+    let l = lineage("SELECT fixture.label(id) FROM customers", 0);
+    assert!(l.sources.contains(&Source::Function("fixture.label".into())), "{l:?}");
 }
 
 #[test]
@@ -204,8 +208,173 @@ fn returning_is_traced() {
 fn filters_record_predicates_with_equality() {
     let a = analyze_uncached("SELECT count(*) FROM customers WHERE ssn LIKE '1%' AND email = $1 ORDER BY 1").unwrap();
     let f = &a.statements[0].filters;
-    assert!(f.contains(&(col("customers", "ssn"), false)), "{f:?}");
-    assert!(f.contains(&(col("customers", "email"), true)), "{f:?}");
+    assert!(tests_column(f, &col("customers", "ssn"), false), "{f:?}");
+    assert!(tests_column(f, &col("customers", "email"), true), "{f:?}");
+}
+
+/// Whether some condition tests `source` (with `equality` as given).
+fn tests_column(f: &[Condition], source: &Source, equality: bool) -> bool {
+    f.iter().any(|c| c.lineage.sources.contains(source) && c.equality == equality)
+}
+
+fn statement(sql: &str) -> Statement {
+    let a = analyze_uncached(sql).expect("parses");
+    assert_eq!(a.statements.len(), 1, "{sql}");
+    a.statements[0].clone()
+}
+
+#[test]
+fn conditions_anywhere_are_recorded() {
+    for sql in [
+        "SELECT CASE WHEN ssn LIKE '5%' THEN 1 ELSE 0 END FROM customers",
+        "SELECT 1/(CASE WHEN ssn LIKE '5%' THEN 0 ELSE 1 END) FROM customers",
+        "SELECT count(*) FILTER (WHERE ssn > '5') FROM customers",
+        "SELECT nullif(ssn, '123') FROM customers",
+        "SELECT ssn < '5' FROM customers",
+        "SELECT CASE ssn WHEN '1' THEN 'a' END FROM customers",
+        "SELECT count(*) FROM orders o WHERE EXISTS (SELECT 1 FROM customers c WHERE c.ssn LIKE '1%')",
+        "SELECT id FROM orders WHERE customer_id IN (SELECT id FROM customers WHERE ssn ~ '^5')",
+        "SELECT sum(id) FROM customers HAVING max(ssn) > '5'",
+        "SELECT rank() OVER (PARTITION BY ssn) FROM customers",
+        "SELECT id FROM orders LIMIT (SELECT count(*) FROM customers WHERE ssn LIKE '5%')",
+        "SELECT id FROM orders OFFSET (SELECT length(max(ssn)) FROM customers)",
+        "SELECT x.n FROM (SELECT 1 AS n FROM orders o JOIN customers c ON c.ssn = o.note) x",
+        "SELECT ssn IS NULL FROM customers",
+        "SELECT ssn IN ('1', '2') FROM customers",
+        "SELECT ssn BETWEEN '1' AND '5' FROM customers",
+        "SELECT ssn IS DISTINCT FROM '1' FROM customers",
+    ] {
+        let s = statement(sql);
+        assert!(
+            s.filters.iter().any(|c| c.lineage.sources.contains(&col("customers", "ssn"))),
+            "{sql}: {:?}",
+            s.filters
+        );
+    }
+    // Equality with a constant keeps its flag wherever it is.
+    let s = statement("SELECT CASE WHEN email = 'a@b.c' THEN 1 END FROM customers");
+    assert!(tests_column(&s.filters, &col("customers", "email"), true), "{:?}", s.filters);
+    let s = statement("SELECT count(*) FROM customers WHERE email IN ('a', 'b')");
+    assert!(tests_column(&s.filters, &col("customers", "email"), true), "{:?}", s.filters);
+    // Arithmetic and concatenation are not tests.
+    let s = statement("SELECT id + 1, email || 'x' FROM customers");
+    assert!(s.filters.is_empty(), "{:?}", s.filters);
+}
+
+#[test]
+fn unqualified_join_columns_keep_their_candidates() {
+    let s = statement("SELECT o.id FROM orders o JOIN customers c ON c.id = customer_id");
+    let group = s
+        .filters
+        .iter()
+        .find(|c| c.lineage.sources.contains(&col("orders", "customer_id")))
+        .expect("the join condition is recorded");
+    // Both relations are candidates for `customer_id`, in one condition:
+    // the session drops the one the catalog denies.
+    assert!(group.lineage.sources.contains(&col("customers", "customer_id")), "{group:?}");
+}
+
+#[test]
+fn reads_cover_every_reference() {
+    let s = statement("SELECT id FROM customers WHERE ssn = '1' ORDER BY email");
+    for c in ["id", "ssn", "email"] {
+        assert!(s.reads.iter().any(|l| l.sources.contains(&col("customers", c))), "{c}: {:?}", s.reads);
+    }
+    let s = statement("SELECT * FROM customers");
+    assert!(s.reads.iter().any(|l| l.sources.contains(&Source::AllColumns(rel("customers")))), "{:?}", s.reads);
+    let s = statement("SELECT 1 FROM app.customer_contact(1)");
+    assert!(
+        s.reads.iter().any(|l| l.sources.contains(&Source::Function("app.customer_contact".into()))),
+        "{:?}",
+        s.reads
+    );
+    let s = statement("SELECT 1 FROM xmltable('/a' PASSING '<a/>' COLUMNS x int)");
+    assert!(s.reads.iter().any(|l| l.sources.contains(&Source::Opaque)), "{:?}", s.reads);
+    let s = statement("SELECT 'jane@example.com', $1, now()");
+    assert!(s.reads.is_empty(), "{:?}", s.reads);
+}
+
+#[test]
+fn sinks_name_their_channel() {
+    let s = statement("SELECT pg_notify('c', full_name) FROM customers");
+    let sink = s.sinks.first().expect("a sink");
+    assert_eq!(sink.kind, SinkKind::Notification);
+    assert!(sink.lineage.sources.contains(&col("customers", "full_name")));
+    let s = statement("SELECT set_config('application_name', phone, false) FROM customers LIMIT 1");
+    assert_eq!(s.sinks[0].kind, SinkKind::Setting);
+    assert!(s.sinks[0].lineage.sources.contains(&col("customers", "phone")));
+    let s = statement("SELECT pg_advisory_lock(length(ssn)) FROM customers");
+    assert_eq!(s.sinks[0].kind, SinkKind::AdvisoryLock);
+    let s = statement("SELECT lo_from_bytea(0, convert_to(email, 'UTF8')) FROM customers");
+    assert_eq!(s.sinks[0].kind, SinkKind::LargeObject);
+    let s = statement("SELECT pg_notify('c', 'literal')");
+    assert_eq!(s.sinks[0].lineage.how, How::Constant);
+}
+
+#[test]
+fn alias_column_lists_and_row_fields_resolve() {
+    let l = lineage("SELECT t.n FROM customers AS t(i, n, e)", 0);
+    assert_eq!(l.how, How::Direct);
+    assert_eq!(l.sources, BTreeSet::from([Source::ColumnAt { relation: rel("customers"), position: 1 }]), "{l:?}");
+    let l = lineage("SELECT (c).email FROM customers c", 0);
+    assert_eq!(l.how, How::Direct, "{l:?}");
+    assert!(l.sources.contains(&col("customers", "email")));
+}
+
+#[test]
+fn session_effects() {
+    let e = |sql: &str| statement(sql).effect;
+    assert_eq!(
+        e("SET search_path TO app, \"$user\", public"),
+        Some(Effect::SearchPath { schemas: Some(vec!["app".into(), "$user".into(), "public".into()]), local: false })
+    );
+    assert_eq!(
+        e("SET LOCAL search_path = 'app,public'"),
+        Some(Effect::SearchPath { schemas: Some(vec!["app".into(), "public".into()]), local: true })
+    );
+    assert_eq!(e("RESET search_path"), Some(Effect::SearchPath { schemas: None, local: false }));
+    assert_eq!(
+        e("SELECT pg_catalog.set_config('search_path', '', false)"),
+        Some(Effect::SearchPath { schemas: Some(vec![]), local: false })
+    );
+    assert_eq!(e("SELECT set_config('search_path', current_user, false)"), Some(Effect::SearchPathUnknown));
+    match e("CREATE TEMP TABLE t (a int, b text)") {
+        Some(Effect::Create(c)) => {
+            assert!(c.temp);
+            assert_eq!(c.kind, CreatedKind::Table { columns: Some(vec!["a".into(), "b".into()]) });
+        }
+        other => panic!("{other:?}"),
+    }
+    match e("CREATE TEMP VIEW v (x) AS SELECT email FROM customers") {
+        Some(Effect::Create(Created { kind: CreatedKind::View { outputs, .. }, temp: true, .. })) => {
+            assert!(matches!(&outputs[0], Output::Column { name, .. } if name == "x"), "{outputs:?}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match e("PREPARE p (int) AS SELECT id, amount FROM orders WHERE id = $1") {
+        Some(Effect::Prepare { name, statement }) => {
+            assert_eq!(name, "p");
+            assert_eq!(statement.output.as_ref().map(Vec::len), Some(2));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e("EXECUTE p(1)"), Some(Effect::Execute { name: "p".into() }));
+    match e("DECLARE c BINARY SCROLL CURSOR WITH HOLD FOR SELECT email FROM customers") {
+        Some(Effect::Declare { name, statement }) => {
+            assert_eq!(name, "c");
+            assert!(statement.reads.iter().any(|l| l.sources.contains(&col("customers", "email"))));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(e("FETCH 10 FROM c"), Some(Effect::Fetch { name: "c".into(), rows: true }));
+    assert_eq!(e("MOVE NEXT IN c"), Some(Effect::Fetch { name: "c".into(), rows: false }));
+    assert_eq!(e("CLOSE ALL"), Some(Effect::Close { name: None }));
+    assert_eq!(e("DISCARD ALL"), Some(Effect::Discard { all: true, temp: true, plans: true }));
+    assert_eq!(
+        e("DROP TABLE IF EXISTS t, app.u"),
+        Some(Effect::Drop(vec![rel("t"), RelName { schema: Some("app".into()), name: "u".into() }]))
+    );
+    assert_eq!(e("ROLLBACK TO SAVEPOINT s"), Some(Effect::Transaction(TransactionStep::RollbackTo("s".into()))));
 }
 
 #[test]
@@ -240,4 +409,58 @@ fn cache_key_blanks_literals_only() {
     let two = crate::sql::analyze("SELECT upper(email) FROM customers WHERE id = 2");
     assert!(std::sync::Arc::ptr_eq(&one, &two));
     assert_eq!(*one, crate::sql::analyze_uncached("SELECT upper(email) FROM customers WHERE id = 2"));
+}
+
+#[test]
+fn ordered_set_aggregates_reveal_their_order_by() {
+    reveals("SELECT mode() WITHIN GROUP (ORDER BY iban) FROM customers", col("customers", "iban"));
+    reveals("SELECT percentile_disc(0.5) WITHIN GROUP (ORDER BY ssn) FROM customers", col("customers", "ssn"));
+}
+
+#[test]
+fn cache_keeps_code_and_settings_apart() {
+    use crate::sql::cache_key;
+    let a = "DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM customers LIMIT 1); END $$";
+    let b = "DO $$ BEGIN RAISE NOTICE 'orders: %', (SELECT count(*) FROM orders); END $$";
+    assert_ne!(cache_key(a), cache_key(b));
+    assert_ne!(*crate::sql::analyze(a), *crate::sql::analyze(b));
+    assert_ne!(
+        cache_key("SELECT set_config('search_path', 'app', false)"),
+        cache_key("SELECT set_config('search_path', 'other', false)")
+    );
+    // Ordinary statements still share a key across literals.
+    assert_eq!(cache_key("SELECT 'x' FROM t WHERE dob = 'y'"), cache_key("SELECT 'a' FROM t WHERE dob = 'b'"));
+}
+
+#[test]
+fn data_modifying_with_moves_data() {
+    let s = statement("WITH x AS (INSERT INTO t SELECT card FROM customers RETURNING e) SELECT * FROM x");
+    assert!(s.moves.as_ref().is_some_and(|m| m.sources.contains(&col("customers", "card"))), "{:?}", s.moves);
+}
+
+#[test]
+fn procedural_variables_are_candidates_beside_columns() {
+    let vars = [("p_id".to_string(), Lineage::constant())];
+    let a =
+        crate::sql::analyze_with_variables("SELECT sum(amount) FROM orders WHERE customer_id = p_id", &vars).unwrap();
+    let s = &a.statements[0];
+    let cond = s.filters.iter().find(|c| c.lineage.sources.contains(&col("orders", "p_id"))).expect("condition");
+    // Column or variable: not a direct column (the catalog drops the column).
+    assert_ne!(cond.lineage.how, How::Direct, "{cond:?}");
+}
+
+#[test]
+fn division_by_a_value_is_a_test_of_it() {
+    let s = statement("SELECT 1/(length(full_name) - 11) FROM customers");
+    assert!(tests_column(&s.filters, &col("customers", "full_name"), false), "{:?}", s.filters);
+    let s = statement("SELECT id % 7, amount / 2 FROM orders");
+    assert!(s.filters.is_empty(), "{:?}", s.filters);
+}
+
+#[test]
+fn explain_reads_its_query_and_knows_its_format() {
+    let s = statement("EXPLAIN SELECT id FROM customers WHERE email = 'x'");
+    assert!(s.reads.iter().any(|l| l.sources.contains(&col("customers", "email"))), "{:?}", s.reads);
+    assert!(s.explain_text);
+    assert!(!statement("EXPLAIN (FORMAT JSON) SELECT 1").explain_text);
 }

@@ -9,6 +9,7 @@
 //! Reference: <https://www.postgresql.org/docs/current/protocol-message-formats.html>
 
 pub mod message;
+pub mod sqlstate;
 
 use std::fmt;
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use super::expect::{Expect, ExpectQueue, lock};
+use super::model::{Published, SessionModel};
 use crate::approvals::Outcome;
 use crate::audit::ApprovalStep;
 use crate::plan::PlanContext;
@@ -34,13 +35,25 @@ pub struct ClientTracker {
     /// Only follow statements for the audit trail (a session without a
     /// policy): no Describe injection, the fast-path interface allowed.
     observe_only: bool,
+    /// The session as it will be once what was sent has run (statements
+    /// are assumed to succeed); replaced by the server side's model
+    /// whenever nothing is in flight.
+    model: SessionModel,
+    published: Published,
+    model_version: u64,
 }
 
 impl ClientTracker {
     /// `plan`: refuse statements that move masked data out of sight or
     /// read catalog views with sampled values, and hold those an
     /// `[[approval]]` rule holds (`None`: never refuse).
-    pub fn new(queue: ExpectQueue, plan: Option<Arc<PlanContext>>, session: Arc<Session>) -> Self {
+    /// `published`: the server side's session model.
+    pub fn new(
+        queue: ExpectQueue,
+        plan: Option<Arc<PlanContext>>,
+        session: Arc<Session>,
+        published: Published,
+    ) -> Self {
         ClientTracker {
             queue,
             plan,
@@ -48,6 +61,9 @@ impl ClientTracker {
             described_portals: HashSet::new(),
             session,
             observe_only: false,
+            model: SessionModel::default(),
+            published,
+            model_version: 0,
         }
     }
 
@@ -62,14 +78,38 @@ impl ClientTracker {
     /// a guardrail or lineage refusal (audited as a denial), or an
     /// `[[approval]]` rule's hold that ended in a denial or a timeout. A held
     /// statement waits here, and with it everything the client sends after it.
-    async fn check(&self, sql: &str) -> Option<String> {
-        let plan = self.plan.as_ref()?;
-        if let Some((rule, message)) = plan.refusal(sql).await {
+    async fn check(&mut self, sql: &str) -> Option<String> {
+        let plan = self.plan.clone()?;
+        let in_flight = !lock(&self.queue).is_empty();
+        if !in_flight && let Some((model, version)) = self.published.newer_than(self.model_version) {
+            self.model = (*model).clone();
+            self.model_version = version;
+        }
+        let resolver = plan.resolver(&self.model);
+        let mut refusal = resolver.refusal(sql).await;
+        if refusal.is_none() && in_flight {
+            // What was sent may still fail: the statement must pass with the
+            // session as it is now too (a CREATE still in flight that will
+            // fail must not make a name look like the client's own data).
+            let now = self.published.latest();
+            refusal = plan.resolver(&now).refusal(sql).await;
+        }
+        if let Some((rule, message)) = refusal {
             self.session.denial(sql, rule, &message);
             return Some(message);
         }
-        let rule = plan.approval(sql).await?;
-        hold(&self.session, &rule, sql).await
+        if let Some(rule) = resolver.approval(sql).await
+            && let Some(message) = hold(&self.session, &rule, sql).await
+        {
+            return Some(message);
+        }
+        // It will run: later statements see what it does.
+        if let Ok(a) = crate::sql::analyze(sql).as_ref() {
+            for s in &a.statements {
+                self.model.apply(s);
+            }
+        }
+        None
     }
 }
 
@@ -193,6 +233,9 @@ impl Filter for ClientTracker {
                     wire::finish_message(out, at);
                     lock(&self.queue).push_back(Expect::Parse { name: name.to_string(), sql: refused.into() });
                     return Ok(Verdict::Replaced);
+                }
+                if let Ok(a) = crate::sql::analyze(sql).as_ref() {
+                    self.model.protocol_prepared(name, a.statements.first());
                 }
                 Expect::Parse { name: name.to_string(), sql: sql.into() }
             }

@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod expect;
+pub mod model;
 pub mod server;
 
 pub use client::ClientTracker;

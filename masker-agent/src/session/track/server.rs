@@ -10,11 +10,12 @@ use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
 use super::expect::{Expect, ExpectQueue, lock};
+use super::model::{Published, SessionModel};
 use crate::audit::trail::StatementTrail;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
 use crate::plan::PlanContext;
 use crate::plan::copy::CopyPlanError;
-use crate::plan::lineage::runs_client_code;
+use crate::plan::lineage::is_refusal;
 use crate::session::context::Session;
 use crate::session::relay::{Filter, RelayError, Verdict};
 use crate::wire::message::Message;
@@ -55,12 +56,40 @@ pub struct ServerTracker {
     /// Only follow statements for the audit trail: every message reaches
     /// the client as the server sent it.
     observe_only: bool,
+    /// The session as the server sees it (objects, search_path, prepared
+    /// statements, cursors), updated as statements complete.
+    model: SessionModel,
+    /// Where the model goes at each ReadyForQuery, for the client side.
+    published: Published,
+    /// What the statement being answered now is, once worked out.
+    attribution: Option<(StatementKey, Attribution)>,
+    /// A tainted statement ran since the last ReadyForQuery: the settings
+    /// the server reports before the next one may carry its values.
+    batch_tainted: bool,
+}
+
+/// One statement of one text: the text's address and the index.
+type StatementKey = (usize, usize);
+
+/// What the statement a message belongs to is, for that message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attribution {
+    /// No statement is running (startup, authentication, idle).
+    None,
+    /// One of masker's own refusal statements.
+    Refusal,
+    /// Text PostgreSQL's parser rejects: it does not run.
+    Unparsed,
+    /// Reads nothing but allowed columns, catalogs, literals, parameters.
+    Clean,
+    /// Reads classified data (or something masker cannot trace).
+    Tainted,
 }
 
 impl ServerTracker {
     /// The server side of `session`, planning with `planner`; `queue` is
     /// shared with its [`super::ClientTracker`].
-    pub fn new(queue: ExpectQueue, planner: Arc<PlanContext>, session: Arc<Session>) -> Self {
+    pub fn new(queue: ExpectQueue, planner: Arc<PlanContext>, session: Arc<Session>, published: Published) -> Self {
         let ctx = &session.ctx;
         let trail = StatementTrail::new(
             session.id(),
@@ -82,7 +111,78 @@ impl ServerTracker {
             catalog_warned: false,
             query_index: 0,
             observe_only: false,
+            model: SessionModel::default(),
+            published,
+            attribution: None,
+            batch_tainted: false,
         }
+    }
+
+    /// The statement the server is answering now: its text and its index
+    /// in the text.
+    fn current(&self) -> Option<(Arc<str>, usize)> {
+        let q = lock(&self.queue);
+        let named = |name: &str| self.statements.get(name).map(|s| s.sql.clone());
+        let sql = match q.front()? {
+            Expect::Query { sql } => return Some((sql.clone(), self.query_index)),
+            Expect::Parse { sql, .. } => Some(sql.clone()),
+            Expect::Bind { statement, .. } => named(statement),
+            Expect::DescribeStatement { name } => named(name),
+            Expect::Execute { portal } | Expect::DescribePortal { name: portal, .. } => {
+                self.portals.get(portal).and_then(|p| named(&p.statement))
+            }
+            Expect::Close | Expect::Sync => None,
+        }?;
+        Some((sql, 0))
+    }
+
+    /// What the statement being answered now is (worked out once per
+    /// statement: its taint is decided with the session as it stood
+    /// before the statement ran).
+    async fn attribution(&mut self) -> Attribution {
+        let Some((sql, index)) = self.current() else { return Attribution::None };
+        let key = (Arc::as_ptr(&sql) as *const u8 as usize, index);
+        if let Some((k, a)) = self.attribution
+            && k == key
+        {
+            return a;
+        }
+        let a = if is_refusal(&sql) {
+            Attribution::Refusal
+        } else {
+            match crate::sql::analyze(&sql).as_ref() {
+                Err(_) => Attribution::Unparsed,
+                Ok(analysis) => match analysis.statements.get(index) {
+                    None => Attribution::Clean,
+                    Some(stmt) => match self.planner.resolver(&self.model).taint(stmt).await {
+                        None => Attribution::Clean,
+                        Some(_) => Attribution::Tainted,
+                    },
+                },
+            }
+        };
+        if a == Attribution::Tainted {
+            self.batch_tainted = true;
+        }
+        self.attribution = Some((key, a));
+        a
+    }
+
+    /// The session model follows a statement that completed.
+    fn completed(&mut self, tag: &[u8]) {
+        if let Some((sql, index)) = self.current()
+            && let Ok(a) = crate::sql::analyze(&sql).as_ref()
+            && let Some(stmt) = a.statements.get(index)
+        {
+            self.model.apply(stmt);
+            let tainted = matches!(self.attribution, Some((_, Attribution::Tainted)));
+            let opaque = stmt.reads.iter().any(|l| l.sources.contains(&crate::sql::Source::Opaque));
+            if opaque || (tainted && !stmt.functions.is_empty()) {
+                // A function or procedure masker does not analyse ran.
+                self.model.opaque_code_ran();
+            }
+        }
+        self.model.command_complete(tag);
     }
 
     /// Follows statements for `statement` audit events, per-identity counters
@@ -114,7 +214,7 @@ impl ServerTracker {
             let columns = fields.iter().map(|f| (ColumnAction::Allow, f.type_oid, f.format)).collect();
             return Arc::new(RowPlan::new(columns, self.planner.policy.keys()));
         }
-        let (plan, error) = self.planner.row_plan(fields, formats, sql).await;
+        let (plan, error) = self.planner.row_plan(&self.model, fields, formats, sql).await;
         if let Some(e) = error
             && !self.catalog_warned
         {
@@ -225,11 +325,16 @@ impl ServerTracker {
 
     /// End of one statement's result: CommandComplete, EmptyQueryResponse or
     /// PortalSuspended.
-    fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
+    async fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
         if msg.tag() == backend::COMMAND_COMPLETE {
             let sql = self.audit_sql();
             let stats = self.trail.end(sql.as_deref(), Some(msg.body()), None);
             self.session.entry.counters.add_masked(&stats);
+            if !self.observe_only {
+                // Settings it changed are reported before ReadyForQuery.
+                self.attribution().await;
+            }
+            self.completed(msg.body());
         }
         self.current = None;
         self.copy = None;
@@ -253,15 +358,8 @@ impl ServerTracker {
     }
 
     async fn on_copy_out(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        let sql = match lock(&self.queue).front() {
-            Some(Expect::Query { sql }) => Some(sql.clone()),
-            Some(Expect::Execute { portal }) => {
-                self.portals.get(portal).and_then(|p| self.statements.get(&p.statement)).map(|s| s.sql.clone())
-            }
-            _ => None,
-        };
-        let masker = match sql {
-            Some(sql) => self.planner.copy_masker(&sql, msg.body()).await,
+        let masker = match self.current() {
+            Some((sql, index)) => self.planner.copy_masker(&self.model, &sql, index, msg.body()).await,
             None => Err(CopyPlanError::UnknownStatement),
         };
         match masker {
@@ -272,7 +370,7 @@ impl ServerTracker {
             Err(why) => {
                 self.swallowing = true;
                 let message = format!("masker: COPY TO STDOUT refused: {why}");
-                let hint = "COPY a table (optionally with a column list) in text, csv or binary format, or use SELECT";
+                let hint = "COPY a table, a column list or a query in text, csv or binary format, or use SELECT";
                 wire::put_error_with_hint(out, wire::Severity::Error, "42501", &message, Some(hint));
                 Ok(Verdict::Replaced)
             }
@@ -309,7 +407,14 @@ impl ServerTracker {
         }
     }
 
-    fn on_error(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    /// An ErrorResponse or NoticeResponse. Messages of a clean statement,
+    /// and those outside any statement (login, startup), go out as the
+    /// server sent them; those of a tainted statement keep their severity
+    /// and SQLSTATE and get masker's text, unless the server located them
+    /// in the client's own statement text before anything ran (a `P`
+    /// position and no context of code that ran). masker's own refusals
+    /// lose the context of how they are delivered.
+    async fn on_error(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let tag = msg.tag();
         if tag == backend::ERROR_RESPONSE
             && let Some(sql) = self.audit_sql()
@@ -317,17 +422,26 @@ impl ServerTracker {
             let stats = self.trail.end(Some(&sql), None, Some(msg.body()));
             self.session.entry.counters.add_masked(&stats);
         }
-        if self.observe_only {
-            // The message goes out as it came (see below for the queue).
-            out.extend_from_slice(msg.bytes());
-        } else if self.audit_sql().is_some_and(|sql| runs_client_code(&sql)) {
-            withhold_message(msg.body(), out, tag)?;
+        let verdict = if self.observe_only {
+            Verdict::Forward
         } else {
-            masking::mask_error_fields(msg.body(), out, tag).map_err(|e| {
-                RelayError::refused(format!("masker: cannot scrub a server message ({e}); closing the session"))
-            })?;
-        }
+            let body = msg.body();
+            match self.attribution().await {
+                Attribution::None | Attribution::Clean => Verdict::Forward,
+                Attribution::Refusal => {
+                    keep_fields(body, out, tag, |k| k != b'W' && k != b'p' && k != b'q')?;
+                    Verdict::Replaced
+                }
+                Attribution::Unparsed if field(body, b'C') == Some("42601") => Verdict::Forward,
+                Attribution::Tainted if from_statement_text(body) => Verdict::Forward,
+                Attribution::Unparsed | Attribution::Tainted => {
+                    withhold_message(body, out, tag)?;
+                    Verdict::Replaced
+                }
+            }
+        };
         if tag == backend::ERROR_RESPONSE {
+            self.model.error();
             self.current = None;
             self.copy = None;
             let mut q = lock(&self.queue);
@@ -342,14 +456,66 @@ impl ServerTracker {
                 return Ok(Verdict::Replaced);
             }
         }
-        Ok(Verdict::Replaced)
+        Ok(verdict)
     }
 }
 
-/// Appends an ErrorResponse/NoticeResponse (`tag`) that keeps only the
-/// severity and SQLSTATE of `body` and says that the text was withheld: for
-/// messages raised by the client's own procedural code.
-fn withhold_message(body: &[u8], out: &mut BytesMut, tag: u8) -> Result<(), RelayError> {
+/// The value of field `kind` of an error or notice body.
+fn field(body: &[u8], kind: u8) -> Option<&str> {
+    let mut at = 0;
+    while at < body.len() && body[at] != 0 {
+        let k = body[at];
+        let end = at + 1 + body[at + 1..].iter().position(|&b| b == 0)?;
+        if k == kind {
+            return std::str::from_utf8(&body[at + 1..end]).ok();
+        }
+        at = end + 1;
+    }
+    None
+}
+
+/// Whether the server raised the message while analysing the client's own
+/// statement text, before anything ran: it carries a position in that text
+/// (`P`) and no trace of code that ran (`W` context, `p`/`q` internal query).
+fn from_statement_text(body: &[u8]) -> bool {
+    field(body, b'P').is_some() && field(body, b'W').is_none() && field(body, b'q').is_none()
+}
+
+/// A ParameterStatus reported after a tainted statement: settings with free
+/// text (`application_name` and any the server adds) lose their value; the
+/// ones drivers parse, whose values are validated, stay.
+fn on_parameter_status(body: &[u8], out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    const VALIDATED: &[&str] = &[
+        "server_version",
+        "server_encoding",
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "integer_datetimes",
+        "standard_conforming_strings",
+        "is_superuser",
+        "session_authorization",
+        "default_transaction_read_only",
+        "in_hot_standby",
+        "scram_iterations",
+    ];
+    let mut cur = Cursor::new(body, backend::PARAMETER_STATUS);
+    let name = cur.cstr()?;
+    if VALIDATED.contains(&name) {
+        return Ok(Verdict::Forward);
+    }
+    let at = wire::begin_message(out, backend::PARAMETER_STATUS);
+    out.extend_from_slice(name.as_bytes());
+    out.put_u8(0);
+    out.extend_from_slice(b"***");
+    out.put_u8(0);
+    wire::finish_message(out, at);
+    Ok(Verdict::Replaced)
+}
+
+/// Appends the message `body` (`tag`) with only the fields `keep` accepts.
+fn keep_fields(body: &[u8], out: &mut BytesMut, tag: u8, keep: impl Fn(u8) -> bool) -> Result<(), RelayError> {
     let mut cur = Cursor::new(body, tag);
     let at = wire::begin_message(out, tag);
     loop {
@@ -358,14 +524,45 @@ fn withhold_message(body: &[u8], out: &mut BytesMut, tag: u8) -> Result<(), Rela
             break;
         }
         let value = cur.cstr()?;
+        if keep(kind) {
+            out.put_u8(kind);
+            out.extend_from_slice(value.as_bytes());
+            out.put_u8(0);
+        }
+    }
+    out.put_u8(0);
+    wire::finish_message(out, at);
+    Ok(())
+}
+
+/// Appends an ErrorResponse/NoticeResponse (`tag`) that keeps only the
+/// severity and SQLSTATE of `body` and says that the text was withheld: for
+/// messages raised by the client's own procedural code.
+fn withhold_message(body: &[u8], out: &mut BytesMut, tag: u8) -> Result<(), RelayError> {
+    let mut cur = Cursor::new(body, tag);
+    let at = wire::begin_message(out, tag);
+    let mut code = String::new();
+    loop {
+        let kind = cur.u8()?;
+        if kind == 0 {
+            break;
+        }
+        let value = cur.cstr()?;
         if matches!(kind, b'S' | b'V' | b'C') {
+            if kind == b'C' {
+                code = value.to_string();
+            }
             out.put_u8(kind);
             out.extend_from_slice(value.as_bytes());
             out.put_u8(0);
         }
     }
     out.put_u8(b'M');
-    out.extend_from_slice(b"masker: the text of a message raised by procedural code (DO, CALL) is withheld");
+    let text = format!(
+        "masker: {} ({code}); the message text is withheld because the statement reads masked data",
+        crate::wire::sqlstate::condition_name(&code)
+    );
+    out.extend_from_slice(text.as_bytes());
     out.put_u8(0);
     out.put_u8(0);
     wire::finish_message(out, at);
@@ -408,8 +605,9 @@ impl Filter for ServerTracker {
                 }
                 whole
             }
-            backend::PARAMETER_STATUS
-            | backend::AUTHENTICATION
+            // A tainted statement may have set one from its data.
+            backend::PARAMETER_STATUS => self.batch_tainted,
+            backend::AUTHENTICATION
             | backend::BACKEND_KEY_DATA
             | backend::NEGOTIATE_PROTOCOL_VERSION
             | backend::PARAMETER_DESCRIPTION => false,
@@ -426,6 +624,9 @@ impl Filter for ServerTracker {
                 let front = lock(&self.queue).pop_front();
                 match front {
                     Some(Expect::Parse { name, sql }) => {
+                        if let Ok(a) = crate::sql::analyze(&sql).as_ref() {
+                            self.model.protocol_prepared(&name, a.statements.first());
+                        }
                         self.statements.insert(name, Statement { sql, fields: None, plan: None });
                         Ok(Verdict::Forward)
                     }
@@ -453,10 +654,15 @@ impl Filter for ServerTracker {
                 Ok(Verdict::Forward)
             }
             backend::COMMAND_COMPLETE | backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED => {
-                self.on_result_end(msg)
+                self.on_result_end(msg).await
             }
+            backend::PARAMETER_STATUS => on_parameter_status(msg.body(), out),
             backend::READY_FOR_QUERY => {
                 self.trail.ready();
+                self.model.ready(msg.body().first().copied().unwrap_or(b'I'));
+                self.published.publish(&self.model);
+                self.attribution = None;
+                self.batch_tainted = false;
                 self.query_index = 0;
                 self.current = None;
                 self.copy = None;
@@ -467,7 +673,16 @@ impl Filter for ServerTracker {
                 }
                 Ok(Verdict::Forward)
             }
-            backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => self.on_error(msg, out),
+            backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => self.on_error(msg, out).await,
+            backend::NOTIFICATION_RESPONSE
+                if self
+                    .planner
+                    .policy
+                    .guardrails()
+                    .is_some_and(|g| g.notifications == crate::policy::guardrails::Notifications::Withhold) =>
+            {
+                Ok(Verdict::Replaced)
+            }
             backend::NOTIFICATION_RESPONSE => {
                 masking::mask_notification(msg.body(), out, false).map_err(|e| {
                     RelayError::refused(format!("masker: cannot scrub a notification ({e}); closing the session"))

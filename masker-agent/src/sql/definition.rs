@@ -1,0 +1,497 @@
+//! SQL text written by people and kept in the catalog — view and rule
+//! definitions, function bodies, column defaults, check constraints,
+//! row-security policies, index predicates — can embed personal data as
+//! literals (`CREATE VIEW vip AS ... WHERE email IN ('jane@...')`). Such
+//! text reaches clients through `\d+`, `pg_dump --schema-only` and ORM
+//! reflection, which must keep working.
+//!
+//! [`scrub_definition`] replaces the literals that stand against a
+//! classified column — compared with it, matched against it, assigned to
+//! it — and leaves the definition's structure and every other literal as
+//! they are. SQL is read with PostgreSQL's parser (literal positions come
+//! from the parse tree); text it cannot parse as SQL (PL/pgSQL bodies) is
+//! read token by token with PostgreSQL's scanner, around each mention of a
+//! classified column.
+//!
+//! Pure: no I/O.
+
+use std::borrow::Cow;
+
+use pg_query::protobuf::{self as pb, Token};
+use serde_json::Value;
+
+use super::trace::walk_json;
+
+/// What replaces a string literal.
+const STRING_PLACEHOLDER: &str = "'***'";
+/// What replaces a numeric literal.
+const NUMBER_PLACEHOLDER: &str = "0";
+/// How deep function bodies inside definitions are followed.
+const MAX_NESTING: usize = 4;
+
+/// Operators that compare or match (see `trace::COMPARISONS`).
+const MATCHING_OPERATORS: &[&str] = &[
+    "=", "<>", "!=", "<", ">", "<=", ">=", "~~", "!~~", "~~*", "!~~*", "~", "!~", "~*", "!~*", "^@", "@@", "@>", "<@",
+    "&&",
+];
+
+/// Functions that match a value against a pattern or a string.
+const MATCHING_FUNCTIONS: &[&str] = &[
+    "starts_with",
+    "strpos",
+    "position",
+    "regexp_like",
+    "regexp_match",
+    "regexp_matches",
+    "regexp_count",
+    "regexp_instr",
+    "textregexeq",
+    "texticregexeq",
+    "textlike",
+    "nullif",
+];
+
+/// `text` with every literal that stands against a column for which
+/// `classified(column_name)` holds replaced by `'***'` (strings) or `0`
+/// (numbers). Column names are compared lower case, unqualified.
+pub fn scrub_definition<'t>(text: &'t str, classified: &dyn Fn(&str) -> bool) -> Cow<'t, str> {
+    let mut spans = Vec::new();
+    collect(text, 0, classified, &mut spans, 0);
+    if spans.is_empty() {
+        return Cow::Borrowed(text);
+    }
+    spans.sort();
+    spans.dedup();
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for (start, end, numeric) in spans {
+        if start < at || end > text.len() || !text.is_char_boundary(start) || !text.is_char_boundary(end) {
+            continue;
+        }
+        out.push_str(&text[at..start]);
+        out.push_str(if numeric { NUMBER_PLACEHOLDER } else { STRING_PLACEHOLDER });
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    Cow::Owned(out)
+}
+
+/// A literal's byte range in the text and whether it is a number.
+type Span = (usize, usize, bool);
+
+struct Tokens {
+    list: Vec<pb::ScanToken>,
+}
+
+impl Tokens {
+    fn scan(text: &str) -> Option<Tokens> {
+        pg_query::scan(text).ok().map(|r| Tokens { list: r.tokens })
+    }
+
+    /// The literal token starting at `location`, as a span.
+    fn literal_at(&self, location: usize) -> Option<Span> {
+        let t = self.list.iter().find(|t| t.start as usize == location)?;
+        literal_span(t)
+    }
+}
+
+fn literal_span(t: &pb::ScanToken) -> Option<Span> {
+    let kind = Token::try_from(t.token).ok()?;
+    let numeric = match kind {
+        Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst => false,
+        Token::Iconst | Token::Fconst => true,
+        _ => return None,
+    };
+    Some((t.start as usize, t.end as usize, numeric))
+}
+
+/// Collects the spans of `text` (which starts at `base` in the original).
+fn collect(text: &str, base: usize, classified: &dyn Fn(&str) -> bool, spans: &mut Vec<Span>, depth: usize) {
+    if depth > MAX_NESTING {
+        return;
+    }
+    let Some(tokens) = Tokens::scan(text) else { return };
+    if let Ok(parsed) = pg_query::parse(text, 0) {
+        tree(&parsed.protobuf, text, &tokens, 0, base, classified, spans, depth);
+        return;
+    }
+    // An expression (a default, a policy's USING, an index predicate) or
+    // a constraint (`CHECK (...)`): read as `SELECT <expression>`.
+    let expr = text.trim_start();
+    let lead = text.len() - expr.len();
+    let (expr, lead) = match expr.get(..5) {
+        Some(k) if k.eq_ignore_ascii_case("check") => (&expr[5..], lead + 5),
+        _ => (expr, lead),
+    };
+    let wrapped = format!("SELECT {expr}");
+    if let Ok(parsed) = pg_query::parse(&wrapped, 0)
+        && let Some(wtokens) = Tokens::scan(&wrapped)
+    {
+        // Positions in `wrapped` are 7 bytes ahead of `expr`, which is
+        // `lead` bytes into `text`.
+        let shift = lead as isize - 7;
+        tree(&parsed.protobuf, &wrapped, &wtokens, shift, base, classified, spans, depth);
+        return;
+    }
+    by_tokens(text, &tokens, base, classified, spans);
+}
+
+/// Literal spans from a parse tree of `text`; positions are moved by
+/// `shift` (into the text the caller scrubs) and `base`.
+///
+/// The tree is walked in its JSON form, where every node, however deep, is
+/// an object `{"node": {"<Kind>": {...}}}`.
+#[allow(clippy::too_many_arguments)]
+fn tree(
+    parsed: &pb::ParseResult,
+    text: &str,
+    tokens: &Tokens,
+    shift: isize,
+    base: usize,
+    classified: &dyn Fn(&str) -> bool,
+    spans: &mut Vec<Span>,
+    depth: usize,
+) {
+    let Ok(json) = serde_json::to_value(parsed) else { return };
+    let mut locations: Vec<usize> = Vec::new();
+    let mut bodies: Vec<(String, bool)> = Vec::new();
+    walk_json(&json, &mut |kind, v| match kind {
+        "AExpr" => {
+            let op = v.get("name").and_then(Value::as_array).and_then(|n| n.last()).and_then(string_node).unwrap_or("");
+            let matching = match v.get("kind").and_then(Value::as_i64).unwrap_or(0) {
+                0 => false,
+                k if k == pb::AExprKind::AexprOp as i64 => MATCHING_OPERATORS.contains(&op),
+                _ => true,
+            };
+            if !matching {
+                return;
+            }
+            let (l, r) = (v.get("lexpr"), v.get("rexpr"));
+            if l.is_some_and(|n| mentions(n, classified)) {
+                literals_in(r, &mut locations);
+            }
+            if r.is_some_and(|n| mentions(n, classified)) {
+                literals_in(l, &mut locations);
+            }
+        }
+        "FuncCall" => {
+            let name = v
+                .get("funcname")
+                .and_then(Value::as_array)
+                .and_then(|n| n.last())
+                .and_then(string_node)
+                .unwrap_or("")
+                .to_ascii_lowercase();
+            let args = v.get("args").and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[]);
+            if MATCHING_FUNCTIONS.contains(&name.as_str()) && args.iter().any(|a| mentions(a, classified)) {
+                for a in args.iter().filter(|a| !mentions(a, classified)) {
+                    literals_in(Some(a), &mut locations);
+                }
+            }
+        }
+        "CaseExpr" if v.get("arg").is_some_and(|n| mentions(n, classified)) => {
+            for w in v.get("args").and_then(Value::as_array).into_iter().flatten() {
+                literals_in(node_of(w, "CaseWhen").and_then(|w| w.get("expr")), &mut locations);
+            }
+        }
+        "UpdateStmt" => {
+            for t in v.get("target_list").and_then(Value::as_array).into_iter().flatten() {
+                if let Some(rt) = node_of(t, "ResTarget")
+                    && rt.get("name").and_then(Value::as_str).is_some_and(|n| classified(&n.to_ascii_lowercase()))
+                {
+                    literals_in(rt.get("val"), &mut locations);
+                }
+            }
+        }
+        "InsertStmt" => {
+            let columns: Vec<bool> = v
+                .get("cols")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|c| {
+                    node_of(c, "ResTarget")
+                        .and_then(|rt| rt.get("name"))
+                        .and_then(Value::as_str)
+                        .is_some_and(|n| classified(&n.to_ascii_lowercase()))
+                })
+                .collect();
+            let rows = v.get("select_stmt").and_then(|s| node_of(s, "SelectStmt")).and_then(|s| s.get("values_lists"));
+            for row in rows.and_then(Value::as_array).into_iter().flatten() {
+                let items = node_of(row, "List").and_then(|l| l.get("items")).and_then(Value::as_array);
+                for (item, hit) in items.into_iter().flatten().zip(&columns) {
+                    if *hit {
+                        literals_in(Some(item), &mut locations);
+                    }
+                }
+            }
+        }
+        "CreateFunctionStmt" | "DoStmt" => {
+            let list = if kind == "DoStmt" { v.get("args") } else { v.get("options") };
+            let mut body = None;
+            let mut sql = false;
+            for o in list.and_then(Value::as_array).into_iter().flatten() {
+                let Some(e) = node_of(o, "DefElem") else { continue };
+                let arg = e.get("arg");
+                match e.get("defname").and_then(Value::as_str) {
+                    Some("as") => {
+                        body = arg.and_then(string_node).or_else(|| {
+                            arg.and_then(|a| node_of(a, "List"))
+                                .and_then(|l| l.get("items"))
+                                .and_then(Value::as_array)
+                                .and_then(|i| i.first())
+                                .and_then(string_node)
+                        })
+                    }
+                    Some("language") => sql = arg.and_then(string_node).is_some_and(|l| l.eq_ignore_ascii_case("sql")),
+                    _ => {}
+                }
+            }
+            if let Some(b) = body {
+                bodies.push((b.to_string(), sql));
+            }
+        }
+        _ => {}
+    });
+    for (body, sql) in bodies {
+        nested_body(&body, sql, text, tokens, shift, base, classified, spans, depth);
+    }
+    for loc in locations {
+        if let Some((s, e, numeric)) = tokens.literal_at(loc) {
+            let (s, e) = (s as isize + shift, e as isize + shift);
+            if s >= 0 {
+                spans.push((base + s as usize, base + e as usize, numeric));
+            }
+        }
+    }
+}
+
+/// The body of node `v` if it is a `kind` node.
+fn node_of<'v>(v: &'v Value, kind: &str) -> Option<&'v Value> {
+    v.get("node")?.get(kind)
+}
+
+/// The text of a `String` node.
+fn string_node(v: &Value) -> Option<&str> {
+    node_of(v, "String")?.get("sval")?.as_str()
+}
+
+/// Whether a classified column is named anywhere in `v`.
+fn mentions(v: &Value, classified: &dyn Fn(&str) -> bool) -> bool {
+    let mut found = false;
+    walk_json(v, &mut |kind, body| {
+        if kind == "ColumnRef"
+            && let Some(last) =
+                body.get("fields").and_then(Value::as_array).and_then(|f| f.iter().rev().find_map(string_node))
+            && classified(&last.to_ascii_lowercase())
+        {
+            found = true;
+        }
+    });
+    found
+}
+
+/// The locations of the literals in `v`.
+fn literals_in(v: Option<&Value>, out: &mut Vec<usize>) {
+    let Some(v) = v else { return };
+    walk_json(v, &mut |kind, body| {
+        if kind == "AConst"
+            && !body.get("isnull").and_then(Value::as_bool).unwrap_or(false)
+            && let Some(loc) = body.get("location").and_then(Value::as_i64)
+            && loc >= 0
+        {
+            out.push(loc as usize);
+        }
+    });
+}
+
+/// Scrubs a body that appears in `text` as one dollar-quoted string
+/// constant: SQL (`sql`) or procedural code.
+#[allow(clippy::too_many_arguments)]
+fn nested_body(
+    body: &str,
+    sql: bool,
+    text: &str,
+    tokens: &Tokens,
+    shift: isize,
+    base: usize,
+    classified: &dyn Fn(&str) -> bool,
+    spans: &mut Vec<Span>,
+    depth: usize,
+) {
+    for t in &tokens.list {
+        if Token::try_from(t.token) != Ok(Token::Sconst) {
+            continue;
+        }
+        let (s, e) = (t.start as usize, t.end as usize);
+        let Some(token_text) = text.get(s..e) else { continue };
+        if !token_text.starts_with('$') {
+            continue;
+        }
+        let Some(open) = token_text[1..].find('$').map(|i| i + 2) else { continue };
+        let close = token_text.len().saturating_sub(open);
+        if close < open || token_text.get(open..close) != Some(body) {
+            continue;
+        }
+        let inner_start = s as isize + open as isize + shift;
+        if inner_start < 0 {
+            return;
+        }
+        let inner_base = base + inner_start as usize;
+        if sql {
+            collect(body, inner_base, classified, spans, depth + 1);
+        } else if let Some(body_tokens) = Tokens::scan(body) {
+            by_tokens(body, &body_tokens, inner_base, classified, spans);
+        }
+        return;
+    }
+}
+
+/// Token by token, for text that is not SQL (PL/pgSQL): around each
+/// identifier naming a classified column, the literals on the other side
+/// of the nearest comparison or assignment.
+fn by_tokens(text: &str, tokens: &Tokens, base: usize, classified: &dyn Fn(&str) -> bool, spans: &mut Vec<Span>) {
+    let list = &tokens.list;
+    let word = |t: &pb::ScanToken| text.get(t.start as usize..t.end as usize).unwrap_or("");
+    let is_comparison = |t: &pb::ScanToken| {
+        let w = word(t).to_ascii_lowercase();
+        matches!(Token::try_from(t.token), Ok(Token::ColonEquals))
+            || MATCHING_OPERATORS.contains(&w.as_str())
+            || matches!(w.as_str(), "like" | "ilike" | "similar" | "in" | "between")
+    };
+    let stops = |t: &pb::ScanToken| {
+        let w = word(t).to_ascii_lowercase();
+        matches!(Token::try_from(t.token), Ok(Token::Ascii59) | Ok(Token::Ascii44))
+            || matches!(
+                w.as_str(),
+                "and"
+                    | "or"
+                    | "then"
+                    | "else"
+                    | "end"
+                    | "loop"
+                    | "where"
+                    | "from"
+                    | "order"
+                    | "group"
+                    | "limit"
+                    | "into"
+            )
+    };
+    for (i, t) in list.iter().enumerate() {
+        let is_name = matches!(Token::try_from(t.token), Ok(Token::Ident)) || t.keyword_kind != 0;
+        let name = word(t).trim_matches('"').to_ascii_lowercase();
+        if !is_name || !classified(&name) {
+            continue;
+        }
+        // Forward: `col [) ::type] op <literals until a stop>`.
+        if let Some(op) = (i + 1..list.len().min(i + 8)).find(|&j| is_comparison(&list[j])) {
+            let mut depth = 0i32;
+            for t in &list[op + 1..] {
+                match Token::try_from(t.token) {
+                    Ok(Token::Ascii40) => depth += 1,
+                    Ok(Token::Ascii41) => {
+                        depth -= 1;
+                        if depth < 0 {
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+                if depth == 0 && stops(t) {
+                    break;
+                }
+                if let Some((s, e, n)) = literal_span(t) {
+                    spans.push((base + s, base + e, n));
+                }
+            }
+        }
+        // Backward: `<literal [::type]> op [(] col`.
+        if let Some(op) = (i.saturating_sub(6)..i).rev().find(|&j| is_comparison(&list[j])) {
+            for t in list[..op].iter().rev().take(6) {
+                if stops(t) {
+                    break;
+                }
+                if let Some((s, e, n)) = literal_span(t) {
+                    spans.push((base + s, base + e, n));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pii(c: &str) -> bool {
+        matches!(c, "email" | "ssn" | "full_name" | "date_of_birth")
+    }
+
+    fn scrub(t: &str) -> String {
+        scrub_definition(t, &pii).into_owned()
+    }
+
+    #[test]
+    fn view_definition_as_pg_get_viewdef_prints_it() {
+        let def = " SELECT customers.id,\n    customers.plan\n   FROM app.customers\n  WHERE ((customers.email)::text = ANY ((ARRAY['dosterman850@mail.example.com'::character varying, 'crowhurst.michelle6q@example.org'::character varying])::text[])) AND customers.plan = 'pro'::text;";
+        let out = scrub(def);
+        assert!(!out.contains("dosterman850") && !out.contains("crowhurst"), "{out}");
+        assert!(out.contains("'***'::character varying, '***'::character varying"), "{out}");
+        // Everything else stays byte for byte, including other literals.
+        assert!(out.contains("customers.plan = 'pro'::text"), "{out}");
+        let want = def
+            .replace("'dosterman850@mail.example.com'", "'***'")
+            .replace("'crowhurst.michelle6q@example.org'", "'***'");
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn clean_definitions_are_borrowed_unchanged() {
+        let def = " SELECT customers.id, customers.email FROM app.customers WHERE customers.plan = 'pro'::text;";
+        assert!(matches!(scrub_definition(def, &pii), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn expressions_constraints_and_defaults() {
+        assert_eq!(scrub("CHECK ((email <> 'root@example.com'::text))"), "CHECK ((email <> '***'::text))");
+        assert_eq!(scrub("(lower(email) = 'a@b.c'::text)"), "(lower(email) = '***'::text)");
+        assert_eq!(scrub("'hello'::text"), "'hello'::text");
+        assert_eq!(scrub("(ssn ~~ '123-%'::text)"), "(ssn ~~ '***'::text)");
+        assert_eq!(scrub("starts_with(full_name, 'Jane')"), "starts_with(full_name, '***')");
+        assert_eq!(scrub("CASE ssn WHEN '1' THEN 'a' END"), "CASE ssn WHEN '***' THEN 'a' END");
+    }
+
+    #[test]
+    fn sql_and_plpgsql_function_bodies() {
+        let f = "CREATE OR REPLACE FUNCTION app.f()\n RETURNS integer\n LANGUAGE sql\nAS $function$\n    SELECT count(*)::int FROM app.customers WHERE email = 'jane@example.com' AND plan = 'x'\n$function$\n";
+        let out = scrub(f);
+        assert!(!out.contains("jane@example.com") && out.contains("plan = 'x'"), "{out}");
+        let p = "CREATE OR REPLACE FUNCTION app.g()\n RETURNS void\n LANGUAGE plpgsql\nAS $function$\nBEGIN\n  IF EXISTS (SELECT 1 FROM app.customers c WHERE c.ssn = '123-45-6789') THEN\n    RAISE NOTICE 'found';\n  END IF;\n  UPDATE app.customers SET email = 'x@y.z' WHERE id = 1;\nEND\n$function$\n";
+        let out = scrub(p);
+        assert!(!out.contains("123-45-6789") && !out.contains("x@y.z"), "{out}");
+        assert!(out.contains("RAISE NOTICE 'found'") && out.contains("id = 1"), "{out}");
+        // A bare plpgsql body (pg_proc.prosrc).
+        let body = "\nBEGIN\n  PERFORM 1 FROM app.customers WHERE full_name = 'Jane Roe';\nEND\n";
+        assert!(!scrub(body).contains("Jane Roe"));
+    }
+
+    #[test]
+    fn inserts_and_updates_assign() {
+        let r =
+            "CREATE RULE r AS ON INSERT TO app.t DO ALSO INSERT INTO app.log (email, note) VALUES ('a@b.c', 'kept')";
+        let out = scrub(r);
+        assert!(!out.contains("a@b.c") && out.contains("'kept'"), "{out}");
+        let u = "UPDATE app.customers SET ssn = '000-00-0000', plan = 'free' WHERE id = 3";
+        let out = scrub(u);
+        assert!(!out.contains("000-00-0000") && out.contains("'free'"), "{out}");
+    }
+
+    #[test]
+    fn numbers_and_garbage() {
+        assert_eq!(scrub("(ssn = 123456789)"), "(ssn = 0)");
+        // Text that is not SQL at all is left alone (nothing to anchor on).
+        assert_eq!(scrub("not sql at all 'x'"), "not sql at all 'x'");
+    }
+}
