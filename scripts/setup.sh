@@ -10,6 +10,8 @@
 #   - under $MASKER_TOOLS (default /opt/masker-tools), for the packaging
 #     tests: promtool (from Debian's prometheus package, extracted: the
 #     server is not installed) and kubernetes-validate (PyPI, in a venv)
+#   - docker.io (Debian's Docker 20.10: the container tests start a private
+#     dockerd) and iproute2 (`ip netns` for the hand-made containers)
 #
 # Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
 set -euo pipefail
@@ -48,6 +50,11 @@ setup_system_packages() {
   # pg_query (PostgreSQL's own parser, used for SQL lineage) generates its
   # bindings with bindgen (libclang) and its protobuf types with protoc.
   apt_install libclang-dev protobuf-compiler
+  # Container tests: a private dockerd (tests/harness/docker.rs) and
+  # hand-made network namespaces (tests/harness/netns.rs). Debian 12 ships
+  # Docker 20.10 as docker.io; the tests need 20.10 or later.
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+  command -v ip >/dev/null 2>&1 || apt_install iproute2
 }
 
 setup_nightly() {

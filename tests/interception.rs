@@ -228,7 +228,7 @@ fn tagged_psql_and_tokio_postgres_reach_the_server_through_masker() {
     assert_eq!(tags[0]["cgroup_id"], json!(cgroup_id(cg.path())));
     assert_eq!(status["targets"][0]["addresses"], json!([cluster.addr().to_string()]), "{status:#}");
     assert_eq!(status["pin_dir"], json!(agent.pin_dir().to_string_lossy()));
-    assert_eq!(status["programs"].as_array().map(Vec::len), Some(5), "{status:#}");
+    assert_eq!(status["programs"].as_array().map(Vec::len), Some(7), "{status:#}");
 
     // The table view shows the same.
     let table = agent.run_cli(&["status"]);

@@ -10,3 +10,8 @@ if [ -f "$state" ]; then
     $sudo "$masker" untag "$(cat "$state")"
     rm -f "$state"
 fi
+docker_state="${RUNNER_TEMP:-/tmp}/masker-docker-cgroup"
+if [ -f "$docker_state" ]; then
+    $sudo "$masker" untag "$(cat "$docker_state")"
+    rm -f "$docker_state"
+fi

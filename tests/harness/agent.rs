@@ -16,7 +16,6 @@
 //!
 //! Needs root (see [`skip_reason`]).
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener};
 use std::os::unix::net::UnixStream;
@@ -138,6 +137,8 @@ pub struct MaskerAgent {
     admin_socket: PathBuf,
     pin_dir: PathBuf,
     dir: TempDir,
+    /// Environment of the agent process (for [`MaskerAgent::restart`]).
+    env: Vec<(String, String)>,
 }
 
 impl MaskerAgent {
@@ -216,23 +217,49 @@ impl MaskerAgent {
             pins = shell_quote_path(&pin_dir),
             dir = shell_quote_path(dir.path()),
         ))?;
+        let mut agent = MaskerAgent {
+            child: None,
+            watchdog: Some(watchdog),
+            listen,
+            listen_v6,
+            admin_socket,
+            pin_dir,
+            dir,
+            env: options.env.clone(),
+        };
+        agent.spawn()?;
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    /// Starts `masker agent` on the configuration file (logs appended).
+    fn spawn(&mut self) -> Result<()> {
+        let binary = MaskerProxy::binary();
+        let log = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name));
         let mut cmd = Command::new(&binary);
         cmd.arg("agent")
             .arg("--config")
-            .arg(&config_path)
+            .arg(self.dir.path().join("agent.toml"))
             .stdin(Stdio::null())
-            .stdout(File::create(dir.path().join("stdout.log"))?)
-            .stderr(File::create(dir.path().join("stderr.log"))?);
+            .stdout(log("stdout.log")?)
+            .stderr(log("stderr.log")?);
         if std::env::var_os("MASKER_LOG").is_none() {
             cmd.env("MASKER_LOG", "info");
         }
-        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().with_context(|| format!("spawning {}", binary.display()))?;
-        std::fs::write(&pid_file, child.id().to_string())?;
-        let mut agent =
-            MaskerAgent { child: Some(child), watchdog: Some(watchdog), listen, listen_v6, admin_socket, pin_dir, dir };
-        agent.wait_ready()?;
-        Ok(agent)
+        std::fs::write(self.dir.path().join("agent.pid"), child.id().to_string())?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM) if it runs, and starts it again with the
+    /// same configuration (pin directory, admin socket, listeners); returns
+    /// once the new agent's admin socket answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> Result<()> {

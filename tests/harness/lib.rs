@@ -22,8 +22,10 @@
 pub mod agent;
 pub mod cluster;
 pub mod compare;
+pub mod docker;
 pub mod fixture;
 pub mod leaks;
+pub mod netns;
 pub mod process;
 pub mod proxy;
 pub mod psql;

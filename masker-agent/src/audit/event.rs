@@ -47,6 +47,12 @@ pub struct SessionFields<'a> {
     pub cgroup_path: Option<String>,
     pub pid: Option<Pid>,
     pub executable: Option<String>,
+    /// The client's network namespace (`net:[INODE]`), when not the agent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The container id its cgroup names, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub user: Option<String>,
     pub database: Option<String>,
     pub tls: Tls,
@@ -76,10 +82,20 @@ impl<'a> SessionFields<'a> {
             cgroup_path,
             pid,
             executable,
+            netns: None,
+            container: None,
             user,
             database,
             tls,
         }
+    }
+
+    /// The same fields, naming the client's network namespace and container
+    /// (sessions from containers).
+    pub fn in_netns(mut self, netns: Option<String>, container: Option<String>) -> Self {
+        self.netns = netns;
+        self.container = container;
+        self
     }
 }
 

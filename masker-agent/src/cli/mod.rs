@@ -114,7 +114,17 @@ pub(crate) enum Command {
     /// Tag a cgroup (and its descendants) with a workload identity.
     Tag {
         /// cgroup directory: absolute, or relative to the cgroup v2 mount.
-        cgroup: PathBuf,
+        #[arg(required_unless_present = "container")]
+        cgroup: Option<PathBuf>,
+        /// A running container instead (Docker id or name, or a containerd/CRI
+        /// or Podman id): its cgroup is tagged, and its network namespace
+        /// gets the agent's listener.
+        #[arg(long, conflicts_with = "cgroup")]
+        container: Option<String>,
+        /// Create the cgroup (relative to the v2 mount) if it does not exist:
+        /// e.g. the `--cgroup-parent` of containers not yet started.
+        #[arg(long, requires = "cgroup")]
+        create: bool,
         #[arg(long)]
         identity: String,
         #[command(flatten)]
@@ -123,7 +133,11 @@ pub(crate) enum Command {
     /// Remove a cgroup's tag; its new connections are no longer intercepted.
     Untag {
         /// cgroup directory: absolute, or relative to the cgroup v2 mount.
-        cgroup: PathBuf,
+        #[arg(required_unless_present = "container")]
+        cgroup: Option<PathBuf>,
+        /// A running container instead (as for `tag --container`).
+        #[arg(long, conflicts_with = "cgroup")]
+        container: Option<String>,
     },
     /// Run a command in a new tagged cgroup; exits with the command's status.
     ///
@@ -415,15 +429,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tag { cgroup, identity, token } => {
+        Command::Tag { cgroup, container, create, identity, token } => {
             let token = token.read()?;
-            let dir = run::resolve_cgroup(&cgroup)?;
+            if create && let Some(c) = &cgroup {
+                let root = crate::interception::cgroup::v2_root()?;
+                let dir = root.join(c.strip_prefix(&root).unwrap_or(c).strip_prefix("/").unwrap_or(c));
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+            }
+            let dir = run::cgroup_or_container(cgroup, container).await?;
             admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.clone(), token }).await?;
             println!("tagged {} as {identity}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Untag { cgroup } => {
-            let dir = run::resolve_cgroup(&cgroup)?;
+        Command::Untag { cgroup, container } => {
+            let dir = run::cgroup_or_container(cgroup, container).await?;
             admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await?;
             println!("untagged {}", dir.display());
             Ok(ExitCode::SUCCESS)

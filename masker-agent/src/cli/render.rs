@@ -77,7 +77,20 @@ pub(super) fn status(s: &Status) -> String {
     }
     for t in &s.tags {
         let path = t.path.as_deref().unwrap_or("(cgroup removed)");
-        let _ = writeln!(o, "  {:<20} {:>10}  {}", t.identity, t.cgroup_id, path);
+        let lock = if t.egress_lock { "  egress locked" } else { "" };
+        let _ = writeln!(
+            o,
+            "  {:<20} {:>10}  {}  refused: no listener {}, egress {}{lock}",
+            t.identity, t.cgroup_id, path, t.refused.no_listener, t.refused.egress
+        );
+    }
+    if !s.namespaces.is_empty() {
+        let _ = writeln!(o, "\nCONTAINER NAMESPACES (listeners inside)");
+        for n in &s.namespaces {
+            let container = n.container.as_deref().map_or("-".to_string(), |c| c.chars().take(12).collect());
+            let _ =
+                writeln!(o, "  {:<18} {:<12} cgroup {:>10}  {}", n.netns, container, n.cgroup_id, n.listen.join(", "));
+        }
     }
     if !s.credentials.is_empty() {
         let _ = writeln!(o, "\nINJECTED CREDENTIALS (the agent logs in; clients send no password)");

@@ -16,6 +16,20 @@ pub(super) fn require_root() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The cgroup named on the command line, or that of `--container` (Docker
+/// at `DOCKER_HOST` or its default socket, else by id in the cgroup tree).
+pub(super) async fn cgroup_or_container(cgroup: Option<PathBuf>, container: Option<String>) -> anyhow::Result<PathBuf> {
+    match (cgroup, container) {
+        (Some(c), _) => resolve_cgroup(&c),
+        (None, Some(id)) => {
+            let root = crate::interception::cgroup::v2_root()?;
+            let socket = crate::interception::docker::socket_from_env();
+            Ok(crate::interception::docker::container_cgroup(&root, &socket, &id).await?)
+        }
+        (None, None) => anyhow::bail!("name a cgroup or --container"),
+    }
+}
+
 /// An existing cgroup directory, absolute or relative to the v2 mount.
 pub(super) fn resolve_cgroup(cgroup: &Path) -> anyhow::Result<PathBuf> {
     let root = crate::interception::cgroup::v2_root()?;

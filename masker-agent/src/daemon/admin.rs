@@ -93,6 +93,13 @@ pub struct Status {
     /// password).
     #[serde(default)]
     pub credentials: Vec<CredentialStatus>,
+    /// Network namespaces (containers) the agent has a listener in.
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceStatus>,
+    /// Entries of the kernel's listeners map (one per served namespace,
+    /// the agent's own included).
+    #[serde(default)]
+    pub listener_entries: usize,
 }
 
 /// One `[[credential]]`, as `masker status` shows it.
@@ -119,6 +126,30 @@ pub struct TagStatus {
     pub cgroup_id: CgroupId,
     pub path: Option<String>,
     pub identity: String,
+    /// Whether the identity's egress lock is in force for the tag.
+    #[serde(default)]
+    pub egress_lock: bool,
+    /// Connects the kernel refused for this tag (no listener in the
+    /// workload's namespace; egress lock).
+    #[serde(default)]
+    pub refused: crate::interception::RefusedCounts,
+}
+
+/// One namespace the agent serves, as `masker status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamespaceStatus {
+    /// `net:[INODE]`.
+    pub netns: String,
+    /// The namespace cookie (key of the kernel's listeners map).
+    pub cookie: u64,
+    /// The tagged cgroup whose process brought it in.
+    pub cgroup_id: u64,
+    /// The container, when the process's cgroup names one.
+    pub container: Option<String>,
+    /// The listeners inside it.
+    pub listen: Vec<String>,
+    /// When the listener was opened (Unix seconds).
+    pub since_unix: u64,
 }
 
 /// Answers admin requests (implemented by the agent).

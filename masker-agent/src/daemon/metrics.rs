@@ -99,9 +99,22 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     pub sessions_killed: AtomicU64,
     tagged_cgroups: AtomicU64,
+    /// Connects the kernel refused, per tagged cgroup: `(cgroup id,
+    /// identity, counts)`, refreshed by the agent from the eBPF map.
+    kernel_refusals: Mutex<Vec<(u64, String, crate::interception::RefusedCounts)>>,
 }
 
 impl Metrics {
+    /// Replaces the kernel's refusal counts.
+    pub fn set_kernel_refusals(&self, refusals: Vec<(u64, String, crate::interception::RefusedCounts)>) {
+        *self.kernel_refusals.lock().unwrap_or_else(|p| p.into_inner()) = refusals;
+    }
+
+    /// The kernel's refusal counts, as last refreshed.
+    pub fn kernel_refusals(&self) -> Vec<(u64, String, crate::interception::RefusedCounts)> {
+        self.kernel_refusals.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn with<R>(&self, identity: &str, f: impl FnOnce(&mut IdentityCounters) -> R) -> R {
         let mut map = self.identities.lock().unwrap_or_else(|p| p.into_inner());
         match map.get_mut(identity) {
@@ -211,6 +224,8 @@ pub struct Snapshot {
     pub live: BTreeMap<String, u64>,
     pub identities: BTreeMap<String, IdentityCounters>,
     pub latency: LatencySnapshot,
+    /// Connects the eBPF programs refused: `(cgroup id, identity, counts)`.
+    pub kernel_refusals: Vec<(u64, String, crate::interception::RefusedCounts)>,
 }
 
 /// The Prometheus text exposition of `s`.
@@ -292,6 +307,21 @@ pub fn render(s: &Snapshot) -> String {
         }
     });
 
+    let _ = writeln!(
+        o,
+        "# HELP masker_kernel_refused_total Connects of tagged cgroups the eBPF programs refused \
+         (reason: no_listener in the workload's network namespace, egress lock).\n\
+         # TYPE masker_kernel_refused_total counter"
+    );
+    for (cgroup, identity, r) in &s.kernel_refusals {
+        let id = label(identity);
+        for (reason, n) in [("no_listener", r.no_listener), ("egress", r.egress)] {
+            let _ = writeln!(
+                o,
+                "masker_kernel_refused_total{{cgroup_id=\"{cgroup}\",identity=\"{id}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
     let _ = writeln!(
         o,
         "# HELP masker_relay_latency_seconds Time from a client's Query or Sync to the server's ReadyForQuery.\n\

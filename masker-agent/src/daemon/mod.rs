@@ -72,6 +72,9 @@ pub enum DaemonError {
     /// The metrics endpoint cannot listen.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The thread that works in containers' network namespaces cannot start.
+    #[error("starting the network namespace thread: {0}")]
+    Netns(std::io::Error),
 }
 
 /// Builds the context every session of a daemon runs in and starts its
@@ -114,6 +117,7 @@ pub fn snapshot(ctx: &SessionContext) -> metrics::Snapshot {
         live,
         identities: ctx.metrics.identities(),
         latency: ctx.metrics.latency_snapshot(),
+        kernel_refusals: ctx.metrics.kernel_refusals(),
     }
 }
 
@@ -134,6 +138,24 @@ mod tests {
     use super::*;
     use crate::masking::RowStats;
     use metrics::render;
+
+    #[test]
+    fn renders_kernel_refusals_per_cgroup() {
+        let s = metrics::Snapshot {
+            kernel_refusals: vec![(
+                42,
+                "ci-job".into(),
+                crate::interception::RefusedCounts { no_listener: 2, egress: 5 },
+            )],
+            ..Default::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("masker_kernel_refused_total{cgroup_id=\"42\",identity=\"ci-job\",reason=\"no_listener\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("masker_kernel_refused_total{cgroup_id=\"42\",identity=\"ci-job\",reason=\"egress\"} 5"));
+    }
 
     #[test]
     fn renders_histogram_and_identities() {
@@ -167,6 +189,7 @@ mod tests {
             destination: Some("db:5432".parse().unwrap()),
             cgroup_id: None,
             pid: None,
+            netns: None,
         };
         let guard = ctx.registry.open(origin);
         let id = guard.entry.id;

@@ -40,6 +40,10 @@ pub struct SessionOrigin {
     pub cgroup_id: Option<CgroupId>,
     /// Process id of the connecting task (agent mode).
     pub pid: Option<Pid>,
+    /// The client's network namespace when it is not the agent's (a
+    /// container): its upstream connection is made from there too.
+    #[serde(skip)]
+    pub netns: Option<crate::interception::netns::NetnsOrigin>,
 }
 
 impl SessionOrigin {
@@ -212,6 +216,13 @@ pub struct SessionSnapshot {
     pub destination: String,
     pub cgroup_id: Option<CgroupId>,
     pub pid: Option<Pid>,
+    /// The client's network namespace (`net:[INODE]`) when it is not the
+    /// agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The container the client runs in, when its cgroup names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub user: Option<String>,
     pub database: Option<String>,
     pub started_unix: u64,
@@ -237,6 +248,8 @@ impl SessionSnapshot {
             destination: e.origin.destination.as_ref().map_or_else(String::new, ToString::to_string),
             cgroup_id: e.origin.cgroup_id,
             pid: e.origin.pid,
+            netns: e.origin.netns.as_ref().map(|n| n.ns.to_string()),
+            container: e.origin.netns.as_ref().and_then(|n| n.container.clone()),
             user: startup.as_ref().map(|s| s.0.clone()),
             database: startup.map(|s| s.1),
             started_unix: e.started_unix,

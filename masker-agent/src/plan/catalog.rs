@@ -71,6 +71,10 @@ pub enum CatalogFailure {
     /// Connecting or querying failed.
     #[error("{0}")]
     Postgres(Arc<tokio_postgres::Error>),
+    /// The session's client is in a network namespace the catalog cannot
+    /// reach (no longer served, or its socket could not be made there).
+    #[error("catalog connection from the client's network namespace: {0}")]
+    Netns(String),
 }
 
 impl From<tokio_postgres::Error> for CatalogFailure {
@@ -134,6 +138,25 @@ pub struct Catalog {
     access: Option<CatalogAccess>,
     caches: Mutex<HashMap<(TargetAddr, String), DbCache>>,
     clients: tokio::sync::Mutex<HashMap<(TargetAddr, String), Client>>,
+    /// Sessions from other network namespaces (containers) reach their
+    /// server from there, and so does the catalog connection for them; their
+    /// destinations are keyed `netns:<cookie>/<address>` (two containers'
+    /// `127.0.0.1:5432` are different servers). By cookie.
+    netns: Mutex<HashMap<u64, crate::interception::netns::NetnsOrigin>>,
+}
+
+/// The catalog key of `destination` as seen from `netns` (or the agent's own
+/// namespace): see [`Catalog::register_netns`].
+pub fn destination_key(
+    destination: &TargetAddr,
+    netns: Option<&crate::interception::netns::NetnsOrigin>,
+) -> TargetAddr {
+    match netns {
+        Some(ns) => {
+            TargetAddr::parse(&format!("netns:{}/{destination}", ns.cookie)).unwrap_or_else(|_| destination.clone())
+        }
+        None => destination.clone(),
+    }
 }
 
 impl Catalog {
@@ -141,7 +164,31 @@ impl Catalog {
     /// catalog credentials and every table column is treated as unresolved
     /// (and so masked: fail closed).
     pub fn new(access: Option<CatalogAccess>) -> Self {
-        Catalog { access, caches: Mutex::new(HashMap::new()), clients: tokio::sync::Mutex::new(HashMap::new()) }
+        Catalog {
+            access,
+            caches: Mutex::new(HashMap::new()),
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+            netns: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Lets look-ups for destinations keyed by [`destination_key`] with
+    /// `origin` connect from its namespace.
+    pub fn register_netns(&self, origin: &crate::interception::netns::NetnsOrigin) {
+        self.netns.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.cookie, origin.clone());
+    }
+
+    /// Forgets namespace `cookie`: its connector, its open catalog
+    /// connections (which would otherwise keep the namespace alive) and its
+    /// cache.
+    pub async fn forget_netns(&self, cookie: u64) {
+        let prefix = format!("netns:{cookie}/");
+        self.netns.lock().unwrap_or_else(|p| p.into_inner()).remove(&cookie);
+        self.clients.lock().await.retain(|(dest, _), _| !dest.as_str().starts_with(&prefix));
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(dest, _), _| !dest.as_str().starts_with(&prefix));
     }
 
     /// Forgets everything cached for `database` on `destination` (after DDL).
@@ -421,6 +468,9 @@ impl Catalog {
 
     async fn connect(&self, destination: &TargetAddr, database: &str) -> Result<Client, CatalogFailure> {
         let access = self.access.as_ref().ok_or(CatalogFailure::NoCredentials)?;
+        if let Some(rest) = destination.as_str().strip_prefix("netns:") {
+            return self.connect_in_netns(rest, database, access).await;
+        }
         let (host, port) = (destination.host(), destination.port());
         let mut config = tokio_postgres::Config::new();
         config
@@ -440,6 +490,46 @@ impl Catalog {
             }
         });
         debug!(%destination, database, "catalog connection opened");
+        Ok(client)
+    }
+
+    /// A catalog connection made from another network namespace: `rest` is
+    /// `<cookie>/<address>`.
+    async fn connect_in_netns(
+        &self,
+        rest: &str,
+        database: &str,
+        access: &CatalogAccess,
+    ) -> Result<Client, CatalogFailure> {
+        let bad = |what: &str| CatalogFailure::Netns(what.to_string());
+        let (cookie, addr) = rest.split_once('/').ok_or_else(|| bad("bad namespace destination"))?;
+        let cookie: u64 = cookie.parse().map_err(|_| bad("bad namespace cookie"))?;
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| bad("destination is not an address"))?;
+        let origin = self
+            .netns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cookie)
+            .cloned()
+            .ok_or_else(|| bad("the client's network namespace is no longer served"))?;
+        let stream = origin
+            .connect(addr, Some(masker_common::MASKER_SOCKET_MARK))
+            .await
+            .map_err(|e| CatalogFailure::Netns(e.to_string()))?;
+        let mut config = tokio_postgres::Config::new();
+        config.user(&access.user).dbname(database).application_name("masker-catalog");
+        if let Some(pw) = &access.password {
+            config.password(pw);
+        }
+        let connect = config.connect_raw(stream, NoTls);
+        let (client, connection) =
+            tokio::time::timeout(Duration::from_secs(10), connect).await.map_err(|_| bad("timed out"))??;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("catalog connection ended: {e}");
+            }
+        });
+        debug!(netns = cookie, %addr, database, "catalog connection opened from the client's namespace");
         Ok(client)
     }
 }

@@ -157,7 +157,7 @@ async fn run<C: SplitIo>(
         let _ = client.write_all(&fatal("28000", &message)).await;
         return Err(SessionError::Refused(message));
     }
-    let server = match connect_upstream(destination, ctx).await {
+    let server = match connect_upstream(destination, ctx, entry.origin.netns.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             let mut out = BytesMut::new();
@@ -188,11 +188,17 @@ async fn run<C: SplitIo>(
         Some(c) => login(client, &mut server, c, ctx).await?,
     };
 
+    // The catalog's key for the server: for a client in another network
+    // namespace, qualified by that namespace (and looked up from there).
+    if let Some(ns) = &entry.origin.netns {
+        ctx.catalog.register_netns(ns);
+    }
+    let catalog_destination = crate::plan::catalog::destination_key(destination, entry.origin.netns.as_ref());
     let plan = |policy| {
         Arc::new(PlanContext {
             policy,
             catalog: ctx.catalog.clone(),
-            destination: destination.clone(),
+            destination: catalog_destination.clone(),
             database: database.clone(),
             user: user.clone(),
         })

@@ -20,6 +20,7 @@ impl Session {
         let tls = Tls { client: e.tls_client.load(Ordering::Relaxed), server: e.tls_server.load(Ordering::Relaxed) };
         let destination = o.destination.as_ref().map_or("", |d| d.as_str());
         SessionFields::new(o.client, destination, o.cgroup_id, o.pid, user, database, tls)
+            .in_netns(o.netns.as_ref().map(|n| n.ns.to_string()), o.netns.as_ref().and_then(|n| n.container.clone()))
     }
 
     fn emit(&self, what: What<'_>) {

@@ -86,7 +86,9 @@ pub async fn startup<C: AsyncRead + AsyncWrite + Unpin>(
                 ctx.metrics.counters.cancel_requests.fetch_add(1, Ordering::Relaxed);
                 return match route {
                     Route::To(destination) => {
-                        forward_cancel(&buf[..len], destination, ctx).await.map(|()| Startup::Done)
+                        forward_cancel(&buf[..len], destination, ctx, session.entry.origin.netns.as_ref())
+                            .await
+                            .map(|()| Startup::Done)
                     }
                     Route::Refuse { message, .. } => Err(SessionError::Refused(message.clone())),
                 };

@@ -18,6 +18,7 @@
 
 mod client;
 mod connect;
+mod container;
 mod lineage;
 mod mask;
 mod processes;
