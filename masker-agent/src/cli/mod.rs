@@ -214,6 +214,17 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Propose a policy for a database from its columns' names, comments,
+    /// types and a bounded sample of their values.
+    ///
+    /// Connects like psql (-h, -p, -U, -d and the PG* variables; the
+    /// password from PGPASSWORD, ~/.pgpass or --url-env, never the command
+    /// line), reads every table and view the role can read in a read-only
+    /// transaction, and prints a table of proposals with their evidence.
+    /// --output writes the policy, --comments the COMMENT ON COLUMN SQL. No
+    /// sampled value is ever printed, logged or written.
+    #[command(disable_help_flag = true)]
+    Discover(crate::discover::DiscoverArgs),
     /// Detach masker's eBPF programs and remove its pinned maps (tags included).
     ///
     /// For when the agent is stopped for good: while cgroups are tagged, a
@@ -519,6 +530,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", ca.certificate_pem());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Discover(args) => Ok(crate::discover::run(args).await?),
         Command::Uninstall { pin_dir } => {
             run::require_root()?;
             crate::interception::uninstall(&pin_dir)?;

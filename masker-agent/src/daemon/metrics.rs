@@ -20,6 +20,7 @@
 //! | `masker_observe_denials_total` | counter | `identity`: its statements and sessions that would have been refused or held |
 //! | `masker_approvals_total` | counter | `identity`, `decision` (`approved`, `denied`, `timeout`, `granted`, `abandoned`) |
 //! | `masker_approvals_pending` | gauge | |
+//! | `masker_tagged_cgroups` | gauge | |
 //! | `masker_sessions_killed_total` | counter | |
 //! | `masker_audit_events_total`, `masker_audit_events_dropped_total` | counter | |
 //! | `masker_kernel_refused_total` | counter | `cgroup_id`, `identity`, `reason` (`no_listener`, `egress`) |
@@ -38,6 +39,12 @@
 //!
 //! The relay latency is the time from a client's Query or Sync to the
 //! server's ReadyForQuery answering it, as the agent sees it.
+//!
+//! `masker_tagged_cgroups` is the number of cgroups in the agent's tag map
+//! (0 for `masker proxy`), updated on every tag and untag and with each
+//! target refresh. Tags outlive the agent: while it is down with tags in
+//! place, tagged workloads cannot reach their targets (fail closed), which
+//! is what the example alert in `packaging/prometheus/` watches for.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -115,6 +122,7 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     pub sessions_killed: AtomicU64,
+    tagged_cgroups: AtomicU64,
     /// Connects the kernel refused, per tagged cgroup: `(cgroup id,
     /// identity, counts)`, refreshed by the agent from the eBPF map.
     kernel_refusals: Mutex<Vec<(u64, String, crate::interception::RefusedCounts)>>,
@@ -220,6 +228,16 @@ impl Metrics {
         self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
+    /// The agent's tag map now holds `n` cgroups.
+    pub fn set_tagged_cgroups(&self, n: usize) {
+        self.tagged_cgroups.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// The number of tagged cgroups last set.
+    pub fn tagged_cgroups(&self) -> u64 {
+        self.tagged_cgroups.load(Ordering::Relaxed)
+    }
+
     /// Per-identity counters, by identity.
     pub fn identities(&self) -> BTreeMap<String, IdentityCounters> {
         self.identities.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -300,6 +318,8 @@ pub struct Snapshot {
     pub audit_events: u64,
     pub audit_events_dropped: u64,
     pub approvals_pending: usize,
+    /// Cgroups in the agent's tag map (0 for `masker proxy`).
+    pub tagged_cgroups: u64,
     /// Live sessions per identity (`""`: none).
     pub live: BTreeMap<String, u64>,
     pub identities: BTreeMap<String, IdentityCounters>,
@@ -355,6 +375,12 @@ pub fn render(s: &Snapshot) -> String {
         "# HELP masker_approvals_pending Statements waiting for an operator's decision.\n\
          # TYPE masker_approvals_pending gauge\nmasker_approvals_pending {}",
         s.approvals_pending
+    );
+    let _ = writeln!(
+        o,
+        "# HELP masker_tagged_cgroups Cgroups tagged for interception (their connections to targets go through masker).\n\
+         # TYPE masker_tagged_cgroups gauge\nmasker_tagged_cgroups {}",
+        s.tagged_cgroups
     );
 
     let mut live = s.live.clone();
