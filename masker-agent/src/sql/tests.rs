@@ -213,6 +213,20 @@ fn filters_record_predicates_with_equality() {
     assert!(tests_column(f, &col("customers", "email"), true), "{f:?}");
 }
 
+#[test]
+fn null_tests_are_marked_as_such() {
+    let a = analyze_uncached(
+        "SELECT CASE WHEN indpred IS NOT NULL THEN pg_get_expr(indpred, indrelid) END FROM pg_index \
+         WHERE indpred::text LIKE '%x%'",
+    )
+    .unwrap();
+    let f = &a.statements[0].filters;
+    let indpred = col("pg_index", "indpred");
+    let on = |nullness: bool| f.iter().any(|c| c.lineage.sources.contains(&indpred) && c.nullness == nullness);
+    assert!(on(true), "the IS NOT NULL test: {f:?}");
+    assert!(on(false), "the LIKE test: {f:?}");
+}
+
 /// Whether some condition tests `source` (with `equality` as given).
 fn tests_column(f: &[Condition], source: &Source, equality: bool) -> bool {
     f.iter().any(|c| c.lineage.sources.contains(source) && c.equality == equality)
