@@ -8,7 +8,7 @@
 #   - libclang-dev and protobuf-compiler (to build pg_query)
 #   - docker.io (Debian's Docker 20.10: the container tests start a private
 #     dockerd) and iproute2 (`ip netns` for the hand-made containers)
-#   - the Python client libraries of the tests (psycopg 3), pinned, in a venv
+#   - the Python client libraries of the tests (psycopg 3, SQLAlchemy), pinned, in a venv
 #     outside the checkout (tests/harness/python.rs finds it; it installs
 #     nothing itself)
 #   - cargo-fuzz (the fuzz targets of fuzz/, `cargo xtask fuzz`)
@@ -89,7 +89,7 @@ setup_bpf_linker() {
 # The Python packages the tests use, exactly these versions (pip installs
 # nothing else: --no-deps). tests/harness/python.rs holds the same list and
 # fails, naming this script, when the venv does not have it.
-MASKER_TEST_PY_PACKAGES="psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0"
+MASKER_TEST_PY_PACKAGES="psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0 SQLAlchemy==2.1.9"
 masker_test_venv() { printf '%s' "${MASKER_TEST_VENV:-${HOME:-/root}/.cache/masker/test-venv}"; }
 
 setup_test_clients() {
@@ -105,7 +105,7 @@ setup_test_clients() {
   python3 -m venv "$venv"
   # shellcheck disable=SC2086 # one word per package
   "$venv/bin/pip" install -q --disable-pip-version-check --no-input --no-deps $MASKER_TEST_PY_PACKAGES
-  "$venv/bin/python" -c 'import psycopg; print("psycopg", psycopg.__version__)' >&2
+  "$venv/bin/python" -c 'import psycopg, sqlalchemy; print("psycopg", psycopg.__version__, "SQLAlchemy", sqlalchemy.__version__)' >&2
   printf '%s' "$MASKER_TEST_PY_PACKAGES" >"$stamp"
 }
 
