@@ -214,6 +214,25 @@ fn filters_record_predicates_with_equality() {
 }
 
 #[test]
+fn grouping_sets_record_their_columns() {
+    for sql in [
+        "SELECT status, count(*) FROM orders GROUP BY ROLLUP (status) ORDER BY 1",
+        "SELECT status, amount, count(*) FROM orders GROUP BY CUBE (status, (amount, customer_id))",
+        "SELECT status, count(*) FROM orders GROUP BY GROUPING SETS ((status), ()), amount",
+    ] {
+        let a = analyze_uncached(sql).unwrap();
+        let f = &a.statements[0].filters;
+        assert!(tests_column(f, &col("orders", "status"), false), "{sql}: {f:?}");
+        assert!(
+            f.iter().all(|c| c.lineage.how != How::Unknown && !c.lineage.sources.contains(&Source::Opaque)),
+            "{sql}: {f:?}"
+        );
+    }
+    let a = analyze_uncached("SELECT count(*) FROM customers GROUP BY ROLLUP (plan, (ssn))").unwrap();
+    assert!(tests_column(&a.statements[0].filters, &col("customers", "ssn"), false));
+}
+
+#[test]
 fn null_tests_are_marked_as_such() {
     let a = analyze_uncached(
         "SELECT CASE WHEN indpred IS NOT NULL THEN pg_get_expr(indpred, indrelid) END FROM pg_index \

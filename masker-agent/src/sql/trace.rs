@@ -1617,6 +1617,14 @@ impl Tracer {
 
     /// Records the columns a filtering/grouping/ordering clause uses.
     fn filter(&mut self, node: &Node, scope: &Scope<'_>, outs: &[Output], depth: usize) {
+        // `ROLLUP (a, b)`, `CUBE (...)`, `GROUPING SETS ((a), ())`: each
+        // item groups like a plain `GROUP BY` item.
+        if let Some(N::GroupingSet(g)) = node.node.as_ref() {
+            for item in &g.content {
+                self.filter(item, scope, outs, depth);
+            }
+            return;
+        }
         // `ORDER BY 2` / `GROUP BY 1`: the output column at that position.
         if let Some(N::AConst(c)) = node.node.as_ref()
             && let Some(pb::a_const::Val::Ival(i)) = &c.val
