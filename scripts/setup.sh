@@ -11,6 +11,8 @@
 #   - the Python client libraries of the tests (psycopg 3, SQLAlchemy), pinned, in a venv
 #     outside the checkout (tests/harness/python.rs finds it; it installs
 #     nothing itself)
+#   - node-pg (Node.js from Debian's nodejs and npm), exactly as
+#     tests/harness/node/package-lock.json locks it, outside the checkout
 #   - cargo-fuzz (the fuzz targets of fuzz/, `cargo xtask fuzz`)
 #
 # Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
@@ -109,6 +111,27 @@ setup_test_clients() {
   printf '%s' "$MASKER_TEST_PY_PACKAGES" >"$stamp"
 }
 
+# node-pg for the tests (tests/harness/node.rs), exactly the versions of the
+# lockfile next to it (`npm ci`), outside the checkout; the harness compares
+# the installed copy of the lockfile with the checked-in one.
+masker_test_node_dir() { printf '%s' "${MASKER_TEST_NODE_DIR:-${HOME:-/root}/.cache/masker/test-node}"; }
+
+setup_node_clients() {
+  local dir src
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  dir=$(masker_test_node_dir)
+  src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/harness/node"
+  if cmp -s "$src/package-lock.json" "$dir/package-lock.json" && [ -f "$dir/node_modules/pg/package.json" ]; then
+    return 0
+  fi
+  log "installing node-pg into $dir (npm ci from tests/harness/node/package-lock.json)"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$src/package.json" "$src/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+  (cd "$dir" && node -e 'console.error("node-pg", require("pg/package.json").version)')
+}
+
 # cargo-fuzz builds the fuzz targets of fuzz/ with the nightly toolchain
 # (sanitizers, libFuzzer); `cargo xtask fuzz` runs them.
 CARGO_FUZZ_VERSION=0.13.1
@@ -125,6 +148,7 @@ setup_all() {
   setup_nightly
   setup_bpf_linker
   setup_test_clients
+  setup_node_clients
   setup_cargo_fuzz
 }
 

@@ -22,7 +22,7 @@ use masker_tests::finder::Finder;
 use masker_tests::fixture::{self, PersonalValues};
 use masker_tests::process::{self, Output};
 use masker_tests::psql::Psql;
-use masker_tests::{ConnInfo, MaskerProxy, PgCluster, python};
+use masker_tests::{ConnInfo, MaskerProxy, PgCluster, node, python};
 use serde_json::Value;
 
 const KEY: &str = "tools-suite-key-0123456789abcdef";
@@ -422,4 +422,107 @@ fn only_literals_replaced_sees_any_other_change() {
     assert!(!only_literals_replaced("WHERE a LIKE 'x'", "WHERE b LIKE '***'"));
     assert!(!only_literals_replaced("WHERE a = 1", "WHERE a = '***'"));
     assert!(!only_literals_replaced("'x'", "'***' AND true"));
+}
+
+// ---------------------------------------------------------------- node-pg
+
+/// Cases of the compatibility corpus (`compat.rs`) as node-pg runs them:
+/// introspection as an ORM does it, the client's own values that look like
+/// personal data (literals and parameters), a named prepared statement,
+/// server errors and notices, and allowed columns of personal tables.
+fn node_steps() -> Vec<node::Step> {
+    use node::Step;
+    vec![
+        // Introspection.
+        Step::simple(
+            "SELECT column_name, data_type, is_nullable, column_default, ordinal_position, character_maximum_length \
+             FROM information_schema.columns WHERE table_schema = 'public' AND table_name = 'customers' ORDER BY ordinal_position",
+        ),
+        Step::extended(
+            "SELECT a.attname, a.atttypid::regtype::text, a.atttypmod, a.attnotnull, col_description(a.attrelid, a.attnum) \
+             FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 ORDER BY a.attnum",
+            &[Some("public.customers")],
+        ),
+        Step::extended(
+            "SELECT c.relname, i.indisunique, i.indisprimary, pg_get_indexdef(i.indexrelid), \
+             CASE WHEN i.indpred IS NOT NULL THEN pg_get_expr(i.indpred, i.indrelid) END \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = ANY($1::regclass[]) ORDER BY 1",
+            &[Some("{public.customers,public.orders,public.payments}")],
+        ),
+        Step::simple(
+            "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint \
+             WHERE conrelid = 'orders'::regclass ORDER BY conname",
+        ),
+        Step::simple(
+            "SELECT n.tableoid, n.oid, n.nspname FROM pg_namespace n WHERE n.nspname NOT LIKE 'pg_temp%' AND n.nspname NOT LIKE 'pg_toast_temp%' ORDER BY n.oid",
+        ),
+        Step::simple("SELECT table_name, view_definition FROM information_schema.views WHERE table_schema = 'public'"),
+        // The client's own values that look like personal data.
+        Step::simple(
+            "SELECT 'jane.doe@example.com' AS email, '+1 (555) 555-0100' AS phone, '123-45-6789' AS ssn, '4111 1111 1111 1111' AS card",
+        ),
+        Step::extended(
+            "SELECT $1::text AS email, $2::text AS phone, $3::date AS born, $4::inet AS ip, $5::text AS iban",
+            &[
+                Some("jane.doe@example.com"),
+                Some("+44 20 7946 0018"),
+                Some("1980-02-29"),
+                Some("192.168.1.77"),
+                Some("DE89370400440532013000"),
+            ],
+        ),
+        Step::extended(
+            "SELECT upper($1::text) || ' <' || $2::text || '>'",
+            &[Some("Jane Doe"), Some("jane@example.org")],
+        ),
+        // A named prepared statement, bound twice, over allowed columns.
+        Step::prepared(
+            "orders_of",
+            "SELECT id, order_no, amount, created_at, status FROM orders WHERE customer_id = $1 ORDER BY id",
+            &[Some("7")],
+        ),
+        Step::prepared(
+            "orders_of",
+            "SELECT id, order_no, amount, created_at, status FROM orders WHERE customer_id = $1 ORDER BY id",
+            &[Some("8")],
+        ),
+        Step::extended(
+            "SELECT id, plan, balance, signup_ts, tags FROM customers WHERE id <= $1 ORDER BY id",
+            &[Some("50")],
+        ),
+        Step::simple("SELECT status, count(*), sum(amount) FROM orders GROUP BY ROLLUP (status) ORDER BY 1"),
+        // Errors and notices of statements that touch no personal data.
+        Step::simple("SELECT 1/0"),
+        Step::extended("SELECT $1::int", &[Some("abc")]),
+        Step::simple("SELEC id FROM orders"),
+        Step::extended("SELECT statu FROM orders", &[]),
+        Step::simple("CREATE TEMP TABLE node_t (id int PRIMARY KEY, note text NOT NULL)"),
+        Step::extended("INSERT INTO node_t VALUES ($1, $2)", &[Some("1"), Some("jane.doe@example.com")]),
+        Step::extended("INSERT INTO node_t VALUES ($1, $2)", &[Some("1"), Some("again")]),
+        Step::extended("INSERT INTO node_t VALUES ($1, $2)", &[Some("2"), None]),
+        // Computed columns: a temp table's OID differs between any two sessions.
+        Step::simple("SELECT array_agg(id ORDER BY id), string_agg(note, ',' ORDER BY id) FROM node_t"),
+        Step::simple("DO $$ BEGIN RAISE NOTICE 'orders: %', (SELECT count(*) FROM orders); END $$"),
+    ]
+}
+
+#[test]
+fn node_pg_gets_through_masker_what_it_gets_directly() {
+    let proxy = start("node", &strict(fixture::POLICY));
+    let cluster = PgCluster::shared();
+    let steps = node_steps();
+    let direct = node::run(&cluster.app(), &steps).unwrap_or_else(|e| panic!("node-pg directly: {e:#}"));
+    let masked =
+        node::run(&cluster.app().at(proxy.addr()), &steps).unwrap_or_else(|e| panic!("node-pg through masker: {e:#}"));
+    // What the direct session got is what the cases are about.
+    let got = direct["steps"].as_array().cloned().unwrap_or_default();
+    assert_eq!(got.len(), steps.len(), "{direct}");
+    let errors: Vec<&str> = got.iter().filter_map(|s| s["error"]["code"].as_str()).collect();
+    assert_eq!(errors, ["22012", "22P02", "42601", "42703", "23505", "23502"], "errors directly");
+    assert_eq!(direct["notices"][0]["message"], "orders: 20000", "{}", direct["notices"]);
+    assert_eq!(got[0]["results"][0]["rowCount"], 18, "information_schema.columns of customers: {}", got[0]);
+    assert_eq!(got[10]["results"][0]["rows"].as_array().map(|r| r.is_empty()), Some(false), "{}", got[10]);
+    if let Some(diff) = json_difference("", &direct, &masked) {
+        panic!("node-pg got something else through masker: {diff}");
+    }
 }
