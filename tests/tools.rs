@@ -10,7 +10,9 @@
 //!   holding the schema: with the unique constraints in place when the
 //!   policy pseudonymises the unique columns (distinct values stay
 //!   distinct), and only into the tables without them when it does not
-//!   (the contrast shows the constraints are really checked).
+//!   (the contrast shows the constraints are really checked);
+//! - node-pg ([`masker_tests::node`]) running a subset of the compatibility
+//!   corpus gets through masker exactly what it gets directly.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
