@@ -1321,7 +1321,7 @@ impl Resolver<'_> {
     /// The base columns of `bases` as `masker explain` shows them: the
     /// column, where its action comes from, the action, the rule that
     /// decides it and whether it is classified.
-    pub(super) fn describe_bases(&self, bases: &Bases) -> Vec<super::explain::BaseColumn> {
+    pub(super) fn describe_bases(&self, bases: &Bases) -> Vec<super::reasons::BaseColumn> {
         bases
             .columns
             .iter()
@@ -1342,10 +1342,10 @@ impl Resolver<'_> {
                         ("session data", "a temporary table the session filled itself with clean data".to_string())
                     }
                 };
-                super::explain::BaseColumn {
+                super::reasons::BaseColumn {
                     column: b.named(),
                     origin,
-                    action: super::explain::ActionText::of(&self.action(b)),
+                    action: super::reasons::ActionText::of(&self.action(b)),
                     rule,
                     classified: self.classified(b),
                 }

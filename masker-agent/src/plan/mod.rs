@@ -8,13 +8,15 @@
 //! [`crate::masking::RowPlan`] of a RowDescription) and [`copy`] (the plan of
 //! a `COPY ... TO STDOUT`). [`catalog`] resolves table oids and relation
 //! names with the agent's own connection to the server. [`explain`] is
-//! `masker explain`: the same decisions, with their reasons.
+//! `masker explain`: the same decisions, with their reasons ([`reasons`]:
+//! how it names actions and base columns).
 
 pub mod catalog;
 pub mod columns;
 pub mod copy;
 pub mod explain;
 pub mod lineage;
+pub mod reasons;
 
 use std::sync::Arc;
 

@@ -6,8 +6,6 @@
 use std::collections::BTreeSet;
 use std::fmt;
 
-use super::plpgsql;
-
 /// A relation as the statement names it (not yet resolved with a search path).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RelName {
@@ -414,7 +412,7 @@ pub struct Statement {
     pub effect: Option<Effect>,
     /// A `DO` block's PL/pgSQL analysis (its statements' reads, sinks and
     /// conditions are also merged into this statement's).
-    pub body: Option<Box<plpgsql::Procedure>>,
+    pub body: Option<Box<Procedure>>,
     /// `EXPLAIN` in its text format (the plan as lines a scrubber can read).
     pub explain_text: bool,
     /// What the statement may change, for `read_only` identities; `None`
@@ -438,3 +436,31 @@ pub struct Analysis {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot parse the statement: {0}")]
 pub struct SqlError(pub String);
+
+/// Analyses a `DO` body (`body`, `language`): how the tracer reaches the
+/// PL/pgSQL analysis without importing it ([`super::plpgsql::analyze_do`]
+/// is the one the crate uses).
+pub type DoBodies = fn(&str, &str) -> Option<Procedure>;
+
+/// What a PL/pgSQL body does, as far as lineage is concerned (worked out
+/// by [`super::plpgsql`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Procedure {
+    /// Every embedded statement and expression (expressions as
+    /// `SELECT <expr>`), traced with the block's variables.
+    pub statements: Vec<Statement>,
+    /// `RAISE` arguments and options, `ASSERT` messages, dynamic SQL texts
+    /// and their `USING` values.
+    pub sinks: Vec<Sink>,
+    /// `IF`/`WHILE`/`EXIT`/`CASE`/`ASSERT` tests.
+    pub conditions: Vec<Condition>,
+    /// The body runs SQL built at run time (`EXECUTE` of anything but a
+    /// string constant, `OPEN ... FOR EXECUTE`, `RETURN QUERY EXECUTE`,
+    /// `FOR ... IN EXECUTE` likewise): it may read anything and send it
+    /// anywhere. `EXECUTE 'constant text'` is analysed like embedded SQL.
+    pub dynamic: bool,
+    /// Something this module does not follow (an unknown statement kind,
+    /// an expression that does not parse): treat the body as reading
+    /// anything.
+    pub opaque: bool,
+}

@@ -27,7 +27,19 @@ pub use analysis::{
     Statement, StatementClass, TransactionStep,
 };
 pub use normalize::{cache_key, normalize, scrub_literals, shape};
-pub use trace::{analyze_uncached, analyze_with_variables, search_path_schemas};
+pub use trace::search_path_schemas;
+
+/// Analyzes every statement of `sql`, without the cache (`DO` bodies with
+/// PostgreSQL's PL/pgSQL parser).
+pub fn analyze_uncached(sql: &str) -> Result<Analysis, SqlError> {
+    trace::analyze_uncached(sql, plpgsql::analyze_do)
+}
+
+/// [`analyze_uncached`] with PL/pgSQL variables in scope (`name`, what was
+/// assigned to it): a function body's embedded SQL.
+pub fn analyze_with_variables(sql: &str, vars: &[(String, Lineage)]) -> Result<Analysis, SqlError> {
+    trace::analyze_with_variables(sql, vars, plpgsql::analyze_do)
+}
 
 use normalize::ShapeCache;
 

@@ -18,30 +18,9 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+pub use super::analysis::Procedure;
 use super::trace::analyze_with_variables;
-use super::{Condition, How, Lineage, Sink, SinkKind, Source, Statement};
-
-/// What a PL/pgSQL body does, as far as lineage is concerned.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Procedure {
-    /// Every embedded statement and expression (expressions as
-    /// `SELECT <expr>`), traced with the block's variables.
-    pub statements: Vec<Statement>,
-    /// `RAISE` arguments and options, `ASSERT` messages, dynamic SQL texts
-    /// and their `USING` values.
-    pub sinks: Vec<Sink>,
-    /// `IF`/`WHILE`/`EXIT`/`CASE`/`ASSERT` tests.
-    pub conditions: Vec<Condition>,
-    /// The body runs SQL built at run time (`EXECUTE` of anything but a
-    /// string constant, `OPEN ... FOR EXECUTE`, `RETURN QUERY EXECUTE`,
-    /// `FOR ... IN EXECUTE` likewise): it may read anything and send it
-    /// anywhere. `EXECUTE 'constant text'` is analysed like embedded SQL.
-    pub dynamic: bool,
-    /// Something this module does not follow (an unknown statement kind,
-    /// an expression that does not parse): treat the body as reading
-    /// anything.
-    pub opaque: bool,
-}
+use super::{Condition, How, Lineage, Sink, SinkKind, Source};
 
 /// How many times the body is walked so that values assigned late in a
 /// loop reach the statements before them.
@@ -215,7 +194,7 @@ impl Walker<'_> {
             },
             _ => format!("SELECT {query}"),
         };
-        let analysis = match analyze_with_variables(&text, &self.var_list()) {
+        let analysis = match analyze_with_variables(&text, &self.var_list(), analyze_do) {
             Ok(a) => a,
             Err(_) => {
                 self.out.opaque = true;

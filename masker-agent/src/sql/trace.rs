@@ -8,8 +8,8 @@ use pg_query::NodeEnum as N;
 use pg_query::protobuf::{self as pb, Node};
 
 use super::analysis::{
-    Analysis, Condition, Created, CreatedKind, Effect, How, Lineage, Output, RelName, Sink, SinkKind, Source, SqlError,
-    Statement, StatementClass, TransactionStep,
+    Analysis, Condition, Created, CreatedKind, DoBodies, Effect, How, Lineage, Output, Procedure, RelName, Sink,
+    SinkKind, Source, SqlError, Statement, StatementClass, TransactionStep,
 };
 
 /// How deep subqueries may nest before the tracer gives up (fail closed).
@@ -121,15 +121,17 @@ const PLAIN_SRFS: &[&str] = &[
     "jsonb_path_query",
 ];
 
-/// Analyzes every statement of `sql`, without the cache.
-pub fn analyze_uncached(sql: &str) -> Result<Analysis, SqlError> {
+/// Analyzes every statement of `sql`, without the cache; `DO` bodies with
+/// `do_bodies` (the PL/pgSQL analysis, which traces its embedded SQL with
+/// this module: passed in, so that neither module imports the other).
+pub fn analyze_uncached(sql: &str, do_bodies: DoBodies) -> Result<Analysis, SqlError> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| SqlError(e.to_string()))?;
     let statements = parsed
         .protobuf
         .stmts
         .iter()
         .map(|raw| match raw.stmt.as_deref().and_then(|n| n.node.as_ref()) {
-            Some(node) => statement(node),
+            Some(node) => statement(node, do_bodies),
             None => Statement::empty(StatementClass::Utility),
         })
         .collect();
@@ -226,7 +228,11 @@ fn write_kind(node: &N) -> Option<&'static str> {
 /// Analyzes every statement of `sql` with procedural variables in scope:
 /// each `(name, lineage)` is a value the statements may name (`n`, or
 /// `r.field` for a record `r`), as PL/pgSQL resolves them.
-pub fn analyze_with_variables(sql: &str, vars: &[(String, Lineage)]) -> Result<Analysis, SqlError> {
+pub fn analyze_with_variables(
+    sql: &str,
+    vars: &[(String, Lineage)],
+    do_bodies: DoBodies,
+) -> Result<Analysis, SqlError> {
     let parsed = pg_query::parse(sql, 0).map_err(|e| SqlError(e.to_string()))?;
     let mut root = Scope::root();
     let columns = vars.iter().map(|(name, l)| Output::Column { name: name.clone(), lineage: l.clone() }).collect();
@@ -239,19 +245,19 @@ pub fn analyze_with_variables(sql: &str, vars: &[(String, Lineage)]) -> Result<A
         .stmts
         .iter()
         .map(|raw| match raw.stmt.as_deref().and_then(|n| n.node.as_ref()) {
-            Some(node) => statement_in(node, &root),
+            Some(node) => statement_in(node, &root, do_bodies),
             None => Statement::empty(StatementClass::Utility),
         })
         .collect();
     Ok(Analysis { statements })
 }
 
-fn statement(node: &N) -> Statement {
-    statement_in(node, &Scope::root())
+fn statement(node: &N, do_bodies: DoBodies) -> Statement {
+    statement_in(node, &Scope::root(), do_bodies)
 }
 
-fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
-    let mut t = Tracer::default();
+fn statement_in(node: &N, root: &Scope<'_>, do_bodies: DoBodies) -> Statement {
+    let mut t = Tracer { do_bodies: Some(do_bodies), ..Tracer::default() };
     let mut explain_text = false;
     let (class, output, moves, copy_query) = match node {
         N::SelectStmt(s) => {
@@ -292,7 +298,7 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
             });
             // The plan it prints quotes the query's and its views' filters.
             if let Some(inner) = e.query.as_deref().and_then(|n| n.node.as_ref()) {
-                let s = statement_in(inner, root);
+                let s = statement_in(inner, root, do_bodies);
                 t.reads.extend(s.reads);
                 t.relations.extend(s.relations);
                 t.functions.extend(s.functions);
@@ -362,7 +368,7 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
     };
     let effect = effect(node, &mut t, output.as_deref(), moves.as_ref());
     let body = match node {
-        N::DoStmt(d) => do_body(d).map(Box::new),
+        N::DoStmt(d) => do_body(d, do_bodies).map(Box::new),
         _ => None,
     };
     if let N::DoStmt(_) = node {
@@ -603,7 +609,7 @@ fn effect(node: &N, t: &mut Tracer, output: Option<&[Output]>, moves: Option<&Li
         }
         N::PrepareStmt(p) => {
             let q = inner(&p.query)?;
-            Some(Effect::Prepare { name: p.name.clone(), statement: Box::new(statement(q)) })
+            Some(Effect::Prepare { name: p.name.clone(), statement: Box::new(statement(q, t.bodies())) })
         }
         N::ExecuteStmt(e) => {
             // The parameters are the client's values (constants), but may
@@ -619,7 +625,7 @@ fn effect(node: &N, t: &mut Tracer, output: Option<&[Output]>, moves: Option<&Li
         }
         N::DeclareCursorStmt(d) => {
             let q = inner(&d.query)?;
-            Some(Effect::Declare { name: d.portalname.clone(), statement: Box::new(statement(q)) })
+            Some(Effect::Declare { name: d.portalname.clone(), statement: Box::new(statement(q, t.bodies())) })
         }
         N::FetchStmt(f) => Some(Effect::Fetch { name: f.portalname.clone(), rows: !f.ismove }),
         N::ClosePortalStmt(c) => Some(Effect::Close { name: (!c.portalname.is_empty()).then(|| c.portalname.clone()) }),
@@ -642,7 +648,7 @@ fn effect(node: &N, t: &mut Tracer, output: Option<&[Output]>, moves: Option<&Li
 
 /// The PL/pgSQL analysis of a `DO` block (`None`: another language, or a
 /// body that does not parse).
-fn do_body(d: &pb::DoStmt) -> Option<super::plpgsql::Procedure> {
+fn do_body(d: &pb::DoStmt, do_bodies: DoBodies) -> Option<Procedure> {
     let mut body = None;
     let mut language = "plpgsql".to_string();
     for a in &d.args {
@@ -655,7 +661,7 @@ fn do_body(d: &pb::DoStmt) -> Option<super::plpgsql::Procedure> {
             }
         }
     }
-    super::plpgsql::analyze_do(&body?, &language)
+    do_bodies(&body?, &language)
 }
 
 /// The relation a `CREATE` statement makes (it does not exist yet).
@@ -781,6 +787,13 @@ struct Tracer {
     search_path_call: Option<Effect>,
     /// Data moved by INSERT/UPDATE nested in a WITH.
     nested_moves: Vec<Lineage>,
+    /// How `DO` bodies are analysed (always set by [`statement_in`]).
+    do_bodies: Option<DoBodies>,
+}
+
+/// A `DO` body nothing can analyse: it may read anything (fail closed).
+fn opaque_body(_: &str, _: &str) -> Option<Procedure> {
+    Some(Procedure { opaque: true, ..Procedure::default() })
 }
 
 fn direct(relation: RelName, column: &str) -> Lineage {
@@ -926,6 +939,11 @@ fn star_of(rel: &ScopeRel) -> Vec<Output> {
 }
 
 impl Tracer {
+    /// How this statement's nested statements analyse `DO` bodies.
+    fn bodies(&self) -> DoBodies {
+        self.do_bodies.unwrap_or(opaque_body)
+    }
+
     /// Any statement that returns rows, used as a subquery, CTE or COPY source.
     fn query(&mut self, node: &Node, scope: &Scope<'_>, depth: usize) -> Vec<Output> {
         match node.node.as_ref() {

@@ -5,6 +5,9 @@
 //! - pgbench `-S` through masker with a policy (every statement parsed,
 //!   traced and planned) vs masker without one vs direct, same run.
 //!   Goal (issue 5): lineage on >= 0.9x lineage off.
+//! - A catalog-introspection script (the queries psql's `\d TABLE` and an
+//!   ORM's reflection run) through masker with the policy vs without, same
+//!   run. Goal (issue 13): >= 0.9x.
 
 use std::process::Command;
 use std::time::Duration;
@@ -42,9 +45,10 @@ action = "allow"
 pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let (trace_table, trace_json) = parse_and_trace(ctx)?;
     let (tps_table, tps_json) = pgbench(ctx)?;
+    let (catalog_table, catalog_json) = catalog_script(ctx)?;
     Ok(Outcome {
-        tables: vec![trace_table, tps_table],
-        json: json!({ "parse_and_trace": trace_json, "pgbench": tps_json }),
+        tables: vec![trace_table, tps_table, catalog_table],
+        json: json!({ "parse_and_trace": trace_json, "pgbench": tps_json, "catalog_script": catalog_json }),
     })
 }
 
@@ -132,4 +136,67 @@ fn pgbench(ctx: &Ctx) -> Result<(Table, Value)> {
     table
         .note("lineage on: every statement parsed (cached per text), traced, resolved through the catalog and planned");
     Ok((table, json!({ "scale": SCALE, "secs_per_run": ctx.secs, "runs": runs })))
+}
+
+/// What psql's `\d pgbench_accounts` and an ORM's column reflection run,
+/// one pgbench transaction (one command per line).
+const CATALOG_SCRIPT: &str = "\
+SELECT c.oid, n.nspname, c.relname FROM pg_catalog.pg_class c LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.relname OPERATOR(pg_catalog.~) '^(pgbench_accounts)$' COLLATE pg_catalog.default AND pg_catalog.pg_table_is_visible(c.oid) ORDER BY 2, 3;
+SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod), (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid, true) FROM pg_catalog.pg_attrdef d WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum AND a.atthasdef), a.attnotnull, (SELECT c.collname FROM pg_catalog.pg_collation c, pg_catalog.pg_type t WHERE c.oid = a.attcollation AND t.oid = a.atttypid AND a.attcollation <> t.typcollation) AS attcollation, a.attidentity, a.attgenerated FROM pg_catalog.pg_attribute a WHERE a.attrelid = 'pgbench_accounts'::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum;
+SELECT c2.relname, i.indisprimary, i.indisunique, pg_catalog.pg_get_indexdef(i.indexrelid, 0, true), pg_catalog.pg_get_constraintdef(con.oid, true) FROM pg_catalog.pg_class c, pg_catalog.pg_class c2, pg_catalog.pg_index i LEFT JOIN pg_catalog.pg_constraint con ON (conrelid = i.indrelid AND conindid = i.indexrelid AND contype IN ('p','u','x')) WHERE c.oid = 'pgbench_accounts'::regclass AND c.oid = i.indrelid AND i.indexrelid = c2.oid ORDER BY i.indisprimary DESC, c2.relname;
+SELECT table_name, column_name, data_type, is_nullable, column_default FROM information_schema.columns WHERE table_schema = 'public' ORDER BY table_name, ordinal_position;
+";
+
+fn catalog_script(ctx: &Ctx) -> Result<(Table, Value)> {
+    let cluster = ctx.cluster;
+    let script = cluster.work().path().join("catalog-script.sql");
+    std::fs::write(&script, CATALOG_SCRIPT).context("writing the catalog script")?;
+    let policy = cluster.work().path().join("lineage-policy.toml");
+    std::fs::write(&policy, POLICY).context("writing the lineage policy")?;
+    let off = Masker::start(&ctx.masker_bin, cluster, &[], &[], "catalog-off")?;
+    let args = ["--policy".to_string(), policy.display().to_string(), "--catalog-user".into(), "postgres".into()];
+    let on = Masker::start(&ctx.masker_bin, cluster, &args, &[], "catalog-on")?;
+    let targets = [("direct", cluster.addr()), ("masking off", off.addr()), ("masking on", on.addr())];
+    let run = |addr, mode: &str, secs: u32| -> Result<f64> {
+        let mut cmd = client::pg_tool(cluster.bindir(), "pgbench", addr);
+        cmd.arg("-f").arg(&script).args(["-n", "-M", mode, "-T", &secs.to_string(), "-c", "1", DBNAME]);
+        let out = client::run(cmd, Duration::from_secs(u64::from(secs) + 120))?;
+        Ok(client::Pgbench::parse(&out.stdout)?.tps)
+    };
+    for (name, addr) in targets {
+        run(addr, "simple", 1).with_context(|| format!("catalog script warm-up against {name}"))?;
+    }
+    let mut table = Table::new(
+        format!(
+            "lineage: catalog-introspection script (psql \\d, ORM reflection), 1 client, {} s per run (TPS)",
+            ctx.secs
+        ),
+        &["mode", "direct", "masking off", "masking on", "on/off", "on/direct", "goal >=0.9x"],
+    );
+    let mut runs = Vec::new();
+    for mode in MODES {
+        let mut tps = [None; 3];
+        for (i, (name, addr)) in targets.iter().enumerate() {
+            let t = run(*addr, mode, ctx.secs).with_context(|| format!("catalog script -M {mode} against {name}"))?;
+            progress(format!("lineage: catalog script -M {mode} {name}: {t:.0} tps"));
+            tps[i] = Some(t);
+            runs.push(json!({ "mode": mode, "target": name, "tps": t }));
+        }
+        let on_off = ratio(tps[2], tps[1]);
+        table.row(vec![
+            mode.into(),
+            fmt_num(tps[0], 0),
+            fmt_num(tps[1], 0),
+            fmt_num(tps[2], 0),
+            fmt_ratio(on_off),
+            fmt_ratio(ratio(tps[2], tps[0])),
+            match on_off {
+                Some(r) if r >= 0.9 => "ok".into(),
+                Some(_) => "MISS".into(),
+                None => "-".into(),
+            },
+        ]);
+    }
+    table.note("one transaction = 4 catalog queries; masking on: each traced to catalogs and relayed unchanged");
+    Ok((table, json!({ "secs_per_run": ctx.secs, "runs": runs })))
 }
