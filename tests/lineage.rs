@@ -372,3 +372,245 @@ fn inference_corpus_answers_directly_and_never_through_masker() {
     proxy.assert_running();
     verdict.assert_clean_except("inference corpus", KNOWN_INFERENCE_LEAKS);
 }
+
+/// The policy with `refuse_inference = true`, written to a file in `dir`.
+fn inference_policy(dir: &std::path::Path) -> std::path::PathBuf {
+    let policy = dir.join("policy.toml");
+    let text =
+        POLICY.replace("comment_classification = true", "comment_classification = true\nrefuse_inference = true");
+    assert_ne!(text, POLICY);
+    std::fs::write(&policy, text).expect("policy");
+    policy
+}
+
+/// Refused: a predicate on a masked column, with a parameter.
+const REFUSED_WITH_PARAM: &str = "SELECT count(*) FROM customers WHERE ssn LIKE $1";
+/// Allowed, with a parameter.
+const ALLOWED_WITH_PARAM: &str = "SELECT count(*) FROM orders WHERE id > $1";
+
+mod wire_msgs {
+    use bytes::{BufMut, BytesMut};
+    use postgres_protocol::message::frontend as fe;
+
+    /// Parse `name` with `types` (0: unspecified).
+    pub fn parse(b: &mut BytesMut, name: &str, sql: &str, types: &[u32]) {
+        fe::parse(name, sql, types.iter().copied(), b).expect("parse");
+    }
+
+    /// Bind portal "" to `statement` with text parameters and one result
+    /// format (text).
+    pub fn bind(b: &mut BytesMut, statement: &str, params: &[&str]) {
+        let value = |v: &&str, buf: &mut BytesMut| {
+            buf.put_slice(v.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        };
+        fe::bind("", statement, [0i16], params.iter(), value, [0i16], b).map_err(|_| "bind").expect("bind");
+    }
+
+    pub fn describe(b: &mut BytesMut, kind: u8, name: &str) {
+        fe::describe(kind, name, b).expect("describe");
+    }
+
+    pub fn execute(b: &mut BytesMut) {
+        fe::execute("", 0, b).expect("execute");
+    }
+
+    pub fn close(b: &mut BytesMut, name: &str) {
+        fe::close(b'S', name, b).expect("close");
+    }
+
+    pub fn sync(b: &mut BytesMut) {
+        fe::sync(b);
+    }
+}
+
+/// masker refuses a statement that came with the extended protocol the way
+/// it refuses a simple Query: the client gets masker's ErrorResponse
+/// (42501, masker's message and hint, no trace of how it was delivered),
+/// whatever parameter types it declared (none, unspecified, typed), the
+/// server skips the rest of the batch up to Sync, and the session goes on:
+/// unnamed and named statements, prepared first or in one batch, a name
+/// parsed again with an allowed statement, Close of a refused name.
+#[test]
+fn extended_protocol_refusals_are_masker_s_and_keep_the_protocol_in_step() {
+    use bytes::BytesMut;
+    use masker_tests::raw::{Msg, RawConn};
+    use wire_msgs::*;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut proxy, _direct, proxied) = start_with(&inference_policy(dir.path()));
+    let tags = |msgs: &[Msg]| msgs.iter().map(|m| m.tag as char).collect::<String>();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(within(LIMIT, "extended refusals", async {
+        let (mut conn, _) = RawConn::login(proxied.addr(), &proxied).await.expect("login");
+        // The simple-protocol refusal of the same text: what every
+        // extended-protocol refusal must equal byte for byte.
+        conn.send(&masker_tests::raw::query(REFUSED_WITH_PARAM)).await.unwrap();
+        let simple = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&simple), "EZ", "{simple:?}");
+        let refusal = simple[0].clone();
+        let fields = refusal.fields();
+        assert_eq!(fields.get(&'C').map(String::as_str), Some("42501"), "{fields:?}");
+        let message = &fields[&'M'];
+        assert!(message.contains("customers.ssn") && message.contains("national-id"), "{message}");
+        assert!(fields[&'H'].contains("masker explain"), "{fields:?}");
+        assert_eq!(fields.keys().collect::<String>(), "CHMSV", "nothing but masker's fields: {fields:?}");
+
+        // Parse+Bind+Describe+Execute+Sync in one batch (node-pg, pgjdbc),
+        // with no, unspecified (0), unknown (705) and text (25) parameter
+        // types, unnamed and named.
+        for name in ["", "r1"] {
+            for types in [&[][..], &[0], &[705], &[25]] {
+                let mut b = BytesMut::new();
+                parse(&mut b, name, REFUSED_WITH_PARAM, types);
+                bind(&mut b, name, &["5%"]);
+                describe(&mut b, b'P', "");
+                execute(&mut b);
+                sync(&mut b);
+                conn.send(&b).await.unwrap();
+                let got = conn.read_until_ready().await.unwrap();
+                assert_eq!(tags(&got), "EZ", "{name:?} {types:?}: {got:?}");
+                assert_eq!(got[0], refusal, "{name:?} {types:?}");
+                assert_eq!(got[1].body, b"I");
+            }
+        }
+
+        // Prepared first (Parse+Describe S+Sync: tokio-postgres, pgjdbc
+        // server-prepared), then bound: the statement does not exist, as
+        // after any failed Parse.
+        let mut b = BytesMut::new();
+        parse(&mut b, "r2", REFUSED_WITH_PARAM, &[0]);
+        describe(&mut b, b'S', "r2");
+        sync(&mut b);
+        conn.send(&b).await.unwrap();
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&got), "EZ", "{got:?}");
+        assert_eq!(got[0], refusal);
+        let mut b = BytesMut::new();
+        bind(&mut b, "r2", &["5%"]);
+        execute(&mut b);
+        sync(&mut b);
+        conn.send(&b).await.unwrap();
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&got), "EZ", "{got:?}");
+        assert_eq!(got[0].sqlstate().as_deref(), Some("26000"), "{got:?}");
+
+        // The same name parsed again with an allowed statement runs; Close
+        // of it (and of a refused name never stored) completes.
+        let mut b = BytesMut::new();
+        parse(&mut b, "r2", ALLOWED_WITH_PARAM, &[0]);
+        describe(&mut b, b'S', "r2");
+        sync(&mut b);
+        bind(&mut b, "r2", &["0"]);
+        execute(&mut b);
+        sync(&mut b);
+        close(&mut b, "r2");
+        close(&mut b, "r1");
+        sync(&mut b);
+        conn.send(&b).await.unwrap();
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&got), "1tTZ", "{got:?}");
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&got), "2DCZ", "{got:?}");
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&got), "33Z", "{got:?}");
+
+        // Pipelined: after the refused Parse, everything up to Sync is
+        // skipped (an allowed statement and a simple Query included), then
+        // the next batch runs.
+        let mut b = BytesMut::new();
+        parse(&mut b, "", REFUSED_WITH_PARAM, &[0]);
+        bind(&mut b, "", &["5%"]);
+        execute(&mut b);
+        parse(&mut b, "", ALLOWED_WITH_PARAM, &[0]);
+        bind(&mut b, "", &["0"]);
+        execute(&mut b);
+        b.extend_from_slice(&masker_tests::raw::query("SELECT 1"));
+        sync(&mut b);
+        parse(&mut b, "", ALLOWED_WITH_PARAM, &[0]);
+        bind(&mut b, "", &["0"]);
+        describe(&mut b, b'P', "");
+        execute(&mut b);
+        sync(&mut b);
+        conn.send(&b).await.unwrap();
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&got), "EZ", "{got:?}");
+        assert_eq!(got[0], refusal);
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&got), "12TDCZ", "{got:?}");
+        let count: i64 = String::from_utf8_lossy(&got[3].body[6..]).parse().expect("count");
+        assert!(count > 0, "{got:?}");
+
+        // Inside a transaction: it aborts, as for any error, and ROLLBACK
+        // ends it.
+        conn.send(&masker_tests::raw::query("BEGIN")).await.unwrap();
+        conn.read_until_ready().await.unwrap();
+        let mut b = BytesMut::new();
+        parse(&mut b, "", REFUSED_WITH_PARAM, &[]);
+        bind(&mut b, "", &["5%"]);
+        execute(&mut b);
+        sync(&mut b);
+        conn.send(&b).await.unwrap();
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(tags(&got), "EZ", "{got:?}");
+        assert_eq!(got[0], refusal);
+        assert_eq!(got[1].body, b"E", "the transaction failed");
+        conn.send(&masker_tests::raw::query("ROLLBACK")).await.unwrap();
+        let got = conn.read_until_ready().await.unwrap();
+        assert_eq!(got.last().map(|m| m.body.clone()), Some(b"I".to_vec()), "{got:?}");
+
+        // tokio-postgres: prepared with an unknown-typed parameter, with
+        // inferred types, and queried; then an allowed statement.
+        let client = proxied.connect().await.expect("connect");
+        let err = client
+            .prepare_typed(REFUSED_WITH_PARAM, &[tokio_postgres::types::Type::UNKNOWN])
+            .await
+            .map(|_| ())
+            .expect_err("refused");
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!((db.code().code(), db.message()), ("42501", message.as_str()), "{db:?}");
+        assert!(db.where_().is_none() && db.hint().is_some_and(|h| h.contains("masker explain")), "{db:?}");
+        let err = client.query(REFUSED_WITH_PARAM, &[&"5%"]).await.map(|_| ()).expect_err("refused");
+        let db = err.as_db_error().unwrap_or_else(|| panic!("{err:?}"));
+        assert_eq!((db.code().code(), db.message()), ("42501", message.as_str()), "{db:?}");
+        let n: i64 = client.query_one(ALLOWED_WITH_PARAM, &[&0i64]).await.expect("allowed").get(0);
+        assert!(n > 0);
+    }));
+
+    // psycopg: a str parameter is sent with type 0.
+    let snippet = format!(
+        "def main(conn):\n    conn.autocommit = True\n    out = {{}}\n    try:\n        conn.execute({refused:?}, ['5%'])\n        out['error'] = None\n    except psycopg.Error as e:\n        d = e.diag\n        out['error'] = [d.sqlstate, d.message_primary, d.message_hint, d.context, d.source_file]\n    out['next'] = conn.execute({allowed:?}, [0]).fetchone()[0]\n    return out\n",
+        refused = REFUSED_WITH_PARAM.replace("$1", "%s"),
+        allowed = ALLOWED_WITH_PARAM.replace("$1", "%s"),
+    );
+    let py = masker_tests::python::run(&proxied.dsn(), &snippet).unwrap_or_else(|e| panic!("psycopg: {e:#}"));
+    let error = py["error"].as_array().unwrap_or_else(|| panic!("psycopg was not refused: {py}"));
+    assert_eq!(error[0], "42501", "{py}");
+    assert!(error[1].as_str().is_some_and(|m| m.contains("customers.ssn")), "{py}");
+    assert!(error[2].as_str().is_some_and(|h| h.contains("masker explain")), "{py}");
+    assert!(error[3].is_null() && error[4].is_null(), "no context, no source location: {py}");
+    assert!(py["next"].as_i64().is_some_and(|n| n > 0), "{py}");
+
+    // node-pg: unnamed and named, one batch each, no parameter types.
+    use masker_tests::node::Step;
+    let steps = [
+        Step::extended(REFUSED_WITH_PARAM, &[Some("5%")]),
+        Step::extended(ALLOWED_WITH_PARAM, &[Some("0")]),
+        Step::prepared("n1", REFUSED_WITH_PARAM, &[Some("5%")]),
+        Step::prepared("n1", ALLOWED_WITH_PARAM, &[Some("0")]),
+        Step::prepared("n1", ALLOWED_WITH_PARAM, &[Some("1")]),
+    ];
+    let out = masker_tests::node::run(&proxied, &steps).unwrap_or_else(|e| panic!("node-pg: {e:#}"));
+    let steps = out["steps"].as_array().expect("steps");
+    for i in [0, 2] {
+        let e = &steps[i]["error"];
+        assert_eq!(e["code"], "42501", "step {i}: {out}");
+        assert!(e["message"].as_str().is_some_and(|m| m.contains("customers.ssn")), "step {i}: {out}");
+        assert!(e["hint"].as_str().is_some_and(|h| h.contains("masker explain")), "step {i}: {out}");
+        assert!(e.get("where").is_none() && e.get("file").is_none(), "step {i}: {out}");
+    }
+    for i in [1, 3, 4] {
+        assert_eq!(steps[i]["results"][0]["rowCount"], 1, "step {i}: {out}");
+    }
+    proxy.assert_running();
+}

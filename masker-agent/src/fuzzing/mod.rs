@@ -28,7 +28,7 @@
 //! The seeds in `fuzz/seeds/<target>/` show each layout; `fuzz/README.md`
 //! describes them.
 
-mod harness;
+pub(crate) mod harness;
 mod valid;
 
 use bytes::{BufMut, BytesMut};

@@ -1438,9 +1438,53 @@ pub const REFUSAL_HINT: &str = "masker explain shows how masker decides a statem
 /// as for any error and the session stays usable. Its HINT points to
 /// `masker explain`.
 pub fn refusal_statement(message: &str) -> String {
-    // `$` could close the dollar quote (relation names come from the client).
-    let quoted = message.replace('$', "").replace('\'', "''");
+    let quoted = refusal_text(message).replace('\'', "''");
     format!("{REFUSAL_PREFIX}{quoted}', HINT = '{REFUSAL_HINT}'; END $masker$")
+}
+
+/// The message of a refusal as the client reads it: `$` could close the
+/// dollar quote of [`refusal_statement`] (relation names come from the
+/// client), so it is left out whichever way the refusal is delivered.
+fn refusal_text(message: &str) -> String {
+    message.replace('$', "")
+}
+
+/// What follows [`refusal_statement`] in [`refused_parse_statement`]: a
+/// word the grammar does not allow after a `DO` block.
+const REFUSED_AT_PARSE: &str = " masker_refused";
+
+/// The text that takes a refused statement's place in a `Parse`: the
+/// server's parser rejects it (a syntax error) before it looks at anything
+/// else, parameter types included, so the Parse fails as a Parse can, no
+/// statement is stored under its name and the server skips the rest of the
+/// batch up to Sync. The agent answers the client with
+/// [`put_refusal_error`] in the syntax error's place (the relay knows which
+/// Parse it was; the text only makes the server's log readable).
+pub fn refused_parse_statement(message: &str) -> String {
+    format!("{}{REFUSED_AT_PARSE}", refusal_statement(message))
+}
+
+/// Appends the ErrorResponse a refusal reaches the client as: severity
+/// ERROR, SQLSTATE 42501, the refusal's message and [`REFUSAL_HINT`], and
+/// nothing about how it was delivered. The same fields, in the same order,
+/// as what is left of the server's answer to [`refusal_statement`] once
+/// the fields of the `DO` block that raised it are dropped (see
+/// [`refusal_fields`]).
+pub fn put_refusal_error(out: &mut bytes::BytesMut, message: &str) {
+    crate::wire::put_error_with_hint(
+        out,
+        crate::wire::Severity::Error,
+        "42501",
+        &refusal_text(message),
+        Some(REFUSAL_HINT),
+    );
+}
+
+/// The fields of the server's answer to a refusal statement the client
+/// gets: severity, SQLSTATE, message, detail and hint; not the context,
+/// internal query or source location of the `DO` block that raised it.
+pub fn refusal_fields(kind: u8) -> bool {
+    matches!(kind, b'S' | b'V' | b'C' | b'M' | b'D' | b'H')
 }
 
 /// Whether `sql` is one of the agent's own refusal statements.
@@ -1517,5 +1561,27 @@ mod tests {
         let clean = refusal_statement("column public.customers.ssn (rule: x)");
         assert!(crate::sql::analyze_uncached(&clean).is_ok());
         assert!(is_refusal(&clean));
+    }
+
+    /// The Parse text of a refusal fails in the parser (pg_query is the
+    /// server's own), with no parameter reference to type, and the error
+    /// the client gets instead is masker's: 42501, message, hint, nothing
+    /// else.
+    #[test]
+    fn refused_parse_fails_in_the_parser_and_answers_with_the_refusal() {
+        let sql = refused_parse_statement("masker: statement refused: it's $1 $masker$ x");
+        assert!(is_refusal(&sql));
+        assert!(crate::sql::analyze_uncached(&sql).is_err(), "{sql}");
+        assert!(!sql.contains("$1"), "{sql}");
+        let mut out = bytes::BytesMut::new();
+        put_refusal_error(&mut out, "masker: statement refused: it's $1 $masker$ x");
+        let header = crate::wire::peek_header(&out, 1 << 20).unwrap().unwrap();
+        assert_eq!(header.total_len, out.len());
+        let body = String::from_utf8_lossy(&out[5..]).to_string();
+        assert_eq!(
+            body,
+            format!("SERROR\0VERROR\0C42501\0Mmasker: statement refused: it's 1 masker x\0H{REFUSAL_HINT}\0\0")
+        );
+        assert!(refusal_fields(b'M') && refusal_fields(b'H') && !refusal_fields(b'W') && !refusal_fields(b'F'));
     }
 }

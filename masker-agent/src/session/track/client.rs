@@ -12,7 +12,7 @@ use super::model::{Published, SessionModel};
 use crate::approvals::Outcome;
 use crate::audit::ApprovalStep;
 use crate::plan::PlanContext;
-use crate::plan::lineage::refusal_statement;
+use crate::plan::lineage::{refusal_statement, refused_parse_statement};
 use crate::policy::approval::ApprovalRule;
 use crate::session::context::Session;
 use crate::session::relay::{Filter, RelayError, Verdict};
@@ -44,6 +44,9 @@ pub struct ClientTracker {
     model: SessionModel,
     published: Published,
     model_version: u64,
+    /// A Parse was refused since the last Sync: the server fails it and
+    /// skips what follows up to Sync, so it is not sent at all.
+    skip_till_sync: bool,
 }
 
 impl ClientTracker {
@@ -68,6 +71,7 @@ impl ClientTracker {
             model: SessionModel::default(),
             published,
             model_version: 0,
+            skip_till_sync: false,
         }
     }
 
@@ -238,6 +242,14 @@ impl Filter for ClientTracker {
     }
 
     async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        if self.skip_till_sync {
+            if msg.tag() != frontend::SYNC {
+                // After the refused Parse's error the server would skip it
+                // (Query and FunctionCall too): it never reaches the server.
+                return Ok(Verdict::Replaced);
+            }
+            self.skip_till_sync = false;
+        }
         if matches!(msg.tag(), frontend::QUERY | frontend::SYNC) {
             self.session.trail.request();
         }
@@ -255,25 +267,34 @@ impl Filter for ClientTracker {
                 }
                 Expect::Query { sql: sql.into() }
             }
-            Frontend::Parse { name, sql, param_types } => {
+            Frontend::Parse { name, sql, param_types: _ } => {
                 self.described_statements.remove(name);
                 if let Some(message) = self.check(sql).await {
-                    // Same statement name and parameter types, our text.
-                    let refused = refusal_statement(&message);
+                    // Same statement name, a text the server's parser
+                    // rejects: the Parse fails before parameter types
+                    // matter, nothing is stored under the name, the server
+                    // skips the batch up to Sync (we drop it: see
+                    // `skip_till_sync`) and the server side answers the
+                    // client with our refusal in the syntax error's place.
                     let at = wire::begin_message(out, frontend::PARSE);
                     out.extend_from_slice(name.as_bytes());
                     out.put_u8(0);
-                    out.extend_from_slice(refused.as_bytes());
+                    out.extend_from_slice(refused_parse_statement(&message).as_bytes());
                     out.put_u8(0);
-                    out.extend_from_slice(param_types);
+                    out.put_i16(0);
                     wire::finish_message(out, at);
-                    lock(&self.queue).push_back(Expect::Parse { name: name.to_string(), sql: refused.into() });
+                    lock(&self.queue).push_back(Expect::Parse {
+                        name: name.to_string(),
+                        sql: refusal_statement(&message).into(),
+                        refused: Some(message.into()),
+                    });
+                    self.skip_till_sync = true;
                     return Ok(Verdict::Replaced);
                 }
                 if let Ok(a) = crate::sql::analyze(sql).as_ref() {
                     self.model.protocol_prepared(name, a.statements.first());
                 }
-                Expect::Parse { name: name.to_string(), sql: sql.into() }
+                Expect::Parse { name: name.to_string(), sql: sql.into(), refused: None }
             }
             Frontend::Bind { portal, statement, formats } => {
                 if self.described_statements.contains(statement) {
@@ -333,5 +354,154 @@ impl Filter for ClientTracker {
         };
         lock(&self.queue).push_back(expect);
         Ok(Verdict::Forward)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use postgres_protocol::message::frontend as fe;
+
+    use super::*;
+    use crate::fuzzing::harness::Harness;
+    use crate::plan::lineage::REFUSAL_HINT;
+    use crate::wire::backend;
+
+    /// A statement the harness's identity may not run (`deny_tables`).
+    const REFUSED: &str = "SELECT count(*) FROM secrets.keys WHERE note LIKE $1";
+
+    /// The messages of `bytes`: tag and body.
+    fn messages(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let len = u32::from_be_bytes(bytes[1..5].try_into().unwrap()) as usize;
+            out.push((bytes[0], bytes[5..1 + len].to_vec()));
+            bytes = &bytes[1 + len..];
+        }
+        out
+    }
+
+    /// Parse (`name`, one parameter of unspecified type), Bind, Describe
+    /// portal, Execute, Sync: node-pg's and pgjdbc's batch.
+    fn batch(name: &str, sql: &str) -> BytesMut {
+        let mut b = BytesMut::new();
+        fe::parse(name, sql, [0u32], &mut b).unwrap();
+        let value = |v: &&str, buf: &mut BytesMut| {
+            buf.put_slice(v.as_bytes());
+            Ok(postgres_protocol::IsNull::No)
+        };
+        fe::bind("", name, [0i16], ["5%"].iter(), value, [0i16], &mut b).map_err(|_| "bind").unwrap();
+        fe::describe(b'P', "", &mut b).unwrap();
+        fe::execute("", 0, &mut b).unwrap();
+        fe::sync(&mut b);
+        b
+    }
+
+    fn error(fields: &[(u8, &str)]) -> BytesMut {
+        let mut b = BytesMut::new();
+        let at = wire::begin_message(&mut b, backend::ERROR_RESPONSE);
+        for (kind, value) in fields {
+            b.put_u8(*kind);
+            b.put_slice(value.as_bytes());
+            b.put_u8(0);
+        }
+        b.put_u8(0);
+        wire::finish_message(&mut b, at);
+        b
+    }
+
+    fn ready() -> BytesMut {
+        let mut b = BytesMut::new();
+        let at = wire::begin_message(&mut b, backend::READY_FOR_QUERY);
+        b.put_u8(b'I');
+        wire::finish_message(&mut b, at);
+        b
+    }
+
+    /// A refused Parse goes to the server as a text its parser rejects,
+    /// under the same name, with no parameter types; what the client sent
+    /// after it up to Sync is dropped (the server would skip it), the Sync
+    /// and what follows it pass.
+    #[test]
+    fn a_refused_parse_is_replaced_and_the_batch_dropped_up_to_sync() {
+        for name in ["", "s1"] {
+            let mut stream = batch(name, REFUSED);
+            fe::query("SELECT 1", &mut stream).unwrap();
+            let run = Harness::new(false).client(&stream, 0);
+            assert!(run.result.is_ok(), "{:?}", run.result);
+            let sent = messages(&run.out);
+            let tags: Vec<u8> = sent.iter().map(|m| m.0).collect();
+            assert_eq!(tags, [frontend::PARSE, frontend::SYNC, frontend::QUERY], "{name:?}");
+            let body = &sent[0].1;
+            let mut cur = wire::Cursor::new(body, frontend::PARSE);
+            assert_eq!(cur.cstr().unwrap(), name);
+            let text = cur.cstr().unwrap();
+            assert!(text.starts_with(crate::plan::lineage::REFUSAL_PREFIX), "{text}");
+            assert!(text.contains("secrets.keys") && !text.contains("LIKE"), "{text}");
+            assert!(crate::sql::analyze_uncached(text).is_err(), "the server must reject {text}");
+            assert_eq!(&body[name.len() + text.len() + 2..], [0, 0], "no parameter types");
+            assert_eq!(sent[2].1, b"SELECT 1\0");
+        }
+    }
+
+    /// The server's syntax error for that text reaches the client as
+    /// masker's refusal (42501, message, hint and nothing else), then
+    /// ReadyForQuery; the same fields as a refused simple Query.
+    #[test]
+    fn the_server_error_of_a_refused_parse_becomes_the_refusal() {
+        let syntax = error(&[
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', "42601"),
+            (b'M', "syntax error at or near \"masker_refused\""),
+            (b'P', "312"),
+            (b'F', "scan.l"),
+            (b'L', "1188"),
+            (b'R', "scanner_yyerror"),
+        ]);
+        for name in ["", "s1"] {
+            let server = [syntax.clone(), ready()].concat();
+            let run = Harness::new(false).server(&batch(name, REFUSED), &server, 0);
+            assert!(run.result.is_ok(), "{:?}", run.result);
+            let got = messages(&run.out);
+            assert_eq!(got.len(), 2, "{got:?}");
+            assert_eq!(got[0].0, backend::ERROR_RESPONSE);
+            assert_eq!(got[1], (backend::READY_FOR_QUERY, b"I".to_vec()));
+            let text = String::from_utf8_lossy(&got[0].1).to_string();
+            let kinds: Vec<u8> = got[0].1.split(|b| *b == 0).filter_map(|f| f.first().copied()).collect();
+            assert_eq!(kinds, b"SVCMH", "{text}");
+            assert!(text.starts_with("SERROR\0VERROR\0C42501\0Mmasker: "), "{text}");
+            assert!(text.contains("secrets.keys"), "{text}");
+            assert!(text.ends_with(&format!("\0H{REFUSAL_HINT}\0\0")), "{text}");
+        }
+        // The same refusal as a simple Query, answered by the DO block's
+        // RAISE (with its context and source location): the same fields.
+        let mut query = BytesMut::new();
+        fe::query("SELECT count(*) FROM secrets.keys WHERE note LIKE '5%'", &mut query).unwrap();
+        let harness = Harness::new(false);
+        let parse = messages(&harness.server(&batch("", REFUSED), &[syntax, ready()].concat(), 0).out);
+        let raised = error(&[
+            (b'S', "ERROR"),
+            (b'V', "ERROR"),
+            (b'C', "42501"),
+            (b'M', &String::from_utf8_lossy(&parse[0].1).split('\0').nth(3).unwrap()[1..]),
+            (b'H', REFUSAL_HINT),
+            (b'W', "PL/pgSQL function inline_code_block line 1 at RAISE"),
+            (b'F', "pl_exec.c"),
+            (b'L', "3911"),
+            (b'R', "exec_stmt_raise"),
+        ]);
+        let simple = messages(&harness.server(&query, &[raised, ready()].concat(), 0).out);
+        assert_eq!(simple, parse);
+    }
+
+    /// Fail closed: a server that accepted the text is not followed.
+    #[test]
+    fn a_refused_parse_the_server_accepts_ends_the_session() {
+        let mut complete = BytesMut::new();
+        let at = wire::begin_message(&mut complete, backend::PARSE_COMPLETE);
+        wire::finish_message(&mut complete, at);
+        let run = Harness::new(false).server(&batch("s1", REFUSED), &complete, 0);
+        assert!(run.result.is_err(), "{:?}", run.out);
+        assert!(run.out.is_empty());
     }
 }

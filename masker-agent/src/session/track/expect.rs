@@ -12,9 +12,14 @@ pub enum Expect {
     Query {
         sql: Arc<str>,
     },
+    /// `refused`: masker refused the client's statement with this message
+    /// and sent [`crate::plan::lineage::refused_parse_statement`] in its
+    /// place, which the server's parser rejects; `sql` is then the
+    /// refusal's `DO` text (what the audit trail records).
     Parse {
         name: String,
         sql: Arc<str>,
+        refused: Option<Arc<str>>,
     },
     Bind {
         portal: String,

@@ -15,7 +15,7 @@ use crate::audit::trail::StatementTrail;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
 use crate::plan::PlanContext;
 use crate::plan::copy::CopyPlanError;
-use crate::plan::lineage::is_refusal;
+use crate::plan::lineage::{is_refusal, put_refusal_error, refusal_fields};
 use crate::session::context::Session;
 use crate::session::relay::{Filter, RelayError, Verdict};
 use crate::wire::message::Message;
@@ -461,6 +461,11 @@ impl ServerTracker {
     async fn on_error(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let tag = msg.tag();
         if tag == backend::ERROR_RESPONSE
+            && let Some((name, message)) = self.refused_parse()
+        {
+            return self.on_refused_parse(msg.body(), out, &name, &message);
+        }
+        if tag == backend::ERROR_RESPONSE
             && let Some(sql) = self.audit_sql()
         {
             let stats = self.trail.end(Some(&sql), None, Some(msg.body()));
@@ -475,7 +480,7 @@ impl ServerTracker {
                 _ if self.observing => Verdict::Forward,
                 Attribution::None | Attribution::Clean => Verdict::Forward,
                 Attribution::Refusal => {
-                    keep_fields(body, out, tag, |k| k != b'W' && k != b'p' && k != b'q')?;
+                    keep_fields(body, out, tag, refusal_fields)?;
                     Verdict::Replaced
                 }
                 Attribution::Unparsed if field(body, b'C') == Some("42601") => Verdict::Forward,
@@ -486,23 +491,72 @@ impl ServerTracker {
                 }
             }
         };
-        if tag == backend::ERROR_RESPONSE {
-            self.model.error();
-            self.current = None;
-            self.copy = None;
-            let mut q = lock(&self.queue);
-            if !matches!(q.front(), Some(Expect::Query { .. })) {
-                // Extended protocol: the server skips everything up to Sync.
-                while !matches!(q.front(), None | Some(Expect::Sync)) {
-                    q.pop_front();
-                }
-            }
-            if std::mem::take(&mut self.swallowing) {
-                out.clear();
-                return Ok(Verdict::Replaced);
-            }
+        if tag == backend::ERROR_RESPONSE && self.after_error() {
+            out.clear();
+            return Ok(Verdict::Replaced);
         }
         Ok(verdict)
+    }
+
+    /// The statement name and refusal message of the Parse the server is
+    /// answering now, if masker refused it.
+    fn refused_parse(&self) -> Option<(String, Arc<str>)> {
+        match lock(&self.queue).front()? {
+            Expect::Parse { name, refused: Some(message), .. } => Some((name.clone(), message.clone())),
+            _ => None,
+        }
+    }
+
+    /// The server's error for the text that stands for a refused statement
+    /// in a Parse (a syntax error, see
+    /// [`crate::plan::lineage::refused_parse_statement`]): the client gets
+    /// masker's refusal in its place, exactly as a refused simple Query
+    /// gets it, and the audit trail records that. An error that is not
+    /// the parser's (the session ends: FATAL) keeps what a refusal's
+    /// answer keeps.
+    fn on_refused_parse(
+        &mut self,
+        body: &[u8],
+        out: &mut BytesMut,
+        name: &str,
+        message: &str,
+    ) -> Result<Verdict, RelayError> {
+        let mut answer = BytesMut::new();
+        if field(body, b'V').or(field(body, b'S')) == Some("ERROR") {
+            put_refusal_error(&mut answer, message);
+        } else {
+            keep_fields(body, &mut answer, backend::ERROR_RESPONSE, refusal_fields)?;
+        }
+        let sql = self.audit_sql();
+        let stats = self.trail.end(sql.as_deref(), None, answer.get(5..));
+        self.session.entry.counters.add_masked(&stats);
+        if name.is_empty() {
+            // The server drops the unnamed statement before it parses.
+            self.statements.remove(name);
+        }
+        if self.after_error() {
+            out.clear();
+        } else {
+            out.extend_from_slice(&answer);
+        }
+        Ok(Verdict::Replaced)
+    }
+
+    /// The session follows an ErrorResponse: the statement ended, and in the
+    /// extended protocol the server skips everything up to Sync. Whether the
+    /// error ends a refused result being swallowed (it is swallowed too).
+    fn after_error(&mut self) -> bool {
+        self.model.error();
+        self.current = None;
+        self.copy = None;
+        let mut q = lock(&self.queue);
+        if !matches!(q.front(), Some(Expect::Query { .. })) {
+            // Extended protocol: the server skips everything up to Sync.
+            while !matches!(q.front(), None | Some(Expect::Sync)) {
+                q.pop_front();
+            }
+        }
+        std::mem::take(&mut self.swallowing)
     }
 }
 
@@ -669,7 +723,10 @@ impl Filter for ServerTracker {
             backend::PARSE_COMPLETE => {
                 let front = lock(&self.queue).pop_front();
                 match front {
-                    Some(Expect::Parse { name, sql }) => {
+                    Some(Expect::Parse { refused: Some(_), .. }) => Err(RelayError::refused(
+                        "masker: the server accepted the text that stands for a refused statement; closing the session",
+                    )),
+                    Some(Expect::Parse { name, sql, refused: None }) => {
                         if let Ok(a) = crate::sql::analyze(&sql).as_ref() {
                             self.model.protocol_prepared(&name, a.statements.first());
                         }
