@@ -134,6 +134,8 @@ pub struct Catalog {
     access: Option<CatalogAccess>,
     caches: Mutex<HashMap<(TargetAddr, String), DbCache>>,
     clients: tokio::sync::Mutex<HashMap<(TargetAddr, String), Client>>,
+    /// Bumped by every [`Catalog::invalidate`] (see [`Catalog::generation`]).
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
@@ -141,13 +143,27 @@ impl Catalog {
     /// catalog credentials and every table column is treated as unresolved
     /// (and so masked: fail closed).
     pub fn new(access: Option<CatalogAccess>) -> Self {
-        Catalog { access, caches: Mutex::new(HashMap::new()), clients: tokio::sync::Mutex::new(HashMap::new()) }
+        Catalog {
+            access,
+            caches: Mutex::new(HashMap::new()),
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     /// Forgets everything cached for `database` on `destination` (after DDL).
     pub fn invalidate(&self, destination: &TargetAddr, database: &str) {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         caches.remove(&(destination.clone(), database.to_string()));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Changes whenever something cached was forgotten after DDL: what a
+    /// session worked out from the catalog under one generation holds
+    /// while the generation stays (and cached entries are young, see
+    /// [`CACHE_TTL`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The columns of each table in `tables`, from the cache or the server.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use super::expect::{Expect, ExpectQueue, lock};
+use super::expect::{Analyzed, Expect, ExpectQueue, Text, lock};
+use super::memo::{Memo, Stamp, WHOLE_TEXT};
 use super::model::{Published, SessionModel};
 use crate::approvals::Outcome;
 use crate::audit::ApprovalStep;
@@ -38,9 +39,10 @@ pub struct ClientTracker {
     /// The session as it will be once what was sent has run (statements
     /// are assumed to succeed); replaced by the server side's model
     /// whenever nothing is in flight.
-    model: SessionModel,
+    model: Arc<SessionModel>,
     published: Published,
-    model_version: u64,
+    /// Refusals already worked out, for statements sent again.
+    memo: Memo,
 }
 
 impl ClientTracker {
@@ -61,9 +63,9 @@ impl ClientTracker {
             described_portals: HashSet::new(),
             session,
             observe_only: false,
-            model: SessionModel::default(),
+            model: Arc::default(),
             published,
-            model_version: 0,
+            memo: Memo::default(),
         }
     }
 
@@ -78,28 +80,37 @@ impl ClientTracker {
     /// a guardrail or lineage refusal (audited as a denial), or an
     /// `[[approval]]` rule's hold that ended in a denial or a timeout. A held
     /// statement waits here, and with it everything the client sends after it.
-    async fn check(&mut self, sql: &str) -> Option<String> {
+    async fn check(&mut self, sql: &str, analysis: &Analyzed) -> Option<String> {
         let plan = self.plan.clone()?;
-        if lock(&self.queue).is_empty()
-            && let Some((model, version)) = self.published.newer_than(self.model_version)
-        {
-            self.model = (*model).clone();
-            self.model_version = version;
+        if lock(&self.queue).is_empty() {
+            // Nothing in flight: the server side's model is the session.
+            let latest = self.published.latest();
+            if latest.revision() != self.model.revision() {
+                self.model = latest;
+            }
         }
-        let resolver = plan.resolver(&self.model);
-        if let Some((rule, message)) = resolver.refusal(sql).await {
+        let stamp = Stamp { model: self.model.revision(), catalog: plan.catalog.generation() };
+        let refusal = match &self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal {
+            Some(r) => r.clone(),
+            None => {
+                let r = plan.resolver(&self.model).refusal(sql).await;
+                self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal = Some(r.clone());
+                r
+            }
+        };
+        if let Some((rule, message)) = refusal {
             self.session.denial(sql, rule, &message);
             return Some(message);
         }
-        if let Some(rule) = resolver.approval(sql).await
+        if let Some(rule) = plan.resolver(&self.model).approval(sql).await
             && let Some(message) = hold(&self.session, &rule, sql).await
         {
             return Some(message);
         }
         // It will run: later statements see what it does.
-        if let Ok(a) = crate::sql::analyze(sql).as_ref() {
-            for s in &a.statements {
-                self.model.apply(s);
+        if let Ok(a) = analysis.as_ref() {
+            for s in a.statements.iter().filter(|s| SessionModel::changed_by(s)) {
+                Arc::make_mut(&mut self.model).apply(s);
             }
         }
         None
@@ -200,21 +211,23 @@ impl Filter for ClientTracker {
         }
         let expect = match Frontend::parse(msg)? {
             Frontend::Query { sql } => {
-                if let Some(message) = self.check(sql).await {
+                let analysis = crate::sql::analyze(sql);
+                if let Some(message) = self.check(sql, &analysis).await {
                     // The server answers with our error, in order.
                     let refused = refusal_statement(&message);
                     let at = wire::begin_message(out, frontend::QUERY);
                     out.extend_from_slice(refused.as_bytes());
                     out.put_u8(0);
                     wire::finish_message(out, at);
-                    lock(&self.queue).push_back(Expect::Query { sql: refused.into() });
+                    lock(&self.queue).push_back(Expect::Query { sql: Text::new(&refused) });
                     return Ok(Verdict::Replaced);
                 }
-                Expect::Query { sql: sql.into() }
+                Expect::Query { sql: Text::analysed(sql, analysis) }
             }
             Frontend::Parse { name, sql, param_types } => {
                 self.described_statements.remove(name);
-                if let Some(message) = self.check(sql).await {
+                let analysis = crate::sql::analyze(sql);
+                if let Some(message) = self.check(sql, &analysis).await {
                     // Same statement name and parameter types, our text.
                     let refused = refusal_statement(&message);
                     let at = wire::begin_message(out, frontend::PARSE);
@@ -224,13 +237,15 @@ impl Filter for ClientTracker {
                     out.put_u8(0);
                     out.extend_from_slice(param_types);
                     wire::finish_message(out, at);
-                    lock(&self.queue).push_back(Expect::Parse { name: name.to_string(), sql: refused.into() });
+                    lock(&self.queue).push_back(Expect::Parse { name: name.to_string(), sql: Text::new(&refused) });
                     return Ok(Verdict::Replaced);
                 }
-                if let Ok(a) = crate::sql::analyze(sql).as_ref() {
-                    self.model.protocol_prepared(name, a.statements.first());
+                if let Ok(a) = analysis.as_ref()
+                    && !name.is_empty()
+                {
+                    Arc::make_mut(&mut self.model).protocol_prepared(name, a.statements.first());
                 }
-                Expect::Parse { name: name.to_string(), sql: sql.into() }
+                Expect::Parse { name: name.to_string(), sql: Text::analysed(sql, analysis) }
             }
             Frontend::Bind { portal, statement, formats } => {
                 if self.described_statements.contains(statement) {
