@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::error;
 
 use super::registry::SessionOrigin;
+use super::shards::Shards;
 use crate::addr::TargetAddr;
 use crate::session;
 use crate::session::context::{Route, SessionContext};
@@ -25,7 +26,8 @@ pub trait Router: Send + Sync + 'static {
 }
 
 /// Serves `listener` until `shutdown` resolves: each connection is routed by
-/// `router` and served as a session on its own task.
+/// `router` and served as a session on its own task, on one of the session
+/// threads ([`Shards`]).
 pub async fn serve<R: Router>(
     listener: TcpListener,
     router: Arc<R>,
@@ -41,7 +43,30 @@ pub async fn serve<R: Router>(
         match accepted {
             Ok((stream, peer)) => {
                 let (router, ctx) = (router.clone(), ctx.clone());
-                tokio::spawn(async move {
+                let Some(shards) = Shards::global() else {
+                    tokio::spawn(async move {
+                        let (origin, route) = router.route(peer).await;
+                        session::serve(stream, origin, route, ctx).await;
+                    });
+                    continue;
+                };
+                // The session runs on a session thread: the socket moves
+                // from this runtime's reactor to that thread's.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!("cannot hand over the connection from {peer}: {e}");
+                        continue;
+                    }
+                };
+                shards.spawn(move || async move {
+                    let stream = match TcpStream::from_std(stream) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            error!("cannot take over the connection from {peer}: {e}");
+                            return;
+                        }
+                    };
                     let (origin, route) = router.route(peer).await;
                     session::serve(stream, origin, route, ctx).await;
                 });

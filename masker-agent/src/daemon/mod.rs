@@ -4,7 +4,8 @@
 //! Both start the same way ([`start`]): one [`SessionContext`] with its
 //! services (audit trail, metrics, approvals, the registry of live
 //! sessions), then the same accept loop ([`accept`]) with a router of their
-//! own. [`signals`] ends and reloads them, [`admin`] is the agent's socket
+//! own; sessions run on [`shards`], one single-threaded runtime per CPU.
+//! [`signals`] ends and reloads them, [`admin`] is the agent's socket
 //! for operators, [`config`] its configuration file, [`metrics`] the
 //! Prometheus endpoint and [`registry`] the list of live sessions.
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod shards;
 pub mod signals;
 
 use std::net::SocketAddr;
