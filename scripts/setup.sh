@@ -6,6 +6,12 @@
 #   - bpf-linker, built against the nightly toolchain's own libLLVM
 #   - PostgreSQL 15 server binaries, pgbouncer (benchmark peer), python3-venv
 #   - libclang-dev and protobuf-compiler (to build pg_query)
+#   - docker.io (Debian's Docker 20.10: the container tests start a private
+#     dockerd) and iproute2 (`ip netns` for the hand-made containers)
+#   - the Python client libraries of the tests (psycopg 3), pinned, in a venv
+#     outside the checkout (tests/harness/python.rs finds it; it installs
+#     nothing itself)
+#   - cargo-fuzz (the fuzz targets of fuzz/, `cargo xtask fuzz`)
 #
 # Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
 set -euo pipefail
@@ -40,6 +46,11 @@ setup_system_packages() {
   # pg_query (PostgreSQL's own parser, used for SQL lineage) generates its
   # bindings with bindgen (libclang) and its protobuf types with protoc.
   apt_install libclang-dev protobuf-compiler
+  # Container tests: a private dockerd (tests/harness/docker.rs) and
+  # hand-made network namespaces (tests/harness/netns.rs). Debian 12 ships
+  # Docker 20.10 as docker.io; the tests need 20.10 or later.
+  command -v dockerd >/dev/null 2>&1 || apt_install docker.io
+  command -v ip >/dev/null 2>&1 || apt_install iproute2
 }
 
 setup_nightly() {
@@ -75,10 +86,46 @@ setup_bpf_linker() {
     cargo install --locked bpf-linker --version '^0.13' --no-default-features --features "llvm-$major"
 }
 
+# The Python packages the tests use, exactly these versions (pip installs
+# nothing else: --no-deps). tests/harness/python.rs holds the same list and
+# fails, naming this script, when the venv does not have it.
+MASKER_TEST_PY_PACKAGES="psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0"
+masker_test_venv() { printf '%s' "${MASKER_TEST_VENV:-${HOME:-/root}/.cache/masker/test-venv}"; }
+
+setup_test_clients() {
+  local venv stamp
+  venv=$(masker_test_venv)
+  stamp="$venv/.masker-packages"
+  if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$MASKER_TEST_PY_PACKAGES" ]; then
+    return 0
+  fi
+  log "creating the test clients' venv $venv ($MASKER_TEST_PY_PACKAGES)"
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086 # one word per package
+  "$venv/bin/pip" install -q --disable-pip-version-check --no-input --no-deps $MASKER_TEST_PY_PACKAGES
+  "$venv/bin/python" -c 'import psycopg; print("psycopg", psycopg.__version__)' >&2
+  printf '%s' "$MASKER_TEST_PY_PACKAGES" >"$stamp"
+}
+
+# cargo-fuzz builds the fuzz targets of fuzz/ with the nightly toolchain
+# (sanitizers, libFuzzer); `cargo xtask fuzz` runs them.
+CARGO_FUZZ_VERSION=0.13.1
+setup_cargo_fuzz() {
+  if cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION"; then
+    return 0
+  fi
+  log "installing cargo-fuzz $CARGO_FUZZ_VERSION"
+  cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
+}
+
 setup_all() {
   setup_system_packages
   setup_nightly
   setup_bpf_linker
+  setup_test_clients
+  setup_cargo_fuzz
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

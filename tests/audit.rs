@@ -6,8 +6,6 @@
 //!   value appears anywhere in the audit file or the proxy's log, even for
 //!   statements that quote values and errors that echo them;
 //! - the metrics endpoint answers and counts.
-//!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -291,8 +289,8 @@ async fn audit_events_follow_the_schema_and_never_hold_values() {
 
     // No seeded value anywhere: the audit file and the proxy's log.
     let audit_text = std::fs::read_to_string(&setup.audit).unwrap();
+    // In any form the finder knows (case, reversed, hex, base64, parts...).
     values.assert_absent("audit file", &audit_text);
-    assert!(!audit_text.contains(&email), "the queried email is in the audit file");
     values.assert_absent("proxy stderr", &setup.proxy.stderr());
 
     // Metrics: exposed and counting.
@@ -425,6 +423,6 @@ async fn sessions_without_a_policy_are_audited_statement_by_statement() {
     assert!(statements.iter().any(|e| e["command"] == "COPY" && e["rows"] == 0), "COPY event: {statements:?}");
     assert_eq!(failed["sqlstate"], "42703", "{failed}");
     let text = std::fs::read_to_string(&audit).expect("audit file");
-    assert!(!text.contains(&email), "a seeded email in the audit trail");
-    assert!(!proxy.stderr().contains(&email), "a seeded email in the proxy log");
+    values.assert_absent("the audit trail", &text);
+    values.assert_absent("the proxy log", &proxy.stderr());
 }

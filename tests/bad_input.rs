@@ -19,8 +19,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_postgres::Client;
 
 const LIMIT: Duration = Duration::from_secs(60);
-/// How long a bad session may take to be answered and closed.
-const PROMPT: Duration = Duration::from_secs(5);
+/// The deadline of the wait for a bad session to be answered and closed:
+/// under masker's own timeouts (10 s to connect upstream, 30 s for a
+/// start-up), so a close within it comes from the check under test, not
+/// from a timeout that would have ended the session anyway. A deadline, not
+/// a measurement: nothing asserts how fast it happens.
+const PROMPT: Duration = Duration::from_secs(9);
 
 struct Setup {
     proxy: MaskerProxy,
@@ -150,9 +154,7 @@ async fn oversized_message_is_a_protocol_violation() {
             // The start of a body that would never end: masker must not wait for it.
             conn.send(&raw::message_with_len(b'Q', len, b"SELECT 1")).await.unwrap();
             let what = format!("Query claiming {len} bytes");
-            let started = Instant::now();
             let msgs = until_closed(&mut conn, &what).await;
-            assert!(started.elapsed() < PROMPT);
             if !MaskerProxy::bypassed() {
                 assert_single_error(&what, &msgs, "08P01");
             }
@@ -280,12 +282,10 @@ async fn unreachable_upstream_gives_a_connection_error() {
     let info = PgCluster::shared().app().at(proxy.addr());
     within(LIMIT, "unreachable upstream", async {
         for _ in 0..3 {
-            let started = Instant::now();
             let mut conn = RawConn::connect(proxy.addr()).await.unwrap();
             conn.send(&raw::startup_message(&[("user", "app"), ("database", "shop")])).await.unwrap();
             let msgs = until_closed(&mut conn, "startup to an unreachable upstream").await;
             assert_single_error("unreachable upstream", &msgs, "08");
-            assert!(started.elapsed() < PROMPT, "took {:?}", started.elapsed());
         }
         let err = info.connect().await.expect_err("connect through masker to a closed port");
         let code = err.code().map(|c| c.code().to_owned()).unwrap_or_default();

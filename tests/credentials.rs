@@ -7,21 +7,21 @@
 //! Real PostgreSQL (scram-sha-256; one cluster with `ssl = on` and a
 //! self-signed certificate made in its temp dir), real `masker proxy`, and
 //! the real `masker agent` with eBPF for the tests that need a tagged
-//! workload (skipped with a message without root and BPF). Password files
+//! workload (they fail without root and BPF, unless
+//! `MASKER_TESTS_ALLOW_SKIP=ebpf`). Password files
 //! live in temp dirs only.
-//!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 #![forbid(unsafe_code)]
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup};
 use masker_tests::cluster::{APP_DB, APP_PASSWORD, APP_USER};
 use masker_tests::process::{self, Output};
 use masker_tests::psql::{Psql, psql_binary};
+use masker_tests::skip;
 use masker_tests::{ConnInfo, MaskerProxy, PgCluster, within};
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -214,7 +214,16 @@ static AUTH_CLUSTER: LazyLock<PgCluster> = LazyLock::new(|| {
     let new = format!("host all md5user 127.0.0.1/32 md5\nhost all pwuser 127.0.0.1/32 password\n{old}");
     std::fs::write(&hba, new).unwrap();
     cluster.run_sql_as_superuser("postgres", "SELECT pg_reload_conf();\n").expect("reload");
-    std::thread::sleep(Duration::from_millis(300));
+    // The postmaster has read the new pg_hba.conf once it shows its rules.
+    masker_tests::poll(Duration::from_secs(30), "pg_hba.conf reloaded", || {
+        let rules = cluster
+            .run_sql_as_superuser(
+                "postgres",
+                "SELECT count(*) FROM pg_hba_file_rules WHERE 'md5user' = ANY(user_name);\n",
+            )
+            .ok()?;
+        (rules.trim() == "1").then_some(())
+    });
     cluster
 });
 
@@ -298,9 +307,10 @@ fn a_wrong_stored_password_is_the_servers_28p01_and_never_shown() {
             assert!(!out.status.success());
             assert!(out.stderr.contains("password authentication failed for user \"app\""), "{}", out.stderr);
             proxy.assert_running();
-            std::thread::sleep(Duration::from_millis(300)); // let the audit writer catch up
-            let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
-            assert!(audit.contains("\"session_end\""), "{audit}");
+            // The audit writer is asynchronous: wait for the session's end.
+            let audit = masker_tests::poll(Duration::from_secs(20), "a session_end audit event", || {
+                std::fs::read_to_string(dir.path().join("audit.jsonl")).ok().filter(|a| a.contains("\"session_end\""))
+            });
             for (what, text) in [
                 ("tokio-postgres error", format!("{err:?}")),
                 ("psql stdout", out.stdout.clone()),
@@ -347,8 +357,7 @@ fn an_unsafe_password_file_stops_the_proxy_with_a_precise_error() {
 
 #[test]
 fn an_unsafe_password_file_stops_the_agent_with_a_precise_error() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if !skip::ebpf() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -403,15 +412,18 @@ name = "ci-elsewhere"
 targets = ["db.internal:5432"]
 "#;
 
-/// Denial events of an audit file.
-fn denials(audit: &Path) -> Vec<serde_json::Value> {
-    std::thread::sleep(Duration::from_millis(300)); // let the audit writer catch up
-    std::fs::read_to_string(audit)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|e| e["event"] == "denial")
-        .collect()
+/// Denial events of an audit file, once there are `n` (the audit writer is
+/// asynchronous: polled, with a deadline).
+fn denials(audit: &Path, n: usize) -> Vec<serde_json::Value> {
+    masker_tests::poll(Duration::from_secs(20), &format!("{n} denial event(s) in {}", audit.display()), || {
+        let events: Vec<serde_json::Value> = std::fs::read_to_string(audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["event"] == "denial")
+            .collect();
+        (events.len() >= n).then_some(events)
+    })
 }
 
 fn policy_proxy(identity: &str, dir: &Path, extra: &[&str]) -> MaskerProxy {
@@ -454,7 +466,7 @@ fn identity_may_connect_only_to_its_databases_users_and_targets() {
     assert!(!out.status.success());
     assert!(out.stderr.contains("masker: identity ci-read may not connect to database postgres"), "{}", out.stderr);
     proxy.assert_running();
-    let events = denials(&dir.path().join("audit.jsonl"));
+    let events = denials(&dir.path().join("audit.jsonl"), 3);
     assert_eq!(events.len(), 3, "{events:#?}");
     for e in &events {
         assert_eq!(
@@ -475,7 +487,7 @@ fn identity_may_connect_only_to_its_databases_users_and_targets() {
         cluster.addr()
     );
     assert!(out.stderr.contains(&expected), "{}", out.stderr);
-    assert_eq!(denials(&dir.path().join("audit.jsonl")).len(), 1);
+    assert_eq!(denials(&dir.path().join("audit.jsonl"), 1).len(), 1);
 }
 
 /// The real agent: a tagged workload's psql logs in with no password (the
@@ -483,8 +495,7 @@ fn identity_may_connect_only_to_its_databases_users_and_targets() {
 /// another database (28000, audited as a denial).
 #[test]
 fn agent_injects_for_a_tagged_identity_and_enforces_its_databases() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if !skip::ebpf() {
         return;
     }
     let cluster = PgCluster::shared();
@@ -534,7 +545,7 @@ fn agent_injects_for_a_tagged_identity_and_enforces_its_databases() {
         "{}",
         out.stderr
     );
-    let events = denials(&audit);
+    let events = denials(&audit, 1);
     assert_eq!(events.len(), 1, "{events:#?}");
     assert_eq!(events[0]["class"], "connect");
     assert!(!agent.stderr().contains(APP_PASSWORD));
@@ -549,8 +560,7 @@ fn agent_injects_for_a_tagged_identity_and_enforces_its_databases() {
 /// password stays in use.
 #[test]
 fn agent_rereads_a_rotated_password_file_on_reload() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if !skip::ebpf() {
         return;
     }
     let cluster = PgCluster::shared();
@@ -627,21 +637,23 @@ fn agent_rereads_a_rotated_password_file_on_reload() {
 // ---------------------------------------------------------------------------
 // CancelRequest
 
-/// Starts `SELECT pg_sleep(30)` on `client`, cancels it with the client's
-/// cancel token (which connects to the address the client connected to:
-/// masker) and checks it ends with 57014 quickly.
-async fn cancel_sleep(client: &tokio_postgres::Client) {
+/// Starts `SELECT pg_sleep(30)` on `client`, waits until the server runs
+/// it, cancels it with the client's cancel token (which connects to the
+/// address the client connected to: masker) and checks it ends with 57014.
+/// `watcher` is another session of the same role (it sees the query in
+/// `pg_stat_activity`).
+async fn cancel_sleep(client: &tokio_postgres::Client, watcher: &tokio_postgres::Client) {
     let token = client.cancel_token();
-    let started = Instant::now();
-    let sleep = client.simple_query("SELECT pg_sleep(30)");
+    let marker = format!("credentials_cancel_{}", std::process::id());
+    let sql = format!("SELECT pg_sleep(30) AS {marker}");
+    let sleep = client.simple_query(&sql);
     let cancel = async {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        masker_tests::wait_until_running(watcher, &marker).await;
         token.cancel_query(tokio_postgres::NoTls).await.expect("cancel request");
     };
     let (result, ()) = tokio::join!(sleep, cancel);
     let err = result.map(|_| ()).expect_err("pg_sleep(30) was not cancelled");
     assert_eq!(err.as_db_error().map(|d| d.code().code()), Some("57014"), "{err:?}");
-    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
     // The session is still usable.
     let one: i32 = client.query_one("SELECT 1", &[]).await.unwrap().get(0);
     assert_eq!(one, 1);
@@ -655,7 +667,8 @@ fn cancel_request_cancels_the_query_with_passthrough_and_injection() {
     let passthrough = MaskerProxy::start(cluster.addr(), None);
     rt.block_on(within(LIMIT, "cancel passthrough", async {
         let client = cluster.app().at(passthrough.addr()).connect().await.expect("connect");
-        cancel_sleep(&client).await;
+        let watcher = cluster.app().at(passthrough.addr()).connect().await.expect("connect");
+        cancel_sleep(&client, &watcher).await;
     }));
     // Injection, over TLS to the server.
     let dir = tempfile::tempdir().unwrap();
@@ -663,7 +676,8 @@ fn cancel_request_cancels_the_query_with_passthrough_and_injection() {
     let mut injecting = injecting_proxy(ssl.addr(), "require", Source::Env, APP_PASSWORD, dir.path(), &[]).unwrap();
     rt.block_on(within(LIMIT, "cancel injected", async {
         let client = connect_without_password(&no_password(ssl, injecting.addr())).await.expect("connect");
-        cancel_sleep(&client).await;
+        let watcher = connect_without_password(&no_password(ssl, injecting.addr())).await.expect("connect");
+        cancel_sleep(&client, &watcher).await;
     }));
     injecting.assert_running();
 }
@@ -675,11 +689,14 @@ fn cancel_request_cancels_the_query_with_passthrough_and_injection() {
 
 const CLIENT_ENV: &str = "MASKER_IT_CREDENTIALS_CLIENT";
 
-/// Not a test of its own: the body of the client process (does nothing
-/// without [`CLIENT_ENV`]).
+/// Not a test of its own (hence ignored): the body of the client process,
+/// run by the tests with [`CLIENT_ENV`] set and `--ignored`; fails without.
 #[test]
+#[ignore = "the body of a client process the other tests start, not a test"]
 fn cancel_client_process() {
-    let Ok(spec) = std::env::var(CLIENT_ENV) else { return };
+    let spec = std::env::var(CLIENT_ENV).unwrap_or_else(|_| {
+        panic!("not a test: the body of a client process, run with {CLIENT_ENV} set by the other tests")
+    });
     let parts: Vec<&str> = spec.split(' ').collect();
     let [host, port, password] = parts[..] else { panic!("bad {CLIENT_ENV}: {spec:?}") };
     let info = ConnInfo {
@@ -691,10 +708,12 @@ fn cancel_client_process() {
     };
     let result = std::panic::catch_unwind(|| {
         runtime().block_on(async {
-            let client =
-                if info.password.is_empty() { connect_without_password(&info).await } else { info.connect().await };
-            let client = client.unwrap_or_else(|e| panic!("connect: {e:?}"));
-            cancel_sleep(&client).await;
+            let connect = || async {
+                if info.password.is_empty() { connect_without_password(&info).await } else { info.connect().await }
+            };
+            let client = connect().await.unwrap_or_else(|e| panic!("connect: {e:?}"));
+            let watcher = connect().await.unwrap_or_else(|e| panic!("connect: {e:?}"));
+            cancel_sleep(&client, &watcher).await;
         })
     });
     match result {
@@ -708,8 +727,7 @@ fn cancel_client_process() {
 /// with the agent's credential (identity `ci-inject`).
 #[test]
 fn agent_forwards_cancel_requests_in_both_modes() {
-    if let Some(why) = skip_reason() {
-        eprintln!("skipped: {why}");
+    if !skip::ebpf() {
         return;
     }
     let cluster = PgCluster::shared();
@@ -730,7 +748,7 @@ fn agent_forwards_cancel_requests_in_both_modes() {
         agent.tag(cg.path(), identity);
         let before = agent.status()["counters"]["cancel_requests"].as_u64().unwrap();
         let mut cmd = cg.command(std::env::current_exe().expect("the test binary"));
-        cmd.args(["cancel_client_process", "--exact", "--nocapture", "--test-threads=1", "-q"])
+        cmd.args(["cancel_client_process", "--exact", "--ignored", "--nocapture", "--test-threads=1", "-q"])
             .env(CLIENT_ENV, format!("127.0.0.1 {} {password}", cluster.port()));
         let mut child = LineChild::spawn(cmd).expect("spawn the client");
         let line = child.line_starting("CLIENT-", LIMIT).expect("client result");

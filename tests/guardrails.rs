@@ -1,8 +1,6 @@
 //! Guardrails through `masker proxy` (issue 7): statements an identity may
 //! not run are refused with SQLSTATE 42501 and a message naming the rule,
 //! the session stays usable, and each refusal is audited as a denial.
-//!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -171,9 +169,9 @@ fn approval_rules_in_the_proxy_refuse_at_once() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(within(LIMIT, "approval in the proxy", async {
         let client = cluster.app().at(proxy.addr()).connect().await.expect("connect");
-        let started = std::time::Instant::now();
+        // The rule's timeout is 1 h and `within` allows 120 s: an answer at all
+        // means it was refused at once, and the message says why.
         let err = client.simple_query("UPDATE orders SET status = status WHERE id = 1").await.expect_err("held");
-        assert!(started.elapsed() < Duration::from_secs(30), "refused at once, not after the timeout");
         let db = err.as_db_error().expect("db error");
         assert_eq!(db.code().code(), "42501");
         assert!(db.message().contains("approval rule writes") && db.message().contains("no operator"), "{db:?}");

@@ -10,8 +10,7 @@
 //! the agent (`masker status --json`: connection counter, live sessions).
 //! Every test ends by checking that its pins and cgroups are gone.
 //!
-//! Needs root and BPF; skipped with a message otherwise. The `masker` binary
-//! must be built (`cargo build -p masker-agent --bin masker`).
+//! Needs root and BPF: fails otherwise, unless `MASKER_TESTS_ALLOW_SKIP=ebpf`.
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
@@ -21,9 +20,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, skip_reason, test_client};
+use masker_tests::agent::{AgentOptions, LineChild, MaskerAgent, TestCgroup, test_client};
 use masker_tests::process::{self, Output};
 use masker_tests::psql::Psql;
+use masker_tests::skip;
 use masker_tests::{ConnInfo, PgCluster};
 use serde_json::{Value, json};
 
@@ -43,17 +43,22 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 /// (`host port user password dbname`) of the client process.
 const CLIENT_ENV: &str = "MASKER_IT_TOKIO_CLIENT";
 
-/// Not a test of its own: the body of the tokio-postgres client process the
-/// other tests start (this test binary, re-executed with [`CLIENT_ENV`] set,
-/// inside a cgroup). Without the variable it does nothing.
+/// Not a test of its own (hence ignored): the body of the tokio-postgres
+/// client process the other tests start (this test binary, re-executed with
+/// [`CLIENT_ENV`] set and `--ignored`, inside a cgroup). Run without the
+/// variable, it fails.
 ///
 /// The client connects, runs a parameterized query (extended protocol) and
-/// prints `CLIENT-RESULT {json}` (or `CLIENT-ERROR message`), then keeps the
+/// prints `CLIENT-RESULT {json}` (or `CLIENT-ERROR [SQLSTATE] message`, the
+/// code when the server sent one), then keeps the
 /// connection open until a line arrives on stdin, runs one more query and
 /// prints `CLIENT-DONE {json}`.
 #[test]
+#[ignore = "the body of a client process the other tests start, not a test"]
 fn tokio_postgres_client_process() {
-    let Ok(spec) = std::env::var(CLIENT_ENV) else { return };
+    let spec = std::env::var(CLIENT_ENV).unwrap_or_else(|_| {
+        panic!("not a test: the body of a client process, run with {CLIENT_ENV} set by the other tests")
+    });
     let info = ConnInfo::from_spec(&spec).unwrap_or_else(|| panic!("bad {CLIENT_ENV}: {spec:?}"));
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
@@ -66,7 +71,8 @@ fn tokio_postgres_client_process() {
                     message.push_str(&format!(": {cause}"));
                     source = cause.source();
                 }
-                println!("CLIENT-ERROR {message}");
+                let code = e.code().map(|c| format!("[{}] ", c.code())).unwrap_or_default();
+                println!("CLIENT-ERROR {code}{message}");
                 return;
             }
         };
@@ -147,8 +153,7 @@ fn assert_query_ok(out: &Output) {
 /// The shared cluster and a fresh agent, or `None` (with the reason printed)
 /// when the machine cannot run these tests.
 fn start(options: impl FnOnce(&PgCluster) -> Option<AgentOptions>) -> Option<(&'static PgCluster, MaskerAgent)> {
-    if let Some(reason) = skip_reason() {
-        eprintln!("skipped: {reason}");
+    if !skip::ebpf() {
         return None;
     }
     let cluster = PgCluster::shared();
@@ -228,7 +233,7 @@ fn tagged_psql_and_tokio_postgres_reach_the_server_through_masker() {
     assert_eq!(tags[0]["cgroup_id"], json!(cgroup_id(cg.path())));
     assert_eq!(status["targets"][0]["addresses"], json!([cluster.addr().to_string()]), "{status:#}");
     assert_eq!(status["pin_dir"], json!(agent.pin_dir().to_string_lossy()));
-    assert_eq!(status["programs"].as_array().map(Vec::len), Some(5), "{status:#}");
+    assert_eq!(status["programs"].as_array().map(Vec::len), Some(7), "{status:#}");
 
     // The table view shows the same.
     let table = agent.run_cli(&["status"]);
@@ -236,8 +241,11 @@ fn tagged_psql_and_tokio_postgres_reach_the_server_through_masker() {
     assert!(table.stdout.contains("it-tagged") && table.stdout.contains(&pid.to_string()), "{}", table.stdout);
 
     finish_client(client);
-    let status = agent.status();
-    assert!(status["sessions"].as_array().unwrap().is_empty(), "session still listed: {status:#}");
+    // The agent ends the session once it sees the client gone: wait for it.
+    let status = masker_tests::poll(CLIENT_TIMEOUT, "the session to leave `masker status`", || {
+        let status = agent.status();
+        status["sessions"].as_array().is_some_and(Vec::is_empty).then_some(status)
+    });
     assert_eq!(status["counters"]["sessions_refused"], json!(0), "{status:#}");
     tear_down(agent, vec![cg]);
 }
@@ -286,11 +294,40 @@ fn descendant_cgroups_of_a_tagged_one_are_covered() {
     tear_down(agent, vec![parent, job, step]);
 }
 
+/// `GET /metrics` from the agent's endpoint at `addr`.
+fn metrics(addr: SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    s.set_read_timeout(Some(CLIENT_TIMEOUT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("metrics response");
+    text
+}
+
+/// `masker untag` fails closed: the cgroup's new connections are refused by
+/// the agent with 28000 naming the cgroup and pid (psql and tokio-postgres
+/// see it, the audit trail records a denial, status and metrics count it),
+/// never sent around masker; a connection opened while tagged stays. Once
+/// the cgroup is removed the entry goes, and a stopped agent with no tag
+/// left removes its programs.
 #[test]
-fn untag_applies_to_new_connections() {
-    let Some((cluster, mut agent)) = start(targets) else { return };
+fn untag_refuses_new_connections() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let audit = dir.path().join("audit.jsonl");
+    // A free port for the metrics endpoint (bound, then released).
+    let metrics_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let Some((cluster, mut agent)) = start(|c| {
+        let mut options = AgentOptions::targets(&[c.addr()]);
+        options.extra_config =
+            format!("metrics_listen = \"{metrics_addr}\"\n[audit]\nfile = {:?}\n", audit.to_string_lossy());
+        Some(options)
+    }) else {
+        return;
+    };
     let info = cluster.app();
-    let cg = TestCgroup::new().expect("cgroup");
+    let mut cg = TestCgroup::new().expect("cgroup");
+    let id = cgroup_id(cg.path());
     agent.tag(cg.path(), "it-untag");
     assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
     assert_eq!(agent.connections(), 1);
@@ -299,21 +336,113 @@ fn untag_applies_to_new_connections() {
     let mut client = tokio_client(cg.command(current_exe()), &info);
     expect_client_result(&mut client);
     assert_eq!(agent.connections(), 2);
-    agent.untag(cg.path());
-    assert!(agent.status()["tags"].as_array().unwrap().is_empty());
+    let out = agent.run_cli(&["untag", &cg.path().to_string_lossy()]);
+    out.assert_success();
+    assert!(out.stdout.contains("refused"), "masker untag says what it did: {}", out.stdout);
+    let status = agent.status();
+    let tags = status["tags"].as_array().unwrap();
+    assert_eq!(tags.len(), 1, "the entry stays, revoked: {status:#}");
+    assert_eq!((&tags[0]["revoked"], &tags[0]["cgroup_id"]), (&json!(true), &json!(id)), "{status:#}");
 
-    // New connections go direct.
-    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
-    let mut direct = tokio_client(cg.command(current_exe()), &info);
-    expect_client_result(&mut direct);
-    finish_client(direct);
-    assert_eq!(agent.connections(), 2, "a connection after `masker untag` went through masker");
+    // New connections reach masker and are refused: psql with the text,
+    // tokio-postgres with the SQLSTATE too. Untagged processes: direct.
+    let out = psql_in(&cg, cluster, &info, QUERY);
+    assert!(!out.status.success(), "psql after `masker untag` reached the server: {}", out.stdout);
+    for part in ["masker: the tag of cgroup", &id.to_string(), "it-untag", "was removed", "refused"] {
+        assert!(out.stderr.contains(part), "psql's error lacks {part:?}: {}", out.stderr);
+    }
+    let mut refused = tokio_client(cg.command(current_exe()), &info);
+    let pid = refused.id();
+    let line = refused.line_starting("CLIENT-", CLIENT_TIMEOUT).expect("client result");
+    assert!(line.starts_with("ERROR [28000] "), "tokio-postgres after `masker untag`: {line}");
+    assert!(line.contains(&format!("pid {pid}")) && line.contains(&format!("cgroup {id}")), "{line}");
+    let _ = refused.finish(CLIENT_TIMEOUT);
+    assert_query_ok(&psql_here(cluster, &info, QUERY));
+
+    let status = agent.status();
+    assert!(status["counters"]["connections"].as_u64().unwrap() >= 4, "refused connections reached masker: {status:#}");
+    assert!(status["counters"]["sessions_refused"].as_u64().unwrap() >= 2, "{status:#}");
+    let tag = &status["tags"][0];
+    assert!(tag["revoked_refusals"].as_u64().unwrap() >= 2, "{status:#}");
+    assert!(status["identities"]["it-untag"]["denials"].as_u64().unwrap() >= 2, "{status:#}");
+    let table = agent.run_cli(&["status"]);
+    assert!(table.stdout.contains("REVOKED"), "masker status shows the revoked tag:\n{}", table.stdout);
+    let text = metrics(metrics_addr);
+    let series = format!("masker_revoked_refused_total{{cgroup_id=\"{id}\",identity=\"it-untag\"}} ");
+    let count = text.lines().find_map(|l| l.strip_prefix(series.as_str())).unwrap_or_else(|| panic!("{text}"));
+    assert!(count.parse::<u64>().unwrap() >= 2, "{text}");
+    let events: Vec<Value> = std::fs::read_to_string(&audit)
+        .expect("audit trail")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("audit JSON"))
+        .collect();
+    let denial = events.iter().find(|e| e["event"] == json!("denial") && e["rule"] == json!("revoked"));
+    let denial = denial.unwrap_or_else(|| panic!("no denial for the revoked tag in {events:#?}"));
+    assert_eq!((&denial["class"], &denial["sqlstate"]), (&json!("connect"), &json!("28000")), "{denial:#}");
+    assert_eq!(denial["identity"], json!("it-untag"), "{denial:#}");
+
+    // The connection opened while tagged still works.
     finish_client(client);
+
+    // The cgroup goes: so does its entry (the agent's periodic scan).
+    let path = cg.path().to_path_buf();
+    cg.remove().expect("remove the cgroup");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !agent.status()["tags"].as_array().unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "revoked entry of {} outlived it", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let text = metrics(metrics_addr);
+    assert!(!text.contains(&series), "the removed tag's series is gone: {text}");
 
     // With no tag left, a stopped agent removes its programs and pins itself.
     let status = agent.stop().expect("agent exit status");
     assert!(status.success(), "agent exit {status}: {}", agent.stderr());
     assert!(!agent.pin_dir().exists(), "pins left by an agent stopped with no tags: {}", agent.pin_dir().display());
+    tear_down(agent, vec![cg]);
+}
+
+/// Tagging a revoked cgroup again serves it again (under the new identity),
+/// and `masker untag --forget` deletes the entry of a cgroup with no process
+/// left while only revoking one that still has processes.
+#[test]
+fn a_retagged_cgroup_is_served_again() {
+    let Some((cluster, mut agent)) = start(targets) else { return };
+    let info = cluster.app();
+    let cg = TestCgroup::new().expect("cgroup");
+    agent.tag(cg.path(), "it-first");
+    agent.untag(cg.path());
+    let out = psql_in(&cg, cluster, &info, QUERY);
+    assert!(!out.status.success() && out.stderr.contains("was removed"), "revoked: {}", out.stderr);
+    let before = agent.connections();
+
+    agent.tag(cg.path(), "it-again");
+    let status = agent.status();
+    assert_eq!(status["tags"][0]["revoked"], json!(false), "{status:#}");
+    assert_eq!(status["tags"][0]["identity"], json!("it-again"), "{status:#}");
+    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
+    let mut client = tokio_client(cg.command(current_exe()), &info);
+    let pid = expect_client_result(&mut client);
+    assert_eq!(session_of(&agent.status(), pid)["identity"], json!("it-again"));
+    assert_eq!(agent.connections(), before + 2, "the re-tagged cgroup's connections went through masker");
+
+    // --forget while a process is in the cgroup: revoked, not deleted.
+    let out = agent.run_cli(&["untag", "--forget", &cg.path().to_string_lossy()]);
+    out.assert_success();
+    assert!(out.stderr.contains("still has processes"), "{}", out.stderr);
+    assert_eq!(agent.status()["tags"][0]["revoked"], json!(true));
+    finish_client(client);
+    // ... and without one: deleted at once; the cgroup connects directly.
+    let out = agent.run_cli(&["untag", "--forget", &cg.path().to_string_lossy()]);
+    out.assert_success();
+    assert!(out.stdout.contains("deleted"), "{}", out.stdout);
+    assert!(agent.status()["tags"].as_array().unwrap().is_empty());
+    let before = agent.connections();
+    assert_query_ok(&psql_in(&cg, cluster, &info, QUERY));
+    assert_eq!(agent.connections(), before, "a forgotten cgroup goes direct");
+
+    let status = agent.stop().expect("agent exit status");
+    assert!(status.success(), "agent exit {status}: {}", agent.stderr());
     tear_down(agent, vec![cg]);
 }
 
@@ -350,14 +479,9 @@ fn stopped_agent_fails_closed_until_uninstalled() {
 
 #[test]
 fn ipv6_target_is_redirected() {
-    let Some((cluster, agent)) = start(|cluster| match cluster.addr_v6() {
-        Some(v6) => {
-            Some(AgentOptions { targets: vec![v6.to_string()], ipv6: true, policy: None, ..AgentOptions::default() })
-        }
-        None => {
-            eprintln!("skipped: the host has no IPv6 loopback");
-            None
-        }
+    let Some((cluster, agent)) = start(|cluster| {
+        let v6 = skip::ipv6(cluster)?;
+        Some(AgentOptions { targets: vec![v6.to_string()], ipv6: true, policy: None, ..AgentOptions::default() })
     }) else {
         return;
     };

@@ -3,23 +3,25 @@
 //! CTEs, set operations, views, catalog views or data-moving statements.
 //!
 //! - An attack corpus ([`ATTACKS`], ≥ 80 queries) runs through psql (text,
-//!   simple protocol) and tokio-postgres (extended protocol, binary
-//!   results); no seeded personal value, nor its case, reversed, digits-only,
-//!   base64 or hex form, may appear in any result or error.
+//!   simple protocol), tokio-postgres (extended protocol, binary results)
+//!   and psycopg (text and binary), once directly, where each must leak (its
+//!   control), and once through masker, where no seeded personal value may
+//!   appear in any form the finder knows, in any channel.
+//! - An inference corpus: answers that must appear directly and never
+//!   through masker with `refuse_inference = true`.
 //! - Refusals are SQLSTATE 42501 errors and keep the session usable.
-//! - A compatibility corpus of non-sensitive queries returns exactly what a
-//!   direct connection returns.
 //!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
+//! Non-sensitive queries must equal a direct connection byte for byte: that
+//! is `compat.rs`.
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
+use masker_tests::attack::{self, Attack, Client};
 use masker_tests::cluster::{APP_PASSWORD, APP_USER};
-use masker_tests::compare::{self, RawCell};
+use masker_tests::compare;
+use masker_tests::finder::Finder;
 use masker_tests::fixture::PersonalValues;
-use masker_tests::leaks::{Forms, LeakFinder};
-use masker_tests::psql::Psql;
 use masker_tests::{ConnInfo, MaskerProxy, PgCluster, within};
 
 const LIMIT: Duration = Duration::from_secs(300);
@@ -49,6 +51,12 @@ column_names = ["ssn"]
 action = "null"
 
 [[rule]]
+name = "birth-date"
+column_names = ["birth_date"]
+action = "generalize"
+to = "year"
+
+[[rule]]
 name = "external-id"
 column_names = ["external_id"]
 action = "pseudonymize"
@@ -61,7 +69,7 @@ action = "allow"
 
 struct Env {
     policy: std::path::PathBuf,
-    finder: LeakFinder,
+    finder: Finder,
 }
 
 static ENV: LazyLock<Env> = LazyLock::new(|| {
@@ -71,13 +79,15 @@ static ENV: LazyLock<Env> = LazyLock::new(|| {
             "shop",
             "CREATE OR REPLACE VIEW lineage_upper AS SELECT id, upper(email) AS e, ssn FROM customers; \
              CREATE OR REPLACE VIEW lineage_nested AS SELECT id, reverse(e) AS r FROM lineage_upper; \
-             GRANT SELECT ON lineage_upper, lineage_nested TO app;",
+             GRANT SELECT ON lineage_upper, lineage_nested TO app; \
+             GRANT SELECT ON pg_statistic TO app; GRANT pg_read_all_stats TO app;",
         )
         .expect("lineage views");
     let policy = cluster.scratch_dir("lineage").expect("scratch dir").join("policy.toml");
     std::fs::write(&policy, POLICY).expect("policy");
     let values = PersonalValues::load(cluster).expect("personal values");
-    Env { policy, finder: LeakFinder::new(&values, Forms { reversed: true }, |kind, _| kind == "birth_date") }
+    // Generalised to the year, a January 1st birth date is its own mask.
+    Env { policy, finder: Finder::new(&values, |kind, value| kind == "birth_date" && value.ends_with("-01-01")) }
 });
 
 fn start() -> (MaskerProxy, ConnInfo, ConnInfo) {
@@ -149,9 +159,9 @@ const ATTACKS: &[&str] = &[
     "SELECT jsonb_build_array(email, phone) FROM customers ORDER BY id LIMIT 40",
     "SELECT ARRAY[email, ssn] FROM customers ORDER BY id LIMIT 40",
     "SELECT array_to_string(ARRAY[card_number], ',') FROM customers ORDER BY id LIMIT 40",
-    "SELECT JSON_OBJECT('e' VALUE email) FROM customers ORDER BY id LIMIT 40",
+    "SELECT json_object(ARRAY['e', email]) FROM customers ORDER BY id LIMIT 40",
     "SELECT profile::text FROM customers ORDER BY id LIMIT 40",
-    "SELECT profile -> 'email' FROM customers ORDER BY id LIMIT 40",
+    "SELECT profile -> 'contact' FROM customers ORDER BY id LIMIT 40",
     "SELECT (ARRAY[iban])[1] FROM customers ORDER BY id LIMIT 40",
     // aggregates
     "SELECT string_agg(ssn, ',') FROM (SELECT ssn FROM customers ORDER BY id LIMIT 40) s",
@@ -208,101 +218,59 @@ const ATTACKS: &[&str] = &[
     "SELECT * FROM pg_stats",
     "SELECT stavalues1::text FROM pg_statistic",
     "SELECT query FROM pg_stat_activity",
-    "SELECT * FROM pg_prepared_statements",
+    // A prepared statement whose text the server built from a value (dynamic SQL).
+    "DO $$ BEGIN EXECUTE format('PREPARE lineage_p AS SELECT %L::text', (SELECT email FROM customers WHERE id = 3)); END $$; \
+     SELECT * FROM pg_prepared_statements",
     "SELECT query FROM pg_catalog.pg_stat_get_activity(NULL)",
     // data-moving statements
-    "CREATE TEMP TABLE leak1 AS SELECT upper(email) AS x FROM customers",
-    "SELECT reverse(ssn) AS x INTO TEMP leak2 FROM customers",
-    "CREATE TEMP TABLE leak3 (x text); INSERT INTO leak3 SELECT ssn || '' FROM customers",
+    "CREATE TEMP TABLE leak1 AS SELECT upper(email) AS x FROM customers; SELECT * FROM leak1",
+    "SELECT reverse(ssn) AS x INTO TEMP leak2 FROM customers; SELECT * FROM leak2",
+    "CREATE TEMP TABLE leak3 (x text); INSERT INTO leak3 SELECT ssn || '' FROM customers; SELECT * FROM leak3",
     "COPY (SELECT upper(email) FROM customers LIMIT 40) TO STDOUT",
     "COPY (SELECT c::text FROM customers c LIMIT 40) TO STDOUT WITH (FORMAT csv)",
     // RETURNING
-    "UPDATE customers SET plan = plan WHERE id < 40 RETURNING upper(email), ssn || ''",
+    "BEGIN; UPDATE customers SET plan = plan WHERE id < 40 RETURNING upper(email), ssn || ''; ROLLBACK",
     // multi-statement simple queries
     "SELECT 1; SELECT upper(email) FROM customers ORDER BY id LIMIT 40; SELECT count(*) FROM orders",
     // parameters and prepared statements
     "PREPARE p1 AS SELECT upper(email) FROM customers ORDER BY id LIMIT 40; EXECUTE p1",
     "BEGIN; DECLARE cur CURSOR FOR SELECT upper(email) FROM customers ORDER BY id; FETCH 40 FROM cur; COMMIT",
+    // side channels: a large object, a comment, a setting (read back by a statement of its own)
+    "BEGIN; SELECT lo_from_bytea(424242, convert_to(email, 'UTF8')) FROM customers WHERE id = 9; \
+     SELECT encode(lo_get(424242), 'escape'); ROLLBACK",
+    "CREATE TEMP TABLE lineage_note (i int); \
+     DO $$ BEGIN EXECUTE format('COMMENT ON TABLE lineage_note IS %L', (SELECT phone FROM customers WHERE id = 10)); END $$; \
+     SELECT obj_description('lineage_note'::regclass)",
+    "SELECT set_config('masker.note', ssn, false) FROM customers WHERE id = 11; SELECT current_setting('masker.note')",
 ];
 
-/// Non-sensitive queries: must equal a direct connection.
-const COMPATIBLE: &[&str] = &[
-    "SELECT count(*) FROM customers",
-    "SELECT count(ssn), count(DISTINCT email) FROM customers",
-    "SELECT sum(amount), avg(amount)::numeric(12,2), min(amount), max(amount) FROM orders",
-    "SELECT status, count(*), sum(amount) FROM orders GROUP BY status ORDER BY status",
-    "SELECT date_trunc('month', created_at) AS m, count(*) FROM orders GROUP BY 1 ORDER BY 1",
-    "SELECT max(created_at), min(created_at) FROM orders",
-    "SELECT o.id, o.amount * 2, c.plan FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 50",
-    "SELECT c.id, count(o.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY c.id LIMIT 50",
-    "WITH t AS (SELECT customer_id, sum(amount) s FROM orders GROUP BY 1) SELECT customer_id, s FROM t ORDER BY s DESC, customer_id LIMIT 20",
-    "SELECT id::text || '-' || status FROM orders ORDER BY id LIMIT 50",
-    "SELECT upper(order_no) FROM orders ORDER BY id LIMIT 50",
-    "SELECT method, count(*), sum(amount) FROM payments GROUP BY method ORDER BY method",
-    "SELECT plan, round(avg(balance), 2) FROM customers GROUP BY plan ORDER BY plan",
-    "SELECT id FROM orders WHERE amount > 100 UNION SELECT id FROM payments WHERE amount > 100 ORDER BY 1 LIMIT 50",
-    "SELECT row_number() OVER (ORDER BY id), id, amount FROM orders ORDER BY id LIMIT 50",
-    "SELECT 1 AS one, now()::date = current_date, 'text'",
-    "SELECT extract(year FROM signup_ts)::int AS y, count(*) FROM customers GROUP BY 1 ORDER BY 1",
-    "SELECT json_build_object('id', id, 'amount', amount) FROM orders ORDER BY id LIMIT 20",
-];
-
-fn check(what: &str, text: &[u8]) -> Result<(), String> {
-    let leaks = ENV.finder.find(text);
-    if leaks.is_empty() { Ok(()) } else { Err(format!("{what}: leaked (kind, form) → count: {leaks:?}")) }
+/// A session that stays open while the corpus runs, whose last statement
+/// quotes a seeded email: what `pg_stat_activity` shows other sessions.
+async fn bystander(direct: &ConnInfo) -> tokio_postgres::Client {
+    let client = direct.connect().await.expect("bystander session");
+    let email: String = client.query_one("SELECT email FROM customers WHERE id = 42", &[]).await.expect("email").get(0);
+    client.simple_query(&format!("SELECT id FROM customers WHERE email = '{email}'")).await.expect("bystander query");
+    client
 }
 
-fn render_binary(r: &compare::BinaryResult) -> Vec<u8> {
-    let mut out = Vec::new();
-    for row in &r.rows {
-        for RawCell(cell) in row {
-            if let Some(b) = cell {
-                out.extend_from_slice(b);
-                out.push(b'|');
-            }
-        }
-        out.push(b'\n');
-    }
-    out
-}
-
+/// The lineage corpus through psql (text), tokio-postgres (binary) and
+/// psycopg (text and binary): each attack must leak on a direct connection
+/// (its control) and leak nothing through masker, in any channel.
 #[test]
-fn attack_corpus_leaks_nothing_through_psql_and_tokio_postgres() {
+fn attack_corpus_leaks_directly_and_nothing_through_masker() {
     assert!(ATTACKS.len() >= 80, "{} attacks", ATTACKS.len());
-    let (mut proxy, _direct, proxied) = start();
-    let mut failures = Vec::new();
-    // psql, text, simple protocol, one session per query.
-    for sql in ATTACKS {
-        let out = Psql::new(&proxied).command(sql).run();
-        let text = format!("{}\n{}", out.stdout, out.stderr);
-        if let Err(e) = check(&format!("psql {sql:?}"), text.as_bytes()) {
-            failures.push(e);
-        }
-    }
-    proxy.assert_running();
-    // tokio-postgres, extended protocol, binary results, one session.
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(within(LIMIT, "tokio-postgres attacks", async {
-        let client = proxied.connect().await.expect("connect through masker");
-        for sql in ATTACKS {
-            let statements: Vec<&str> = sql.split("; ").collect();
-            for s in statements {
-                let text = match compare::binary(&client, s, &[]).await {
-                    Ok(r) => render_binary(&r),
-                    Err(e) => format!("{e:?}").into_bytes(),
-                };
-                if let Err(e) = check(&format!("tokio-postgres {s:?}"), &text) {
-                    failures.push(e);
-                }
-            }
-            // The session stays usable after refusals and errors.
-            let _ = client.batch_execute("ROLLBACK").await;
-        }
-        let r = compare::binary(&client, "SELECT 1", &[]).await.expect("session still usable");
-        assert_eq!(r.rows.len(), 1);
+    let (mut proxy, direct, proxied) = start();
+    let attacks: Vec<Attack> =
+        ATTACKS.iter().enumerate().map(|(i, sql)| Attack::new(format!("lineage#{}", i + 1), "", sql)).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let verdict = rt.block_on(within(Duration::from_secs(1200), "lineage corpus", async {
+        let _bystander = bystander(&direct).await;
+        let d = attack::run(&direct, &attacks, &Client::ALL).await.expect("direct runs");
+        let m = attack::run(&proxied, &attacks, &Client::ALL).await.expect("runs through masker");
+        attack::judge(&ENV.finder, &attacks, &d, &m)
     }));
     proxy.assert_running();
-    assert!(failures.is_empty(), "{} leaks:\n{}", failures.len(), failures.join("\n"));
+    verdict.assert_clean("lineage attack corpus");
 }
 
 #[test]
@@ -390,17 +358,155 @@ fn refuse_inference_blocks_predicates_on_masked_columns() {
     proxy.assert_running();
 }
 
+/// One customer's personal columns, read as the superuser: the ground truth
+/// inference answers are computed from, apart from the queries themselves.
+struct Truth {
+    id: i64,
+    full_name: String,
+    email: String,
+    ssn: String,
+    phone: String,
+    birth_date: String,
+}
+
+fn truth() -> Vec<Truth> {
+    let out = PgCluster::shared()
+        .run_sql_as_superuser(
+            "shop",
+            "SELECT id || E'\\t' || full_name || E'\\t' || email || E'\\t' || ssn || E'\\t' || phone || E'\\t' || birth_date \
+             FROM customers ORDER BY id",
+        )
+        .expect("the ground truth");
+    out.lines()
+        .map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            Truth {
+                id: f[0].parse().expect("id"),
+                full_name: f[1].into(),
+                email: f[2].into(),
+                ssn: f[3].into(),
+                phone: f[4].into(),
+                birth_date: f[5].into(),
+            }
+        })
+        .collect()
+}
+
+fn ids<'a>(rows: impl Iterator<Item = &'a Truth>) -> String {
+    rows.map(|t| t.id.to_string()).collect::<Vec<_>>().join(",")
+}
+
+/// Inference attacks: each asks a question about masked columns whose answer
+/// (`INFER:...:END`, computed here from the ground truth, not by running the
+/// query) must appear on a direct connection and never through masker with
+/// `refuse_inference = true`.
+fn inference_attacks(truth: &[Truth]) -> Vec<Attack> {
+    let some = |id: i64| truth.iter().find(|t| t.id == id).expect("customer");
+    let token = |answer: String| format!("INFER:{answer}:END");
+    let ssn_prefix = some(17).ssn[..2].to_owned();
+    let name7 = some(7).full_name.clone();
+    let ssn3 = some(3).ssn[..2].to_owned();
+    let mut by_name: Vec<&Truth> = truth.iter().filter(|t| t.id <= 25).collect();
+    by_name.sort_by(|a, b| a.full_name.as_bytes().cmp(b.full_name.as_bytes()).then(a.id.cmp(&b.id)));
+    let mut by_email: Vec<&Truth> = truth.iter().filter(|t| t.id <= 25).collect();
+    by_email.sort_by(|a, b| a.email.as_bytes().cmp(b.email.as_bytes()));
+    let distinct_ssn: std::collections::BTreeSet<&str> = truth.iter().map(|t| t.ssn.as_str()).collect();
+    let mut first_digit: std::collections::BTreeMap<&str, usize> = Default::default();
+    for t in truth {
+        *first_digit.entry(&t.ssn[..1]).or_default() += 1;
+    }
+    vec![
+        Attack::inference(
+            "inference#1 ssn prefix",
+            &format!(
+                "SELECT 'INFER:' || string_agg(id::text, ',' ORDER BY id) || ':END' FROM customers WHERE ssn LIKE '{ssn_prefix}%'"
+            ),
+            token(ids(truth.iter().filter(|t| t.ssn.starts_with(&ssn_prefix)))),
+        ),
+        Attack::inference(
+            "inference#2 count by ssn",
+            "SELECT 'INFER:' || count(*) || ':END' FROM customers WHERE ssn LIKE '1%'",
+            token(truth.iter().filter(|t| t.ssn.starts_with('1')).count().to_string()),
+        ),
+        Attack::inference(
+            "inference#3 email prefix",
+            "SELECT 'INFER:' || count(*) || ':END' FROM customers c WHERE c.email LIKE 'a%'",
+            token(truth.iter().filter(|t| t.email.starts_with('a')).count().to_string()),
+        ),
+        Attack::inference(
+            "inference#4 group by ssn",
+            "SELECT 'INFER:' || count(*) || ':END' FROM (SELECT ssn FROM customers GROUP BY ssn) s",
+            token(distinct_ssn.len().to_string()),
+        ),
+        Attack::inference(
+            "inference#5 order by name",
+            "SELECT 'INFER:' || string_agg(id::text, ',') || ':END' FROM (SELECT id FROM customers WHERE id <= 25 ORDER BY full_name COLLATE \"C\", id) s",
+            token(ids(by_name.into_iter())),
+        ),
+        Attack::inference(
+            "inference#6 order by email",
+            "SELECT 'INFER:' || string_agg(id::text, ',' ORDER BY email COLLATE \"C\") || ':END' FROM customers WHERE id <= 25",
+            token(ids(by_email.into_iter())),
+        ),
+        Attack::inference(
+            "inference#7 length of email",
+            "SELECT 'INFER:' || string_agg(id::text, ',' ORDER BY id) || ':END' FROM customers WHERE id <= 30 AND length(email) > 25",
+            token(ids(truth.iter().filter(|t| t.id <= 30 && t.email.len() > 25))),
+        ),
+        Attack::inference(
+            "inference#8 birth date range",
+            "SELECT 'INFER:' || string_agg(id::text, ',' ORDER BY id) || ':END' FROM customers WHERE id <= 300 AND birth_date BETWEEN '1970-01-01' AND '1971-12-31'",
+            token(ids(truth
+                .iter()
+                .filter(|t| t.id <= 300 && ("1970-01-01".."1972-01-01").contains(&t.birth_date.as_str())))),
+        ),
+        Attack::inference(
+            "inference#9 phone country",
+            "SELECT 'INFER:' || string_agg(id::text, ',' ORDER BY id) || ':END' FROM customers WHERE id <= 60 AND phone LIKE '+44%'",
+            token(ids(truth.iter().filter(|t| t.id <= 60 && t.phone.starts_with("+44")))),
+        ),
+        Attack::inference(
+            "inference#10 name by function",
+            &format!(
+                "SELECT 'INFER:' || string_agg(id::text, ',' ORDER BY id) || ':END' FROM customers WHERE upper(full_name) = upper('{name7}')"
+            ),
+            token(ids(truth.iter().filter(|t| t.full_name == name7))),
+        ),
+        Attack::inference(
+            "inference#11 ssn digit histogram",
+            "SELECT 'INFER:' || string_agg(g || '=' || n, ',' ORDER BY g) || ':END' FROM (SELECT substr(ssn, 1, 1) g, count(*) n FROM customers GROUP BY 1) s",
+            token(first_digit.iter().map(|(g, n)| format!("{g}={n}")).collect::<Vec<_>>().join(",")),
+        ),
+        Attack::inference(
+            "inference#12 error when true",
+            &format!("SELECT CASE WHEN (SELECT ssn FROM customers WHERE id = 3) LIKE '{ssn3}%' THEN 1/0 ELSE 1 END"),
+            // The predicate holds, so the server raises division_by_zero.
+            "22012".to_owned(),
+        ),
+    ]
+}
+
+/// Inference attacks that get their answer through masker today, with why.
+/// Listed, not hidden: each must still leak (the corpus fails once one is
+/// held, asking to remove it here), and the lead tracks them.
+const KNOWN_INFERENCE_LEAKS: &[(&str, &str)] = &[];
+
 #[test]
-fn compatibility_corpus_equals_direct() {
-    let (mut proxy, direct, proxied) = start();
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(within(LIMIT, "compatibility", async {
-        let d = direct.connect().await.expect("direct");
-        let p = proxied.connect().await.expect("proxied");
-        for sql in COMPATIBLE {
-            compare::assert_same_simple(&d, &p, sql).await;
-            compare::assert_same_binary(&d, &p, sql, &[]).await;
-        }
+fn inference_corpus_answers_directly_and_never_through_masker() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = dir.path().join("policy.toml");
+    let text =
+        POLICY.replace("comment_classification = true", "comment_classification = true\nrefuse_inference = true");
+    assert_ne!(text, POLICY);
+    std::fs::write(&policy, text).expect("policy");
+    let (mut proxy, direct, proxied) = start_with(&policy);
+    let attacks = inference_attacks(&truth());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let verdict = rt.block_on(within(LIMIT, "inference corpus", async {
+        let d = attack::run(&direct, &attacks, &Client::ALL).await.expect("direct runs");
+        let m = attack::run(&proxied, &attacks, &Client::ALL).await.expect("runs through masker");
+        attack::judge(&ENV.finder, &attacks, &d, &m)
     }));
     proxy.assert_running();
+    verdict.assert_clean_except("inference corpus", KNOWN_INFERENCE_LEAKS);
 }

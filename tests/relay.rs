@@ -407,12 +407,12 @@ async fn cancel_request_cancels_a_running_query() {
     within(LIMIT, "cancel", async {
         let client = s.proxied.connect().await.unwrap();
         let token = client.cancel_token();
-        let started = tokio::time::Instant::now();
         let sleeper = tokio::spawn(async move {
-            let result = client.simple_query("SELECT pg_sleep(30)").await;
+            let result = client.simple_query("SELECT pg_sleep(30) AS relay_cancel_probe").await;
             (client, result)
         });
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        let watcher = s.direct.connect().await.expect("a session to watch pg_stat_activity");
+        masker_tests::wait_until_running(&watcher, "relay_cancel_probe").await;
         token.cancel_query(NoTls).await.expect("sending CancelRequest through masker");
         let (client, result) = tokio::time::timeout(Duration::from_secs(10), sleeper)
             .await
@@ -420,7 +420,6 @@ async fn cancel_request_cancels_a_running_query() {
             .unwrap();
         let err = result.expect_err("pg_sleep(30) was not cancelled");
         assert_eq!(err.code(), Some(&SqlState::QUERY_CANCELED), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(15));
         // The session is usable afterwards.
         assert_eq!(compare::simple(&client, "SELECT 'alive'").await.unwrap()[0].rows[0][0].as_deref(), Some("alive"));
         // A cancel with a key nobody has does nothing (and does not break the proxy).
@@ -609,7 +608,7 @@ async fn a_million_rows() {
 #[tokio::test]
 async fn ipv6_upstream() {
     let cluster = PgCluster::shared();
-    let Some(v6) = cluster.addr_v6() else { return };
+    let Some(v6) = masker_tests::skip::ipv6(cluster) else { return };
     let proxy = MaskerProxy::start(v6, None);
     within(LIMIT, "IPv6 upstream", async {
         let direct = cluster.app().connect().await.unwrap();

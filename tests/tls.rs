@@ -2,8 +2,6 @@
 //! from masker's own CA (`--state-dir`), towards the server per
 //! `--upstream-tls`. Real psql in every sslmode, a real PostgreSQL with
 //! `ssl=on` and a self-signed certificate made in the test's temp dir.
-//!
-//! Needs the masker binary: `cargo build -p masker-agent --bin masker`.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};

@@ -22,7 +22,7 @@
 //! way (one session context, one accept loop) and serves the admin socket
 //! and metrics; [`cli`] is the `masker` command line, the only place that
 //! uses `anyhow`. `addr` (host:port) and `rfc3339` (timestamps) are shared
-//! by many.
+//! by many. `fuzzing` (hidden) is the way in for the fuzz targets in `fuzz/`.
 //!
 //! No file imports, directly or through other files, a file that imports it.
 #![forbid(unsafe_code)]
@@ -33,6 +33,8 @@ pub(crate) mod approvals;
 pub(crate) mod audit;
 pub mod cli;
 pub(crate) mod daemon;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod identity;
 pub mod interception;
 pub(crate) mod masking;

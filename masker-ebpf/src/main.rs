@@ -1,21 +1,44 @@
 //! masker's eBPF programs. All are attached to one cgroup v2 directory (the
 //! root by default) and so run for every socket created below it.
 //!
-//! | program              | hook                  | does                                                    |
-//! |----------------------|-----------------------|---------------------------------------------------------|
-//! | `masker_connect4/6`  | `cgroup/connect4/6`   | redirects tagged TCP connects to targets to the agent   |
-//! | `masker_sock_ops`    | `sockops`             | re-keys the record by the client's local address        |
-//! | `masker_getpeer4/6`  | `cgroup/getpeername4/6` | shows the original destination to the client          |
+//! | program              | hook                    | does                                                      |
+//! |----------------------|-------------------------|-----------------------------------------------------------|
+//! | `masker_connect4/6`  | `cgroup/connect4/6`     | redirects tagged TCP connects to targets to the listener of the socket's network namespace; refuses what the egress lock forbids |
+//! | `masker_sendmsg4/6`  | `cgroup/sendmsg4/6`     | refuses unconnected UDP sends the egress lock forbids     |
+//! | `masker_sock_ops`    | `sockops`               | re-keys the record by the client's namespace and address  |
+//! | `masker_getpeer4/6`  | `cgroup/getpeername4/6` | shows the original destination to the client              |
 //!
-//! Kernel: cgroup `connect4/6` 4.17, `sockops` 4.13, `getpeername4/6` 5.8,
-//! `bpf_get_current_ancestor_cgroup_id` in sock_addr programs 5.7, bpf links
-//! for cgroups 5.7 (needed to pin attachments). Tested on 6.18.
+//! Kernel: cgroup `connect4/6` 4.17, `sendmsg4/6` 4.18, `sockops` 4.13,
+//! `getpeername4/6` 5.8, `bpf_get_current_ancestor_cgroup_id` in sock_addr
+//! programs 5.7, `bpf_get_netns_cookie` in sock_addr programs 5.7, bpf links
+//! for cgroups 5.7 (needed to pin attachments), ring buffers 5.8 (aya-log).
+//! The agent reads namespace cookies with `SO_NETNS_COOKIE` (5.14). Tested on
+//! 6.18.
 //!
-//! Everything that is not a TCP connect from a tagged cgroup to a target
-//! returns 1 (allow) without touching the context. Every context field is read
-//! with its own volatile load: otherwise the compiler may merge two field reads
-//! behind a branch into one computed offset, which the verifier rejects
-//! ("dereference of modified ctx ptr").
+//! Decisions for a socket of a tagged cgroup (the task's cgroup or an
+//! ancestor is in `MASKER_TAGS`), in order:
+//!
+//! 1. a socket carrying the agent's mark: allowed untouched;
+//! 2. TCP to a target: rewritten to the listener the agent opened in the
+//!    socket's network namespace; no listener there: refused (`EPERM`) and
+//!    counted, never let through;
+//! 3. anything else: allowed, unless the tag has the egress lock and the
+//!    destination is not in the tag's allowlist: refused (`EPERM`), counted.
+//!
+//! A revoked tag (`TAG_REVOKED`: `masker untag` on a cgroup that lives on)
+//! gets the same decisions: its connections to targets still go to the
+//! agent, which answers them with an error instead of relaying them (or are
+//! refused here where the namespace has no listener, as the agent closes a
+//! revoked tag's container listeners), and its egress lock stays in force.
+//! Removing a tag never lets a cgroup's connections go around masker; only
+//! deleting the entry does, which the agent does once the cgroup is gone.
+//!
+//! Each decision is reported through aya-log at debug level (the agent
+//! lowers the level in `AYA_LOG_LEVEL` when it does not want them).
+//! Untagged sockets return 1 (allow) without a log or a map write. Every
+//! context field is read with its own volatile load: otherwise the compiler
+//! may merge two field reads behind a branch into one computed offset, which
+//! the verifier rejects ("dereference of modified ctx ptr").
 #![no_std]
 #![no_main]
 
@@ -24,48 +47,59 @@ use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE,
-        bpf_sock_addr, bpf_sock_ops,
+        BPF_NOEXIST, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_TCP_CLOSE, bpf_sock_addr, bpf_sock_ops,
     },
     helpers::{
         bpf_get_current_pid_tgid,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie,
+        },
     },
     macros::{cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, LruHashMap},
+    maps::{HashMap, LruHashMap, PerCpuHashMap, lpm_trie::Key, lpm_trie::LpmTrie},
     programs::{SockAddrContext, SockOpsContext},
 };
+use aya_log_ebpf::debug;
 use masker_common::{
-    AF_INET, AF_INET6, AgentConfig, CgroupTag, Endpoint, MASKER_SOCKET_MARK, MAX_CGROUP_DEPTH, OrigDst, mapped_v4,
+    AF_INET, AF_INET6, CgroupTag, EGRESS_PREFIX_BASE, EgressNet, Listener, MASKER_SOCKET_MARK, MAX_CGROUP_DEPTH,
+    OrigDst, PeerKey, Refusals, TAG_EGRESS_LOCKED, TAG_REVOKED, TARGET_PREFIX_BASE, TargetNet, mapped_v4,
 };
 
 /// Let the operation proceed (with whatever the program rewrote).
 const ALLOW: i32 = 1;
-/// Refuse the `connect()` with `EPERM`: used when a tagged connection to a
-/// target cannot be redirected (agent not configured), never to let it through.
+/// Refuse the operation with `EPERM`: a tagged connection to a target that
+/// cannot be redirected, or one the egress lock forbids; never let through.
 const DENY: i32 = 0;
 const SOCK_STREAM: u32 = 1;
+/// Prefix length of a full 16-byte address.
+const ADDR_BITS: u32 = 128;
 
 /// Tagged cgroups. Key: cgroup v2 id (`u64`, the directory's inode number).
-/// Value: [`CgroupTag`] (identity name). Written by the agent (`tag`/`untag`),
-/// read by the connect programs (presence only) and by the agent (identity of
-/// a redirected connection). Pinned so tags survive an agent restart.
-/// `BPF_MAP_TYPE_HASH`, kernel 3.19+.
+/// Value: [`CgroupTag`] (identity name, egress lock and revoked flags).
+/// Written by the agent (`tag`/`untag`, policy reload, deleted when a
+/// revoked tag's cgroup is gone), read by the connect and sendmsg
+/// programs and by the agent (identity of a redirected connection). Pinned so
+/// tags survive an agent restart. `BPF_MAP_TYPE_HASH`, kernel 3.19+.
 #[map(name = "MASKER_TAGS")]
 static TAGS: HashMap<u64, CgroupTag> = HashMap::with_max_entries(4096, 0);
 
-/// Destinations to intercept. Key: [`Endpoint`] (IPv4 stored mapped, port host
-/// order). Value: `u32`, always 1. Written by the agent (`set_targets`), read by
-/// the connect programs. `BPF_MAP_TYPE_HASH`, kernel 3.19+.
-#[map(name = "MASKER_TARGETS")]
-static TARGETS: HashMap<Endpoint, u32> = HashMap::with_max_entries(1024, 0);
+/// Destinations to intercept. Key: prefix length and [`TargetNet`] (port,
+/// then address; IPv4 stored mapped): a resolved `host:port` target is a full
+/// 160-bit prefix, `net/len:port` and `*:port` shorter ones. Value: `u32`,
+/// always 1. Written by the agent (`set_targets`), read by the connect
+/// programs. `BPF_MAP_TYPE_LPM_TRIE`, kernel 4.11+.
+#[map(name = "MASKER_TGT_NETS")]
+static TARGETS: LpmTrie<TargetNet, u32> = LpmTrie::with_max_entries(1024, 0);
 
-/// The agent's listeners. Key: `u32` 0. Value: [`AgentConfig`]. Written by the
-/// agent at start, read by the connect programs. A zero port means "no
-/// listener yet": intercepted connections are then refused.
-/// `BPF_MAP_TYPE_ARRAY`, kernel 3.19+.
-#[map(name = "MASKER_CONFIG")]
-static CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
+/// The agent's listeners, one per network namespace it serves. Key: `u64`
+/// namespace cookie. Value: [`Listener`]. Written by the agent when it opens
+/// (or closes) a listener in a namespace, its own included; read by the
+/// connect programs. A namespace without an entry, or an entry with a zero
+/// port, means intercepted connections from it are refused.
+/// `BPF_MAP_TYPE_HASH`, kernel 3.19+.
+#[map(name = "MASKER_LISTEN")]
+static LISTENERS: HashMap<u64, Listener> = HashMap::with_max_entries(4096, 0);
 
 /// Redirected sockets by socket cookie. Key: `u64` cookie. Value: [`OrigDst`].
 /// Written by the connect programs; read by `sock_ops` (to re-key) and by the
@@ -75,15 +109,31 @@ static CONFIG: Array<AgentConfig> = Array::with_max_entries(1, 0);
 #[map(name = "MASKER_BY_COOK")]
 static BY_COOKIE: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(65536, 0);
 
-/// Redirected connections by the client's local address, as the agent sees it
-/// as the peer of its accepted socket. Key: [`Endpoint`] (local ip in 16-byte
-/// form, local port host order). Value: [`OrigDst`]. Written by `sock_ops` at
-/// `ACTIVE_ESTABLISHED` (before the client's final ACK, so before the agent's
-/// `accept()` returns); read and deleted by the agent. LRU so entries the agent
-/// never collected (agent restarted) age out. `BPF_MAP_TYPE_LRU_HASH`, kernel
-/// 4.10+.
-#[map(name = "MASKER_BY_PEER")]
-static BY_PEER: LruHashMap<Endpoint, OrigDst> = LruHashMap::with_max_entries(65536, 0);
+/// Redirected connections by the client's network namespace and local
+/// address, as the agent sees it as the peer of the socket it accepted on its
+/// listener in that namespace. Key: [`PeerKey`]. Value: [`OrigDst`]. Written
+/// by `sock_ops` at `ACTIVE_ESTABLISHED` (before the client's final ACK, so
+/// before the agent's `accept()` returns); read and deleted by the agent. LRU
+/// so entries the agent never collected (agent restarted) age out.
+/// `BPF_MAP_TYPE_LRU_HASH`, kernel 4.10+.
+#[map(name = "MASKER_BY_PEER2")]
+static BY_PEER: LruHashMap<PeerKey, OrigDst> = LruHashMap::with_max_entries(65536, 0);
+
+/// Where an egress-locked tag may go besides its targets. Key: prefix length
+/// and [`EgressNet`] (tagged cgroup, port or 0 for every port, address).
+/// Value: `u32`, always 1. Written by the agent from the identity's
+/// `allow_egress` when it tags a cgroup or reloads the policy; read by the
+/// connect and sendmsg programs. `BPF_MAP_TYPE_LPM_TRIE`, kernel 4.11+.
+#[map(name = "MASKER_EGRESS")]
+static EGRESS: LpmTrie<EgressNet, u32> = LpmTrie::with_max_entries(16384, 0);
+
+/// Refused connects per tagged cgroup. Key: `u64` tagged cgroup id. Value:
+/// [`Refusals`], one per CPU (no atomics needed; the agent adds them up).
+/// Written by the connect and sendmsg programs; read by the agent (`masker
+/// status`, metrics) and deleted when the tag is removed.
+/// `BPF_MAP_TYPE_PERCPU_HASH`, kernel 4.6+.
+#[map(name = "MASKER_REFUSED")]
+static REFUSED: PerCpuHashMap<u64, Refusals> = PerCpuHashMap::with_max_entries(4096, 0);
 
 #[cgroup_sock_addr(connect4)]
 pub fn masker_connect4(ctx: SockAddrContext) -> i32 {
@@ -92,27 +142,28 @@ pub fn masker_connect4(ctx: SockAddrContext) -> i32 {
     // 4-byte load of a field readable in connect4.
     let (ty, ip4, port) =
         unsafe { (read_volatile(addr_of!((*sa).type_)), read_volatile(addr_of!((*sa).user_ip4)), read_port(sa)) };
-    if ty != SOCK_STREAM {
-        return ALLOW;
-    }
-    let dst = Endpoint::from_v4(ip4.to_ne_bytes(), port);
-    if TARGETS.get_ptr(dst).is_none() || agent_socket(sa) {
-        return ALLOW;
-    }
-    let Some(tag_cgroup_id) = tagged_cgroup() else {
+    let Some(tagged) = tagged_cgroup(sa) else {
         return ALLOW;
     };
-    let Some(cfg) = CONFIG.get(0) else {
-        return DENY;
-    };
-    if cfg.listen_port4 == 0 {
-        return DENY;
+    let dst = mapped_v4(ip4.to_ne_bytes());
+    if ty != SOCK_STREAM || !is_target(&dst, port) {
+        return pass(&ctx, &tagged, &dst, port);
     }
-    record(&ctx, &dst, AF_INET, tag_cgroup_id);
+    let netns = netns_cookie(&ctx);
+    let listener = match LISTENERS.get_ptr(netns) {
+        // SAFETY: the pointer comes from a successful lookup of a map value.
+        Some(l) => unsafe { *l },
+        None => Listener::default(),
+    };
+    if listener.listen_port4 == 0 {
+        return no_listener(&ctx, &tagged, netns, &dst, port);
+    }
+    record(&ctx, &dst, port, AF_INET, tagged.id, netns);
+    log_redirect(&ctx, &tagged, &dst, port, netns, listener.listen_port4);
     // SAFETY: user_ip4/user_port are writable in connect4 with 4-byte stores.
     unsafe {
-        write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(cfg.listen_ip4));
-        write_volatile(addr_of_mut!((*sa).user_port), u32::from(cfg.listen_port4.to_be()));
+        write_volatile(addr_of_mut!((*sa).user_ip4), u32::from_ne_bytes(listener.listen_ip4));
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(listener.listen_port4.to_be()));
     }
     ALLOW
 }
@@ -121,33 +172,32 @@ pub fn masker_connect4(ctx: SockAddrContext) -> i32 {
 pub fn masker_connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: as in connect4; user_ip6 is readable word by word in connect6.
-    let (ty, ip6, port) = unsafe { (read_volatile(addr_of!((*sa).type_)), read_ip6(sa), read_port(sa)) };
-    if ty != SOCK_STREAM {
-        return ALLOW;
-    }
-    let dst = Endpoint::new(ip6, port);
-    if TARGETS.get_ptr(dst).is_none() || agent_socket(sa) {
-        return ALLOW;
-    }
-    let Some(tag_cgroup_id) = tagged_cgroup() else {
+    let (ty, dst, port) = unsafe { (read_volatile(addr_of!((*sa).type_)), read_ip6(sa), read_port(sa)) };
+    let Some(tagged) = tagged_cgroup(sa) else {
         return ALLOW;
     };
-    let Some(cfg) = CONFIG.get(0) else {
-        return DENY;
+    if ty != SOCK_STREAM || !is_target(&dst, port) {
+        return pass(&ctx, &tagged, &dst, port);
+    }
+    let netns = netns_cookie(&ctx);
+    let listener = match LISTENERS.get_ptr(netns) {
+        // SAFETY: the pointer comes from a successful lookup of a map value.
+        Some(l) => unsafe { *l },
+        None => Listener::default(),
     };
     // An IPv4-mapped destination goes to the IPv4 listener (as ::ffff:a.b.c.d);
-    // so does any destination when the agent has no IPv6 listener, which works
-    // for dual-stack sockets and fails (closed) for IPV6_V6ONLY ones.
-    let mapped = is_v4_mapped(&ip6);
-    let (addr, new_port) = if !mapped && cfg.listen_port6 != 0 {
-        (cfg.listen_ip6, cfg.listen_port6)
+    // so does any destination when the namespace has no IPv6 listener, which
+    // works for dual-stack sockets and fails (closed) for IPV6_V6ONLY ones.
+    let (addr, new_port) = if !is_v4_mapped(&dst) && listener.listen_port6 != 0 {
+        (listener.listen_ip6, listener.listen_port6)
     } else {
-        (mapped_v4(cfg.listen_ip4), cfg.listen_port4)
+        (mapped_v4(listener.listen_ip4), listener.listen_port4)
     };
     if new_port == 0 {
-        return DENY;
+        return no_listener(&ctx, &tagged, netns, &dst, port);
     }
-    record(&ctx, &dst, AF_INET6, tag_cgroup_id);
+    record(&ctx, &dst, port, AF_INET6, tagged.id, netns);
+    log_redirect(&ctx, &tagged, &dst, port, netns, new_port);
     // SAFETY: user_ip6 words and user_port are writable in connect6.
     unsafe {
         let ip = addr_of_mut!((*sa).user_ip6);
@@ -158,6 +208,30 @@ pub fn masker_connect6(ctx: SockAddrContext) -> i32 {
         write_volatile(addr_of_mut!((*sa).user_port), u32::from(new_port.to_be()));
     }
     ALLOW
+}
+
+/// Unconnected UDP (`sendto` with an address): only the egress lock applies.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn masker_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: single 4-byte loads of fields readable in sendmsg4.
+    let (ip4, port) = unsafe { (read_volatile(addr_of!((*sa).user_ip4)), read_port(sa)) };
+    let Some(tagged) = tagged_cgroup(sa) else {
+        return ALLOW;
+    };
+    pass(&ctx, &tagged, &mapped_v4(ip4.to_ne_bytes()), port)
+}
+
+/// Unconnected UDP over IPv6: only the egress lock applies.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn masker_sendmsg6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: user_ip6 words and user_port are readable in sendmsg6.
+    let (dst, port) = unsafe { (read_ip6(sa), read_port(sa)) };
+    let Some(tagged) = tagged_cgroup(sa) else {
+        return ALLOW;
+    };
+    pass(&ctx, &tagged, &dst, port)
 }
 
 #[sock_ops]
@@ -243,32 +317,148 @@ fn on_established(ctx: &SockOpsContext, ops: *mut bpf_sock_ops) {
         )
     };
     let addr = if family == u32::from(AF_INET) { mapped_v4(ip4.to_ne_bytes()) } else { words_to_bytes(ip6) };
-    let key = Endpoint::new(addr, local_port);
     // SAFETY: the pointer comes from a successful lookup of a map value.
     let orig = unsafe { *orig };
+    // The namespace recorded at connect time: the client's, which is also the
+    // one of the agent's listener that accepts the connection.
+    let key = PeerKey { netns_cookie: orig.netns_cookie, addr, port: local_port, _pad: 0, _pad2: 0 };
     let _ = BY_PEER.insert(key, orig, 0);
     let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
 }
 
-/// The cgroup id of the nearest tagged cgroup among the current task's cgroup
-/// and its ancestors (up to [`MAX_CGROUP_DEPTH`] levels), if any.
+/// The tagged cgroup that covers the current task.
+struct Tagged {
+    /// Its id (the task's own cgroup or the nearest tagged ancestor).
+    id: u64,
+    /// Its [`CgroupTag::flags`].
+    flags: u32,
+}
+
+/// The nearest tagged cgroup among the current task's cgroup and its
+/// ancestors (up to [`MAX_CGROUP_DEPTH`] levels), if any, for a socket that
+/// is not the agent's own.
 ///
 /// Walks from the deepest level up and returns at the first hit: keeping a
 /// "found so far" value across iterations makes the compiler OR map value
 /// pointers together, which the verifier rejects.
 #[inline(always)]
-fn tagged_cgroup() -> Option<u64> {
+fn tagged_cgroup(sa: *mut bpf_sock_addr) -> Option<Tagged> {
+    if agent_socket(sa) {
+        return None;
+    }
     let mut level = MAX_CGROUP_DEPTH;
     while level > 0 {
         level -= 1;
         // SAFETY: helper without memory arguments; returns 0 for levels below
         // the task's own cgroup.
         let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
-        if id != 0 && TAGS.get_ptr(id).is_some() {
-            return Some(id);
+        if id == 0 {
+            continue;
+        }
+        if let Some(tag) = TAGS.get_ptr(id) {
+            // SAFETY: the pointer comes from a successful lookup of a map value.
+            let flags = unsafe { read_volatile(addr_of!((*tag).flags)) };
+            return Some(Tagged { id, flags });
         }
     }
     None
+}
+
+/// Whether TCP to `addr:port` is intercepted.
+#[inline(always)]
+fn is_target(addr: &[u8; 16], port: u16) -> bool {
+    let key = Key::new(TARGET_PREFIX_BASE + ADDR_BITS, TargetNet { port, _pad: 0, addr: *addr });
+    TARGETS.get(&key).is_some()
+}
+
+/// A tagged socket that is not redirected: allowed, unless the egress lock
+/// forbids the destination.
+#[inline(always)]
+fn pass(ctx: &SockAddrContext, tagged: &Tagged, dst: &[u8; 16], port: u16) -> i32 {
+    if tagged.flags & TAG_EGRESS_LOCKED == 0 || egress_allowed(tagged.id, dst, port) {
+        debug!(ctx, "masker: cgroup {} to [{:i}]:{} not a target; allowed", tagged.id, *dst, port);
+        return ALLOW;
+    }
+    count_egress(tagged.id);
+    debug!(ctx, "masker: cgroup {} to [{:i}]:{} refused by the egress lock", tagged.id, *dst, port);
+    DENY
+}
+
+/// A tagged connect to a target from a namespace without a listener.
+#[inline(always)]
+fn no_listener(ctx: &SockAddrContext, tagged: &Tagged, netns: u64, dst: &[u8; 16], port: u16) -> i32 {
+    count_no_listener(tagged.id);
+    if tagged.flags & TAG_REVOKED != 0 {
+        debug!(
+            ctx,
+            "masker: cgroup {} (tag revoked) to [{:i}]:{} refused: no listener in netns {}",
+            tagged.id,
+            *dst,
+            port,
+            netns
+        );
+    } else {
+        debug!(ctx, "masker: cgroup {} to [{:i}]:{} refused: no listener in netns {}", tagged.id, *dst, port, netns);
+    }
+    DENY
+}
+
+/// Reports a redirect; a revoked tag's is marked as such (the agent refuses
+/// the connection it receives).
+#[inline(always)]
+fn log_redirect(ctx: &SockAddrContext, tagged: &Tagged, dst: &[u8; 16], port: u16, netns: u64, to_port: u16) {
+    if tagged.flags & TAG_REVOKED != 0 {
+        debug!(
+            ctx,
+            "masker: cgroup {} (tag revoked) to [{:i}]:{} redirected to netns {} port {}",
+            tagged.id,
+            *dst,
+            port,
+            netns,
+            to_port
+        );
+    } else {
+        debug!(
+            ctx,
+            "masker: cgroup {} to [{:i}]:{} redirected to netns {} port {}", tagged.id, *dst, port, netns, to_port
+        );
+    }
+}
+
+/// Whether the egress allowlist of tagged cgroup `id` has `addr` on `port`
+/// or on every port.
+#[inline(always)]
+fn egress_allowed(id: u64, addr: &[u8; 16], port: u16) -> bool {
+    let cgroup = id.to_ne_bytes();
+    let exact = Key::new(EGRESS_PREFIX_BASE + ADDR_BITS, EgressNet { cgroup, port, _pad: 0, addr: *addr });
+    if EGRESS.get(&exact).is_some() {
+        return true;
+    }
+    let any_port = Key::new(EGRESS_PREFIX_BASE + ADDR_BITS, EgressNet { cgroup, port: 0, _pad: 0, addr: *addr });
+    EGRESS.get(&any_port).is_some()
+}
+
+#[inline(always)]
+fn count_no_listener(id: u64) {
+    match REFUSED.get_ptr_mut(id) {
+        // SAFETY: this CPU's value of a successful lookup; no other CPU
+        // writes it.
+        Some(r) => unsafe { (*r).no_listener += 1 },
+        None => {
+            let _ = REFUSED.insert(id, Refusals { no_listener: 1, egress: 0 }, u64::from(BPF_NOEXIST));
+        }
+    }
+}
+
+#[inline(always)]
+fn count_egress(id: u64) {
+    match REFUSED.get_ptr_mut(id) {
+        // SAFETY: as in `count_no_listener`.
+        Some(r) => unsafe { (*r).egress += 1 },
+        None => {
+            let _ = REFUSED.insert(id, Refusals { no_listener: 0, egress: 1 }, u64::from(BPF_NOEXIST));
+        }
+    }
 }
 
 /// Whether the socket carries the agent's `SO_MARK`.
@@ -283,17 +473,24 @@ fn agent_socket(sa: *mut bpf_sock_addr) -> bool {
 }
 
 #[inline(always)]
-fn record(ctx: &SockAddrContext, dst: &Endpoint, family: u16, tag_cgroup_id: u64) {
+fn record(ctx: &SockAddrContext, dst: &[u8; 16], port: u16, family: u16, tag_cgroup_id: u64, netns_cookie: u64) {
     let orig = OrigDst {
-        addr: dst.addr,
-        port: dst.port,
+        addr: *dst,
+        port,
         family,
         pid: (bpf_get_current_pid_tgid() >> 32) as u32,
         // SAFETY: helper without memory arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
         tag_cgroup_id,
+        netns_cookie,
     };
     let _ = BY_COOKIE.insert(cookie(ctx), orig, 0);
+}
+
+#[inline(always)]
+fn netns_cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: the helper only reads the context pointer the kernel gave us.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }
 }
 
 #[inline(always)]

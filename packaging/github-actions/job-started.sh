@@ -31,4 +31,16 @@ cgroup=${cgroup#/}
 
 $sudo "$masker" tag "$cgroup" --identity "$identity"
 echo "$cgroup" > "${RUNNER_TEMP:-/tmp}/masker-cgroup"
+
+# Container jobs (`container:`) and service containers are started by
+# dockerd, not by the runner, so they are not below the runner's cgroup.
+# With Docker's daemon-wide cgroup parent (daemon.json next to this script:
+# "cgroup-parent": "/masker-ci") every container lands under one cgroup;
+# set MASKER_DOCKER_CGROUP_PARENT=/masker-ci in the runner's .env and the
+# hook tags it for the job too. (One job at a time per runner host.)
+if [ -n "${MASKER_DOCKER_CGROUP_PARENT:-}" ]; then
+    parent=${MASKER_DOCKER_CGROUP_PARENT#/}
+    $sudo "$masker" tag "$parent" --identity "$identity" --create
+    echo "$parent" > "${RUNNER_TEMP:-/tmp}/masker-docker-cgroup"
+fi
 echo "masker: database connections of this job are masked as identity $identity"

@@ -14,9 +14,8 @@
 //! shell: the agent is stopped, `masker uninstall --pin-dir` removes its pins
 //! (and so detaches its programs), cgroups are killed and removed.
 //!
-//! Needs root (see [`skip_reason`]).
+//! Needs root, bpffs and cgroup v2 (see [`crate::skip::ebpf`]).
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener};
 use std::os::unix::net::UnixStream;
@@ -49,9 +48,10 @@ fn unique_name() -> String {
     format!("masker-test-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
-/// Why the eBPF tests cannot run here, if they cannot: not root, no bpffs
-/// directory, no cgroup v2.
-pub fn skip_reason() -> Option<String> {
+/// What the eBPF tests miss here, if anything: root, a bpffs directory,
+/// cgroup v2. Tests ask through [`crate::skip::ebpf`], which fails unless
+/// the skip is explicitly allowed.
+pub fn ebpf_missing() -> Option<String> {
     if !process::running_as_root() {
         return Some("needs root to load eBPF programs and create cgroups".into());
     }
@@ -138,6 +138,8 @@ pub struct MaskerAgent {
     admin_socket: PathBuf,
     pin_dir: PathBuf,
     dir: TempDir,
+    /// Environment of the agent process (for [`MaskerAgent::restart`]).
+    env: Vec<(String, String)>,
 }
 
 impl MaskerAgent {
@@ -145,12 +147,6 @@ impl MaskerAgent {
     /// waits until its admin socket answers.
     pub fn start(options: &AgentOptions) -> Result<MaskerAgent> {
         let binary = MaskerProxy::binary();
-        if !binary.is_file() {
-            bail!(
-                "no masker binary at {}: run `cargo build -p masker-agent --bin masker` (or set MASKER_BIN)",
-                binary.display()
-            );
-        }
         let dir = tempfile::Builder::new().prefix("masker-agent-").tempdir_in("/tmp")?;
         let listen = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_port((Ipv4Addr::LOCALHOST, 0).into())?);
         let listen_v6 = if options.ipv6 {
@@ -216,23 +212,49 @@ impl MaskerAgent {
             pins = shell_quote_path(&pin_dir),
             dir = shell_quote_path(dir.path()),
         ))?;
+        let mut agent = MaskerAgent {
+            child: None,
+            watchdog: Some(watchdog),
+            listen,
+            listen_v6,
+            admin_socket,
+            pin_dir,
+            dir,
+            env: options.env.clone(),
+        };
+        agent.spawn()?;
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    /// Starts `masker agent` on the configuration file (logs appended).
+    fn spawn(&mut self) -> Result<()> {
+        let binary = MaskerProxy::binary();
+        let log = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name));
         let mut cmd = Command::new(&binary);
         cmd.arg("agent")
             .arg("--config")
-            .arg(&config_path)
+            .arg(self.dir.path().join("agent.toml"))
             .stdin(Stdio::null())
-            .stdout(File::create(dir.path().join("stdout.log"))?)
-            .stderr(File::create(dir.path().join("stderr.log"))?);
+            .stdout(log("stdout.log")?)
+            .stderr(log("stderr.log")?);
         if std::env::var_os("MASKER_LOG").is_none() {
             cmd.env("MASKER_LOG", "info");
         }
-        cmd.envs(options.env.iter().map(|(k, v)| (k, v)));
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().with_context(|| format!("spawning {}", binary.display()))?;
-        std::fs::write(&pid_file, child.id().to_string())?;
-        let mut agent =
-            MaskerAgent { child: Some(child), watchdog: Some(watchdog), listen, listen_v6, admin_socket, pin_dir, dir };
-        agent.wait_ready()?;
-        Ok(agent)
+        std::fs::write(self.dir.path().join("agent.pid"), child.id().to_string())?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Stops the agent (SIGTERM) if it runs, and starts it again with the
+    /// same configuration (pin directory, admin socket, listeners); returns
+    /// once the new agent's admin socket answers.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.spawn()?;
+        self.wait_ready()
     }
 
     fn wait_ready(&mut self) -> Result<()> {
@@ -448,12 +470,13 @@ impl Drop for TestCgroup {
 /// Re-executes this test binary through `wrapper` (e.g. a
 /// [`TestCgroup::command`] or `masker run ... --`), running only the test
 /// `test`: the body of a client process, which reads its login from the
-/// environment variable `var` ([`crate::ConnInfo::from_spec`]) and does
-/// nothing when the variable is absent (so the test passes on its own).
+/// environment variable `var` ([`crate::ConnInfo::from_spec`]). That body is
+/// an `#[ignore]`d test (it is not a test of its own, and fails without the
+/// variable), so it is run with `--ignored`.
 /// Cgroup membership is per process: this is how a Rust client runs in one.
 pub fn test_client(wrapper: Command, test: &str, var: &str, info: &crate::ConnInfo) -> Result<LineChild> {
     let mut cmd = wrapper;
-    cmd.args([test, "--exact", "--nocapture", "--test-threads=1", "-q"]).env(var, info.to_spec());
+    cmd.args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1", "-q"]).env(var, info.to_spec());
     LineChild::spawn(cmd)
 }
 

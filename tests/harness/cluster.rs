@@ -277,6 +277,24 @@ impl PgCluster {
         bail!("{last_error}")
     }
 
+    /// Restarts the server on the same port (`pg_ctl restart -m fast`: its
+    /// sessions get FATAL 57P01), waiting until it accepts connections.
+    pub fn restart(&self) -> Result<()> {
+        let mut cmd = self.command("pg_ctl");
+        cmd.args(["restart", "-w", "-t", "60", "-m", "fast", "-D"])
+            .arg(self.data_dir())
+            .arg("-l")
+            .arg(self.dir.path().join("postgres.log"))
+            .arg("-o")
+            .arg(format!("-p {}", self.port))
+            .process_group(0);
+        let out = process::run(cmd, None, TOOL_TIMEOUT)?;
+        if !out.status.success() {
+            bail!("pg_ctl restart failed ({}): {}{}\n{}", out.status, out.stdout, out.stderr, self.server_log());
+        }
+        Ok(())
+    }
+
     /// Turns on `ssl` with a self-signed certificate for 127.0.0.1 and
     /// localhost (made with `openssl` in the data directory) and returns a
     /// copy of the certificate (PEM) for clients that verify it, kept in the
@@ -308,7 +326,10 @@ impl PgCluster {
         std::fs::copy(&cert, &client_copy)?;
         self.run_sql_as_superuser("postgres", "ALTER SYSTEM SET ssl = on;\nSELECT pg_reload_conf();\n")
             .context("enabling ssl")?;
-        std::thread::sleep(Duration::from_millis(500));
+        // New sessions see the reloaded setting once the postmaster has read it.
+        crate::poll(Duration::from_secs(30), "ssl = on after pg_reload_conf()", || {
+            self.run_sql_as_superuser("postgres", "SHOW ssl;\n").ok().filter(|out| out.trim() == "on")
+        });
         Ok(client_copy)
     }
 

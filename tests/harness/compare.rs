@@ -15,7 +15,7 @@
 use std::fmt;
 
 use futures_util::{StreamExt, TryStreamExt, pin_mut};
-use tokio_postgres::types::{FromSql, ToSql, Type};
+use tokio_postgres::types::{FromSql, Kind, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 /// One statement's result in the simple protocol.
@@ -308,11 +308,99 @@ pub fn decode_binary(ty: &Type, raw: &[u8]) -> Result<String, DecodeError> {
             }
         }
         Type::NUMERIC => decode_numeric(raw)?,
+        Type::TIME => {
+            exact(8)?;
+            time_of_day(i64::from_be_bytes(raw.try_into()?))
+        }
+        Type::INTERVAL => {
+            exact(16)?;
+            let micros = i64::from_be_bytes(raw[..8].try_into()?);
+            let days = i32::from_be_bytes(raw[8..12].try_into()?);
+            let months = i32::from_be_bytes(raw[12..].try_into()?);
+            format!("{months} mons {days} days {micros} microseconds")
+        }
+        Type::CHAR => {
+            exact(1)?;
+            char::from(raw[0]).to_string()
+        }
+        Type::MONEY => {
+            exact(8)?;
+            let cents = i64::from_be_bytes(raw.try_into()?);
+            format!("{}.{:02}", cents / 100, (cents % 100).abs())
+        }
+        Type::XML => std::str::from_utf8(raw)?.to_owned(),
+        Type::REGCLASS | Type::REGTYPE | Type::REGPROC | Type::XID | Type::CID => t::oid_from_sql(raw)?.to_string(),
+        Type::RECORD => decode_record(None, raw)?,
         _ => match ty.kind() {
-            tokio_postgres::types::Kind::Array(element) => decode_array(element, raw)?,
+            Kind::Array(element) => decode_array(element, raw)?,
+            Kind::Domain(inner) => decode_binary(inner, raw)?,
+            Kind::Enum(_) => std::str::from_utf8(raw)?.to_owned(),
+            Kind::Composite(fields) => decode_record(Some(fields), raw)?,
             _ => return Err(format!("no binary decoder for type {ty}").into()),
         },
     })
+}
+
+/// `HH:MM:SS[.ffffff]` for microseconds since midnight.
+fn time_of_day(micros: i64) -> String {
+    let (secs, frac) = (micros / 1_000_000, micros % 1_000_000);
+    let mut s = format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60);
+    if frac != 0 {
+        s.push_str(format!(".{frac:06}").trim_end_matches('0'));
+    }
+    s
+}
+
+/// A row value (`record` or a named composite type) in binary: a field
+/// count, then per field its type OID, length and bytes. Rendered as
+/// PostgreSQL writes it in text: `(a,"b c",)`.
+fn decode_record(fields: Option<&[tokio_postgres::types::Field]>, raw: &[u8]) -> Result<String, DecodeError> {
+    let int = |at: usize| -> Result<i32, DecodeError> {
+        raw.get(at..at + 4).map(|b| i32::from_be_bytes([b[0], b[1], b[2], b[3]])).ok_or_else(|| "short record".into())
+    };
+    let count = int(0)?;
+    if count < 0 {
+        return Err("negative record field count".into());
+    }
+    let mut at = 4;
+    let mut out = String::from("(");
+    for i in 0..count as usize {
+        let oid = int(at)? as u32;
+        let len = int(at + 4)?;
+        at += 8;
+        if i > 0 {
+            out.push(',');
+        }
+        if len < 0 {
+            continue;
+        }
+        let bytes = raw.get(at..at + len as usize).ok_or("short record field")?;
+        at += len as usize;
+        let ty = match fields.and_then(|f| f.get(i)) {
+            Some(field) => field.type_().clone(),
+            None => Type::from_oid(oid).ok_or_else(|| format!("record field of unknown type OID {oid}"))?,
+        };
+        let text = decode_binary(&ty, bytes)?;
+        let needs =
+            text.is_empty() || text.chars().any(|c| matches!(c, '(' | ')' | ',' | '"' | '\\') || c.is_whitespace());
+        if needs {
+            out.push('"');
+            for c in text.chars() {
+                if c == '"' || c == '\\' {
+                    out.push(c);
+                }
+                out.push(c);
+            }
+            out.push('"');
+        } else {
+            out.push_str(&text);
+        }
+    }
+    if at != raw.len() {
+        return Err(format!("{} bytes after the last record field", raw.len() - at).into());
+    }
+    out.push(')');
+    Ok(out)
 }
 
 /// `YYYY-MM-DD` for a day count relative to 2000-01-01.

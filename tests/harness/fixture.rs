@@ -18,11 +18,13 @@
 //! The SQL is in `fixture.sql` next to this file.
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 
 use crate::PgCluster;
 use crate::cluster::APP_DB;
+use crate::finder::{Finder, Found};
 
 /// Rows in `customers`.
 pub const CUSTOMERS: u64 = 5_000;
@@ -42,9 +44,16 @@ pub fn load(cluster: &PgCluster) -> Result<()> {
 }
 
 /// Every personal value the fixture seeded, to assert that none leaks.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct PersonalValues {
     values: Vec<(String, String)>,
+    finder: Arc<OnceLock<Finder>>,
+}
+
+impl std::fmt::Debug for PersonalValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PersonalValues({} values)", self.values.len())
+    }
 }
 
 impl PersonalValues {
@@ -59,7 +68,17 @@ impl PersonalValues {
             .filter_map(|line| line.split_once('\t'))
             .map(|(kind, value)| (kind.to_owned(), value.to_owned()))
             .collect();
-        Ok(PersonalValues { values })
+        Ok(PersonalValues::from_values(values))
+    }
+
+    /// Values given directly (for the finder's own tests).
+    pub fn from_values(values: Vec<(String, String)>) -> PersonalValues {
+        PersonalValues { values, finder: Arc::new(OnceLock::new()) }
+    }
+
+    /// A [`Finder`] for every value (none exempt), built once.
+    pub fn finder(&self) -> &Finder {
+        self.finder.get_or_init(|| Finder::new(self, |_, _| false))
     }
 
     /// All `(kind, value)` pairs.
@@ -72,17 +91,18 @@ impl PersonalValues {
         self.values.iter().filter(move |(k, _)| k == kind).map(|(_, v)| v.as_str())
     }
 
-    /// The seeded values that occur in `text` (sorted, deduplicated).
-    pub fn found_in(&self, text: &str) -> BTreeSet<(String, String)> {
-        self.values.iter().filter(|(_, value)| text.contains(value.as_str())).cloned().collect()
+    /// The seeded values in `text`, in any form the [`Finder`] knows.
+    pub fn found_in(&self, text: &str) -> Found {
+        self.finder().find(text.as_bytes())
     }
 
-    /// Panics, naming the kinds (not the values) of what leaked, if any seeded
-    /// value occurs in `text`.
+    /// Panics, naming the kinds and forms of what leaked, if any seeded value
+    /// occurs in `text` in any form the [`Finder`] knows (case, reversed,
+    /// hex, base64, digits, email local part, name part, date formats).
     #[track_caller]
     pub fn assert_absent(&self, what: &str, text: &str) {
         let found = self.found_in(text);
-        let kinds: BTreeSet<&str> = found.iter().map(|(kind, _)| kind.as_str()).collect();
-        assert!(found.is_empty(), "{what}: {} seeded personal values leaked (kinds: {kinds:?})", found.len());
+        let kinds: BTreeSet<String> = found.hits.iter().map(|h| h.label()).collect();
+        assert!(found.is_empty(), "{what}: {} seeded personal values leaked (kind/form: {kinds:?})", found.hits.len());
     }
 }

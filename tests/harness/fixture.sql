@@ -110,7 +110,9 @@ SELECT
   ARRAY(SELECT t FROM unnest(ARRAY['newsletter', 'vip', 'beta', 'churn-risk', 'b2b']) WITH ORDINALITY AS x(t, i)
         WHERE (r3 >> i::int) % 2 = 1 ORDER BY i),
   jsonb_build_object(
-    'nickname', lower(first_name) || id,
+    -- A handle not derived from the name: profile is free text the policies
+    -- give to the content detectors, and no detector can know a name.
+    'nickname', 'user' || id,
     'contact', jsonb_build_object('email', email, 'phone', phone),
     'prefs', jsonb_build_object('lang', (ARRAY['en', 'de', 'fr', 'es'])[1 + r4 % 4], 'marketing', r4 % 3 = 0),
     'score', r5 % 100),

@@ -1,8 +1,7 @@
 //! `masker proxy` as a child process.
 //!
-//! The binary is `$MASKER_BIN`, else `masker` next to the running test binary's
-//! profile directory (`<target>/debug/masker`). `cargo test -p masker-tests`
-//! does not build it: run `cargo build -p masker-agent --bin masker` first.
+//! The binary is always the one cargo built from the tree under test for the
+//! running suite ([`crate::masker_binary`]).
 //!
 //! Setting `MASKER_TESTS_DIRECT=1` makes [`MaskerProxy::start`] start nothing
 //! and hand out the upstream address itself: the relay suites then run
@@ -38,12 +37,9 @@ pub struct MaskerProxy {
 }
 
 impl MaskerProxy {
-    /// The `masker` binary the tests run.
+    /// The `masker` binary the tests run ([`crate::masker_binary`]).
     pub fn binary() -> PathBuf {
-        match std::env::var_os("MASKER_BIN") {
-            Some(path) => PathBuf::from(path),
-            None => crate::profile_dir().join("masker"),
-        }
+        crate::masker_binary()
     }
 
     /// Whether `MASKER_TESTS_DIRECT=1` asks to bypass the proxy.
@@ -81,13 +77,6 @@ impl MaskerProxy {
             return Ok(MaskerProxy { child: None, watchdog: None, addr: upstream, upstream, dir });
         }
         let binary = Self::binary();
-        if !binary.is_file() {
-            bail!(
-                "no masker binary at {}: run `cargo build -p masker-agent --bin masker` (or set MASKER_BIN)",
-                binary.display()
-            );
-        }
-        warn_if_stale(&binary);
         let stderr_path = dir.path().join("stderr.log");
         let mut cmd = Command::new(&binary);
         cmd.args(["proxy", "--listen", "127.0.0.1:0", "--upstream", &upstream.to_string()])
@@ -167,6 +156,35 @@ impl MaskerProxy {
         }
     }
 
+    /// The proxy's process id (`None` when bypassed or already reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`"TERM"`, `"HUP"`, `"INT"`) to the proxy with kill(1).
+    ///
+    /// # Panics
+    ///
+    /// If there is no proxy process or kill(1) fails.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("a running masker proxy");
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().expect("kill(1)");
+        assert!(status.success(), "kill -{signal} {pid}: {status}");
+    }
+
+    /// Waits up to `limit` for the proxy to exit; its status, or `None` if
+    /// it still runs.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self.child.as_mut()?;
+        process::wait_until(child, limit).ok().flatten()
+    }
+
+    /// The proxy's open file descriptors now (from /proc).
+    pub fn open_fds(&self) -> Option<usize> {
+        let pid = self.pid()?;
+        Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+    }
+
     /// Panics with the proxy's stderr if it has exited.
     #[track_caller]
     pub fn assert_running(&mut self) {
@@ -188,30 +206,4 @@ impl Drop for MaskerProxy {
             let _ = watchdog.wait();
         }
     }
-}
-
-/// Warns (once per test binary) when the masker sources changed after the
-/// binary was built: the tests would otherwise exercise old code silently.
-fn warn_if_stale(binary: &Path) {
-    static WARNED: std::sync::Once = std::sync::Once::new();
-    WARNED.call_once(|| {
-        let Ok(built) = binary.metadata().and_then(|m| m.modified()) else { return };
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../masker-agent/src");
-        if newest_mtime(&src).is_some_and(|newest| newest > built) {
-            eprintln!(
-                "warning: {} is older than masker-agent/src; run `cargo build -p masker-agent --bin masker`",
-                binary.display()
-            );
-        }
-    });
-}
-
-fn newest_mtime(dir: &Path) -> Option<std::time::SystemTime> {
-    let mut newest = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let path = entry.path();
-        let time = if path.is_dir() { newest_mtime(&path) } else { entry.metadata().ok()?.modified().ok() };
-        newest = newest.max(time);
-    }
-    newest
 }

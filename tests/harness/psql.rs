@@ -93,6 +93,12 @@ impl Psql {
         process::run(self.cmd, self.stdin.as_deref(), self.timeout).unwrap_or_else(|err| panic!("psql: {err:#}"))
     }
 
+    /// Runs psql, whatever its exit code; an error when psql cannot be
+    /// started or exceeds its deadline.
+    pub fn try_run(self) -> anyhow::Result<Output> {
+        process::run(self.cmd, self.stdin.as_deref(), self.timeout)
+    }
+
     /// Starts psql in the background with stdout and stderr piped (for a
     /// client that must wait while the test acts).
     pub fn spawn(mut self) -> std::process::Child {

@@ -1,17 +1,14 @@
-//! psycopg 3 (Python) as a client, in a venv the harness creates itself.
-//!
-//! The venv lives in `<target>/test-venv`. Creating it is idempotent and safe
-//! when several test binaries ask at once: an exclusive lock on
-//! `<target>/test-venv.lock` serialises them, and a stamp file records that a
-//! venv with [`REQUIREMENT`] is complete. If `python3 -m venv` is unavailable
-//! and we are root, `python3-venv` is installed with apt.
+//! psycopg 3 (Python) as a client, from the venv `scripts/setup.sh` creates
+//! with pinned versions ([`PACKAGES`]) outside the checkout:
+//! `$MASKER_TEST_VENV`, else `$HOME/.cache/masker/test-venv`. The harness
+//! installs nothing: a missing or different venv fails the test, naming the
+//! script to run.
 //!
 //! Snippets define `main(conn)`; the harness connects (psycopg, autocommit
 //! off, libpq's default `sslmode=prefer`), calls it and returns its result as
 //! JSON. Values JSON cannot express come back as strings (`str()`), bytes as
 //! `\x<hex>`.
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -22,8 +19,10 @@ use serde_json::Value;
 
 use crate::process;
 
-/// What the venv installs.
-pub const REQUIREMENT: &str = "psycopg[binary]>=3.1,<4";
+/// The Python packages of the venv, exactly as `scripts/setup.sh` installs
+/// them (`MASKER_TEST_PY_PACKAGES` there; a harness self-test checks both
+/// say the same).
+pub const PACKAGES: &str = "psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0";
 
 const WRAPPER: &str = r#"
 import json, sys
@@ -41,69 +40,47 @@ with psycopg.connect(sys.argv[1]) as conn:
 sys.stdout.write(json.dumps(result, default=_default))
 "#;
 
-/// The venv's python, creating the venv on first use.
+/// Where the venv is: `$MASKER_TEST_VENV`, else `$HOME/.cache/masker/test-venv`.
+pub fn venv_dir() -> PathBuf {
+    match std::env::var_os("MASKER_TEST_VENV") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".cache/masker/test-venv")
+        }
+    }
+}
+
+/// The venv's python.
 ///
 /// # Panics
 ///
-/// If the venv cannot be created; the message says which step failed.
+/// If the venv is missing or was made with other packages than
+/// [`PACKAGES`]: run `scripts/setup.sh` (the message says so).
 pub fn venv_python() -> &'static Path {
     static PYTHON: OnceLock<PathBuf> = OnceLock::new();
-    PYTHON.get_or_init(|| ensure_venv().unwrap_or_else(|err| panic!("setting up the psycopg venv: {err:#}")))
+    PYTHON.get_or_init(|| checked_venv().unwrap_or_else(|err| panic!("the psycopg venv: {err:#}")))
 }
 
-fn ensure_venv() -> Result<PathBuf> {
-    let target = crate::target_dir();
-    std::fs::create_dir_all(&target)?;
-    let venv = target.join("test-venv");
+fn checked_venv() -> Result<PathBuf> {
+    let venv = venv_dir();
     let python = venv.join("bin/python");
-    let stamp = venv.join(".masker-ready");
-    let lock = File::create(target.join("test-venv.lock"))?;
-    lock.lock().context("locking test-venv.lock")?;
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == REQUIREMENT) && python.is_file() {
-        return Ok(python);
+    let stamp = venv.join(".masker-packages");
+    let installed = std::fs::read_to_string(&stamp).unwrap_or_default();
+    if !python.is_file() || installed != PACKAGES {
+        bail!(
+            "{} does not hold the test clients ({PACKAGES}; it has {:?}): run `bash scripts/setup.sh` \
+             (as root) or `. scripts/setup.sh && setup_test_clients`",
+            venv.display(),
+            installed
+        );
     }
-    let long = Duration::from_secs(600);
-    let has_venv = |py: &str| {
-        Command::new(py).args(["-c", "import venv, ensurepip"]).output().is_ok_and(|out| out.status.success())
-    };
-    // The system python is preferred: it is the one CI machines have.
-    let base = ["/usr/bin/python3", "python3"].into_iter().find(|py| has_venv(py));
-    let base = match base {
-        Some(py) => py,
-        None => {
-            if process::running_as_root() {
-                let mut cmd = Command::new("sh");
-                cmd.args(["-c", "apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv"])
-                    .env("DEBIAN_FRONTEND", "noninteractive");
-                process::run(cmd, None, long)?.assert_success();
-            }
-            if !has_venv("python3") {
-                bail!("python3 has no venv/ensurepip module (install python3-venv)");
-            }
-            "python3"
-        }
-    };
-    if venv.exists() {
-        std::fs::remove_dir_all(&venv)?;
-    }
-    let mut cmd = Command::new(base);
-    cmd.args(["-m", "venv"]).arg(&venv);
-    check(process::run(cmd, None, long)?, "python3 -m venv")?;
-    let mut cmd = Command::new(venv.join("bin/pip"));
-    cmd.args(["install", "-q", "--disable-pip-version-check", "--no-input", REQUIREMENT]);
-    check(process::run(cmd, None, long)?, "pip install")?;
     let mut cmd = Command::new(&python);
     cmd.args(["-c", "import psycopg; print(psycopg.__version__)"]);
-    check(process::run(cmd, None, Duration::from_secs(60))?, "import psycopg")?;
-    std::fs::write(&stamp, REQUIREMENT)?;
-    Ok(python)
-}
-
-fn check(out: process::Output, what: &str) -> Result<()> {
+    let out = process::run(cmd, None, Duration::from_secs(60))?;
     if !out.status.success() {
-        bail!("{what} failed ({}):\n{}\n{}", out.status, out.stdout, out.stderr);
+        bail!("import psycopg failed ({}):\n{}\n{}", out.status, out.stdout, out.stderr);
     }
-    Ok(())
+    Ok(python)
 }
 
 /// Runs `snippet` (which must define `main(conn)`) with a psycopg connection

@@ -53,7 +53,7 @@ pub fn run(opts: &Options) -> anyhow::Result<()> {
 }
 
 /// `PATH` with `~/.cargo/bin` (where setup.sh installs bpf-linker) appended.
-fn path_with_cargo_bin() -> Option<std::ffi::OsString> {
+pub(crate) fn path_with_cargo_bin() -> Option<std::ffi::OsString> {
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))?;

@@ -2,6 +2,8 @@
 //! Each command lives in its own module; this file only dispatches.
 mod bench;
 mod build_ebpf;
+mod fuzz;
+mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +20,23 @@ enum Command {
     BuildEbpf(build_ebpf::Options),
     /// Run end-to-end benchmarks (relay, connect, mask) against real processes.
     Bench(bench::Options),
+    /// Soak masker agent through the eBPF path: bursts, 10,000 idle and 16
+    /// stalled connections, then a mixed workload; RSS, fds, errors, latency.
+    Soak(soak::Options),
+    /// The load of `soak`, run by it in a tagged cgroup (not for direct use).
+    #[command(hide = true)]
+    SoakClient(soak::client::Options),
+    /// Run the cargo-fuzz targets of fuzz/ (nightly, cargo-fuzz), each for
+    /// --seconds, from the committed seeds.
+    Fuzz(fuzz::Options),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf(opts) => build_ebpf::run(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Soak(opts) => soak::run(&opts),
+        Command::SoakClient(opts) => soak::client::run(&opts),
+        Command::Fuzz(opts) => fuzz::run(&opts),
     }
 }

@@ -47,6 +47,12 @@ pub struct SessionFields<'a> {
     pub cgroup_path: Option<String>,
     pub pid: Option<Pid>,
     pub executable: Option<String>,
+    /// The client's network namespace (`net:[INODE]`), when not the agent's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The container id its cgroup names, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub user: Option<String>,
     pub database: Option<String>,
     pub tls: Tls,
@@ -76,10 +82,20 @@ impl<'a> SessionFields<'a> {
             cgroup_path,
             pid,
             executable,
+            netns: None,
+            container: None,
             user,
             database,
             tls,
         }
+    }
+
+    /// The same fields, naming the client's network namespace and container
+    /// (sessions from containers).
+    pub fn in_netns(mut self, netns: Option<String>, container: Option<String>) -> Self {
+        self.netns = netns;
+        self.container = container;
+        self
     }
 }
 
@@ -223,16 +239,17 @@ impl<'a> What<'a> {
         }
     }
 
-    /// A session refused at its start by its identity's `targets`,
-    /// `databases` or `users`: class `connect`, rule `identity`, SQLSTATE
-    /// 28000.
-    pub fn connect_denial(reason: &str) -> What<'a> {
+    /// A session refused at its start, class `connect`: by its identity's
+    /// `targets`, `databases` or `users` (rule `identity`), or because its
+    /// cgroup's tag was removed (rule `revoked`); SQLSTATE `sqlstate`
+    /// (28000 for both).
+    pub fn connect_denial(rule: &str, sqlstate: &'static str, reason: &str) -> What<'a> {
         What::Denial {
             statement: String::new(),
             class: "connect",
-            rule: "identity".to_string(),
+            rule: rule.to_string(),
             reason: masking::scrub_text(reason).into_owned(),
-            sqlstate: "28000",
+            sqlstate,
         }
     }
 

@@ -39,7 +39,11 @@
 //! `denial`: `statement`, `class`, `rule`, `reason`, `sqlstate`. A session
 //! refused at its start by its identity's `targets`, `databases` or `users`
 //! is a denial with `class` `connect`, `rule` `identity`, an empty
-//! `statement` and `sqlstate` `28000`.
+//! `statement` and `sqlstate` `28000`; one from a cgroup whose tag was
+//! removed (`masker untag`) the same with `rule` `revoked` (its `identity`
+//! is the removed tag's; the `reason` names the tagged cgroup and the pid,
+//! and the `session_end` that follows has the connecting task's
+//! `cgroup_id`, `cgroup_path` and `pid`).
 //!
 //! `approval`: `approval` (id, as `masker approvals list` shows it), `rule`
 //! (the `[[approval]]` rule), `statement`, `class`, `decision` (`requested`

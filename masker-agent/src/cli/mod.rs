@@ -55,7 +55,9 @@ pub(crate) enum Command {
     ///
     /// Every client connecting to --listen is relayed to --upstream through
     /// the same session and masking path as the transparent agent. Prints
-    /// `masker proxy listening on ADDR` on stdout once ready.
+    /// `masker proxy listening on ADDR` on stdout once ready. SIGHUP reloads
+    /// --policy; SIGTERM stops accepting, lets running statements finish for
+    /// --drain-secs, then ends each session with SQLSTATE 57P01.
     Proxy {
         /// Address to listen on, e.g. 127.0.0.1:6432 (port 0 picks a free one).
         #[arg(long)]
@@ -104,6 +106,9 @@ pub(crate) enum Command {
         /// Environment variable holding that user's password.
         #[arg(long, group = "credential_source", requires = "credential_user")]
         credential_password_env: Option<String>,
+        /// Timeouts and memory limits (the agent's `[limits]`).
+        #[command(flatten, next_help_heading = "Limits")]
+        limits: crate::daemon::limits::LimitsConfig,
     },
     /// Show the agent: programs, targets, tagged cgroups, live sessions, per-identity counts, pending approvals.
     Status {
@@ -114,22 +119,47 @@ pub(crate) enum Command {
     /// Tag a cgroup (and its descendants) with a workload identity.
     Tag {
         /// cgroup directory: absolute, or relative to the cgroup v2 mount.
-        cgroup: PathBuf,
+        #[arg(required_unless_present = "container")]
+        cgroup: Option<PathBuf>,
+        /// A running container instead (Docker id or name, or a containerd/CRI
+        /// or Podman id): its cgroup is tagged, and its network namespace
+        /// gets the agent's listener.
+        #[arg(long, conflicts_with = "cgroup")]
+        container: Option<String>,
+        /// Create the cgroup (relative to the v2 mount) if it does not exist:
+        /// e.g. the `--cgroup-parent` of containers not yet started.
+        #[arg(long, requires = "cgroup")]
+        create: bool,
         #[arg(long)]
         identity: String,
         #[command(flatten)]
         token: TokenArgs,
     },
-    /// Remove a cgroup's tag; its new connections are no longer intercepted.
+    /// Remove a cgroup's tag: its new connections to targets are refused.
+    ///
+    /// Removal fails closed: the cgroup's connections to targets keep going
+    /// to the agent, which answers them with SQLSTATE 28000 naming the
+    /// cgroup and pid (a container's are refused with EPERM: its listener
+    /// closes); they never go around masker. `masker tag` serves the cgroup
+    /// again. The entry is deleted once the cgroup directory is removed.
     Untag {
         /// cgroup directory: absolute, or relative to the cgroup v2 mount.
-        cgroup: PathBuf,
+        #[arg(required_unless_present = "container")]
+        cgroup: Option<PathBuf>,
+        /// A running container instead (as for `tag --container`).
+        #[arg(long, conflicts_with = "cgroup")]
+        container: Option<String>,
+        /// Delete the entry instead, for a cgroup whose processes are gone
+        /// (about to be removed); one that still has processes is only
+        /// untagged as above.
+        #[arg(long)]
+        forget: bool,
     },
     /// Run a command in a new tagged cgroup; exits with the command's status.
     ///
     /// Creates a transient cgroup under masker's subtree, tags it, runs the
-    /// command in it, then untags and removes the cgroup (killing anything
-    /// the command left running there).
+    /// command in it, then kills anything the command left running there,
+    /// deletes the tag and removes the cgroup.
     Run {
         #[arg(long)]
         identity: String,
@@ -362,6 +392,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             credential_user,
             credential_password_file,
             credential_password_env,
+            limits,
         } => {
             let credential = match credential_user {
                 None => None,
@@ -390,6 +421,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 audit_file,
                 metrics_listen,
                 credential,
+                limits: limits.limits()?,
             };
             crate::daemon::proxy::run(opts).await?;
             Ok(ExitCode::SUCCESS)
@@ -404,17 +436,31 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Tag { cgroup, identity, token } => {
+        Command::Tag { cgroup, container, create, identity, token } => {
             let token = token.read()?;
-            let dir = run::resolve_cgroup(&cgroup)?;
+            if create && let Some(c) = &cgroup {
+                let root = crate::interception::cgroup::v2_root()?;
+                let dir = root.join(c.strip_prefix(&root).unwrap_or(c).strip_prefix("/").unwrap_or(c));
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating cgroup {}", dir.display()))?;
+            }
+            let dir = run::cgroup_or_container(cgroup, container).await?;
             admin::request(socket, &Request::Tag { cgroup: dir.clone(), identity: identity.clone(), token }).await?;
             println!("tagged {} as {identity}", dir.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Untag { cgroup } => {
-            let dir = run::resolve_cgroup(&cgroup)?;
-            admin::request(socket, &Request::Untag { cgroup: dir.clone() }).await?;
-            println!("untagged {}", dir.display());
+        Command::Untag { cgroup, container, forget } => {
+            let dir = run::cgroup_or_container(cgroup, container).await?;
+            let answer = admin::request(socket, &Request::Untag { cgroup: dir.clone(), forget }).await?;
+            if let Some(note) = answer["note"].as_str() {
+                eprintln!("masker: {note}");
+            }
+            let d = dir.display();
+            match answer["outcome"].as_str().unwrap_or_default() {
+                "forgotten" => println!("untagged {d} and deleted its entry"),
+                "not_tagged" => println!("{d} was not tagged"),
+                "already_revoked" => println!("{d} was already untagged; its connections to targets are refused"),
+                _ => println!("untagged {d}: its connections to targets are refused until it is tagged again"),
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { identity, token, command } => {

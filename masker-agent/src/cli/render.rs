@@ -41,7 +41,10 @@ pub(super) fn sessions(sessions: &[crate::daemon::registry::SessionSnapshot]) ->
         "ID", "IDENTITY", "PID", "DESTINATION", "USER", "AGE", "BYTES IN", "BYTES OUT", "ROWS", "MASKED"
     );
     for x in sessions {
-        let by_action: Vec<String> = x.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        let mut by_action: Vec<String> = x.masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        if x.buffered_bytes > 0 {
+            by_action.push(format!("(partial message {} bytes)", x.buffered_bytes));
+        }
         let _ = writeln!(
             o,
             "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}  {}",
@@ -77,7 +80,25 @@ pub(super) fn status(s: &Status) -> String {
     }
     for t in &s.tags {
         let path = t.path.as_deref().unwrap_or("(cgroup removed)");
-        let _ = writeln!(o, "  {:<20} {:>10}  {}", t.identity, t.cgroup_id, path);
+        let lock = if t.egress_lock { "  egress locked" } else { "" };
+        let revoked = if t.revoked {
+            format!("  REVOKED (untagged; {} connection(s) refused by the agent)", t.revoked_refusals)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            o,
+            "  {:<20} {:>10}  {}  refused: no listener {}, egress {}{lock}{revoked}",
+            t.identity, t.cgroup_id, path, t.refused.no_listener, t.refused.egress
+        );
+    }
+    if !s.namespaces.is_empty() {
+        let _ = writeln!(o, "\nCONTAINER NAMESPACES (listeners inside)");
+        for n in &s.namespaces {
+            let container = n.container.as_deref().map_or("-".to_string(), |c| c.chars().take(12).collect());
+            let _ =
+                writeln!(o, "  {:<18} {:<12} cgroup {:>10}  {}", n.netns, container, n.cgroup_id, n.listen.join(", "));
+        }
     }
     if !s.credentials.is_empty() {
         let _ = writeln!(o, "\nINJECTED CREDENTIALS (the agent logs in; clients send no password)");
@@ -124,6 +145,19 @@ pub(super) fn status(s: &Status) -> String {
         c.cancel_requests,
         c.rows,
         c.masked_cells
+    );
+    let m = &s.memory;
+    let mib = |b: u64| b as f64 / f64::from(1 << 20);
+    let _ = writeln!(
+        o,
+        "\nMEMORY\n  partial messages {:.1} of {:.0} MiB (per session at most {:.0} MiB)  sessions refused for memory {}\n  \
+         resident {}  open fds {}",
+        mib(m.buffered_bytes),
+        mib(m.budget_bytes),
+        mib(m.session_cap_bytes),
+        m.sessions_refused,
+        m.rss_bytes.map_or_else(|| "?".to_string(), |b| format!("{:.1} MiB", mib(b))),
+        m.open_fds.map_or_else(|| "?".to_string(), |n| n.to_string()),
     );
     o
 }

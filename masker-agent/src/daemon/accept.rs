@@ -99,6 +99,7 @@ impl Router for FixedUpstream {
             destination: Some(self.upstream.clone()),
             cgroup_id: None,
             pid: None,
+            netns: None,
         };
         (origin, Route::To(self.upstream.clone()))
     }

@@ -35,8 +35,14 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         token: Option<String>,
     },
+    /// `masker untag`: revokes the tag (the entry stays and the cgroup's
+    /// connections to targets are refused). With `forget`, for a cgroup
+    /// whose processes are gone, the entry is deleted instead; a cgroup that
+    /// still has processes is only revoked (the answer says so).
     Untag {
         cgroup: PathBuf,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        forget: bool,
     },
     PolicyReload,
     Sessions,
@@ -93,6 +99,16 @@ pub struct Status {
     /// password).
     #[serde(default)]
     pub credentials: Vec<CredentialStatus>,
+    /// Network namespaces (containers) the agent has a listener in.
+    #[serde(default)]
+    pub namespaces: Vec<NamespaceStatus>,
+    /// Entries of the kernel's listeners map (one per served namespace,
+    /// the agent's own included).
+    #[serde(default)]
+    pub listener_entries: usize,
+    /// Partial messages' memory, sessions refused for it, RSS and fds.
+    #[serde(default)]
+    pub memory: crate::daemon::metrics::MemoryStatus,
 }
 
 /// One `[[credential]]`, as `masker status` shows it.
@@ -119,6 +135,38 @@ pub struct TagStatus {
     pub cgroup_id: CgroupId,
     pub path: Option<String>,
     pub identity: String,
+    /// Whether the identity's egress lock is in force for the tag.
+    #[serde(default)]
+    pub egress_lock: bool,
+    /// Connects the kernel refused for this tag (no listener in the
+    /// workload's namespace; egress lock).
+    #[serde(default)]
+    pub refused: crate::interception::RefusedCounts,
+    /// The tag was removed (`masker untag`) while the cgroup lives on: its
+    /// connections to targets are refused.
+    #[serde(default)]
+    pub revoked: bool,
+    /// Connections of this revoked tag the agent refused (since the agent
+    /// started).
+    #[serde(default)]
+    pub revoked_refusals: u64,
+}
+
+/// One namespace the agent serves, as `masker status` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NamespaceStatus {
+    /// `net:[INODE]`.
+    pub netns: String,
+    /// The namespace cookie (key of the kernel's listeners map).
+    pub cookie: u64,
+    /// The tagged cgroup whose process brought it in.
+    pub cgroup_id: u64,
+    /// The container, when the process's cgroup names one.
+    pub container: Option<String>,
+    /// The listeners inside it.
+    pub listen: Vec<String>,
+    /// When the listener was opened (Unix seconds).
+    pub since_unix: u64,
 }
 
 /// Answers admin requests (implemented by the agent).

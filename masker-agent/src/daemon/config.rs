@@ -9,11 +9,17 @@
 //! targets = [
 //!     "db.internal:5432",                                  # plain text to the server
 //!     { address = "10.0.0.5:5432", tls = "verify-full", ca_file = "/etc/masker/db-ca.pem" },
+//!     "172.16.0.0/12:5432",                                # a network: e.g. service containers
+//!     "*:6432",                                            # every address on a port
 //! ]
 //! state_dir = "/var/lib/masker"     # masker's CA (TLS towards clients)
 //! target_refresh_secs = 30
 //!
 //! metrics_listen = "127.0.0.1:9187" # optional Prometheus endpoint
+//!
+//! [limits]                          # optional; see crate::daemon::limits
+//! partial_message_timeout_secs = 30
+//! memory_budget_mib = 256
 //!
 //! [audit]                           # optional; see crate::audit for the schema
 //! file = "/var/log/masker/audit.jsonl"
@@ -29,6 +35,10 @@
 //! issuer = "https://token.actions.githubusercontent.com"
 //! audience = "masker"
 //! jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+//!
+//! [docker]                          # optional: tag containers by label
+//! socket = "/var/run/docker.sock"
+//! label = "masker.identity"         # its value is the identity
 //!
 //! [[credential]]                    # the agent logs in for the workload
 //! target = "db.internal:5432"       # a target as `targets` names it
@@ -94,6 +104,33 @@ pub struct AgentConfig {
     /// Credentials the agent logs in with (`[[credential]]`), tried in order.
     #[serde(default, rename = "credential")]
     pub credentials: Vec<CredentialConfig>,
+    /// The Docker events watcher (`[docker]`); off without it.
+    #[serde(default)]
+    pub docker: Option<DockerConfig>,
+    /// Timeouts and memory limits (`[limits]`); defaults for what is absent.
+    #[serde(default)]
+    pub limits: super::limits::LimitsConfig,
+}
+
+/// `[docker]`: tag containers that carry the identity label when they are
+/// created or start, untag them when they stop.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// The daemon's API socket.
+    #[serde(default = "default_docker_socket")]
+    pub socket: PathBuf,
+    /// The label whose value is the identity (`masker.identity=ci-job`).
+    #[serde(default = "default_docker_label")]
+    pub label: String,
+}
+
+fn default_docker_socket() -> PathBuf {
+    PathBuf::from(crate::interception::docker::DEFAULT_SOCKET)
+}
+
+fn default_docker_label() -> String {
+    "masker.identity".to_string()
 }
 
 /// One `[[credential]]`: for sessions towards `target` of an identity
@@ -269,6 +306,22 @@ impl AgentConfig {
                 None,
                 "`targets` is empty; list the databases to intercept as \"host:port\"".to_string(),
             ));
+        }
+        for t in &config.targets {
+            if crate::interception::NetPort::looks_like_network(t.as_str()) {
+                crate::interception::NetPort::parse_target(t.as_str())
+                    .map_err(|e| invalid(None, format!("target {e}")))?;
+                if t.tls == crate::session::tls::UpstreamTlsMode::VerifyFull {
+                    return Err(invalid(
+                        None,
+                        format!(
+                            "target {:?} is a network: tls = \"verify-full\" needs a host name to verify; use \
+                             \"require\" or name the host",
+                            t.as_str()
+                        ),
+                    ));
+                }
+            }
         }
         for (i, c) in config.credentials.iter().enumerate() {
             let name = c.name(i);

@@ -20,7 +20,19 @@
 //! | `masker_approvals_pending` | gauge | |
 //! | `masker_sessions_killed_total` | counter | |
 //! | `masker_audit_events_total`, `masker_audit_events_dropped_total` | counter | |
+//! | `masker_kernel_refused_total` | counter | `cgroup_id`, `identity`, `reason` (`no_listener`, `egress`) |
+//! | `masker_revoked_refused_total` | counter | `cgroup_id`, `identity` |
 //! | `masker_relay_latency_seconds` | histogram | |
+//! | `masker_buffered_bytes`, `masker_buffer_budget_bytes` | gauge | |
+//! | `masker_sessions_refused_memory_total` | counter | |
+//! | `process_resident_memory_bytes`, `process_open_fds` | gauge | |
+//!
+//! `masker_revoked_refused_total` counts the connections of a revoked tag
+//! (`masker untag`, cgroup still there) that reached the agent and were
+//! refused; a revoked container's connections are refused in the kernel
+//! instead (its namespace listener is closed) and counted as `no_listener`.
+//! Both series go away with the tag's entry (the cgroup removed, or tagged
+//! again for the revoked one).
 //!
 //! The relay latency is the time from a client's Query or Sync to the
 //! server's ReadyForQuery answering it, as the agent sees it.
@@ -91,9 +103,45 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     pub sessions_killed: AtomicU64,
+    /// Connects the kernel refused, per tagged cgroup: `(cgroup id,
+    /// identity, counts)`, refreshed by the agent from the eBPF map.
+    kernel_refusals: Mutex<Vec<(u64, String, crate::interception::RefusedCounts)>>,
+    /// Connections refused because their tag was revoked, per tagged cgroup
+    /// id: `(identity, count)`.
+    revoked_refusals: Mutex<BTreeMap<u64, (String, u64)>>,
 }
 
 impl Metrics {
+    /// Replaces the kernel's refusal counts.
+    pub fn set_kernel_refusals(&self, refusals: Vec<(u64, String, crate::interception::RefusedCounts)>) {
+        *self.kernel_refusals.lock().unwrap_or_else(|p| p.into_inner()) = refusals;
+    }
+
+    /// The kernel's refusal counts, as last refreshed.
+    pub fn kernel_refusals(&self) -> Vec<(u64, String, crate::interception::RefusedCounts)> {
+        self.kernel_refusals.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A connection of the revoked tag of cgroup `cgroup` (identity
+    /// `identity`) was refused.
+    pub fn revoked_refusal(&self, cgroup: u64, identity: &str) {
+        let mut map = self.revoked_refusals.lock().unwrap_or_else(|p| p.into_inner());
+        let entry = map.entry(cgroup).or_insert_with(|| (identity.to_string(), 0));
+        entry.1 += 1;
+    }
+
+    /// Drops the revoked-tag refusals of `cgroup` (its entry was deleted or
+    /// tagged again).
+    pub fn forget_revoked(&self, cgroup: u64) {
+        self.revoked_refusals.lock().unwrap_or_else(|p| p.into_inner()).remove(&cgroup);
+    }
+
+    /// Refusals of revoked tags: `(cgroup id, identity, count)`.
+    pub fn revoked_refusals(&self) -> Vec<(u64, String, u64)> {
+        let map = self.revoked_refusals.lock().unwrap_or_else(|p| p.into_inner());
+        map.iter().map(|(id, (identity, n))| (*id, identity.clone(), *n)).collect()
+    }
+
     fn with<R>(&self, identity: &str, f: impl FnOnce(&mut IdentityCounters) -> R) -> R {
         let mut map = self.identities.lock().unwrap_or_else(|p| p.into_inner());
         match map.get_mut(identity) {
@@ -171,6 +219,39 @@ impl Metrics {
     }
 }
 
+/// Memory held by partial messages (see [`crate::session::budget`]) and
+/// the process's own resources, as `masker status` and the metrics show
+/// them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MemoryStatus {
+    /// Bytes partial messages of all sessions hold now.
+    pub buffered_bytes: u64,
+    /// The daemon-wide budget for them (`memory_budget_mib`).
+    pub budget_bytes: u64,
+    /// One session's cap (`session_buffer_mib`).
+    pub session_cap_bytes: u64,
+    /// Sessions ended because a message did not fit.
+    pub sessions_refused: u64,
+    /// Resident set size of the process, when /proc tells.
+    pub rss_bytes: Option<u64>,
+    /// Open file descriptors of the process, when /proc tells.
+    pub open_fds: Option<u64>,
+}
+
+impl MemoryStatus {
+    /// The process's resident set size (`/proc/self/statm`).
+    pub fn rss_bytes() -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * 4096)
+    }
+
+    /// The process's open file descriptors (`/proc/self/fd`).
+    pub fn open_fds() -> Option<u64> {
+        Some(std::fs::read_dir("/proc/self/fd").ok()?.count() as u64)
+    }
+}
+
 /// The relay latency histogram: per-bucket (not cumulative) counts.
 #[derive(Debug, Clone, Default)]
 pub struct LatencySnapshot {
@@ -191,6 +272,12 @@ pub struct Snapshot {
     pub live: BTreeMap<String, u64>,
     pub identities: BTreeMap<String, IdentityCounters>,
     pub latency: LatencySnapshot,
+    /// Connects the eBPF programs refused: `(cgroup id, identity, counts)`.
+    pub kernel_refusals: Vec<(u64, String, crate::interception::RefusedCounts)>,
+    pub memory: MemoryStatus,
+    /// Connections of revoked tags the agent refused: `(cgroup id,
+    /// identity, count)`.
+    pub revoked_refusals: Vec<(u64, String, u64)>,
 }
 
 /// The Prometheus text exposition of `s`.
@@ -213,6 +300,23 @@ pub fn render(s: &Snapshot) -> String {
         "Audit events dropped because the writer fell behind.",
         s.audit_events_dropped,
     );
+
+    let m = &s.memory;
+    counter(
+        &mut o,
+        "masker_sessions_refused_memory_total",
+        "Sessions ended: a message did not fit in memory.",
+        m.sessions_refused,
+    );
+    let gauge = |o: &mut String, name: &str, help: &str, v: Option<u64>| {
+        if let Some(v) = v {
+            let _ = writeln!(o, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+    };
+    gauge(&mut o, "masker_buffered_bytes", "Bytes held by partial messages of all sessions.", Some(m.buffered_bytes));
+    gauge(&mut o, "masker_buffer_budget_bytes", "Budget for partial messages of all sessions.", Some(m.budget_bytes));
+    gauge(&mut o, "process_resident_memory_bytes", "Resident memory size in bytes.", m.rss_bytes);
+    gauge(&mut o, "process_open_fds", "Number of open file descriptors.", m.open_fds);
 
     let _ = writeln!(
         o,
@@ -266,6 +370,30 @@ pub fn render(s: &Snapshot) -> String {
         }
     });
 
+    let _ = writeln!(
+        o,
+        "# HELP masker_kernel_refused_total Connects of tagged cgroups the eBPF programs refused \
+         (reason: no_listener in the workload's network namespace, egress lock).\n\
+         # TYPE masker_kernel_refused_total counter"
+    );
+    for (cgroup, identity, r) in &s.kernel_refusals {
+        let id = label(identity);
+        for (reason, n) in [("no_listener", r.no_listener), ("egress", r.egress)] {
+            let _ = writeln!(
+                o,
+                "masker_kernel_refused_total{{cgroup_id=\"{cgroup}\",identity=\"{id}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+    }
+    let _ = writeln!(
+        o,
+        "# HELP masker_revoked_refused_total Connections from cgroups whose tag was removed (masker untag), \
+         refused by the agent.\n# TYPE masker_revoked_refused_total counter"
+    );
+    for (cgroup, identity, n) in &s.revoked_refusals {
+        let _ =
+            writeln!(o, "masker_revoked_refused_total{{cgroup_id=\"{cgroup}\",identity=\"{}\"}} {n}", label(identity));
+    }
     let _ = writeln!(
         o,
         "# HELP masker_relay_latency_seconds Time from a client's Query or Sync to the server's ReadyForQuery.\n\

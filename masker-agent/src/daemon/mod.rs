@@ -5,17 +5,21 @@
 //! services (audit trail, metrics, approvals, the registry of live
 //! sessions), then the same accept loop ([`accept`]) with a router of their
 //! own; sessions run on [`shards`], one single-threaded runtime per CPU.
-//! [`signals`] ends and reloads them, [`admin`] is the agent's socket
-//! for operators, [`config`] its configuration file, [`metrics`] the
-//! Prometheus endpoint and [`registry`] the list of live sessions.
+//! [`signals`] ends and reloads them ([`drain`] the sessions on stop,
+//! [`reload`] the policy), [`admin`] is the agent's socket for operators,
+//! [`config`] its configuration file and [`limits`] its `[limits]` (the
+//! proxy's flags of the same names), [`metrics`] the Prometheus endpoint
+//! and [`registry`] the list of live sessions.
 
 pub mod accept;
 pub mod admin;
 pub mod agent;
 pub mod config;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod registry;
+pub mod reload;
 pub mod shards;
 pub mod signals;
 
@@ -23,6 +27,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
 
 use crate::audit::{AuditError, AuditSettings};
 use crate::identity::VerifierError;
@@ -74,6 +81,12 @@ pub enum DaemonError {
     /// The metrics endpoint cannot listen.
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    /// The thread that works in containers' network namespaces cannot start.
+    #[error("starting the network namespace thread: {0}")]
+    Netns(std::io::Error),
+    /// A timeout or memory limit cannot be used.
+    #[error(transparent)]
+    Limits(#[from] limits::LimitsError),
 }
 
 /// Builds the context every session of a daemon runs in and starts its
@@ -87,6 +100,47 @@ pub async fn start(settings: DaemonSettings) -> Result<Arc<SessionContext>, Daem
         metrics::start(addr, Arc::new(move || snapshot(&of))).await?;
     }
     Ok(ctx)
+}
+
+/// How long after the drain deadline the daemon waits for sessions to
+/// write their 57P01 and close.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Stops a daemon's sessions (the accept loops end with it): every session
+/// whose statements are all answered gets 57P01 at once, the others when
+/// their running statement is answered or at the drain deadline
+/// (`drain_secs`). A second SIGINT/SIGTERM moves the deadline to now.
+/// Returns once no session is left, or shortly after the deadline.
+pub async fn drain(ctx: &SessionContext) {
+    let deadline = Instant::now() + ctx.limits.drain;
+    ctx.shutdown.begin(deadline);
+    let live = ctx.registry.live();
+    if live > 0 {
+        info!(
+            sessions = live,
+            drain_secs = ctx.limits.drain.as_secs(),
+            "stopping: sessions end as their statements finish"
+        );
+    }
+    let mut give_up = tokio::time::Instant::from_std(deadline) + DRAIN_GRACE;
+    let again = signals::shutdown_signal();
+    tokio::pin!(again);
+    let mut hurried = false;
+    while ctx.registry.live() > 0 {
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            () = &mut again, if !hurried => {
+                hurried = true;
+                info!("second stop signal: ending every session now");
+                ctx.shutdown.begin(Instant::now());
+                give_up = tokio::time::Instant::now() + DRAIN_GRACE;
+            }
+            () = tokio::time::sleep_until(give_up) => {
+                warn!(sessions = ctx.registry.live(), "sessions still open after the drain; closing them");
+                return;
+            }
+        }
+    }
 }
 
 /// Loads the policy at `path` (if any), failing with its precise error.
@@ -115,6 +169,22 @@ pub fn snapshot(ctx: &SessionContext) -> metrics::Snapshot {
         live,
         identities: ctx.metrics.identities(),
         latency: ctx.metrics.latency_snapshot(),
+        kernel_refusals: ctx.metrics.kernel_refusals(),
+        memory: memory(ctx),
+        revoked_refusals: ctx.metrics.revoked_refusals(),
+    }
+}
+
+/// Memory held by partial messages, and the process's RSS and fds.
+pub fn memory(ctx: &SessionContext) -> metrics::MemoryStatus {
+    let b = &ctx.budget;
+    metrics::MemoryStatus {
+        buffered_bytes: b.used() as u64,
+        budget_bytes: b.limit() as u64,
+        session_cap_bytes: b.session_cap() as u64,
+        sessions_refused: b.refused_sessions(),
+        rss_bytes: metrics::MemoryStatus::rss_bytes(),
+        open_fds: metrics::MemoryStatus::open_fds(),
     }
 }
 
@@ -135,6 +205,42 @@ mod tests {
     use super::*;
     use crate::masking::RowStats;
     use metrics::render;
+
+    #[test]
+    fn renders_kernel_refusals_per_cgroup() {
+        let s = metrics::Snapshot {
+            kernel_refusals: vec![(
+                42,
+                "ci-job".into(),
+                crate::interception::RefusedCounts { no_listener: 2, egress: 5 },
+            )],
+            ..Default::default()
+        };
+        let text = render(&s);
+        assert!(
+            text.contains("masker_kernel_refused_total{cgroup_id=\"42\",identity=\"ci-job\",reason=\"no_listener\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("masker_kernel_refused_total{cgroup_id=\"42\",identity=\"ci-job\",reason=\"egress\"} 5"));
+    }
+
+    #[test]
+    fn counts_refusals_of_revoked_tags_until_the_entry_goes() {
+        let ctx = SessionContext::new(ContextSettings::default());
+        ctx.metrics.revoked_refusal(42, "ci-job");
+        ctx.metrics.revoked_refusal(42, "ci-job");
+        ctx.metrics.revoked_refusal(7, "ci-\"other\"");
+        let text = render(&snapshot(&ctx));
+        assert!(text.contains("masker_revoked_refused_total{cgroup_id=\"42\",identity=\"ci-job\"} 2"), "{text}");
+        assert!(
+            text.contains("masker_revoked_refused_total{cgroup_id=\"7\",identity=\"ci-\\\"other\\\"\"} 1"),
+            "{text}"
+        );
+        ctx.metrics.forget_revoked(42);
+        let text = render(&snapshot(&ctx));
+        assert!(!text.contains("cgroup_id=\"42\""), "{text}");
+        assert!(text.contains("# TYPE masker_revoked_refused_total counter"), "{text}");
+    }
 
     #[test]
     fn renders_histogram_and_identities() {
@@ -165,6 +271,7 @@ mod tests {
             destination: Some("db:5432".parse().unwrap()),
             cgroup_id: None,
             pid: None,
+            netns: None,
         };
         let guard = ctx.registry.open(origin);
         let id = guard.entry.id;

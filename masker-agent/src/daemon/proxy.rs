@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{error, info};
 
 use super::accept::{self, FixedUpstream};
 use super::{DaemonError, DaemonSettings, signals};
@@ -14,7 +14,7 @@ use crate::addr::TargetAddr;
 use crate::audit::AuditSettings;
 use crate::plan::catalog::CatalogAccess;
 use crate::session::auth::{self, Credentials, SecretSource};
-use crate::session::context::ContextSettings;
+use crate::session::context::{ContextSettings, Limits};
 use crate::session::tls::{ClientTls, SessionTls, TargetTls, UpstreamTlsMode};
 
 /// What `masker proxy` is started with (its command line).
@@ -42,10 +42,14 @@ pub struct ProxyOptions {
     pub metrics_listen: Option<SocketAddr>,
     /// An injected credential: the database user and where its password is.
     pub credential: Option<(String, SecretSource)>,
+    /// Timeouts and memory limits.
+    pub limits: Limits,
 }
 
-/// Runs the proxy until SIGINT/SIGTERM. Prints `masker proxy listening on
-/// ADDR` on stdout once ready.
+/// Runs the proxy until SIGINT/SIGTERM, then drains its sessions (see
+/// [`super::drain`]). SIGHUP reloads the policy file and the injected
+/// credential's password. Prints `masker proxy listening on ADDR` on stdout
+/// once ready.
 pub async fn run(opts: ProxyOptions) -> Result<(), DaemonError> {
     let credentials = match &opts.credential {
         None => Credentials::default(),
@@ -71,13 +75,29 @@ pub async fn run(opts: ProxyOptions) -> Result<(), DaemonError> {
         keep: AuditSettings::DEFAULT_KEEP,
         stdout: false,
     };
-    let context = ContextSettings { policy, catalog: opts.catalog.clone(), tls, credentials, socket_mark: None };
+    let context = ContextSettings {
+        policy,
+        catalog: opts.catalog.clone(),
+        tls,
+        credentials,
+        socket_mark: None,
+        limits: opts.limits.clone(),
+    };
     let ctx = super::start(DaemonSettings { context, audit, metrics_listen: opts.metrics_listen }).await?;
     println!("masker proxy listening on {local}");
-    // SIGHUP (policy reload) in proxy mode: issue 16 hooks it here with
-    // `signals::on_hangup`.
+    let hup = {
+        let (ctx, policy) = (ctx.clone(), opts.policy.clone());
+        signals::on_hangup(move || match super::reload::reload(&ctx, policy.as_deref()) {
+            Ok(msg) => info!("{msg}"),
+            Err(e) => error!("{e}"),
+        })
+    };
     let router = Arc::new(FixedUpstream { upstream: opts.upstream.clone(), identity: opts.identity.clone() });
-    accept::serve(listener, router, ctx, signals::shutdown_signal()).await;
+    // The listener closes when the loop ends: new clients are refused
+    // while the sessions drain.
+    accept::serve(listener, router, ctx.clone(), signals::shutdown_signal()).await;
     info!("proxy shutting down");
+    super::drain(&ctx).await;
+    hup.abort();
     Ok(())
 }

@@ -40,6 +40,10 @@ pub struct SessionOrigin {
     pub cgroup_id: Option<CgroupId>,
     /// Process id of the connecting task (agent mode).
     pub pid: Option<Pid>,
+    /// The client's network namespace when it is not the agent's (a
+    /// container): its upstream connection is made from there too.
+    #[serde(skip)]
+    pub netns: Option<crate::interception::netns::NetnsOrigin>,
 }
 
 impl SessionOrigin {
@@ -57,6 +61,9 @@ pub struct SessionCounters {
     pub rows: AtomicU64,
     pub masked_cells: AtomicU64,
     pub statements: AtomicU64,
+    /// Bytes the session's partial messages hold now (both directions; see
+    /// [`crate::session::budget`]).
+    pub buffered_bytes: AtomicU64,
     /// Masked cells of finished statements, per action.
     masked: Mutex<RowStats>,
 }
@@ -190,6 +197,11 @@ impl Registry {
         sessions.values().map(|e| SessionSnapshot::of(e)).collect()
     }
 
+    /// How many sessions are live (accepted and not yet ended).
+    pub fn live(&self) -> usize {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Rows and masked cells of all sessions since start (finished and
     /// live).
     pub fn totals(&self) -> (u64, u64) {
@@ -212,6 +224,13 @@ pub struct SessionSnapshot {
     pub destination: String,
     pub cgroup_id: Option<CgroupId>,
     pub pid: Option<Pid>,
+    /// The client's network namespace (`net:[INODE]`) when it is not the
+    /// agent's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    /// The container the client runs in, when its cgroup names one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     pub user: Option<String>,
     pub database: Option<String>,
     pub started_unix: u64,
@@ -224,6 +243,9 @@ pub struct SessionSnapshot {
     /// Masked cells of finished statements, per action.
     #[serde(default)]
     pub masked: BTreeMap<String, u64>,
+    /// Bytes its partial messages hold now.
+    #[serde(default)]
+    pub buffered_bytes: u64,
 }
 
 impl SessionSnapshot {
@@ -237,6 +259,8 @@ impl SessionSnapshot {
             destination: e.origin.destination.as_ref().map_or_else(String::new, ToString::to_string),
             cgroup_id: e.origin.cgroup_id,
             pid: e.origin.pid,
+            netns: e.origin.netns.as_ref().map(|n| n.ns.to_string()),
+            container: e.origin.netns.as_ref().and_then(|n| n.container.clone()),
             user: startup.as_ref().map(|s| s.0.clone()),
             database: startup.map(|s| s.1),
             started_unix: e.started_unix,
@@ -247,6 +271,7 @@ impl SessionSnapshot {
             masked_cells: get(&e.counters.masked_cells),
             statements: get(&e.counters.statements),
             masked: e.counters.masked().iter().map(|(k, n)| (k.as_str().to_string(), n)).collect(),
+            buffered_bytes: get(&e.counters.buffered_bytes),
         }
     }
 }

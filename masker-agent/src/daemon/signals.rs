@@ -17,8 +17,7 @@ pub async fn shutdown_signal() {
 }
 
 /// Calls `reload` on every SIGHUP, on a spawned task (abort it to stop).
-/// The agent reloads this way; `masker proxy` does not yet (it has no
-/// reload of its own to call).
+/// Both daemons reload their policy this way ([`super::reload`]).
 pub fn on_hangup(reload: impl Fn() + Send + 'static) -> JoinHandle<()> {
     tokio::spawn(async move {
         let Ok(mut hup) = signal(SignalKind::hangup()) else {

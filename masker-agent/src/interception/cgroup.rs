@@ -10,7 +10,9 @@
 //! `masker run` uses, in order: [`create_transient`], tag it,
 //! [`current`] (to remember where it was), [`move_into`] itself (pid 0),
 //! spawn the command (the child inherits the cgroup), [`move_into`] itself back
-//! once the child is spawned, wait, untag, [`remove`].
+//! once the child is spawned, wait, [`kill_all`] (what the command left
+//! running), untag (the entry is deleted: nothing is left that could
+//! connect), [`remove`].
 use std::fmt;
 use std::fs;
 use std::io;
@@ -237,6 +239,46 @@ pub fn move_into(dir: &Path, pid: u32) -> Result<(), CgroupError> {
         return Err(CgroupError::Missing(dir.into()));
     }
     fs::write(&procs, pid.to_string()).map_err(io_err("writing", &procs))
+}
+
+/// Whether cgroup `dir` or a descendant has a process (`populated` of its
+/// `cgroup.events`).
+pub fn populated(dir: &Path) -> Result<bool, CgroupError> {
+    let events = dir.join("cgroup.events");
+    let text = fs::read_to_string(&events).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => CgroupError::Missing(dir.into()),
+        _ => CgroupError::Io { what: "reading", path: events.clone(), source: e },
+    })?;
+    match text.lines().find_map(|l| l.strip_prefix("populated ")) {
+        Some(v) => Ok(v.trim() != "0"),
+        None => Err(CgroupError::Io {
+            what: "reading",
+            path: events,
+            source: io::Error::new(io::ErrorKind::InvalidData, "no `populated` line"),
+        }),
+    }
+}
+
+/// Kills every process in cgroup `dir` and its descendants (`cgroup.kill`,
+/// kernel 5.14+) and waits up to `limit` until none is left. Fails if some
+/// remain (or the kernel has no `cgroup.kill`).
+pub fn kill_all(dir: &Path, limit: Duration) -> Result<(), CgroupError> {
+    let kill = dir.join("cgroup.kill");
+    fs::write(&kill, "1").map_err(io_err("writing", &kill))?;
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if !populated(dir)? {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(CgroupError::Io {
+                what: "emptying cgroup",
+                path: dir.into(),
+                source: io::Error::new(io::ErrorKind::TimedOut, format!("processes left after {limit:?}")),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Kills every process left in cgroup `dir` (if the kernel has

@@ -12,8 +12,17 @@
 //! configuration ([`CatalogAccess`]); it needs no privilege beyond `LOGIN`,
 //! since `pg_class`, `pg_attribute` and `pg_description` are readable by
 //! every role.
+//!
+//! A look-up (waiting for the connection, opening it, the query) takes at
+//! most the catalog timeout ([`Catalog::with_timeout`]); the connection also
+//! runs with that `statement_timeout`, so the server cancels a query stuck
+//! behind a lock. A connection that timed out is dropped (a frozen backend
+//! is never used again). Failed look-ups are remembered per database
+//! ([`Catalog::failed_since`]) so that the statement that needed them can be
+//! refused, naming the catalog, rather than guessed at.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +34,10 @@ use crate::wire::{TableOid, TypeOid};
 
 /// How long a resolved table stays cached without DDL.
 pub const CACHE_TTL: Duration = Duration::from_secs(300);
+
+/// How long a look-up may take unless [`Catalog::with_timeout`] says
+/// otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A base column as the catalog names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -69,8 +82,32 @@ pub enum CatalogFailure {
     #[error("the agent has no catalog credentials configured")]
     NoCredentials,
     /// Connecting or querying failed.
-    #[error("{0}")]
+    #[error("{}", describe(.0))]
     Postgres(Arc<tokio_postgres::Error>),
+    /// The session's client is in a network namespace the catalog cannot
+    /// reach (no longer served, or its socket could not be made there).
+    #[error("catalog connection from the client's network namespace: {0}")]
+    Netns(String),
+    /// No answer within the catalog timeout.
+    #[error("no answer within {}s (catalog_timeout_secs)", .0.as_secs_f64())]
+    Timeout(Duration),
+}
+
+/// What a client library error says, with its causes: the server's
+/// severity, SQLSTATE and message for an error it reported (its detail is
+/// left out: it may quote values), else the I/O or protocol cause.
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("the server answered {} {}: {}", db.severity(), db.code().code(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 impl From<tokio_postgres::Error> for CatalogFailure {
@@ -134,8 +171,34 @@ pub struct Catalog {
     access: Option<CatalogAccess>,
     caches: Mutex<HashMap<(TargetAddr, String), DbCache>>,
     clients: tokio::sync::Mutex<HashMap<(TargetAddr, String), Client>>,
+    /// Sessions from other network namespaces (containers) reach their
+    /// server from there, and so does the catalog connection for them; their
+    /// destinations are keyed `netns:<cookie>/<address>` (two containers'
+    /// `127.0.0.1:5432` are different servers). By cookie.
+    netns: Mutex<HashMap<u64, crate::interception::netns::NetnsOrigin>>,
+    /// How long one look-up may take, and the connection's
+    /// `statement_timeout`.
+    timeout: Duration,
+    /// The last failed look-up per destination and database: its number in
+    /// `failure_seq` and what failed.
+    failures: Mutex<HashMap<(TargetAddr, String), (u64, String)>>,
+    failure_seq: AtomicU64,
     /// Bumped by every [`Catalog::invalidate`] (see [`Catalog::generation`]).
-    generation: std::sync::atomic::AtomicU64,
+    generation: AtomicU64,
+}
+
+/// The catalog key of `destination` as seen from `netns` (or the agent's own
+/// namespace): see [`Catalog::register_netns`].
+pub fn destination_key(
+    destination: &TargetAddr,
+    netns: Option<&crate::interception::netns::NetnsOrigin>,
+) -> TargetAddr {
+    match netns {
+        Some(ns) => {
+            TargetAddr::parse(&format!("netns:{}/{destination}", ns.cookie)).unwrap_or_else(|_| destination.clone())
+        }
+        None => destination.clone(),
+    }
 }
 
 impl Catalog {
@@ -147,15 +210,59 @@ impl Catalog {
             access,
             caches: Mutex::new(HashMap::new()),
             clients: tokio::sync::Mutex::new(HashMap::new()),
-            generation: std::sync::atomic::AtomicU64::new(0),
+            netns: Mutex::new(HashMap::new()),
+            timeout: DEFAULT_TIMEOUT,
+            failures: Mutex::new(HashMap::new()),
+            failure_seq: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// Lets look-ups for destinations keyed by [`destination_key`] with
+    /// `origin` connect from its namespace.
+    pub fn register_netns(&self, origin: &crate::interception::netns::NetnsOrigin) {
+        self.netns.lock().unwrap_or_else(|p| p.into_inner()).insert(origin.cookie, origin.clone());
+    }
+
+    /// Forgets namespace `cookie`: its connector, its open catalog
+    /// connections (which would otherwise keep the namespace alive) and its
+    /// cache.
+    pub async fn forget_netns(&self, cookie: u64) {
+        let prefix = format!("netns:{cookie}/");
+        self.netns.lock().unwrap_or_else(|p| p.into_inner()).remove(&cookie);
+        self.clients.lock().await.retain(|(dest, _), _| !dest.as_str().starts_with(&prefix));
+        self.caches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(dest, _), _| !dest.as_str().starts_with(&prefix));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Look-ups take at most `timeout` each (at least 1 ms).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// A mark to pass to [`Catalog::failed_since`] later.
+    pub fn failure_mark(&self) -> u64 {
+        self.failure_seq.load(Ordering::Acquire)
+    }
+
+    /// What failed, if a look-up on `destination` and `database` failed
+    /// after `mark` was taken (its message names the catalog and holds no
+    /// data value).
+    pub fn failed_since(&self, mark: u64, destination: &TargetAddr, database: &str) -> Option<String> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let (seq, what) = failures.get(&(destination.clone(), database.to_string()))?;
+        (*seq > mark).then(|| what.clone())
     }
 
     /// Forgets everything cached for `database` on `destination` (after DDL).
     pub fn invalidate(&self, destination: &TargetAddr, database: &str) {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         caches.remove(&(destination.clone(), database.to_string()));
-        self.generation.fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Changes whenever something cached was forgotten after DDL: what a
@@ -163,7 +270,7 @@ impl Catalog {
     /// while the generation stays (and cached entries are young, see
     /// [`CACHE_TTL`]).
     pub fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Acquire)
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The columns of each table in `tables`, from the cache or the server.
@@ -319,16 +426,33 @@ impl Catalog {
         sql: &str,
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, CatalogFailure> {
-        let mut clients = self.clients.lock().await;
-        let client = match clients.remove(key) {
-            Some(c) if !c.is_closed() => c,
-            _ => self.connect(&key.0, &key.1).await?,
+        let attempt = async {
+            let mut clients = self.clients.lock().await;
+            let client = match clients.remove(key) {
+                Some(c) if !c.is_closed() => c,
+                _ => self.connect(&key.0, &key.1).await?,
+            };
+            let result = client.query(sql, params).await;
+            if result.is_ok() {
+                clients.insert(key.clone(), client);
+            }
+            Ok(result?)
         };
-        let result = client.query(sql, params).await;
-        if result.is_ok() {
-            clients.insert(key.clone(), client);
+        // On expiry the attempt is dropped, and with it a connection that
+        // did not answer: the next look-up opens a fresh one.
+        let result =
+            tokio::time::timeout(self.timeout, attempt).await.unwrap_or(Err(CatalogFailure::Timeout(self.timeout)));
+        // Without credentials there is no catalog to fail: every table
+        // column is masked, as documented (and warned about at start).
+        if let Err(e) = &result
+            && !matches!(e, CatalogFailure::NoCredentials)
+        {
+            let what = CatalogError { destination: key.0.clone(), database: key.1.clone(), reason: e.clone() };
+            warn!("{what}");
+            let seq = self.failure_seq.fetch_add(1, Ordering::AcqRel) + 1;
+            self.failures.lock().unwrap_or_else(|p| p.into_inner()).insert(key.clone(), (seq, what.to_string()));
         }
-        Ok(result?)
+        result
     }
 
     /// Which of `functions` (as written: `name` or `schema.name`, lower
@@ -437,6 +561,9 @@ impl Catalog {
 
     async fn connect(&self, destination: &TargetAddr, database: &str) -> Result<Client, CatalogFailure> {
         let access = self.access.as_ref().ok_or(CatalogFailure::NoCredentials)?;
+        if let Some(rest) = destination.as_str().strip_prefix("netns:") {
+            return self.connect_in_netns(rest, database, access).await;
+        }
         let (host, port) = (destination.host(), destination.port());
         let mut config = tokio_postgres::Config::new();
         config
@@ -445,7 +572,8 @@ impl Catalog {
             .user(&access.user)
             .dbname(database)
             .application_name("masker-catalog")
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(self.timeout)
+            .options(format!("-c statement_timeout={}", self.timeout.as_millis()));
         if let Some(pw) = &access.password {
             config.password(pw);
         }
@@ -456,6 +584,46 @@ impl Catalog {
             }
         });
         debug!(%destination, database, "catalog connection opened");
+        Ok(client)
+    }
+
+    /// A catalog connection made from another network namespace: `rest` is
+    /// `<cookie>/<address>`.
+    async fn connect_in_netns(
+        &self,
+        rest: &str,
+        database: &str,
+        access: &CatalogAccess,
+    ) -> Result<Client, CatalogFailure> {
+        let bad = |what: &str| CatalogFailure::Netns(what.to_string());
+        let (cookie, addr) = rest.split_once('/').ok_or_else(|| bad("bad namespace destination"))?;
+        let cookie: u64 = cookie.parse().map_err(|_| bad("bad namespace cookie"))?;
+        let addr: std::net::SocketAddr = addr.parse().map_err(|_| bad("destination is not an address"))?;
+        let origin = self
+            .netns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&cookie)
+            .cloned()
+            .ok_or_else(|| bad("the client's network namespace is no longer served"))?;
+        let stream = origin
+            .connect(addr, Some(masker_common::MASKER_SOCKET_MARK))
+            .await
+            .map_err(|e| CatalogFailure::Netns(e.to_string()))?;
+        let mut config = tokio_postgres::Config::new();
+        config.user(&access.user).dbname(database).application_name("masker-catalog");
+        if let Some(pw) = &access.password {
+            config.password(pw);
+        }
+        let connect = config.connect_raw(stream, NoTls);
+        let (client, connection) =
+            tokio::time::timeout(Duration::from_secs(10), connect).await.map_err(|_| bad("timed out"))??;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                debug!("catalog connection ended: {e}");
+            }
+        });
+        debug!(netns = cookie, %addr, database, "catalog connection opened from the client's namespace");
         Ok(client)
     }
 }

@@ -58,14 +58,17 @@ impl PlanContext {
                     .ok()
                     .and_then(|a| a.statements.get(index))
                     .ok_or(CopyPlanError::UnknownStatement)?;
+                let types = resolver.output_types(stmt, sent).await;
                 resolver
                     .decisions_for(stmt, sent)
                     .await
                     .into_iter()
-                    .map(|d| match d {
-                        // No type is known for a query's columns: a masked
-                        // value the type needs becomes NULL (fail closed).
-                        Decision::Direct(a) | Decision::Force(a) => (a, TypeOid(0)),
+                    .zip(types)
+                    .map(|(d, ty)| match d {
+                        // A column that is exactly a table column has its
+                        // type; for a computed one none is known, and a
+                        // masked value the type needs becomes NULL.
+                        Decision::Direct(a) | Decision::Force(a) => (a, ty.unwrap_or(TypeOid(0))),
                     })
                     .collect()
             }

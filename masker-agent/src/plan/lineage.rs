@@ -296,9 +296,9 @@ impl Resolver<'_> {
                     let stmt = analysis.as_ref().as_ref().ok()?.statements.first()?.clone();
                     stmt.output?
                 }
-                Found::Session { kind: CreatedKind::View { outputs } | CreatedKind::TableAs { outputs }, .. } => {
-                    outputs.clone()
-                }
+                Found::Session {
+                    kind: CreatedKind::View { outputs, .. } | CreatedKind::TableAs { outputs }, ..
+                } => outputs.clone(),
                 Found::Session { .. } => return None,
             };
             let mut cols = Vec::new();
@@ -581,6 +581,34 @@ impl Resolver<'_> {
                     return Some(what);
                 }
             }
+            // A view reads what its query reads, filters included (its
+            // errors, and an EXPLAIN of it, can show them).
+            if depth < VIEW_DEPTH {
+                for r in &stmt.relations {
+                    match self.relation(r).await {
+                        Some(Found::Catalog(rel))
+                            if rel.definition.is_some() && !CATALOG_SCHEMAS.contains(&rel.schema.as_str()) =>
+                        {
+                            let analysis = sql::analyze(rel.definition.as_deref().unwrap_or_default());
+                            let Ok(a) = analysis.as_ref() else { return Some(format!("the view {r}")) };
+                            for inner in &a.statements {
+                                if let Some(t) = self.taint_at(inner, depth + 1).await {
+                                    return Some(t);
+                                }
+                            }
+                        }
+                        Some(Found::Session { kind: CreatedKind::View { reads, .. }, .. }) => {
+                            for l in &reads {
+                                let (bases, _) = self.bases(l, depth + 1).await;
+                                if let Some(what) = self.first_masked(&bases) {
+                                    return Some(what);
+                                }
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
             if self.calls_unclean_function(stmt, depth).await {
                 return Some("a function whose body reads masked data or cannot be analysed".into());
             }
@@ -708,6 +736,42 @@ impl Resolver<'_> {
         self.decisions_for(stmt, columns).await
     }
 
+    /// The type of each output column of `stmt` that is exactly a table
+    /// column (a masked value must stay valid for it); `None` for the
+    /// others, or when the output cannot be matched to `columns`.
+    pub async fn output_types(&self, stmt: &Statement, columns: usize) -> Vec<Option<crate::wire::TypeOid>> {
+        let mut out = Vec::with_capacity(columns);
+        for o in stmt.output.iter().flatten() {
+            match o {
+                Output::Column { lineage, .. } => out.push(self.column_type(lineage).await),
+                Output::Star(r) => match self.relation(r).await {
+                    Some(Found::Catalog(rel)) => out.extend(rel.types.iter().map(|t| Some(*t))),
+                    _ => return vec![None; columns],
+                },
+                Output::Unknown => return vec![None; columns],
+            }
+        }
+        if out.len() != columns {
+            return vec![None; columns];
+        }
+        out
+    }
+
+    /// The type of a value that is exactly one table column.
+    async fn column_type(&self, l: &Lineage) -> Option<crate::wire::TypeOid> {
+        if l.how != How::Direct || l.sources.len() != 1 {
+            return None;
+        }
+        let Some(Source::Column { relation, column }) = l.sources.iter().next() else { return None };
+        match self.relation(relation).await? {
+            Found::Catalog(rel) if rel.definition.is_none() => {
+                let i = rel.columns.iter().position(|(c, _)| c == column)?;
+                rel.types.get(i).copied()
+            }
+            _ => None,
+        }
+    }
+
     /// See [`Resolver::decisions`].
     pub async fn decisions_for(&self, stmt: &Statement, columns: usize) -> Vec<Decision> {
         if let Some(stood) = self.stands_for(stmt) {
@@ -722,6 +786,16 @@ impl Resolver<'_> {
             vec![Decision::Force(action); columns]
         };
         let Some(outs) = &stmt.output else {
+            if stmt.class == StatementClass::Explain && taint.is_some() {
+                // The plan quotes filters on masked columns (the query's and
+                // its views'): the literals against them go, the plan stays.
+                let action = if stmt.explain_text {
+                    ColumnAction::Definition(self.plan.policy.classified_names())
+                } else {
+                    ColumnAction::Redact
+                };
+                return vec![Decision::Force(action); columns];
+            }
             // Rows from a statement without traced output (SHOW, EXPLAIN):
             // as clean as what it reads.
             let safe = matches!(stmt.class, StatementClass::Config | StatementClass::Explain);
@@ -973,6 +1047,14 @@ impl Resolver<'_> {
                 return Some(m);
             }
             if let Some(body) = &stmt.body {
+                if body.dynamic {
+                    return Some(
+                        "masker: DO block refused: it runs SQL built at run time (EXECUTE of a text that is not a \
+                         constant), which masker cannot analyse (rule: code masker cannot see may not run in masked \
+                         sessions); run the statements themselves"
+                            .into(),
+                    );
+                }
                 for inner in &body.statements {
                     if let Some(m) = self.move_refusal(inner).await {
                         return Some(m);

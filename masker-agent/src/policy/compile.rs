@@ -246,6 +246,28 @@ fn compile_identity(
             _ => return Err(errs.at(n.span(), "expected \"scrub\" or \"withhold\"")),
         },
     };
+    let egress = match i.egress.as_ref().map(|e| (e, e.get_ref().as_str())) {
+        None | Some((_, "open")) => {
+            if let Some(a) = &i.allow_egress {
+                return Err(errs.at(a.span(), "`allow_egress` needs `egress = \"targets-only\"` on the same identity"));
+            }
+            None
+        }
+        Some((_, "targets-only")) => {
+            let mut allow = Vec::new();
+            if let Some(a) = &i.allow_egress {
+                for n in a.get_ref() {
+                    let parsed = n
+                        .get_ref()
+                        .parse::<crate::interception::NetPort>()
+                        .map_err(|e| errs.at(n.span(), e.to_string()))?;
+                    allow.push(parsed);
+                }
+            }
+            Some(crate::interception::EgressLock { allow })
+        }
+        Some((e, _)) => return Err(errs.at(e.span(), "expected \"targets-only\" or \"open\"")),
+    };
     Ok((
         pattern,
         claims,
@@ -260,6 +282,7 @@ fn compile_identity(
             databases,
             users,
             notifications,
+            egress,
         }),
     ))
 }

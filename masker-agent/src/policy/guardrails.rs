@@ -31,6 +31,9 @@ pub struct Guardrails {
     pub(crate) users: Option<Vec<Glob>>,
     /// What sessions of the identity get of notifications (`LISTEN`).
     pub notifications: Notifications,
+    /// `egress = "targets-only"`: the identity's workloads may connect only
+    /// to masker's targets and to `allow_egress` (enforced in the kernel).
+    pub egress: Option<crate::interception::EgressLock>,
 }
 
 /// What a session gets of the notifications it listens to. Payloads a

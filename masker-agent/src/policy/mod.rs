@@ -157,6 +157,20 @@ impl Policy {
         })
     }
 
+    /// The egress lock of `identity` (with its verified `claims`): that of
+    /// the first `[[identity]]` block that applies to it, as for guardrails.
+    pub fn egress_for(
+        &self,
+        identity: &str,
+        claims: Option<&crate::identity::Claims>,
+    ) -> Option<crate::interception::EgressLock> {
+        let claims_match = |m: &Option<ClaimsMatch>| m.as_ref().is_none_or(|m| m.matches(claims));
+        self.identities
+            .iter()
+            .find(|(g, c, _)| g.matches(identity) && claims_match(c))
+            .and_then(|(_, _, g)| g.egress.clone())
+    }
+
     /// The keys for the masking engine.
     #[cfg(test)]
     pub fn keys(&self) -> &Keys {
@@ -568,6 +582,34 @@ read_only = true
         std::fs::write(&key, "a-much-longer-secret-key-value\n").unwrap();
         assert!(parse(&text).unwrap().keys().has_pseudonym_key());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn identity_egress_lock_and_allowlist() {
+        let p = parse(
+            "version = 1\n[[identity]]\nname = \"ci-*\"\negress = \"targets-only\"\n\
+             allow_egress = [\"10.0.0.53/32:53\", \"0.0.0.0/0:443\"]\n[[identity]]\nname = \"*\"\n",
+        )
+        .unwrap();
+        let lock = p.egress_for("ci-job", None).expect("ci-job is locked");
+        let allowed: Vec<String> = lock.allow.iter().map(|n| n.to_string()).collect();
+        assert_eq!(allowed, ["10.0.0.53/32:53", "0.0.0.0/0:443"]);
+        assert_eq!(p.egress_for("dev", None), None, "the second block has no lock");
+        let locked_only = parse("version = 1\n[[identity]]\nname = \"a\"\negress = \"targets-only\"\n").unwrap();
+        assert_eq!(locked_only.egress_for("a", None), Some(crate::interception::EgressLock { allow: vec![] }));
+
+        assert_eq!(
+            err("version = 1\n[[identity]]\nname = \"a\"\negress = \"closed\"\n"),
+            "policy.toml:4:10: expected \"targets-only\" or \"open\""
+        );
+        assert!(
+            err("version = 1\n[[identity]]\nname = \"a\"\nallow_egress = [\"*:53\"]\n").contains("needs `egress"),
+            "allow_egress without the lock"
+        );
+        let e = err(
+            "version = 1\n[[identity]]\nname = \"a\"\negress = \"targets-only\"\nallow_egress = [\"10.0.0.1/8:53\"]\n",
+        );
+        assert!(e.starts_with("policy.toml:5:") && e.contains("host bits"), "{e}");
     }
 
     #[test]

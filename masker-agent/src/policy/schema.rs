@@ -47,6 +47,8 @@ pub(super) struct RawIdentity {
     pub(super) databases: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) users: Option<Spanned<Vec<Spanned<String>>>>,
     pub(super) notifications: Option<Spanned<String>>,
+    pub(super) egress: Option<Spanned<String>>,
+    pub(super) allow_egress: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 #[derive(Deserialize, Default)]

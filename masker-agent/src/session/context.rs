@@ -7,6 +7,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use super::auth::Credentials;
+use super::budget::MemoryBudget;
+use super::drain::Shutdown;
 use super::relay::Outbox;
 use super::tls::SessionTls;
 use crate::addr::TargetAddr;
@@ -18,17 +20,38 @@ use crate::daemon::registry::{Registry, SessionEntry};
 use crate::plan::catalog::{Catalog, CatalogAccess};
 use crate::policy::Policy;
 
-/// Limits that protect the agent from its peers.
+/// Limits that protect the agent from its peers: timeouts for every step a
+/// peer could stall, and the memory that partial messages may hold. The
+/// daemons take them from `[limits]` of the agent configuration or the
+/// proxy's `--*-secs`/`--*-mib` flags ([`crate::daemon::limits`]).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest message a client may send (PostgreSQL's own limit is 1 GiB).
     pub max_client_message: usize,
     /// Largest server message the agent buffers when it must see it whole.
     pub max_server_message: usize,
-    /// How long the client may take to send its startup packet.
+    /// How long the client may take to send its startup packet (from
+    /// accept, SSLRequest and TLS included).
     pub startup_timeout: Duration,
     /// How long connecting to the server may take.
     pub connect_timeout: Duration,
+    /// How long a TLS handshake may take, with the client or the server.
+    pub tls_timeout: Duration,
+    /// How long the login may take: from the startup packet sent to the
+    /// server to its first ReadyForQuery (relayed or injected login).
+    pub auth_timeout: Duration,
+    /// How long a client may leave a message half sent (after login). A
+    /// session idle between messages has no timeout: that is its right.
+    pub partial_message_timeout: Duration,
+    /// How long one catalog look-up may take (the agent's own connection).
+    pub catalog_timeout: Duration,
+    /// On SIGTERM: how long running statements may take to finish before
+    /// their sessions are ended with 57P01.
+    pub drain: Duration,
+    /// All sessions' partial messages together (both directions), bytes.
+    pub memory_budget: usize,
+    /// One session's partial messages (both directions), bytes.
+    pub session_buffer: usize,
 }
 
 impl Default for Limits {
@@ -38,6 +61,13 @@ impl Default for Limits {
             max_server_message: 1 << 30,
             startup_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            tls_timeout: Duration::from_secs(10),
+            auth_timeout: Duration::from_secs(60),
+            partial_message_timeout: Duration::from_secs(30),
+            catalog_timeout: Duration::from_secs(5),
+            drain: Duration::from_secs(30),
+            memory_budget: 256 << 20,
+            session_buffer: 64 << 20,
         }
     }
 }
@@ -56,6 +86,8 @@ pub struct ContextSettings {
     pub credentials: Credentials,
     /// `SO_MARK` of upstream sockets (agent mode).
     pub socket_mark: Option<u32>,
+    /// Timeouts and memory limits.
+    pub limits: Limits,
 }
 
 /// What every session of an agent or proxy shares: its settings and the
@@ -71,6 +103,10 @@ pub struct SessionContext {
     /// Statements waiting for an operator, and standing approvals.
     pub approvals: Arc<Approvals>,
     pub limits: Limits,
+    /// Memory held by partial messages of all sessions.
+    pub budget: Arc<MemoryBudget>,
+    /// Set when the daemon stops: sessions drain, then end with 57P01.
+    pub shutdown: Shutdown,
     /// `SO_MARK` put on upstream sockets so the eBPF programs never redirect
     /// the agent's own connections (a second guard besides the agent running
     /// outside tagged cgroups). `None` in proxy mode.
@@ -90,7 +126,7 @@ pub struct SessionContext {
 }
 
 impl SessionContext {
-    /// The context of a daemon: `settings`, default limits, and fresh
+    /// The context of a daemon: `settings` and fresh
     /// services (the audit trail not started, approvals not decidable).
     pub fn new(settings: ContextSettings) -> SessionContext {
         SessionContext {
@@ -98,10 +134,12 @@ impl SessionContext {
             audit: Arc::default(),
             metrics: Arc::default(),
             approvals: Arc::default(),
-            limits: Limits::default(),
+            budget: Arc::new(MemoryBudget::new(settings.limits.memory_budget, settings.limits.session_buffer)),
+            shutdown: Shutdown::default(),
             socket_mark: settings.socket_mark,
             policy: RwLock::new(settings.policy),
-            catalog: Arc::new(Catalog::new(settings.catalog)),
+            catalog: Arc::new(Catalog::new(settings.catalog).with_timeout(settings.limits.catalog_timeout)),
+            limits: settings.limits,
             tls: settings.tls,
             credentials: settings.credentials,
             target_names: RwLock::new(HashMap::new()),
@@ -126,8 +164,10 @@ pub enum Route {
     /// Relay to this server.
     To(TargetAddr),
     /// Refuse after the startup packet with this SQLSTATE and message (no
-    /// data values in it).
-    Refuse { code: &'static str, message: String },
+    /// data values in it). With `denial`, the refusal is a decision about
+    /// the workload (not a failure): audited as a `denial` of class
+    /// `connect` under that rule name and counted in the identity's denials.
+    Refuse { code: &'static str, message: String, denial: Option<&'static str> },
 }
 
 /// One session: its entry in the registry, the context it runs in, and what

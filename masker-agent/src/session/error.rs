@@ -36,6 +36,10 @@ pub enum SessionError {
     Inject(InjectError),
     #[error("terminated by an operator")]
     Killed,
+    #[error("ended by the daemon's shutdown")]
+    ShuttingDown,
+    #[error("the login did not complete within {}s", .0.as_secs())]
+    AuthTimeout(Duration),
 }
 
 /// Why TLS with the client failed.

@@ -12,9 +12,13 @@
 //! connection), [`auth`] (the login), [`relay`](mod@relay) (both directions),
 //! [`track`] (following each result to its statement), with [`tls`] for
 //! both legs' TLS settings and [`stream`] for the streams themselves.
+//! [`budget`] bounds the memory a session's partial messages hold, and
+//! [`drain`] knows whether a statement is running, for the daemon's stop.
 
 pub mod auth;
+pub mod budget;
 pub mod context;
+pub mod drain;
 pub mod error;
 pub mod relay;
 mod report;
@@ -40,7 +44,9 @@ use crate::policy::SessionPolicy;
 use crate::wire::message::Message;
 use crate::wire::{self, FrameError, Header, Severity, backend};
 use auth::{Credential, InjectOutcome, NoChannelBinding, inject, tls_server_end_point};
+use budget::SessionBudget;
 use context::{Route, Session, SessionContext};
+use drain::{Activity, Direction};
 use error::{SessionError, fatal};
 use relay::{Filter, Pump, RelayError, Verdict};
 use startup::{Startup, accept_tls, startup};
@@ -123,7 +129,10 @@ async fn run<C: SplitIo>(
     let entry = &session.entry;
     let destination = match route {
         Route::To(d) => d,
-        Route::Refuse { code, message } => {
+        Route::Refuse { code, message, denial } => {
+            if let Some(rule) = denial {
+                session.connect_denial(rule, code, message);
+            }
             let _ = client.write_all(&fatal(code, message)).await;
             return Err(SessionError::Refused(message.clone()));
         }
@@ -139,7 +148,7 @@ async fn run<C: SplitIo>(
         && let Some(message) =
             g.connect_refusal(identity.unwrap_or(""), &[target.as_str(), destination.as_str()], &database, &user)
     {
-        session.connect_denial(&message);
+        session.connect_denial("identity", "28000", &message);
         let _ = client.write_all(&fatal("28000", &message)).await;
         return Err(SessionError::Refused(message));
     }
@@ -157,7 +166,12 @@ async fn run<C: SplitIo>(
         let _ = client.write_all(&fatal("28000", &message)).await;
         return Err(SessionError::Refused(message));
     }
-    let server = match connect_upstream(destination, ctx).await {
+    if ctx.shutdown.is_draining() {
+        let message = "masker: terminating connection because masker is shutting down";
+        let _ = client.write_all(&fatal("57P01", message)).await;
+        return Err(SessionError::Refused(message.into()));
+    }
+    let server = match connect_upstream(destination, ctx, entry.origin.netns.as_ref()).await {
         Ok(s) => s,
         Err(e) => {
             let mut out = BytesMut::new();
@@ -188,11 +202,17 @@ async fn run<C: SplitIo>(
         Some(c) => login(client, &mut server, c, ctx).await?,
     };
 
+    // The catalog's key for the server: for a client in another network
+    // namespace, qualified by that namespace (and looked up from there).
+    if let Some(ns) = &entry.origin.netns {
+        ctx.catalog.register_netns(ns);
+    }
+    let catalog_destination = crate::plan::catalog::destination_key(destination, entry.origin.netns.as_ref());
     let plan = |policy| {
         Arc::new(PlanContext {
             policy,
             catalog: ctx.catalog.clone(),
-            destination: destination.clone(),
+            destination: catalog_destination.clone(),
             database: database.clone(),
             user: user.clone(),
         })
@@ -243,7 +263,7 @@ async fn login<C: SplitIo>(
         Upstream::Plain(_) => None,
     };
     let attempt = inject(server, credential, binding);
-    match tokio::time::timeout(ctx.limits.connect_timeout, attempt).await {
+    match tokio::time::timeout(ctx.limits.auth_timeout, attempt).await {
         Ok(Ok((pending, mechanism))) => {
             debug!(user = %credential.user, mechanism = mechanism.unwrap_or("password"), "injected login answered");
             Ok(pending)
@@ -259,8 +279,8 @@ async fn login<C: SplitIo>(
         }
         Err(_) => {
             let message = format!(
-                "masker: the database server did not complete the injected login within {:?}",
-                ctx.limits.connect_timeout
+                "masker: the database server did not complete the injected login within {}s (auth_timeout_secs)",
+                ctx.limits.auth_timeout.as_secs()
             );
             let _ = client.write_all(&fatal("08006", &message)).await;
             Err(SessionError::Server(io::Error::new(io::ErrorKind::TimedOut, message).into()))
@@ -286,9 +306,17 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
 ) -> Result<(), SessionError> {
     let entry = &session.entry;
     let counters = &entry.counters;
-    let mut to_server = Pump::new(ctx.limits.max_client_message).with_hangup(session.client_hangup.clone());
+    let limits = &ctx.limits;
+    let activity = Arc::new(Activity::default());
+    let budget = SessionBudget::new(ctx.budget.clone(), entry.clone());
+    let mut to_server = Pump::new(limits.max_client_message)
+        .with_hangup(session.client_hangup.clone())
+        .with_budget(budget.clone())
+        .with_partial_timeout(limits.partial_message_timeout)
+        .with_activity(activity.clone(), Direction::ToServer);
     to_server.preload(pending);
-    let mut to_client = Pump::new(ctx.limits.max_server_message);
+    let mut to_client =
+        Pump::new(limits.max_server_message).with_budget(budget).with_activity(activity.clone(), Direction::ToClient);
     if holds {
         // Only sessions whose statements may be held for approval get notices
         // of the agent's own (and pay for watching the outbox on each read).
@@ -300,7 +328,15 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
     let mut server_filter = NoChannelBinding::new(server_filter, client.is_tls() || server.is_tls());
     let (mut cr, mut cw) = client.split_io();
     let (mut sr, mut sw) = server.split_io();
+    // The login has `auth_timeout` to complete (a relayed login's
+    // exchange, or the rest of an injected one).
+    let login = async {
+        if tokio::time::timeout(limits.auth_timeout, activity.login()).await.is_ok() {
+            std::future::pending::<()>().await;
+        }
+    };
 
+    let mut client_left = false;
     let result = {
         let c2s = async {
             let r = to_server.run(&mut cr, &mut sw, &mut client_filter, &counters.bytes_from_client).await;
@@ -315,16 +351,35 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
         tokio::select! {
             r = &mut c2s => match r {
                 // Let the server finish what it was sending.
-                Ok(()) => s2c.await.map_err(SessionError::Server),
+                Ok(()) => {
+                    client_left = true;
+                    s2c.await.map_err(SessionError::Server)
+                }
                 Err(e) => Err(SessionError::Client(e)),
             },
-            r = &mut s2c => r.map_err(SessionError::Server),
+            r = &mut s2c => match r {
+                // The server ended the session while the client still
+                // wanted it: unless it said why (a FATAL error), say so.
+                Ok(()) => Err(SessionError::Server(RelayError::Truncated)),
+                Err(e) => Err(SessionError::Server(e)),
+            },
             () = entry.kill.killed() => Err(SessionError::Killed),
+            () = ctx.shutdown.session_may_end(&activity) => Err(SessionError::ShuttingDown),
+            () = login => Err(SessionError::AuthTimeout(limits.auth_timeout)),
         }
     };
 
+    let told = to_client.last_tag() == backend::ERROR_RESPONSE;
+    client_left |= to_server.last_tag() == wire::frontend::TERMINATE;
+    let server_name = || {
+        entry.origin.destination.as_ref().map_or_else(
+            || "the database server".to_string(),
+            |d| format!("the database server {}", ctx.target_name(d)),
+        )
+    };
     if let Err(e) = &result
         && to_client.at_boundary()
+        && !client_left
     {
         let (code, message) = match e {
             SessionError::Client(RelayError::Refused { code, message })
@@ -332,10 +387,34 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
             SessionError::Client(RelayError::Frame(f)) => {
                 ("08P01", format!("masker: invalid message from client: {f}"))
             }
-            SessionError::Server(RelayError::Frame(_) | RelayError::Truncated) => {
+            SessionError::Client(RelayError::Stalled(limit)) => (
+                "08P01",
+                format!(
+                    "masker: the client sent part of a message, then nothing for {}s (partial_message_timeout_secs); \
+                     session closed",
+                    limit.as_secs()
+                ),
+            ),
+            SessionError::Client(RelayError::Memory(m)) => ("53200", format!("masker: {m}; session closed")),
+            SessionError::Server(RelayError::Memory(m)) => {
+                ("53200", format!("masker: a message from {}: {m}; session closed", server_name()))
+            }
+            SessionError::Server(RelayError::Frame(_)) => {
                 ("08P01", "masker: invalid message from the database server; session closed".to_string())
             }
+            // It sent its own FATAL error first (a terminated backend, a
+            // server shutting down): the client knows why.
+            SessionError::Server(RelayError::Truncated | RelayError::Io(_)) if told => return Ok(()),
+            SessionError::Server(RelayError::Truncated | RelayError::Io(_)) => {
+                ("08006", format!("masker: {} closed the connection unexpectedly", server_name()))
+            }
             SessionError::Killed => ("57P01", "masker: session terminated by an operator".to_string()),
+            SessionError::ShuttingDown => {
+                ("57P01", "masker: terminating connection because masker is shutting down".to_string())
+            }
+            SessionError::AuthTimeout(limit) => {
+                ("08006", format!("masker: the login did not complete within {}s (auth_timeout_secs)", limit.as_secs()))
+            }
             _ => return result,
         };
         let mut out = BytesMut::new();
@@ -346,7 +425,10 @@ async fn relay<C: SplitIo, S: SplitIo, CF: Filter, SF: Filter + Send>(
     match result {
         // A client that vanished is not a failure of the session.
         Err(SessionError::Client(RelayError::Io(e))) if is_disconnect(&e) => Ok(()),
-        Err(SessionError::Server(RelayError::Io(e))) if is_disconnect(&e) => Ok(()),
+        Err(SessionError::Server(RelayError::Io(e))) if is_disconnect(&e) && (client_left || told) => Ok(()),
+        // The server closed at a message boundary after telling the client
+        // why (or after the client left).
+        Err(SessionError::Server(RelayError::Truncated)) if (client_left || told) && to_client.at_boundary() => Ok(()),
         other => other,
     }
 }

@@ -6,14 +6,23 @@
 //! forwarded as the bytes they arrived as, even when only part of a large one
 //! has arrived (memory stays flat however large a row or a COPY chunk is).
 //! Only messages the filter rewrites are copied.
+//!
+//! A message the filter needs whole is charged to the session's memory
+//! budget while it is incomplete ([`super::budget`]), and a peer that leaves
+//! a message half sent for longer than the partial-message timeout ends the
+//! session. Between messages a peer may stay silent as long as it likes.
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::budget::{BudgetError, Reservation, SessionBudget};
+use super::drain::{Activity, Direction};
 use crate::wire::message::Message;
 use crate::wire::{self, FrameError, Header};
 
@@ -30,6 +39,12 @@ pub enum RelayError {
     Frame(#[from] FrameError),
     #[error("connection closed in the middle of a message")]
     Truncated,
+    /// The peer sent part of a message, then nothing for this long.
+    #[error("sent part of a message, then nothing for {}s", .0.as_secs())]
+    Stalled(Duration),
+    /// A message the filter needs whole does not fit in memory.
+    #[error("{0}")]
+    Memory(#[from] BudgetError),
     /// The filter refused to go on; the message is safe to show a client
     /// (no data values in it).
     #[error("{message}")]
@@ -114,6 +129,16 @@ pub struct Pump {
     hangup: Option<std::sync::Arc<tokio::sync::Notify>>,
     /// Messages of our own for the peer this pump writes to.
     outbox: Option<std::sync::Arc<Outbox>>,
+    /// Where a message the filter needs whole is charged while incomplete.
+    budget: Option<SessionBudget>,
+    /// The charge for the incomplete message at the start of `buf`.
+    held: Option<Reservation>,
+    /// How long the reader may leave a message half sent.
+    partial_timeout: Option<Duration>,
+    /// Requests and answers of the session, noted per message.
+    activity: Option<(Arc<Activity>, Direction)>,
+    /// The tag of the last message relayed (0 before the first).
+    last_tag: u8,
 }
 
 impl Pump {
@@ -130,6 +155,45 @@ impl Pump {
             side: BytesMut::new(),
             hangup: None,
             outbox: None,
+            budget: None,
+            held: None,
+            partial_timeout: None,
+            activity: None,
+            last_tag: 0,
+        }
+    }
+
+    /// Charges messages the filter needs whole to `budget` while they are
+    /// incomplete; one that does not fit ends the relay with
+    /// [`RelayError::Memory`].
+    pub fn with_budget(mut self, budget: SessionBudget) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Ends the relay with [`RelayError::Stalled`] when the reader leaves a
+    /// message half sent for `timeout`.
+    pub fn with_partial_timeout(mut self, timeout: Duration) -> Self {
+        self.partial_timeout = Some(timeout);
+        self
+    }
+
+    /// Notes each message relayed `direction` in `activity`.
+    pub fn with_activity(mut self, activity: Arc<Activity>, direction: Direction) -> Self {
+        self.activity = Some((activity, direction));
+        self
+    }
+
+    /// The tag of the last message relayed (0 before the first).
+    pub fn last_tag(&self) -> u8 {
+        self.last_tag
+    }
+
+    /// Notes a message that is about to be relayed (each message once).
+    fn note(&mut self, tag: u8) {
+        self.last_tag = tag;
+        if let Some((activity, direction)) = &self.activity {
+            activity.observe(*direction, tag);
         }
     }
 
@@ -181,11 +245,22 @@ impl Pump {
             if self.buf.capacity() - self.buf.len() < want / 4 || self.buf.capacity() - self.buf.len() < self.need {
                 self.buf.reserve(want);
             }
+            // Half a message in: the peer must go on within the timeout.
+            let stall = self.partial_timeout.filter(|_| !self.buf.is_empty() || self.stream_left > 0);
             let mut room = (&mut self.buf).limit(want);
+            let read = async {
+                match stall {
+                    Some(limit) => match tokio::time::timeout(limit, r.read_buf(&mut room)).await {
+                        Ok(n) => Ok(n?),
+                        Err(_) => Err(RelayError::Stalled(limit)),
+                    },
+                    None => Ok(r.read_buf(&mut room).await?),
+                }
+            };
             let n = match self.outbox.clone() {
                 // Our own messages go out only between whole messages.
                 Some(outbox) if self.stream_left == 0 => tokio::select! {
-                    n = r.read_buf(&mut room) => n?,
+                    n = read => n?,
                     () = outbox.ready.notified() => {
                         let own = outbox.take();
                         if !own.is_empty() {
@@ -197,7 +272,7 @@ impl Pump {
                         continue;
                     }
                 },
-                _ => r.read_buf(&mut room).await?,
+                _ => read.await?,
             };
             if n == 0 {
                 return if self.buf.is_empty() && self.stream_left == 0 { Ok(()) } else { Err(RelayError::Truncated) };
@@ -225,7 +300,12 @@ impl Pump {
         self.need = 0;
         // Start of the run of original bytes not yet copied to `out`.
         let mut fwd_start = 0;
+        // Whether a message was replaced: then `out` is what goes out, even
+        // when it is empty (a message replaced by nothing must not go out).
+        let mut replaced = false;
         let mut failure = None;
+        // Length of a message the filter needs whole that is incomplete.
+        let mut partial = 0;
 
         if self.stream_left > 0 {
             let take = self.stream_left.min(self.buf.len());
@@ -250,6 +330,7 @@ impl Pump {
             };
             let avail = self.buf.len() - pos;
             if !whole {
+                self.note(header.tag);
                 if avail >= header.total_len {
                     pos += header.total_len;
                 } else {
@@ -260,8 +341,10 @@ impl Pump {
             }
             if avail < header.total_len {
                 self.need = header.total_len - avail;
+                partial = header.total_len;
                 break;
             }
+            self.note(header.tag);
             let end = pos + header.total_len;
             self.scratch.clear();
             // While the filter decides, keep reading (up to a chunk) so that
@@ -299,6 +382,7 @@ impl Pump {
                     self.out.extend_from_slice(&self.buf[fwd_start..pos]);
                     self.out.extend_from_slice(&self.scratch);
                     fwd_start = end;
+                    replaced = true;
                 }
                 Err(e) => {
                     failure = Some(e);
@@ -309,24 +393,41 @@ impl Pump {
         }
 
         self.mid_write = true;
-        if self.out.is_empty() {
+        if !replaced {
             if pos > 0 {
                 w.write_all(&self.buf[..pos]).await?;
                 bytes.fetch_add(pos as u64, Ordering::Relaxed);
             }
         } else {
             self.out.extend_from_slice(&self.buf[fwd_start..pos]);
-            w.write_all(&self.out).await?;
-            bytes.fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            if !self.out.is_empty() {
+                w.write_all(&self.out).await?;
+                bytes.fetch_add(self.out.len() as u64, Ordering::Relaxed);
+            }
             self.out.clear();
         }
         self.mid_write = false;
         self.buf.advance(pos);
         filter.on_flush();
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
+        if let Some(e) = failure {
+            return Err(e);
         }
+        self.charge(partial)
+    }
+
+    /// Keeps the charge for an incomplete message of `len` bytes at the
+    /// start of the buffer (0: none), taking a new one when it changed.
+    fn charge(&mut self, len: usize) -> Result<(), RelayError> {
+        if self.held.as_ref().map_or(0, Reservation::bytes) == len {
+            return Ok(());
+        }
+        self.held = None;
+        if len > 0
+            && let Some(budget) = &self.budget
+        {
+            self.held = Some(budget.reserve(len)?);
+        }
+        Ok(())
     }
 }
 
@@ -508,6 +609,129 @@ mod tests {
         let mut got = Vec::new();
         peer_out.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, [big, notice.clone(), notice].concat());
+    }
+
+    fn budget(limit: usize, cap: usize) -> (SessionBudget, crate::daemon::registry::SessionGuard) {
+        let registry = Arc::new(crate::daemon::registry::Registry::default());
+        let guard = registry.open(crate::daemon::registry::SessionOrigin {
+            netns: None,
+            identity: None,
+            verified: None,
+            client: "127.0.0.1:1".parse().unwrap(),
+            destination: None,
+            cgroup_id: None,
+            pid: None,
+        });
+        let budget = Arc::new(super::super::budget::MemoryBudget::new(limit, cap));
+        (SessionBudget::new(budget, guard.entry.clone()), guard)
+    }
+
+    #[tokio::test]
+    async fn a_wanted_message_is_charged_while_incomplete_and_refused_past_the_cap() {
+        for (cap, fits) in [(1 << 20, true), (1000, false)] {
+            let (account, guard) = budget(1 << 20, cap);
+            let (mut client, mut relay_in) = tokio::io::duplex(1 << 16);
+            let (mut relay_out, _server) = tokio::io::duplex(1 << 16);
+            let query = msg(b'Q', &[b'x'; 5000]);
+            client.write_all(&query[..100]).await.unwrap();
+            let counter = AtomicU64::new(0);
+            let mut pump = Pump::new(1 << 20).with_budget(account);
+            let mut filter = Upper;
+            let run = pump.run(&mut relay_in, &mut relay_out, &mut filter, &counter);
+            tokio::pin!(run);
+            let held = &guard.entry.counters.buffered_bytes;
+            if fits {
+                let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                while held.load(Ordering::Relaxed) != query.len() as u64 {
+                    tokio::select! {
+                        _ = &mut run => panic!("ended early"),
+                        () = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+                    }
+                    assert!(tokio::time::Instant::now() < deadline, "never charged");
+                }
+                client.write_all(&query[100..]).await.unwrap();
+                drop(client);
+                assert!(run.await.is_ok());
+                assert_eq!(held.load(Ordering::Relaxed), 0, "given back");
+            } else {
+                let r = tokio::time::timeout(std::time::Duration::from_secs(5), run).await.unwrap();
+                assert!(
+                    matches!(r, Err(RelayError::Memory(BudgetError::Session { wanted: 5005, cap: 1000 }))),
+                    "{r:?}"
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn half_a_message_then_silence_times_out_but_silence_between_messages_does_not() {
+        let (mut client, mut relay_in) = tokio::io::duplex(1 << 16);
+        let (mut relay_out, _server) = tokio::io::duplex(1 << 16);
+        let counter = AtomicU64::new(0);
+        let limit = std::time::Duration::from_millis(50);
+        let mut pump = Pump::new(1 << 20).with_partial_timeout(limit);
+        client.write_all(&msg(b'S', b"")).await.unwrap();
+        let mut filter = Upper;
+        let run = pump.run(&mut relay_in, &mut relay_out, &mut filter, &counter);
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => panic!("an idle peer was cut: {r:?}"),
+            () = tokio::time::sleep(limit * 4) => {}
+        }
+        client.write_all(&msg(b'd', &[0; 100])[..20]).await.unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(5), run).await.unwrap();
+        assert!(matches!(r, Err(RelayError::Stalled(l)) if l == limit), "{r:?}");
+    }
+
+    /// Drops every `d` message (as the server tracker swallows the rows of
+    /// a refused COPY or result).
+    struct Swallow;
+
+    impl Filter for Swallow {
+        fn wants(&mut self, header: Header) -> Result<bool, FrameError> {
+            Ok(header.tag == b'd')
+        }
+
+        async fn on_message(&mut self, _: Message<'_>, _: &mut BytesMut) -> Result<Verdict, RelayError> {
+            Ok(Verdict::Replaced)
+        }
+    }
+
+    /// Found by the `backend` fuzz target: a read that held only messages
+    /// replaced by nothing sent them on as they came (the rows of a refused
+    /// COPY reached the client raw whenever they arrived in a read of their
+    /// own).
+    #[tokio::test]
+    async fn messages_replaced_by_nothing_never_go_out() {
+        let mut input = msg(b'd', b"alice@example.com\n");
+        input.extend(msg(b'd', b"bob@example.org\n"));
+        input.extend(msg(b'c', b""));
+        for chunk in [1, 5, 23, 1 << 20] {
+            let (mut relay_in, mut peer) = tokio::io::duplex(1 << 16);
+            let (mut relay_out, mut server) = tokio::io::duplex(1 << 16);
+            let input = input.clone();
+            let writer = tokio::spawn(async move {
+                for piece in input.chunks(chunk) {
+                    peer.write_all(piece).await.unwrap();
+                    // Each piece is read on its own.
+                    tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+                }
+            });
+            let counter = AtomicU64::new(0);
+            let mut pump = Pump::new(1 << 16);
+            let res = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+                let res = pump.run(&mut relay_in, &mut relay_out, &mut Swallow, &counter).await;
+                writer.await.unwrap();
+                res
+            })
+            .await
+            .unwrap();
+            assert!(res.is_ok(), "{res:?}");
+            drop(relay_out);
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            assert_eq!(got, msg(b'c', b""), "chunk {chunk}");
+        }
     }
 
     #[tokio::test]

@@ -20,6 +20,7 @@ impl Session {
         let tls = Tls { client: e.tls_client.load(Ordering::Relaxed), server: e.tls_server.load(Ordering::Relaxed) };
         let destination = o.destination.as_ref().map_or("", |d| d.as_str());
         SessionFields::new(o.client, destination, o.cgroup_id, o.pid, user, database, tls)
+            .in_netns(o.netns.as_ref().map(|n| n.ns.to_string()), o.netns.as_ref().and_then(|n| n.container.clone()))
     }
 
     fn emit(&self, what: What<'_>) {
@@ -69,12 +70,14 @@ impl Session {
         }
     }
 
-    /// Records that the session was refused at its start by its identity's
-    /// `targets`, `databases` or `users` and counts it for the identity.
-    pub fn connect_denial(&self, reason: &str) {
+    /// Records that the session was refused at its start by `rule`
+    /// (`identity`: its identity's `targets`, `databases` or `users`;
+    /// `revoked`: its cgroup's tag was removed) with SQLSTATE `code`, and
+    /// counts it for the identity.
+    pub fn connect_denial(&self, rule: &str, code: &'static str, reason: &str) {
         self.ctx.metrics.denial(self.identity().unwrap_or(""));
         if self.ctx.audit.enabled() {
-            self.emit(What::connect_denial(reason));
+            self.emit(What::connect_denial(rule, code, reason));
         }
     }
 

@@ -41,14 +41,29 @@ pub async fn accept_tls(
         let config = tls.server_config(&name).map_err(ClientTlsError::Certificate)?;
         start.into_stream(config).await.map_err(ClientTlsError::Handshake)
     };
-    match tokio::time::timeout(ctx.limits.startup_timeout, accept).await {
+    // The handshake has `tls_timeout`, within what is left of the startup.
+    let tls_deadline = tokio::time::Instant::now() + ctx.limits.tls_timeout;
+    match tokio::time::timeout_at(tls_deadline.min(startup_deadline(ctx, session)), accept).await {
         Ok(s) => {
             let s = s?;
             session.entry.tls_client.store(true, Ordering::Relaxed);
             Ok(s)
         }
+        Err(_) if tls_deadline <= startup_deadline(ctx, session) => {
+            Err(ClientTlsError::Handshake(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("not completed within {}s (tls_timeout_secs)", ctx.limits.tls_timeout.as_secs()),
+            ))
+            .into())
+        }
         Err(_) => Err(SessionError::StartupTimeout(ctx.limits.startup_timeout)),
     }
+}
+
+/// When the client's startup phase must be over: `startup_timeout` after
+/// the connection was accepted, however the client spreads its bytes.
+fn startup_deadline(ctx: &SessionContext, session: &Session) -> tokio::time::Instant {
+    tokio::time::Instant::from_std(session.entry.started) + ctx.limits.startup_timeout
 }
 
 /// Reads the client's first packets up to its StartupMessage, answering
@@ -86,7 +101,9 @@ pub async fn startup<C: AsyncRead + AsyncWrite + Unpin>(
                 ctx.metrics.counters.cancel_requests.fetch_add(1, Ordering::Relaxed);
                 return match route {
                     Route::To(destination) => {
-                        forward_cancel(&buf[..len], destination, ctx).await.map(|()| Startup::Done)
+                        forward_cancel(&buf[..len], destination, ctx, session.entry.origin.netns.as_ref())
+                            .await
+                            .map(|()| Startup::Done)
                     }
                     Route::Refuse { message, .. } => Err(SessionError::Refused(message.clone())),
                 };
@@ -105,7 +122,12 @@ pub async fn startup<C: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(Startup::Packet(len));
             }
             Ok(None) => {
-                let read = tokio::time::timeout(ctx.limits.startup_timeout, client.read_buf(buf)).await;
+                let read = tokio::select! {
+                    read = tokio::time::timeout_at(startup_deadline(ctx, session), client.read_buf(buf)) => read,
+                    // The daemon stops: a session that has not started is
+                    // simply closed.
+                    () = ctx.shutdown.started() => return Ok(Startup::Done),
+                };
                 match read {
                     Err(_) => return Err(SessionError::StartupTimeout(ctx.limits.startup_timeout)),
                     Ok(Err(e)) => return Err(SessionError::StartupIo(e)),

@@ -17,8 +17,13 @@ use crate::addr::TargetAddr;
 /// A CancelRequest is forwarded as is to the server the session's
 /// destination names: the client holds the server's own BackendKeyData
 /// because the relay passed it through unchanged.
-pub async fn forward_cancel(packet: &[u8], destination: &TargetAddr, ctx: &SessionContext) -> Result<(), SessionError> {
-    let server = connect_upstream(destination, ctx)
+pub async fn forward_cancel(
+    packet: &[u8],
+    destination: &TargetAddr,
+    ctx: &SessionContext,
+    netns: Option<&crate::interception::netns::NetnsOrigin>,
+) -> Result<(), SessionError> {
+    let server = connect_upstream(destination, ctx, netns)
         .await
         .map_err(|source| SessionError::Connect { dest: destination.clone(), source })?;
     let mut server = upstream_tls(server, destination, ctx).await.map_err(SessionError::UpstreamTls)?;
@@ -36,20 +41,44 @@ pub async fn upstream_tls(
     destination: &TargetAddr,
     ctx: &SessionContext,
 ) -> Result<Upstream, UpstreamTlsError> {
-    match ctx.tls.target(destination) {
-        Some(target) => negotiate_upstream(stream, &target).await,
-        None => Ok(Upstream::Plain(stream)),
+    let Some(target) = ctx.tls.target(destination) else { return Ok(Upstream::Plain(stream)) };
+    let limit = ctx.limits.tls_timeout;
+    match tokio::time::timeout(limit, negotiate_upstream(stream, &target)).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamTlsError::Handshake {
+            host: target.host.clone(),
+            source: io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("not completed within {}s (tls_timeout_secs)", limit.as_secs()),
+            ),
+        }),
     }
 }
 
 /// Connects to `destination` (`host:port`, names resolved now), trying each
-/// address in turn, within the connect timeout.
-pub async fn connect_upstream(destination: &TargetAddr, ctx: &SessionContext) -> io::Result<TcpStream> {
+/// address in turn, within the connect timeout. For a client in another
+/// network namespace (`netns`), from a socket created in that namespace.
+pub async fn connect_upstream(
+    destination: &TargetAddr,
+    ctx: &SessionContext,
+    netns: Option<&crate::interception::netns::NetnsOrigin>,
+) -> io::Result<TcpStream> {
     let attempt = async {
         // An address needs no resolver: `lookup_host` would hand even a
         // literal to the blocking pool, a thread hop on every connection.
         if let Some(addr) = destination.socket_addr() {
-            return connect_one(addr, ctx.socket_mark).await;
+            return match netns {
+                Some(ns) => ns.connect(addr, ctx.socket_mark).await,
+                None => connect_one(addr, ctx.socket_mark).await,
+            };
+        }
+        if netns.is_some() {
+            // Only the workload's own resolver knows its names; the kernel
+            // recorded an address, so this does not happen on that path.
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a name cannot be resolved in the client's namespace",
+            ));
         }
         let mut last = None;
         for addr in tokio::net::lookup_host(destination.as_str()).await? {

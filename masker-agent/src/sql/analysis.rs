@@ -275,6 +275,8 @@ pub enum CreatedKind {
     View {
         /// The query's outputs.
         outputs: Vec<Output>,
+        /// Everything its query reads (filters included).
+        reads: Vec<Lineage>,
     },
     /// Another kind of relation (sequence, materialized view, ...) that the
     /// session model does not follow: names resolve to unknown.
@@ -411,6 +413,8 @@ pub struct Statement {
     /// A `DO` block's PL/pgSQL analysis (its statements' reads, sinks and
     /// conditions are also merged into this statement's).
     pub body: Option<Box<plpgsql::Procedure>>,
+    /// `EXPLAIN` in its text format (the plan as lines a scrubber can read).
+    pub explain_text: bool,
     /// What the statement may change, for `read_only` identities; `None`
     /// only for the statements known to read: SELECT (without INTO or
     /// data-modifying WITH), EXPLAIN without ANALYZE of a write, COPY TO,

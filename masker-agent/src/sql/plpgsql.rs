@@ -32,9 +32,10 @@ pub struct Procedure {
     pub sinks: Vec<Sink>,
     /// `IF`/`WHILE`/`EXIT`/`CASE`/`ASSERT` tests.
     pub conditions: Vec<Condition>,
-    /// The body runs SQL built at run time (`EXECUTE`, `OPEN ... FOR
-    /// EXECUTE`, `RETURN QUERY EXECUTE`, `FOR ... IN EXECUTE`): it may read
-    /// anything.
+    /// The body runs SQL built at run time (`EXECUTE` of anything but a
+    /// string constant, `OPEN ... FOR EXECUTE`, `RETURN QUERY EXECUTE`,
+    /// `FOR ... IN EXECUTE` likewise): it may read anything and send it
+    /// anywhere. `EXECUTE 'constant text'` is analysed like embedded SQL.
     pub dynamic: bool,
     /// Something this module does not follow (an unknown statement kind,
     /// an expression that does not parse): treat the body as reading
@@ -82,6 +83,18 @@ pub fn analyze_function_body(body: &str, args: &[String]) -> Option<Procedure> {
     let parsed = pg_query::parse_plpgsql(&sql).ok()?;
     let function = parsed.as_array()?.first()?.get("PLpgSQL_function")?;
     Some(analyze_function(function))
+}
+
+/// The value of `expr` when it is a single string constant (`'select 1'`,
+/// `$q$select 1$q$`, `E'...'`).
+fn constant_string(expr: &str) -> Option<String> {
+    let parsed = pg_query::parse(&format!("SELECT {expr}"), 0).ok()?;
+    let json = serde_json::to_value(&parsed.protobuf).ok()?;
+    let target = json.get("stmts")?.get(0)?.get("stmt")?.get("node")?.get("SelectStmt")?;
+    let list = target.get("target_list")?.as_array()?;
+    let [only] = list.as_slice() else { return None };
+    let val = only.get("node")?.get("ResTarget")?.get("val")?.get("node")?.get("AConst")?;
+    Some(val.get("val")?.get("Sval")?.get("sval")?.as_str()?.to_string())
 }
 
 /// The variables of a function, by datum number.
@@ -287,13 +300,17 @@ impl Walker<'_> {
     }
 
     fn dynamic(&mut self, query: Option<&Value>, params: Option<&Value>) -> Lineage {
-        self.out.dynamic = true;
-        let text = self.expr_value(query);
-        self.sink(SinkKind::DynamicSql, "EXECUTE", text);
         for p in params.and_then(Value::as_array).into_iter().flatten() {
             let l = self.expr_value(Some(p));
             self.sink(SinkKind::DynamicSql, "EXECUTE ... USING", l);
         }
+        // A string constant is SQL like any embedded statement.
+        if let Some(text) = query.and_then(expr_query).and_then(constant_string) {
+            return self.expression(&text, 0);
+        }
+        self.out.dynamic = true;
+        let text = self.expr_value(query);
+        self.sink(SinkKind::DynamicSql, "EXECUTE", text);
         // What dynamic SQL returns is unknown.
         opaque()
     }
@@ -514,6 +531,16 @@ mod tests {
         );
         let raise = p.sinks.iter().find(|s| s.kind == SinkKind::Raise).expect("raise");
         assert!(raise.lineage.sources.contains(&col("app", "customers", "ssn")), "{raise:?}");
+    }
+
+    #[test]
+    fn constant_dynamic_sql_is_analysed_like_embedded_sql() {
+        let p = proc("BEGIN EXECUTE 'select pg_notify(''c'', email) from app.customers'; END");
+        assert!(!p.dynamic, "{p:?}");
+        let notify = p.statements.iter().flat_map(|s| &s.sinks).find(|s| s.kind == SinkKind::Notification);
+        assert!(notify.is_some_and(|n| n.lineage.sources.contains(&col("app", "customers", "email"))), "{p:?}");
+        // Built at run time: flagged.
+        assert!(proc("BEGIN EXECUTE 'select ' || 'email from app.customers'; END").dynamic);
     }
 
     #[test]

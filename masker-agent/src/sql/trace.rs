@@ -157,6 +157,7 @@ impl Statement {
             sinks: Vec::new(),
             effect: None,
             body: None,
+            explain_text: false,
             write: None,
         }
     }
@@ -251,6 +252,7 @@ fn statement(node: &N) -> Statement {
 
 fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
     let mut t = Tracer::default();
+    let mut explain_text = false;
     let (class, output, moves, copy_query) = match node {
         N::SelectStmt(s) => {
             let outs = t.select(s, root, 0);
@@ -282,6 +284,12 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
             }
         }
         N::ExplainStmt(e) => {
+            explain_text = e.options.iter().all(|o| match o.node.as_ref() {
+                Some(N::DefElem(d)) if d.defname == "format" => {
+                    d.arg.as_deref().and_then(string_of).is_some_and(|f| f.eq_ignore_ascii_case("text"))
+                }
+                _ => true,
+            });
             // The plan it prints quotes the query's and its views' filters.
             if let Some(inner) = e.query.as_deref().and_then(|n| n.node.as_ref()) {
                 let s = statement_in(inner, root);
@@ -405,6 +413,7 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
         sinks: t.sinks,
         effect,
         body,
+        explain_text,
         write: write_kind(node),
     }
 }
@@ -542,15 +551,21 @@ fn effect(node: &N, t: &mut Tracer, output: Option<&[Output]>, moves: Option<&Li
         }
         N::ViewStmt(v) => {
             let r = v.view.as_ref()?;
+            let mut t2 = Tracer::default();
             let mut outputs = match inner(&v.query) {
-                Some(N::SelectStmt(s)) => {
-                    let mut t2 = Tracer::default();
-                    t2.select(s, &Scope::root(), 0)
+                Some(N::SelectStmt(s)) => t2.select(s, &Scope::root(), 0),
+                _ => {
+                    t2.reads.push(Lineage { how: How::Unknown, sources: BTreeSet::from([Source::Opaque]) });
+                    vec![Output::Unknown]
                 }
-                _ => vec![Output::Unknown],
             };
             rename(&mut outputs, &v.aliases);
-            Some(Effect::Create(Created { name: rel_name(r), temp: is_temp(r), kind: CreatedKind::View { outputs } }))
+            let reads = dedup(t2.reads);
+            Some(Effect::Create(Created {
+                name: rel_name(r),
+                temp: is_temp(r),
+                kind: CreatedKind::View { outputs, reads },
+            }))
         }
         N::CreateSeqStmt(c) => {
             let r = c.sequence.as_ref()?;
@@ -1398,6 +1413,10 @@ impl Tracer {
             _ => true,
         };
         let combined = derived(combine([l.clone(), r.clone()]));
+        if kind == K::AexprOp && matches!(op, "/" | "%") && r.how != How::Constant {
+            // Division by a value fails exactly when it is zero: a test.
+            self.filters.push(Condition { lineage: r.clone(), equality: false });
+        }
         if test {
             let eq_op = matches!(kind, K::AexprOp | K::AexprIn) && op == "=";
             let equality = eq_op

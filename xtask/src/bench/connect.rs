@@ -13,6 +13,13 @@
 //! address, pgbench started with `masker run` and connecting to the server's
 //! own address. The transparent row needs root and BPF; without them it is
 //! left out with a note saying why.
+//!
+//! Container rows (issue 15): pgbench in a hand-made container (its own
+//! network namespace with a PostgreSQL of its own inside, and a cgroup under
+//! a tagged parent), once direct to that server and once through the
+//! listener the agent opens inside the namespace (the agent connects
+//! upstream from there). Goal: the container row within 1.1x of the host's
+//! eBPF row.
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -25,6 +32,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::client::{self, DBNAME, Pgbench, shell_quote};
+use super::container::Container;
 use super::processes::{Cluster, Masker, free_port};
 use super::report::{Table, fmt_num, fmt_ratio, goal, median, ratio};
 use super::{Ctx, Outcome, progress};
@@ -112,7 +120,21 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             sslmode: "require",
         },
     ];
-    let agent = match Agent::start(&ctx.masker_bin, ctx.cluster) {
+    // The container and its own server, before the agent (it intercepts
+    // that server's address too).
+    let container = match Container::start().and_then(|c| {
+        let cluster = Cluster::start_in_netns(c.netns()).context("starting PostgreSQL in the container")?;
+        Ok((c, cluster))
+    }) {
+        Ok(c) => Some(c),
+        Err(err) => {
+            progress(format!("connect: no container rows: {err:#}"));
+            None
+        }
+    };
+    let extra: Vec<SocketAddr> = container.iter().map(|(_, c)| c.addr()).collect();
+    let mut container_rows = None;
+    let agent = match Agent::start(&ctx.masker_bin, ctx.cluster, &extra) {
         Ok(agent) => {
             targets.push(ConnectTarget {
                 label: "masker agent (eBPF)".into(),
@@ -126,6 +148,28 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                 wrapper: agent.run_wrapper(),
                 sslmode: "require",
             });
+            if let Some((c, cluster)) = &container {
+                match agent.serve_container(c) {
+                    Ok(()) => {
+                        container_rows = Some(targets.len());
+                        targets.push(ConnectTarget {
+                            label: "container, direct".into(),
+                            addr: cluster.addr(),
+                            wrapper: ["ip", "netns", "exec", c.netns()].map(String::from).to_vec(),
+                            sslmode: "disable",
+                        });
+                        let mut wrapper = vec!["sh".to_string()];
+                        wrapper.extend(c.wrapper());
+                        targets.push(ConnectTarget {
+                            label: "container, masker agent (namespace listener)".into(),
+                            addr: cluster.addr(),
+                            wrapper,
+                            sslmode: "disable",
+                        });
+                    }
+                    Err(err) => progress(format!("connect: no container rows: {err:#}")),
+                }
+            }
             Some(agent)
         }
         Err(err) => {
@@ -155,9 +199,13 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     for (i, target) in targets.iter().enumerate() {
         let ms = per_conn[i];
         let connect_ms = median(&runs[i].iter().filter_map(|r| r.connect_ms).collect::<Vec<_>>());
-        // TLS rows are compared with the direct TLS row, the others with
-        // plain direct.
-        let baseline = if target.sslmode == "require" { 2 } else { 0 };
+        // TLS rows are compared with the direct TLS row, container rows with
+        // direct in the container, the others with plain direct.
+        let baseline = match container_rows {
+            Some(first) if i >= first => first,
+            _ if target.sslmode == "require" => 2,
+            _ => 0,
+        };
         let r = if i == baseline { None } else { ratio(ms, per_conn[baseline]) };
         table.row(vec![
             target.label.clone(),
@@ -175,10 +223,26 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             "ratio_vs_direct": r,
         }));
     }
+    let mut container_vs_host = None;
+    if let Some(first) = container_rows {
+        // The container path against the host's eBPF path (row 3).
+        let r = ratio(per_conn[first + 1], per_conn[3]);
+        container_vs_host = r;
+        table.note(format!(
+            "container, masker agent vs masker agent (eBPF) on the host: {} (goal <= 1.1x: {})",
+            fmt_ratio(r),
+            goal(r, |r| r <= 1.1)
+        ));
+        table.note(
+            "container rows: pgbench in a hand-made container (own network namespace with its own PostgreSQL, \
+             cgroup under a tagged parent); vs direct = vs direct in the container",
+        );
+    }
     if let Some(agent) = &agent {
         // The redirected row counts only if masker really saw those connections.
         let seen = agent.connections()?;
-        let expected = 2 * u64::from(20 + conns * rounds as u32);
+        let redirected_rows = if container_rows.is_some() { 3 } else { 2 };
+        let expected = redirected_rows * u64::from(20 + conns * rounds as u32);
         if seen < expected {
             bail!("masker agent saw {seen} connections, expected at least {expected}: pgbench was not redirected");
         }
@@ -189,20 +253,29 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
         None => table.note("masker agent (eBPF): not measured (needs root and BPF; see the progress output)"),
     }
     drop(agent);
+    drop(container);
     table.note("connect ms = pgbench's average connection time (connect + startup + auth)");
     table.note(
         "sslmode=disable on the plain rows; the TLS rows use sslmode=require: direct, TLS against the same server \
          set-up with ssl = on (self-signed), and the agent with masker's CA towards the client (plain to the \
          server); TLS rows compare with direct, TLS",
     );
-    Ok(Outcome { tables: vec![table], json: json!({ "conns": conns, "rounds": rounds, "targets": json_targets }) })
+    Ok(Outcome {
+        tables: vec![table],
+        json: json!({
+            "conns": conns,
+            "rounds": rounds,
+            "targets": json_targets,
+            "container_vs_host_agent": container_vs_host,
+        }),
+    })
 }
 
 /// A `masker agent` intercepting the cluster's address, for the transparent
 /// row. Its own admin socket and pin directory; stopped (SIGTERM) and
 /// `masker uninstall`ed when dropped, and by a watchdog shell if the bench
 /// process dies first.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     watchdog: Option<Child>,
     bin: PathBuf,
@@ -211,7 +284,18 @@ struct Agent {
 }
 
 impl Agent {
-    fn start(bin: &Path, cluster: &Cluster) -> Result<Agent> {
+    fn start(bin: &Path, cluster: &Cluster, extra_targets: &[SocketAddr]) -> Result<Agent> {
+        Agent::start_with(bin, cluster, extra_targets, "")
+    }
+
+    /// [`Agent::start`] with `extra` appended to the agent configuration
+    /// (a policy, `[catalog]`, `[limits]`).
+    pub(crate) fn start_with(
+        bin: &Path,
+        cluster: &Cluster,
+        extra_targets: &[SocketAddr],
+        extra: &str,
+    ) -> Result<Agent> {
         let dir = cluster.work().path();
         let admin_socket = dir.join("agent-admin").join("admin.sock");
         let pin_dir = PathBuf::from(format!("/sys/fs/bpf/masker-bench-{}", std::process::id()));
@@ -219,12 +303,16 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "listen = \"127.0.0.1:{}\"\nadmin_socket = {:?}\npin_dir = {:?}\nstate_dir = {:?}\ntargets = [\"{}\"]\n",
+                "listen = \"127.0.0.1:{}\"\nadmin_socket = {:?}\npin_dir = {:?}\nstate_dir = {:?}\ntargets = [{}]\n{extra}",
                 free_port()?,
                 admin_socket.display().to_string(),
                 pin_dir.display().to_string(),
                 dir.join("agent-state").display().to_string(),
-                cluster.addr()
+                std::iter::once(cluster.addr())
+                    .chain(extra_targets.iter().copied())
+                    .map(|a| format!("\"{a}\""))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         )
         .context("writing the agent configuration")?;
@@ -269,6 +357,19 @@ impl Agent {
         Ok(agent)
     }
 
+    /// The agent's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `masker status --json` of the agent.
+    pub(crate) fn status(&self) -> Result<serde_json::Value> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--admin-socket").arg(&self.admin_socket).args(["status", "--json"]);
+        let out = client::run(cmd, Duration::from_secs(30))?;
+        serde_json::from_str(&out.stdout).context("masker status --json")
+    }
+
     /// The agent's connection counter (`masker status --json`).
     fn connections(&self) -> Result<u64> {
         let mut cmd = Command::new(&self.bin);
@@ -278,12 +379,40 @@ impl Agent {
         status["counters"]["connections"].as_u64().context("no counters.connections in masker status")
     }
 
+    /// Tags the container's parent cgroup and waits until the agent has its
+    /// listener inside the container's namespace.
+    fn serve_container(&self, c: &Container) -> Result<()> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("--admin-socket").arg(&self.admin_socket).arg("tag").arg(c.parent());
+        cmd.args(["--identity", "bench-container"]);
+        client::run(cmd, Duration::from_secs(30)).context("masker tag")?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut cmd = Command::new(&self.bin);
+            cmd.arg("--admin-socket").arg(&self.admin_socket).args(["status", "--json"]);
+            let out = client::run(cmd, Duration::from_secs(30))?;
+            let status: serde_json::Value = serde_json::from_str(&out.stdout).context("masker status --json")?;
+            if status["namespaces"].as_array().is_some_and(|n| !n.is_empty()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the agent opened no listener in the container's namespace within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `masker --admin-socket S run --identity bench --`: pgbench runs in a
     /// transient tagged cgroup.
     fn run_wrapper(&self) -> Vec<String> {
+        self.run_as("bench")
+    }
+
+    /// `masker --admin-socket S run --identity IDENTITY --`.
+    pub(crate) fn run_as(&self, identity: &str) -> Vec<String> {
         [self.bin.to_string_lossy().as_ref(), "--admin-socket", &self.admin_socket.to_string_lossy()]
             .into_iter()
-            .chain(["run", "--identity", "bench", "--"])
+            .chain(["run", "--identity", identity, "--"])
             .map(str::to_owned)
             .collect()
     }

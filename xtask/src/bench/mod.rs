@@ -19,14 +19,15 @@
 //!   without a policy, with a policy (lineage), with policy + audit, and
 //!   pgbouncer; latency added per round trip at one client.
 
-mod client;
-mod connect;
+pub(crate) mod client;
+pub(crate) mod connect;
+mod container;
 mod cpu;
 mod lineage;
 mod mask;
-mod processes;
+pub(crate) mod processes;
 mod relay;
-mod report;
+pub(crate) mod report;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

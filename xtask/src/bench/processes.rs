@@ -146,26 +146,40 @@ pub struct Cluster {
     bindir: PathBuf,
     run_as: Option<RunAs>,
     port: u16,
+    /// Network namespace (`ip netns` name) the server runs in, if not ours.
+    netns: Option<String>,
 }
 
 impl Cluster {
     /// initdb + pg_ctl start in a new temporary directory.
     pub fn start() -> Result<Cluster> {
-        Cluster::start_with(false)
+        Cluster::start_with(false, None, "")
+    }
+
+    /// [`Cluster::start`] with `extra` lines appended to postgresql.conf
+    /// (later lines win, e.g. a larger `max_connections`).
+    pub fn start_configured(extra: &str) -> Result<Cluster> {
+        Cluster::start_with(false, None, extra)
     }
 
     /// [`Cluster::start`] with `ssl = on` and a throwaway self-signed
     /// certificate (openssl, in the cluster's directory), for comparing TLS
     /// connections with TLS connections.
     pub fn start_tls() -> Result<Cluster> {
-        Cluster::start_with(true)
+        Cluster::start_with(true, None, "")
     }
 
-    fn start_with(tls: bool) -> Result<Cluster> {
+    /// [`Cluster::start`] inside network namespace `netns` (`ip netns`
+    /// name): its `127.0.0.1` is the namespace's loopback.
+    pub fn start_in_netns(netns: &str) -> Result<Cluster> {
+        Cluster::start_with(false, Some(netns.to_string()), "")
+    }
+
+    fn start_with(tls: bool, netns: Option<String>, extra: &str) -> Result<Cluster> {
         let bindir = bindir()?;
         let run_as = RunAs::detect()?;
         let work = Workdir::create(run_as.as_ref(), |dir| pg_ctl_stop_line(&bindir, run_as.as_ref(), dir))?;
-        let mut cluster = Cluster { work, bindir, run_as, port: 0 };
+        let mut cluster = Cluster { work, bindir, run_as, port: 0, netns };
         let data = cluster.data_dir();
         cluster.server_tool("initdb", |c| {
             c.arg("-D").arg(&data).args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
@@ -199,6 +213,7 @@ impl Cluster {
             }
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
+        conf.push_str(extra);
         OpenOptions::new()
             .append(true)
             .open(data.join("postgresql.conf"))
@@ -233,16 +248,18 @@ impl Cluster {
         self.work.path().join("data")
     }
 
-    /// Runs initdb/pg_ctl as the cluster's owner.
+    /// Runs initdb/pg_ctl as the cluster's owner (in its namespace).
     fn server_tool(&self, tool: &str, args: impl FnOnce(&mut Command)) -> Result<()> {
-        let mut cmd = match &self.run_as {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", &user.name, "--"]).arg(self.bindir.join(tool));
-                c
-            }
-            None => Command::new(self.bindir.join(tool)),
-        };
+        let mut words: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            words.extend(["ip", "netns", "exec", ns.as_str()].map(Into::into));
+        }
+        if let Some(user) = &self.run_as {
+            words.extend(["runuser", "-u", user.name.as_str(), "--"].map(Into::into));
+        }
+        words.push(self.bindir.join(tool).into());
+        let mut cmd = Command::new(&words[0]);
+        cmd.args(&words[1..]);
         cmd.current_dir(self.work.path());
         args(&mut cmd);
         client::run(cmd, TOOL_TIMEOUT).map(drop)

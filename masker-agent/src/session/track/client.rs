@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::{BufMut, BytesMut};
 
 use super::expect::{Analyzed, Expect, ExpectQueue, Text, lock};
-use super::memo::{Memo, Stamp, WHOLE_TEXT};
+use super::memo::{Memo, Refusal, Stamp, WHOLE_TEXT};
 use super::model::{Published, SessionModel};
 use crate::approvals::Outcome;
 use crate::audit::ApprovalStep;
@@ -76,33 +76,75 @@ impl ClientTracker {
         self
     }
 
+    /// The guardrail or lineage refusal of `sql` (analysed as `analysis`)
+    /// with the session as `model` says: remembered from an earlier time
+    /// under the same model revision and catalog generation, else worked
+    /// out and added to `worked_out` (for the memo, once it is known that
+    /// every catalog look-up answered).
+    async fn refusal(
+        &mut self,
+        plan: &PlanContext,
+        model: &SessionModel,
+        sql: &str,
+        analysis: &Analyzed,
+        generation: u64,
+        worked_out: &mut Vec<(Stamp, Refusal)>,
+    ) -> Refusal {
+        let stamp = Stamp { model: model.revision(), catalog: generation };
+        if let Some(r) = &self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal {
+            return r.clone();
+        }
+        let r = plan.resolver(model).refusal(sql).await;
+        worked_out.push((stamp, r.clone()));
+        r
+    }
+
     /// What the client is told instead of running `sql`, if it may not run:
     /// a guardrail or lineage refusal (audited as a denial), or an
     /// `[[approval]]` rule's hold that ended in a denial or a timeout. A held
     /// statement waits here, and with it everything the client sends after it.
     async fn check(&mut self, sql: &str, analysis: &Analyzed) -> Option<String> {
         let plan = self.plan.clone()?;
-        if lock(&self.queue).is_empty() {
+        let catalog_mark = plan.catalog.failure_mark();
+        let generation = plan.catalog.generation();
+        let in_flight = !lock(&self.queue).is_empty();
+        if !in_flight {
             // Nothing in flight: the server side's model is the session.
             let latest = self.published.latest();
             if latest.revision() != self.model.revision() {
                 self.model = latest;
             }
         }
-        let stamp = Stamp { model: self.model.revision(), catalog: plan.catalog.generation() };
-        let refusal = match &self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal {
-            Some(r) => r.clone(),
-            None => {
-                let r = plan.resolver(&self.model).refusal(sql).await;
-                self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal = Some(r.clone());
-                r
+        let model = self.model.clone();
+        let mut worked_out = Vec::with_capacity(2);
+        let mut refusal = self.refusal(&plan, &model, sql, analysis, generation, &mut worked_out).await;
+        if refusal.is_none() && in_flight {
+            // What was sent may still fail: the statement must pass with the
+            // session as it is now too (a CREATE still in flight that will
+            // fail must not make a name look like the client's own data).
+            let now = self.published.latest();
+            if now.revision() != model.revision() {
+                refusal = self.refusal(&plan, &now, sql, analysis, generation, &mut worked_out).await;
             }
-        };
+        }
+        let approval = if refusal.is_none() { plan.resolver(&model).approval(sql).await } else { None };
+        // A look-up the decisions needed failed (timed out, unreachable):
+        // what the statement would reveal is unknown (fail closed).
+        if let Some(failure) = plan.catalog.failed_since(catalog_mark, &plan.destination, &plan.database) {
+            let message = format!("masker: statement refused: {failure}; masker cannot tell what it would reveal");
+            self.session.denial(sql, "catalog", &message);
+            return Some(message);
+        }
+        // Every look-up answered: what was worked out holds for the next
+        // time (see [`Memo`]).
+        for (stamp, r) in worked_out {
+            self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal = Some(r);
+        }
         if let Some((rule, message)) = refusal {
             self.session.denial(sql, rule, &message);
             return Some(message);
         }
-        if let Some(rule) = plan.resolver(&self.model).approval(sql).await
+        if let Some(rule) = approval
             && let Some(message) = hold(&self.session, &rule, sql).await
         {
             return Some(message);

@@ -46,6 +46,10 @@ const PLANS: usize = 4;
 /// one statement of it.
 pub const WHOLE_TEXT: usize = usize::MAX;
 
+/// Why a text must be refused, and by which kind of rule (`None`: it may
+/// run).
+pub type Refusal = Option<(&'static str, String)>;
+
 /// What an entry was worked out under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -55,6 +59,10 @@ pub struct Stamp {
     pub catalog: u64,
 }
 
+/// A row plan with the RowDescription body and result formats it was made
+/// for.
+type KeptPlan = (Box<[u8]>, Option<ResultFormats>, Arc<RowPlan>);
+
 /// What is known about one statement of one analysis.
 #[derive(Default)]
 pub struct Entry {
@@ -62,9 +70,9 @@ pub struct Entry {
     pub tainted: Option<bool>,
     /// Why it (the whole text) must be refused, and by which kind of rule
     /// (`None` inside: it may run).
-    pub refusal: Option<Option<(&'static str, String)>>,
+    pub refusal: Option<Refusal>,
     /// Row plans by RowDescription body and Bind result formats.
-    plans: Vec<(Box<[u8]>, Option<ResultFormats>, Arc<RowPlan>)>,
+    plans: Vec<KeptPlan>,
 }
 
 impl Entry {

@@ -563,7 +563,7 @@ mod tests {
         assert!(m.temp_clean());
         run(&mut m, "CREATE TEMP TABLE t (a int)");
         m.ready(b'I');
-        run(&mut m, "DO $$ BEGIN EXECUTE 'select 1'; END $$");
+        run(&mut m, "DO $$ BEGIN EXECUTE 'select ' || '1'; END $$");
         assert!(!m.temp_clean());
     }
 }

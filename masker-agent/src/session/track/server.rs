@@ -127,6 +127,13 @@ impl ServerTracker {
         Stamp { model: self.model.revision(), catalog: self.planner.catalog.generation() }
     }
 
+    /// Whether every catalog look-up of this session's database answered
+    /// since `mark` (see [`crate::plan::catalog::Catalog::failure_mark`]):
+    /// only then is what was worked out worth remembering.
+    fn catalog_answered_since(&self, mark: u64) -> bool {
+        self.planner.catalog.failed_since(mark, &self.planner.destination, &self.planner.database).is_none()
+    }
+
     /// The statement the server is answering now: its text and its index
     /// in the text.
     fn current(&self) -> Option<(Arc<Text>, usize)> {
@@ -168,8 +175,11 @@ impl ServerTracker {
                         let tainted = match self.memo.entry(sql.analysis(), index, stamp).tainted {
                             Some(t) => t,
                             None => {
+                                let mark = self.planner.catalog.failure_mark();
                                 let t = self.planner.resolver(&self.model).taint(stmt).await.is_some();
-                                self.memo.entry(sql.analysis(), index, stamp).tainted = Some(t);
+                                if self.catalog_answered_since(mark) {
+                                    self.memo.entry(sql.analysis(), index, stamp).tainted = Some(t);
+                                }
                                 t
                             }
                         };
@@ -272,8 +282,9 @@ impl ServerTracker {
             return Ok(plan);
         }
         let fields = wire::parse_row_description(body)?;
+        let mark = self.planner.catalog.failure_mark();
         let (plan, answered) = self.plan_checked(&fields, formats, Some((text.sql(), index))).await;
-        if answered {
+        if answered && self.catalog_answered_since(mark) {
             self.memo.entry(text.analysis(), index, stamp).add_plan(body, formats, plan.clone());
         }
         Ok(plan)
