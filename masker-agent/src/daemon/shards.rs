@@ -81,7 +81,8 @@ impl Shards {
             .get_or_init(|| {
                 let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
                 let n = std::env::var("MASKER_SESSION_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(cpus);
-                Shards::start(n.clamp(1, MAX_SHARDS))
+                // 0: sessions run on the daemon's own runtime.
+                (n > 0).then(|| Shards::start(n.min(MAX_SHARDS))).flatten()
             })
             .as_ref()
     }
