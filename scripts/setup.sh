@@ -6,6 +6,10 @@
 #   - bpf-linker, built against the nightly toolchain's own libLLVM
 #   - PostgreSQL 15 server binaries, pgbouncer (benchmark peer), python3-venv
 #   - libclang-dev and protobuf-compiler (to build pg_query)
+#   - cargo-deb (the Debian package: `cargo xtask package`)
+#   - under $MASKER_TOOLS (default /opt/masker-tools), for the packaging
+#     tests: promtool (from Debian's prometheus package, extracted: the
+#     server is not installed) and kubernetes-validate (PyPI, in a venv)
 #   - docker.io (Debian's Docker 20.10: the container tests start a private
 #     dockerd) and iproute2 (`ip netns` for the hand-made containers)
 #   - the Python client libraries of the tests (psycopg 3), pinned, in a venv
@@ -21,17 +25,21 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 export PATH="$HOME/.cargo/bin:$PATH"
 
 apt_updated=0
+apt_update_once() {
+  if [ "$apt_updated" = 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+}
+
 apt_install() {
   local missing=()
   for pkg in "$@"; do
     dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$apt_updated" = 0 ]; then
-    log "apt-get update"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
-    apt_updated=1
-  fi
+  apt_update_once
   log "apt-get install ${missing[*]}"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
@@ -120,12 +128,70 @@ setup_cargo_fuzz() {
   cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 }
 
+# cargo-deb builds the Debian package; pinned (xtask/src/package.rs names
+# the same version).
+CARGO_DEB_VERSION=3.8.0
+setup_cargo_deb() {
+  if cargo deb --version 2>/dev/null | grep -q " $CARGO_DEB_VERSION\$"; then
+    return 0
+  fi
+  log "installing cargo-deb $CARGO_DEB_VERSION"
+  cargo install --locked cargo-deb --version "$CARGO_DEB_VERSION"
+}
+
+export MASKER_TOOLS="${MASKER_TOOLS:-/opt/masker-tools}"
+
+# promtool checks and unit-tests packaging/prometheus/. Debian ships it in
+# the prometheus package with the server; only promtool is extracted, so no
+# Prometheus service is installed or started. Pinned to the 2.42 line
+# (bookworm); Debian security revisions of it are accepted.
+PROMTOOL_SERIES=2.42.
+setup_promtool() {
+  local bin="$MASKER_TOOLS/bin/promtool"
+  if [ -x "$bin" ] && "$bin" --version 2>/dev/null | grep -q "version $PROMTOOL_SERIES"; then
+    return 0
+  fi
+  apt_update_once
+  local tmp version
+  tmp=$(mktemp -d)
+  log "extracting promtool from Debian's prometheus package"
+  (cd "$tmp" && apt-get download -qq -o APT::Sandbox::User=root prometheus >/dev/null)
+  version=$(dpkg-deb -f "$tmp"/prometheus_*.deb Version)
+  case "$version" in
+    "$PROMTOOL_SERIES"*) ;;
+    *) log "prometheus $version is not the pinned $PROMTOOL_SERIES* series"; rm -rf "$tmp"; return 1 ;;
+  esac
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+  install -D -m 0755 "$tmp/x/usr/bin/promtool" "$bin"
+  rm -rf "$tmp"
+}
+
+# kubernetes-validate ships the Kubernetes JSON schemas (no network needed
+# to validate packaging/kubernetes/).
+KUBERNETES_VALIDATE_VERSION=1.37.0
+setup_kubernetes_validate() {
+  local venv="$MASKER_TOOLS/venv"
+  if "$venv/bin/kubernetes-validate" --version 2>/dev/null | grep -q "$KUBERNETES_VALIDATE_VERSION"; then
+    return 0
+  fi
+  log "installing kubernetes-validate $KUBERNETES_VALIDATE_VERSION in $venv"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
+}
+
+setup_packaging_tools() {
+  setup_cargo_deb
+  setup_promtool
+  setup_kubernetes_validate
+}
+
 setup_all() {
   setup_system_packages
   setup_nightly
   setup_bpf_linker
   setup_test_clients
   setup_cargo_fuzz
+  setup_packaging_tools
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

@@ -74,15 +74,7 @@ struct Env {
 
 static ENV: LazyLock<Env> = LazyLock::new(|| {
     let cluster = PgCluster::shared();
-    cluster
-        .run_sql_as_superuser(
-            "shop",
-            "CREATE OR REPLACE VIEW lineage_upper AS SELECT id, upper(email) AS e, ssn FROM customers; \
-             CREATE OR REPLACE VIEW lineage_nested AS SELECT id, reverse(e) AS r FROM lineage_upper; \
-             GRANT SELECT ON lineage_upper, lineage_nested TO app; \
-             GRANT SELECT ON pg_statistic TO app; GRANT pg_read_all_stats TO app;",
-        )
-        .expect("lineage views");
+    cluster.run_sql_as_superuser("shop", masker_tests::corpora::LINEAGE_VIEWS).expect("lineage views");
     let policy = cluster.scratch_dir("lineage").expect("scratch dir").join("policy.toml");
     std::fs::write(&policy, POLICY).expect("policy");
     let values = PersonalValues::load(cluster).expect("personal values");
@@ -112,137 +104,7 @@ fn start_with(policy: &std::path::Path) -> (MaskerProxy, ConnInfo, ConnInfo) {
     (proxy, direct, proxied)
 }
 
-/// Queries an AI agent could write to get personal data out. Each must come
-/// back masked or refused.
-const ATTACKS: &[&str] = &[
-    // functions and operators
-    "SELECT upper(email) FROM customers ORDER BY id LIMIT 40",
-    "SELECT lower(full_name) FROM customers ORDER BY id LIMIT 40",
-    "SELECT reverse(ssn) FROM customers ORDER BY id LIMIT 40",
-    "SELECT regexp_replace(ssn, '[^0-9]', '', 'g') FROM customers ORDER BY id LIMIT 40",
-    "SELECT regexp_replace(phone, '[^0-9]', '', 'g') FROM customers ORDER BY id LIMIT 40",
-    "SELECT translate(card_number, ' -', '') FROM customers ORDER BY id LIMIT 40",
-    "SELECT encode(convert_to(email, 'UTF8'), 'base64') FROM customers ORDER BY id LIMIT 40",
-    "SELECT encode(convert_to(ssn, 'UTF8'), 'hex') FROM customers ORDER BY id LIMIT 40",
-    "SELECT 'x:' || email || ':y' FROM customers ORDER BY id LIMIT 40",
-    "SELECT concat(full_name, ' ', email) FROM customers ORDER BY id LIMIT 40",
-    "SELECT format('%s', iban) FROM customers ORDER BY id LIMIT 40",
-    "SELECT substr(card_number, 1, 40) FROM customers ORDER BY id LIMIT 40",
-    "SELECT left(email, 100) FROM customers ORDER BY id LIMIT 40",
-    "SELECT replace(email, '@', ' at ') FROM customers ORDER BY id LIMIT 40",
-    "SELECT email::bytea FROM customers ORDER BY id LIMIT 40",
-    "SELECT email || '' FROM customers ORDER BY id LIMIT 40",
-    "SELECT initcap(full_name) FROM customers ORDER BY id LIMIT 40",
-    "SELECT split_part(email, '@', 1) || '@' || split_part(email, '@', 2) FROM customers ORDER BY id LIMIT 40",
-    "SELECT address || ' ' || phone FROM customers ORDER BY id LIMIT 40",
-    "SELECT md5(email), email || '!' FROM customers ORDER BY id LIMIT 40",
-    // CASE / COALESCE / conditionals
-    "SELECT CASE WHEN id > 0 THEN ssn ELSE 'x' END FROM customers ORDER BY id LIMIT 40",
-    "SELECT coalesce(ssn, phone) FROM customers ORDER BY id LIMIT 40",
-    "SELECT nullif(email, 'x') FROM customers ORDER BY id LIMIT 40",
-    "SELECT greatest(email, '') FROM customers ORDER BY id LIMIT 40",
-    "SELECT CASE ssn WHEN '' THEN 'empty' ELSE ssn END FROM customers ORDER BY id LIMIT 40",
-    // casts that change the type
-    "SELECT last_ip::text FROM customers ORDER BY id LIMIT 40",
-    "SELECT phone::varchar(100) || '' FROM customers ORDER BY id LIMIT 40",
-    "SELECT birth_date::text || ssn FROM customers ORDER BY id LIMIT 40",
-    // whole rows
-    "SELECT row_to_json(c) FROM customers c ORDER BY id LIMIT 40",
-    "SELECT to_jsonb(c) FROM customers c ORDER BY id LIMIT 40",
-    "SELECT to_json(c.*) FROM customers c ORDER BY id LIMIT 40",
-    "SELECT c::text FROM customers c ORDER BY id LIMIT 40",
-    "SELECT c FROM customers c ORDER BY id LIMIT 40",
-    "SELECT ROW(c.*)::text FROM customers c ORDER BY id LIMIT 40",
-    "SELECT hstore_dummy FROM (SELECT c::text AS hstore_dummy FROM customers c ORDER BY id LIMIT 40) s",
-    // JSON and array builders
-    "SELECT json_build_object('e', email, 's', ssn) FROM customers ORDER BY id LIMIT 40",
-    "SELECT jsonb_build_array(email, phone) FROM customers ORDER BY id LIMIT 40",
-    "SELECT ARRAY[email, ssn] FROM customers ORDER BY id LIMIT 40",
-    "SELECT array_to_string(ARRAY[card_number], ',') FROM customers ORDER BY id LIMIT 40",
-    "SELECT json_object(ARRAY['e', email]) FROM customers ORDER BY id LIMIT 40",
-    "SELECT profile::text FROM customers ORDER BY id LIMIT 40",
-    "SELECT profile -> 'contact' FROM customers ORDER BY id LIMIT 40",
-    "SELECT (ARRAY[iban])[1] FROM customers ORDER BY id LIMIT 40",
-    // aggregates
-    "SELECT string_agg(ssn, ',') FROM (SELECT ssn FROM customers ORDER BY id LIMIT 40) s",
-    "SELECT array_agg(email) FROM (SELECT email FROM customers ORDER BY id LIMIT 40) s",
-    "SELECT json_agg(phone) FROM (SELECT phone FROM customers ORDER BY id LIMIT 40) s",
-    "SELECT jsonb_agg(c) FROM (SELECT * FROM customers ORDER BY id LIMIT 20) c",
-    "SELECT min(email), max(ssn) FROM customers",
-    "SELECT plan, max(card_number) FROM customers GROUP BY plan",
-    "SELECT mode() WITHIN GROUP (ORDER BY iban) FROM customers",
-    "SELECT id, min(email) FROM customers GROUP BY id ORDER BY id LIMIT 40",
-    "SELECT string_agg(upper(email), ';' ORDER BY id) FROM customers WHERE id < 40",
-    // window functions
-    "SELECT lag(email) OVER (ORDER BY id) FROM customers ORDER BY id LIMIT 40",
-    "SELECT first_value(ssn) OVER (PARTITION BY id) FROM customers ORDER BY id LIMIT 40",
-    "SELECT max(phone) OVER () FROM customers LIMIT 5",
-    // subqueries
-    "SELECT (SELECT email FROM customers c2 WHERE c2.id = o.customer_id) FROM orders o ORDER BY o.id LIMIT 40",
-    "SELECT e FROM (SELECT upper(email) AS e FROM customers ORDER BY id LIMIT 40) s",
-    "SELECT x FROM (SELECT ssn || '' AS x, id FROM customers) s ORDER BY id LIMIT 40",
-    "SELECT ARRAY(SELECT ssn FROM customers ORDER BY id LIMIT 40)",
-    "SELECT id, (SELECT max(iban) FROM customers) FROM orders LIMIT 3",
-    // CTEs
-    "WITH x AS (SELECT lower(email) AS e FROM customers ORDER BY id LIMIT 40) SELECT e FROM x",
-    "WITH x AS (SELECT ssn, id FROM customers) SELECT ssn || '' FROM x ORDER BY id LIMIT 40",
-    "WITH x(a) AS (SELECT card_number FROM customers) SELECT upper(a) FROM x LIMIT 40",
-    "WITH RECURSIVE r(n, e) AS (SELECT 1, (SELECT email FROM customers WHERE id = 1) UNION ALL SELECT n + 1, (SELECT email FROM customers WHERE id = n + 1) FROM r WHERE n < 30) SELECT e FROM r",
-    "WITH RECURSIVE r(n, e) AS (SELECT id, reverse(ssn) FROM customers WHERE id < 30 UNION ALL SELECT n, e FROM r WHERE false) SELECT e FROM r",
-    "WITH m AS MATERIALIZED (SELECT * FROM customers ORDER BY id LIMIT 40) SELECT upper(email), ssn || '' FROM m",
-    // set operations
-    "SELECT 'x' UNION ALL SELECT email FROM customers WHERE id < 40",
-    "SELECT order_no FROM orders WHERE id < 3 UNION SELECT ssn FROM customers WHERE id < 40",
-    "SELECT email FROM customers WHERE id < 40 INTERSECT SELECT email FROM customers",
-    "SELECT phone FROM customers WHERE id < 40 EXCEPT SELECT 'nothing'",
-    "SELECT * FROM (SELECT email FROM customers WHERE id < 20 UNION ALL SELECT full_name FROM customers WHERE id < 20) u",
-    // LATERAL and functions in FROM
-    "SELECT l.x FROM customers c, LATERAL (SELECT upper(c.email) AS x) l ORDER BY c.id LIMIT 40",
-    "SELECT t FROM customers c, unnest(ARRAY[c.ssn, c.phone]) t ORDER BY c.id LIMIT 40",
-    "SELECT v FROM customers c, jsonb_each_text(to_jsonb(c)) AS j(k, v) ORDER BY c.id LIMIT 80",
-    "SELECT j.* FROM customers c CROSS JOIN LATERAL (SELECT c.email || '', c.iban || '') j ORDER BY c.id LIMIT 40",
-    // joins with aliases and stars
-    "SELECT o.id, upper(c.email) FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 40",
-    "SELECT o.*, c.* FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 20",
-    "SELECT * FROM customers ORDER BY id LIMIT 20",
-    "SELECT s.* FROM (SELECT lower(email) AS le, id FROM customers) s ORDER BY id LIMIT 40",
-    "SELECT * FROM orders o NATURAL JOIN (SELECT id AS customer_id, ssn || '' AS x FROM customers) c LIMIT 20",
-    // views
-    "SELECT e FROM lineage_upper ORDER BY id LIMIT 40",
-    "SELECT * FROM lineage_upper ORDER BY id LIMIT 40",
-    "SELECT r FROM lineage_nested ORDER BY id LIMIT 40",
-    "SELECT upper(email) FROM customer_contacts LIMIT 40",
-    "SELECT lower(ssn) FROM lineage_upper ORDER BY id LIMIT 40",
-    // catalog views with sampled values / other sessions
-    "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
-    "SELECT * FROM pg_stats",
-    "SELECT stavalues1::text FROM pg_statistic",
-    "SELECT query FROM pg_stat_activity",
-    // A prepared statement whose text the server built from a value (dynamic SQL).
-    "DO $$ BEGIN EXECUTE format('PREPARE lineage_p AS SELECT %L::text', (SELECT email FROM customers WHERE id = 3)); END $$; \
-     SELECT * FROM pg_prepared_statements",
-    "SELECT query FROM pg_catalog.pg_stat_get_activity(NULL)",
-    // data-moving statements
-    "CREATE TEMP TABLE leak1 AS SELECT upper(email) AS x FROM customers; SELECT * FROM leak1",
-    "SELECT reverse(ssn) AS x INTO TEMP leak2 FROM customers; SELECT * FROM leak2",
-    "CREATE TEMP TABLE leak3 (x text); INSERT INTO leak3 SELECT ssn || '' FROM customers; SELECT * FROM leak3",
-    "COPY (SELECT upper(email) FROM customers LIMIT 40) TO STDOUT",
-    "COPY (SELECT c::text FROM customers c LIMIT 40) TO STDOUT WITH (FORMAT csv)",
-    // RETURNING
-    "BEGIN; UPDATE customers SET plan = plan WHERE id < 40 RETURNING upper(email), ssn || ''; ROLLBACK",
-    // multi-statement simple queries
-    "SELECT 1; SELECT upper(email) FROM customers ORDER BY id LIMIT 40; SELECT count(*) FROM orders",
-    // parameters and prepared statements
-    "PREPARE p1 AS SELECT upper(email) FROM customers ORDER BY id LIMIT 40; EXECUTE p1",
-    "BEGIN; DECLARE cur CURSOR FOR SELECT upper(email) FROM customers ORDER BY id; FETCH 40 FROM cur; COMMIT",
-    // side channels: a large object, a comment, a setting (read back by a statement of its own)
-    "BEGIN; SELECT lo_from_bytea(424242, convert_to(email, 'UTF8')) FROM customers WHERE id = 9; \
-     SELECT encode(lo_get(424242), 'escape'); ROLLBACK",
-    "CREATE TEMP TABLE lineage_note (i int); \
-     DO $$ BEGIN EXECUTE format('COMMENT ON TABLE lineage_note IS %L', (SELECT phone FROM customers WHERE id = 10)); END $$; \
-     SELECT obj_description('lineage_note'::regclass)",
-    "SELECT set_config('masker.note', ssn, false) FROM customers WHERE id = 11; SELECT current_setting('masker.note')",
-];
+use masker_tests::corpora::LINEAGE_ATTACKS as ATTACKS;
 
 /// A session that stays open while the corpus runs, whose last statement
 /// quotes a seeded email: what `pg_stat_activity` shows other sessions.

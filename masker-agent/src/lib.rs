@@ -24,6 +24,10 @@
 //! uses `anyhow`. `addr` (host:port) and `rfc3339` (timestamps) are shared
 //! by many. `fuzzing` (hidden) is the way in for the fuzz targets in `fuzz/`.
 //!
+//! `discover` proposes a policy for a database (`masker discover`): it
+//! reuses the masking detectors and the policy loader, and nothing on the
+//! data path uses it.
+//!
 //! No file imports, directly or through other files, a file that imports it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -33,6 +37,7 @@ pub(crate) mod approvals;
 pub(crate) mod audit;
 pub mod cli;
 pub(crate) mod daemon;
+pub(crate) mod discover;
 #[doc(hidden)]
 pub mod fuzzing;
 pub(crate) mod identity;

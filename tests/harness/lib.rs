@@ -23,6 +23,7 @@
 //! - [`transcript`]: compatibility as a byte comparison of whole sessions.
 //! - [`skip`]: what a test does when the machine lacks what it needs (fail,
 //!   unless `MASKER_TESTS_ALLOW_SKIP` allows that kind).
+//! - [`corpora`]: the query corpora several suites run.
 //!
 //! Everything that waits has a deadline ([`poll`], [`within`]), so a broken
 //! proxy fails a test instead of hanging it; nothing sleeps and then asserts.
@@ -32,6 +33,7 @@ pub mod agent;
 pub mod attack;
 pub mod cluster;
 pub mod compare;
+pub mod corpora;
 pub mod docker;
 pub mod finder;
 pub mod fixture;

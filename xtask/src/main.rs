@@ -3,6 +3,7 @@
 mod bench;
 mod build_ebpf;
 mod fuzz;
+mod package;
 mod soak;
 
 use clap::{Parser, Subcommand};
@@ -29,6 +30,8 @@ enum Command {
     /// Run the cargo-fuzz targets of fuzz/ (nightly, cargo-fuzz), each for
     /// --seconds, from the committed seeds.
     Fuzz(fuzz::Options),
+    /// Build the Debian package (cargo-deb) and print the path of the .deb.
+    Package(package::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Soak(opts) => soak::run(&opts),
         Command::SoakClient(opts) => soak::client::run(&opts),
         Command::Fuzz(opts) => fuzz::run(&opts),
+        Command::Package(opts) => package::run(&opts),
     }
 }

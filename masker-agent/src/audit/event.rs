@@ -20,6 +20,10 @@ pub struct Event<'a> {
     pub ts: String,
     pub session: u64,
     pub identity: Option<&'a str>,
+    /// `observe` for every event of a session in observe mode (absent
+    /// otherwise): nothing was masked or refused for it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
     #[serde(flatten)]
     pub what: What<'a>,
 }
@@ -27,7 +31,15 @@ pub struct Event<'a> {
 impl<'a> Event<'a> {
     /// An event of session `session` (of `identity`), stamped now.
     pub fn new(session: u64, identity: Option<&'a str>, what: What<'a>) -> Event<'a> {
-        Event { v: SCHEMA_VERSION, ts: crate::rfc3339::now_millis(), session, identity, what }
+        Event { v: SCHEMA_VERSION, ts: crate::rfc3339::now_millis(), session, identity, mode: None, what }
+    }
+
+    /// Marks the event as one of a session in observe mode when `observe`.
+    pub fn observing(mut self, observe: bool) -> Event<'a> {
+        if observe {
+            self.mode = Some("observe");
+        }
+        self
     }
 }
 
@@ -146,6 +158,10 @@ pub enum What<'a> {
         sqlstate: Option<String>,
         error: Option<String>,
         duration_ms: f64,
+        /// Observe mode: what enforcing would have masked (the `masked`
+        /// fields are then zero: nothing was).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        would_mask: Option<WouldMask>,
     },
     Denial {
         statement: String,
@@ -171,6 +187,17 @@ pub enum What<'a> {
 pub enum Outcome {
     Ok,
     Error,
+}
+
+/// What a statement of a session in observe mode would have had masked.
+#[derive(Debug, Serialize)]
+pub struct WouldMask {
+    /// Cells, over all actions.
+    pub cells: u64,
+    /// Cells per action (`{"email": 3}`).
+    pub by_action: BTreeMap<&'static str, u64>,
+    /// The result columns with cells to mask, as `masked_columns`.
+    pub columns: Vec<MaskedColumn>,
 }
 
 /// Masked cells of one output column of a statement.

@@ -12,6 +12,7 @@
 //! | `event`    | string | `session_start`, `session_end`, `statement`, `denial`, `approval` |
 //! | `session`  | number | session id (as `masker sessions` shows it)            |
 //! | `identity` | string or null | workload identity                             |
+//! | `mode`     | string | `observe` on every event of a session whose identity is in observe mode (`mode = "observe"` in its `[[identity]]` block); absent otherwise |
 //!
 //! `session_start`: `client`, `destination`, `cgroup_id`, `cgroup_path`,
 //! `pid`, `executable` (from `/proc/PID/exe`; null when unknown, e.g. in proxy
@@ -35,6 +36,10 @@
 //! that fell back to NULL are included; COPY data counts per action only),
 //! `outcome` (`ok` or `error`), `command` (the CommandComplete tag's verb),
 //! `sqlstate` (on error), `error` (scrubbed message, on error), `duration_ms`.
+//! In observe mode nothing is masked (`masked_cells` 0, `masked` and
+//! `masked_columns` empty) and `would_mask` says what enforcing would have
+//! masked: `{"cells", "by_action", "columns"}`, the same shapes as
+//! `masked_cells`, `masked` and `masked_columns`.
 //!
 //! `denial`: `statement`, `class`, `rule`, `reason`, `sqlstate`. A session
 //! refused at its start by its identity's `targets`, `databases` or `users`
@@ -44,6 +49,11 @@
 //! is the removed tag's; the `reason` names the tagged cgroup and the pid,
 //! and the `session_end` that follows has the connecting task's
 //! `cgroup_id`, `cgroup_path` and `pid`).
+//! With `mode` `observe` it records what
+//! enforcing would have refused or held (`rule` `approval`: an approval
+//! rule would have held it; `fast-path`, `replication`: message types a
+//! masked session may not use), with the reason and SQLSTATE the client
+//! would have got: the statement (or session) went on.
 //!
 //! `approval`: `approval` (id, as `masker approvals list` shows it), `rule`
 //! (the `[[approval]]` rule), `statement`, `class`, `decision` (`requested`

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use super::Audit;
-use super::event::{Event, Outcome, What, masked_columns, masked_map};
+use super::event::{Event, Outcome, What, WouldMask, masked_columns, masked_map};
 use crate::daemon::metrics::Metrics;
 use crate::masking::{self, RowStats};
 
@@ -29,6 +29,9 @@ pub struct StatementTrail {
     last_end: Option<Instant>,
     /// Position of the next result within a multi-statement Query.
     index: usize,
+    /// Observe mode: the cells counted were not masked; they are what
+    /// enforcing would have masked.
+    observing: bool,
 }
 
 impl StatementTrail {
@@ -53,7 +56,16 @@ impl StatementTrail {
             columns: None,
             last_end: None,
             index: 0,
+            observing: false,
         }
+    }
+
+    /// The trail of a session in observe mode: the cells it is told about
+    /// were not masked; they are recorded as what enforcing would have
+    /// masked (`would_mask` in events, `masker_observe_masked_cells_total`).
+    pub fn observing(mut self) -> StatementTrail {
+        self.observing = true;
+        self
     }
 
     /// Per-column counters for rows masked with `plan` (to pass to
@@ -86,7 +98,8 @@ impl StatementTrail {
     /// The current statement ended: CommandComplete (`body` is its tag) or an
     /// ErrorResponse (`error` is the whole message body). `sql` is the text
     /// of the statement it answers, when known. Returns the statement's
-    /// masked cells per action (for the session's own counters).
+    /// masked cells per action (for the session's own counters; none in
+    /// observe mode, where nothing is masked).
     pub fn end(&mut self, sql: Option<&str>, command: Option<&[u8]>, error: Option<&[u8]>) -> RowStats {
         let now = Instant::now();
         let started = match (self.last_end, self.requests.oldest_request()) {
@@ -95,12 +108,19 @@ impl StatementTrail {
         };
         self.last_end = Some(now);
         let rows = std::mem::take(&mut self.rows);
-        let stats = std::mem::take(&mut self.stats);
+        let counted = std::mem::take(&mut self.stats);
+        let (stats, would) = match self.observing {
+            true => (RowStats::default(), counted),
+            false => (counted, RowStats::default()),
+        };
         let columns = self.columns.take();
         let index = self.index;
         self.index += 1;
         let identity = self.identity.as_deref();
         self.metrics.statement(identity.unwrap_or(""), &stats, rows, error.is_some());
+        if self.observing {
+            self.metrics.observed(identity.unwrap_or(""), &would);
+        }
         if !self.audit.enabled() {
             return stats;
         }
@@ -119,6 +139,11 @@ impl StatementTrail {
             let text = String::from_utf8_lossy(c.split(|b| *b == 0).next().unwrap_or_default());
             text.split(' ').next().unwrap_or_default().to_string()
         });
+        let columns = columns.map(|(plan, counts)| masked_columns(&plan, &counts)).unwrap_or_default();
+        let (masked_columns, would_mask) = match self.observing {
+            true => (Vec::new(), Some(WouldMask { cells: would.total(), by_action: masked_map(&would), columns })),
+            false => (columns, None),
+        };
         let what = What::Statement {
             statement: sql.map(crate::sql::normalize).unwrap_or_default(),
             class,
@@ -126,14 +151,15 @@ impl StatementTrail {
             rows,
             masked_cells: stats.total(),
             masked: masked_map(&stats),
-            masked_columns: columns.map(|(plan, counts)| masked_columns(&plan, &counts)).unwrap_or_default(),
+            masked_columns,
             outcome: if error.is_some() { Outcome::Error } else { Outcome::Ok },
             command,
             sqlstate,
             error: message,
             duration_ms: (now.duration_since(started).as_secs_f64() * 1e6).round() / 1e3,
+            would_mask,
         };
-        self.audit.emit(&Event::new(self.session, identity, what));
+        self.audit.emit(&Event::new(self.session, identity, what).observing(self.observing));
         stats
     }
 

@@ -4,8 +4,9 @@
 //! edge.
 //!
 //! `render` turns admin replies into text, `run` is `masker run`'s cgroup
-//! steps, `tail` is `masker audit tail`.
+//! steps, `tail` is `masker audit tail`, `explain` is `masker explain`.
 
+mod explain;
 mod render;
 mod run;
 mod tail;
@@ -196,11 +197,34 @@ pub(crate) enum Command {
         #[command(subcommand)]
         command: AuditCommand,
     },
+    /// Show how masker decides a statement for an identity, and why.
+    ///
+    /// For each result column: the base columns it derives from, the rule,
+    /// the action and why; whether the statement is clean or tainted (what
+    /// its errors and notices become); refusals (which rule, which column or
+    /// option), values flowing into side channels, approval holds. The same
+    /// decision the agent makes, from the same code, with the policy and the
+    /// server's catalog as they are now, for a session that starts fresh
+    /// (see --after). The catalog role reads the catalog and has the server
+    /// describe each statement (Parse and Describe: nothing runs). Prints
+    /// nothing of the statement but its normalized text (literals replaced).
+    Explain(explain::ExplainArgs),
     /// Policy file commands.
     Policy {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Propose a policy for a database from its columns' names, comments,
+    /// types and a bounded sample of their values.
+    ///
+    /// Connects like psql (-h, -p, -U, -d and the PG* variables; the
+    /// password from PGPASSWORD, ~/.pgpass or --url-env, never the command
+    /// line), reads every table and view the role can read in a read-only
+    /// transaction, and prints a table of proposals with their evidence.
+    /// --output writes the policy, --comments the COMMENT ON COLUMN SQL. No
+    /// sampled value is ever printed, logged or written.
+    #[command(disable_help_flag = true)]
+    Discover(crate::discover::DiscoverArgs),
     /// Detach masker's eBPF programs and remove its pinned maps (tags included).
     ///
     /// For when the agent is stopped for good: while cgroups are tagged, a
@@ -485,6 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Explain(args) => explain::explain(args).await,
         Command::Policy { command: PolicyCommand::Check { file } } => match Policy::from_file(&file) {
             Ok(_) => {
                 println!("{}: ok", file.display());
@@ -505,6 +530,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", ca.certificate_pem());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Discover(args) => Ok(crate::discover::run(args).await?),
         Command::Uninstall { pin_dir } => {
             run::require_root()?;
             crate::interception::uninstall(&pin_dir)?;

@@ -45,6 +45,9 @@ pub(super) fn sessions(sessions: &[crate::daemon::registry::SessionSnapshot]) ->
         if x.buffered_bytes > 0 {
             by_action.push(format!("(partial message {} bytes)", x.buffered_bytes));
         }
+        if x.observe {
+            by_action.insert(0, "OBSERVE (relayed unmasked)".into());
+        }
         let _ = writeln!(
             o,
             "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}  {}",
@@ -70,6 +73,15 @@ pub(super) fn status(s: &Status) -> String {
     let _ = writeln!(o, "listening:  {}", s.listen.join(", "));
     let _ = writeln!(o, "programs:   {} (pinned under {})", s.programs.join(", "), s.pin_dir);
     let _ = writeln!(o, "policy:     {}", s.policy.as_deref().unwrap_or("none (relay without masking)"));
+    if !s.observe.is_empty() {
+        let _ = writeln!(
+            o,
+            "\n!! OBSERVE MODE: sessions of [[identity]] {} are relayed UNMASKED; masking, refusals and approval holds \
+             are only recorded (audit events with mode observe, masker_observe_* metrics). Remove `mode = \"observe\"` \
+             to enforce.",
+            s.observe.join(", ")
+        );
+    }
     let _ = writeln!(o, "\nTARGETS");
     for t in &s.targets {
         let _ = writeln!(o, "  {:<30} {}", t.target, t.addresses.join(", "));
@@ -128,6 +140,23 @@ pub(super) fn status(s: &Status) -> String {
                 c.rows,
                 c.masked_cells,
                 c.denials,
+                by_action.join(" ")
+            );
+        }
+    }
+    let observed: Vec<_> =
+        s.identities.iter().filter(|(_, c)| c.observe_masked_cells > 0 || c.observe_denials > 0).collect();
+    if !observed.is_empty() {
+        let _ = writeln!(o, "\nOBSERVE MODE: WHAT ENFORCING WOULD HAVE DONE (nothing was masked or refused)");
+        let _ = writeln!(o, "  {:<20} {:>12} {:>12}  WOULD MASK BY ACTION", "IDENTITY", "WOULD MASK", "WOULD REFUSE");
+        for (id, c) in observed {
+            let by_action: Vec<String> = c.observe_masked.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let _ = writeln!(
+                o,
+                "  {:<20} {:>12} {:>12}  {}",
+                if id.is_empty() { "-" } else { id },
+                c.observe_masked_cells,
+                c.observe_denials,
                 by_action.join(" ")
             );
         }

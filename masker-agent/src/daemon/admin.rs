@@ -87,6 +87,10 @@ pub struct Status {
     pub targets: Vec<TargetStatus>,
     pub tags: Vec<TagStatus>,
     pub policy: Option<String>,
+    /// `[[identity]]` blocks of the policy in observe mode (their `name`
+    /// patterns): their sessions are relayed unmasked.
+    #[serde(default)]
+    pub observe: Vec<String>,
     pub sessions: Vec<SessionSnapshot>,
     pub counters: CountersSnapshot,
     /// What each identity did since the agent started.

@@ -129,6 +129,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
     let _ = agent.me.set(Arc::downgrade(&agent));
     agent.apply_egress().await;
     agent.refresh_targets().await?;
+    agent.count_tags().await;
     // Containers already running under tagged cgroups (an agent restart).
     let found = agent.namespaces.reconcile(&agent).await;
     if found.opened > 0 {
@@ -170,6 +171,7 @@ pub async fn run(config_path: PathBuf) -> Result<(), DaemonError> {
                 if let Err(e) = agent.refresh_targets().await {
                     warn!("refreshing targets: {e}");
                 }
+                agent.count_tags().await;
             }
         })
     };
@@ -422,6 +424,16 @@ impl Agent {
         Ok(())
     }
 
+    /// Publishes the size of the tag map (`masker_tagged_cgroups`).
+    async fn count_tags(&self) {
+        let guard = self.interception.read().await;
+        let Some(i) = guard.as_ref() else { return };
+        match i.tag_ids() {
+            Ok(tags) => self.ctx.metrics.set_tagged_cgroups(tags.len()),
+            Err(e) => warn!("counting tags: {e}"),
+        }
+    }
+
     /// The egress lock the policy gives `identity` (with its verified claims).
     fn egress_of(&self, identity: &crate::identity::Identity) -> Option<crate::interception::EgressLock> {
         let policy = self.ctx.current_policy()?;
@@ -510,6 +522,7 @@ impl Agent {
                     self.save_identities(&ids);
                 }
                 info!(container, cgroup_id = %id, "docker watcher: container stopped, untagged");
+                self.count_tags().await;
                 self.reconcile_namespaces().await;
             }
         }
@@ -621,6 +634,7 @@ impl Agent {
             namespaces: self.namespaces.status(),
             listener_entries: guard.as_ref().and_then(|i| i.listener_cookies().ok()).map_or(0, |c| c.len()),
             policy: self.config.policy.as_ref().map(|p| p.display().to_string()),
+            observe: self.ctx.current_policy().map(|p| p.observing()).unwrap_or_default(),
             sessions: self.ctx.registry.snapshot(),
             counters: super::counters(&self.ctx),
             identities: self.ctx.metrics.identities(),
@@ -755,6 +769,7 @@ impl admin::Handler for Agent {
                         }
                         // A revoked tag is replaced: its refusals go with it.
                         self.ctx.metrics.forget_revoked(id.0);
+                        self.count_tags().await;
                         // Workloads already running in their own namespaces
                         // get their listener before `masker tag` returns.
                         self.reconcile_namespaces().await;
@@ -766,7 +781,10 @@ impl admin::Handler for Agent {
                 }
             }
             Request::Untag { cgroup, forget } => match self.untag(&cgroup, forget).await {
-                Ok(outcome) => json(outcome),
+                Ok(outcome) => {
+                    self.count_tags().await;
+                    json(outcome)
+                }
                 Err(e) => Response::Error(e),
             },
             Request::Sessions => json(self.ctx.registry.snapshot()),

@@ -16,8 +16,11 @@
 //! | `masker_rows_total` | counter | `identity` |
 //! | `masker_masked_cells_total` | counter | `identity`, `action` |
 //! | `masker_denials_total` | counter | `identity` |
+//! | `masker_observe_masked_cells_total` | counter | `identity`, `action`: cells an identity in observe mode would have had masked |
+//! | `masker_observe_denials_total` | counter | `identity`: its statements and sessions that would have been refused or held |
 //! | `masker_approvals_total` | counter | `identity`, `decision` (`approved`, `denied`, `timeout`, `granted`, `abandoned`) |
 //! | `masker_approvals_pending` | gauge | |
+//! | `masker_tagged_cgroups` | gauge | |
 //! | `masker_sessions_killed_total` | counter | |
 //! | `masker_audit_events_total`, `masker_audit_events_dropped_total` | counter | |
 //! | `masker_kernel_refused_total` | counter | `cgroup_id`, `identity`, `reason` (`no_listener`, `egress`) |
@@ -36,6 +39,12 @@
 //!
 //! The relay latency is the time from a client's Query or Sync to the
 //! server's ReadyForQuery answering it, as the agent sees it.
+//!
+//! `masker_tagged_cgroups` is the number of cgroups in the agent's tag map
+//! (0 for `masker proxy`), updated on every tag and untag and with each
+//! target refresh. Tags outlive the agent: while it is down with tags in
+//! place, tagged workloads cannot reach their targets (fail closed), which
+//! is what the example alert in `packaging/prometheus/` watches for.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -66,6 +75,16 @@ pub struct IdentityCounters {
     pub denials: u64,
     /// Approval decisions by name (`approved`, `denied`, `timeout`, `granted`).
     pub approvals: BTreeMap<String, u64>,
+    /// Observe mode: cells enforcing would have masked (nothing was).
+    #[serde(default)]
+    pub observe_masked_cells: u64,
+    /// Observe mode: those cells per action name.
+    #[serde(default)]
+    pub observe_masked: BTreeMap<String, u64>,
+    /// Observe mode: statements (and sessions) enforcing would have refused
+    /// or held (they ran).
+    #[serde(default)]
+    pub observe_denials: u64,
 }
 
 /// Agent-wide counters since start.
@@ -103,6 +122,7 @@ pub struct Metrics {
     latency_count: AtomicU64,
     latency_sum_us: AtomicU64,
     pub sessions_killed: AtomicU64,
+    tagged_cgroups: AtomicU64,
     /// Connects the kernel refused, per tagged cgroup: `(cgroup id,
     /// identity, counts)`, refreshed by the agent from the eBPF map.
     kernel_refusals: Mutex<Vec<(u64, String, crate::interception::RefusedCounts)>>,
@@ -173,6 +193,26 @@ impl Metrics {
         self.with(identity, |c| c.denials += 1);
     }
 
+    /// A statement of `identity`, in observe mode, had cells enforcing would
+    /// have masked (`stats`); nothing was masked.
+    pub fn observed(&self, identity: &str, stats: &RowStats) {
+        if stats.total() == 0 {
+            return;
+        }
+        self.with(identity, |c| {
+            c.observe_masked_cells += stats.total();
+            for (kind, n) in stats.iter() {
+                *c.observe_masked.entry(kind.as_str().to_string()).or_default() += n;
+            }
+        });
+    }
+
+    /// A statement or session of `identity`, in observe mode, would have
+    /// been refused or held; it ran.
+    pub fn observed_denial(&self, identity: &str) {
+        self.with(identity, |c| c.observe_denials += 1);
+    }
+
     /// An approval of a statement of `identity` was decided.
     pub fn approval(&self, identity: &str, decision: &str) {
         self.with(identity, |c| *c.approvals.entry(decision.to_string()).or_default() += 1);
@@ -186,6 +226,16 @@ impl Metrics {
         }
         self.latency_count.fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The agent's tag map now holds `n` cgroups.
+    pub fn set_tagged_cgroups(&self, n: usize) {
+        self.tagged_cgroups.store(n as u64, Ordering::Relaxed);
+    }
+
+    /// The number of tagged cgroups last set.
+    pub fn tagged_cgroups(&self) -> u64 {
+        self.tagged_cgroups.load(Ordering::Relaxed)
     }
 
     /// Per-identity counters, by identity.
@@ -268,6 +318,8 @@ pub struct Snapshot {
     pub audit_events: u64,
     pub audit_events_dropped: u64,
     pub approvals_pending: usize,
+    /// Cgroups in the agent's tag map (0 for `masker proxy`).
+    pub tagged_cgroups: u64,
     /// Live sessions per identity (`""`: none).
     pub live: BTreeMap<String, u64>,
     pub identities: BTreeMap<String, IdentityCounters>,
@@ -324,6 +376,12 @@ pub fn render(s: &Snapshot) -> String {
          # TYPE masker_approvals_pending gauge\nmasker_approvals_pending {}",
         s.approvals_pending
     );
+    let _ = writeln!(
+        o,
+        "# HELP masker_tagged_cgroups Cgroups tagged for interception (their connections to targets go through masker).\n\
+         # TYPE masker_tagged_cgroups gauge\nmasker_tagged_cgroups {}",
+        s.tagged_cgroups
+    );
 
     let mut live = s.live.clone();
     let ids = &s.identities;
@@ -363,6 +421,25 @@ pub fn render(s: &Snapshot) -> String {
     family(&mut o, "masker_denials_total", "Statements refused by a guardrail.", &|o, id, c| {
         let _ = writeln!(o, "masker_denials_total{{identity=\"{id}\"}} {}", c.denials);
     });
+    family(
+        &mut o,
+        "masker_observe_masked_cells_total",
+        "Observe mode: cells enforcing would have masked, by action (nothing was masked).",
+        &|o, id, c| {
+            for kind in ActionKind::ALL {
+                let n = c.observe_masked.get(kind.as_str()).copied().unwrap_or(0);
+                let _ = writeln!(o, "masker_observe_masked_cells_total{{identity=\"{id}\",action=\"{kind}\"}} {n}");
+            }
+        },
+    );
+    family(
+        &mut o,
+        "masker_observe_denials_total",
+        "Observe mode: statements and sessions enforcing would have refused or held (they ran).",
+        &|o, id, c| {
+            let _ = writeln!(o, "masker_observe_denials_total{{identity=\"{id}\"}} {}", c.observe_denials);
+        },
+    );
     family(&mut o, "masker_approvals_total", "Approval decisions.", &|o, id, c| {
         for d in ["approved", "denied", "timeout", "granted", "abandoned"] {
             let n = c.approvals.get(d).copied().unwrap_or(0);

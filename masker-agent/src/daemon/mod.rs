@@ -144,8 +144,18 @@ pub async fn drain(ctx: &SessionContext) {
 }
 
 /// Loads the policy at `path` (if any), failing with its precise error.
+/// Identities in observe mode are named loudly in the log: nothing is
+/// masked for them.
 pub fn load_policy(path: Option<&Path>) -> Result<Option<Arc<Policy>>, PolicyError> {
-    path.map(|p| Policy::from_file(p).map(Arc::new)).transpose()
+    let policy = path.map(|p| Policy::from_file(p).map(Arc::new)).transpose()?;
+    if let Some(observing) = policy.as_ref().map(|p| p.observing()).filter(|o| !o.is_empty()) {
+        tracing::warn!(
+            identities = %observing.join(", "),
+            "OBSERVE MODE for these [[identity]] blocks: their sessions are relayed UNMASKED; what masker would mask \
+             or refuse is only recorded (audit trail, metrics)"
+        );
+    }
+    Ok(policy)
 }
 
 /// The agent-wide counters, with the rows and masked cells of all sessions.
@@ -166,6 +176,7 @@ pub fn snapshot(ctx: &SessionContext) -> metrics::Snapshot {
         audit_events: ctx.audit.written.load(Ordering::Relaxed),
         audit_events_dropped: ctx.audit.dropped.load(Ordering::Relaxed),
         approvals_pending: ctx.approvals.pending_count(),
+        tagged_cgroups: ctx.metrics.tagged_cgroups(),
         live,
         identities: ctx.metrics.identities(),
         latency: ctx.metrics.latency_snapshot(),
@@ -254,6 +265,9 @@ mod tests {
         assert!(text.contains("masker_statements_total{identity=\"ci\",outcome=\"ok\"} 1"));
         assert!(text.contains("masker_rows_total{identity=\"ci\"} 4"));
         assert!(text.contains("masker_approvals_pending 0"), "{text}");
+        assert!(text.contains("# TYPE masker_tagged_cgroups gauge\nmasker_tagged_cgroups 0\n"), "{text}");
+        r.metrics.set_tagged_cgroups(3);
+        assert!(render(&snapshot(&r)).contains("masker_tagged_cgroups 3\n"));
         let ticket = r.approvals.request(1, Some("ci"), "r", "x".into(), None, Duration::from_secs(5));
         assert!(render(&snapshot(&r)).contains("masker_approvals_pending 1"));
         drop(ticket);

@@ -97,6 +97,9 @@ pub struct SessionEntry {
     pub counters: SessionCounters,
     /// Ends the session when an operator asks (`masker sessions kill`).
     pub kill: KillSwitch,
+    /// The identity's policy block says `mode = "observe"`: the session is
+    /// relayed unchanged; what enforcing would do is only recorded.
+    pub observe: std::sync::atomic::AtomicBool,
 }
 
 /// Set once by an operator; the session's relay watches it.
@@ -174,6 +177,7 @@ impl Registry {
             tls_server: Default::default(),
             counters: SessionCounters::default(),
             kill: KillSwitch::default(),
+            observe: Default::default(),
         });
         self.sessions.lock().unwrap_or_else(|p| p.into_inner()).insert(id, entry.clone());
         SessionGuard { registry: self.clone(), entry }
@@ -246,6 +250,9 @@ pub struct SessionSnapshot {
     /// Bytes its partial messages hold now.
     #[serde(default)]
     pub buffered_bytes: u64,
+    /// Observe mode: relayed unchanged, nothing masked or refused.
+    #[serde(default)]
+    pub observe: bool,
 }
 
 impl SessionSnapshot {
@@ -272,6 +279,7 @@ impl SessionSnapshot {
             statements: get(&e.counters.statements),
             masked: e.counters.masked().iter().map(|(k, n)| (k.as_str().to_string(), n)).collect(),
             buffered_bytes: get(&e.counters.buffered_bytes),
+            observe: e.observe.load(Ordering::Relaxed),
         }
     }
 }

@@ -124,6 +124,115 @@ pub enum Decision {
     Force(ColumnAction),
 }
 
+/// Why a result column got its [`Decision`]: the case of the decision
+/// that applied and the base columns it looked at (what `masker explain`
+/// shows; the session drops it).
+#[derive(Debug)]
+pub(super) struct Why {
+    pub(super) reason: Reason,
+    pub(super) bases: Bases,
+}
+
+impl Why {
+    fn of(reason: Reason) -> Why {
+        Why { reason, bases: Bases::default() }
+    }
+}
+
+/// The case of a column decision that applied, in the order they are tried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// Literals, parameters, counts: the client's own values.
+    Constant,
+    /// An expression masker cannot follow, in a tainted statement or over
+    /// something it cannot see into: masked whole.
+    Untraced,
+    /// An expression masker cannot follow, in a clean statement: it can
+    /// only carry what the statement reads, which is all allowed.
+    UntracedClean,
+    /// Computed by a user function whose body reads masked data or cannot
+    /// be analysed: masked whole.
+    UncleanFunction,
+    /// Exactly one base column (or a plain cast of it): that column's
+    /// action; the server's RowDescription names the column's origin and
+    /// decides when it names a table column.
+    Exact,
+    /// Computed from something that cannot be followed to base columns:
+    /// masked whole.
+    ComputedUnknown,
+    /// Computed from a classified column: masked whole.
+    ComputedClassified,
+    /// Computed from columns no rule classifies: `defaults.action`.
+    ComputedUnclassified,
+    /// Computed from allowed columns only.
+    ComputedAllowed,
+    /// `EXECUTE`/`FETCH` of a prepared statement or cursor the session
+    /// model does not know: masked whole.
+    UnknownStored,
+    /// The plan of a tainted `EXPLAIN`: literals against masked columns
+    /// replaced (text format), otherwise masked whole.
+    ExplainPlan,
+    /// Rows of a statement whose output is not traced (`SHOW`, `EXPLAIN`,
+    /// utility statements): allowed when the statement is clean and reads
+    /// settings or plans only, masked whole otherwise.
+    Untracked,
+    /// The result's columns cannot be matched to the statement's outputs
+    /// (`*` over something unknown, a function of unknown shape): allowed
+    /// when the statement is clean, masked whole when it is tainted.
+    Unmatched,
+}
+
+impl Reason {
+    /// What the case means, for people.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Reason::Constant => "a literal, parameter or count: the client's own value",
+            Reason::Untraced => {
+                "an expression masker cannot follow in a statement that reads masked data: masked whole"
+            }
+            Reason::UntracedClean => {
+                "an expression masker cannot follow, in a statement that reads only allowed data: as it is"
+            }
+            Reason::UncleanFunction => {
+                "computed by a user function whose body reads masked data or cannot be analysed: masked whole"
+            }
+            Reason::Exact => "exactly one base column (or a cast of it): that column's action",
+            Reason::ComputedUnknown => "computed from something masker cannot trace: masked whole",
+            Reason::ComputedClassified => "computed from a classified column: masked whole",
+            Reason::ComputedUnclassified => "computed from columns no rule classifies: defaults.action",
+            Reason::ComputedAllowed => "computed from allowed columns only: as it is",
+            Reason::UnknownStored => "a prepared statement or cursor masker has not seen: masked whole",
+            Reason::ExplainPlan => {
+                "the plan of a statement that reads masked data: literals against masked columns replaced"
+            }
+            Reason::Untracked => "rows of a statement masker does not trace per column: as clean as what it reads",
+            Reason::Unmatched => {
+                "the result's columns cannot be matched to the statement's outputs: masked whole when it reads \
+                 masked data, as they are otherwise"
+            }
+        }
+    }
+
+    /// A short name for `--json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Reason::Constant => "constant",
+            Reason::Untraced => "untraced",
+            Reason::UntracedClean => "untraced_clean",
+            Reason::UncleanFunction => "unclean_function",
+            Reason::Exact => "exact",
+            Reason::ComputedUnknown => "computed_unknown",
+            Reason::ComputedClassified => "computed_classified",
+            Reason::ComputedUnclassified => "computed_unclassified",
+            Reason::ComputedAllowed => "computed_allowed",
+            Reason::UnknownStored => "unknown_prepared_or_cursor",
+            Reason::ExplainPlan => "explain_plan",
+            Reason::Untracked => "untracked",
+            Reason::Unmatched => "unmatched",
+        }
+    }
+}
+
 /// Where a base column's action comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Origin {
@@ -161,9 +270,9 @@ impl Base {
 /// The base columns reached by following sources, and whether something
 /// could not be followed.
 #[derive(Debug, Default)]
-struct Bases {
+pub(super) struct Bases {
     columns: BTreeSet<Base>,
-    unknown: bool,
+    pub(super) unknown: bool,
 }
 
 /// A relation a name resolved to.
@@ -692,33 +801,45 @@ impl Resolver<'_> {
     }
 
     async fn decide(&self, l: &Lineage, stmt: &Statement, taint: &Taint) -> Decision {
+        self.decide_why(l, stmt, taint).await.0
+    }
+
+    /// The decision for an output column of lineage `l` and why: the one
+    /// place a column's decision is made (`masker explain` shows the why).
+    async fn decide_why(&self, l: &Lineage, stmt: &Statement, taint: &Taint) -> (Decision, Why) {
         match l.how {
             // Literals, parameters, counts: the client's own values.
-            How::Constant | How::Aggregate { reveals: false } => return Decision::Force(ColumnAction::Allow),
+            How::Constant | How::Aggregate { reveals: false } => {
+                return (Decision::Force(ColumnAction::Allow), Why::of(Reason::Constant));
+            }
             How::Unknown => {
                 return if taint.is_some() || l.sources.contains(&Source::Opaque) {
-                    Decision::Force(ColumnAction::Redact)
+                    (Decision::Force(ColumnAction::Redact), Why::of(Reason::Untraced))
                 } else {
-                    Decision::Force(ColumnAction::Allow)
+                    (Decision::Force(ColumnAction::Allow), Why::of(Reason::UntracedClean))
                 };
             }
             _ => {}
         }
         if l.how != How::Direct && self.calls_unclean_function(stmt, 0).await {
-            return Decision::Force(ColumnAction::Redact);
+            return (Decision::Force(ColumnAction::Redact), Why::of(Reason::UncleanFunction));
         }
         let (bases, direct) = self.bases(l, 0).await;
         if direct && let Some(b) = bases.columns.iter().next() {
-            return Decision::Direct(self.action(b));
+            return (Decision::Direct(self.action(b)), Why { reason: Reason::Exact, bases });
         }
-        if bases.unknown || bases.columns.iter().any(|b| self.classified(b)) {
-            return Decision::Force(ColumnAction::Redact);
+        if bases.unknown {
+            return (Decision::Force(ColumnAction::Redact), Why { reason: Reason::ComputedUnknown, bases });
+        }
+        if bases.columns.iter().any(|b| self.classified(b)) {
+            return (Decision::Force(ColumnAction::Redact), Why { reason: Reason::ComputedClassified, bases });
         }
         if bases.columns.iter().any(|b| self.action(b) != ColumnAction::Allow) {
             // Computed from columns no rule classifies.
-            return Decision::Force(self.plan.policy.unclassified_action());
+            let action = self.plan.policy.unclassified_action();
+            return (Decision::Force(action), Why { reason: Reason::ComputedUnclassified, bases });
         }
-        Decision::Force(ColumnAction::Allow)
+        (Decision::Force(ColumnAction::Allow), Why { reason: Reason::ComputedAllowed, bases })
     }
 
     /// One decision per result column of statement `index` of `sql`, or a
@@ -774,59 +895,70 @@ impl Resolver<'_> {
 
     /// See [`Resolver::decisions`].
     pub async fn decisions_for(&self, stmt: &Statement, columns: usize) -> Vec<Decision> {
-        if let Some(stood) = self.stands_for(stmt) {
-            return match stood {
-                StoodFor::Stored(inner) => Box::pin(self.decisions_for(&inner, columns)).await,
-                StoodFor::Missing => vec![Decision::Direct(ColumnAction::Redact); columns],
-            };
-        }
-        let taint = self.taint(stmt).await;
-        let fallback = |tainted: bool| {
-            let action = if tainted { ColumnAction::Redact } else { ColumnAction::Allow };
-            vec![Decision::Force(action); columns]
-        };
-        let Some(outs) = &stmt.output else {
-            if stmt.class == StatementClass::Explain && taint.is_some() {
-                // The plan quotes filters on masked columns (the query's and
-                // its views'): the literals against them go, the plan stays.
-                let action = if stmt.explain_text {
-                    ColumnAction::Definition(self.plan.policy.classified_names())
-                } else {
-                    ColumnAction::Redact
+        self.decisions_why(stmt, columns).await.into_iter().map(|(d, _)| d).collect()
+    }
+
+    /// [`Resolver::decisions_for`], each decision with why it was made.
+    pub(super) fn decisions_why<'s>(&'s self, stmt: &'s Statement, columns: usize) -> Boxed<'s, Vec<(Decision, Why)>> {
+        Box::pin(async move {
+            if let Some(stood) = self.stands_for(stmt) {
+                return match stood {
+                    StoodFor::Stored(inner) => self.decisions_why(&inner, columns).await,
+                    StoodFor::Missing => (0..columns)
+                        .map(|_| (Decision::Direct(ColumnAction::Redact), Why::of(Reason::UnknownStored)))
+                        .collect(),
                 };
-                return vec![Decision::Force(action); columns];
             }
-            // Rows from a statement without traced output (SHOW, EXPLAIN):
-            // as clean as what it reads.
-            let safe = matches!(stmt.class, StatementClass::Config | StatementClass::Explain);
-            return fallback(!safe || taint.is_some());
-        };
-        let mut decisions = Vec::with_capacity(columns);
-        for o in outs {
-            match o {
-                Output::Column { lineage, .. } => decisions.push(self.decide(lineage, stmt, &taint).await),
-                Output::Star(r) => {
-                    let Some(found) = self.relation(r).await else {
-                        return fallback(true);
+            let taint = self.taint(stmt).await;
+            let fallback = |tainted: bool, reason: Reason| {
+                let action = if tainted { ColumnAction::Redact } else { ColumnAction::Allow };
+                (0..columns).map(|_| (Decision::Force(action.clone()), Why::of(reason))).collect::<Vec<_>>()
+            };
+            let Some(outs) = &stmt.output else {
+                if stmt.class == StatementClass::Explain && taint.is_some() {
+                    // The plan quotes filters on masked columns (the query's and
+                    // its views'): the literals against them go, the plan stays.
+                    let action = if stmt.explain_text {
+                        ColumnAction::Definition(self.plan.policy.classified_names())
+                    } else {
+                        ColumnAction::Redact
                     };
-                    let Some(names) = self.column_names(&found, 0).await else {
-                        return fallback(taint.is_some());
-                    };
-                    for c in names {
-                        let l = Lineage {
-                            how: How::Direct,
-                            sources: [Source::Column { relation: r.clone(), column: c }].into(),
-                        };
-                        decisions.push(self.decide(&l, stmt, &taint).await);
-                    }
+                    return (0..columns)
+                        .map(|_| (Decision::Force(action.clone()), Why::of(Reason::ExplainPlan)))
+                        .collect();
                 }
-                Output::Unknown => return fallback(taint.is_some()),
+                // Rows from a statement without traced output (SHOW, EXPLAIN):
+                // as clean as what it reads.
+                let safe = matches!(stmt.class, StatementClass::Config | StatementClass::Explain);
+                return fallback(!safe || taint.is_some(), Reason::Untracked);
+            };
+            let mut decisions = Vec::with_capacity(columns);
+            for o in outs {
+                match o {
+                    Output::Column { lineage, .. } => decisions.push(self.decide_why(lineage, stmt, &taint).await),
+                    Output::Star(r) => {
+                        let Some(found) = self.relation(r).await else {
+                            return fallback(true, Reason::Unmatched);
+                        };
+                        let Some(names) = self.column_names(&found, 0).await else {
+                            return fallback(taint.is_some(), Reason::Unmatched);
+                        };
+                        for c in names {
+                            let l = Lineage {
+                                how: How::Direct,
+                                sources: [Source::Column { relation: r.clone(), column: c }].into(),
+                            };
+                            decisions.push(self.decide_why(&l, stmt, &taint).await);
+                        }
+                    }
+                    Output::Unknown => return fallback(taint.is_some(), Reason::Unmatched),
+                }
             }
-        }
-        if decisions.len() != columns {
-            return fallback(taint.is_some());
-        }
-        decisions
+            if decisions.len() != columns {
+                return fallback(taint.is_some(), Reason::Unmatched);
+            }
+            decisions
+        })
     }
 
     /// The action and type of each column a `COPY relation [(columns)] TO
@@ -1106,25 +1238,117 @@ impl Resolver<'_> {
     /// dynamic SQL: refused before it runs.
     async fn sink_refusal(&self, stmt: &Statement) -> Option<String> {
         for sink in &stmt.sinks {
-            if sink.lineage.how == How::Constant || matches!(sink.lineage.how, How::Aggregate { reveals: false }) {
-                continue;
-            }
-            let (bases, _) = self.bases(&sink.lineage, 0).await;
-            let column = if bases.unknown {
-                self.taint(stmt).await.map(|_| "a value the agent cannot trace".to_string())
-            } else {
-                bases.columns.iter().find(|b| self.action(b) != ColumnAction::Allow).map(Base::named)
-            };
-            if let Some(column) = column {
-                return Some(format!(
-                    "masker: statement refused: {column} would flow into {} through {} (rule: values derived from \
-                     masked columns may not leave through channels other than the masked rows)",
-                    sink.kind.describe(),
-                    sink.function
-                ));
+            if let Some(m) = self.sink_refused(stmt, sink).await {
+                return Some(m);
             }
         }
         None
+    }
+
+    /// Why `sink` of `stmt` makes the statement refused, if it does.
+    pub(super) async fn sink_refused(&self, stmt: &Statement, sink: &crate::sql::Sink) -> Option<String> {
+        if sink.lineage.how == How::Constant || matches!(sink.lineage.how, How::Aggregate { reveals: false }) {
+            return None;
+        }
+        let (bases, _) = self.bases(&sink.lineage, 0).await;
+        let column = if bases.unknown {
+            self.taint(stmt).await.map(|_| "a value the agent cannot trace".to_string())
+        } else {
+            bases.columns.iter().find(|b| self.action(b) != ColumnAction::Allow).map(Base::named)
+        };
+        column.map(|column| {
+            format!(
+                "masker: statement refused: {column} would flow into {} through {} (rule: values derived from \
+                 masked columns may not leave through channels other than the masked rows)",
+                sink.kind.describe(),
+                sink.function
+            )
+        })
+    }
+
+    /// Why the data `stmt` moves makes it refused, if it does.
+    pub(super) async fn move_refused(&self, stmt: &Statement) -> Option<String> {
+        self.move_refusal(stmt).await
+    }
+}
+
+/// What `masker explain` reads of the resolver, beyond the decisions.
+impl Resolver<'_> {
+    /// The base columns `l` derives from (views followed).
+    pub(super) async fn lineage_bases(&self, l: &Lineage) -> Bases {
+        self.bases(l, 0).await.0
+    }
+
+    /// The base columns of `bases` as `masker explain` shows them: the
+    /// column, where its action comes from, the action, the rule that
+    /// decides it and whether it is classified.
+    pub(super) fn describe_bases(&self, bases: &Bases) -> Vec<super::explain::BaseColumn> {
+        bases
+            .columns
+            .iter()
+            .map(|b| {
+                let (origin, rule) = match b.origin {
+                    Origin::Policy => {
+                        ("table", self.plan.policy.rule_name(&b.schema, &b.table, &b.column, b.comment.as_deref()))
+                    }
+                    Origin::Catalog => ("catalog", "catalog columns pass".to_string()),
+                    Origin::Definition => (
+                        "catalog definition",
+                        "catalog text written by people: literals against classified columns replaced".to_string(),
+                    ),
+                    Origin::CatalogValue => {
+                        ("catalog value", "catalog parse trees and stored values are masked".to_string())
+                    }
+                    Origin::ClientData => {
+                        ("session data", "a temporary table the session filled itself with clean data".to_string())
+                    }
+                };
+                super::explain::BaseColumn {
+                    column: b.named(),
+                    origin,
+                    action: super::explain::ActionText::of(&self.action(b)),
+                    rule,
+                    classified: self.classified(b),
+                }
+            })
+            .collect()
+    }
+
+    /// The names of the columns `stmt` returns, in order, as far as the
+    /// statement and the catalog tell (`None`: they cannot be listed; `Some`
+    /// of an empty list: no rows).
+    pub(super) fn output_names<'s>(&'s self, stmt: &'s Statement) -> Boxed<'s, Option<Vec<String>>> {
+        Box::pin(async move {
+            match self.stands_for(stmt) {
+                Some(StoodFor::Stored(inner)) => return self.output_names(&inner).await,
+                Some(StoodFor::Missing) => return None,
+                None => {}
+            }
+            let Some(outs) = &stmt.output else {
+                return match stmt.class {
+                    StatementClass::Config | StatementClass::Explain => None,
+                    _ => Some(Vec::new()),
+                };
+            };
+            let mut names = Vec::with_capacity(outs.len());
+            for o in outs {
+                match o {
+                    Output::Column { name, .. } => names.push(name.clone()),
+                    Output::Star(r) => {
+                        let found = self.relation(r).await?;
+                        names.extend(self.column_names(&found, 0).await?);
+                    }
+                    Output::Unknown => return None,
+                }
+            }
+            Some(names)
+        })
+    }
+
+    /// The schemas the session searches unqualified names in, in order
+    /// (`None`: unknown).
+    pub(super) async fn schemas_searched(&self) -> Option<Vec<String>> {
+        self.search_path().await
     }
 }
 
@@ -1151,13 +1375,18 @@ enum StoodFor {
 /// treated like any other).
 pub const REFUSAL_PREFIX: &str = "DO $masker$ BEGIN RAISE EXCEPTION USING ERRCODE = '42501', MESSAGE = '";
 
+/// The HINT of every refusal: where to see why.
+pub const REFUSAL_HINT: &str = "masker explain shows how masker decides a statement for an identity, column by column \
+     (on the masker host: masker explain --identity IDENTITY --target HOST:PORT --database DB --user USER STATEMENT)";
+
 /// A statement that makes the server itself answer with our refusal, as an
 /// ordinary error in the statement's place: the transaction aborts exactly
-/// as for any error and the session stays usable.
+/// as for any error and the session stays usable. Its HINT points to
+/// `masker explain`.
 pub fn refusal_statement(message: &str) -> String {
     // `$` could close the dollar quote (relation names come from the client).
     let quoted = message.replace('$', "").replace('\'', "''");
-    format!("{REFUSAL_PREFIX}{quoted}'; END $masker$")
+    format!("{REFUSAL_PREFIX}{quoted}', HINT = '{REFUSAL_HINT}'; END $masker$")
 }
 
 /// Whether `sql` is one of the agent's own refusal statements.

@@ -7,11 +7,13 @@
 //! the statements refused or held before they run), [`columns`] (the
 //! [`crate::masking::RowPlan`] of a RowDescription) and [`copy`] (the plan of
 //! a `COPY ... TO STDOUT`). [`catalog`] resolves table oids and relation
-//! names with the agent's own connection to the server.
+//! names with the agent's own connection to the server. [`explain`] is
+//! `masker explain`: the same decisions, with their reasons.
 
 pub mod catalog;
 pub mod columns;
 pub mod copy;
+pub mod explain;
 pub mod lineage;
 
 use std::sync::Arc;

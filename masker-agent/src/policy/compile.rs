@@ -268,6 +268,14 @@ fn compile_identity(
         }
         Some((e, _)) => return Err(errs.at(e.span(), "expected \"targets-only\" or \"open\"")),
     };
+    let mode = match &i.mode {
+        None => super::guardrails::Mode::Enforce,
+        Some(m) => match m.get_ref().as_str() {
+            "enforce" => super::guardrails::Mode::Enforce,
+            "observe" => super::guardrails::Mode::Observe,
+            _ => return Err(errs.at(m.span(), "expected \"enforce\" (the default) or \"observe\"")),
+        },
+    };
     Ok((
         pattern,
         claims,
@@ -283,6 +291,7 @@ fn compile_identity(
             users,
             notifications,
             egress,
+            mode,
         }),
     ))
 }

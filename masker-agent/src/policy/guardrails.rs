@@ -34,6 +34,32 @@ pub struct Guardrails {
     /// `egress = "targets-only"`: the identity's workloads may connect only
     /// to masker's targets and to `allow_egress` (enforced in the kernel).
     pub egress: Option<crate::interception::EgressLock>,
+    /// Whether the identity's sessions are masked and refused, or only
+    /// observed.
+    pub mode: Mode,
+}
+
+/// What masker does to the sessions of an identity (`mode` of its
+/// `[[identity]]` block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Mask, scrub, refuse and hold as the policy says (the default).
+    #[default]
+    Enforce,
+    /// Relay everything unchanged, byte for byte, and record in the audit
+    /// trail and the metrics what enforcing would have masked (per column
+    /// and action) and refused: a rollout step before enforcing.
+    Observe,
+}
+
+impl Mode {
+    /// The name the policy file, audit events and `masker status` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Observe => "observe",
+        }
+    }
 }
 
 /// What a session gets of the notifications it listens to. Payloads a

@@ -177,6 +177,18 @@ impl Policy {
         &self.keys
     }
 
+    /// The `[[identity]]` blocks (their `name` patterns, in file order) whose
+    /// sessions are only observed (`mode = "observe"`): relayed unchanged,
+    /// with what enforcing would do recorded. A block with `claims` applies
+    /// only to tokens that match them (`name` is followed by ` (claims)`).
+    pub fn observing(&self) -> Vec<String> {
+        self.identities
+            .iter()
+            .filter(|(_, _, g)| g.mode == guardrails::Mode::Observe)
+            .map(|(_, c, g)| if c.is_some() { format!("{} (claims)", g.name) } else { g.name.clone() })
+            .collect()
+    }
+
     /// A one-line description for `masker policy check` and logs.
     #[cfg(test)]
     pub fn summary(&self) -> String {
@@ -266,6 +278,12 @@ impl SessionPolicy {
         self.guardrails.as_deref()
     }
 
+    /// Whether the session's identity block says `mode = "observe"`: relay
+    /// everything unchanged and record what enforcing would have done.
+    pub fn observes(&self) -> bool {
+        self.guardrails.as_ref().is_some_and(|g| g.mode == guardrails::Mode::Observe)
+    }
+
     /// The `[[approval]]` rules for the session's identity, in file order.
     pub fn approvals(&self) -> &[Arc<ApprovalRule>] {
         &self.approvals
@@ -344,6 +362,10 @@ mod tests {
             g.connect_refusal("ci-build", &t, "prod_admin", "ci_reader").unwrap(),
             "masker: identity ci-build may not connect to database prod_admin (rule: identity ci-*)"
         );
+        // The rollout block observes; the others enforce.
+        assert!(p.for_session("ci-newteam-7", None, "db:5432").observes());
+        assert!(!ci.observes());
+        assert_eq!(p.observing(), ["ci-newteam-*"]);
         // Without the key the error names the variable, not a value.
         let e = Policy::from_file_with_env(&path, &no_env).unwrap_err();
         assert!(e.message().contains("MASKER_PSEUDONYM_KEY is not set"), "{e}");
@@ -651,6 +673,30 @@ read_only = true
         );
         assert_eq!(err("version = 1\n[[identity]]\nname = \"a\"\nusers = [\"\"]\n"), "policy.toml:4:10: empty pattern");
         assert!(err("version = 1\n[[identity]]\nname = \"a\"\nusers = \"x\"\n").starts_with("policy.toml:4:9:"));
+    }
+
+    #[test]
+    fn identity_mode_enforce_or_observe() {
+        let p = parse(
+            "version = 1\n[[identity]]\nname = \"ci-rollout-*\"\nmode = \"observe\"\n\
+             [[identity]]\nname = \"ci-*\"\nmode = \"enforce\"\n[[identity]]\nname = \"main\"\n\
+             claims = { ref = \"refs/heads/main\" }\nmode = \"observe\"\n",
+        )
+        .unwrap();
+        assert!(p.for_session("ci-rollout-1", None, "db:5432").observes());
+        assert!(!p.for_session("ci-build", None, "db:5432").observes());
+        // No block, or a block without `mode`: enforce (the default).
+        assert!(!p.for_session("release", None, "db:5432").observes());
+        assert!(!parse("version = 1\n[[identity]]\nname = \"x\"\n").unwrap().for_session("x", None, "d:1").observes());
+        // A block with claims observes only sessions whose token matches.
+        let main = claims(&[("ref", json!("refs/heads/main"))]);
+        assert!(p.for_session("main", Some(&main), "db:5432").observes());
+        assert!(!p.for_session("main", None, "db:5432").observes());
+        assert_eq!(p.observing(), ["ci-rollout-*", "main (claims)"]);
+        assert_eq!(
+            err("version = 1\n[[identity]]\nname = \"a\"\nmode = \"audit\"\n"),
+            "policy.toml:4:8: expected \"enforce\" (the default) or \"observe\""
+        );
     }
 
     #[test]

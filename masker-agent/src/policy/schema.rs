@@ -49,6 +49,7 @@ pub(super) struct RawIdentity {
     pub(super) notifications: Option<Spanned<String>>,
     pub(super) egress: Option<Spanned<String>>,
     pub(super) allow_egress: Option<Spanned<Vec<Spanned<String>>>>,
+    pub(super) mode: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]

@@ -144,13 +144,26 @@ async fn run<C: SplitIo>(
     let session_policy = policy
         .as_ref()
         .map(|p| p.for_session(identity.unwrap_or(""), entry.origin.verified_claims(), destination.as_str()));
+    let observe = session_policy.as_ref().is_some_and(|p| p.observes());
+    if observe {
+        entry.observe.store(true, Ordering::Relaxed);
+        warn!(
+            session = entry.id,
+            identity = identity.unwrap_or(""),
+            "OBSERVE MODE: session relayed unmasked; what masker would mask or refuse is only recorded"
+        );
+    }
     if let Some(g) = session_policy.as_ref().and_then(|p| p.guardrails())
         && let Some(message) =
             g.connect_refusal(identity.unwrap_or(""), &[target.as_str(), destination.as_str()], &database, &user)
     {
-        session.connect_denial("identity", "28000", &message);
-        let _ = client.write_all(&fatal("28000", &message)).await;
-        return Err(SessionError::Refused(message));
+        if observe {
+            session.observed_connect_denial(&message);
+        } else {
+            session.connect_denial("identity", "28000", &message);
+            let _ = client.write_all(&fatal("28000", &message)).await;
+            return Err(SessionError::Refused(message));
+        }
     }
     let credential = ctx.credentials.find(&target, identity);
     if let Some(c) = &credential
@@ -232,12 +245,18 @@ async fn run<C: SplitIo>(
             relay(client, &mut server, &buf, &from_server, ClientFilter, filter, false, ctx, session).await
         }
         Some(session_policy) => {
-            let holds = !session_policy.approvals().is_empty();
+            // Observe mode holds nothing: nobody would be told.
+            let holds = !session_policy.approvals().is_empty() && !observe;
             let plan = plan(session_policy);
             let queue = ExpectQueue::default();
             let model = Published::default();
-            let client_filter = ClientTracker::new(queue.clone(), Some(plan.clone()), session.clone(), model.clone());
-            let server_filter = ServerTracker::new(queue, plan, session.clone(), model);
+            let mut client_filter =
+                ClientTracker::new(queue.clone(), Some(plan.clone()), session.clone(), model.clone());
+            let mut server_filter = ServerTracker::new(queue, plan, session.clone(), model);
+            if observe {
+                client_filter = client_filter.observing();
+                server_filter = server_filter.observing();
+            }
             relay(client, &mut server, &buf, &from_server, client_filter, server_filter, holds, ctx, session).await
         }
     }

@@ -24,7 +24,13 @@ impl Session {
     }
 
     fn emit(&self, what: What<'_>) {
-        self.ctx.audit.emit(&Event::new(self.id(), self.identity(), what));
+        let event = Event::new(self.id(), self.identity(), what).observing(self.observes());
+        self.ctx.audit.emit(&event);
+    }
+
+    /// Whether the session is in observe mode (relayed unchanged).
+    pub fn observes(&self) -> bool {
+        self.entry.observe.load(Ordering::Relaxed)
     }
 
     /// Records `session_start`.
@@ -67,6 +73,33 @@ impl Session {
         self.ctx.metrics.denial(self.identity().unwrap_or(""));
         if self.ctx.audit.enabled() {
             self.emit(What::denial(sql, rule, reason));
+        }
+    }
+
+    /// Observe mode: records that enforcing would have refused (or held) the
+    /// statement `sql` under `rule` (`reason` is what the client would have
+    /// been told): a `denial` event marked `mode` `observe` and
+    /// `masker_observe_denials_total`. The statement runs.
+    pub fn observed_denial(&self, sql: &str, rule: &str, reason: &str) {
+        self.ctx.metrics.observed_denial(self.identity().unwrap_or(""));
+        tracing::info!(
+            session = self.id(),
+            identity = self.identity().unwrap_or(""),
+            rule,
+            "observe mode: enforcing would refuse a statement; it runs"
+        );
+        if self.ctx.audit.enabled() {
+            self.emit(What::denial(sql, rule, reason));
+        }
+    }
+
+    /// Observe mode: records that enforcing would have refused the session
+    /// at its start (its identity's `targets`, `databases` or `users`); it
+    /// goes on.
+    pub fn observed_connect_denial(&self, reason: &str) {
+        self.ctx.metrics.observed_denial(self.identity().unwrap_or(""));
+        if self.ctx.audit.enabled() {
+            self.emit(What::connect_denial("identity", "28000", reason));
         }
     }
 

@@ -36,6 +36,9 @@ pub struct ClientTracker {
     /// Only follow statements for the audit trail (a session without a
     /// policy): no Describe injection, the fast-path interface allowed.
     observe_only: bool,
+    /// Observe mode: statements are checked as when enforcing, but what
+    /// would be refused or held is recorded and the statement goes on.
+    observing: bool,
     /// The session as it will be once what was sent has run (statements
     /// are assumed to succeed); replaced by the server side's model
     /// whenever nothing is in flight.
@@ -63,6 +66,7 @@ impl ClientTracker {
             described_portals: HashSet::new(),
             session,
             observe_only: false,
+            observing: false,
             model: Arc::default(),
             published,
             memo: Memo::default(),
@@ -99,6 +103,14 @@ impl ClientTracker {
         r
     }
 
+    /// Observe mode (`mode = "observe"`): checks every statement as when
+    /// enforcing, records what would be refused or held (see
+    /// [`Session::observed_denial`]) and lets it run.
+    pub fn observing(mut self) -> Self {
+        self.observing = true;
+        self
+    }
+
     /// What the client is told instead of running `sql`, if it may not run:
     /// a guardrail or lineage refusal (audited as a denial), or an
     /// `[[approval]]` rule's hold that ended in a denial or a timeout. A held
@@ -127,27 +139,40 @@ impl ClientTracker {
                 refusal = self.refusal(&plan, &now, sql, analysis, generation, &mut worked_out).await;
             }
         }
-        let approval = if refusal.is_none() { plan.resolver(&model).approval(sql).await } else { None };
+        let approval =
+            if refusal.is_none() || self.observing { plan.resolver(&model).approval(sql).await } else { None };
         // A look-up the decisions needed failed (timed out, unreachable):
         // what the statement would reveal is unknown (fail closed).
         if let Some(failure) = plan.catalog.failed_since(catalog_mark, &plan.destination, &plan.database) {
             let message = format!("masker: statement refused: {failure}; masker cannot tell what it would reveal");
-            self.session.denial(sql, "catalog", &message);
-            return Some(message);
+            if self.observing {
+                self.session.observed_denial(sql, "catalog", &message);
+            } else {
+                self.session.denial(sql, "catalog", &message);
+                return Some(message);
+            }
+        } else {
+            // Every look-up answered: what was worked out holds for the
+            // next time (see [`Memo`]).
+            for (stamp, r) in worked_out {
+                self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal = Some(r);
+            }
         }
-        // Every look-up answered: what was worked out holds for the next
-        // time (see [`Memo`]).
-        for (stamp, r) in worked_out {
-            self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal = Some(r);
+        match refusal {
+            Some((rule, message)) if self.observing => self.session.observed_denial(sql, rule, &message),
+            Some((rule, message)) => {
+                self.session.denial(sql, rule, &message);
+                return Some(message);
+            }
+            None => {}
         }
-        if let Some((rule, message)) = refusal {
-            self.session.denial(sql, rule, &message);
-            return Some(message);
-        }
-        if let Some(rule) = approval
-            && let Some(message) = hold(&self.session, &rule, sql).await
-        {
-            return Some(message);
+        if let Some(rule) = approval {
+            if self.observing {
+                let message = format!("masker: statement would be held for approval (rule {})", rule.name);
+                self.session.observed_denial(sql, "approval", &message);
+            } else if let Some(message) = hold(&self.session, &rule, sql).await {
+                return Some(message);
+            }
         }
         // It will run: later statements see what it does.
         if let Ok(a) = analysis.as_ref() {
@@ -333,6 +358,11 @@ impl Filter for ClientTracker {
             Frontend::Sync => Expect::Sync,
             // Answered like a simple query: a result, then ReadyForQuery.
             Frontend::FunctionCall if self.observe_only => Expect::Sync,
+            Frontend::FunctionCall if self.observing => {
+                let message = "masker: the fast-path function call interface is not allowed for masked sessions";
+                self.session.observed_denial("", "fast-path", message);
+                Expect::Sync
+            }
             Frontend::FunctionCall => {
                 return Err(RelayError::refused(
                     "masker: the fast-path function call interface is not allowed for masked sessions",

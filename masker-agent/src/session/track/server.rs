@@ -57,6 +57,10 @@ pub struct ServerTracker {
     /// Only follow statements for the audit trail: every message reaches
     /// the client as the server sent it.
     observe_only: bool,
+    /// Observe mode: plans and masks as when enforcing, into a scratch
+    /// buffer, to count what would be masked; every message reaches the
+    /// client as the server sent it.
+    observing: bool,
     /// The session as the server sees it (objects, search_path, prepared
     /// statements, cursors), updated as statements complete.
     model: SessionModel,
@@ -114,6 +118,7 @@ impl ServerTracker {
             catalog_warned: false,
             query_index: 0,
             observe_only: false,
+            observing: false,
             model: SessionModel::default(),
             published,
             attribution: None,
@@ -217,6 +222,17 @@ impl ServerTracker {
     /// sessions without a policy while the audit trail is on.
     pub fn observe_only(mut self) -> Self {
         self.observe_only = true;
+        self
+    }
+
+    /// Observe mode (`mode = "observe"`): everything is planned and masked as
+    /// when enforcing, but what the masking writes goes nowhere (the
+    /// filter's output buffer is only kept for replaced messages) and every
+    /// message is forwarded as the server sent it; the masked cells are
+    /// counted as what enforcing would have masked.
+    pub fn observing(mut self) -> Self {
+        self.observing = true;
+        self.trail = self.trail.observing();
         self
     }
 
@@ -374,17 +390,28 @@ impl ServerTracker {
         if self.current.is_none() {
             self.current = self.execute_plan();
         }
+        let counters = &self.session.entry.counters;
         let Some(plan) = &self.current else {
+            if self.observing {
+                counters.rows.fetch_add(1, Ordering::Relaxed);
+                self.trail.row(None);
+                return Ok(Verdict::Forward);
+            }
             return Err(RelayError::refused(
                 "masker: rows whose columns are unknown; closing the session rather than relaying them",
             ));
         };
         // Rows of an all-allowed plan stream through unseen (see `wants`).
-        let counters = &self.session.entry.counters;
         counters.rows.fetch_add(1, Ordering::Relaxed);
         let per_column = self.trail.column_counts(plan);
-        let stats = masking::mask_data_row_counted(plan, msg.body(), out, per_column)
-            .map_err(|e| RelayError::refused(format!("masker: cannot mask a row ({e}); closing the session")))?;
+        let masked = masking::mask_data_row_counted(plan, msg.body(), out, per_column);
+        if self.observing {
+            // What was written to `out` goes nowhere: the row goes out as it came.
+            self.trail.row(masked.as_ref().ok());
+            return Ok(Verdict::Forward);
+        }
+        let stats =
+            masked.map_err(|e| RelayError::refused(format!("masker: cannot mask a row ({e}); closing the session")))?;
         counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
         self.trail.row(Some(&stats));
         Ok(Verdict::Replaced)
@@ -434,6 +461,12 @@ impl ServerTracker {
                 self.copy = Some(m);
                 Ok(Verdict::Forward)
             }
+            Err(why) if self.observing => {
+                let message = format!("masker: COPY TO STDOUT refused: {why}");
+                let sql = self.audit_sql();
+                self.session.observed_denial(sql.as_deref().map_or("", Text::sql), "lineage", &message);
+                Ok(Verdict::Forward)
+            }
             Err(why) => {
                 self.swallowing = true;
                 let message = format!("masker: COPY TO STDOUT refused: {why}");
@@ -449,10 +482,21 @@ impl ServerTracker {
             return Ok(Verdict::Replaced);
         }
         let Some(copy) = self.copy.as_mut() else {
+            if self.observing {
+                return Ok(Verdict::Forward);
+            }
             return Err(RelayError::refused("masker: COPY data outside a COPY; closing the session"));
         };
-        let stats = copy
-            .push(msg.body(), out)
+        let masked = copy.push(msg.body(), out);
+        if self.observing {
+            // Counted, not sent: the data goes out as it came.
+            match masked {
+                Ok(stats) => self.trail.masked(&stats),
+                Err(_) => self.copy = None,
+            }
+            return Ok(Verdict::Forward);
+        }
+        let stats = masked
             .map_err(|e| RelayError::refused(format!("masker: cannot mask COPY data ({e}); closing the session")))?;
         self.session.entry.counters.masked_cells.fetch_add(stats.total(), Ordering::Relaxed);
         self.trail.masked(&stats);
@@ -494,6 +538,8 @@ impl ServerTracker {
         } else {
             let body = msg.body();
             match self.attribution().await {
+                // Worked out all the same: the session model follows it.
+                _ if self.observing => Verdict::Forward,
                 Attribution::None | Attribution::Clean => Verdict::Forward,
                 Attribution::Refusal => {
                     keep_fields(body, out, tag, |k| k != b'W' && k != b'p' && k != b'q')?;
@@ -673,7 +719,7 @@ impl Filter for ServerTracker {
                 whole
             }
             // A tainted statement may have set one from its data.
-            backend::PARAMETER_STATUS => self.batch_tainted,
+            backend::PARAMETER_STATUS => self.batch_tainted && !self.observing,
             backend::AUTHENTICATION
             | backend::BACKEND_KEY_DATA
             | backend::NEGOTIATE_PROTOCOL_VERSION
@@ -741,6 +787,7 @@ impl Filter for ServerTracker {
                 Ok(Verdict::Forward)
             }
             backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => self.on_error(msg, out).await,
+            backend::NOTIFICATION_RESPONSE if self.observing => Ok(Verdict::Forward),
             backend::NOTIFICATION_RESPONSE
                 if self
                     .planner
@@ -763,11 +810,22 @@ impl Filter for ServerTracker {
                 if self.swallowing {
                     return Ok(Verdict::Replaced);
                 }
+                if self.observing {
+                    if let Some(copy) = self.copy.as_mut() {
+                        let _ = copy.finish();
+                    }
+                    return Ok(Verdict::Forward);
+                }
                 if let Some(copy) = self.copy.as_mut() {
                     copy.finish().map_err(|e| {
                         RelayError::refused(format!("masker: COPY data ended badly ({e}); closing the session"))
                     })?;
                 }
+                Ok(Verdict::Forward)
+            }
+            backend::COPY_BOTH_RESPONSE if self.observing => {
+                let message = "masker: replication (CopyBoth) is not allowed for masked sessions";
+                self.session.observed_denial("", "replication", message);
                 Ok(Verdict::Forward)
             }
             backend::COPY_BOTH_RESPONSE => {

@@ -1,0 +1,318 @@
+//! The query corpora shared by the suites that run them through masker
+//! (`masking`, `lineage`) and the one that checks `masker explain` agrees
+//! with what masker does to them (`explain`).
+
+/// Views the lineage corpus reads (as the superuser, in `shop`;
+/// idempotent).
+pub const LINEAGE_VIEWS: &str = "CREATE OR REPLACE VIEW lineage_upper AS SELECT id, upper(email) AS e, ssn FROM customers; \
+             CREATE OR REPLACE VIEW lineage_nested AS SELECT id, reverse(e) AS r FROM lineage_upper; \
+             GRANT SELECT ON lineage_upper, lineage_nested TO app; \
+             GRANT SELECT ON pg_statistic TO app; GRANT pg_read_all_stats TO app;";
+
+/// Which mechanism holds an attack of [`MASKING`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Class {
+    /// Held by column rules, content detection and refusals alone.
+    MustHold,
+    /// Held only through SQL lineage (expressions, whole rows, functions,
+    /// procedural code). Asserted like the others since lineage landed; the
+    /// class says which mechanism a leak points at.
+    Lineage,
+}
+use Class::{Lineage, MustHold};
+
+/// The masking suite's attack corpus (`tests/masking.rs`): `(class, setup
+/// run first in the same session, query)`.
+pub const MASKING: &[(Class, &str, &str)] = &[
+    (MustHold, "", "SELECT email FROM customers"),
+    (MustHold, "", "SELECT * FROM customers"),
+    (MustHold, "", "SELECT c.* FROM customers c"),
+    (MustHold, "", "SELECT * FROM customer_contacts WHERE id <= 1000"),
+    (MustHold, "", "SELECT cc.full_name, cc.email, cc.phone, cc.address FROM customer_contacts cc"),
+    (MustHold, "", "SELECT email FROM customers WHERE id = 1"),
+    (MustHold, "", "SELECT full_name, email, phone, ssn, card_number, iban FROM customers ORDER BY id LIMIT 50"),
+    (MustHold, "", "SELECT * FROM payments"),
+    (
+        MustHold,
+        "",
+        "SELECT p.card_number, p.iban, c.email, c.full_name FROM payments p JOIN customers c ON c.id = p.customer_id",
+    ),
+    (MustHold, "", "SELECT email AS id, phone AS plan, ssn AS status FROM customers"),
+    (MustHold, "", "SELECT x.email, x.ssn FROM (SELECT * FROM customers) x"),
+    (MustHold, "", "WITH c AS (SELECT * FROM customers) SELECT full_name, email, ssn FROM c"),
+    (MustHold, "", "SELECT email FROM customers UNION ALL SELECT email FROM customers WHERE id <= 100"),
+    (MustHold, "", "SELECT DISTINCT email FROM customers"),
+    (MustHold, "", "SELECT email FROM customers WHERE email LIKE 'a%' ORDER BY email DESC"),
+    (MustHold, "", "SELECT email::varchar, ssn::varchar(20), phone::text FROM customers"),
+    (MustHold, "", "SELECT upper(email), lower(email) FROM customers"),
+    (MustHold, "", "SELECT string_agg(email, ',') FROM customers"),
+    (MustHold, "", "SELECT email || ' ' || phone FROM customers"),
+    (MustHold, "", "SELECT concat(ssn, ' ') FROM customers"),
+    (MustHold, "", "SELECT card_number || '' FROM customers"),
+    (MustHold, "", "SELECT iban || '' FROM customers"),
+    (MustHold, "", "SELECT phone || '' FROM customers"),
+    (MustHold, "", "SELECT host(last_ip) FROM customers"),
+    (MustHold, "", "SELECT jsonb_build_object('e', email, 's', ssn) FROM customers"),
+    (MustHold, "", "SELECT array_agg(email) FROM customers WHERE id <= 100"),
+    (MustHold, "", "SELECT ARRAY[ssn, card_number] FROM customers"),
+    (MustHold, "", "SELECT notes, profile FROM customers"),
+    (MustHold, "", "SELECT profile->'contact'->>'email', profile->'contact'->>'phone' FROM customers"),
+    (MustHold, "", "SELECT email::bytea FROM customers"),
+    (MustHold, "", "SELECT c FROM customers c"),
+    (
+        MustHold,
+        "",
+        "SELECT (SELECT email FROM customers c2 WHERE c2.id = o.customer_id) FROM orders o WHERE o.id <= 500",
+    ),
+    (
+        MustHold,
+        "",
+        "SELECT o.order_no, c.email, c.ssn FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.id <= 2000",
+    ),
+    (MustHold, "", "SELECT coalesce(email, ''), CASE WHEN id > 0 THEN ssn END FROM customers"),
+    (MustHold, "", "SELECT * FROM customers WHERE id IN (SELECT customer_id FROM orders WHERE amount > 480)"),
+    (MustHold, "", "SELECT email::int FROM customers WHERE id = 1"),
+    (MustHold, "", "SELECT ssn::int FROM customers WHERE id = 2"),
+    (MustHold, "", "SELECT full_name::int FROM customers WHERE id = 3"),
+    (MustHold, "", "SELECT card_number::int8 + 0, iban::int FROM customers WHERE id = 4"),
+    (MustHold, "", "DO $$ BEGIN RAISE NOTICE '%', (SELECT email FROM customers WHERE id = 4); END $$"),
+    (MustHold, "", "DO $$ BEGIN RAISE EXCEPTION 'bad %', (SELECT phone FROM customers WHERE id = 5); END $$"),
+    (MustHold, "", "DO $$ BEGIN RAISE NOTICE 'x' USING DETAIL = (SELECT ssn FROM customers WHERE id = 6); END $$"),
+    (
+        MustHold,
+        "",
+        "INSERT INTO customers (full_name, email, signup_ts, plan, balance, tags, profile, external_id) SELECT full_name, email, signup_ts, plan, balance, tags, profile, gen_random_uuid() FROM customers WHERE id = 7",
+    ),
+    // Rolled back: the direct control must not move rows other tests read in heap order.
+    (
+        MustHold,
+        "",
+        "BEGIN; UPDATE customers SET plan = plan WHERE id = 8 RETURNING email, ssn, phone, card_number; ROLLBACK",
+    ),
+    (
+        MustHold,
+        "CREATE TEMP TABLE IF NOT EXISTS tmp_c AS SELECT * FROM customers",
+        "SELECT email, ssn, phone, iban FROM tmp_c",
+    ),
+    (
+        MustHold,
+        "CREATE OR REPLACE TEMP VIEW tmp_v AS SELECT upper(email) AS x, ssn AS y FROM customers",
+        "SELECT * FROM tmp_v",
+    ),
+    (MustHold, "", "SELECT email, phone FROM customers WHERE id < 50 FOR UPDATE"),
+    (MustHold, "", "TABLE customers ORDER BY id DESC LIMIT 1000"),
+    (MustHold, "", "SELECT * FROM ONLY customers WHERE id BETWEEN 1000 AND 2000"),
+    (MustHold, "", "SELECT (c).email, (c).ssn FROM customers c"),
+    (MustHold, "", "SELECT email COLLATE \"C\" FROM customers"),
+    (MustHold, "", "SELECT x.e, x.s FROM customers, LATERAL (SELECT email AS e, ssn AS s) x"),
+    (MustHold, "", "SELECT first_value(ssn) OVER (ORDER BY id), lag(email) OVER (ORDER BY id) FROM customers"),
+    (MustHold, "", "SELECT unnest(ARRAY[email, ssn, phone, card_number]) FROM customers"),
+    (MustHold, "", "SELECT id FROM orders WHERE id = 1; SELECT email, ssn FROM customers"),
+    (MustHold, "PREPARE corpus_p AS SELECT email, ssn, phone FROM customers", "EXECUTE corpus_p"),
+    (MustHold, "DECLARE corpus_c CURSOR WITH HOLD FOR SELECT * FROM customers", "FETCH 1000 FROM corpus_c"),
+    (
+        MustHold,
+        "DECLARE corpus_b BINARY CURSOR WITH HOLD FOR SELECT email, ssn, phone, card_number, iban, full_name, address FROM customers",
+        "FETCH ALL FROM corpus_b",
+    ),
+    (MustHold, "", "UPDATE customers SET email = NULL WHERE id = 1"),
+    (MustHold, "", "SELECT ssn::date FROM customers WHERE id = 5"),
+    (MustHold, "", "DO $$ BEGIN RAISE NOTICE 'x' USING HINT = (SELECT email FROM customers WHERE id = 11); END $$"),
+    (
+        MustHold,
+        "LISTEN corpus_ch",
+        "SELECT pg_notify('corpus_ch', email || ' ' || ssn || ' ' || phone) FROM customers WHERE id <= 20",
+    ),
+    (
+        MustHold,
+        "",
+        "SELECT attname, histogram_bounds FROM pg_stats WHERE tablename = 'customers' AND attname IN ('email', 'ssn', 'phone', 'card_number')",
+    ),
+    (
+        Lineage,
+        "",
+        "SELECT attname, most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
+    ),
+    (Lineage, "", "SELECT (c.*)::text FROM customers c"),
+    (
+        Lineage,
+        "",
+        "DO $$ BEGIN RAISE EXCEPTION 'relation \"%\"', (SELECT full_name FROM customers WHERE id = 12); END $$",
+    ),
+    (Lineage, "", "SELECT encode(email::bytea, 'hex') FROM customers"),
+    (Lineage, "", "SELECT encode(email::bytea, 'base64') FROM customers"),
+    (Lineage, "", "SELECT row_to_json(c) FROM customers c"),
+    (Lineage, "", "SELECT json_agg(c) FROM customers c WHERE id <= 50"),
+    (Lineage, "", "SELECT upper(full_name), lower(full_name) FROM customers"),
+    (Lineage, "", "SELECT full_name || '' FROM customers"),
+    (Lineage, "", "SELECT format('%s <%s>', full_name, email) FROM customers"),
+    (Lineage, "", "SELECT address || '' FROM customers"),
+    (Lineage, "", "SELECT birth_date::text FROM customers"),
+    (Lineage, "", "SELECT external_id::text FROM customers"),
+    (Lineage, "", "SELECT translate(ssn, '-', '') FROM customers"),
+    (Lineage, "", "SELECT regexp_replace(phone, '\\D', '', 'g') FROM customers"),
+    (Lineage, "", "SELECT * FROM fixture.personal_values()"),
+    (MustHold, "", "COPY customers TO STDOUT (FORMAT csv, HEADER)"),
+    (MustHold, "", "COPY customers (id, email, phone, ssn, last_ip, birth_date) TO STDOUT"),
+    // Session parameters the server reports back (ParameterStatus).
+    (Lineage, "", "SELECT set_config('application_name', email, false) FROM customers WHERE id = 5"),
+    (Lineage, "", "SELECT set_config('application_name', (SELECT full_name FROM customers WHERE id = 6), false)"),
+    (Lineage, "", "SELECT id FROM customers WHERE id = 7 AND set_config('application_name', ssn, false) IS NOT NULL"),
+    (Lineage, "", "DO $$ BEGIN RAISE NOTICE '%', (SELECT full_name FROM customers WHERE id = 9); END $$"),
+];
+
+/// The lineage suite's attack corpus (`tests/lineage.rs`): queries an AI
+/// agent could write to get personal data out. Each must come back masked
+/// or refused. Some read the views of [`LINEAGE_VIEWS`].
+pub const LINEAGE_ATTACKS: &[&str] = &[
+    // functions and operators
+    "SELECT upper(email) FROM customers ORDER BY id LIMIT 40",
+    "SELECT lower(full_name) FROM customers ORDER BY id LIMIT 40",
+    "SELECT reverse(ssn) FROM customers ORDER BY id LIMIT 40",
+    "SELECT regexp_replace(ssn, '[^0-9]', '', 'g') FROM customers ORDER BY id LIMIT 40",
+    "SELECT regexp_replace(phone, '[^0-9]', '', 'g') FROM customers ORDER BY id LIMIT 40",
+    "SELECT translate(card_number, ' -', '') FROM customers ORDER BY id LIMIT 40",
+    "SELECT encode(convert_to(email, 'UTF8'), 'base64') FROM customers ORDER BY id LIMIT 40",
+    "SELECT encode(convert_to(ssn, 'UTF8'), 'hex') FROM customers ORDER BY id LIMIT 40",
+    "SELECT 'x:' || email || ':y' FROM customers ORDER BY id LIMIT 40",
+    "SELECT concat(full_name, ' ', email) FROM customers ORDER BY id LIMIT 40",
+    "SELECT format('%s', iban) FROM customers ORDER BY id LIMIT 40",
+    "SELECT substr(card_number, 1, 40) FROM customers ORDER BY id LIMIT 40",
+    "SELECT left(email, 100) FROM customers ORDER BY id LIMIT 40",
+    "SELECT replace(email, '@', ' at ') FROM customers ORDER BY id LIMIT 40",
+    "SELECT email::bytea FROM customers ORDER BY id LIMIT 40",
+    "SELECT email || '' FROM customers ORDER BY id LIMIT 40",
+    "SELECT initcap(full_name) FROM customers ORDER BY id LIMIT 40",
+    "SELECT split_part(email, '@', 1) || '@' || split_part(email, '@', 2) FROM customers ORDER BY id LIMIT 40",
+    "SELECT address || ' ' || phone FROM customers ORDER BY id LIMIT 40",
+    "SELECT md5(email), email || '!' FROM customers ORDER BY id LIMIT 40",
+    // CASE / COALESCE / conditionals
+    "SELECT CASE WHEN id > 0 THEN ssn ELSE 'x' END FROM customers ORDER BY id LIMIT 40",
+    "SELECT coalesce(ssn, phone) FROM customers ORDER BY id LIMIT 40",
+    "SELECT nullif(email, 'x') FROM customers ORDER BY id LIMIT 40",
+    "SELECT greatest(email, '') FROM customers ORDER BY id LIMIT 40",
+    "SELECT CASE ssn WHEN '' THEN 'empty' ELSE ssn END FROM customers ORDER BY id LIMIT 40",
+    // casts that change the type
+    "SELECT last_ip::text FROM customers ORDER BY id LIMIT 40",
+    "SELECT phone::varchar(100) || '' FROM customers ORDER BY id LIMIT 40",
+    "SELECT birth_date::text || ssn FROM customers ORDER BY id LIMIT 40",
+    // whole rows
+    "SELECT row_to_json(c) FROM customers c ORDER BY id LIMIT 40",
+    "SELECT to_jsonb(c) FROM customers c ORDER BY id LIMIT 40",
+    "SELECT to_json(c.*) FROM customers c ORDER BY id LIMIT 40",
+    "SELECT c::text FROM customers c ORDER BY id LIMIT 40",
+    "SELECT c FROM customers c ORDER BY id LIMIT 40",
+    "SELECT ROW(c.*)::text FROM customers c ORDER BY id LIMIT 40",
+    "SELECT hstore_dummy FROM (SELECT c::text AS hstore_dummy FROM customers c ORDER BY id LIMIT 40) s",
+    // JSON and array builders
+    "SELECT json_build_object('e', email, 's', ssn) FROM customers ORDER BY id LIMIT 40",
+    "SELECT jsonb_build_array(email, phone) FROM customers ORDER BY id LIMIT 40",
+    "SELECT ARRAY[email, ssn] FROM customers ORDER BY id LIMIT 40",
+    "SELECT array_to_string(ARRAY[card_number], ',') FROM customers ORDER BY id LIMIT 40",
+    "SELECT json_object(ARRAY['e', email]) FROM customers ORDER BY id LIMIT 40",
+    "SELECT profile::text FROM customers ORDER BY id LIMIT 40",
+    "SELECT profile -> 'contact' FROM customers ORDER BY id LIMIT 40",
+    "SELECT (ARRAY[iban])[1] FROM customers ORDER BY id LIMIT 40",
+    // aggregates
+    "SELECT string_agg(ssn, ',') FROM (SELECT ssn FROM customers ORDER BY id LIMIT 40) s",
+    "SELECT array_agg(email) FROM (SELECT email FROM customers ORDER BY id LIMIT 40) s",
+    "SELECT json_agg(phone) FROM (SELECT phone FROM customers ORDER BY id LIMIT 40) s",
+    "SELECT jsonb_agg(c) FROM (SELECT * FROM customers ORDER BY id LIMIT 20) c",
+    "SELECT min(email), max(ssn) FROM customers",
+    "SELECT plan, max(card_number) FROM customers GROUP BY plan",
+    "SELECT mode() WITHIN GROUP (ORDER BY iban) FROM customers",
+    "SELECT id, min(email) FROM customers GROUP BY id ORDER BY id LIMIT 40",
+    "SELECT string_agg(upper(email), ';' ORDER BY id) FROM customers WHERE id < 40",
+    // window functions
+    "SELECT lag(email) OVER (ORDER BY id) FROM customers ORDER BY id LIMIT 40",
+    "SELECT first_value(ssn) OVER (PARTITION BY id) FROM customers ORDER BY id LIMIT 40",
+    "SELECT max(phone) OVER () FROM customers LIMIT 5",
+    // subqueries
+    "SELECT (SELECT email FROM customers c2 WHERE c2.id = o.customer_id) FROM orders o ORDER BY o.id LIMIT 40",
+    "SELECT e FROM (SELECT upper(email) AS e FROM customers ORDER BY id LIMIT 40) s",
+    "SELECT x FROM (SELECT ssn || '' AS x, id FROM customers) s ORDER BY id LIMIT 40",
+    "SELECT ARRAY(SELECT ssn FROM customers ORDER BY id LIMIT 40)",
+    "SELECT id, (SELECT max(iban) FROM customers) FROM orders LIMIT 3",
+    // CTEs
+    "WITH x AS (SELECT lower(email) AS e FROM customers ORDER BY id LIMIT 40) SELECT e FROM x",
+    "WITH x AS (SELECT ssn, id FROM customers) SELECT ssn || '' FROM x ORDER BY id LIMIT 40",
+    "WITH x(a) AS (SELECT card_number FROM customers) SELECT upper(a) FROM x LIMIT 40",
+    "WITH RECURSIVE r(n, e) AS (SELECT 1, (SELECT email FROM customers WHERE id = 1) UNION ALL SELECT n + 1, (SELECT email FROM customers WHERE id = n + 1) FROM r WHERE n < 30) SELECT e FROM r",
+    "WITH RECURSIVE r(n, e) AS (SELECT id, reverse(ssn) FROM customers WHERE id < 30 UNION ALL SELECT n, e FROM r WHERE false) SELECT e FROM r",
+    "WITH m AS MATERIALIZED (SELECT * FROM customers ORDER BY id LIMIT 40) SELECT upper(email), ssn || '' FROM m",
+    // set operations
+    "SELECT 'x' UNION ALL SELECT email FROM customers WHERE id < 40",
+    "SELECT order_no FROM orders WHERE id < 3 UNION SELECT ssn FROM customers WHERE id < 40",
+    "SELECT email FROM customers WHERE id < 40 INTERSECT SELECT email FROM customers",
+    "SELECT phone FROM customers WHERE id < 40 EXCEPT SELECT 'nothing'",
+    "SELECT * FROM (SELECT email FROM customers WHERE id < 20 UNION ALL SELECT full_name FROM customers WHERE id < 20) u",
+    // LATERAL and functions in FROM
+    "SELECT l.x FROM customers c, LATERAL (SELECT upper(c.email) AS x) l ORDER BY c.id LIMIT 40",
+    "SELECT t FROM customers c, unnest(ARRAY[c.ssn, c.phone]) t ORDER BY c.id LIMIT 40",
+    "SELECT v FROM customers c, jsonb_each_text(to_jsonb(c)) AS j(k, v) ORDER BY c.id LIMIT 80",
+    "SELECT j.* FROM customers c CROSS JOIN LATERAL (SELECT c.email || '', c.iban || '') j ORDER BY c.id LIMIT 40",
+    // joins with aliases and stars
+    "SELECT o.id, upper(c.email) FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 40",
+    "SELECT o.*, c.* FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 20",
+    "SELECT * FROM customers ORDER BY id LIMIT 20",
+    "SELECT s.* FROM (SELECT lower(email) AS le, id FROM customers) s ORDER BY id LIMIT 40",
+    "SELECT * FROM orders o NATURAL JOIN (SELECT id AS customer_id, ssn || '' AS x FROM customers) c LIMIT 20",
+    // views
+    "SELECT e FROM lineage_upper ORDER BY id LIMIT 40",
+    "SELECT * FROM lineage_upper ORDER BY id LIMIT 40",
+    "SELECT r FROM lineage_nested ORDER BY id LIMIT 40",
+    "SELECT upper(email) FROM customer_contacts LIMIT 40",
+    "SELECT lower(ssn) FROM lineage_upper ORDER BY id LIMIT 40",
+    // catalog views with sampled values / other sessions
+    "SELECT most_common_vals::text, histogram_bounds::text FROM pg_stats WHERE tablename = 'customers'",
+    "SELECT * FROM pg_stats",
+    "SELECT stavalues1::text FROM pg_statistic",
+    "SELECT query FROM pg_stat_activity",
+    // A prepared statement whose text the server built from a value (dynamic SQL).
+    "DO $$ BEGIN EXECUTE format('PREPARE lineage_p AS SELECT %L::text', (SELECT email FROM customers WHERE id = 3)); END $$; \
+     SELECT * FROM pg_prepared_statements",
+    "SELECT query FROM pg_catalog.pg_stat_get_activity(NULL)",
+    // data-moving statements
+    "CREATE TEMP TABLE leak1 AS SELECT upper(email) AS x FROM customers; SELECT * FROM leak1",
+    "SELECT reverse(ssn) AS x INTO TEMP leak2 FROM customers; SELECT * FROM leak2",
+    "CREATE TEMP TABLE leak3 (x text); INSERT INTO leak3 SELECT ssn || '' FROM customers; SELECT * FROM leak3",
+    "COPY (SELECT upper(email) FROM customers LIMIT 40) TO STDOUT",
+    "COPY (SELECT c::text FROM customers c LIMIT 40) TO STDOUT WITH (FORMAT csv)",
+    // RETURNING
+    "BEGIN; UPDATE customers SET plan = plan WHERE id < 40 RETURNING upper(email), ssn || ''; ROLLBACK",
+    // multi-statement simple queries
+    "SELECT 1; SELECT upper(email) FROM customers ORDER BY id LIMIT 40; SELECT count(*) FROM orders",
+    // parameters and prepared statements
+    "PREPARE p1 AS SELECT upper(email) FROM customers ORDER BY id LIMIT 40; EXECUTE p1",
+    "BEGIN; DECLARE cur CURSOR FOR SELECT upper(email) FROM customers ORDER BY id; FETCH 40 FROM cur; COMMIT",
+    // side channels: a large object, a comment, a setting (read back by a statement of its own)
+    "BEGIN; SELECT lo_from_bytea(424242, convert_to(email, 'UTF8')) FROM customers WHERE id = 9; \
+     SELECT encode(lo_get(424242), 'escape'); ROLLBACK",
+    "CREATE TEMP TABLE lineage_note (i int); \
+     DO $$ BEGIN EXECUTE format('COMMENT ON TABLE lineage_note IS %L', (SELECT phone FROM customers WHERE id = 10)); END $$; \
+     SELECT obj_description('lineage_note'::regclass)",
+    "SELECT set_config('masker.note', ssn, false) FROM customers WHERE id = 11; SELECT current_setting('masker.note')",
+];
+
+/// The lineage suite's compatibility corpus: non-sensitive queries that must
+/// equal a direct connection.
+pub const LINEAGE_COMPATIBLE: &[&str] = &[
+    "SELECT count(*) FROM customers",
+    "SELECT count(ssn), count(DISTINCT email) FROM customers",
+    "SELECT sum(amount), avg(amount)::numeric(12,2), min(amount), max(amount) FROM orders",
+    "SELECT status, count(*), sum(amount) FROM orders GROUP BY status ORDER BY status",
+    "SELECT date_trunc('month', created_at) AS m, count(*) FROM orders GROUP BY 1 ORDER BY 1",
+    "SELECT max(created_at), min(created_at) FROM orders",
+    "SELECT o.id, o.amount * 2, c.plan FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id LIMIT 50",
+    "SELECT c.id, count(o.id) FROM customers c LEFT JOIN orders o ON o.customer_id = c.id GROUP BY c.id ORDER BY c.id LIMIT 50",
+    "WITH t AS (SELECT customer_id, sum(amount) s FROM orders GROUP BY 1) SELECT customer_id, s FROM t ORDER BY s DESC, customer_id LIMIT 20",
+    "SELECT id::text || '-' || status FROM orders ORDER BY id LIMIT 50",
+    "SELECT upper(order_no) FROM orders ORDER BY id LIMIT 50",
+    "SELECT method, count(*), sum(amount) FROM payments GROUP BY method ORDER BY method",
+    "SELECT plan, round(avg(balance), 2) FROM customers GROUP BY plan ORDER BY plan",
+    "SELECT id FROM orders WHERE amount > 100 UNION SELECT id FROM payments WHERE amount > 100 ORDER BY 1 LIMIT 50",
+    "SELECT row_number() OVER (ORDER BY id), id, amount FROM orders ORDER BY id LIMIT 50",
+    "SELECT 1 AS one, now()::date = current_date, 'text'",
+    "SELECT extract(year FROM signup_ts)::int AS y, count(*) FROM customers GROUP BY 1 ORDER BY 1",
+    "SELECT json_build_object('id', id, 'amount', amount) FROM orders ORDER BY id LIMIT 20",
+];
