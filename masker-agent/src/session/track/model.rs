@@ -462,6 +462,43 @@ mod tests {
     }
 
     #[test]
+    fn revision_changes_with_every_change_and_only_then() {
+        let mut m = SessionModel::default();
+        let empty = m.revision();
+        run(&mut m, "SELECT * FROM t WHERE id = 1");
+        m.command_complete(b"SELECT 1\0");
+        m.ready(b'I');
+        assert_eq!(m.revision(), empty, "a plain read changes nothing");
+
+        run(&mut m, "CREATE TEMP TABLE scratch (x int)");
+        let created = m.revision();
+        assert_ne!(created, empty);
+        let copy = m.clone();
+        assert_eq!(copy.revision(), created, "a clone is the same state");
+        m.ready(b'I');
+        assert_ne!(m.revision(), created, "the transaction ended: its undo log went");
+        let idle = m.revision();
+        m.ready(b'I');
+        assert_eq!(m.revision(), idle, "nothing left to end");
+
+        let changes: [fn(&mut SessionModel); 4] = [
+            |m: &mut SessionModel| m.error(),
+            |m: &mut SessionModel| m.opaque_code_ran(),
+            |m: &mut SessionModel| m.protocol_prepared("s1", None),
+            |m: &mut SessionModel| run(m, "SET search_path TO app"),
+        ];
+        for change in changes {
+            let before = m.revision();
+            change(&mut m);
+            assert_ne!(m.revision(), before);
+        }
+        let failed = m.revision();
+        m.error();
+        m.protocol_prepared("", None);
+        assert_eq!(m.revision(), failed, "already failed; the unnamed statement is not kept");
+    }
+
+    #[test]
     fn search_path_set_local_and_reset() {
         let mut m = SessionModel::default();
         run(&mut m, "SET search_path TO app, public");
