@@ -4,7 +4,8 @@
 //! Both start the same way ([`start`]): one [`SessionContext`] with its
 //! services (audit trail, metrics, approvals, the registry of live
 //! sessions), then the same accept loop ([`accept`]) with a router of their
-//! own. [`signals`] ends and reloads them ([`drain`] the sessions on stop,
+//! own.
+//! [`signals`] ends and reloads them ([`drain`] the sessions on stop,
 //! [`reload`] the policy), [`admin`] is the agent's socket for operators,
 //! [`config`] its configuration file and [`limits`] its `[limits]` (the
 //! proxy's flags of the same names), [`metrics`] the Prometheus endpoint

@@ -183,6 +183,8 @@ pub struct Catalog {
     /// `failure_seq` and what failed.
     failures: Mutex<HashMap<(TargetAddr, String), (u64, String)>>,
     failure_seq: AtomicU64,
+    /// Bumped by every [`Catalog::invalidate`] (see [`Catalog::generation`]).
+    generation: AtomicU64,
 }
 
 /// The catalog key of `destination` as seen from `netns` (or the agent's own
@@ -212,6 +214,7 @@ impl Catalog {
             timeout: DEFAULT_TIMEOUT,
             failures: Mutex::new(HashMap::new()),
             failure_seq: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -232,6 +235,7 @@ impl Catalog {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|(dest, _), _| !dest.as_str().starts_with(&prefix));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// Look-ups take at most `timeout` each (at least 1 ms).
@@ -258,6 +262,15 @@ impl Catalog {
     pub fn invalidate(&self, destination: &TargetAddr, database: &str) {
         let mut caches = self.caches.lock().unwrap_or_else(|p| p.into_inner());
         caches.remove(&(destination.clone(), database.to_string()));
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Changes whenever something cached was forgotten after DDL: what a
+    /// session worked out from the catalog under one generation holds
+    /// while the generation stays (and cached entries are young, see
+    /// [`CACHE_TTL`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The columns of each table in `tables`, from the cache or the server.

@@ -16,6 +16,9 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use super::client::{self, DBNAME};
+// The pgbench tables hold no personal data; the policy still makes every
+// statement go through lineage and a masking plan (shared with `bench cpu`).
+use super::cpu::POLICY;
 use super::processes::Masker;
 use super::relay::select_only;
 use super::report::{Table, fmt_num, fmt_ratio, ratio};
@@ -24,23 +27,6 @@ use super::{Ctx, Outcome, progress};
 const SCALE: u32 = 10;
 const CLIENTS: [u32; 2] = [1, 8];
 const MODES: [&str; 2] = ["simple", "prepared"];
-
-/// The pgbench tables hold no personal data; the policy still makes every
-/// statement go through lineage and a masking plan (`filler` is redacted,
-/// the rest is traced to allowed columns).
-const POLICY: &str = r#"# Policy of `cargo xtask bench lineage`.
-version = 1
-[defaults]
-action = "detect"
-[[rule]]
-name = "filler"
-column_names = ["filler"]
-action = "redact"
-[[rule]]
-name = "ops"
-column_names = ["aid", "bid", "tid", "abalance", "bbalance", "tbalance", "delta", "mtime"]
-action = "allow"
-"#;
 
 pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let (trace_table, trace_json) = parse_and_trace(ctx)?;

@@ -1,4 +1,4 @@
-//! `cargo xtask bench relay|connect|mask|lineage|all [--quick]`: end-to-end
+//! `cargo xtask bench relay|cpu|connect|mask|lineage|all [--quick]`: end-to-end
 //! benchmarks of masker against real processes, all numbers from one run.
 //!
 //! A run starts its own throwaway PostgreSQL 15 on 127.0.0.1 (see
@@ -15,10 +15,14 @@
 //!   unmasked vs direct.
 //! - [`lineage`]: parse-and-trace cost per statement, and pgbench `-S` with
 //!   SQL lineage on vs off.
+//! - [`cpu`]: the relay's CPU time per transaction (from `/proc`) for masker
+//!   without a policy, with a policy (lineage), with policy + audit, and
+//!   pgbouncer; latency added per round trip at one client.
 
 pub(crate) mod client;
 pub(crate) mod connect;
 mod container;
+mod cpu;
 mod lineage;
 mod mask;
 pub(crate) mod processes;
@@ -53,6 +57,17 @@ pub struct Options {
     /// Benchmark this masker binary instead of building target/release/masker.
     #[arg(long, value_name = "PATH", conflicts_with = "no_build")]
     pub masker: Option<PathBuf>,
+    /// `cpu`: also measure this other masker binary (e.g. a build of main) in
+    /// the same rounds, for a before/after in one run.
+    #[arg(long, value_name = "PATH")]
+    pub baseline: Option<PathBuf>,
+    /// `cpu`: rounds per configuration, the median is reported (default 3, 1
+    /// with --quick).
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// `cpu`: pgbench client counts (default 1,8,32).
+    #[arg(long, value_delimiter = ',')]
+    pub clients: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,6 +76,7 @@ pub enum Which {
     Connect,
     Mask,
     Lineage,
+    Cpu,
     All,
 }
 
@@ -71,6 +87,12 @@ pub struct Ctx<'a> {
     pub quick: bool,
     /// Seconds per pgbench `-T` run.
     pub secs: u32,
+    /// `--baseline`: a second masker binary to compare with.
+    pub baseline: Option<PathBuf>,
+    /// `--rounds`.
+    pub rounds: Option<usize>,
+    /// `--clients`.
+    pub clients: Option<Vec<u32>>,
 }
 
 impl Ctx<'_> {
@@ -121,11 +143,20 @@ pub fn run(opts: &Options) -> Result<()> {
         masker_bin,
         quick: opts.quick,
         secs: opts.secs.unwrap_or(if opts.quick { 3 } else { 10 }),
+        baseline: opts.baseline.clone(),
+        rounds: opts.rounds,
+        clients: opts.clients.clone(),
     };
+    if let Some(b) = &ctx.baseline
+        && !b.exists()
+    {
+        bail!("--baseline {} does not exist", b.display());
+    }
 
     let selected: &[Which] = match opts.which {
-        Which::All => &[Which::Relay, Which::Connect, Which::Mask, Which::Lineage],
+        Which::All => &[Which::Relay, Which::Cpu, Which::Connect, Which::Mask, Which::Lineage],
         Which::Relay => &[Which::Relay],
+        Which::Cpu => &[Which::Cpu],
         Which::Connect => &[Which::Connect],
         Which::Mask => &[Which::Mask],
         Which::Lineage => &[Which::Lineage],
@@ -137,6 +168,7 @@ pub fn run(opts: &Options) -> Result<()> {
             Which::Connect => ("connect", connect::run),
             Which::Mask => ("mask", mask::run),
             Which::Lineage => ("lineage", lineage::run),
+            Which::Cpu => ("cpu", cpu::run),
             Which::All => unreachable!("expanded above"),
         };
         let busy = report::cpu_busy_percent(std::time::Duration::from_secs(2));

@@ -366,6 +366,11 @@ impl Masker {
         self.addr
     }
 
+    /// The process id (whose CPU time `bench cpu` reads).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Peak and current resident set size.
     pub fn memory(&self) -> Result<Memory> {
         Memory::of(self.child.id())
@@ -456,6 +461,11 @@ impl Pgbouncer {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The process id (pgbouncer runs in the foreground: one process).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 

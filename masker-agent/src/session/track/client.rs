@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use super::expect::{Expect, ExpectQueue, lock};
+use super::expect::{Analyzed, Expect, ExpectQueue, Text, lock};
+use super::memo::{Memo, Refusal, Stamp, WHOLE_TEXT};
 use super::model::{Published, SessionModel};
 use crate::approvals::Outcome;
 use crate::audit::ApprovalStep;
@@ -41,9 +42,10 @@ pub struct ClientTracker {
     /// The session as it will be once what was sent has run (statements
     /// are assumed to succeed); replaced by the server side's model
     /// whenever nothing is in flight.
-    model: SessionModel,
+    model: Arc<SessionModel>,
     published: Published,
-    model_version: u64,
+    /// Refusals already worked out, for statements sent again.
+    memo: Memo,
     /// A Parse was refused since the last Sync: the server fails it and
     /// skips what follows up to Sync, so it is not sent at all.
     skip_till_sync: bool,
@@ -68,9 +70,9 @@ impl ClientTracker {
             session,
             observe_only: false,
             observing: false,
-            model: SessionModel::default(),
+            model: Arc::default(),
             published,
-            model_version: 0,
+            memo: Memo::default(),
             skip_till_sync: false,
         }
     }
@@ -80,6 +82,29 @@ impl ClientTracker {
     pub fn observe_only(mut self) -> Self {
         self.observe_only = true;
         self
+    }
+
+    /// The guardrail or lineage refusal of `sql` (analysed as `analysis`)
+    /// with the session as `model` says: remembered from an earlier time
+    /// under the same model revision and catalog generation, else worked
+    /// out and added to `worked_out` (for the memo, once it is known that
+    /// every catalog look-up answered).
+    async fn refusal(
+        &mut self,
+        plan: &PlanContext,
+        model: &SessionModel,
+        sql: &str,
+        analysis: &Analyzed,
+        generation: u64,
+        worked_out: &mut Vec<(Stamp, Refusal)>,
+    ) -> Refusal {
+        let stamp = Stamp { model: model.revision(), catalog: generation };
+        if let Some(r) = &self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal {
+            return r.clone();
+        }
+        let r = plan.resolver(model).refusal(sql).await;
+        worked_out.push((stamp, r.clone()));
+        r
     }
 
     /// Observe mode (`mode = "observe"`): checks every statement as when
@@ -94,28 +119,37 @@ impl ClientTracker {
     /// a guardrail or lineage refusal (audited as a denial), or an
     /// `[[approval]]` rule's hold that ended in a denial or a timeout. A held
     /// statement waits here, and with it everything the client sends after it.
-    async fn check(&mut self, sql: &str) -> Option<String> {
+    async fn check(&mut self, sql: &str, analysis: &Analyzed) -> Option<String> {
         let plan = self.plan.clone()?;
         let catalog_mark = plan.catalog.failure_mark();
+        let generation = plan.catalog.generation();
         let in_flight = !lock(&self.queue).is_empty();
-        if !in_flight && let Some((model, version)) = self.published.newer_than(self.model_version) {
-            self.model = (*model).clone();
-            self.model_version = version;
+        if !in_flight {
+            // Nothing in flight: the server side's model is the session.
+            let latest = self.published.latest();
+            if latest.revision() != self.model.revision() {
+                self.model = latest;
+            }
         }
-        let resolver = plan.resolver(&self.model);
+        let model = self.model.clone();
         // The relations it names are looked up now, before it runs (the
         // plan of its result finds them cached): a catalog that does not
         // answer refuses the statement below instead of masking blindly.
-        resolver.prefetch(sql).await;
-        let mut refusal = resolver.refusal(sql).await;
+        // Every time, remembered decisions or not.
+        plan.resolver(&model).prefetch(sql).await;
+        let mut worked_out = Vec::with_capacity(2);
+        let mut refusal = self.refusal(&plan, &model, sql, analysis, generation, &mut worked_out).await;
         if refusal.is_none() && in_flight {
             // What was sent may still fail: the statement must pass with the
             // session as it is now too (a CREATE still in flight that will
             // fail must not make a name look like the client's own data).
             let now = self.published.latest();
-            refusal = plan.resolver(&now).refusal(sql).await;
+            if now.revision() != model.revision() {
+                refusal = self.refusal(&plan, &now, sql, analysis, generation, &mut worked_out).await;
+            }
         }
-        let approval = if refusal.is_none() || self.observing { resolver.approval(sql).await } else { None };
+        let approval =
+            if refusal.is_none() || self.observing { plan.resolver(&model).approval(sql).await } else { None };
         // A look-up the decisions needed failed (timed out, unreachable):
         // what the statement would reveal is unknown (fail closed).
         if let Some(failure) = plan.catalog.failed_since(catalog_mark, &plan.destination, &plan.database) {
@@ -125,6 +159,12 @@ impl ClientTracker {
             } else {
                 self.session.denial(sql, "catalog", &message);
                 return Some(message);
+            }
+        } else {
+            // Every look-up answered: what was worked out holds for the
+            // next time (see [`Memo`]).
+            for (stamp, r) in worked_out {
+                self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal = Some(r);
             }
         }
         match refusal {
@@ -144,9 +184,9 @@ impl ClientTracker {
             }
         }
         // It will run: later statements see what it does.
-        if let Ok(a) = crate::sql::analyze(sql).as_ref() {
-            for s in &a.statements {
-                self.model.apply(s);
+        if let Ok(a) = analysis.as_ref() {
+            for s in a.statements.iter().filter(|s| SessionModel::changed_by(s)) {
+                Arc::make_mut(&mut self.model).apply(s);
             }
         }
         None
@@ -255,21 +295,23 @@ impl Filter for ClientTracker {
         }
         let expect = match Frontend::parse(msg)? {
             Frontend::Query { sql } => {
-                if let Some(message) = self.check(sql).await {
+                let analysis = crate::sql::analyze(sql);
+                if let Some(message) = self.check(sql, &analysis).await {
                     // The server answers with our error, in order.
                     let refused = refusal_statement(&message);
                     let at = wire::begin_message(out, frontend::QUERY);
                     out.extend_from_slice(refused.as_bytes());
                     out.put_u8(0);
                     wire::finish_message(out, at);
-                    lock(&self.queue).push_back(Expect::Query { sql: refused.into() });
+                    lock(&self.queue).push_back(Expect::Query { sql: Text::new(&refused) });
                     return Ok(Verdict::Replaced);
                 }
-                Expect::Query { sql: sql.into() }
+                Expect::Query { sql: Text::analysed(sql, analysis) }
             }
             Frontend::Parse { name, sql, param_types: _ } => {
                 self.described_statements.remove(name);
-                if let Some(message) = self.check(sql).await {
+                let analysis = crate::sql::analyze(sql);
+                if let Some(message) = self.check(sql, &analysis).await {
                     // Same statement name, a text the server's parser
                     // rejects: the Parse fails before parameter types
                     // matter, nothing is stored under the name, the server
@@ -285,16 +327,18 @@ impl Filter for ClientTracker {
                     wire::finish_message(out, at);
                     lock(&self.queue).push_back(Expect::Parse {
                         name: name.to_string(),
-                        sql: refusal_statement(&message).into(),
+                        sql: Text::new(&refusal_statement(&message)),
                         refused: Some(message.into()),
                     });
                     self.skip_till_sync = true;
                     return Ok(Verdict::Replaced);
                 }
-                if let Ok(a) = crate::sql::analyze(sql).as_ref() {
-                    self.model.protocol_prepared(name, a.statements.first());
+                if let Ok(a) = analysis.as_ref()
+                    && !name.is_empty()
+                {
+                    Arc::make_mut(&mut self.model).protocol_prepared(name, a.statements.first());
                 }
-                Expect::Parse { name: name.to_string(), sql: sql.into(), refused: None }
+                Expect::Parse { name: name.to_string(), sql: Text::analysed(sql, analysis), refused: None }
             }
             Frontend::Bind { portal, statement, formats } => {
                 if self.described_statements.contains(statement) {

@@ -2,15 +2,51 @@
 //! sent will be answered with, in order.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use crate::sql::{Analysis, SqlError};
 use crate::wire::ResultFormats;
+
+/// What [`crate::sql::analyze`] says of a text (shared by every text of
+/// the same shape).
+pub type Analyzed = Arc<Result<Analysis, SqlError>>;
+
+/// A statement text the client sent, with its analysis once either side
+/// needed it: analysed once for both trackers and every message its
+/// answer brings.
+#[derive(Debug)]
+pub struct Text {
+    sql: Box<str>,
+    analysis: OnceLock<Analyzed>,
+}
+
+impl Text {
+    /// `sql`, not analysed yet.
+    pub fn new(sql: &str) -> Arc<Text> {
+        Arc::new(Text { sql: sql.into(), analysis: OnceLock::new() })
+    }
+
+    /// `sql` with its analysis.
+    pub fn analysed(sql: &str, analysis: Analyzed) -> Arc<Text> {
+        Arc::new(Text { sql: sql.into(), analysis: OnceLock::from(analysis) })
+    }
+
+    /// The text.
+    pub fn sql(&self) -> &str {
+        &self.sql
+    }
+
+    /// Its analysis (from the shape cache the first time).
+    pub fn analysis(&self) -> &Analyzed {
+        self.analysis.get_or_init(|| crate::sql::analyze(&self.sql))
+    }
+}
 
 /// What the server will answer a request with, noted when the request passes.
 #[derive(Debug)]
 pub enum Expect {
     Query {
-        sql: Arc<str>,
+        sql: Arc<Text>,
     },
     /// `refused`: masker refused the client's statement with this message
     /// and sent [`crate::plan::lineage::refused_parse_statement`] in its
@@ -18,7 +54,11 @@ pub enum Expect {
     /// refusal's `DO` text (what the audit trail records).
     Parse {
         name: String,
-        sql: Arc<str>,
+        sql: Arc<Text>,
+        /// Masker refused the client's statement with this message and
+        /// sent [`crate::plan::lineage::refused_parse_statement`] in its
+        /// place, which the server's parser rejects; `sql` is then the
+        /// refusal's `DO` text (what the audit trail records).
         refused: Option<Arc<str>>,
     },
     Bind {

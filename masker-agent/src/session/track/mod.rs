@@ -14,6 +14,7 @@
 
 pub mod client;
 pub mod expect;
+pub mod memo;
 pub mod model;
 pub mod server;
 

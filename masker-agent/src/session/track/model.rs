@@ -15,9 +15,14 @@
 //!   its analysed statement for every later `EXECUTE` / `FETCH`.
 //!
 //! Pure state: no I/O, no locks; the session's server side owns it.
+//!
+//! Every change gives the model a new [`SessionModel::revision`], unique in
+//! the process: what was worked out with one revision (a statement's
+//! taint, a row plan) holds for every model with that revision.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sql::{CreatedKind, Effect, RelName, Statement, TransactionStep};
 
@@ -76,6 +81,14 @@ pub struct SessionModel {
     savepoints: Vec<(String, usize)>,
     /// An error happened in the current transaction.
     failed: bool,
+    /// Changes with every change of the above (see [`SessionModel::revision`]).
+    revision: u64,
+}
+
+/// The next revision of any model of this process.
+fn next_revision() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl Default for SessionModel {
@@ -91,6 +104,8 @@ impl Default for SessionModel {
             undo: Vec::new(),
             savepoints: Vec::new(),
             failed: false,
+            // Every empty model is the same model.
+            revision: 0,
         }
     }
 }
@@ -101,9 +116,31 @@ fn key(name: &RelName, temp: bool) -> RelKey {
 }
 
 impl SessionModel {
+    /// Identifies this state of the model: two models with the same
+    /// revision are equal (clones of one model that neither changed since).
+    /// Unique in the process, never reused.
+    pub fn revision(&self) -> u64 {
+        self.revision
+    }
+
+    /// Marks a change.
+    fn changed(&mut self) {
+        self.revision = next_revision();
+    }
+
+    /// Whether [`SessionModel::apply`] of `statement` can change anything.
+    pub fn changed_by(statement: &Statement) -> bool {
+        statement.effect.is_some() || statement.body.is_some()
+    }
+
     /// Applies what a statement did, once the server reports it succeeded.
     /// Statements of a `DO` block are applied in order after the block.
     pub fn apply(&mut self, statement: &Statement) {
+        if !Self::changed_by(statement) {
+            // A plain read: nothing changes (the common case, kept cheap).
+            return;
+        }
+        self.changed();
         if let Some(effect) = &statement.effect {
             self.apply_effect(effect);
         }
@@ -263,6 +300,11 @@ impl SessionModel {
 
     /// The end of a transaction, committed or not.
     fn end_transaction(&mut self, committed: bool) {
+        if self.undo.is_empty() && self.savepoints.is_empty() && !self.failed && self.path == self.session_path {
+            // Nothing to end (a statement that changed nothing): unchanged.
+            return;
+        }
+        self.changed();
         if !committed {
             self.rollback_to(0);
         }
@@ -285,7 +327,10 @@ impl SessionModel {
 
     /// An ErrorResponse: the current transaction will not commit.
     pub fn error(&mut self) {
-        self.failed = true;
+        if !self.failed {
+            self.changed();
+            self.failed = true;
+        }
     }
 
     /// ReadyForQuery with its transaction status (`I` idle, `T` in a
@@ -300,6 +345,7 @@ impl SessionModel {
     /// Code masker cannot see ran (a user function, `CALL`, dynamic SQL):
     /// temporary tables may now hold data from anywhere.
     pub fn opaque_code_ran(&mut self) {
+        self.changed();
         self.unseen_code = true;
         if !self.temp_tainted && self.relations.values().any(|r| r.temp) {
             self.undo.push(Undo::TempTainted(false));
@@ -319,6 +365,7 @@ impl SessionModel {
         if name.is_empty() {
             return;
         }
+        self.changed();
         match statement {
             Some(s) => {
                 self.prepared.insert(name.to_string(), Arc::new(s.clone()));
@@ -381,25 +428,21 @@ impl SessionModel {
 /// side: what it checks the next statements against once nothing it sent
 /// is still in flight.
 #[derive(Debug, Clone, Default)]
-pub struct Published(Arc<std::sync::Mutex<(Arc<SessionModel>, u64)>>);
+pub struct Published(Arc<std::sync::Mutex<Arc<SessionModel>>>);
 
 impl Published {
-    /// Makes `model` the latest.
+    /// Makes `model` the latest (a copy is made only when it changed since
+    /// the last one published).
     pub fn publish(&self, model: &SessionModel) {
         let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        g.0 = Arc::new(model.clone());
-        g.1 += 1;
+        if g.revision() != model.revision() {
+            *g = Arc::new(model.clone());
+        }
     }
 
-    /// The latest model.
+    /// The latest model published.
     pub fn latest(&self) -> Arc<SessionModel> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).0.clone()
-    }
-
-    /// The latest model if it is newer than `seen` (its version).
-    pub fn newer_than(&self, seen: u64) -> Option<(Arc<SessionModel>, u64)> {
-        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        (g.1 != seen).then(|| (g.0.clone(), g.1))
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -416,6 +459,43 @@ mod tests {
 
     fn rel(name: &str) -> RelName {
         RelName { schema: None, name: name.into() }
+    }
+
+    #[test]
+    fn revision_changes_with_every_change_and_only_then() {
+        let mut m = SessionModel::default();
+        let empty = m.revision();
+        run(&mut m, "SELECT * FROM t WHERE id = 1");
+        m.command_complete(b"SELECT 1\0");
+        m.ready(b'I');
+        assert_eq!(m.revision(), empty, "a plain read changes nothing");
+
+        run(&mut m, "CREATE TEMP TABLE scratch (x int)");
+        let created = m.revision();
+        assert_ne!(created, empty);
+        let copy = m.clone();
+        assert_eq!(copy.revision(), created, "a clone is the same state");
+        m.ready(b'I');
+        assert_ne!(m.revision(), created, "the transaction ended: its undo log went");
+        let idle = m.revision();
+        m.ready(b'I');
+        assert_eq!(m.revision(), idle, "nothing left to end");
+
+        let changes: [fn(&mut SessionModel); 4] = [
+            |m: &mut SessionModel| m.error(),
+            |m: &mut SessionModel| m.opaque_code_ran(),
+            |m: &mut SessionModel| m.protocol_prepared("s1", None),
+            |m: &mut SessionModel| run(m, "SET search_path TO app"),
+        ];
+        for change in changes {
+            let before = m.revision();
+            change(&mut m);
+            assert_ne!(m.revision(), before);
+        }
+        let failed = m.revision();
+        m.error();
+        m.protocol_prepared("", None);
+        assert_eq!(m.revision(), failed, "already failed; the unnamed statement is not kept");
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
-use super::expect::{Expect, ExpectQueue, lock};
+use super::expect::{Expect, ExpectQueue, Text, lock};
+use super::memo::{Memo, Stamp};
 use super::model::{Published, SessionModel};
 use crate::audit::trail::StatementTrail;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
@@ -22,7 +23,7 @@ use crate::wire::message::Message;
 use crate::wire::{self, Cursor, FieldDescription, FrameError, Header, ResultFormats, backend};
 
 struct Statement {
-    sql: Arc<str>,
+    sql: Arc<Text>,
     fields: Option<Arc<Vec<FieldDescription>>>,
     /// The plan for the formats of the last Bind, reused while they repeat.
     plan: Option<(ResultFormats, Arc<RowPlan>)>,
@@ -70,6 +71,8 @@ pub struct ServerTracker {
     /// A tainted statement ran since the last ReadyForQuery: the settings
     /// the server reports before the next one may carry its values.
     batch_tainted: bool,
+    /// Taints and row plans already worked out, for statements sent again.
+    memo: Memo,
 }
 
 /// One statement of one text: the text's address and the index.
@@ -120,12 +123,25 @@ impl ServerTracker {
             published,
             attribution: None,
             batch_tainted: false,
+            memo: Memo::default(),
         }
+    }
+
+    /// What the memo's entries are valid under now.
+    fn stamp(&self) -> Stamp {
+        Stamp { model: self.model.revision(), catalog: self.planner.catalog.generation() }
+    }
+
+    /// Whether every catalog look-up of this session's database answered
+    /// since `mark` (see [`crate::plan::catalog::Catalog::failure_mark`]):
+    /// only then is what was worked out worth remembering.
+    fn catalog_answered_since(&self, mark: u64) -> bool {
+        self.planner.catalog.failed_since(mark, &self.planner.destination, &self.planner.database).is_none()
     }
 
     /// The statement the server is answering now: its text and its index
     /// in the text.
-    fn current(&self) -> Option<(Arc<str>, usize)> {
+    fn current(&self) -> Option<(Arc<Text>, usize)> {
         let q = lock(&self.queue);
         let named = |name: &str| self.statements.get(name).map(|s| s.sql.clone());
         let sql = match q.front()? {
@@ -152,17 +168,28 @@ impl ServerTracker {
         {
             return a;
         }
-        let a = if is_refusal(&sql) {
+        let a = if is_refusal(sql.sql()) {
             Attribution::Refusal
         } else {
-            match crate::sql::analyze(&sql).as_ref() {
+            match sql.analysis().as_ref() {
                 Err(_) => Attribution::Unparsed,
                 Ok(analysis) => match analysis.statements.get(index) {
                     None => Attribution::Clean,
-                    Some(stmt) => match self.planner.resolver(&self.model).taint(stmt).await {
-                        None => Attribution::Clean,
-                        Some(_) => Attribution::Tainted,
-                    },
+                    Some(stmt) => {
+                        let stamp = self.stamp();
+                        let tainted = match self.memo.entry(sql.analysis(), index, stamp).tainted {
+                            Some(t) => t,
+                            None => {
+                                let mark = self.planner.catalog.failure_mark();
+                                let t = self.planner.resolver(&self.model).taint(stmt).await.is_some();
+                                if self.catalog_answered_since(mark) {
+                                    self.memo.entry(sql.analysis(), index, stamp).tainted = Some(t);
+                                }
+                                t
+                            }
+                        };
+                        if tainted { Attribution::Tainted } else { Attribution::Clean }
+                    }
                 },
             }
         };
@@ -176,7 +203,7 @@ impl ServerTracker {
     /// The session model follows a statement that completed.
     fn completed(&mut self, tag: &[u8]) {
         if let Some((sql, index)) = self.current()
-            && let Ok(a) = crate::sql::analyze(&sql).as_ref()
+            && let Ok(a) = sql.analysis().as_ref()
             && let Some(stmt) = a.statements.get(index)
         {
             self.model.apply(stmt);
@@ -226,31 +253,71 @@ impl ServerTracker {
         formats: Option<&ResultFormats>,
         sql: Option<(&str, usize)>,
     ) -> Arc<RowPlan> {
+        self.plan_checked(fields, formats, sql).await.0
+    }
+
+    /// [`ServerTracker::plan`], and whether the catalog answered (a plan
+    /// made without it fails closed and is not worth keeping).
+    async fn plan_checked(
+        &mut self,
+        fields: &[FieldDescription],
+        formats: Option<&ResultFormats>,
+        sql: Option<(&str, usize)>,
+    ) -> (Arc<RowPlan>, bool) {
         if self.observe_only {
             let columns = fields.iter().map(|f| (ColumnAction::Allow, f.type_oid, f.format)).collect();
-            return Arc::new(RowPlan::new(columns, self.planner.policy.keys()));
+            return (Arc::new(RowPlan::new(columns, self.planner.policy.keys())), true);
         }
         let (plan, error) = self.planner.row_plan(&self.model, fields, formats, sql).await;
+        let answered = error.is_none();
         if let Some(e) = error
             && !self.catalog_warned
         {
             warn!(session = self.session.id(), "{e}; masking every table column of this session");
             self.catalog_warned = true;
         }
-        plan
+        (plan, answered)
+    }
+
+    /// The plan for rows described by the RowDescription `body` (in
+    /// `formats`) that answer statement `index` of `sql`: the one made for
+    /// the same statement and description before (see [`Memo`]), else a
+    /// new one.
+    async fn row_plan(
+        &mut self,
+        body: &[u8],
+        formats: Option<&ResultFormats>,
+        sql: Option<(Arc<Text>, usize)>,
+    ) -> Result<Arc<RowPlan>, RelayError> {
+        let Some((text, index)) = sql.filter(|_| !self.observe_only) else {
+            let fields = wire::parse_row_description(body)?;
+            return Ok(self.plan(&fields, formats, None).await);
+        };
+        let stamp = self.stamp();
+        if let Some(plan) = self.memo.entry(text.analysis(), index, stamp).plan(body, formats) {
+            return Ok(plan);
+        }
+        let fields = wire::parse_row_description(body)?;
+        let mark = self.planner.catalog.failure_mark();
+        let (plan, answered) = self.plan_checked(&fields, formats, Some((text.sql(), index))).await;
+        if answered && self.catalog_answered_since(mark) {
+            self.memo.entry(text.analysis(), index, stamp).add_plan(body, formats, plan.clone());
+        }
+        Ok(plan)
     }
 
     async fn on_row_description(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
-        let fields = wire::parse_row_description(msg.body())?;
         let front = lock(&self.queue).pop_front();
         match front {
             Some(Expect::Query { sql }) => {
-                self.current = Some(self.plan(&fields, None, Some((&*sql, self.query_index))).await);
-                lock(&self.queue).push_front(Expect::Query { sql });
+                // Back in place first: the queue is whole whatever happens.
+                lock(&self.queue).push_front(Expect::Query { sql: sql.clone() });
+                let plan = self.row_plan(msg.body(), None, Some((sql, self.query_index))).await?;
+                self.current = Some(plan);
                 Ok(Verdict::Forward)
             }
             Some(Expect::DescribeStatement { name }) => {
-                let fields = Arc::new(fields);
+                let fields = Arc::new(wire::parse_row_description(msg.body())?);
                 let sql = self.statements.get(&name).map(|s| s.sql.clone());
                 let waiting: Vec<String> = self
                     .portals
@@ -260,7 +327,7 @@ impl ServerTracker {
                     .collect();
                 for portal in waiting {
                     let formats = self.portals[&portal].formats.clone();
-                    let plan = self.plan(&fields, Some(&formats), sql.as_deref().map(|s| (s, 0))).await;
+                    let plan = self.plan(&fields, Some(&formats), sql.as_deref().map(|s| (s.sql(), 0))).await;
                     if let Some(p) = self.portals.get_mut(&portal) {
                         p.plan = Some(plan);
                     }
@@ -274,7 +341,7 @@ impl ServerTracker {
             Some(Expect::DescribePortal { name, injected }) => {
                 let sql =
                     self.portals.get(&name).and_then(|p| self.statements.get(&p.statement)).map(|s| s.sql.clone());
-                let plan = self.plan(&fields, None, sql.as_deref().map(|s| (s, 0))).await;
+                let plan = self.row_plan(msg.body(), None, sql.map(|s| (s, 0))).await?;
                 if let Some(p) = self.portals.get_mut(&name) {
                     p.plan = Some(plan);
                 }
@@ -304,7 +371,7 @@ impl ServerTracker {
         let plan = match cached {
             Some(Ok(plan)) => Some(plan),
             Some(Err((fields, sql))) => {
-                let plan = self.plan(&fields, Some(&formats), Some((&*sql, 0))).await;
+                let plan = self.plan(&fields, Some(&formats), Some((sql.sql(), 0))).await;
                 if let Some(s) = self.statements.get_mut(&statement) {
                     s.plan = Some((formats.clone(), plan.clone()));
                 }
@@ -355,7 +422,7 @@ impl ServerTracker {
     async fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
         if msg.tag() == backend::COMMAND_COMPLETE {
             let sql = self.audit_sql();
-            let stats = self.trail.end(sql.as_deref(), Some(msg.body()), None);
+            let stats = self.trail.end(sql.as_deref().map(Text::sql), Some(msg.body()), None);
             self.session.entry.counters.add_masked(&stats);
             if !self.observe_only {
                 // Settings it changed are reported before ReadyForQuery.
@@ -386,7 +453,7 @@ impl ServerTracker {
 
     async fn on_copy_out(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let masker = match self.current() {
-            Some((sql, index)) => self.planner.copy_masker(&self.model, &sql, index, msg.body()).await,
+            Some((sql, index)) => self.planner.copy_masker(&self.model, sql.sql(), index, msg.body()).await,
             None => Err(CopyPlanError::UnknownStatement),
         };
         match masker {
@@ -397,7 +464,7 @@ impl ServerTracker {
             Err(why) if self.observing => {
                 let message = format!("masker: COPY TO STDOUT refused: {why}");
                 let sql = self.audit_sql();
-                self.session.observed_denial(sql.as_deref().unwrap_or(""), "lineage", &message);
+                self.session.observed_denial(sql.as_deref().map_or("", Text::sql), "lineage", &message);
                 Ok(Verdict::Forward)
             }
             Err(why) => {
@@ -437,7 +504,7 @@ impl ServerTracker {
     }
 
     /// The text of the statement the server is answering now, for audit.
-    fn audit_sql(&self) -> Option<Arc<str>> {
+    fn audit_sql(&self) -> Option<Arc<Text>> {
         let q = lock(&self.queue);
         let named = |name: &str| self.statements.get(name).map(|s| s.sql.clone());
         match q.front()? {
@@ -468,7 +535,7 @@ impl ServerTracker {
         if tag == backend::ERROR_RESPONSE
             && let Some(sql) = self.audit_sql()
         {
-            let stats = self.trail.end(Some(&sql), None, Some(msg.body()));
+            let stats = self.trail.end(Some(sql.sql()), None, Some(msg.body()));
             self.session.entry.counters.add_masked(&stats);
         }
         let verdict = if self.observe_only {
@@ -528,7 +595,7 @@ impl ServerTracker {
             keep_fields(body, &mut answer, backend::ERROR_RESPONSE, refusal_fields)?;
         }
         let sql = self.audit_sql();
-        let stats = self.trail.end(sql.as_deref(), None, answer.get(5..));
+        let stats = self.trail.end(sql.as_ref().map(|t| t.sql()), None, answer.get(5..));
         self.session.entry.counters.add_masked(&stats);
         if name.is_empty() {
             // The server drops the unnamed statement before it parses.
@@ -727,7 +794,7 @@ impl Filter for ServerTracker {
                         "masker: the server accepted the text that stands for a refused statement; closing the session",
                     )),
                     Some(Expect::Parse { name, sql, refused: None }) => {
-                        if let Ok(a) = crate::sql::analyze(&sql).as_ref() {
+                        if let Ok(a) = sql.analysis().as_ref() {
                             self.model.protocol_prepared(&name, a.statements.first());
                         }
                         self.statements.insert(name, Statement { sql, fields: None, plan: None });
