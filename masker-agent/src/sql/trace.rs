@@ -217,6 +217,7 @@ fn write_kind(node: &N) -> Option<&'static str> {
         N::MergeStmt(_) => Some("MERGE"),
         N::TruncateStmt(_) => Some("TRUNCATE"),
         N::CreateTableAsStmt(_) => Some("CREATE TABLE AS"),
+        N::CreateTrigStmt(_) => Some("CREATE TRIGGER"),
         N::GrantStmt(_) | N::GrantRoleStmt(_) => Some("GRANT / REVOKE"),
         N::DoStmt(_) | N::CallStmt(_) => Some("DO / CALL (procedural code may write)"),
         _ => Some("DDL or another statement that changes the database"),
@@ -317,8 +318,13 @@ fn statement_in(node: &N, root: &Scope<'_>) -> Statement {
         | N::CommentStmt(_)
         | N::GrantStmt(_)
         | N::TruncateStmt(_)
-        | N::RuleStmt(_)
-        | N::CreateTrigStmt(_) => (StatementClass::Ddl, None, None, false),
+        | N::RuleStmt(_) => (StatementClass::Ddl, None, None, false),
+        N::CreateTrigStmt(c) => {
+            // The function the trigger will run: called by every later
+            // statement that writes the table, so decided here.
+            t.functions.insert(func_name(&c.funcname));
+            (StatementClass::Ddl, None, None, false)
+        }
         _ => (StatementClass::Utility, None, None, false),
     };
     // Every relation named anywhere (subqueries in any clause, DML targets),
