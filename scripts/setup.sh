@@ -12,9 +12,11 @@
 #     server is not installed) and kubernetes-validate (PyPI, in a venv)
 #   - docker.io (Debian's Docker 20.10: the container tests start a private
 #     dockerd) and iproute2 (`ip netns` for the hand-made containers)
-#   - the Python client libraries of the tests (psycopg 3), pinned, in a venv
+#   - the Python client libraries of the tests (psycopg 3, SQLAlchemy), pinned, in a venv
 #     outside the checkout (tests/harness/python.rs finds it; it installs
 #     nothing itself)
+#   - node-pg (Node.js from Debian's nodejs and npm), exactly as
+#     tests/harness/node/package-lock.json locks it, outside the checkout
 #   - cargo-fuzz (the fuzz targets of fuzz/, `cargo xtask fuzz`)
 #
 # Source it (`. scripts/setup.sh`) or run it; it exports PATH additions.
@@ -97,7 +99,7 @@ setup_bpf_linker() {
 # The Python packages the tests use, exactly these versions (pip installs
 # nothing else: --no-deps). tests/harness/python.rs holds the same list and
 # fails, naming this script, when the venv does not have it.
-MASKER_TEST_PY_PACKAGES="psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0"
+MASKER_TEST_PY_PACKAGES="psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0 SQLAlchemy==2.1.9"
 masker_test_venv() { printf '%s' "${MASKER_TEST_VENV:-${HOME:-/root}/.cache/masker/test-venv}"; }
 
 setup_test_clients() {
@@ -113,8 +115,29 @@ setup_test_clients() {
   python3 -m venv "$venv"
   # shellcheck disable=SC2086 # one word per package
   "$venv/bin/pip" install -q --disable-pip-version-check --no-input --no-deps $MASKER_TEST_PY_PACKAGES
-  "$venv/bin/python" -c 'import psycopg; print("psycopg", psycopg.__version__)' >&2
+  "$venv/bin/python" -c 'import psycopg, sqlalchemy; print("psycopg", psycopg.__version__, "SQLAlchemy", sqlalchemy.__version__)' >&2
   printf '%s' "$MASKER_TEST_PY_PACKAGES" >"$stamp"
+}
+
+# node-pg for the tests (tests/harness/node.rs), exactly the versions of the
+# lockfile next to it (`npm ci`), outside the checkout; the harness compares
+# the installed copy of the lockfile with the checked-in one.
+masker_test_node_dir() { printf '%s' "${MASKER_TEST_NODE_DIR:-${HOME:-/root}/.cache/masker/test-node}"; }
+
+setup_node_clients() {
+  local dir src
+  command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  dir=$(masker_test_node_dir)
+  src="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/harness/node"
+  if cmp -s "$src/package-lock.json" "$dir/package-lock.json" && [ -f "$dir/node_modules/pg/package.json" ]; then
+    return 0
+  fi
+  log "installing node-pg into $dir (npm ci from tests/harness/node/package-lock.json)"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$src/package.json" "$src/package-lock.json" "$dir/"
+  (cd "$dir" && npm ci --omit=optional --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+  (cd "$dir" && node -e 'console.error("node-pg", require("pg/package.json").version)')
 }
 
 # cargo-fuzz builds the fuzz targets of fuzz/ with the nightly toolchain
@@ -190,6 +213,7 @@ setup_all() {
   setup_nightly
   setup_bpf_linker
   setup_test_clients
+  setup_node_clients
   setup_cargo_fuzz
   setup_packaging_tools
 }

@@ -21,74 +21,10 @@ use masker_tests::transcript::{self, Case, Endpoint, Script};
 use masker_tests::{ConnInfo, MaskerProxy, PgCluster, within};
 use postgres_protocol::message::frontend;
 
-const KEY_ENV: &str = "MASKER_COMPAT_KEY";
+const KEY_ENV: &str = masker_tests::fixture::POLICY_KEY_ENV;
 
 /// A full policy: every personal column masked, the rest allowed.
-const POLICY: &str = r#"version = 1
-
-[defaults]
-action = "detect"
-comment_classification = true
-
-[pseudonymize]
-key_env = "MASKER_COMPAT_KEY"
-
-[[rule]]
-name = "email"
-column_names = ["*email*"]
-action = "pseudonymize"
-format_preserving = true
-
-[[rule]]
-name = "name"
-column_names = ["full_name"]
-action = "pseudonymize"
-
-[[rule]]
-name = "phone"
-column_names = ["*phone*"]
-action = "partial"
-keep_last = 2
-
-[[rule]]
-name = "ssn"
-column_names = ["ssn"]
-action = "null"
-
-[[rule]]
-name = "card"
-column_names = ["card_number", "iban", "address"]
-action = "redact"
-
-[[rule]]
-name = "birth_date"
-column_names = ["birth_date"]
-action = "generalize"
-to = "year"
-
-[[rule]]
-name = "ip"
-column_names = ["last_ip"]
-action = "generalize"
-to = "network"
-ipv4_prefix = 24
-ipv6_prefix = 64
-
-[[rule]]
-name = "free_text"
-column_names = ["notes", "profile"]
-action = "detect"
-
-[[rule]]
-name = "external"
-column_names = ["external_id"]
-action = "pseudonymize"
-
-[[rule]]
-name = "ops"
-column_names = ["id", "*_id", "plan", "status", "amount", "balance", "created_at", "paid_at", "signup_ts", "method", "order_no", "tags"]
-action = "allow"
-"#;
+const POLICY: &str = masker_tests::fixture::POLICY;
 
 /// Clean statements masker changes today, `(case id, why)`. Each must still
 /// differ; move it out of this list once it comes back identical.

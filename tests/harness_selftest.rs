@@ -119,6 +119,33 @@ fn psycopg_runs_against_the_cluster() {
 }
 
 #[test]
+fn node_pg_runs_against_the_cluster() {
+    use masker_tests::node::{self, Step};
+    let cluster = PgCluster::shared();
+    let out = node::run(
+        &cluster.app(),
+        &[
+            Step::simple("SELECT id, email FROM customers ORDER BY id LIMIT 2"),
+            Step::extended("SELECT $1::int + 1", &[Some("41")]),
+        ],
+    )
+    .unwrap();
+    assert_eq!(out["steps"][0]["results"][0]["rows"][0][0], "1", "{out}");
+    assert_eq!(out["steps"][1]["results"][0]["rows"][0][0], "42", "{out}");
+}
+
+/// node-pg's lockfile pins every package exactly (`npm ci` installs those).
+#[test]
+fn node_clients_are_locked() {
+    let lock: serde_json::Value = serde_json::from_str(masker_tests::node::LOCKFILE).expect("package-lock.json");
+    let packages = lock["packages"].as_object().expect("packages");
+    assert_eq!(packages["node_modules/pg"]["version"], "8.23.1");
+    for (name, p) in packages.iter().filter(|(name, _)| !name.is_empty()) {
+        assert!(p["version"].is_string() && p["integrity"].is_string(), "{name} is not locked: {p}");
+    }
+}
+
+#[test]
 fn ipv6_loopback_is_served() {
     let cluster = PgCluster::shared();
     let Some(addr) = masker_tests::skip::ipv6(cluster) else { return };

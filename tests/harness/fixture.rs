@@ -36,6 +36,79 @@ pub const PAYMENTS: u64 = 15_000;
 /// The fixture's SQL script (psql syntax: uses `:customers` etc.).
 pub const SQL: &str = include_str!("fixture.sql");
 
+/// The environment variable [`POLICY`] reads its pseudonym key from.
+pub const POLICY_KEY_ENV: &str = "MASKER_COMPAT_KEY";
+
+/// A full policy for the fixture: every personal column masked (emails,
+/// names and `external_id` pseudonymised, so unique columns stay unique),
+/// ids, amounts, timestamps and the like allowed, everything else `detect`.
+/// The pseudonym key comes from [`POLICY_KEY_ENV`].
+pub const POLICY: &str = r#"version = 1
+
+[defaults]
+action = "detect"
+comment_classification = true
+
+[pseudonymize]
+key_env = "MASKER_COMPAT_KEY"
+
+[[rule]]
+name = "email"
+column_names = ["*email*"]
+action = "pseudonymize"
+format_preserving = true
+
+[[rule]]
+name = "name"
+column_names = ["full_name"]
+action = "pseudonymize"
+
+[[rule]]
+name = "phone"
+column_names = ["*phone*"]
+action = "partial"
+keep_last = 2
+
+[[rule]]
+name = "ssn"
+column_names = ["ssn"]
+action = "null"
+
+[[rule]]
+name = "card"
+column_names = ["card_number", "iban", "address"]
+action = "redact"
+
+[[rule]]
+name = "birth_date"
+column_names = ["birth_date"]
+action = "generalize"
+to = "year"
+
+[[rule]]
+name = "ip"
+column_names = ["last_ip"]
+action = "generalize"
+to = "network"
+ipv4_prefix = 24
+ipv6_prefix = 64
+
+[[rule]]
+name = "free_text"
+column_names = ["notes", "profile"]
+action = "detect"
+
+[[rule]]
+name = "external"
+column_names = ["external_id"]
+action = "pseudonymize"
+
+[[rule]]
+name = "ops"
+column_names = ["id", "*_id", "plan", "status", "amount", "balance", "created_at", "paid_at", "signup_ts", "method", "order_no", "tags"]
+action = "allow"
+"#;
+
 /// Loads the fixture into `shop` on `cluster` as the superuser.
 pub fn load(cluster: &PgCluster) -> Result<()> {
     let script = format!("\\set customers {CUSTOMERS}\n\\set orders {ORDERS}\n\\set payments {PAYMENTS}\n{SQL}");

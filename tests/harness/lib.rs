@@ -12,8 +12,9 @@
 //!   cluster; [`agent`]: `masker agent` with real eBPF, and test cgroups. The
 //!   binary is always cargo's build of the tree under test ([`masker_binary`]).
 //! - Clients: [`ConnInfo::connect`] (tokio-postgres, in process), [`psql`]
-//!   (subprocess) and [`python`] (psycopg 3 from the venv `scripts/setup.sh`
-//!   made), plus [`raw`], a byte-level protocol client for edge cases.
+//!   (subprocess), [`python`] (psycopg 3 from the venv `scripts/setup.sh`
+//!   made) and [`node`] (node-pg, installed by the same script), plus
+//!   [`raw`], a byte-level protocol client for edge cases.
 //! - [`compare`]: results through masker vs direct, value for value, and
 //!   binary values decoded per type.
 //! - [`finder`]: every seeded value in every form; [`attack`]: attack
@@ -39,6 +40,7 @@ pub mod finder;
 pub mod fixture;
 pub mod leaky;
 pub mod netns;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod psql;

@@ -1,4 +1,4 @@
-//! psycopg 3 (Python) as a client, from the venv `scripts/setup.sh` creates
+//! psycopg 3 (Python) as a client (and SQLAlchemy over it, see `tools.rs`), from the venv `scripts/setup.sh` creates
 //! with pinned versions ([`PACKAGES`]) outside the checkout:
 //! `$MASKER_TEST_VENV`, else `$HOME/.cache/masker/test-venv`. The harness
 //! installs nothing: a missing or different venv fails the test, naming the
@@ -22,7 +22,10 @@ use crate::process;
 /// The Python packages of the venv, exactly as `scripts/setup.sh` installs
 /// them (`MASKER_TEST_PY_PACKAGES` there; a harness self-test checks both
 /// say the same).
-pub const PACKAGES: &str = "psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0";
+/// SQLAlchemy (no C dependencies of its own; `greenlet` only serves its
+/// asyncio layer, which the tests do not use) is the ORM whose reflection
+/// `tools.rs` runs through masker.
+pub const PACKAGES: &str = "psycopg==3.2.13 psycopg-binary==3.2.13 typing_extensions==4.16.0 SQLAlchemy==2.1.9";
 
 const WRAPPER: &str = r#"
 import json, sys

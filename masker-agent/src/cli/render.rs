@@ -48,6 +48,10 @@ pub(super) fn sessions(sessions: &[crate::daemon::registry::SessionSnapshot]) ->
         if x.observe {
             by_action.insert(0, "OBSERVE (relayed unmasked)".into());
         }
+        if let Some(c) = &x.container {
+            // Docker's ids are 64 hex digits; `docker ps` shows 12.
+            by_action.push(format!("container {}", c.get(..12).unwrap_or(c)));
+        }
         let _ = writeln!(
             o,
             "  {:>4}  {:<16} {:>7}  {:<22} {:<12} {:>5}s {:>10} {:>10} {:>8} {:>8}  {}",

@@ -429,7 +429,9 @@ impl Agent {
         let guard = self.interception.read().await;
         let Some(i) = guard.as_ref() else { return };
         match i.tag_ids() {
-            Ok(tags) => self.ctx.metrics.set_tagged_cgroups(tags.len()),
+            // Revoked tags (untagged, their connections refused) are not
+            // tagged workloads any more.
+            Ok(tags) => self.ctx.metrics.set_tagged_cgroups(tags.iter().filter(|t| !t.revoked).count()),
             Err(e) => warn!("counting tags: {e}"),
         }
     }

@@ -41,7 +41,8 @@
 //! server's ReadyForQuery answering it, as the agent sees it.
 //!
 //! `masker_tagged_cgroups` is the number of cgroups in the agent's tag map
-//! (0 for `masker proxy`), updated on every tag and untag and with each
+//! that are not revoked (0 for `masker proxy`; an untagged cgroup's entry
+//! stays, revoked, and is not counted), updated on every tag and untag and with each
 //! target refresh. Tags outlive the agent: while it is down with tags in
 //! place, tagged workloads cannot reach their targets (fail closed), which
 //! is what the example alert in `packaging/prometheus/` watches for.

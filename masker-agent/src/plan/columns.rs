@@ -52,7 +52,10 @@ impl PlanContext {
                 let decision = decisions.as_ref().and_then(|d| d.get(i));
                 let action = if let Some(Decision::Force(a)) = decision {
                     a.clone()
-                } else if f.table.0 == 0 {
+                } else if f.table.0 == 0 || f.column < 0 {
+                    // No table, or one of its system columns (`tableoid`,
+                    // `ctid`, ...: negative attribute numbers the catalog
+                    // does not list): the lineage decides.
                     match decision {
                         Some(Decision::Direct(a)) => a.clone(),
                         _ => ColumnAction::Redact,

@@ -98,6 +98,13 @@ const VALUE_COLUMNS: &[(&str, &str)] = &[
     ("pg_largeobject", "data"),
 ];
 
+/// The system columns every table has (negative attribute numbers, absent
+/// from the catalog's column lists): where a row version is and which
+/// transactions and commands wrote it, never a value a client stored. No user
+/// column can take these names. `pg_dump` reads `tableoid` of every catalog
+/// it lists.
+const SYSTEM_COLUMNS: &[&str] = &["tableoid", "ctid", "xmin", "xmax", "cmin", "cmax"];
+
 /// A session's [`PlanContext`] with its [`SessionModel`] as it stands: what
 /// names resolve to and what each statement is decided with.
 #[derive(Clone, Copy)]
@@ -561,7 +568,15 @@ impl Resolver<'_> {
     async fn column(&self, found: &Found, column: &str, depth: usize) -> ColumnOf {
         match found {
             Found::Catalog(rel) => {
-                let Some(i) = rel.columns.iter().position(|(c, _)| c == column) else { return ColumnOf::Missing };
+                let Some(i) = rel.columns.iter().position(|(c, _)| c == column) else {
+                    // Tables, materialized views, sequences, TOAST tables
+                    // have system columns; views and the rest do not.
+                    return if matches!(rel.kind, 'r' | 'p' | 'm' | 'S' | 't') {
+                        system_column(found, column)
+                    } else {
+                        ColumnOf::Missing
+                    };
+                };
                 let catalog = CATALOG_SCHEMAS.contains(&rel.schema.as_str());
                 if rel.definition.is_some() && !catalog {
                     return match self.derived_columns(found, depth + 1).await {
@@ -580,6 +595,9 @@ impl Resolver<'_> {
                 })
             }
             Found::Session { kind: CreatedKind::Table { columns }, temp, .. } => {
+                if SYSTEM_COLUMNS.contains(&column) {
+                    return system_column(found, column);
+                }
                 if columns.as_ref().is_some_and(|c| !c.iter().any(|c| c == column)) {
                     return ColumnOf::Missing;
                 }
@@ -1186,7 +1204,10 @@ impl Resolver<'_> {
                 continue;
             }
             for b in &bases.columns {
-                if !self.classified(b) {
+                // Whether the catalog holds a parse tree or stored value at
+                // all (a partial index, a default) is no value: ORMs ask
+                // `CASE WHEN indpred IS NOT NULL THEN pg_get_expr(...)`.
+                if !self.classified(b) || (cond.nullness && b.origin == Origin::CatalogValue) {
                     continue;
                 }
                 let allowed = match self.action(b) {
@@ -1238,6 +1259,24 @@ impl Resolver<'_> {
             model.apply(stmt);
         }
         None
+    }
+
+    /// Looks up the relations `sql` names (from the cache, else the
+    /// catalog) before it runs, so that a catalog that does not answer is
+    /// known before the statement is sent ([`Catalog::failed_since`]) rather
+    /// than when its result arrives. Stops at the first failed look-up.
+    ///
+    /// [`Catalog::failed_since`]: crate::plan::catalog::Catalog::failed_since
+    pub async fn prefetch(&self, sql: &str) {
+        let analysis = sql::analyze(sql);
+        let Ok(analysis) = analysis.as_ref().as_ref() else { return };
+        let mark = self.plan.catalog.failure_mark();
+        for r in analysis.statements.iter().flat_map(|s| &s.relations) {
+            self.relation(r).await;
+            if self.plan.catalog.failed_since(mark, &self.plan.destination, &self.plan.database).is_some() {
+                return;
+            }
+        }
     }
 
     /// The relations of `stmt` as the catalog resolves them (`schema`,
@@ -1538,6 +1577,21 @@ enum ColumnOf {
     Derived(Lineage),
 }
 
+/// A system column of a table `found` (see [`SYSTEM_COLUMNS`]): it passes
+/// like a catalog column. Any other name is missing.
+fn system_column(found: &Found, column: &str) -> ColumnOf {
+    if !SYSTEM_COLUMNS.contains(&column) {
+        return ColumnOf::Missing;
+    }
+    ColumnOf::Base(Base {
+        schema: found.schema(),
+        table: found.name(),
+        column: column.to_string(),
+        comment: None,
+        origin: Origin::Catalog,
+    })
+}
+
 /// What `EXECUTE`/`FETCH` stand for.
 enum StoodFor {
     Stored(Arc<Statement>),
@@ -1572,6 +1626,63 @@ pub fn is_refusal(sql: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::TargetAddr;
+    use crate::plan::catalog::Catalog;
+    use crate::policy::Policy;
+
+    fn relation(schema: &str, name: &str, kind: char, columns: &[&str]) -> Found {
+        Found::Catalog(Arc::new(Relation {
+            schema: schema.into(),
+            name: name.into(),
+            kind,
+            columns: columns.iter().map(|c| (c.to_string(), None)).collect(),
+            types: columns.iter().map(|_| crate::wire::TypeOid(25)).collect(),
+            definition: (kind == 'v').then(|| "SELECT 1".into()),
+        }))
+    }
+
+    /// `tableoid`, `ctid`, `xmin` ... of a table pass like catalog columns
+    /// (pg_dump reads `tableoid` of every catalog it lists), even of a
+    /// table whose every column is masked; views and unknown names have
+    /// none.
+    #[tokio::test]
+    async fn system_columns_of_tables_pass() {
+        let policy = Policy::parse(
+            "version = 1\n[defaults]\naction = \"redact\"\nrefuse_inference = true\n\n\
+             [[rule]]\nname = \"all\"\ncolumns = [\"public.customers.*\"]\naction = \"redact\"\n",
+            "test.toml",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let plan = PlanContext {
+            policy: policy.for_session("ci", None, "db:5432"),
+            catalog: Arc::new(Catalog::new(None)),
+            destination: TargetAddr::parse("db:5432").unwrap_or_else(|e| panic!("{e}")),
+            database: "shop".into(),
+            user: "app".into(),
+        };
+        let session = SessionModel::default();
+        let r = plan.resolver(&session);
+        let customers = relation("public", "customers", 'r', &["id", "email"]);
+        let extension = relation("pg_catalog", "pg_extension", 'r', &["oid", "extname"]);
+        let contacts = relation("public", "customer_contacts", 'v', &["email"]);
+        for (found, column) in
+            [(&customers, "tableoid"), (&customers, "ctid"), (&customers, "xmin"), (&extension, "tableoid")]
+        {
+            match r.column(found, column, 0).await {
+                ColumnOf::Base(b) => {
+                    assert_eq!(r.action(&b), ColumnAction::Allow, "{column}");
+                    assert!(!r.classified(&b), "{column}");
+                }
+                _ => panic!("{column} of {} is no base column", found.name()),
+            }
+        }
+        match r.column(&customers, "email", 0).await {
+            ColumnOf::Base(b) => assert_ne!(r.action(&b), ColumnAction::Allow),
+            _ => panic!("email is no base column"),
+        }
+        assert!(matches!(r.column(&customers, "no_such", 0).await, ColumnOf::Missing));
+        assert!(matches!(r.column(&contacts, "ctid", 0).await, ColumnOf::Missing));
+    }
 
     #[test]
     fn refusal_statement_quotes_and_parses() {

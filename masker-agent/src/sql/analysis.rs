@@ -196,6 +196,8 @@ pub struct Condition {
     /// `col = constant` (or `IN` constants): tells no more about a
     /// pseudonymized column than a join on the pseudonym does.
     pub equality: bool,
+    /// `IS [NOT] NULL`: tells whether there is a value, nothing of it.
+    pub nullness: bool,
 }
 
 /// A channel other than the result rows that a value can reach.

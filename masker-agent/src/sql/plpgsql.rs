@@ -305,7 +305,7 @@ impl Walker<'_> {
     fn condition(&mut self, v: Option<&Value>) {
         let l = self.expr_value(v);
         if self.record {
-            self.out.conditions.push(Condition { lineage: l, equality: false });
+            self.out.conditions.push(Condition { lineage: l, equality: false, nullness: false });
         }
     }
 
@@ -363,7 +363,7 @@ impl Walker<'_> {
             "PLpgSQL_stmt_case" => {
                 let tested = self.expr_value(v.get("t_expr"));
                 if self.record {
-                    self.out.conditions.push(Condition { lineage: tested, equality: false });
+                    self.out.conditions.push(Condition { lineage: tested, equality: false, nullness: false });
                 }
                 for w in v.get("case_when_list").and_then(Value::as_array).into_iter().flatten() {
                     let w = w.get("PLpgSQL_case_when").unwrap_or(w);

@@ -213,6 +213,39 @@ fn filters_record_predicates_with_equality() {
     assert!(tests_column(f, &col("customers", "email"), true), "{f:?}");
 }
 
+#[test]
+fn grouping_sets_record_their_columns() {
+    for sql in [
+        "SELECT status, count(*) FROM orders GROUP BY ROLLUP (status) ORDER BY 1",
+        "SELECT status, amount, count(*) FROM orders GROUP BY CUBE (status, (amount, customer_id))",
+        "SELECT status, count(*) FROM orders GROUP BY GROUPING SETS ((status), ()), amount",
+    ] {
+        let a = analyze_uncached(sql).unwrap();
+        let f = &a.statements[0].filters;
+        assert!(tests_column(f, &col("orders", "status"), false), "{sql}: {f:?}");
+        assert!(
+            f.iter().all(|c| c.lineage.how != How::Unknown && !c.lineage.sources.contains(&Source::Opaque)),
+            "{sql}: {f:?}"
+        );
+    }
+    let a = analyze_uncached("SELECT count(*) FROM customers GROUP BY ROLLUP (plan, (ssn))").unwrap();
+    assert!(tests_column(&a.statements[0].filters, &col("customers", "ssn"), false));
+}
+
+#[test]
+fn null_tests_are_marked_as_such() {
+    let a = analyze_uncached(
+        "SELECT CASE WHEN indpred IS NOT NULL THEN pg_get_expr(indpred, indrelid) END FROM pg_index \
+         WHERE indpred::text LIKE '%x%'",
+    )
+    .unwrap();
+    let f = &a.statements[0].filters;
+    let indpred = col("pg_index", "indpred");
+    let on = |nullness: bool| f.iter().any(|c| c.lineage.sources.contains(&indpred) && c.nullness == nullness);
+    assert!(on(true), "the IS NOT NULL test: {f:?}");
+    assert!(on(false), "the LIKE test: {f:?}");
+}
+
 /// Whether some condition tests `source` (with `equality` as given).
 fn tests_column(f: &[Condition], source: &Source, equality: bool) -> bool {
     f.iter().any(|c| c.lineage.sources.contains(source) && c.equality == equality)

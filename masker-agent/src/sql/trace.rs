@@ -1291,12 +1291,12 @@ impl Tracer {
             }
             N::NullTest(t) => {
                 let l = derived(self.opt(t.arg.as_deref(), scope, d));
-                self.filters.push(Condition { lineage: l.clone(), equality: false });
+                self.filters.push(Condition { lineage: l.clone(), equality: false, nullness: true });
                 l
             }
             N::BooleanTest(t) => {
                 let l = derived(self.opt(t.arg.as_deref(), scope, d));
-                self.filters.push(Condition { lineage: l.clone(), equality: false });
+                self.filters.push(Condition { lineage: l.clone(), equality: false, nullness: false });
                 l
             }
             N::CaseExpr(c) => {
@@ -1314,7 +1314,7 @@ impl Tracer {
                             let v = self.opt(w.expr.as_deref(), scope, d);
                             let equality = arg.how == How::Direct && v.how == How::Constant;
                             let l = combine([arg.clone(), v]);
-                            self.filters.push(Condition { lineage: l.clone(), equality });
+                            self.filters.push(Condition { lineage: l.clone(), equality, nullness: false });
                             l
                         }
                         None => match w.expr.as_deref() {
@@ -1372,7 +1372,7 @@ impl Tracer {
                 if compares && s.sub_link_type != pb::SubLinkType::ExistsSublink as i32 {
                     // `x IN (SELECT ...)`, `x = ANY (SELECT ...)`: a test on
                     // both sides (EXISTS records its own WHERE).
-                    self.filters.push(Condition { lineage: l.clone(), equality: false });
+                    self.filters.push(Condition { lineage: l.clone(), equality: false, nullness: false });
                 }
                 l
             }
@@ -1421,7 +1421,7 @@ impl Tracer {
         let combined = derived(combine([l.clone(), r.clone()]));
         if kind == K::AexprOp && matches!(op, "/" | "%") && r.how != How::Constant {
             // Division by a value fails exactly when it is zero: a test.
-            self.filters.push(Condition { lineage: r.clone(), equality: false });
+            self.filters.push(Condition { lineage: r.clone(), equality: false, nullness: false });
         }
         if test {
             let eq_op = matches!(kind, K::AexprOp | K::AexprIn) && op == "=";
@@ -1429,7 +1429,7 @@ impl Tracer {
                 && ((l.how == How::Direct && r.how == How::Constant)
                     || (r.how == How::Direct && l.how == How::Constant));
             let lineage = if equality { if l.how == How::Direct { l } else { r } } else { combined.clone() };
-            self.filters.push(Condition { lineage, equality });
+            self.filters.push(Condition { lineage, equality, nullness: false });
         }
         combined
     }
@@ -1439,7 +1439,7 @@ impl Tracer {
     fn condition(&mut self, n: &Node, scope: &Scope<'_>, d: usize) -> Lineage {
         let l = self.expr(n, scope, d);
         if !records_itself(n) {
-            self.filters.push(Condition { lineage: l.clone(), equality: false });
+            self.filters.push(Condition { lineage: l.clone(), equality: false, nullness: false });
         }
         l
     }
@@ -1615,7 +1615,7 @@ impl Tracer {
                 _ => None,
             })
         {
-            self.filters.push(Condition { lineage: l, equality: false });
+            self.filters.push(Condition { lineage: l, equality: false, nullness: false });
             return;
         }
         self.filter(node, scope, outs, depth);
@@ -1623,12 +1623,20 @@ impl Tracer {
 
     /// Records the columns a filtering/grouping/ordering clause uses.
     fn filter(&mut self, node: &Node, scope: &Scope<'_>, outs: &[Output], depth: usize) {
+        // `ROLLUP (a, b)`, `CUBE (...)`, `GROUPING SETS ((a), ())`: each
+        // item groups like a plain `GROUP BY` item.
+        if let Some(N::GroupingSet(g)) = node.node.as_ref() {
+            for item in &g.content {
+                self.filter(item, scope, outs, depth);
+            }
+            return;
+        }
         // `ORDER BY 2` / `GROUP BY 1`: the output column at that position.
         if let Some(N::AConst(c)) = node.node.as_ref()
             && let Some(pb::a_const::Val::Ival(i)) = &c.val
         {
             if let Some(o) = usize::try_from(i.ival).ok().and_then(|i| i.checked_sub(1)).and_then(|i| outs.get(i)) {
-                self.filters.push(Condition { lineage: output_lineage(o), equality: false });
+                self.filters.push(Condition { lineage: output_lineage(o), equality: false, nullness: false });
             }
             return;
         }
@@ -1641,7 +1649,7 @@ impl Tracer {
             })
             && resolve_name(scope, name).is_none()
         {
-            self.filters.push(Condition { lineage: l, equality: false });
+            self.filters.push(Condition { lineage: l, equality: false, nullness: false });
             return;
         }
         let l = self.condition(node, scope, depth);
@@ -1649,6 +1657,7 @@ impl Tracer {
             self.filters.push(Condition {
                 lineage: Lineage { how: How::Unknown, sources: BTreeSet::from([Source::Opaque]) },
                 equality: false,
+                nullness: false,
             });
         }
     }

@@ -99,6 +99,10 @@ impl ClientTracker {
             self.model_version = version;
         }
         let resolver = plan.resolver(&self.model);
+        // The relations it names are looked up now, before it runs (the
+        // plan of its result finds them cached): a catalog that does not
+        // answer refuses the statement below instead of masking blindly.
+        resolver.prefetch(sql).await;
         let mut refusal = resolver.refusal(sql).await;
         if refusal.is_none() && in_flight {
             // What was sent may still fail: the statement must pass with the
