@@ -9,7 +9,9 @@
 //!   must leak (its control), and once through masker, where no seeded
 //!   value may be found in any channel, the raw server-to-client bytes
 //!   included. Every channel is also reached through code masker does not
-//!   see in the statement: temporary functions and triggers.
+//!   see in the statement: temporary functions and triggers. The same
+//!   corpus also runs through node-pg ([`node_leg`]), directly and through
+//!   masker, judged on what it received and on the raw bytes.
 //! - Error-based inference in each expression position ([`inference`]):
 //!   the failure happens only when a predicate on a masked column holds
 //!   (chosen from the ground truth, so it holds); the direct run shows the
@@ -20,6 +22,7 @@
 //! - COPY options masker does not model are refused before the server sees
 //!   them, with 42501 naming the option, and the session stays usable.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -29,7 +32,9 @@ use masker_tests::cluster::{APP_PASSWORD, APP_USER};
 use masker_tests::corpora::{SIDE_CHANNELS, SIDE_CHANNELS_CLEAN, SIDE_FUNCTIONS, Side};
 use masker_tests::finder::Finder;
 use masker_tests::fixture::PersonalValues;
+use masker_tests::node::{self, Step};
 use masker_tests::raw;
+use masker_tests::recorder::Recorder;
 use masker_tests::transcript::{self, Case, Script};
 use masker_tests::{ConnInfo, MaskerProxy, PgCluster, within};
 
@@ -174,9 +179,66 @@ fn channel_corpus(side: Side, at_least: usize) -> usize {
         let m = attack::run(&proxied, &attacks, &Client::ALL).await.expect("runs through masker");
         attack::judge(&ENV.finder, &attacks, &d, &m)
     }));
+    let node = node_leg(&direct, &proxied, &attacks);
     proxy.assert_running();
     verdict.assert_clean_except(&format!("side channel {side:?}"), KNOWN_LEAKS);
+    assert!(node.is_empty(), "side channel {side:?} through node-pg:\n{}", node.join("\n"));
+    eprintln!("side channel {side:?}: {} attacks also through node-pg, each leaking directly", attacks.len());
     attacks.len()
+}
+
+/// What node-pg received for `attack` (rows, errors and notices as JSON)
+/// and the raw server-to-client bytes of its session.
+fn node_seen(target: &ConnInfo, attack: &Attack) -> Result<Vec<u8>, String> {
+    let recorder = Recorder::start(target.addr()).map_err(|e| format!("recorder: {e:#}"))?;
+    let info = target.at(recorder.addr());
+    let mut steps = Vec::new();
+    if !attack.setup.is_empty() {
+        steps.push(Step::simple(&attack.setup));
+    }
+    steps.extend(attack::split_statements(&attack.sql).iter().map(|s| Step::simple(s)));
+    let out = node::run(&info, &steps).map_err(|e| format!("node-pg: {e:#}"));
+    let wire = recorder.finish(Duration::from_secs(30)).map_err(|e| format!("recorder: {e:#}"))?;
+    let mut seen = out?.to_string().into_bytes();
+    seen.push(b'\n');
+    seen.extend_from_slice(&wire);
+    Ok(seen)
+}
+
+/// The corpus through node-pg (simple protocol, one statement a step):
+/// every attack must leak directly and nothing through masker, in what the
+/// client received or in the raw bytes (notifications, ParameterStatus and
+/// COPY data, which node-pg does not hand over, are there). Returns the
+/// problems.
+fn node_leg(direct: &ConnInfo, proxied: &ConnInfo, attacks: &[Attack]) -> Vec<String> {
+    let finder = &ENV.finder;
+    let mut problems = Vec::new();
+    for a in attacks {
+        let typed: BTreeSet<usize> =
+            finder.find(format!("{}\n{}", a.setup, a.sql).as_bytes()).hits.iter().map(|h| h.value).collect();
+        let leaks = |seen: &[u8]| {
+            let mut found = finder.find(seen);
+            found.hits.retain(|h| !typed.contains(&h.value));
+            found
+        };
+        match node_seen(direct, a) {
+            Ok(seen) if leaks(&seen).is_empty() => {
+                problems.push(format!("DEAD ATTACK [{}] no seeded value through node-pg directly", a.id))
+            }
+            Ok(_) => {}
+            Err(e) => problems.push(format!("CLIENT FAILED [{}] directly: {e}", a.id)),
+        }
+        match node_seen(proxied, a) {
+            Ok(seen) => {
+                let found = leaks(&seen);
+                if !found.is_empty() {
+                    problems.push(format!("LEAK [{}] through masker: {found}", a.id));
+                }
+            }
+            Err(e) => problems.push(format!("CLIENT FAILED [{}] through masker: {e}", a.id)),
+        }
+    }
+    problems
 }
 
 #[test]
