@@ -501,11 +501,17 @@ fn explain_reads_its_query_and_knows_its_format() {
 
 #[test]
 fn create_trigger_names_the_function_it_will_run() {
-    let a = analyze("CREATE TRIGGER t AFTER INSERT ON side_t FOR EACH ROW EXECUTE FUNCTION pg_temp.side_fn()").as_ref().clone().unwrap();
+    let a = analyze("CREATE TRIGGER t AFTER INSERT ON side_t FOR EACH ROW EXECUTE FUNCTION pg_temp.side_fn()")
+        .as_ref()
+        .clone()
+        .unwrap();
     let s = &a.statements[0];
     assert_eq!(s.class, StatementClass::Ddl);
     assert_eq!(s.write, Some("CREATE TRIGGER"));
     assert!(s.functions.contains("pg_temp.side_fn"), "{:?}", s.functions);
-    let a = analyze("CREATE TRIGGER t BEFORE UPDATE ON app.t FOR EACH ROW EXECUTE PROCEDURE audit()").as_ref().clone().unwrap();
+    let a = analyze("CREATE TRIGGER t BEFORE UPDATE ON app.t FOR EACH ROW EXECUTE PROCEDURE audit()")
+        .as_ref()
+        .clone()
+        .unwrap();
     assert!(a.statements[0].functions.contains("audit"), "{:?}", a.statements[0].functions);
 }
