@@ -405,8 +405,25 @@ fn error_based_inference_is_refused_in_every_expression_position() {
         let m = attack::run(&proxied, &attacks, &Client::ALL).await.expect("runs through masker");
         attack::judge(&ENV.finder, &attacks, &d, &m)
     }));
+    // node-pg: the answer directly, never through masker.
+    let mut node_problems = Vec::new();
+    for a in &attacks {
+        let has = |seen: &[u8]| seen.windows(FAILS.len()).any(|w| w == FAILS.as_bytes());
+        match (node_seen(&direct, a), node_seen(&proxied, a)) {
+            (Ok(d), Ok(m)) => {
+                if !has(&d) {
+                    node_problems.push(format!("DEAD ATTACK [{}] no answer through node-pg directly", a.id));
+                }
+                if has(&m) {
+                    node_problems.push(format!("LEAK [{}] the answer through node-pg and masker", a.id));
+                }
+            }
+            (d, m) => node_problems.push(format!("CLIENT FAILED [{}] node-pg: {:?} / {:?}", a.id, d.err(), m.err())),
+        }
+    }
     proxy.assert_running();
     verdict.assert_clean("error-based inference");
+    assert!(node_problems.is_empty(), "error-based inference through node-pg:\n{}", node_problems.join("\n"));
     // Refused, not merely answered otherwise: 42501, and the session goes on.
     runtime().block_on(within(Duration::from_secs(300), "inference refusals", async {
         let client = proxied.connect().await.expect("connect");
