@@ -354,17 +354,17 @@ impl Side {
 /// the superuser, in `shop`; idempotent): code masker can read from the
 /// catalog, unlike the session's temporary functions.
 pub const SIDE_FUNCTIONS: &str = "CREATE SCHEMA IF NOT EXISTS side; GRANT USAGE ON SCHEMA side TO app; \
-     CREATE OR REPLACE FUNCTION side.tell(t text) RETURNS void LANGUAGE sql AS $$ SELECT pg_notify('side_ch', t) $$; \
+     CREATE OR REPLACE FUNCTION side.tell(t text) RETURNS void LANGUAGE sql AS $$ SELECT pg_notify('side_tell', t) $$; \
      CREATE OR REPLACE FUNCTION side.warn(t text) RETURNS text LANGUAGE plpgsql AS $$ BEGIN RAISE WARNING 'saw %', t; RETURN 'ok'; END $$; \
      CREATE OR REPLACE FUNCTION side.set_name(t text) RETURNS int LANGUAGE plpgsql AS \
        $$ BEGIN PERFORM set_config('application_name', t, false); RETURN 1; END $$; \
      CREATE OR REPLACE FUNCTION side.lock(k bigint) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_advisory_lock(k) $$; \
      CREATE OR REPLACE FUNCTION side.to_int(t text) RETURNS int LANGUAGE sql AS $$ SELECT t::int $$; \
      CREATE OR REPLACE FUNCTION side.notify_customer(i int) RETURNS int LANGUAGE plpgsql AS \
-       $$ BEGIN PERFORM pg_notify('side_ch', (SELECT full_name FROM public.customers WHERE id = i)); RETURN 1; END $$; \
+       $$ BEGIN PERFORM pg_notify('side_nc', (SELECT full_name FROM public.customers WHERE id = i)); RETURN 1; END $$; \
      CREATE TABLE IF NOT EXISTS side.audit (id int); \
      CREATE OR REPLACE FUNCTION side.audit_fn() RETURNS trigger LANGUAGE plpgsql AS \
-       $$ BEGIN PERFORM pg_notify('side_ch', (SELECT address FROM public.customers WHERE id = NEW.id)); RETURN NEW; END $$; \
+       $$ BEGIN PERFORM pg_notify('side_audit', (SELECT address FROM public.customers WHERE id = NEW.id)); RETURN NEW; END $$; \
      DROP TRIGGER IF EXISTS audit_trg ON side.audit; \
      CREATE TRIGGER audit_trg AFTER INSERT ON side.audit FOR EACH ROW EXECUTE FUNCTION side.audit_fn(); \
      GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA side TO app; GRANT INSERT, SELECT ON side.audit TO app;";
@@ -417,9 +417,9 @@ pub const SIDE_CHANNELS: &[(Side, &str, &str)] = &[
     ),
     (
         Side::Error,
-        "CREATE FUNCTION pg_temp.side_check(t text) RETURNS int LANGUAGE plpgsql AS \
+        "CREATE FUNCTION pg_temp.side_ch1eck(t text) RETURNS int LANGUAGE plpgsql AS \
          $$ BEGIN RAISE EXCEPTION 'check failed' USING DETAIL = t, HINT = t; END $$",
-        "SELECT pg_temp.side_check(address) FROM customers WHERE id = 16",
+        "SELECT pg_temp.side_ch1eck(address) FROM customers WHERE id = 16",
     ),
     (
         // CONTEXT repeats the dynamic statement, literal included.
@@ -500,29 +500,29 @@ pub const SIDE_CHANNELS: &[(Side, &str, &str)] = &[
         "INSERT INTO side_tn VALUES (30)",
     ),
     // ---- notifications (LISTEN in the same session)
-    (Side::Notification, "LISTEN side_ch", "SELECT pg_notify('side_ch', full_name) FROM customers WHERE id = 31"),
-    (Side::Notification, "LISTEN side_ch", "SELECT pg_notify('side_ch', address) FROM customers WHERE id = 32"),
+    (Side::Notification, "LISTEN side_ch2", "SELECT pg_notify('side_ch2', full_name) FROM customers WHERE id = 31"),
+    (Side::Notification, "LISTEN side_ch3", "SELECT pg_notify('side_ch3', address) FROM customers WHERE id = 32"),
     (
         Side::Notification,
-        "LISTEN side_ch",
-        "DO $$ BEGIN PERFORM pg_notify('side_ch', (SELECT address FROM customers WHERE id = 33)); END $$",
+        "LISTEN side_ch4",
+        "DO $$ BEGIN PERFORM pg_notify('side_ch4', (SELECT address FROM customers WHERE id = 33)); END $$",
     ),
     (
         Side::Notification,
-        "LISTEN side_ch",
-        "DO $$ BEGIN EXECUTE format('NOTIFY side_ch, %L', (SELECT full_name FROM customers WHERE id = 34)); END $$",
+        "LISTEN side_ch5",
+        "DO $$ BEGIN EXECUTE format('NOTIFY side_ch5, %L', (SELECT full_name FROM customers WHERE id = 34)); END $$",
     ),
     (
         Side::Notification,
-        "LISTEN side_ch; \
-         CREATE FUNCTION pg_temp.side_tell(t text) RETURNS void LANGUAGE sql AS $$ SELECT pg_notify('side_ch', t) $$",
+        "LISTEN side_ch6; \
+         CREATE FUNCTION pg_temp.side_tell(t text) RETURNS void LANGUAGE sql AS $$ SELECT pg_notify('side_ch6', t) $$",
         "SELECT pg_temp.side_tell(full_name) FROM customers WHERE id = 35",
     ),
     (
         Side::Notification,
-        "LISTEN side_ch; \
+        "LISTEN side_ch7; \
          CREATE FUNCTION pg_temp.side_tell2(t text) RETURNS int LANGUAGE plpgsql AS \
-         $$ BEGIN EXECUTE format('NOTIFY side_ch, %L', t); RETURN 1; END $$",
+         $$ BEGIN EXECUTE format('NOTIFY side_ch7, %L', t); RETURN 1; END $$",
         "SELECT pg_temp.side_tell2(address) FROM customers WHERE id = 36",
     ),
     (
@@ -534,16 +534,49 @@ pub const SIDE_CHANNELS: &[(Side, &str, &str)] = &[
     (
         // Delivered at COMMIT, a statement of its own.
         Side::Notification,
-        "LISTEN side_ch",
-        "BEGIN; SELECT pg_notify('side_ch', full_name) FROM customers WHERE id = 38; COMMIT",
+        "LISTEN side_ch8",
+        "BEGIN; SELECT pg_notify('side_ch8', full_name) FROM customers WHERE id = 38; COMMIT",
     ),
     (
         Side::Notification,
-        "LISTEN side_ch; CREATE TEMP TABLE side_tt (id int); \
+        "LISTEN side_ch9; CREATE TEMP TABLE side_tt (id int); \
          CREATE FUNCTION pg_temp.side_tt_fn() RETURNS trigger LANGUAGE plpgsql AS \
-         $$ BEGIN PERFORM pg_notify('side_ch', (SELECT full_name FROM public.customers WHERE id = NEW.id)); RETURN NEW; END $$; \
+         $$ BEGIN PERFORM pg_notify('side_ch9', (SELECT full_name FROM public.customers WHERE id = NEW.id)); RETURN NEW; END $$; \
          CREATE TRIGGER side_tt_trg AFTER INSERT ON side_tt FOR EACH ROW EXECUTE FUNCTION pg_temp.side_tt_fn()",
         "INSERT INTO side_tt VALUES (39)",
+    ),
+    (
+        // A rule: the INSERT runs the rule's action as well.
+        Side::Notification,
+        "LISTEN side_ch10; CREATE TEMP TABLE side_tr (id int); \
+         CREATE RULE side_tr_rule AS ON INSERT TO side_tr DO ALSO \
+         SELECT pg_notify('side_ch10', (SELECT full_name FROM public.customers WHERE id = NEW.id))",
+        "INSERT INTO side_tr VALUES (80)",
+    ),
+    (
+        // A column default runs a function that reads and sends.
+        Side::Notification,
+        "LISTEN side_ch11; \
+         CREATE FUNCTION pg_temp.side_def() RETURNS int LANGUAGE sql AS \
+         $$ SELECT 1 FROM pg_notify('side_ch11', (SELECT address FROM public.customers WHERE id = 81)) $$; \
+         CREATE TEMP TABLE side_td (id int, x int DEFAULT pg_temp.side_def())",
+        "INSERT INTO side_td (id) VALUES (1)",
+    ),
+    (
+        // An operator runs its function.
+        Side::Notification,
+        "LISTEN side_ch12; \
+         CREATE FUNCTION pg_temp.side_opf(t text, i int) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_notify('side_ch12', t) $$; \
+         CREATE OPERATOR pg_temp.### (LEFTARG = text, RIGHTARG = int, FUNCTION = pg_temp.side_opf)",
+        "SELECT address OPERATOR(pg_temp.###) 1 FROM customers WHERE id = 83",
+    ),
+    (
+        // A rule that answers the INSERT with rows of its own.
+        Side::Error,
+        "CREATE TEMP TABLE side_ti (id int); \
+         CREATE RULE side_ti_rule AS ON INSERT TO side_ti DO INSTEAD \
+         SELECT full_name, address FROM public.customers WHERE id = NEW.id",
+        "INSERT INTO side_ti VALUES (84)",
     ),
     // ---- settings: SHOW, current_setting, pg_settings, ParameterStatus
     (
@@ -690,9 +723,9 @@ pub const SIDE_CHANNELS: &[(Side, &str, &str)] = &[
     ),
     // ---- the same channels through functions and a trigger masker reads
     // from the catalog ([`SIDE_FUNCTIONS`])
-    (Side::Notification, "LISTEN side_ch", "SELECT side.tell(address) FROM customers WHERE id = 70"),
-    (Side::Notification, "LISTEN side_ch", "SELECT side.notify_customer(71)"),
-    (Side::Notification, "LISTEN side_ch", "INSERT INTO side.audit VALUES (72)"),
+    (Side::Notification, "LISTEN side_tell", "SELECT side.tell(address) FROM customers WHERE id = 70"),
+    (Side::Notification, "LISTEN side_nc", "SELECT side.notify_customer(71)"),
+    (Side::Notification, "LISTEN side_audit", "INSERT INTO side.audit VALUES (72)"),
     (Side::Setting, "", "SELECT side.set_name(full_name) FROM customers WHERE id = 73; SHOW application_name"),
     (
         Side::AdvisoryLock,
@@ -754,7 +787,7 @@ pub const SIDE_CHANNELS_CLEAN: &[(Side, &str, &str)] = &[
     (Side::Notice, "", "DO $$ BEGIN RAISE NOTICE 'customers: %', (SELECT count(*) FROM customers); END $$"),
     (Side::Notice, "", "SELECT side.warn(plan) FROM customers WHERE id = 1"),
     (Side::Notification, "LISTEN c", "SELECT pg_notify('c', 'hello'); NOTIFY c, 'world'"),
-    (Side::Notification, "LISTEN side_ch", "SELECT side.tell('hello ' || count(*)) FROM orders"),
+    (Side::Notification, "LISTEN side_tell", "SELECT side.tell('hello ' || count(*)) FROM orders"),
     (Side::Setting, "", "SELECT side.set_name(plan) FROM customers WHERE id = 2; SHOW application_name"),
     (
         Side::AdvisoryLock,

@@ -930,6 +930,14 @@ impl Resolver<'_> {
         if let Some(m) = self.trigger_refusal(stmt).await {
             return Some(m);
         }
+        if stmt.write == Some("CREATE RULE")
+            && let Some(reads) = self.taint(stmt).await
+        {
+            return Some(format!(
+                "masker: statement refused: it installs a rule whose actions read {reads} (rule: code masker cannot \
+                 see may not run in masked sessions)"
+            ));
+        }
         if stmt.functions.is_empty() {
             return None;
         }
@@ -945,11 +953,12 @@ impl Resolver<'_> {
         if user.is_empty() {
             return None;
         }
-        if stmt.write == Some("CREATE TRIGGER") {
+        if stmt.class == StatementClass::Ddl {
             for f in &user {
                 if !self.function_clean(f, 0).await || self.function_sends_sideways(f, 0).await {
                     return Some(format!(
-                        "masker: statement refused: it installs {f}() to run later (a trigger), and its body reads \
+                        "masker: statement refused: it installs {f}() to run later (a trigger, rule, default, check, \
+                         index or view), and its body reads \
                          masked data, sends values to another channel or cannot be seen by masker (rule: code masker \
                          cannot see may not run in masked sessions)"
                     ));
