@@ -316,3 +316,515 @@ pub const LINEAGE_COMPATIBLE: &[&str] = &[
     "SELECT extract(year FROM signup_ts)::int AS y, count(*) FROM customers GROUP BY 1 ORDER BY 1",
     "SELECT json_build_object('id', id, 'amount', amount) FROM orders ORDER BY id LIMIT 20",
 ];
+
+/// The channel a side-channel attack or clean counterpart of
+/// `tests/side_channels.rs` uses (issue 14).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+pub enum Side {
+    /// ErrorResponse fields: message, DETAIL, HINT, CONTEXT.
+    Error,
+    /// NoticeResponse (WARNING, NOTICE, INFO).
+    Notice,
+    /// NotificationResponse, with LISTEN in the same session.
+    Notification,
+    /// Settings: `SHOW`, `current_setting`, `pg_settings` and ParameterStatus.
+    Setting,
+    /// Advisory-lock keys read back from `pg_locks`.
+    AdvisoryLock,
+    /// Large objects written and read back.
+    LargeObject,
+    /// `COPY ... TO STDOUT` with each option.
+    Copy,
+}
+
+impl Side {
+    /// Every channel.
+    pub const ALL: [Side; 7] = [
+        Side::Error,
+        Side::Notice,
+        Side::Notification,
+        Side::Setting,
+        Side::AdvisoryLock,
+        Side::LargeObject,
+        Side::Copy,
+    ];
+}
+
+/// Functions and a table with a trigger the side-channel corpus uses (as
+/// the superuser, in `shop`; idempotent): code masker can read from the
+/// catalog, unlike the session's temporary functions.
+pub const SIDE_FUNCTIONS: &str = "CREATE SCHEMA IF NOT EXISTS side; GRANT USAGE ON SCHEMA side TO app; \
+     CREATE OR REPLACE FUNCTION side.tell(t text) RETURNS void LANGUAGE sql AS $$ SELECT pg_notify('side_tell', t) $$; \
+     CREATE OR REPLACE FUNCTION side.warn(t text) RETURNS text LANGUAGE plpgsql AS $$ BEGIN RAISE WARNING 'saw %', t; RETURN 'ok'; END $$; \
+     CREATE OR REPLACE FUNCTION side.set_name(t text) RETURNS int LANGUAGE plpgsql AS \
+       $$ BEGIN PERFORM set_config('application_name', t, false); RETURN 1; END $$; \
+     CREATE OR REPLACE FUNCTION side.lock(k bigint) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_advisory_lock(k) $$; \
+     CREATE OR REPLACE FUNCTION side.to_int(t text) RETURNS int LANGUAGE sql AS $$ SELECT t::int $$; \
+     CREATE OR REPLACE FUNCTION side.notify_customer(i int) RETURNS int LANGUAGE plpgsql AS \
+       $$ BEGIN PERFORM pg_notify('side_nc', (SELECT full_name FROM public.customers WHERE id = i)); RETURN 1; END $$; \
+     CREATE TABLE IF NOT EXISTS side.audit (id int); \
+     CREATE OR REPLACE FUNCTION side.audit_fn() RETURNS trigger LANGUAGE plpgsql AS \
+       $$ BEGIN PERFORM pg_notify('side_audit', (SELECT address FROM public.customers WHERE id = NEW.id)); RETURN NEW; END $$; \
+     DROP TRIGGER IF EXISTS audit_trg ON side.audit; \
+     CREATE TRIGGER audit_trg AFTER INSERT ON side.audit FOR EACH ROW EXECUTE FUNCTION side.audit_fn(); \
+     GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA side TO app; GRANT INSERT, SELECT ON side.audit TO app;";
+
+/// The side-channel attack corpus (`tests/side_channels.rs`): `(channel,
+/// setup run first in the same session, statements)`. Every attack brings a
+/// seeded value (a name or a street address where the channel can carry
+/// text, the digits of an SSN where it carries only a number) out through
+/// its channel on a direct connection.
+///
+/// Large objects use fixed OIDs inside a transaction that is rolled back, so
+/// nothing outlives the session. Session-level advisory locks end with it.
+pub const SIDE_CHANNELS: &[(Side, &str, &str)] = &[
+    // ---- errors: DETAIL, HINT, CONTEXT and messages that repeat the value
+    (Side::Error, "", "SELECT full_name::int FROM customers WHERE id = 3"),
+    (Side::Error, "", "SELECT full_name::json FROM customers WHERE id = 5"),
+    (Side::Error, "", "SELECT ('\"' || address)::json FROM customers WHERE id = 4"),
+    (Side::Error, "", "SELECT ('\"' || address)::jsonb FROM customers WHERE id = 6"),
+    (Side::Error, "", "SELECT xmlparse(document address) FROM customers WHERE id = 7"),
+    (Side::Error, "", "SELECT ('<a>' || full_name)::xml FROM customers WHERE id = 8"),
+    (Side::Error, "", "SELECT address::inet FROM customers WHERE id = 9"),
+    (Side::Error, "", "SELECT full_name::date FROM customers WHERE id = 10"),
+    (
+        Side::Error,
+        "",
+        "SELECT id, CASE WHEN id = 40 THEN full_name::uuid END FROM customers WHERE id <= 60 ORDER BY id",
+    ),
+    (Side::Error, "", "SELECT set_config('TimeZone', full_name, false) FROM customers WHERE id = 11"),
+    (
+        Side::Error,
+        "",
+        "DO $$ BEGIN RAISE EXCEPTION 'lookup failed' USING DETAIL = (SELECT address FROM customers WHERE id = 12); END $$",
+    ),
+    (
+        Side::Error,
+        "",
+        "DO $$ DECLARE n text; BEGIN SELECT full_name INTO n FROM customers WHERE id = 13; \
+         RAISE EXCEPTION 'no match' USING HINT = 'try ' || n; END $$",
+    ),
+    (
+        Side::Error,
+        "",
+        "DO $$ BEGIN PERFORM (SELECT full_name FROM customers WHERE id = 14)::int; \
+         EXCEPTION WHEN others THEN RAISE EXCEPTION 'wrapped: %', SQLERRM; END $$",
+    ),
+    (
+        Side::Error,
+        "CREATE FUNCTION pg_temp.side_to_int(t text) RETURNS int LANGUAGE sql AS $$ SELECT t::int $$",
+        "SELECT pg_temp.side_to_int(full_name) FROM customers WHERE id = 15",
+    ),
+    (
+        Side::Error,
+        "CREATE FUNCTION pg_temp.side_ch1eck(t text) RETURNS int LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'check failed' USING DETAIL = t, HINT = t; END $$",
+        "SELECT pg_temp.side_ch1eck(address) FROM customers WHERE id = 16",
+    ),
+    (
+        // CONTEXT repeats the dynamic statement, literal included.
+        Side::Error,
+        "CREATE FUNCTION pg_temp.side_dyn(t text) RETURNS int LANGUAGE plpgsql AS \
+         $$ DECLARE r int; BEGIN EXECUTE 'SELECT ' || quote_literal(t) || '::int' INTO r; RETURN r; END $$",
+        "SELECT pg_temp.side_dyn(full_name) FROM customers WHERE id = 17",
+    ),
+    (
+        // unique_violation: DETAIL "Key (k)=(...) already exists."
+        Side::Error,
+        "CREATE TEMP TABLE side_u (k text PRIMARY KEY); \
+         CREATE FUNCTION pg_temp.side_twice(t text) RETURNS int LANGUAGE plpgsql AS \
+         $$ BEGIN INSERT INTO side_u VALUES (t); INSERT INTO side_u VALUES (t); RETURN 1; END $$",
+        "SELECT pg_temp.side_twice(full_name) FROM customers WHERE id = 18",
+    ),
+    (
+        // check_violation: DETAIL "Failing row contains (...)."
+        Side::Error,
+        "CREATE TEMP TABLE side_c (k text CHECK (length(k) < 3)); \
+         CREATE FUNCTION pg_temp.side_put(t text) RETURNS int LANGUAGE sql AS $$ INSERT INTO side_c VALUES (t) RETURNING 1 $$",
+        "SELECT pg_temp.side_put(address) FROM customers WHERE id = 19",
+    ),
+    (
+        // A trigger raises it: the statement itself reads nothing classified.
+        Side::Error,
+        "CREATE TEMP TABLE side_te (id int); \
+         CREATE FUNCTION pg_temp.side_te_fn() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'rejected' USING DETAIL = (SELECT full_name FROM public.customers WHERE id = NEW.id); END $$; \
+         CREATE TRIGGER side_te_trg BEFORE INSERT ON side_te FOR EACH ROW EXECUTE FUNCTION pg_temp.side_te_fn()",
+        "INSERT INTO side_te VALUES (20)",
+    ),
+    // ---- notices from functions called by SELECT, DO blocks, the server
+    (
+        Side::Notice,
+        "CREATE FUNCTION pg_temp.side_warn(t text) RETURNS text LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE WARNING 'saw %', t; RETURN 'ok'; END $$",
+        "SELECT pg_temp.side_warn(full_name) FROM customers WHERE id = 21",
+    ),
+    (
+        Side::Notice,
+        "CREATE FUNCTION pg_temp.side_note(t text) RETURNS text LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE NOTICE 'noted' USING DETAIL = t; RETURN 'ok'; END $$",
+        "SELECT pg_temp.side_note(address) FROM customers WHERE id = 22",
+    ),
+    (
+        Side::Notice,
+        "CREATE FUNCTION pg_temp.side_info(t text) RETURNS text LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE INFO 'x' USING HINT = t; RETURN 'ok'; END $$; \
+         CREATE FUNCTION pg_temp.side_wrap(t text) RETURNS text LANGUAGE sql AS $$ SELECT pg_temp.side_info(t) $$",
+        "SELECT pg_temp.side_wrap(full_name) FROM customers WHERE id = 23",
+    ),
+    (
+        Side::Notice,
+        "CREATE FUNCTION pg_temp.side_warn2(t text) RETURNS text LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE WARNING 'row'; RETURN t; END $$",
+        "SELECT id, pg_temp.side_warn2(address) FROM customers WHERE id BETWEEN 24 AND 26 ORDER BY id",
+    ),
+    (Side::Notice, "", "DO $$ BEGIN RAISE NOTICE 'addr: %', (SELECT address FROM customers WHERE id = 27); END $$"),
+    (
+        Side::Notice,
+        "",
+        "DO $$ DECLARE n text; BEGIN SELECT full_name INTO n FROM customers WHERE id = 28; RAISE WARNING 'w' USING DETAIL = n; END $$",
+    ),
+    (
+        // The server's own notice names the relation: "table ... does not exist, skipping".
+        Side::Notice,
+        "CREATE FUNCTION pg_temp.side_drop(t text) RETURNS int LANGUAGE plpgsql AS \
+         $$ BEGIN EXECUTE format('DROP TABLE IF EXISTS %I', t); RETURN 1; END $$",
+        "SELECT pg_temp.side_drop(full_name) FROM customers WHERE id = 29",
+    ),
+    (
+        Side::Notice,
+        "CREATE TEMP TABLE side_tn (id int); \
+         CREATE FUNCTION pg_temp.side_tn_fn() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE NOTICE '%', (SELECT address FROM public.customers WHERE id = NEW.id); RETURN NEW; END $$; \
+         CREATE TRIGGER side_tn_trg AFTER INSERT ON side_tn FOR EACH ROW EXECUTE FUNCTION pg_temp.side_tn_fn()",
+        "INSERT INTO side_tn VALUES (30)",
+    ),
+    // ---- notifications (LISTEN in the same session)
+    (Side::Notification, "LISTEN side_ch2", "SELECT pg_notify('side_ch2', full_name) FROM customers WHERE id = 31"),
+    (Side::Notification, "LISTEN side_ch3", "SELECT pg_notify('side_ch3', address) FROM customers WHERE id = 32"),
+    (
+        Side::Notification,
+        "LISTEN side_ch4",
+        "DO $$ BEGIN PERFORM pg_notify('side_ch4', (SELECT address FROM customers WHERE id = 33)); END $$",
+    ),
+    (
+        Side::Notification,
+        "LISTEN side_ch5",
+        "DO $$ BEGIN EXECUTE format('NOTIFY side_ch5, %L', (SELECT full_name FROM customers WHERE id = 34)); END $$",
+    ),
+    (
+        Side::Notification,
+        "LISTEN side_ch6; \
+         CREATE FUNCTION pg_temp.side_tell(t text) RETURNS void LANGUAGE sql AS $$ SELECT pg_notify('side_ch6', t) $$",
+        "SELECT pg_temp.side_tell(full_name) FROM customers WHERE id = 35",
+    ),
+    (
+        Side::Notification,
+        "LISTEN side_ch7; \
+         CREATE FUNCTION pg_temp.side_tell2(t text) RETURNS int LANGUAGE plpgsql AS \
+         $$ BEGIN EXECUTE format('NOTIFY side_ch7, %L', t); RETURN 1; END $$",
+        "SELECT pg_temp.side_tell2(address) FROM customers WHERE id = 36",
+    ),
+    (
+        // The channel name carries the value.
+        Side::Notification,
+        "DO $$ BEGIN EXECUTE format('LISTEN %I', (SELECT full_name FROM customers WHERE id = 37)); END $$",
+        "SELECT pg_notify((SELECT full_name FROM customers WHERE id = 37), 'x')",
+    ),
+    (
+        // Delivered at COMMIT, a statement of its own.
+        Side::Notification,
+        "LISTEN side_ch8",
+        "BEGIN; SELECT pg_notify('side_ch8', full_name) FROM customers WHERE id = 38; COMMIT",
+    ),
+    (
+        Side::Notification,
+        "LISTEN side_ch9; CREATE TEMP TABLE side_tt (id int); \
+         CREATE FUNCTION pg_temp.side_tt_fn() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_notify('side_ch9', (SELECT full_name FROM public.customers WHERE id = NEW.id)); RETURN NEW; END $$; \
+         CREATE TRIGGER side_tt_trg AFTER INSERT ON side_tt FOR EACH ROW EXECUTE FUNCTION pg_temp.side_tt_fn()",
+        "INSERT INTO side_tt VALUES (39)",
+    ),
+    (
+        // A rule: the INSERT runs the rule's action as well.
+        Side::Notification,
+        "LISTEN side_ch10; CREATE TEMP TABLE side_tr (id int); \
+         CREATE RULE side_tr_rule AS ON INSERT TO side_tr DO ALSO \
+         SELECT pg_notify('side_ch10', (SELECT full_name FROM public.customers WHERE id = NEW.id))",
+        "INSERT INTO side_tr VALUES (80)",
+    ),
+    (
+        // A column default runs a function that reads and sends.
+        Side::Notification,
+        "LISTEN side_ch11; \
+         CREATE FUNCTION pg_temp.side_def() RETURNS int LANGUAGE sql AS \
+         $$ SELECT 1 FROM pg_notify('side_ch11', (SELECT address FROM public.customers WHERE id = 81)) $$; \
+         CREATE TEMP TABLE side_td (id int, x int DEFAULT pg_temp.side_def())",
+        "INSERT INTO side_td (id) VALUES (1)",
+    ),
+    (
+        // An operator runs its function.
+        Side::Notification,
+        "LISTEN side_ch12; \
+         CREATE FUNCTION pg_temp.side_opf(t text, i int) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_notify('side_ch12', t) $$; \
+         CREATE OPERATOR pg_temp.### (LEFTARG = text, RIGHTARG = int, FUNCTION = pg_temp.side_opf)",
+        "SELECT address OPERATOR(pg_temp.###) 1 FROM customers WHERE id = 83",
+    ),
+    (
+        // A rule that answers the INSERT with rows of its own.
+        Side::Error,
+        "CREATE TEMP TABLE side_ti (id int); \
+         CREATE RULE side_ti_rule AS ON INSERT TO side_ti DO INSTEAD \
+         SELECT full_name, address FROM public.customers WHERE id = NEW.id",
+        "INSERT INTO side_ti VALUES (84)",
+    ),
+    // ---- settings: SHOW, current_setting, pg_settings, ParameterStatus
+    (
+        Side::Setting,
+        "",
+        "SELECT set_config('application_name', full_name, false) FROM customers WHERE id = 40; SHOW application_name",
+    ),
+    (
+        // ParameterStatus alone (psql shows nothing of it).
+        Side::Setting,
+        "",
+        "SELECT 1 FROM customers WHERE id = 41 AND set_config('application_name', address, false) IS NOT NULL",
+    ),
+    (
+        Side::Setting,
+        "",
+        "SELECT set_config('side.note', address, false) FROM customers WHERE id = 42; SELECT current_setting('side.note')",
+    ),
+    (
+        Side::Setting,
+        "",
+        "SELECT set_config('search_path', full_name, false) FROM customers WHERE id = 43; SHOW search_path",
+    ),
+    (
+        Side::Setting,
+        "",
+        "DO $$ BEGIN EXECUTE format('SET application_name = %L', (SELECT address FROM customers WHERE id = 44)); END $$; \
+         SHOW application_name",
+    ),
+    (
+        Side::Setting,
+        "CREATE FUNCTION pg_temp.side_set(t text) RETURNS int LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM set_config('application_name', t, false); RETURN 1; END $$",
+        "SELECT pg_temp.side_set(full_name) FROM customers WHERE id = 45; SELECT current_setting('application_name')",
+    ),
+    (
+        Side::Setting,
+        "",
+        "BEGIN; SELECT set_config('side.local', full_name, true) FROM customers WHERE id = 46; \
+         SELECT setting FROM pg_settings WHERE name = 'side.local'; COMMIT",
+    ),
+    (
+        Side::Setting,
+        "CREATE TEMP TABLE side_ts (id int); \
+         CREATE FUNCTION pg_temp.side_ts_fn() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM set_config('side.trig', (SELECT address FROM public.customers WHERE id = NEW.id), false); RETURN NEW; END $$; \
+         CREATE TRIGGER side_ts_trg AFTER INSERT ON side_ts FOR EACH ROW EXECUTE FUNCTION pg_temp.side_ts_fn()",
+        "INSERT INTO side_ts VALUES (47); SHOW side.trig",
+    ),
+    (
+        Side::Setting,
+        "CREATE TEMP TABLE side_tp (id int); \
+         CREATE FUNCTION pg_temp.side_tp_fn() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM set_config('application_name', (SELECT full_name FROM public.customers WHERE id = NEW.id), false); RETURN NEW; END $$; \
+         CREATE TRIGGER side_tp_trg AFTER INSERT ON side_tp FOR EACH ROW EXECUTE FUNCTION pg_temp.side_tp_fn()",
+        "INSERT INTO side_tp VALUES (48)",
+    ),
+    // ---- advisory locks: a key can carry only a number (the SSN's digits);
+    // pg_locks shows a bigint key as classid (high half) and objid (low half).
+    (
+        Side::AdvisoryLock,
+        "",
+        "SELECT pg_advisory_lock(replace(ssn, '-', '')::bigint) FROM customers WHERE id = 50; \
+         SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    (
+        Side::AdvisoryLock,
+        "",
+        "BEGIN; SELECT pg_advisory_xact_lock(replace(ssn, '-', '')::bigint) FROM customers WHERE id = 51; \
+         SELECT classid::bigint << 32 | objid::bigint AS k FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid(); COMMIT",
+    ),
+    (
+        Side::AdvisoryLock,
+        "",
+        "SELECT pg_try_advisory_lock_shared(replace(ssn, '-', '')::int, 7) FROM customers WHERE id = 52; \
+         SELECT classid, objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    (
+        Side::AdvisoryLock,
+        "",
+        "DO $$ BEGIN PERFORM pg_advisory_lock((SELECT replace(ssn, '-', '')::bigint FROM customers WHERE id = 53)); END $$; \
+         SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    (
+        Side::AdvisoryLock,
+        "CREATE FUNCTION pg_temp.side_lock(k bigint) RETURNS int LANGUAGE sql AS $$ SELECT 1 FROM pg_advisory_lock(k) $$",
+        "SELECT pg_temp.side_lock(replace(ssn, '-', '')::bigint) FROM customers WHERE id = 54; \
+         SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    (
+        Side::AdvisoryLock,
+        "CREATE TEMP TABLE side_tl (id int); \
+         CREATE FUNCTION pg_temp.side_tl_fn() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM pg_advisory_lock((SELECT replace(ssn, '-', '')::bigint FROM public.customers WHERE id = NEW.id)); RETURN NEW; END $$; \
+         CREATE TRIGGER side_tl_trg AFTER INSERT ON side_tl FOR EACH ROW EXECUTE FUNCTION pg_temp.side_tl_fn()",
+        "INSERT INTO side_tl VALUES (55); SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    // ---- large objects
+    (
+        Side::LargeObject,
+        "",
+        "BEGIN; SELECT lo_from_bytea(4242001, convert_to(full_name, 'UTF8')) FROM customers WHERE id = 60; \
+         SELECT encode(lo_get(4242001), 'escape'); ROLLBACK",
+    ),
+    (
+        Side::LargeObject,
+        "",
+        "BEGIN; SELECT lo_create(4242002); SELECT lo_put(4242002, 0, convert_to(address, 'UTF8')) FROM customers WHERE id = 61; \
+         SELECT convert_from(lo_get(4242002), 'UTF8'); ROLLBACK",
+    ),
+    (
+        Side::LargeObject,
+        "",
+        "BEGIN; SELECT lo_create(4242003); \
+         SELECT lowrite(lo_open(4242003, 131072), convert_to(full_name, 'UTF8')) FROM customers WHERE id = 62; \
+         SELECT encode(loread(lo_open(4242003, 262144), 100), 'escape'); ROLLBACK",
+    ),
+    (
+        // Read back as bytea (hex).
+        Side::LargeObject,
+        "",
+        "BEGIN; SELECT lo_from_bytea(4242004, convert_to(address, 'UTF8')) FROM customers WHERE id = 63; \
+         SELECT lo_get(4242004); ROLLBACK",
+    ),
+    (
+        Side::LargeObject,
+        "",
+        "BEGIN; DO $$ BEGIN PERFORM lo_from_bytea(4242005, convert_to((SELECT address FROM customers WHERE id = 64), 'UTF8')); END $$; \
+         SELECT encode(lo_get(4242005), 'escape'); ROLLBACK",
+    ),
+    (
+        Side::LargeObject,
+        "CREATE FUNCTION pg_temp.side_lo(t text) RETURNS oid LANGUAGE sql AS $$ SELECT lo_from_bytea(4242006, convert_to(t, 'UTF8')) $$",
+        "BEGIN; SELECT pg_temp.side_lo(full_name) FROM customers WHERE id = 65; \
+         SELECT encode(lo_get(4242006), 'escape'); ROLLBACK",
+    ),
+    (
+        Side::LargeObject,
+        "CREATE TEMP TABLE side_tlo (id int); \
+         CREATE FUNCTION pg_temp.side_tlo_fn() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN PERFORM lo_from_bytea(4242007, convert_to((SELECT full_name FROM public.customers WHERE id = NEW.id), 'UTF8')); RETURN NEW; END $$; \
+         CREATE TRIGGER side_tlo_trg AFTER INSERT ON side_tlo FOR EACH ROW EXECUTE FUNCTION pg_temp.side_tlo_fn()",
+        "BEGIN; INSERT INTO side_tlo VALUES (66); SELECT encode(lo_get(4242007), 'escape'); ROLLBACK",
+    ),
+    // ---- the same channels through functions and a trigger masker reads
+    // from the catalog ([`SIDE_FUNCTIONS`])
+    (Side::Notification, "LISTEN side_tell", "SELECT side.tell(address) FROM customers WHERE id = 70"),
+    (Side::Notification, "LISTEN side_nc", "SELECT side.notify_customer(71)"),
+    (Side::Notification, "LISTEN side_audit", "INSERT INTO side.audit VALUES (72)"),
+    (Side::Setting, "", "SELECT side.set_name(full_name) FROM customers WHERE id = 73; SHOW application_name"),
+    (
+        Side::AdvisoryLock,
+        "",
+        "SELECT side.lock(replace(ssn, '-', '')::bigint) FROM customers WHERE id = 74; \
+         SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    (Side::Notice, "", "SELECT side.warn(full_name) FROM customers WHERE id = 75"),
+    (Side::Error, "", "SELECT side.to_int(address) FROM customers WHERE id = 76"),
+    // ---- COPY with each option: the raw bytes must show nothing either
+    (Side::Copy, "", "COPY customers (id, full_name, address) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE *)"),
+    (
+        Side::Copy,
+        "",
+        "COPY customers (full_name, address) TO STDOUT WITH (FORMAT csv, FORCE_QUOTE (full_name, address), HEADER)",
+    ),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (ENCODING 'UTF8')"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (ENCODING 'LATIN1')"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (FORMAT csv, QUOTE '''')"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (FORMAT csv, QUOTE '\"', ESCAPE '\\')"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (DELIMITER '|')"),
+    (Side::Copy, "", "COPY customers (address, full_name) TO STDOUT (FORMAT csv, DELIMITER ';')"),
+    (Side::Copy, "", "COPY customers (full_name, address, ssn) TO STDOUT (NULL 'NA')"),
+    (Side::Copy, "", "COPY customers (full_name, ssn, address) TO STDOUT (FORMAT csv, NULL '')"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (FORMAT text, HEADER)"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (FORMAT csv, HEADER true)"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (FREEZE)"),
+    (Side::Copy, "", "COPY customers TO STDOUT"),
+    (Side::Copy, "", "COPY customers (address, full_name, id) TO STDOUT"),
+    (Side::Copy, "", "COPY customers (\"full_name\", ADDRESS) TO STDOUT (FORMAT binary)"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT (DELIMITER ',')"),
+    (Side::Copy, "", "COPY (SELECT full_name, address FROM customers WHERE id < 100) TO STDOUT"),
+    (Side::Copy, "", "COPY (SELECT full_name, address FROM customers WHERE id < 100) TO STDOUT WITH (FORMAT csv)"),
+    (Side::Copy, "", "COPY (SELECT full_name, address FROM customers WHERE id < 100) TO STDOUT WITH (FORMAT binary)"),
+    (
+        Side::Copy,
+        "",
+        "COPY (SELECT upper(full_name) || ' / ' || address FROM customers WHERE id < 100) TO STDOUT (FORMAT csv, FORCE_QUOTE *)",
+    ),
+    (Side::Copy, "", "COPY (TABLE customer_contacts) TO STDOUT (FORMAT csv, HEADER)"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT WITH CSV HEADER FORCE QUOTE *"),
+    (Side::Copy, "", "COPY customers (full_name, address) TO STDOUT WITH DELIMITER AS '|' NULL AS 'nil'"),
+    (Side::Copy, "", "COPY customers TO STDOUT WITH BINARY"),
+    (Side::Copy, "", "SELECT 1; COPY customers (full_name) TO STDOUT (FORMAT csv, FORCE_QUOTE *); SELECT 2"),
+];
+
+/// Clean counterparts of [`SIDE_CHANNELS`]: each channel used with data
+/// the policy allows (counts, plans, constants). Through masker each must
+/// be byte for byte what a direct connection gets.
+pub const SIDE_CHANNELS_CLEAN: &[(Side, &str, &str)] = &[
+    (Side::Error, "", "SELECT plan::int FROM customers WHERE id = 1"),
+    (Side::Error, "", "SELECT ('\"' || plan)::json FROM customers WHERE id = 2"),
+    (
+        Side::Error,
+        "",
+        "DO $$ BEGIN RAISE EXCEPTION 'too many' USING DETAIL = (SELECT count(*) FROM customers)::text, HINT = 'filter'; END $$",
+    ),
+    (Side::Error, "", "SELECT side.to_int(status) FROM orders WHERE id = 1"),
+    (Side::Notice, "", "DO $$ BEGIN RAISE NOTICE 'customers: %', (SELECT count(*) FROM customers); END $$"),
+    (Side::Notice, "", "SELECT side.warn(plan) FROM customers WHERE id = 1"),
+    (Side::Notification, "LISTEN c", "SELECT pg_notify('c', 'hello'); NOTIFY c, 'world'"),
+    (Side::Notification, "LISTEN side_tell", "SELECT side.tell('hello ' || count(*)) FROM orders"),
+    (Side::Setting, "", "SELECT side.set_name(plan) FROM customers WHERE id = 2; SHOW application_name"),
+    (
+        Side::AdvisoryLock,
+        "",
+        "SELECT side.lock(count(*)) FROM orders; SELECT objid FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+    ),
+    (Side::Notification, "LISTEN c", "DO $$ BEGIN PERFORM pg_notify('c', (SELECT count(*) FROM orders)::text); END $$"),
+    (
+        Side::Setting,
+        "",
+        "SELECT set_config('application_name', 'x', false); SHOW application_name; SELECT current_setting('application_name')",
+    ),
+    (
+        Side::Setting,
+        "",
+        "SELECT set_config('side.plan', plan, false) FROM customers WHERE id = 1; SELECT current_setting('side.plan')",
+    ),
+    (
+        Side::AdvisoryLock,
+        "",
+        "SELECT pg_advisory_lock(4711); SELECT classid, objid, objsubid, mode, granted FROM pg_locks \
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid(); SELECT pg_advisory_unlock(4711)",
+    ),
+    (
+        Side::LargeObject,
+        "",
+        // Written with constants; read back only as metadata: what lo_get
+        // and loread return is masked whole whatever it is (a large object
+        // may hold what anything outside masker stored).
+        "BEGIN; SELECT lo_from_bytea(4243001, 'hello'); SELECT lo_put(4243001, 5, ' world'); \
+         SELECT count(*) FROM pg_largeobject_metadata WHERE oid = 4243001; SELECT lo_unlink(4243001); ROLLBACK",
+    ),
+    (Side::Copy, "", "COPY orders TO STDOUT (FORMAT csv, FORCE_QUOTE *, HEADER)"),
+    (
+        Side::Copy,
+        "",
+        "COPY (SELECT id, plan, balance FROM customers ORDER BY id LIMIT 200) TO STDOUT (DELIMITER '|', NULL 'NA', HEADER)",
+    ),
+    (Side::Copy, "", "COPY orders (id, order_no, amount) TO STDOUT (FORMAT binary)"),
+];

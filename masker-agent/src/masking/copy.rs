@@ -240,7 +240,7 @@ impl CopyMasker {
 
     fn text_row(&mut self, line: &[u8], out: &mut BytesMut, stats: &mut RowStats) -> Result<(), MaskError> {
         let delim = self.plan.opts.delimiter;
-        let mut fields = line.split(|&b| b == delim);
+        let mut fields = TextFields { line, delim, at: 0, done: false };
         for (k, col) in self.plan.cols.iter().enumerate() {
             let raw = fields.next().ok_or_else(|| MaskError::copy("row has fewer columns than the plan"))?;
             if k > 0 {
@@ -417,6 +417,39 @@ impl CopyMasker {
             }
         }
         Ok((p <= b.len()).then_some(p))
+    }
+}
+
+/// The fields of a COPY text-format line: split at the delimiters no
+/// backslash escapes (a value holding the delimiter is sent as `\,`).
+struct TextFields<'a> {
+    line: &'a [u8],
+    delim: u8,
+    at: usize,
+    done: bool,
+}
+
+impl<'a> Iterator for TextFields<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if self.done {
+            return None;
+        }
+        let start = self.at;
+        let mut i = start;
+        while i < self.line.len() {
+            match self.line[i] {
+                b'\\' => i += 2,
+                b if b == self.delim => {
+                    self.at = i + 1;
+                    return Some(&self.line[start..i]);
+                }
+                _ => i += 1,
+            }
+        }
+        self.done = true;
+        Some(&self.line[start.min(self.line.len())..])
     }
 }
 

@@ -549,6 +549,35 @@ impl Catalog {
         Ok(bodies)
     }
 
+    /// The functions the user triggers of relation `schema.name` run
+    /// (`schema.function`; with no schema, of every relation by that name:
+    /// the session's search path is not known here, so all count).
+    /// Not cached: a trigger can be created at any time.
+    pub async fn trigger_functions(
+        &self,
+        destination: &TargetAddr,
+        database: &str,
+        schema: Option<&str>,
+        name: &str,
+    ) -> Result<Vec<String>, CatalogError> {
+        const SQL: &str = "
+            SELECT DISTINCT pn.nspname::text || '.' || p.proname::text
+              FROM pg_trigger t
+              JOIN pg_class c ON c.oid = t.tgrelid
+              JOIN pg_namespace cn ON cn.oid = c.relnamespace
+              JOIN pg_proc p ON p.oid = t.tgfoid
+              JOIN pg_namespace pn ON pn.oid = p.pronamespace
+             WHERE NOT t.tgisinternal AND c.relname = $2 AND ($1::text IS NULL OR cn.nspname = $1)";
+        let key = (destination.clone(), database.to_string());
+        let schema = schema.map(str::to_string);
+        let rows = self.query(&key, SQL, &[&schema, &name]).await.map_err(|reason| CatalogError {
+            destination: destination.clone(),
+            database: database.to_string(),
+            reason,
+        })?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     async fn fetch(
         &self,
         key: &(TargetAddr, String),

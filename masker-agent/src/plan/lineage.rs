@@ -798,6 +798,187 @@ impl Resolver<'_> {
         })
     }
 
+    /// Whether the user function `name` (any overload) may send a value it
+    /// is given or reads into a channel other than its result: a
+    /// notification, a setting, an advisory lock, a large object, a
+    /// sequence, dynamic SQL — directly or through the user functions it
+    /// calls. A body masker cannot see (a temporary function of the
+    /// session, a language it does not analyse) counts as one (fail
+    /// closed). `RAISE` is not counted: the messages of a tainted statement
+    /// are withheld.
+    fn function_sends_sideways<'s>(&'s self, name: &'s str, depth: usize) -> Boxed<'s, bool> {
+        Box::pin(async move {
+            if depth >= VIEW_DEPTH {
+                return true;
+            }
+            let one: std::collections::BTreeSet<String> = [name.to_string()].into();
+            match self.plan.catalog.user_functions(&self.plan.destination, &self.plan.database, &one).await {
+                Ok(user) if user.is_empty() => return false,
+                Ok(_) => {}
+                Err(_) => return true,
+            }
+            let Ok(bodies) = self.plan.catalog.function_bodies(&self.plan.destination, &self.plan.database, name).await
+            else {
+                return true;
+            };
+            if bodies.is_empty() {
+                return true;
+            }
+            for b in bodies.iter() {
+                // Arguments stand for anything the caller passes; positional
+                // references (`$1`) are not traced, so with them any sink counts.
+                let positional = b.source.as_bytes().windows(2).any(|w| w[0] == b'$' && w[1].is_ascii_digit());
+                let sideways = |sinks: &[crate::sql::Sink]| {
+                    sinks.iter().any(|s| {
+                        s.kind != crate::sql::SinkKind::Raise && (positional || s.lineage.how != How::Constant)
+                    })
+                };
+                let statements = match b.language.as_str() {
+                    "c" | "internal" => continue,
+                    "sql" => {
+                        let vars: Vec<(String, Lineage)> = b
+                            .arg_names
+                            .iter()
+                            .filter(|a| !a.is_empty())
+                            .map(|a| (a.clone(), Lineage::unknown()))
+                            .collect();
+                        match sql::analyze_with_variables(&b.source, &vars) {
+                            Ok(a) => a.statements,
+                            Err(_) => return true,
+                        }
+                    }
+                    "plpgsql" => {
+                        match sql::plpgsql::analyze_function_body_with(&b.source, &b.arg_names, &Lineage::unknown()) {
+                            Some(p) if !p.dynamic && !p.opaque => {
+                                if sideways(&p.sinks) {
+                                    return true;
+                                }
+                                p.statements
+                            }
+                            _ => return true,
+                        }
+                    }
+                    _ => return true,
+                };
+                for st in &statements {
+                    if sideways(&st.sinks) {
+                        return true;
+                    }
+                    let Ok(user) = self
+                        .plan
+                        .catalog
+                        .user_functions(&self.plan.destination, &self.plan.database, &st.functions)
+                        .await
+                    else {
+                        return true;
+                    };
+                    for f in &user {
+                        if self.function_sends_sideways(f, depth + 1).await {
+                            return true;
+                        }
+                    }
+                }
+            }
+            false
+        })
+    }
+
+    /// A statement that writes a relation whose triggers run a user
+    /// function that is not clean or may send values to another channel:
+    /// what the trigger reads would leave through the statement's errors,
+    /// notices or side channels while the statement itself looks clean.
+    /// When the catalog cannot tell, the write is refused (fail closed).
+    async fn trigger_refusal(&self, stmt: &Statement) -> Option<String> {
+        const FIRES: [&str; 6] = ["INSERT", "UPDATE", "DELETE", "MERGE", "COPY FROM", "TRUNCATE"];
+        if !stmt.write.is_some_and(|w| FIRES.contains(&w)) {
+            return None;
+        }
+        for r in &stmt.relations {
+            let functions = match self
+                .plan
+                .catalog
+                .trigger_functions(&self.plan.destination, &self.plan.database, r.schema.as_deref(), &r.name)
+                .await
+            {
+                Ok(f) => f,
+                Err(_) => {
+                    return Some(format!(
+                        "masker: statement refused: the triggers of {r} could not be read from the catalog (rule: \
+                         code masker cannot see may not run in masked sessions)"
+                    ));
+                }
+            };
+            for f in &functions {
+                if !self.function_clean(f, 0).await || self.function_sends_sideways(f, 0).await {
+                    return Some(format!(
+                        "masker: statement refused: it fires a trigger of {r} that runs {f}(), whose body reads masked \
+                         data, sends values to another channel or cannot be seen by masker (rule: code masker cannot \
+                         see may not run in masked sessions)"
+                    ));
+                }
+            }
+        }
+        None
+    }
+
+    /// Refusals for code that runs out of the statement's sight: a
+    /// statement that reads masked data and calls a user function that may
+    /// send what it is given into another channel, and DDL that installs a
+    /// user function to run later (a trigger) whose body is not clean — the
+    /// statements that fire it would look clean.
+    async fn function_refusal(&self, stmt: &Statement) -> Option<String> {
+        if let Some(m) = self.trigger_refusal(stmt).await {
+            return Some(m);
+        }
+        if stmt.write == Some("CREATE RULE")
+            && let Some(reads) = self.taint(stmt).await
+        {
+            return Some(format!(
+                "masker: statement refused: it installs a rule whose actions read {reads} (rule: code masker cannot \
+                 see may not run in masked sessions)"
+            ));
+        }
+        if stmt.functions.is_empty() {
+            return None;
+        }
+        let user = match self
+            .plan
+            .catalog
+            .user_functions(&self.plan.destination, &self.plan.database, &stmt.functions)
+            .await
+        {
+            Ok(user) => user,
+            Err(_) => stmt.functions.iter().cloned().collect(),
+        };
+        if user.is_empty() {
+            return None;
+        }
+        if stmt.class == StatementClass::Ddl {
+            for f in &user {
+                if !self.function_clean(f, 0).await || self.function_sends_sideways(f, 0).await {
+                    return Some(format!(
+                        "masker: statement refused: it installs {f}() to run later (a trigger, rule, default, check, \
+                         index or view), and its body reads \
+                         masked data, sends values to another channel or cannot be seen by masker (rule: code masker \
+                         cannot see may not run in masked sessions)"
+                    ));
+                }
+            }
+            return None;
+        }
+        let reads = self.taint(stmt).await?;
+        for f in &user {
+            if self.function_sends_sideways(f, 0).await {
+                return Some(format!(
+                    "masker: statement refused: it reads {reads} and calls {f}(), whose body may send values to a \
+                     channel other than the masked rows or cannot be seen by masker (rule: values derived from masked \
+                     columns may not leave through channels other than the masked rows)"
+                ));
+            }
+        }
+        None
+    }
+
     /// Whether the statement calls a user-defined function that is not
     /// clean (see [`Resolver::function_clean`]); when the catalog cannot
     /// tell, it counts as one (fail closed).
@@ -1215,6 +1396,9 @@ impl Resolver<'_> {
                 return Some(m);
             }
             if let Some(m) = self.sink_refusal(stmt).await {
+                return Some(m);
+            }
+            if let Some(m) = self.function_refusal(stmt).await {
                 return Some(m);
             }
             if let Some(body) = &stmt.body {

@@ -42,13 +42,19 @@ pub fn analyze_do(body: &str, language: &str) -> Option<Procedure> {
     let sql = format!("CREATE FUNCTION pg_temp.masker_do() RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$");
     let parsed = pg_query::parse_plpgsql(&sql).ok()?;
     let function = parsed.as_array()?.first()?.get("PLpgSQL_function")?;
-    Some(analyze_function(function))
+    Some(analyze_function(function, &[]))
 }
 
 /// Analyzes the body of a PL/pgSQL function whose arguments are named
 /// `args` (the caller's values: constants here; their lineage is the
 /// call's). `None` when the body does not parse.
 pub fn analyze_function_body(body: &str, args: &[String]) -> Option<Procedure> {
+    analyze_function_body_with(body, args, &Lineage::constant())
+}
+
+/// Like [`analyze_function_body`], with every argument standing for `arg`
+/// (for example unknown: where the caller's values could go).
+pub fn analyze_function_body_with(body: &str, args: &[String], arg: &Lineage) -> Option<Procedure> {
     let mut tag = String::from("masker_body");
     while body.contains(&format!("${tag}$")) {
         tag.push('_');
@@ -57,11 +63,18 @@ pub fn analyze_function_body(body: &str, args: &[String]) -> Option<Procedure> {
         args.iter().enumerate().map(|(i, a)| if a.is_empty() { format!("masker_arg{i}") } else { a.clone() }).collect();
     let signature =
         params.iter().map(|p| format!("\"{}\" text", p.replace('"', "\"\""))).collect::<Vec<_>>().join(", ");
-    let sql =
-        format!("CREATE FUNCTION pg_temp.masker_fn({signature}) RETURNS void LANGUAGE plpgsql AS ${tag}${body}${tag}$");
-    let parsed = pg_query::parse_plpgsql(&sql).ok()?;
+    // The parser checks RETURN against the declared result type, which the
+    // body's text does not say: the first that parses (a scalar, a trigger,
+    // a set) is the one the body was written for.
+    let parsed = ["void", "text", "trigger", "SETOF text"].iter().find_map(|returns| {
+        let sql = format!(
+            "CREATE FUNCTION pg_temp.masker_fn({signature}) RETURNS {returns} LANGUAGE plpgsql AS ${tag}${body}${tag}$"
+        );
+        pg_query::parse_plpgsql(&sql).ok()
+    })?;
     let function = parsed.as_array()?.first()?.get("PLpgSQL_function")?;
-    Some(analyze_function(function))
+    let params: Vec<(String, Lineage)> = params.into_iter().map(|p| (p, arg.clone())).collect();
+    Some(analyze_function(function, &params))
 }
 
 /// The value of `expr` when it is a single string constant (`'select 1'`,
@@ -123,7 +136,7 @@ struct Walker<'d> {
     record: bool,
 }
 
-fn analyze_function(function: &Value) -> Procedure {
+fn analyze_function(function: &Value, params: &[(String, Lineage)]) -> Procedure {
     let datums = datums(function);
     let mut w = Walker {
         datums: &datums,
@@ -134,6 +147,9 @@ fn analyze_function(function: &Value) -> Procedure {
     };
     for name in datums.names.iter().flatten() {
         w.vars.insert(name.clone(), Lineage::constant());
+    }
+    for (name, l) in params {
+        w.vars.insert(name.clone(), l.clone());
     }
     let Some(action) = function.get("action") else {
         return Procedure { opaque: true, ..Procedure::default() };
@@ -557,5 +573,42 @@ mod tests {
         // A body containing the wrapper's quote tag still parses.
         let p = proc("BEGIN RAISE NOTICE '$masker_body$'; END");
         assert!(!p.opaque);
+    }
+
+    #[test]
+    fn function_bodies_parse_whatever_they_return() {
+        let args = ["t".to_string()];
+        // A scalar result, a trigger's row, a set: each parses as written.
+        for body in [
+            "BEGIN RAISE WARNING 'saw %', t; RETURN 'ok'; END",
+            "BEGIN PERFORM pg_notify('c', t); RETURN NEW; END",
+            "BEGIN RETURN NEXT t; END",
+            "BEGIN PERFORM 1; END",
+        ] {
+            let p = analyze_function_body(body, &args).unwrap_or_else(|| panic!("{body}"));
+            assert!(!p.opaque && !p.dynamic, "{body}: {p:?}");
+        }
+        assert!(analyze_function_body("BEGIN RETURN 1 +; END", &args).is_none());
+    }
+
+    #[test]
+    fn arguments_can_stand_for_what_the_caller_passes() {
+        let args = ["t".to_string()];
+        let body = "BEGIN PERFORM set_config('application_name', t, false); RAISE WARNING '%', t; RETURN 1; END";
+        // As constants (the caller's lineage decides), nothing flows.
+        let p = analyze_function_body(body, &args).expect("parses");
+        assert!(
+            p.sinks.iter().chain(p.statements.iter().flat_map(|s| &s.sinks)).all(|s| s.lineage.how == How::Constant)
+        );
+        // Standing for anything, the setting and the RAISE both carry it.
+        let p = analyze_function_body_with(body, &args, &Lineage::unknown()).expect("parses");
+        let kinds: Vec<SinkKind> = p
+            .sinks
+            .iter()
+            .chain(p.statements.iter().flat_map(|s| &s.sinks))
+            .filter(|s| s.lineage.how != How::Constant)
+            .map(|s| s.kind)
+            .collect();
+        assert!(kinds.contains(&SinkKind::Setting) && kinds.contains(&SinkKind::Raise), "{kinds:?}");
     }
 }

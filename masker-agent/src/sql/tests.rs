@@ -498,3 +498,40 @@ fn explain_reads_its_query_and_knows_its_format() {
     assert!(s.explain_text);
     assert!(!statement("EXPLAIN (FORMAT JSON) SELECT 1").explain_text);
 }
+
+#[test]
+fn create_trigger_names_the_function_it_will_run() {
+    let a = analyze("CREATE TRIGGER t AFTER INSERT ON side_t FOR EACH ROW EXECUTE FUNCTION pg_temp.side_fn()")
+        .as_ref()
+        .clone()
+        .unwrap();
+    let s = &a.statements[0];
+    assert_eq!(s.class, StatementClass::Ddl);
+    assert_eq!(s.write, Some("CREATE TRIGGER"));
+    assert!(s.functions.contains("pg_temp.side_fn"), "{:?}", s.functions);
+    let a = analyze("CREATE TRIGGER t BEFORE UPDATE ON app.t FOR EACH ROW EXECUTE PROCEDURE audit()")
+        .as_ref()
+        .clone()
+        .unwrap();
+    assert!(a.statements[0].functions.contains("audit"), "{:?}", a.statements[0].functions);
+}
+
+#[test]
+fn code_installed_by_ddl_and_user_operators_name_their_functions() {
+    let one = |sql: &str| analyze(sql).as_ref().clone().unwrap().statements.remove(0);
+    let s = one("CREATE TEMP TABLE d (id int, x int DEFAULT pg_temp.side_def() CHECK (pg_temp.ok(x)))");
+    assert!(s.functions.contains("pg_temp.side_def") && s.functions.contains("pg_temp.ok"), "{:?}", s.functions);
+    let s = one("ALTER TABLE d ALTER COLUMN x SET DEFAULT app.f(1)");
+    assert!(s.functions.contains("app.f"), "{:?}", s.functions);
+    let s = one(
+        "CREATE RULE r AS ON INSERT TO t DO ALSO SELECT pg_notify('c', (SELECT full_name FROM customers WHERE id = NEW.id))",
+    );
+    assert_eq!(s.write, Some("CREATE RULE"));
+    assert!(s.sinks.iter().any(|k| k.kind == SinkKind::Notification), "{:?}", s.sinks);
+    assert!(s.relations.iter().any(|r| r.name == "customers"));
+    let s = one("SELECT address OPERATOR(pg_temp.###) 1 FROM customers");
+    assert!(s.functions.contains("pg_temp.###"), "{:?}", s.functions);
+    // Built-in operators, qualified or not, are not user code.
+    let s = one("SELECT 1 OPERATOR(pg_catalog.+) 2, 3 + 4");
+    assert!(s.functions.is_empty(), "{:?}", s.functions);
+}

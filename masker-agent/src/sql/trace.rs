@@ -219,6 +219,8 @@ fn write_kind(node: &N) -> Option<&'static str> {
         N::MergeStmt(_) => Some("MERGE"),
         N::TruncateStmt(_) => Some("TRUNCATE"),
         N::CreateTableAsStmt(_) => Some("CREATE TABLE AS"),
+        N::CreateTrigStmt(_) => Some("CREATE TRIGGER"),
+        N::RuleStmt(_) => Some("CREATE RULE"),
         N::GrantStmt(_) | N::GrantRoleStmt(_) => Some("GRANT / REVOKE"),
         N::DoStmt(_) | N::CallStmt(_) => Some("DO / CALL (procedural code may write)"),
         _ => Some("DDL or another statement that changes the database"),
@@ -322,11 +324,44 @@ fn statement_in(node: &N, root: &Scope<'_>, do_bodies: DoBodies) -> Statement {
         | N::RenameStmt(_)
         | N::CommentStmt(_)
         | N::GrantStmt(_)
-        | N::TruncateStmt(_)
-        | N::RuleStmt(_)
-        | N::CreateTrigStmt(_) => (StatementClass::Ddl, None, None, false),
+        | N::TruncateStmt(_) => (StatementClass::Ddl, None, None, false),
+        N::RuleStmt(r) => {
+            // What the rule's actions will do when a statement fires them,
+            // decided here: their reads, functions and sinks.
+            for action in &r.actions {
+                if let Some(n) = action.node.as_ref() {
+                    let s = statement_in(n, root);
+                    t.reads.extend(s.reads);
+                    t.functions.extend(s.functions);
+                    t.sinks.extend(s.sinks);
+                }
+            }
+            (StatementClass::Ddl, None, None, false)
+        }
+        N::CreateTrigStmt(c) => {
+            // The function the trigger will run: called by every later
+            // statement that writes the table, so decided here.
+            t.functions.insert(func_name(&c.funcname));
+            (StatementClass::Ddl, None, None, false)
+        }
         _ => (StatementClass::Utility, None, None, false),
     };
+    if class == StatementClass::Ddl {
+        // Code the statement installs to run later (a column default, a
+        // check, an index expression, a view, a rule's action): the
+        // functions it names, decided here.
+        each_node(node, &mut |kind, v| {
+            if kind == "FuncCall"
+                && let Some(names) = v.get("funcname").and_then(serde_json::Value::as_array)
+            {
+                let parts: Vec<&str> =
+                    names.iter().filter_map(|n| n.get("node")?.get("String")?.get("sval")?.as_str()).collect();
+                if !parts.is_empty() {
+                    t.functions.insert(parts.join(".").to_ascii_lowercase());
+                }
+            }
+        });
+    }
     // Every relation named anywhere (subqueries in any clause, DML targets),
     // found by walking the whole tree, whatever the tracer understood.
     let ctes = cte_names(node);
@@ -1430,7 +1465,20 @@ impl Tracer {
             K::Undefined => false,
             _ => true,
         };
-        let combined = derived(combine([l.clone(), r.clone()]));
+        let mut combined = derived(combine([l.clone(), r.clone()]));
+        let schema = if a.name.len() > 1 { a.name.first().and_then(string_of) } else { None };
+        if let Some(schema) = schema.filter(|s| !s.eq_ignore_ascii_case("pg_catalog")) {
+            // `OPERATOR(schema.op)`: a user's operator runs a user's function,
+            // decided like a call of it (the session's own are never visible
+            // to the catalog: fail closed).
+            let full = format!("{}.{op}", schema.to_ascii_lowercase());
+            self.functions.insert(full.clone());
+            if combined.how != How::Unknown {
+                combined.how = How::Derived;
+            }
+            combined.sources.insert(Source::Function(full.clone()));
+            self.reads.push(Lineage { how: How::Derived, sources: BTreeSet::from([Source::Function(full)]) });
+        }
         if kind == K::AexprOp && matches!(op, "/" | "%") && r.how != How::Constant {
             // Division by a value fails exactly when it is zero: a test.
             self.filters.push(Condition { lineage: r.clone(), equality: false, nullness: false });
