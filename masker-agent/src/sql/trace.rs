@@ -330,7 +330,7 @@ fn statement_in(node: &N, root: &Scope<'_>, do_bodies: DoBodies) -> Statement {
             // decided here: their reads, functions and sinks.
             for action in &r.actions {
                 if let Some(n) = action.node.as_ref() {
-                    let s = statement_in(n, root);
+                    let s = statement_in(n, root, do_bodies);
                     t.reads.extend(s.reads);
                     t.functions.extend(s.functions);
                     t.sinks.extend(s.sinks);
