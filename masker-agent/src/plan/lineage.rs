@@ -948,7 +948,10 @@ impl Resolver<'_> {
             .await
         {
             Ok(user) => user,
-            Err(_) => stmt.functions.iter().cloned().collect(),
+            // No catalog to ask (none configured, or it failed: a failure
+            // refuses the statement anyway, see `Catalog::failed_since`):
+            // every function PostgreSQL does not ship counts as a user's.
+            Err(_) => stmt.functions.iter().filter(|f| !builtin_function(f)).cloned().collect(),
         };
         if user.is_empty() {
             return None;
@@ -1617,6 +1620,18 @@ pub const REFUSAL_PREFIX: &str = "DO $masker$ BEGIN RAISE EXCEPTION USING ERRCOD
 pub const REFUSAL_HINT: &str = "masker explain shows how masker decides a statement for an identity, column by column \
      (on the masker host: masker explain --identity IDENTITY --target HOST:PORT --database DB --user USER STATEMENT)";
 
+/// The functions of PostgreSQL 15's `pg_catalog`, one name a line (from
+/// `SELECT DISTINCT proname FROM pg_proc` of a fresh cluster).
+const BUILTIN_FUNCTIONS: &str = include_str!("builtin_functions.txt");
+
+/// Whether `name` (as a statement names it: `name` or `schema.name`, lower
+/// case) is a function PostgreSQL ships: what counts as built in when the
+/// catalog cannot be asked.
+fn builtin_function(name: &str) -> bool {
+    let name = name.strip_prefix("pg_catalog.").unwrap_or(name);
+    !name.contains('.') && BUILTIN_FUNCTIONS.lines().any(|l| l == name)
+}
+
 /// A statement that makes the server itself answer with our refusal, as an
 /// ordinary error in the statement's place: the transaction aborts exactly
 /// as for any error and the session stays usable. Its HINT points to
@@ -1735,6 +1750,16 @@ mod tests {
         }
         assert!(matches!(r.column(&customers, "no_such", 0).await, ColumnOf::Missing));
         assert!(matches!(r.column(&contacts, "ctid", 0).await, ColumnOf::Missing));
+    }
+
+    #[test]
+    fn builtin_functions_are_known_without_a_catalog() {
+        for f in ["count", "upper", "pg_catalog.upper", "pg_notify", "jsonb_build_object"] {
+            assert!(builtin_function(f), "{f}");
+        }
+        for f in ["public.count", "myschema.upper", "evil", "pg_temp.f"] {
+            assert!(!builtin_function(f), "{f}");
+        }
     }
 
     #[test]
