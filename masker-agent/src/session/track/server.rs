@@ -527,6 +527,17 @@ impl ServerTracker {
     /// lose the context of how they are delivered.
     async fn on_error(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let tag = msg.tag();
+        if !well_formed_fields(msg.body()) {
+            // Forwarded as is, it would reach the client as sent: a peer's
+            // bad input ends the session with a precise error instead.
+            return Err(RelayError::Refused {
+                code: "08P01",
+                message: format!(
+                    "masker: the database server sent a malformed {}; closing the session",
+                    if tag == backend::ERROR_RESPONSE { "ErrorResponse" } else { "NoticeResponse" }
+                ),
+            });
+        }
         if tag == backend::ERROR_RESPONSE
             && let Some((name, message)) = self.refused_parse()
         {
@@ -628,6 +639,23 @@ impl ServerTracker {
 }
 
 /// The value of field `kind` of an error or notice body.
+/// Whether an ErrorResponse/NoticeResponse body is a list of fields (a
+/// kind byte and a NUL-terminated value each) ended by a NUL, and nothing
+/// after it.
+fn well_formed_fields(body: &[u8]) -> bool {
+    let mut rest = body;
+    loop {
+        match rest.split_first() {
+            Some((0, tail)) => return tail.is_empty(),
+            Some((_, tail)) => match tail.iter().position(|&b| b == 0) {
+                Some(nul) => rest = &tail[nul + 1..],
+                None => return false,
+            },
+            None => return false,
+        }
+    }
+}
+
 fn field(body: &[u8], kind: u8) -> Option<&str> {
     let mut at = 0;
     while at < body.len() && body[at] != 0 {
@@ -895,6 +923,16 @@ impl Filter for ServerTracker {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn error_fields_are_checked_before_they_are_forwarded() {
+        assert!(super::well_formed_fields(b"SERROR\0C42601\0Mx\0\0"));
+        assert!(super::well_formed_fields(b"\0"));
+        assert!(!super::well_formed_fields(b""));
+        assert!(!super::well_formed_fields(b"SER\xff\xff"));
+        assert!(!super::well_formed_fields(b"SERROR\0"));
+        assert!(!super::well_formed_fields(b"SERROR\0\0junk"));
+    }
+
     use super::*;
 
     #[test]
