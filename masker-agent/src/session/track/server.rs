@@ -527,7 +527,9 @@ impl ServerTracker {
     /// lose the context of how they are delivered.
     async fn on_error(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
         let tag = msg.tag();
-        if !well_formed_fields(msg.body()) {
+        if !well_formed_fields(msg.body())
+            || (tag == backend::ERROR_RESPONSE && !(has_field(msg.body(), b'S') && has_field(msg.body(), b'C')))
+        {
             // Forwarded as is, it would reach the client as sent: a peer's
             // bad input ends the session with a precise error instead.
             return Err(RelayError::Refused {
@@ -639,6 +641,26 @@ impl ServerTracker {
 }
 
 /// The value of field `kind` of an error or notice body.
+/// Whether a well-formed ErrorResponse/NoticeResponse body has a field of
+/// `kind` (every ErrorResponse of PostgreSQL has a severity `S` and a
+/// SQLSTATE `C`: clients rely on them).
+fn has_field(body: &[u8], kind: u8) -> bool {
+    let mut rest = body;
+    while let Some((&k, tail)) = rest.split_first() {
+        if k == 0 {
+            return false;
+        }
+        if k == kind {
+            return true;
+        }
+        match tail.iter().position(|&b| b == 0) {
+            Some(nul) => rest = &tail[nul + 1..],
+            None => return false,
+        }
+    }
+    false
+}
+
 /// Whether an ErrorResponse/NoticeResponse body is a list of fields (a
 /// kind byte and a NUL-terminated value each) ended by a NUL, and nothing
 /// after it.
@@ -931,6 +953,8 @@ mod tests {
         assert!(!super::well_formed_fields(b"SER\xff\xff"));
         assert!(!super::well_formed_fields(b"SERROR\0"));
         assert!(!super::well_formed_fields(b"SERROR\0\0junk"));
+        assert!(super::has_field(b"SERROR\0C42601\0\0", b'C'));
+        assert!(!super::has_field(b"SERROR\0Mx\0\0", b'C'));
     }
 
     use super::*;
