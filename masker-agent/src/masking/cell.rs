@@ -440,7 +440,9 @@ fn generalize(s: Scalar, bin: bool, g: Generalize, v: &[u8], out: &mut BytesMut)
                     return Some(Outcome::Same);
                 }
                 let (days, tod) = trunc(us.div_euclid(USECS_PER_DAY), us.rem_euclid(USECS_PER_DAY));
-                out.put_i64(days * USECS_PER_DAY + tod);
+                // Out of range once truncated (a value near the type's ends): not a
+                // value this action can write, so the caller's fallback applies.
+                out.put_i64(days.checked_mul(USECS_PER_DAY)?.checked_add(tod)?);
             } else {
                 if v.ends_with(b"infinity") {
                     return Some(Outcome::Same);
