@@ -640,7 +640,6 @@ impl ServerTracker {
     }
 }
 
-/// The value of field `kind` of an error or notice body.
 /// Whether a well-formed ErrorResponse/NoticeResponse body has a field of
 /// `kind` (every ErrorResponse of PostgreSQL has a severity `S` and a
 /// SQLSTATE `C`: clients rely on them).
@@ -678,6 +677,7 @@ fn well_formed_fields(body: &[u8]) -> bool {
     }
 }
 
+/// The value of field `kind` of an error or notice body.
 fn field(body: &[u8], kind: u8) -> Option<&str> {
     let mut at = 0;
     while at < body.len() && body[at] != 0 {
