@@ -1628,8 +1628,9 @@ const BUILTIN_FUNCTIONS: &str = include_str!("builtin_functions.txt");
 /// case) is a function PostgreSQL ships: what counts as built in when the
 /// catalog cannot be asked.
 fn builtin_function(name: &str) -> bool {
+    static NAMES: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
     let name = name.strip_prefix("pg_catalog.").unwrap_or(name);
-    !name.contains('.') && BUILTIN_FUNCTIONS.lines().any(|l| l == name)
+    !name.contains('.') && NAMES.get_or_init(|| BUILTIN_FUNCTIONS.lines().collect()).contains(name)
 }
 
 /// A statement that makes the server itself answer with our refusal, as an
