@@ -1323,6 +1323,58 @@ async fn errors_notices_notifications_and_counts() {
     .await;
 }
 
+/// `CALL` is decided by the procedure's body, read from the catalog: a
+/// body that reads only allowed data keeps its notices and OUT values as
+/// the server sent them; one that reads a masked column has its notice
+/// text withheld and its OUT values redacted.
+#[tokio::test]
+async fn procedures_are_decided_by_their_bodies() {
+    within(LIMIT, "CALL", async {
+        let s = start(IDENTITY);
+        let (direct, proxied) = s.clients().await;
+        direct
+            .batch_execute(
+                "CREATE OR REPLACE PROCEDURE masking_count_orders() LANGUAGE plpgsql AS $$ \
+                 BEGIN RAISE NOTICE 'orders: %', (SELECT count(*) FROM orders); END $$; \
+                 CREATE OR REPLACE PROCEDURE masking_order_total(INOUT n bigint, INOUT label text) LANGUAGE plpgsql AS $$ \
+                 BEGIN SELECT count(*) INTO n FROM orders; label := 'orders of ' || label; END $$; \
+                 CREATE OR REPLACE PROCEDURE masking_first_email(INOUT e text) LANGUAGE plpgsql AS $$ \
+                 BEGIN SELECT email INTO e FROM customers ORDER BY id LIMIT 1; END $$; \
+                 CREATE OR REPLACE PROCEDURE masking_email_notice() LANGUAGE plpgsql AS $$ \
+                 DECLARE e text; BEGIN SELECT email INTO e FROM customers ORDER BY id LIMIT 1; RAISE NOTICE 'first: done'; END $$",
+            )
+            .await
+            .unwrap();
+        // Clean: OUT values as direct, in the simple and the extended protocol.
+        let clean = "CALL masking_order_total(NULL, 'alice@example.com')";
+        assert_eq!(simple_rows(&proxied, clean).await, simple_rows(&direct, clean).await);
+        let one = |rows: Vec<Row>| rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))).collect::<Vec<_>>();
+        assert_eq!(one(proxied.query(clean, &[]).await.unwrap()), one(direct.query(clean, &[]).await.unwrap()));
+        // A masked column's value never comes back through an OUT argument.
+        let leaky = "CALL masking_first_email(NULL)";
+        let raw = simple_rows(&direct, leaky).await;
+        let got = simple_rows(&proxied, leaky).await;
+        assert_eq!(got.len(), 1);
+        assert_ne!(got, raw);
+        assert_no_leak("OUT argument of a procedure reading a masked column", format!("{got:?}").as_bytes());
+        // Notices: a clean body's as sent, a tainted body's text withheld.
+        let (client, mut messages) = s.proxied.connect_with_messages().await.unwrap();
+        client.batch_execute("CALL masking_email_notice()").await.unwrap();
+        client.batch_execute("CALL masking_count_orders()").await.unwrap();
+        let mut got = Vec::new();
+        while let Ok(m) = messages.try_recv() {
+            if let AsyncMessage::Notice(n) = m {
+                got.push(n.message().to_owned());
+            }
+        }
+        let count: i64 = direct.query_one("SELECT count(*) FROM orders", &[]).await.unwrap().get(0);
+        assert_eq!(got.len(), 2, "two notices: {got:?}");
+        assert!(got[0].starts_with("masker: ") && !got[0].contains("done"), "{got:?}");
+        assert_eq!(got[1], format!("orders: {count}"));
+    })
+    .await;
+}
+
 // ------------------------------------------------------------------ 3. attack corpus
 
 use masker_tests::corpora::MASKING as CORPUS;

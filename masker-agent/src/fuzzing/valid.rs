@@ -549,30 +549,38 @@ fn csv_rows(opts: &CopyOptions, data: &[u8]) -> Option<Vec<Row>> {
         let mut row = Vec::new();
         loop {
             let mut v = Vec::new();
-            let quoted = data.get(i) == Some(&q);
-            if quoted {
-                i += 1;
-                loop {
-                    let b = *data.get(i)?;
+            // PostgreSQL's reading: a quote anywhere opens a quoted section.
+            let mut quoted = false;
+            let mut in_quotes = false;
+            loop {
+                let Some(&b) = data.get(i) else {
+                    if in_quotes {
+                        return None;
+                    }
+                    break;
+                };
+                if in_quotes {
                     if b == e
                         && data.get(i + 1).is_some_and(|&n| n == q || n == e)
                         && (e != q || data.get(i + 1) == Some(&q))
                     {
                         v.push(data[i + 1]);
                         i += 2;
-                    } else if b == q {
-                        i += 1;
-                        break;
+                        continue;
+                    }
+                    if b == q {
+                        in_quotes = false;
                     } else {
                         v.push(b);
-                        i += 1;
                     }
+                } else if b == q {
+                    (quoted, in_quotes) = (true, true);
+                } else if b == d || b == b'\n' {
+                    break;
+                } else {
+                    v.push(b);
                 }
-            } else {
-                while i < data.len() && data[i] != d && data[i] != b'\n' {
-                    v.push(data[i]);
-                    i += 1;
-                }
+                i += 1;
             }
             if !quoted && v.strip_suffix(b"\r").is_some() && data.get(i) == Some(&b'\n') {
                 v.pop();

@@ -280,30 +280,40 @@ impl CopyMasker {
             }
             let start = i;
             self.val.clear();
-            let quoted = line.get(i) == Some(&q);
-            if quoted {
-                i += 1;
-                loop {
-                    let b = *line.get(i).ok_or_else(|| MaskError::copy("unterminated quoted field"))?;
+            // As PostgreSQL reads CSV: a quote anywhere in a field opens a
+            // quoted section (the server only quotes whole fields; a peer
+            // that does otherwise is read as the server would read it).
+            let mut quoted = false;
+            let mut in_quotes = false;
+            loop {
+                let Some(&b) = line.get(i) else {
+                    if in_quotes {
+                        return Err(MaskError::copy("unterminated quoted field"));
+                    }
+                    break;
+                };
+                if in_quotes {
                     if b == e
                         && line.get(i + 1).is_some_and(|&n| n == q || n == e)
                         && (e != q || line.get(i + 1) == Some(&q))
                     {
                         self.val.push(line[i + 1]);
                         i += 2;
-                    } else if b == q {
-                        i += 1;
-                        break;
+                        continue;
+                    }
+                    if b == q {
+                        in_quotes = false;
                     } else {
                         self.val.push(b);
-                        i += 1;
                     }
+                } else if b == q {
+                    (quoted, in_quotes) = (true, true);
+                } else if b == delim {
+                    break;
+                } else {
+                    self.val.push(b);
                 }
-            } else {
-                while i < line.len() && line[i] != delim {
-                    self.val.push(line[i]);
-                    i += 1;
-                }
+                i += 1;
             }
             let raw = &line[start..i];
             if (!quoted && self.val == o.null) || col.action == ColumnAction::Allow {

@@ -776,3 +776,22 @@ fn generalizing_a_timestamp_near_the_type_s_end_does_not_overflow() {
         assert_ne!(masked.as_deref(), Some(&v[..]), "oid {oid}");
     }
 }
+
+#[test]
+fn copy_csv_reads_a_quote_inside_a_field_as_postgresql_does() {
+    // PostgreSQL opens a quoted section at a quote anywhere in a CSV field:
+    // `a"b,c"d` is one field `ab,cd`. Read otherwise, its comma would split
+    // the row and shift every later column.
+    let k = keys();
+    let cols = vec![(ColumnAction::Redact, TypeOid(TEXT)), (ColumnAction::Allow, TypeOid(TEXT))];
+    let plan = CopyPlan::new(CopyOptions::csv(), cols.clone(), &k);
+    let (out, _) = copy_all(plan, &[b"a\"b,c\"d,kept\n"]);
+    assert_eq!(String::from_utf8(out).unwrap(), "\"REDACTED\",kept\n");
+    // A header with such a quote may span lines; it is passed as it came.
+    let mut opts = CopyOptions::csv();
+    opts.header = true;
+    let plan = CopyPlan::new(opts, cols, &k);
+    let data = b"na\"me\nx\",note\nsecret,kept\n";
+    let (out, _) = copy_all(plan, &[&data[..5], &data[5..]]);
+    assert_eq!(String::from_utf8(out).unwrap(), "na\"me\nx\",note\n\"REDACTED\",kept\n");
+}

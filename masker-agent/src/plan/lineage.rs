@@ -775,8 +775,10 @@ impl Resolver<'_> {
                     },
                     "plpgsql" => match sql::plpgsql::analyze_function_body(&b.source, &b.arg_names) {
                         Some(p) if !p.dynamic && !p.opaque => {
-                            if p.sinks.iter().any(|s| s.lineage.how != How::Constant) {
-                                return false;
+                            for s in &p.sinks {
+                                if !self.lineage_clean(&s.lineage, depth + 1).await {
+                                    return false;
+                                }
                             }
                             p.statements
                         }
@@ -786,8 +788,13 @@ impl Resolver<'_> {
                 };
                 for st in &statements {
                     let reads_only = matches!(st.class, StatementClass::Select) && st.write.is_none();
-                    if !reads_only || st.sinks.iter().any(|s| s.lineage.how != How::Constant) {
+                    if !reads_only {
                         return false;
+                    }
+                    for s in &st.sinks {
+                        if !self.lineage_clean(&s.lineage, depth + 1).await {
+                            return false;
+                        }
                     }
                     if self.taint_at(st, depth + 1).await.is_some() {
                         return false;
@@ -796,6 +803,16 @@ impl Resolver<'_> {
             }
             true
         })
+    }
+
+    /// Whether a value of lineage `l` (in a function body `depth` deep)
+    /// derives only from constants and allowed columns.
+    async fn lineage_clean(&self, l: &Lineage, depth: usize) -> bool {
+        if l.how == How::Constant {
+            return true;
+        }
+        let (bases, _) = self.bases(l, depth).await;
+        !bases.unknown && self.first_masked(&bases).is_none()
     }
 
     /// Whether the user function `name` (any overload) may send a value it
@@ -1129,9 +1146,11 @@ impl Resolver<'_> {
                         .map(|_| (Decision::Force(action.clone()), Why::of(Reason::ExplainPlan)))
                         .collect();
                 }
-                // Rows from a statement without traced output (SHOW, EXPLAIN):
-                // as clean as what it reads.
-                let safe = matches!(stmt.class, StatementClass::Config | StatementClass::Explain);
+                // Rows from a statement without traced output (SHOW, EXPLAIN,
+                // a procedure's OUT arguments): as clean as what it reads
+                // (for CALL: as clean as the procedure's body).
+                let safe =
+                    matches!(stmt.class, StatementClass::Config | StatementClass::Explain | StatementClass::Procedural);
                 return fallback(!safe || taint.is_some(), Reason::Untracked);
             };
             let mut decisions = Vec::with_capacity(columns);

@@ -70,6 +70,10 @@ pub enum CopyParseError {
 
 /// Reads statement `index` of `sql` (see [`copy_to`]).
 pub fn parse_copy_to_stdout(sql: &str, index: usize) -> Result<CopyTo, CopyParseError> {
+    super::with_parse_stack(sql, || parse_copy_statement(sql, index))
+}
+
+fn parse_copy_statement(sql: &str, index: usize) -> Result<CopyTo, CopyParseError> {
     let parsed = pg_query::parse(sql, 0).map_err(|_| CopyParseError::Parse)?;
     let stmt = parsed.protobuf.stmts.get(index).ok_or(CopyParseError::NotCopy)?;
     match stmt.stmt.as_deref().and_then(|n| n.node.as_ref()) {

@@ -54,9 +54,12 @@ const MATCHING_FUNCTIONS: &[&str] = &[
 /// `text` with every literal that stands against a column for which
 /// `classified(column_name)` holds replaced by `'***'` (strings) or `0`
 /// (numbers). Column names are compared lower case, unqualified.
-pub fn scrub_definition<'t>(text: &'t str, classified: &dyn Fn(&str) -> bool) -> Cow<'t, str> {
-    let mut spans = Vec::new();
-    collect(text, 0, classified, &mut spans, 0);
+pub fn scrub_definition<'t>(text: &'t str, classified: &(dyn Fn(&str) -> bool + Sync)) -> Cow<'t, str> {
+    let mut spans = super::with_parse_stack(text, || {
+        let mut spans = Vec::new();
+        collect(text, 0, classified, &mut spans, 0);
+        spans
+    });
     if spans.is_empty() {
         return Cow::Borrowed(text);
     }

@@ -32,13 +32,45 @@ pub use trace::search_path_schemas;
 /// Analyzes every statement of `sql`, without the cache (`DO` bodies with
 /// PostgreSQL's PL/pgSQL parser).
 pub fn analyze_uncached(sql: &str) -> Result<Analysis, SqlError> {
-    trace::analyze_uncached(sql, plpgsql::analyze_do)
+    with_parse_stack(sql, || trace::analyze_uncached(sql, plpgsql::analyze_do))
 }
 
 /// [`analyze_uncached`] with PL/pgSQL variables in scope (`name`, what was
 /// assigned to it): a function body's embedded SQL.
 pub fn analyze_with_variables(sql: &str, vars: &[(String, Lineage)]) -> Result<Analysis, SqlError> {
-    trace::analyze_with_variables(sql, vars, plpgsql::analyze_do)
+    with_parse_stack(sql, || trace::analyze_with_variables(sql, vars, plpgsql::analyze_do))
+}
+
+/// Runs `f`, which parses `text` and walks (and drops) its tree, on a stack
+/// deep enough for the deepest tree the parser hands over.
+///
+/// libpg_query refuses trees nested deeper than about 800 levels (its own
+/// check, sized to the calling thread's stack); decoding such a tree into
+/// Rust and dropping it recurses once per level, which needs more than a
+/// runtime worker's 2 MiB (about 1.5 MiB in a release build at the limit,
+/// far more unoptimised). A text too short to nest that deep runs where it
+/// is; a longer one on a thread of its own with a stack that fits (mapped
+/// for the call, touched only as deep as it is used). libpg_query reads
+/// the thread's stack bounds, so a thread it is, not a switched stack.
+pub(crate) fn with_parse_stack<R: Send>(text: &str, f: impl Fn() -> R + Sync) -> R {
+    // Each level of nesting takes at least two bytes of text (`1+1+...`);
+    // unoptimised code needs the thread for any text.
+    const INLINE_UP_TO: usize = 256;
+    const STACK: usize = if cfg!(debug_assertions) { 256 << 20 } else { 32 << 20 };
+    if !cfg!(debug_assertions) && text.len() <= INLINE_UP_TO {
+        return f();
+    }
+    let ran = std::thread::scope(|scope| {
+        let thread = std::thread::Builder::new().name("masker-parse".into()).stack_size(STACK);
+        thread.spawn_scoped(scope, &f).map(|h| h.join())
+    });
+    match ran {
+        Ok(Ok(r)) => r,
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // No thread to be had (the process is out of threads or memory):
+        // here, with libpg_query's check sized to this stack.
+        Err(_) => f(),
+    }
 }
 
 use normalize::ShapeCache;

@@ -80,6 +80,10 @@ pub fn analyze_function_body_with(body: &str, args: &[String], arg: &Lineage) ->
 /// The value of `expr` when it is a single string constant (`'select 1'`,
 /// `$q$select 1$q$`, `E'...'`).
 fn constant_string(expr: &str) -> Option<String> {
+    super::with_parse_stack(expr, || string_constant(expr))
+}
+
+fn string_constant(expr: &str) -> Option<String> {
     let parsed = pg_query::parse(&format!("SELECT {expr}"), 0).ok()?;
     let json = serde_json::to_value(&parsed.protobuf).ok()?;
     let target = json.get("stmts")?.get(0)?.get("stmt")?.get("node")?.get("SelectStmt")?;

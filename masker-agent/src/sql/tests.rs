@@ -535,3 +535,50 @@ fn code_installed_by_ddl_and_user_operators_name_their_functions() {
     let s = one("SELECT 1 OPERATOR(pg_catalog.+) 2, 3 + 4");
     assert!(s.functions.is_empty(), "{:?}", s.functions);
 }
+
+#[test]
+fn long_operator_chains_are_traced_to_their_end() {
+    // `$1 + ... + $500` nests 500 deep to the left: constant, not untraceable.
+    let params: Vec<String> = (1..=500).map(|i| format!("${i}")).collect();
+    check(&format!("SELECT {}", params.join(" + ")), How::Constant, &[]);
+    // The same chain with a column at its far left still derives from it.
+    let mut terms = vec!["email".to_string()];
+    terms.extend((1..=500).map(|i| format!("'{i}'")));
+    reveals(&format!("SELECT {} FROM customers", terms.join(" || ")), col("customers", "email"));
+    // ... and at its far right.
+    let mut terms: Vec<String> = (1..=500).map(|i| format!("'{i}'")).collect();
+    terms.push("email".into());
+    reveals(&format!("SELECT {} FROM customers", terms.join(" || ")), col("customers", "email"));
+    // A comparison at the end of a chain is still recorded as a condition.
+    let a = analyze_uncached(&format!("SELECT id FROM customers WHERE {} = ssn", terms[..500].join(" || ")))
+        .expect("parses");
+    let ssn = col("customers", "ssn");
+    assert!(a.statements[0].filters.iter().any(|c| c.lineage.sources.contains(&ssn)), "{:?}", a.statements[0].filters);
+}
+
+#[test]
+fn the_deepest_trees_the_parser_accepts_are_analyzed_on_a_small_stack() {
+    // libpg_query takes a little under 800 levels; each shape is analyzed on a
+    // thread with a runtime worker's stack, as sessions do.
+    let shapes = [
+        format!("SELECT {}", vec!["1"; 700].join(" + ")),
+        format!("SELECT {}1{}", "abs(".repeat(740), ")".repeat(740)),
+        format!("SELECT {}1{}", "ARRAY[".repeat(740), "]".repeat(740)),
+        format!("SELECT 1 FROM customers WHERE {}", vec!["ssn = '1'"; 780].join(" OR ")),
+        format!("SELECT {}1{}", "(SELECT ".repeat(250), ")".repeat(250)),
+    ];
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            for sql in &shapes {
+                // Parsed and traced, or refused by the parser: never a crash.
+                let _ = analyze_uncached(sql);
+                let _ = definition::scrub_definition(sql, &|_| true);
+            }
+            // The operator chain at the parser's limit is traced to a constant.
+            assert_eq!(lineage(&shapes[0], 0).how, How::Constant);
+        })
+        .expect("thread")
+        .join()
+        .expect("no stack overflow");
+}

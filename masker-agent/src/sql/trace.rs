@@ -313,7 +313,17 @@ fn statement_in(node: &N, root: &Scope<'_>, do_bodies: DoBodies) -> Statement {
         N::VariableSetStmt(_) | N::VariableShowStmt(_) | N::DiscardStmt(_) => {
             (StatementClass::Config, None, None, false)
         }
-        N::DoStmt(_) | N::CallStmt(_) => (StatementClass::Procedural, None, None, false),
+        N::DoStmt(_) => (StatementClass::Procedural, None, None, false),
+        N::CallStmt(c) => {
+            // A call of a procedure: decided like a function call (its body
+            // from the catalog, `Resolver::function_clean`); its arguments
+            // are expressions without subqueries.
+            if let Some(f) = &c.funccall {
+                let args = t.func_call(f, root, 0);
+                t.reads.push(args);
+            }
+            (StatementClass::Procedural, None, None, false)
+        }
         N::ViewStmt(_)
         | N::CreateStmt(_)
         | N::AlterTableStmt(_)
@@ -425,8 +435,10 @@ fn statement_in(node: &N, root: &Scope<'_>, do_bodies: DoBodies) -> Statement {
             None => t.reads.push(Lineage { how: How::Unknown, sources: BTreeSet::from([Source::Opaque]) }),
         }
     }
-    if let N::CallStmt(_) = node {
-        // The procedure's body is not seen here: it may read anything.
+    if let N::CallStmt(c) = node
+        && c.funccall.is_none()
+    {
+        // No call to decide: it may read anything.
         t.reads.push(Lineage { how: How::Unknown, sources: BTreeSet::from([Source::Opaque]) });
     }
     if let Some(Effect::Prepare { statement, .. } | Effect::Declare { statement, .. }) = &effect {
@@ -1455,9 +1467,23 @@ impl Tracer {
     /// IS DISTINCT FROM and NULLIF are recorded as conditions (a test on a
     /// value reveals it, in a WHERE or anywhere else).
     fn a_expr(&mut self, a: &pb::AExpr, scope: &Scope<'_>, d: usize) -> Lineage {
+        // `$1 + $2 + ... + $500` nests to the left as deep as it is long:
+        // walk that spine with a loop, so a long chain costs no depth.
+        let mut spine = vec![a];
+        while let Some(N::AExpr(inner)) = spine.last().and_then(|a| a.lexpr.as_deref()).and_then(|n| n.node.as_ref()) {
+            spine.push(inner);
+        }
+        let mut l = self.opt(spine.last().and_then(|a| a.lexpr.as_deref()), scope, d);
+        for a in spine.iter().rev() {
+            let r = self.opt(a.rexpr.as_deref(), scope, d);
+            l = self.a_expr_step(a, l, r);
+        }
+        l
+    }
+
+    /// One operator of [`Self::a_expr`], its operands' lineages known.
+    fn a_expr_step(&mut self, a: &pb::AExpr, l: Lineage, r: Lineage) -> Lineage {
         use pb::AExprKind as K;
-        let l = self.opt(a.lexpr.as_deref(), scope, d);
-        let r = self.opt(a.rexpr.as_deref(), scope, d);
         let kind = K::try_from(a.kind).unwrap_or(K::Undefined);
         let op = a.name.last().and_then(string_of).unwrap_or("");
         let test = match kind {
