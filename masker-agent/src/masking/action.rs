@@ -32,19 +32,53 @@ pub enum ColumnAction {
 }
 
 /// Which column names count as classified when a definition is scrubbed:
-/// compared by identity (one per policy), as the policy decides.
+/// compared by identity (one per policy), as the policy decides. Holds the
+/// scrubbed form of the definitions it has seen: catalog queries (`\d`,
+/// ORM reflection, `pg_dump`) send the same defaults and view texts again
+/// and again, and parsing each every time dominated their cost.
 #[derive(Clone)]
-pub struct ClassifiedNames(Arc<dyn Fn(&str) -> bool + Send + Sync>);
+pub struct ClassifiedNames(Arc<Names>);
+
+type Classify = dyn Fn(&str) -> bool + Send + Sync;
+
+struct Names {
+    classify: Box<Classify>,
+    /// Definition text to its scrubbed form (`None`: unchanged).
+    scrubbed: std::sync::Mutex<std::collections::HashMap<Box<str>, Option<Box<str>>>>,
+}
+
+/// Definitions remembered per policy at most (then the memory starts over),
+/// and the longest one remembered.
+const SCRUBBED_ENTRIES: usize = 4096;
+const SCRUBBED_TEXT: usize = 16 * 1024;
 
 impl ClassifiedNames {
     /// Column names (lower case, unqualified) for which `f` holds.
     pub fn new(f: impl Fn(&str) -> bool + Send + Sync + 'static) -> Self {
-        ClassifiedNames(Arc::new(f))
+        ClassifiedNames(Arc::new(Names { classify: Box::new(f), scrubbed: Default::default() }))
     }
 
-    /// Whether `column` (lower case) is classified.
-    pub fn contains(&self, column: &str) -> bool {
-        (self.0)(column)
+    /// `text` with the literals against classified columns replaced (see
+    /// [`crate::sql::definition::scrub_definition`]); `None` when nothing
+    /// is replaced.
+    pub fn scrub(&self, text: &str) -> Option<String> {
+        let lock = || self.0.scrubbed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(known) = lock().get(text) {
+            return known.as_deref().map(str::to_owned);
+        }
+        let classify = &*self.0.classify;
+        let scrubbed = match crate::sql::definition::scrub_definition(text, classify) {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(s) => Some(s),
+        };
+        if text.len() <= SCRUBBED_TEXT {
+            let mut memory = lock();
+            if memory.len() >= SCRUBBED_ENTRIES {
+                memory.clear();
+            }
+            memory.insert(text.into(), scrubbed.as_deref().map(Into::into));
+        }
+        scrubbed
     }
 }
 
@@ -64,7 +98,7 @@ impl Eq for ClassifiedNames {}
 
 impl std::hash::Hash for ClassifiedNames {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (Arc::as_ptr(&self.0) as *const () as usize).hash(state);
+        (Arc::as_ptr(&self.0) as usize).hash(state);
     }
 }
 

@@ -101,9 +101,9 @@ fn mask_scalar(action: &ColumnAction, s: Scalar, f: Format, keys: &Keys, v: &[u8
         ColumnAction::Definition(names) if s.is_text() => {
             // Text in both formats: the value's UTF-8 bytes.
             let Ok(text) = std::str::from_utf8(v) else { return Outcome::Fallback };
-            match crate::sql::definition::scrub_definition(text, &|c| names.contains(c)) {
-                std::borrow::Cow::Borrowed(_) => Outcome::Same,
-                std::borrow::Cow::Owned(scrubbed) => {
+            match names.scrub(text) {
+                None => Outcome::Same,
+                Some(scrubbed) => {
                     out.extend_from_slice(scrubbed.as_bytes());
                     done
                 }

@@ -795,3 +795,18 @@ fn copy_csv_reads_a_quote_inside_a_field_as_postgresql_does() {
     let (out, _) = copy_all(plan, &[&data[..5], &data[5..]]);
     assert_eq!(String::from_utf8(out).unwrap(), "na\"me\nx\",note\n\"REDACTED\",kept\n");
 }
+
+#[test]
+fn definitions_are_scrubbed_once_per_text() {
+    let names = ClassifiedNames::new(|c| c == "email");
+    let view = "SELECT id FROM customers WHERE email = 'jane@example.com'";
+    let first = names.scrub(view).expect("scrubbed");
+    assert!(!first.contains("jane") && first.contains("email"), "{first}");
+    // Remembered: the same answer again, and an unchanged text stays None.
+    assert_eq!(names.scrub(view).as_deref(), Some(first.as_str()));
+    assert_eq!(names.scrub("nextval('orders_id_seq'::regclass)"), None);
+    assert_eq!(names.scrub("nextval('orders_id_seq'::regclass)"), None);
+    // Another policy's names decide for themselves.
+    let none = ClassifiedNames::new(|_| false);
+    assert_eq!(none.scrub(view), None);
+}

@@ -1646,7 +1646,7 @@ const BUILTIN_FUNCTIONS: &str = include_str!("builtin_functions.txt");
 /// Whether `name` (as a statement names it: `name` or `schema.name`, lower
 /// case) is a function PostgreSQL ships: what counts as built in when the
 /// catalog cannot be asked.
-fn builtin_function(name: &str) -> bool {
+pub(crate) fn builtin_function(name: &str) -> bool {
     static NAMES: std::sync::OnceLock<std::collections::HashSet<&'static str>> = std::sync::OnceLock::new();
     let name = name.strip_prefix("pg_catalog.").unwrap_or(name);
     !name.contains('.') && NAMES.get_or_init(|| BUILTIN_FUNCTIONS.lines().collect()).contains(name)

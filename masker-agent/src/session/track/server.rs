@@ -11,7 +11,7 @@ use tracing::warn;
 
 use super::expect::{Expect, ExpectQueue, Text, lock};
 use super::memo::{Memo, Stamp};
-use super::model::{Published, SessionModel};
+use super::model::{Published, SearchPath, SessionModel};
 use crate::audit::trail::StatementTrail;
 use crate::masking::{self, ColumnAction, CopyMasker, RowPlan};
 use crate::plan::PlanContext;
@@ -209,12 +209,33 @@ impl ServerTracker {
             self.model.apply(stmt);
             let tainted = matches!(self.attribution, Some((_, Attribution::Tainted)));
             let opaque = stmt.reads.iter().any(|l| l.sources.contains(&crate::sql::Source::Opaque));
-            if opaque || (tainted && !stmt.functions.is_empty()) {
+            if opaque || (tainted && self.calls_user_code(stmt)) {
                 // A function or procedure masker does not analyse ran.
                 self.model.opaque_code_ran();
             }
         }
         self.model.command_complete(tag);
+    }
+
+    /// Whether `stmt` calls a function PostgreSQL does not ship: built-in
+    /// functions write no table (those that run SQL given as text read
+    /// [`crate::sql::Source::Opaque`]), so a catalog query calling
+    /// `format_type` leaves the session's temporary tables as they were.
+    /// Unqualified names are built in only while `pg_catalog` is searched
+    /// first (not named in search_path, or named first).
+    fn calls_user_code(&self, stmt: &crate::sql::Statement) -> bool {
+        let catalog_first = match self.model.search_path() {
+            SearchPath::Default => true,
+            SearchPath::Set(schemas) => {
+                let at = schemas.iter().position(|s| s.eq_ignore_ascii_case("pg_catalog"));
+                at.is_none_or(|i| i == 0)
+            }
+            SearchPath::Unknown => false,
+        };
+        stmt.functions.iter().any(|f| {
+            let qualified = f.starts_with("pg_catalog.");
+            !(crate::plan::lineage::builtin_function(f) && (qualified || catalog_first))
+        })
     }
 
     /// Follows statements for `statement` audit events, per-identity counters
