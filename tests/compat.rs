@@ -226,6 +226,55 @@ fn cancel_case(e: Endpoint) -> std::pin::Pin<Box<dyn std::future::Future<Output 
     })
 }
 
+/// A pipelining client (libpq pipeline mode, psycopg's `pipeline()`) whose
+/// statement fails before it sent its Sync: the server skips what follows
+/// up to that Sync, then the session goes on.
+fn pipeline_error_case(
+    e: Endpoint,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<String>> + Send>> {
+    Box::pin(async move {
+        let info = e.recorded;
+        let (mut conn, _) = RawConn::login(info.addr(), &info).await?;
+        let round = |sql: &str| {
+            let mut b = raw::extended(sql, &[], 0);
+            b.truncate(b.len() - 5); // without its Sync
+            b
+        };
+        let mut flush = BytesMut::new();
+        frontend::flush(&mut flush);
+        conn.send(
+            &[round("SELECT id, amount FROM orders ORDER BY id LIMIT 2"), round("SELECT 1/0"), flush.to_vec()].concat(),
+        )
+        .await?;
+        let mut tags = String::new();
+        loop {
+            let m = conn.expect_msg().await?;
+            tags.push(m.tag as char);
+            if m.tag == b'E' {
+                break;
+            }
+        }
+        // Sent after the error arrived: skipped by the server up to the Sync.
+        conn.send(
+            &[round("SELECT 3"), round("SELECT id FROM orders LIMIT 1"), raw::extended("SELECT 4", &[], 0)].concat(),
+        )
+        .await?;
+        for m in conn.read_until_ready().await? {
+            tags.push(m.tag as char);
+        }
+        conn.send(&raw::query("SELECT 'after pipeline', id FROM orders ORDER BY id LIMIT 1")).await?;
+        for m in conn.read_until_ready().await? {
+            tags.push(m.tag as char);
+        }
+        conn.send(&raw::extended("SELECT amount FROM orders ORDER BY id LIMIT 1", &[], 1)).await?;
+        for m in conn.read_until_ready().await? {
+            tags.push(m.tag as char);
+        }
+        conn.send(&raw::terminate()).await?;
+        Ok(tags)
+    })
+}
+
 fn notify_case(e: Endpoint) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<String>> + Send>> {
     Box::pin(async move {
         let info = e.recorded;
@@ -418,6 +467,7 @@ def main(conn):
         Case { id: "C33", title: "catalog lookups of names and types", script: three_ways(
             "SELECT a.attname, a.atttypid::regtype::text, a.atttypmod, a.attnotnull, col_description(a.attrelid, a.attnum) \
              FROM pg_attribute a WHERE a.attrelid = 'customers'::regclass AND a.attnum > 0 ORDER BY a.attnum") },
+        Case { id: "C35", title: "pipeline: an error before the client's Sync, then the session goes on", script: Script::Custom(pipeline_error_case) },
         Case { id: "C34", title: "RowDescription table OIDs and column numbers of a join", script: Script::Raw(vec![{
             let mut b = BytesMut::new();
             frontend::parse("", "SELECT o.id, o.amount, p.method, c.plan FROM orders o JOIN payments p ON p.order_id = o.id \

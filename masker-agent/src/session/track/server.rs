@@ -73,6 +73,9 @@ pub struct ServerTracker {
     batch_tainted: bool,
     /// Taints and row plans already worked out, for statements sent again.
     memo: Memo,
+    /// An extended-protocol error arrived before the client's Sync: until
+    /// ReadyForQuery, what the client sends is skipped by the server.
+    skipping_to_sync: bool,
 }
 
 /// One statement of one text: the text's address and the index.
@@ -123,6 +126,7 @@ impl ServerTracker {
             published,
             attribution: None,
             batch_tainted: false,
+            skipping_to_sync: false,
             memo: Memo::default(),
         }
     }
@@ -656,6 +660,9 @@ impl ServerTracker {
             while !matches!(q.front(), None | Some(Expect::Sync)) {
                 q.pop_front();
             }
+            // A pipelining client may not have sent its Sync yet: what it
+            // sends until then is skipped too (see READY_FOR_QUERY).
+            self.skipping_to_sync = q.is_empty();
         }
         std::mem::take(&mut self.swallowing)
     }
@@ -909,7 +916,15 @@ impl Filter for ServerTracker {
                 self.copy = None;
                 self.swallowing = false;
                 let mut q = lock(&self.queue);
-                if matches!(q.front(), Some(Expect::Query { .. } | Expect::Sync)) {
+                if std::mem::take(&mut self.skipping_to_sync) {
+                    // The error came before the client's Sync: the server
+                    // skipped everything the client sent up to it.
+                    while let Some(e) = q.pop_front() {
+                        if matches!(e, Expect::Sync) {
+                            break;
+                        }
+                    }
+                } else if matches!(q.front(), Some(Expect::Query { .. } | Expect::Sync)) {
                     q.pop_front();
                 }
                 Ok(Verdict::Forward)
