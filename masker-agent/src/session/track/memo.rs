@@ -23,7 +23,7 @@
 //! [`SessionModel::revision`]: super::model::SessionModel::revision
 //! [`Catalog::generation`]: crate::plan::catalog::Catalog::generation
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -102,7 +102,7 @@ struct Slot {
 /// A session's memo of worked-out decisions.
 #[derive(Default)]
 pub struct Memo {
-    slots: HashMap<(usize, usize), Slot>,
+    slots: FxHashMap<(usize, usize), Slot>,
 }
 
 impl Memo {

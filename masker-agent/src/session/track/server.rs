@@ -2,7 +2,7 @@
 //! request that produced it and masks rows, COPY data, errors, notices and
 //! notifications with the right plan.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -41,8 +41,11 @@ pub struct ServerTracker {
     /// What the session's column plans are made with.
     planner: Arc<PlanContext>,
     session: Arc<Session>,
-    statements: HashMap<String, Statement>,
-    portals: HashMap<String, Portal>,
+    // Looked up by name for every Bind, Execute and result: a fast hash
+    // (names come from the client, which gains nothing by colliding them
+    // but its own session's speed).
+    statements: FxHashMap<String, Statement>,
+    portals: FxHashMap<String, Portal>,
     /// Plan for the rows now arriving.
     current: Option<Arc<RowPlan>>,
     copy: Option<CopyMasker>,
@@ -113,8 +116,8 @@ impl ServerTracker {
             queue,
             planner,
             session,
-            statements: HashMap::new(),
-            portals: HashMap::new(),
+            statements: FxHashMap::default(),
+            portals: FxHashMap::default(),
             current: None,
             copy: None,
             swallowing: false,
@@ -165,7 +168,13 @@ impl ServerTracker {
     /// statement: its taint is decided with the session as it stood
     /// before the statement ran).
     async fn attribution(&mut self) -> Attribution {
-        let Some((sql, index)) = self.current() else { return Attribution::None };
+        let now = self.current();
+        self.attribution_of(now).await
+    }
+
+    /// [`ServerTracker::attribution`] of `now`, the statement being answered.
+    async fn attribution_of(&mut self, now: Option<(Arc<Text>, usize)>) -> Attribution {
+        let Some((sql, index)) = now else { return Attribution::None };
         let key = (Arc::as_ptr(&sql) as *const u8 as usize, index);
         if let Some((k, a)) = self.attribution
             && k == key
@@ -205,8 +214,8 @@ impl ServerTracker {
     }
 
     /// The session model follows a statement that completed.
-    fn completed(&mut self, tag: &[u8]) {
-        if let Some((sql, index)) = self.current()
+    fn completed(&mut self, now: Option<(Arc<Text>, usize)>, tag: &[u8]) {
+        if let Some((sql, index)) = now
             && let Ok(a) = sql.analysis().as_ref()
             && let Some(stmt) = a.statements.get(index)
         {
@@ -446,14 +455,15 @@ impl ServerTracker {
     /// PortalSuspended.
     async fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
         if msg.tag() == backend::COMMAND_COMPLETE {
-            let sql = self.audit_sql();
-            let stats = self.trail.end(sql.as_deref().map(Text::sql), Some(msg.body()), None);
+            // The statement answered (its text is what `audit_sql` gives).
+            let now = self.current();
+            let stats = self.trail.end(now.as_ref().map(|(t, _)| t.sql()), Some(msg.body()), None);
             self.session.entry.counters.add_masked(&stats);
             if !self.observe_only {
                 // Settings it changed are reported before ReadyForQuery.
-                self.attribution().await;
+                self.attribution_of(now.clone()).await;
             }
-            self.completed(msg.body());
+            self.completed(now, msg.body());
         }
         self.current = None;
         self.copy = None;
