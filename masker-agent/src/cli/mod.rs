@@ -354,7 +354,14 @@ pub(crate) enum PolicyCommand {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Stacks deep enough to analyse the deepest statement the parser takes
+    // where it arrives (see `sql::with_parse_stack`); only touched pages
+    // cost memory.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(crate::sql::PARSE_STACK)
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("masker: cannot start the runtime: {e}");

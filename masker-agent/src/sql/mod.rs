@@ -41,23 +41,31 @@ pub fn analyze_with_variables(sql: &str, vars: &[(String, Lineage)]) -> Result<A
     with_parse_stack(sql, || trace::analyze_with_variables(sql, vars, plpgsql::analyze_do))
 }
 
+/// The stack a thread needs to parse and analyse the deepest statement
+/// libpg_query accepts (see [`with_parse_stack`]); the runtime's workers
+/// get it.
+pub const PARSE_STACK: usize = 8 << 20;
+
 /// Runs `f`, which parses `text` and walks (and drops) its tree, on a stack
 /// deep enough for the deepest tree the parser hands over.
 ///
 /// libpg_query refuses trees nested deeper than about 800 levels (its own
 /// check, sized to the calling thread's stack); decoding such a tree into
-/// Rust and dropping it recurses once per level, which needs more than a
-/// runtime worker's 2 MiB (about 1.5 MiB in a release build at the limit,
-/// far more unoptimised). A text too short to nest that deep runs where it
-/// is; a longer one on a thread of its own with a stack that fits (mapped
-/// for the call, touched only as deep as it is used). libpg_query reads
-/// the thread's stack bounds, so a thread it is, not a switched stack.
+/// Rust and dropping it recurses once per level: about 1.5 MiB of stack in
+/// a release build at that limit, far more unoptimised. Where enough stack
+/// is left (a runtime worker has [`PARSE_STACK`]) it runs in place; a text
+/// too short to nest deeply runs in place anyway; otherwise it runs on a
+/// thread of its own with such a stack (libpg_query reads the thread's
+/// stack bounds, so a thread it is, not a switched stack) — that costs a
+/// thread start and libpg_query's set-up in it, so it is the exception.
 pub(crate) fn with_parse_stack<R: Send>(text: &str, f: impl Fn() -> R + Sync) -> R {
-    // Each level of nesting takes at least two bytes of text (`1+1+...`);
-    // unoptimised code needs the thread for any text.
-    const INLINE_UP_TO: usize = 256;
-    const STACK: usize = if cfg!(debug_assertions) { 256 << 20 } else { 32 << 20 };
-    if !cfg!(debug_assertions) && text.len() <= INLINE_UP_TO {
+    // Stack needed in place, with room for what the caller already uses.
+    const NEEDED: usize = if cfg!(debug_assertions) { 192 << 20 } else { 4 << 20 };
+    // Each level of nesting takes at least two bytes of text (`1+1+...`).
+    const SHALLOW_UP_TO: usize = 256;
+    const STACK: usize = if cfg!(debug_assertions) { 256 << 20 } else { PARSE_STACK };
+    let shallow = !cfg!(debug_assertions) && text.len() <= SHALLOW_UP_TO;
+    if shallow || stacker::remaining_stack().is_some_and(|left| left >= NEEDED) {
         return f();
     }
     let ran = std::thread::scope(|scope| {

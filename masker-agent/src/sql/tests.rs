@@ -557,9 +557,8 @@ fn long_operator_chains_are_traced_to_their_end() {
 }
 
 #[test]
-fn the_deepest_trees_the_parser_accepts_are_analyzed_on_a_small_stack() {
-    // libpg_query takes a little under 800 levels; each shape is analyzed on a
-    // thread with a runtime worker's stack, as sessions do.
+fn the_deepest_trees_the_parser_accepts_are_analyzed_without_overflowing() {
+    // libpg_query takes a little under 800 levels.
     let shapes = [
         format!("SELECT {}", vec!["1"; 700].join(" + ")),
         format!("SELECT {}1{}", "abs(".repeat(740), ")".repeat(740)),
@@ -567,18 +566,24 @@ fn the_deepest_trees_the_parser_accepts_are_analyzed_on_a_small_stack() {
         format!("SELECT 1 FROM customers WHERE {}", vec!["ssn = '1'"; 780].join(" OR ")),
         format!("SELECT {}1{}", "(SELECT ".repeat(250), ")".repeat(250)),
     ];
-    std::thread::Builder::new()
-        .stack_size(2 << 20)
-        .spawn(move || {
-            for sql in &shapes {
-                // Parsed and traced, or refused by the parser: never a crash.
-                let _ = analyze_uncached(sql);
-                let _ = definition::scrub_definition(sql, &|_| true);
-            }
-            // The operator chain at the parser's limit is traced to a constant.
-            assert_eq!(lineage(&shapes[0], 0).how, How::Constant);
-        })
-        .expect("thread")
-        .join()
-        .expect("no stack overflow");
+    // A thread with less stack than needed (the analysis moves to a thread
+    // of its own), one with just what is needed in place and a runtime
+    // worker's (both in place in optimised builds).
+    for stack in [2 << 20, (4 << 20) + (64 << 10), PARSE_STACK] {
+        let shapes = shapes.clone();
+        std::thread::Builder::new()
+            .stack_size(stack)
+            .spawn(move || {
+                for sql in &shapes {
+                    // Parsed and traced, or refused by the parser: never a crash.
+                    let _ = analyze_uncached(sql);
+                    let _ = definition::scrub_definition(sql, &|_| true);
+                }
+                // The operator chain at the parser's limit is traced to a constant.
+                assert_eq!(lineage(&shapes[0], 0).how, How::Constant);
+            })
+            .expect("thread")
+            .join()
+            .expect("no stack overflow");
+    }
 }
