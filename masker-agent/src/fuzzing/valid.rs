@@ -369,22 +369,48 @@ fn text_array(v: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
     }
     let mut elems = Vec::new();
     let mut depth = 0usize;
+    // What came last, as PostgreSQL's array_in checks it: `{`, `,` or an
+    // element (a value or a closed sub-array). `{,1}`, `{1,}`, `{1 2}` are
+    // malformed.
+    #[derive(PartialEq)]
+    enum Last {
+        Open,
+        Comma,
+        Elem,
+    }
+    let mut last = Last::Open;
     while i < v.len() {
         match v[i] {
             b'{' => {
+                if last == Last::Elem {
+                    return None;
+                }
+                last = Last::Open;
                 depth += 1;
                 i += 1;
             }
             b'}' => {
+                if last == Last::Comma {
+                    return None;
+                }
+                last = Last::Elem;
                 depth = depth.checked_sub(1)?;
                 i += 1;
                 if depth == 0 {
                     return v[i..].iter().all(|&b| ws(b)).then_some(elems);
                 }
             }
-            b',' => i += 1,
+            b',' => {
+                if last != Last::Elem {
+                    return None;
+                }
+                last = Last::Comma;
+                i += 1;
+            }
             b if ws(b) => i += 1,
+            _ if last == Last::Elem => return None,
             b'"' => {
+                last = Last::Elem;
                 let mut e = Vec::new();
                 i += 1;
                 loop {
@@ -404,6 +430,7 @@ fn text_array(v: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
                 elems.push(Some(e));
             }
             _ => {
+                last = Last::Elem;
                 let mut e = Vec::new();
                 while i < v.len() && !matches!(v[i], b',' | b'}') {
                     if v[i] == b'\\' {
@@ -481,7 +508,23 @@ fn text_rows(opts: &CopyOptions, data: &[u8]) -> Option<Vec<Row>> {
     for line in body.split(|&b| b == b'\n') {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let mut row = Vec::new();
-        for field in line.split(|&b| b == opts.delimiter) {
+        // Fields end at a delimiter that no backslash escapes (`\:` is a
+        // `:` inside a value when the delimiter is `:`).
+        let mut fields = Vec::new();
+        let (mut start, mut k) = (0, 0);
+        while k < line.len() {
+            if line[k] == b'\\' {
+                k += 2;
+            } else if line[k] == opts.delimiter {
+                fields.push(&line[start..k]);
+                start = k + 1;
+                k += 1;
+            } else {
+                k += 1;
+            }
+        }
+        fields.push(&line[start.min(line.len())..]);
+        for field in fields {
             if field == opts.null.as_slice() {
                 row.push(None);
                 continue;
