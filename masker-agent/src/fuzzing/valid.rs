@@ -360,7 +360,8 @@ fn text_array(v: &[u8]) -> Option<Vec<Option<Vec<u8>>>> {
     if v.first() == Some(&b'[') {
         i = v.iter().position(|&b| b == b'=')? + 1;
     }
-    let ws = |b: u8| b.is_ascii_whitespace();
+    // array_in's whitespace (`\v` and `\f` included).
+    let ws = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
     while v.get(i).copied().is_some_and(ws) {
         i += 1;
     }
@@ -595,6 +596,8 @@ fn csv_rows(opts: &CopyOptions, data: &[u8]) -> Option<Vec<Row>> {
             // PostgreSQL's reading: a quote anywhere opens a quoted section.
             let mut quoted = false;
             let mut in_quotes = false;
+            // The last byte read was a `\r` outside quotes (a CRLF line end).
+            let mut cr_outside = false;
             loop {
                 let Some(&b) = data.get(i) else {
                     if in_quotes {
@@ -616,16 +619,18 @@ fn csv_rows(opts: &CopyOptions, data: &[u8]) -> Option<Vec<Row>> {
                     } else {
                         v.push(b);
                     }
+                    cr_outside = false;
                 } else if b == q {
-                    (quoted, in_quotes) = (true, true);
+                    (quoted, in_quotes, cr_outside) = (true, true, false);
                 } else if b == d || b == b'\n' {
                     break;
                 } else {
                     v.push(b);
+                    cr_outside = b == b'\r';
                 }
                 i += 1;
             }
-            if !quoted && v.strip_suffix(b"\r").is_some() && data.get(i) == Some(&b'\n') {
+            if cr_outside && data.get(i) == Some(&b'\n') {
                 v.pop();
             }
             row.push(if !quoted && v == opts.null { None } else { Some(v) });

@@ -727,7 +727,7 @@ fn array_text(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &mut
                 out.put_u8(b',');
                 i += 1;
             }
-            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b if array_space(b) => i += 1,
             _ if depth == 0 => return None,
             _ => {
                 // One element.
@@ -762,7 +762,7 @@ fn array_text(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &mut
                             i += 1;
                         }
                     }
-                    while elem.last().is_some_and(u8::is_ascii_whitespace) {
+                    while elem.last().copied().is_some_and(array_space) {
                         elem.pop();
                     }
                     if elem.eq_ignore_ascii_case(b"NULL") {
@@ -771,7 +771,7 @@ fn array_text(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &mut
                     }
                 }
                 // An element ends at `,` or `}`, nothing else.
-                let next = v[i..].iter().find(|b| !b.is_ascii_whitespace());
+                let next = v[i..].iter().find(|&&b| !array_space(b));
                 if !matches!(next, Some(b',' | b'}')) {
                     return None;
                 }
@@ -798,4 +798,10 @@ fn array_text(action: &ColumnAction, s: Scalar, keys: &Keys, v: &[u8], out: &mut
         }
     }
     (depth == 0).then_some(Outcome::Wrote { changed })
+}
+
+/// Whitespace around array elements as PostgreSQL's `array_in` skips it
+/// (`\v` and `\f` included).
+fn array_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c)
 }

@@ -810,3 +810,25 @@ fn definitions_are_scrubbed_once_per_text() {
     let none = ClassifiedNames::new(|_| false);
     assert_eq!(none.scrub(view), None);
 }
+
+#[test]
+fn array_elements_padded_with_vertical_tab_or_form_feed_are_read_as_postgresql_does() {
+    // array_in skips \v and \f around an unquoted element as it skips
+    // spaces: the element is `4`, and its format-preserving pseudonym is a
+    // digit, still a valid numeric (it used to keep the \f inside quotes).
+    let plan = RowPlan::new(
+        vec![(ColumnAction::Pseudonymize { format_preserving: true }, TypeOid(1231), Format::Text)],
+        &keys(),
+    );
+    let mut body = BytesMut::new();
+    body.put_i16(1);
+    let v = b"{\x0c4\n\x0b,NULL}";
+    body.put_i32(v.len() as i32);
+    body.extend_from_slice(v);
+    let mut out = BytesMut::new();
+    mask_data_row(&plan, &body, &mut out).unwrap();
+    let text = String::from_utf8_lossy(&out[11..]).into_owned();
+    let first = text.trim_start_matches('{').split(',').next().unwrap_or_default().trim_matches('"').to_owned();
+    assert!(first.len() == 1 && first.bytes().all(|b| b.is_ascii_digit()), "{text:?}");
+    assert!(text.ends_with(",NULL}"), "{text:?}");
+}
