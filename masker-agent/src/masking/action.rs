@@ -44,7 +44,7 @@ type Classify = dyn Fn(&str) -> bool + Send + Sync;
 struct Names {
     classify: Box<Classify>,
     /// Definition text to its scrubbed form (`None`: unchanged).
-    scrubbed: std::sync::Mutex<std::collections::HashMap<Box<str>, Option<Box<str>>>>,
+    scrubbed: std::sync::Mutex<std::collections::HashMap<Box<str>, Option<Arc<str>>>>,
 }
 
 /// Definitions remembered per policy at most (then the memory starts over),
@@ -61,22 +61,22 @@ impl ClassifiedNames {
     /// `text` with the literals against classified columns replaced (see
     /// [`crate::sql::definition::scrub_definition`]); `None` when nothing
     /// is replaced.
-    pub fn scrub(&self, text: &str) -> Option<String> {
+    pub fn scrub(&self, text: &str) -> Option<Arc<str>> {
         let lock = || self.0.scrubbed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(known) = lock().get(text) {
-            return known.as_deref().map(str::to_owned);
+            return known.clone();
         }
         let classify = &*self.0.classify;
-        let scrubbed = match crate::sql::definition::scrub_definition(text, classify) {
+        let scrubbed: Option<Arc<str>> = match crate::sql::definition::scrub_definition(text, classify) {
             std::borrow::Cow::Borrowed(_) => None,
-            std::borrow::Cow::Owned(s) => Some(s),
+            std::borrow::Cow::Owned(s) => Some(s.into()),
         };
         if text.len() <= SCRUBBED_TEXT {
             let mut memory = lock();
             if memory.len() >= SCRUBBED_ENTRIES {
                 memory.clear();
             }
-            memory.insert(text.into(), scrubbed.as_deref().map(Into::into));
+            memory.insert(text.into(), scrubbed.clone());
         }
         scrubbed
     }

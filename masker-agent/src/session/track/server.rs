@@ -455,7 +455,7 @@ impl ServerTracker {
     /// PortalSuspended.
     async fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
         if msg.tag() == backend::COMMAND_COMPLETE {
-            // The statement answered (its text is what `audit_sql` gives).
+            // The statement answered, looked up once for all three uses.
             let now = self.current();
             let stats = self.trail.end(now.as_ref().map(|(t, _)| t.sql()), Some(msg.body()), None);
             self.session.entry.counters.add_masked(&stats);
@@ -540,17 +540,7 @@ impl ServerTracker {
 
     /// The text of the statement the server is answering now, for audit.
     fn audit_sql(&self) -> Option<Arc<Text>> {
-        let q = lock(&self.queue);
-        let named = |name: &str| self.statements.get(name).map(|s| s.sql.clone());
-        match q.front()? {
-            Expect::Query { sql } | Expect::Parse { sql, .. } => Some(sql.clone()),
-            Expect::Bind { statement, .. } => named(statement),
-            Expect::DescribeStatement { name } => named(name),
-            Expect::Execute { portal } | Expect::DescribePortal { name: portal, .. } => {
-                self.portals.get(portal).and_then(|p| named(&p.statement))
-            }
-            Expect::Close | Expect::Sync => None,
-        }
+        self.current().map(|(sql, _)| sql)
     }
 
     /// An ErrorResponse or NoticeResponse. Messages of a clean statement,
