@@ -72,18 +72,24 @@ pub fn scrub_definition<'t>(text: &'t str, classified: &(dyn Fn(&str) -> bool + 
             continue;
         }
         out.push_str(&text[at..start]);
-        // Two literals written back to back (`'a'e'b'`, `1.2.3`) must stay
-        // two tokens: `'***''***'` would read as one string, `00` as one
-        // number.
-        let glued = match out.as_bytes().last() {
+        // A placeholder must stay the token it replaces: two literals
+        // written back to back (`'a'e'b'`, `1.2.3`) would otherwise read
+        // as one (`'***''***'`, `00`), and a number glued to a name
+        // (`c.7`, where `.7` is the literal) would become part of it
+        // (`c0`).
+        let glues = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.') || b >= 0x80;
+        let glued_before = match out.as_bytes().last() {
             Some(b'\'') => !numeric,
-            Some(b) => numeric && (b.is_ascii_digit() || *b == b'.'),
+            Some(&b) => numeric && glues(b),
             None => false,
         };
-        if glued {
+        if glued_before {
             out.push(' ');
         }
         out.push_str(if numeric { NUMBER_PLACEHOLDER } else { STRING_PLACEHOLDER });
+        if numeric && text.as_bytes().get(end).is_some_and(|&b| glues(b)) {
+            out.push(' ');
+        }
         at = end;
     }
     out.push_str(&text[at..]);
@@ -455,6 +461,22 @@ mod tests {
         let t = "SELECT id FROM customers c WHERE c.full_name IN ('Ali'e'c, Bob') OR c.ssn IN (1.2.3)";
         let once = scrub(t);
         assert!(!once.contains("Ali") && !once.contains("Bob"), "{once}");
+        assert_eq!(scrub(&once), once, "stable");
+    }
+
+    #[test]
+    fn a_number_glued_to_a_name_stays_a_number() {
+        // The fuzz `definition` target's second find (not SQL either): the
+        // literal `.7` of `c.7` scrubbed to `0` made the name `c0`, and a
+        // second pass then read the text differently.
+        let with_e = |c: &str| c.contains('e');
+        let t = "888^@88 Sc88888888000000000c.7 ~TEEC Sc. AND \u{fffd}.ag\u{1}";
+        let once = scrub_definition(t, &with_e).into_owned();
+        assert_ne!(once, t, "the literal stands against a classified name");
+        assert_eq!(scrub_definition(&once, &with_e), once, "stable");
+        let sql = "SELECT 1 FROM t c WHERE c.email = 1.5.3 AND c.email = x.7";
+        let once = scrub(sql);
+        assert!(!once.contains('5') && !once.contains('7'), "{once}");
         assert_eq!(scrub(&once), once, "stable");
     }
 
