@@ -71,15 +71,17 @@ fn mask_scalar(action: &ColumnAction, s: Scalar, f: Format, keys: &Keys, v: &[u8
         ColumnAction::Partial { first, last } if s.is_text() => {
             let Ok(text) = std::str::from_utf8(v) else { return Outcome::Fallback };
             let (body, pad) = split_pad(s, text);
-            let n = body.chars().count();
+            // Characters, not bytes: an ASCII value's are its bytes.
+            let ascii = body.is_ascii();
+            let n = if ascii { body.len() } else { body.chars().count() };
             let (first, last) = (*first as usize, *last as usize);
             if n <= first + last {
-                out.extend(std::iter::repeat_n(b'*', n));
+                out.put_bytes(b'*', n);
             } else {
-                let head = body.char_indices().nth(first).map_or(body.len(), |(i, _)| i);
-                let tail = body.char_indices().nth(n - last).map_or(body.len(), |(i, _)| i);
+                let at = |c: usize| if ascii { c } else { body.char_indices().nth(c).map_or(body.len(), |(i, _)| i) };
+                let (head, tail) = (at(first), at(n - last));
                 out.extend_from_slice(&body.as_bytes()[..head]);
-                out.extend(std::iter::repeat_n(b'*', n - first - last));
+                out.put_bytes(b'*', n - first - last);
                 out.extend_from_slice(&body.as_bytes()[tail..]);
             }
             out.extend_from_slice(pad.as_bytes());
