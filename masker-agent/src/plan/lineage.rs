@@ -1292,15 +1292,14 @@ impl Resolver<'_> {
         None
     }
 
-    /// Looks up the relations `sql` names (from the cache, else the
-    /// catalog) before it runs, so that a catalog that does not answer is
+    /// Looks up the relations a statement text names (from its `analysis`;
+    /// each from the cache, else the catalog) before it runs, so that a catalog that does not answer is
     /// known before the statement is sent ([`Catalog::failed_since`]) rather
     /// than when its result arrives. Stops at the first failed look-up.
     ///
     /// [`Catalog::failed_since`]: crate::plan::catalog::Catalog::failed_since
-    pub async fn prefetch(&self, sql: &str) {
-        let analysis = sql::analyze(sql);
-        let Ok(analysis) = analysis.as_ref().as_ref() else { return };
+    pub async fn prefetch(&self, analysis: &Result<sql::Analysis, sql::SqlError>) {
+        let Ok(analysis) = analysis else { return };
         let mark = self.plan.catalog.failure_mark();
         for r in analysis.statements.iter().flat_map(|s| &s.relations) {
             self.relation(r).await;

@@ -136,7 +136,7 @@ impl ClientTracker {
         // plan of its result finds them cached): a catalog that does not
         // answer refuses the statement below instead of masking blindly.
         // Every time, remembered decisions or not.
-        plan.resolver(&model).prefetch(sql).await;
+        plan.resolver(&model).prefetch(analysis).await;
         let mut worked_out = Vec::with_capacity(2);
         let mut refusal = self.refusal(&plan, &model, sql, analysis, generation, &mut worked_out).await;
         if refusal.is_none() && in_flight {
