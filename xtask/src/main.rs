@@ -30,6 +30,10 @@ enum Command {
     /// Run the cargo-fuzz targets of fuzz/ (nightly, cargo-fuzz), each for
     /// --seconds, from the committed seeds.
     Fuzz(fuzz::Options),
+    /// The byte-copying relay `bench cpu` measures as the floor (not for
+    /// direct use).
+    #[command(hide = true)]
+    BareRelay(bench::bare::Options),
     /// Build the Debian package (cargo-deb) and print the path of the .deb.
     Package(package::Options),
 }
@@ -42,5 +46,6 @@ fn main() -> anyhow::Result<()> {
         Command::SoakClient(opts) => soak::client::run(&opts),
         Command::Fuzz(opts) => fuzz::run(&opts),
         Command::Package(opts) => package::run(&opts),
+        Command::BareRelay(opts) => bench::bare::run(&opts),
     }
 }

@@ -261,8 +261,13 @@ fn pseudonymize(s: Scalar, bin: bool, fp: bool, keys: &Keys, v: &[u8], out: &mut
             let us = if bin {
                 i64::from_be_bytes(v.try_into().ok()?)
             } else {
+                // A year beyond PostgreSQL's range (a hostile peer's value)
+                // overflows: no pseudonym (NULL) rather than a panic.
                 let t = codec::parse_timestamp(v)?;
-                t.days * USECS_PER_DAY + t.usecs - t.tz_secs * 1_000_000
+                t.days
+                    .checked_mul(USECS_PER_DAY)?
+                    .checked_add(t.usecs)?
+                    .checked_sub(t.tz_secs.checked_mul(1_000_000)?)?
             };
             let d = keys.digest(b"ts", &[&us.to_be_bytes()])?;
             let mut st = Stream::new(&d);

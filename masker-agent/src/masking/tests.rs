@@ -768,6 +768,20 @@ fn server_accepts_every_masked_value() {
 /// microseconds holds (an overflow panic in debug builds). Such a value
 /// takes the action's fallback; nothing raw comes back.
 #[test]
+fn pseudonymizing_a_timestamp_beyond_postgresql_s_range_does_not_overflow() {
+    // The fuzz `cell` target's find: a text timestamp in the year 12131024
+    // (PostgreSQL stops at 294276; only a hostile peer sends it) overflowed
+    // the microsecond count. It now has no pseudonym: NULL, as any value
+    // that cannot be pseudonymized.
+    let ps = ColumnAction::Pseudonymize { format_preserving: false };
+    for oid in [TIMESTAMP, TIMESTAMPTZ] {
+        assert_eq!(text(&ps, oid, "12131024-01-02 03:04:05.123454"), None, "oid {oid}");
+        assert_eq!(text(&ps, oid, "999999999-12-31 23:59:59+14"), None, "oid {oid}");
+        assert!(text(&ps, oid, "2024-01-02 03:04:05.123454").is_some(), "oid {oid}");
+    }
+}
+
+#[test]
 fn generalizing_a_timestamp_near_the_type_s_end_does_not_overflow() {
     let year = ColumnAction::Generalize(Generalize::Year);
     for oid in [1114, 1184] {

@@ -2,7 +2,8 @@
 //! to steer by on a small shared machine where TPS swings from run to run.
 //!
 //! pgbench `-S` (scale 10) in `-M simple` and `-M prepared` at 1, 8 and 32
-//! clients against PostgreSQL directly, pgbouncer (session pooling) and
+//! clients against PostgreSQL directly, pgbouncer (session pooling), a bare
+//! relay that only copies bytes ([`super::bare`]: the floor) and
 //! masker three ways: without a policy, with [`POLICY`] (every statement
 //! parsed, traced through lineage and planned) and with the same policy plus
 //! the audit trail. For each run the proxy's CPU time is read from
@@ -28,7 +29,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use super::client::{self, DBNAME};
-use super::processes::{Masker, Pgbouncer};
+use super::processes::{BareRelay, Masker, Pgbouncer};
 use super::relay::select_only;
 use super::report::{Table, fmt_num, fmt_ratio, goal, median, mib, ratio};
 use super::{Ctx, Outcome, progress};
@@ -102,6 +103,7 @@ struct Target {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Direct,
+    Bare,
     Pgbouncer,
     Masker,
     MaskerPolicy,
@@ -165,6 +167,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     client::run(init, Duration::from_secs(600)).context("pgbench -i")?;
 
     let bouncer = Pgbouncer::start(cluster)?;
+    let bare = BareRelay::start(cluster)?;
     let current = start_maskers(ctx, &ctx.masker_bin, "current")?;
     let baseline = match &ctx.baseline {
         Some(bin) => Some(start_maskers(ctx, bin, "baseline").context("starting the --baseline masker")?),
@@ -173,6 +176,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let mut targets = vec![
         Target { label: "direct".into(), addr: cluster.addr(), pid: None, kind: Kind::Direct },
         Target { label: "pgbouncer".into(), addr: bouncer.addr(), pid: Some(bouncer.pid()), kind: Kind::Pgbouncer },
+        Target { label: "bare relay".into(), addr: bare.addr(), pid: Some(bare.pid()), kind: Kind::Bare },
     ];
     let suffix = if baseline.is_some() { " (new)" } else { "" };
     targets.extend(masker_targets(&current, suffix));
@@ -188,7 +192,7 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
     let clients = ctx.clients.clone().unwrap_or_else(|| vec![1, 8, 32]);
     let mut header: Vec<String> = vec!["mode".into(), "clients".into()];
     header.extend(targets.iter().filter(|t| t.pid.is_some()).map(|t| t.label.clone()));
-    header.extend(["policy/pgbouncer".to_string(), "goal <=0.9x".to_string()]);
+    header.extend(["bare/pgbouncer".to_string(), "policy/pgbouncer".to_string(), "goal <=0.9x".to_string()]);
     let header_refs: Vec<&str> = header.iter().map(String::as_str).collect();
     let mut cpu_table = Table::new(
         format!(
@@ -246,9 +250,10 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
             let bouncer_cpu = find(Kind::Pgbouncer).and_then(|i| cpu[i]);
             let policy_cpu = find(Kind::MaskerPolicy).and_then(|i| cpu[i]);
             let vs = ratio(policy_cpu, bouncer_cpu);
+            let floor = ratio(find(Kind::Bare).and_then(|i| cpu[i]), bouncer_cpu);
             let mut row = vec![mode.to_string(), c.to_string()];
             row.extend(targets.iter().enumerate().filter(|(_, t)| t.pid.is_some()).map(|(i, _)| fmt_num(cpu[i], 1)));
-            row.extend([fmt_ratio(vs), goal(vs, |r| r <= 0.9)]);
+            row.extend([fmt_ratio(floor), fmt_ratio(vs), goal(vs, |r| r <= 0.9)]);
             cpu_table.row(row);
             let mut row = vec![mode.to_string(), c.to_string()];
             row.extend(tps.iter().map(|t| fmt_num(*t, 0)));
@@ -287,11 +292,16 @@ pub fn run(ctx: &Ctx) -> Result<Outcome> {
                     "median_cpu_us_per_tx": cpu[i],
                 })).collect::<Vec<_>>(),
                 "policy_vs_pgbouncer_cpu": vs,
+                "bare_relay_vs_pgbouncer_cpu": floor,
                 "latency_added_at_1_client": added,
             }));
         }
     }
     cpu_table.note("policy/pgbouncer = masker with the lineage policy vs pgbouncer; goal <= 0.9x (issue 17)");
+    cpu_table.note(
+        "bare relay: accept, connect, copy bytes both ways on one tokio thread, nothing parsed (xtask bare-relay): \
+         the floor of a userspace relay here; bare/pgbouncer = that floor vs pgbouncer",
+    );
     cpu_table.note(
         "masker+policy: every statement parsed (cached per shape), traced, resolved through the catalog and planned; \
          +audit: the same with every statement written as an audit event",

@@ -17,8 +17,10 @@
 //!   SQL lineage on vs off.
 //! - [`cpu`]: the relay's CPU time per transaction (from `/proc`) for masker
 //!   without a policy, with a policy (lineage), with policy + audit, and
-//!   pgbouncer; latency added per round trip at one client.
+//!   pgbouncer, and a [`bare`] relay that only copies bytes (the floor);
+//!   latency added per round trip at one client.
 
+pub(crate) mod bare;
 pub(crate) mod client;
 pub(crate) mod connect;
 mod container;

@@ -333,20 +333,9 @@ impl Masker {
             .stderr(File::create(&log).with_context(|| format!("creating {}", log.display()))?);
         let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
         cluster.work().register(child.id());
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        // Reads the ready line, then keeps draining so masker never blocks on
-        // a full pipe.
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.trim().strip_prefix("masker proxy listening on ") {
-                    let _ = tx.send(addr.to_string());
-                }
-            }
-        });
+        let ready = ready_line(&mut child, "masker proxy listening on ");
         let mut masker = Masker { child, addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0), log };
-        match rx.recv_timeout(READY_TIMEOUT) {
+        match ready.recv_timeout(READY_TIMEOUT) {
             Ok(addr) => {
                 masker.addr = addr.parse().with_context(|| format!("masker printed a bad address {addr:?}"))?;
                 Ok(masker)
@@ -383,6 +372,76 @@ impl Masker {
 }
 
 impl Drop for Masker {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+    }
+}
+
+/// What follows `prefix` on the first stdout line of `child` that starts
+/// with it (the address a server prints once it listens); stdout is drained
+/// after it so the child never blocks on a full pipe.
+fn ready_line(child: &mut Child, prefix: &'static str) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    if let Some(stdout) = child.stdout.take() {
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.trim().strip_prefix(prefix) {
+                    let _ = tx.send(rest.to_string());
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// The bare relay of [`super::bare`] (`xtask bare-relay`), in front of the
+/// cluster.
+pub struct BareRelay {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl BareRelay {
+    /// Builds xtask in release (the `cargo xtask` running this is a debug
+    /// build: an unoptimised relay would be no floor) and starts its
+    /// `bare-relay`.
+    pub fn start(cluster: &Cluster) -> Result<BareRelay> {
+        let root = super::workspace_root();
+        let status = Command::new("cargo")
+            .current_dir(&root)
+            .args(["build", "--quiet", "--release", "-p", "xtask"])
+            .status()
+            .context("running cargo build --release -p xtask")?;
+        if !status.success() {
+            bail!("cargo build --release -p xtask failed ({status})");
+        }
+        let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+        let mut cmd = Command::new(target.join("release").join("xtask"));
+        cmd.args(["bare-relay", "--listen", "127.0.0.1:0", "--upstream", &cluster.addr().to_string()]);
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().context("starting the bare relay")?;
+        cluster.work().register(child.id());
+        let ready = ready_line(&mut child, "listening on ");
+        let addr = match ready.recv_timeout(READY_TIMEOUT) {
+            Ok(addr) => addr.parse().with_context(|| format!("the bare relay printed a bad address {addr:?}")),
+            Err(_) => Err(anyhow::anyhow!("the bare relay did not become ready")),
+        };
+        let mut relay = BareRelay { child, addr: SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0) };
+        relay.addr = addr?;
+        Ok(relay)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for BareRelay {
     fn drop(&mut self) {
         terminate(&mut self.child);
     }
