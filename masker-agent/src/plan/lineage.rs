@@ -1293,9 +1293,10 @@ impl Resolver<'_> {
     }
 
     /// Looks up the relations a statement text names (from its `analysis`;
-    /// each from the cache, else the catalog) before it runs, so that a catalog that does not answer is
-    /// known before the statement is sent ([`Catalog::failed_since`]) rather
-    /// than when its result arrives. Stops at the first failed look-up.
+    /// each from the cache, else the catalog) before it runs, so that a
+    /// catalog that does not answer is known before the statement is sent
+    /// ([`Catalog::failed_since`]) rather than when its result arrives.
+    /// Stops at the first failed look-up.
     ///
     /// [`Catalog::failed_since`]: crate::plan::catalog::Catalog::failed_since
     pub async fn prefetch(&self, analysis: &Result<sql::Analysis, sql::SqlError>) {
