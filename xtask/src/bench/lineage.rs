@@ -8,6 +8,9 @@
 //! - A catalog-introspection script (the queries psql's `\d TABLE` and an
 //!   ORM's reflection run) through masker with the policy vs without, same
 //!   run. Goal (issue 13): >= 0.9x.
+//!
+//! Both run every target once per round (`--rounds`, default 3), in an
+//! order rotated from round to round, and report the median.
 
 use std::process::Command;
 use std::time::Duration;
@@ -21,7 +24,7 @@ use super::client::{self, DBNAME};
 use super::cpu::POLICY;
 use super::processes::Masker;
 use super::relay::select_only;
-use super::report::{Table, fmt_num, fmt_ratio, ratio};
+use super::report::{Table, fmt_num, fmt_ratio, median, ratio};
 use super::{Ctx, Outcome, progress};
 
 const SCALE: u32 = 10;
@@ -87,21 +90,21 @@ fn pgbench(ctx: &Ctx) -> Result<(Table, Value)> {
     for (name, addr) in targets {
         select_only(ctx, addr, "simple", 1, 1).with_context(|| format!("warm-up against {name}"))?;
     }
+    let rounds = rounds(ctx);
     let mut table = Table::new(
-        format!("lineage: pgbench -S, scale {SCALE}, {} s per run (TPS)", ctx.secs),
+        format!("lineage: pgbench -S, scale {SCALE}, {} s per run, median of {rounds} (TPS)", ctx.secs),
         &["mode", "clients", "direct", "masker, no policy", "masker, lineage on", "on/off", "on/direct", "goal >=0.9x"],
     );
     let mut runs = Vec::new();
     for mode in MODES {
         for clients in CLIENTS {
-            let mut tps = [None; 3];
-            for (i, (name, addr)) in targets.iter().enumerate() {
-                let p = select_only(ctx, *addr, mode, clients, ctx.secs)
+            let tps = median_of_rounds(rounds, &targets, |name, addr| {
+                let p = select_only(ctx, addr, mode, clients, ctx.secs)
                     .with_context(|| format!("pgbench -M {mode} -c {clients} against {name}"))?;
                 progress(format!("lineage: -M {mode} -c {clients} {name}: {:.0} tps", p.tps));
-                tps[i] = Some(p.tps);
                 runs.push(json!({ "mode": mode, "clients": clients, "target": name, "tps": p.tps }));
-            }
+                Ok(p.tps)
+            })?;
             let on_off = ratio(tps[2], tps[1]);
             table.row(vec![
                 mode.into(),
@@ -111,17 +114,13 @@ fn pgbench(ctx: &Ctx) -> Result<(Table, Value)> {
                 fmt_num(tps[2], 0),
                 fmt_ratio(on_off),
                 fmt_ratio(ratio(tps[2], tps[0])),
-                match on_off {
-                    Some(r) if r >= 0.9 => "ok".into(),
-                    Some(_) => "MISS".into(),
-                    None => "-".into(),
-                },
+                goal(on_off),
             ]);
         }
     }
     table
         .note("lineage on: every statement parsed (cached per text), traced, resolved through the catalog and planned");
-    Ok((table, json!({ "scale": SCALE, "secs_per_run": ctx.secs, "runs": runs })))
+    Ok((table, json!({ "scale": SCALE, "secs_per_run": ctx.secs, "rounds": rounds, "runs": runs })))
 }
 
 /// What psql's `\d pgbench_accounts` and an ORM's column reflection run,
@@ -152,22 +151,23 @@ fn catalog_script(ctx: &Ctx) -> Result<(Table, Value)> {
     for (name, addr) in targets {
         run(addr, "simple", 1).with_context(|| format!("catalog script warm-up against {name}"))?;
     }
+    let rounds = rounds(ctx);
     let mut table = Table::new(
         format!(
-            "lineage: catalog-introspection script (psql \\d, ORM reflection), 1 client, {} s per run (TPS)",
+            "lineage: catalog-introspection script (psql \\d, ORM reflection), 1 client, {} s per run, median of \
+             {rounds} (TPS)",
             ctx.secs
         ),
         &["mode", "direct", "masking off", "masking on", "on/off", "on/direct", "goal >=0.9x"],
     );
     let mut runs = Vec::new();
     for mode in MODES {
-        let mut tps = [None; 3];
-        for (i, (name, addr)) in targets.iter().enumerate() {
-            let t = run(*addr, mode, ctx.secs).with_context(|| format!("catalog script -M {mode} against {name}"))?;
+        let tps = median_of_rounds(rounds, &targets, |name, addr| {
+            let t = run(addr, mode, ctx.secs).with_context(|| format!("catalog script -M {mode} against {name}"))?;
             progress(format!("lineage: catalog script -M {mode} {name}: {t:.0} tps"));
-            tps[i] = Some(t);
             runs.push(json!({ "mode": mode, "target": name, "tps": t }));
-        }
+            Ok(t)
+        })?;
         let on_off = ratio(tps[2], tps[1]);
         table.row(vec![
             mode.into(),
@@ -176,13 +176,42 @@ fn catalog_script(ctx: &Ctx) -> Result<(Table, Value)> {
             fmt_num(tps[2], 0),
             fmt_ratio(on_off),
             fmt_ratio(ratio(tps[2], tps[0])),
-            match on_off {
-                Some(r) if r >= 0.9 => "ok".into(),
-                Some(_) => "MISS".into(),
-                None => "-".into(),
-            },
+            goal(on_off),
         ]);
     }
     table.note("one transaction = 4 catalog queries; masking on: each traced to catalogs and relayed unchanged");
-    Ok((table, json!({ "secs_per_run": ctx.secs, "runs": runs })))
+    Ok((table, json!({ "secs_per_run": ctx.secs, "rounds": rounds, "runs": runs })))
+}
+
+/// Rounds per configuration (`--rounds`; default 3, 1 with `--quick`).
+fn rounds(ctx: &Ctx) -> usize {
+    ctx.rounds.unwrap_or(if ctx.quick { 1 } else { 3 })
+}
+
+/// The median TPS of each target over `rounds` rounds, every round running
+/// each target once, in an order rotated from round to round so that no
+/// target always runs right after another (a busy moment of the machine
+/// falls on all of them alike).
+fn median_of_rounds<const N: usize>(
+    rounds: usize,
+    targets: &[(&str, std::net::SocketAddr); N],
+    mut run: impl FnMut(&str, std::net::SocketAddr) -> Result<f64>,
+) -> Result<[Option<f64>; N]> {
+    let mut tps: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
+    for round in 0..rounds {
+        for k in 0..N {
+            let i = (k + round) % N;
+            let (name, addr) = targets[i];
+            tps[i].push(run(name, addr)?);
+        }
+    }
+    Ok(tps.map(|t| median(&t)))
+}
+
+fn goal(on_off: Option<f64>) -> String {
+    match on_off {
+        Some(r) if r >= 0.9 => "ok".into(),
+        Some(_) => "MISS".into(),
+        None => "-".into(),
+    }
 }

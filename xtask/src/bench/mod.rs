@@ -63,7 +63,7 @@ pub struct Options {
     /// the same rounds, for a before/after in one run.
     #[arg(long, value_name = "PATH")]
     pub baseline: Option<PathBuf>,
-    /// `cpu`: rounds per configuration, the median is reported (default 3, 1
+    /// `cpu`, `lineage`: rounds per configuration, the median is reported (default 3, 1
     /// with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
