@@ -22,10 +22,44 @@ use serde_json::Value;
 
 use super::trace::walk_json;
 
-/// What replaces a string literal.
-const STRING_PLACEHOLDER: &str = "'***'";
-/// What replaces a numeric literal.
-const NUMBER_PLACEHOLDER: &str = "0";
+/// A literal's kind, as PostgreSQL's grammar tells them apart: each is
+/// replaced by a placeholder of its own kind, so that scrubbing never turns
+/// text the parser rejects into text it accepts or the other way round (a
+/// name followed by a bit string, `o B'1'`, is no SQL; followed by a
+/// string, `o '***'`, it is a typed literal), and scrubbing the scrubbed
+/// text changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Lit {
+    /// `'...'`, `E'...'`, `$$...$$`.
+    String,
+    /// `U&'...'` (its `UESCAPE` clause, a token of its own, stays valid).
+    Unicode,
+    /// `B'...'`.
+    Bits,
+    /// `X'...'`.
+    Hex,
+    /// `123`.
+    Integer,
+    /// `1.5`, `1e3`, and integers too large for `int4`.
+    Float,
+}
+
+impl Lit {
+    fn placeholder(self) -> &'static str {
+        match self {
+            Lit::String => "'***'",
+            Lit::Unicode => "U&'***'",
+            Lit::Bits => "B''",
+            Lit::Hex => "X''",
+            Lit::Integer => "0",
+            Lit::Float => "0.0",
+        }
+    }
+
+    fn numeric(self) -> bool {
+        matches!(self, Lit::Integer | Lit::Float)
+    }
+}
 /// How deep function bodies inside definitions are followed.
 const MAX_NESTING: usize = 4;
 
@@ -52,8 +86,8 @@ const MATCHING_FUNCTIONS: &[&str] = &[
 ];
 
 /// `text` with every literal that stands against a column for which
-/// `classified(column_name)` holds replaced by `'***'` (strings) or `0`
-/// (numbers). Column names are compared lower case, unqualified.
+/// `classified(column_name)` holds replaced by a placeholder of its kind:
+/// `'***'` (strings), `0` or `0.0` (numbers), `B''`, `X''`, `U&'***'`. Column names are compared lower case, unqualified.
 pub fn scrub_definition<'t>(text: &'t str, classified: &(dyn Fn(&str) -> bool + Sync)) -> Cow<'t, str> {
     let mut spans = super::with_parse_stack(text, || {
         let mut spans = Vec::new();
@@ -67,27 +101,27 @@ pub fn scrub_definition<'t>(text: &'t str, classified: &(dyn Fn(&str) -> bool + 
     spans.dedup();
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
-    for (start, end, numeric) in spans {
+    for (start, end, lit) in spans {
         if start < at || end > text.len() || !text.is_char_boundary(start) || !text.is_char_boundary(end) {
             continue;
         }
         out.push_str(&text[at..start]);
         // A placeholder must stay the token it replaces: two literals
         // written back to back (`'a'e'b'`, `1.2.3`) would otherwise read
-        // as one (`'***''***'`, `00`), and a number glued to a name
-        // (`c.7`, where `.7` is the literal) would become part of it
-        // (`c0`).
+        // as one (`'***''***'`, `00`), and a literal glued to a name (`c.7`,
+        // where `.7` is the literal) would become part of it (`c0`).
         let glues = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.') || b >= 0x80;
+        let placeholder = lit.placeholder();
         let glued_before = match out.as_bytes().last() {
-            Some(b'\'') => !numeric,
-            Some(&b) => numeric && glues(b),
+            Some(b'\'') => placeholder.starts_with('\''),
+            Some(&b) => glues(b) && placeholder.as_bytes()[0] != b'\'',
             None => false,
         };
         if glued_before {
             out.push(' ');
         }
-        out.push_str(if numeric { NUMBER_PLACEHOLDER } else { STRING_PLACEHOLDER });
-        if numeric && text.as_bytes().get(end).is_some_and(|&b| glues(b)) {
+        out.push_str(placeholder);
+        if lit.numeric() && text.as_bytes().get(end).is_some_and(|&b| glues(b)) {
             out.push(' ');
         }
         at = end;
@@ -96,8 +130,8 @@ pub fn scrub_definition<'t>(text: &'t str, classified: &(dyn Fn(&str) -> bool + 
     Cow::Owned(out)
 }
 
-/// A literal's byte range in the text and whether it is a number.
-type Span = (usize, usize, bool);
+/// A literal's byte range in the text and its kind.
+type Span = (usize, usize, Lit);
 
 struct Tokens {
     list: Vec<pb::ScanToken>,
@@ -108,21 +142,30 @@ impl Tokens {
         pg_query::scan(text).ok().map(|r| Tokens { list: r.tokens })
     }
 
-    /// The literal token starting at `location`, as a span.
+    /// The literal token starting at `location`, as a span. A negative
+    /// number's constant is located at its minus sign (the parser folds
+    /// `- 5` into the constant `-5`): the number after the sign is the span.
     fn literal_at(&self, location: usize) -> Option<Span> {
-        let t = self.list.iter().find(|t| t.start as usize == location)?;
+        let i = self.list.iter().position(|t| t.start as usize == location)?;
+        let t = &self.list[i];
+        if Token::try_from(t.token) == Ok(Token::Ascii45) {
+            return self.list.get(i + 1).and_then(literal_span).filter(|(_, _, lit)| lit.numeric());
+        }
         literal_span(t)
     }
 }
 
 fn literal_span(t: &pb::ScanToken) -> Option<Span> {
-    let kind = Token::try_from(t.token).ok()?;
-    let numeric = match kind {
-        Token::Sconst | Token::Usconst | Token::Bconst | Token::Xconst => false,
-        Token::Iconst | Token::Fconst => true,
+    let lit = match Token::try_from(t.token).ok()? {
+        Token::Sconst => Lit::String,
+        Token::Usconst => Lit::Unicode,
+        Token::Bconst => Lit::Bits,
+        Token::Xconst => Lit::Hex,
+        Token::Iconst => Lit::Integer,
+        Token::Fconst => Lit::Float,
         _ => return None,
     };
-    Some((t.start as usize, t.end as usize, numeric))
+    Some((t.start as usize, t.end as usize, lit))
 }
 
 /// Collects the spans of `text` (which starts at `base` in the original).
@@ -277,10 +320,10 @@ fn tree(
         nested_body(&body, sql, text, tokens, shift, base, classified, spans, depth);
     }
     for loc in locations {
-        if let Some((s, e, numeric)) = tokens.literal_at(loc) {
+        if let Some((s, e, lit)) = tokens.literal_at(loc) {
             let (s, e) = (s as isize + shift, e as isize + shift);
             if s >= 0 {
-                spans.push((base + s as usize, base + e as usize, numeric));
+                spans.push((base + s as usize, base + e as usize, lit));
             }
         }
     }
@@ -533,6 +576,34 @@ mod tests {
         let u = "UPDATE app.customers SET ssn = '000-00-0000', plan = 'free' WHERE id = 3";
         let out = scrub(u);
         assert!(!out.contains("000-00-0000") && out.contains("'free'"), "{out}");
+    }
+
+    #[test]
+    fn each_literal_is_replaced_by_one_of_its_kind() {
+        // The fuzz `definition` target's third find (not SQL): `o B'b'` is
+        // a syntax error, `o '***'` a typed literal, so the scrubbed text
+        // parsed and a second pass replaced the `2` as well.
+        let with_e = |c: &str| c.contains('e');
+        let t = "2::n<@nnnna!adn~~*me IN ('A\u{fffd}\u{fffd}ce',o B'b');";
+        let once = scrub_definition(t, &with_e).into_owned();
+        assert_eq!(once, "2::n<@nnnna!adn~~*me IN ('***',o B'');");
+        assert_eq!(scrub_definition(&once, &with_e), once, "stable");
+        // Valid SQL: every kind keeps its kind, and the text still parses.
+        let sql = "SELECT 1 FROM t WHERE ssn = B'1010' OR ssn = X'1F' OR email = U&'d\\0061t\\+000061' \
+                   UESCAPE '\\' OR ssn = 1.5 OR ssn = 12345678901 OR ssn = 7 OR email = E'a\\'b'";
+        let once = scrub(sql);
+        assert_eq!(
+            once,
+            "SELECT 1 FROM t WHERE ssn = B'' OR ssn = X'' OR email = U&'***' UESCAPE '\\' OR ssn = 0.0 OR \
+             ssn = 0.0 OR ssn = 0 OR email = '***'"
+        );
+        // A negative number is located at its sign.
+        assert_eq!(
+            scrub("SELECT 1 FROM t WHERE ssn = -5 OR ssn = - 2.5"),
+            "SELECT 1 FROM t WHERE ssn = -0 OR ssn = - 0.0"
+        );
+        assert!(pg_query::parse(&once, 0).is_ok(), "{once}");
+        assert_eq!(scrub(&once), once, "stable");
     }
 
     #[test]
