@@ -44,13 +44,23 @@ impl<V: Clone> ShapeCache<V> {
     }
 }
 
-/// Whether `word` occurs in `lower` as a whole identifier.
-fn has_word(lower: &str, word: &str) -> bool {
-    let b = lower.as_bytes();
+/// Where `word` (lower case ASCII) occurs in `text`, in any case.
+fn find_ci<'a>(text: &'a [u8], word: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    text.windows(word.len()).enumerate().filter(move |(_, w)| w.eq_ignore_ascii_case(word)).map(|(i, _)| i)
+}
+
+/// Whether `word` (lower case ASCII) occurs in `text`, in any case.
+fn contains_ci(text: &[u8], word: &[u8]) -> bool {
+    find_ci(text, word).next().is_some()
+}
+
+/// Whether `word` (lower case ASCII) occurs in `text`, in any case, as a
+/// whole identifier.
+fn has_word(text: &[u8], word: &[u8]) -> bool {
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-    lower.match_indices(word).any(|(i, _)| {
-        let before = i == 0 || !ident(b[i - 1]);
-        let after = b.get(i + word.len()).is_none_or(|&c| !ident(c));
+    find_ci(text, word).any(|i| {
+        let before = i == 0 || !ident(text[i - 1]);
+        let after = text.get(i + word.len()).is_none_or(|&c| !ident(c));
         before && after
     })
 }
@@ -73,10 +83,9 @@ fn has_word(lower: &str, word: &str) -> bool {
 /// leaves the text unchanged.
 pub fn cache_key(sql: &str) -> String {
     let b = sql.as_bytes();
-    let lower = sql.to_ascii_lowercase();
-    let keep_numbers = ["order", "group", "distinct"].iter().any(|k| lower.contains(k));
-    if ["search_path", "set_config", "function", "procedure"].iter().any(|k| lower.contains(k))
-        || has_word(&lower, "do")
+    let keep_numbers = [&b"order"[..], b"group", b"distinct"].iter().any(|k| contains_ci(b, k));
+    if [&b"search_path"[..], b"set_config", b"function", b"procedure"].iter().any(|k| contains_ci(b, k))
+        || has_word(b, b"do")
     {
         return sql.to_string();
     }

@@ -135,8 +135,14 @@ impl ClientTracker {
         // The relations it names are looked up now, before it runs (the
         // plan of its result finds them cached): a catalog that does not
         // answer refuses the statement below instead of masking blindly.
-        // Every time, remembered decisions or not.
-        plan.resolver(&model).prefetch(analysis).await;
+        // Not again while the decision is remembered (see [`Memo`]): they
+        // were looked up less than a second ago, and the plan of the result
+        // looks up what expired since (a catalog failing then masks the
+        // result whole).
+        let stamp = Stamp { model: model.revision(), catalog: generation };
+        if self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal.is_none() {
+            plan.resolver(&model).prefetch(analysis).await;
+        }
         let mut worked_out = Vec::with_capacity(2);
         let mut refusal = self.refusal(&plan, &model, sql, analysis, generation, &mut worked_out).await;
         if refusal.is_none() && in_flight {
