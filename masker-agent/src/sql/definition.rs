@@ -60,6 +60,7 @@ impl Lit {
         matches!(self, Lit::Integer | Lit::Float)
     }
 }
+
 /// How deep function bodies inside definitions are followed.
 const MAX_NESTING: usize = 4;
 
@@ -87,7 +88,8 @@ const MATCHING_FUNCTIONS: &[&str] = &[
 
 /// `text` with every literal that stands against a column for which
 /// `classified(column_name)` holds replaced by a placeholder of its kind:
-/// `'***'` (strings), `0` or `0.0` (numbers), `B''`, `X''`, `U&'***'`. Column names are compared lower case, unqualified.
+/// `'***'` (strings), `0` or `0.0` (numbers), `B''`, `X''`, `U&'***'`.
+/// Column names are compared lower case, unqualified.
 pub fn scrub_definition<'t>(text: &'t str, classified: &(dyn Fn(&str) -> bool + Sync)) -> Cow<'t, str> {
     let mut spans = super::with_parse_stack(text, || {
         let mut spans = Vec::new();
