@@ -30,7 +30,8 @@ use super::trace::walk_json;
 /// text changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Lit {
-    /// `'...'`, `E'...'`, `$$...$$`.
+    /// `'...'`, `E'...'`, `$$...$$` (replaced by `'***'`, `E'***'`,
+    /// `$$***$$`).
     String,
     /// `U&'...'` (its `UESCAPE` clause, a token of its own, stays valid).
     Unicode,
@@ -113,7 +114,15 @@ pub fn scrub_definition<'t>(text: &'t str, classified: &(dyn Fn(&str) -> bool + 
         // as one (`'***''***'`, `00`), and a literal glued to a name (`c.7`,
         // where `.7` is the literal) would become part of it (`c0`).
         let glues = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'$' | b'.') || b >= 0x80;
-        let placeholder = lit.placeholder();
+        // A string keeps how it starts: a quoted string, white space with a
+        // line break and a plain quoted string are one string to PostgreSQL
+        // (`'a'` LF `'b'`), while a dollar-quoted or `E''` string after them
+        // is a string of its own.
+        let placeholder = match (lit, text.as_bytes()[start]) {
+            (Lit::String, b'$') => "$$***$$",
+            (Lit::String, b'e' | b'E') => "E'***'",
+            _ => lit.placeholder(),
+        };
         let glued_before = match out.as_bytes().last() {
             Some(b'\'') => placeholder.starts_with('\''),
             Some(&b) => glues(b) && placeholder.as_bytes()[0] != b'\'',
@@ -597,8 +606,21 @@ mod tests {
         assert_eq!(
             once,
             "SELECT 1 FROM t WHERE ssn = B'' OR ssn = X'' OR email = U&'***' UESCAPE '\\' OR ssn = 0.0 OR \
-             ssn = 0.0 OR ssn = 0 OR email = '***'"
+             ssn = 0.0 OR ssn = 0 OR email = E'***'"
         );
+        // The target's fourth find: dollar-quoted strings separated by a
+        // line break, scrubbed to `'***'` CR `'***'`, became one string.
+        let t = " SECRme IN ($$$$$$$$$$$$\r$$$$$$$$0$$3$ OR.c.$$$\u{fffd}e I\u{4}$$$\u{fffd}$$'Alice', 'Bob');";
+        let dollars = scrub_definition(t, &|_: &str| true).into_owned();
+        assert!(!dollars.contains("Alice") && !dollars.contains("Bob"), "{dollars}");
+        assert_eq!(scrub_definition(&dollars, &|_: &str| true), dollars, "stable");
+        let dollars = "SELECT 1 FROM t WHERE email IN ($$a@b.c$$\n, $x$d@e.f$x$\n, 'g@h.i')";
+        assert_eq!(scrub(dollars), "SELECT 1 FROM t WHERE email IN ($$***$$\n, $$***$$\n, '***')");
+        // The same with an E'' string after a plain one (no SQL either).
+        let t = "SELECT 1 FROM t WHERE email IN ('a@b.c'\nE'd@e.f')";
+        let strings = scrub(t);
+        assert_eq!(strings, "SELECT 1 FROM t WHERE email IN ('***'\nE'***')");
+        assert_eq!(scrub(&strings), strings, "stable");
         // A negative number is located at its sign.
         assert_eq!(
             scrub("SELECT 1 FROM t WHERE ssn = -5 OR ssn = - 2.5"),
