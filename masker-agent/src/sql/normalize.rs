@@ -44,25 +44,75 @@ impl<V: Clone> ShapeCache<V> {
     }
 }
 
-/// Where `word` (lower case ASCII) occurs in `text`, in any case.
-fn find_ci<'a>(text: &'a [u8], word: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-    text.windows(word.len()).enumerate().filter(move |(_, w)| w.eq_ignore_ascii_case(word)).map(|(i, _)| i)
+/// Bytes where [`cache_key`] may find a literal, an identifier in quotes
+/// or a comment starting.
+const LITERAL_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = b'0';
+    while c <= b'9' {
+        t[c as usize] = true;
+        c += 1;
+    }
+    t[b'\'' as usize] = true;
+    t[b'"' as usize] = true;
+    t[b'$' as usize] = true;
+    t[b'-' as usize] = true;
+    t[b'/' as usize] = true;
+    t
+};
+
+/// What [`cache_key`] must know of a text before blanking anything.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Keywords {
+    /// `order`, `group` or `distinct` occurs (anywhere, in any case):
+    /// numbers may be positional references and are kept.
+    keep_numbers: bool,
+    /// `search_path`, `set_config`, `function` or `procedure` occurs
+    /// (anywhere, in any case) or `do` as a word: strings may hold code or
+    /// settings and nothing is blanked.
+    verbatim: bool,
 }
 
-/// Whether `word` (lower case ASCII) occurs in `text`, in any case.
-fn contains_ci(text: &[u8], word: &[u8]) -> bool {
-    find_ci(text, word).next().is_some()
-}
+/// The first letters of the words [`keywords`] looks for, in either case.
+const KEYWORD_START: [bool; 256] = {
+    let mut t = [false; 256];
+    let letters = b"ogdsfp";
+    let mut i = 0;
+    while i < letters.len() {
+        t[letters[i] as usize] = true;
+        t[letters[i].to_ascii_uppercase() as usize] = true;
+        i += 1;
+    }
+    t
+};
 
-/// Whether `word` (lower case ASCII) occurs in `text`, in any case, as a
-/// whole identifier.
-fn has_word(text: &[u8], word: &[u8]) -> bool {
+/// The [`Keywords`] of `text`, in one pass: at each byte only the keywords
+/// starting with that letter are compared (the text of a statement sent
+/// again is scanned on every send, before its cache look-up).
+fn keywords(text: &[u8]) -> Keywords {
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
-    find_ci(text, word).any(|i| {
-        let before = i == 0 || !ident(text[i - 1]);
-        let after = text.get(i + word.len()).is_none_or(|&c| !ident(c));
-        before && after
-    })
+    let at = |i: usize, word: &[u8]| text.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
+    let mut k = Keywords::default();
+    for (i, &c) in text.iter().enumerate() {
+        if !KEYWORD_START[usize::from(c)] {
+            continue;
+        }
+        match c.to_ascii_lowercase() {
+            b'o' => k.keep_numbers |= at(i, b"order"),
+            b'g' => k.keep_numbers |= at(i, b"group"),
+            b'd' => {
+                k.keep_numbers |= at(i, b"distinct");
+                let word =
+                    at(i, b"do") && (i == 0 || !ident(text[i - 1])) && text.get(i + 2).is_none_or(|&c| !ident(c));
+                k.verbatim |= word;
+            }
+            b's' => k.verbatim |= at(i, b"search_path") || at(i, b"set_config"),
+            b'f' => k.verbatim |= at(i, b"function"),
+            b'p' => k.verbatim |= at(i, b"procedure"),
+            _ => {}
+        }
+    }
+    k
 }
 
 /// The cache key of `sql`: the text with the contents of string literals
@@ -83,10 +133,8 @@ fn has_word(text: &[u8], word: &[u8]) -> bool {
 /// leaves the text unchanged.
 pub fn cache_key(sql: &str) -> String {
     let b = sql.as_bytes();
-    let keep_numbers = [&b"order"[..], b"group", b"distinct"].iter().any(|k| contains_ci(b, k));
-    if [&b"search_path"[..], b"set_config", b"function", b"procedure"].iter().any(|k| contains_ci(b, k))
-        || has_word(b, b"do")
-    {
+    let Keywords { keep_numbers, verbatim } = keywords(b);
+    if verbatim {
         return sql.to_string();
     }
     let mut out = String::with_capacity(sql.len());
@@ -95,6 +143,11 @@ pub fn cache_key(sql: &str) -> String {
     let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     while i < b.len() {
         let c = b[i];
+        if !LITERAL_START[usize::from(c)] {
+            // Most of a text: nothing starts here.
+            i += 1;
+            continue;
+        }
         let prev_ident = i > 0 && ident(b[i - 1]);
         let skip_to = match c {
             b'\'' => {
@@ -391,5 +444,61 @@ mod tests {
         );
         assert_eq!(scrub_literals("select $tag$ a $ b $tag$, x'1f', 1e-3 /* c /* n */ */"), "select ?, ?, ?");
         assert_eq!(scrub_literals("select 'unterminated"), "select ?");
+    }
+
+    /// The one-pass scan finds what a search for each keyword anywhere in
+    /// the text (`do` as a word) finds, in any case and at any position.
+    #[test]
+    fn keywords_are_found_as_a_search_for_each_finds_them() {
+        fn naive(text: &[u8]) -> Keywords {
+            let ci = |w: &[u8]| text.windows(w.len()).position(|x| x.eq_ignore_ascii_case(w));
+            let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
+            let word_do = text.windows(2).enumerate().any(|(i, w)| {
+                w.eq_ignore_ascii_case(b"do")
+                    && (i == 0 || !ident(text[i - 1]))
+                    && text.get(i + 2).is_none_or(|&c| !ident(c))
+            });
+            Keywords {
+                keep_numbers: [&b"order"[..], b"group", b"distinct"].iter().any(|w| ci(w).is_some()),
+                verbatim: word_do
+                    || [&b"search_path"[..], b"set_config", b"function", b"procedure"].iter().any(|w| ci(w).is_some()),
+            }
+        }
+        let pieces = [
+            "SELECT abalance FROM pgbench_accounts WHERE aid = 42",
+            "ORDER BY 2",
+            "reorders",
+            "GrOuP",
+            "distinc",
+            "DISTINCT ON (1)",
+            "do",
+            "DO $$ BEGIN END $$",
+            "undo",
+            "do_it",
+            "x.do",
+            "$do",
+            "é",
+            "SET search_path = x",
+            "set_confi",
+            "SELECT set_config('a', 'b', false)",
+            "create function f()",
+            "PROCEDURE",
+            "",
+            " ",
+            "'o'",
+        ];
+        for a in pieces {
+            for b in pieces {
+                for sep in ["", " ", "_"] {
+                    let text = format!("{a}{sep}{b}");
+                    assert_eq!(keywords(text.as_bytes()), naive(text.as_bytes()), "{text:?}");
+                }
+            }
+        }
+        assert_eq!(keywords(b"SELECT 1 ORDER BY 1"), Keywords { keep_numbers: true, verbatim: false });
+        assert_eq!(keywords(b"do"), Keywords { keep_numbers: false, verbatim: true });
+        assert_eq!(cache_key("SELECT a FROM t WHERE b = 12 AND c = 'x'"), "SELECT a FROM t WHERE b = ? AND c = ?");
+        assert_eq!(cache_key("SELECT a FROM t ORDER BY 2"), "SELECT a FROM t ORDER BY 2");
+        assert_eq!(cache_key("DO $$ BEGIN PERFORM 1; END $$"), "DO $$ BEGIN PERFORM 1; END $$");
     }
 }
