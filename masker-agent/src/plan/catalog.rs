@@ -253,6 +253,10 @@ impl Catalog {
     /// after `mark` was taken (its message names the catalog and holds no
     /// data value).
     pub fn failed_since(&self, mark: u64, destination: &TargetAddr, database: &str) -> Option<String> {
+        if self.failure_seq.load(Ordering::Acquire) == mark {
+            // Nothing failed anywhere since (asked after every statement).
+            return None;
+        }
         let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let (seq, what) = failures.get(&(destination.clone(), database.to_string()))?;
         (*seq > mark).then(|| what.clone())

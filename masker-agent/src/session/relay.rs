@@ -103,6 +103,15 @@ pub trait Filter {
         out: &mut BytesMut,
     ) -> impl Future<Output = Result<Verdict, RelayError>> + Send;
 
+    /// [`Filter::on_message`] when the filter can decide at once (most
+    /// messages of a session: nothing to look up or wait for), which spares
+    /// building and polling the asynchronous call; `None` leaves the
+    /// message to `on_message`, with nothing changed.
+    fn on_message_now(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Option<Result<Verdict, RelayError>> {
+        let _ = (msg, out);
+        None
+    }
+
     /// Called once the current batch was written: the input is drained.
     fn on_flush(&mut self) {}
 }
@@ -347,28 +356,33 @@ impl Pump {
             self.note(header.tag);
             let end = pos + header.total_len;
             self.scratch.clear();
-            // While the filter decides, keep reading (up to a chunk) so that
-            // a peer that hangs up is noticed; what arrives is framed next.
-            let decided = {
-                let decide = filter.on_message(Message::new(&self.buf[pos..end]), &mut self.scratch);
-                tokio::pin!(decide);
-                let side = &mut self.side;
-                let mut ended = false;
-                loop {
-                    tokio::select! {
-                        biased;
-                        v = &mut decide => break v,
-                        n = r.read_buf(side), if !ended && side.len() < READ_CHUNK => match n {
-                            Ok(0) => {
-                                // End of stream: the next read says so again.
-                                ended = true;
-                                if let Some(h) = &self.hangup {
-                                    h.notify_one();
+            let msg = Message::new(&self.buf[pos..end]);
+            let decided = match filter.on_message_now(msg, &mut self.scratch) {
+                Some(v) => v,
+                None => {
+                    // While the filter decides, keep reading (up to a chunk) so
+                    // that a peer that hangs up is noticed; what arrives is
+                    // framed next.
+                    let decide = filter.on_message(msg, &mut self.scratch);
+                    tokio::pin!(decide);
+                    let side = &mut self.side;
+                    let mut ended = false;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            v = &mut decide => break v,
+                            n = r.read_buf(side), if !ended && side.len() < READ_CHUNK => match n {
+                                Ok(0) => {
+                                    // End of stream: the next read says so again.
+                                    ended = true;
+                                    if let Some(h) = &self.hangup {
+                                        h.notify_one();
+                                    }
                                 }
-                            }
-                            Ok(_) => {}
-                            Err(e) => break Err(e.into()),
-                        },
+                                Ok(_) => {}
+                                Err(e) => break Err(e.into()),
+                            },
+                        }
                     }
                 }
             };

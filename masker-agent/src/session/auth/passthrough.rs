@@ -97,6 +97,13 @@ impl<F: Filter + Send> Filter for NoChannelBinding<F> {
         }
     }
 
+    fn on_message_now(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Option<Result<Verdict, RelayError>> {
+        if self.active && msg.tag() == AUTHENTICATION {
+            return None;
+        }
+        self.inner.on_message_now(msg, out)
+    }
+
     fn on_flush(&mut self) {
         self.inner.on_flush();
     }

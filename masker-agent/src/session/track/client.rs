@@ -2,12 +2,12 @@
 //! answered with, refuses or holds statements before they reach the server,
 //! and asks for the columns of portals the client never described.
 
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
 use std::sync::Arc;
 
 use bytes::{BufMut, BytesMut};
 
-use super::expect::{Analyzed, Expect, ExpectQueue, Text, lock};
+use super::expect::{Analyzed, Expect, ExpectQueue, Name, Text, lock};
 use super::memo::{Memo, Refusal, Stamp, WHOLE_TEXT};
 use super::model::{Published, SessionModel};
 use crate::approvals::Outcome;
@@ -27,9 +27,9 @@ pub struct ClientTracker {
     /// What statements are checked with (`None`: never refuse or hold).
     plan: Option<Arc<PlanContext>>,
     /// Statements for which a Describe was sent (their columns will be known).
-    described_statements: HashSet<String>,
+    described_statements: FxHashSet<Name>,
     /// Portals whose columns will be known by the time they execute.
-    described_portals: HashSet<String>,
+    described_portals: FxHashSet<Name>,
     /// The session: where requests are noted when they leave (statement
     /// durations and latency), denials reported and held statements wait.
     session: Arc<Session>,
@@ -65,8 +65,8 @@ impl ClientTracker {
         ClientTracker {
             queue,
             plan,
-            described_statements: HashSet::new(),
-            described_portals: HashSet::new(),
+            described_statements: FxHashSet::default(),
+            described_portals: FxHashSet::default(),
             session,
             observe_only: false,
             observing: false,
@@ -140,11 +140,15 @@ impl ClientTracker {
         // looks up what expired since (a catalog failing then masks the
         // result whole).
         let stamp = Stamp { model: model.revision(), catalog: generation };
-        if self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal.is_none() {
-            plan.resolver(&model).prefetch(analysis).await;
-        }
+        let remembered = self.memo.entry(analysis, WHOLE_TEXT, stamp).refusal.clone();
         let mut worked_out = Vec::with_capacity(2);
-        let mut refusal = self.refusal(&plan, &model, sql, analysis, generation, &mut worked_out).await;
+        let mut refusal = match remembered {
+            Some(r) => r,
+            None => {
+                plan.resolver(&model).prefetch(analysis).await;
+                self.refusal(&plan, &model, sql, analysis, generation, &mut worked_out).await
+            }
+        };
         if refusal.is_none() && in_flight {
             // What was sent may still fail: the statement must pass with the
             // session as it is now too (a CREATE still in flight that will
@@ -287,20 +291,22 @@ impl Filter for ClientTracker {
         ))
     }
 
-    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
-        if self.skip_till_sync {
-            if msg.tag() != frontend::SYNC {
-                // After the refused Parse's error the server would skip it
-                // (Query and FunctionCall too): it never reaches the server.
-                return Ok(Verdict::Replaced);
-            }
-            self.skip_till_sync = false;
+    fn on_message_now(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Option<Result<Verdict, RelayError>> {
+        if !self.skip_till_sync && matches!(msg.tag(), frontend::QUERY | frontend::PARSE) {
+            // Checked before it goes on: that may look up the catalog or
+            // wait for an approval.
+            return None;
         }
-        if matches!(msg.tag(), frontend::QUERY | frontend::SYNC) {
-            self.session.trail.request();
+        Some(self.on_request(msg, out))
+    }
+
+    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        if let Some(v) = self.on_message_now(msg, out) {
+            return v;
         }
         let expect = match Frontend::parse(msg)? {
             Frontend::Query { sql } => {
+                self.session.trail.request();
                 let analysis = crate::sql::analyze(sql);
                 if let Some(message) = self.check(sql, &analysis).await {
                     // The server answers with our error, in order.
@@ -332,7 +338,7 @@ impl Filter for ClientTracker {
                     out.put_i16(0);
                     wire::finish_message(out, at);
                     lock(&self.queue).push_back(Expect::Parse {
-                        name: name.to_string(),
+                        name: Name::from(name),
                         sql: Text::new(&refusal_statement(&message)),
                         refused: Some(message.into()),
                     });
@@ -344,29 +350,56 @@ impl Filter for ClientTracker {
                 {
                     Arc::make_mut(&mut self.model).protocol_prepared(name, a.statements.first());
                 }
-                Expect::Parse { name: name.to_string(), sql: Text::analysed(sql, analysis), refused: None }
+                Expect::Parse { name: Name::from(name), sql: Text::analysed(sql, analysis), refused: None }
+            }
+            _ => return self.on_request(msg, out),
+        };
+        lock(&self.queue).push_back(expect);
+        Ok(Verdict::Forward)
+    }
+}
+
+impl ClientTracker {
+    /// Every request but a statement (Query, Parse) to check: noted for
+    /// the server side, and the Describe injected that an Execute needs.
+    fn on_request(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        if self.skip_till_sync {
+            if msg.tag() != frontend::SYNC {
+                // After the refused Parse's error the server would skip it
+                // (Query and FunctionCall too): it never reaches the server.
+                return Ok(Verdict::Replaced);
+            }
+            self.skip_till_sync = false;
+        }
+        if msg.tag() == frontend::SYNC {
+            self.session.trail.request();
+        }
+        let expect = match Frontend::parse(msg)? {
+            Frontend::Query { .. } | Frontend::Parse { .. } => {
+                // Statements are checked in `on_message`; never unchecked.
+                return Err(RelayError::refused("masker: a statement escaped its check; closing the session"));
             }
             Frontend::Bind { portal, statement, formats } => {
                 if self.described_statements.contains(statement) {
-                    self.described_portals.insert(portal.to_string());
+                    self.described_portals.insert(Name::from(portal));
                 } else {
                     self.described_portals.remove(portal);
                 }
-                Expect::Bind { portal: portal.to_string(), statement: statement.to_string(), formats }
+                Expect::Bind { portal: Name::from(portal), statement: Name::from(statement), formats }
             }
             Frontend::Describe { target: Target::Statement, name } => {
-                self.described_statements.insert(name.to_string());
-                Expect::DescribeStatement { name: name.to_string() }
+                self.described_statements.insert(Name::from(name));
+                Expect::DescribeStatement { name: Name::from(name) }
             }
             Frontend::Describe { target: Target::Portal, name } => {
-                self.described_portals.insert(name.to_string());
-                Expect::DescribePortal { name: name.to_string(), injected: false }
+                self.described_portals.insert(Name::from(name));
+                Expect::DescribePortal { name: Name::from(name), injected: false }
             }
             Frontend::Execute { portal } => {
                 if !self.observe_only && !self.described_portals.contains(portal) {
                     // The client never asked for this portal's columns; ask
                     // ourselves so its rows can be masked, and hide the answer.
-                    self.described_portals.insert(portal.to_string());
+                    self.described_portals.insert(Name::from(portal));
                     let at = wire::begin_message(out, frontend::DESCRIBE);
                     out.put_u8(b'P');
                     out.extend_from_slice(portal.as_bytes());
@@ -374,11 +407,11 @@ impl Filter for ClientTracker {
                     wire::finish_message(out, at);
                     out.extend_from_slice(msg.bytes());
                     let mut q = lock(&self.queue);
-                    q.push_back(Expect::DescribePortal { name: portal.to_string(), injected: true });
-                    q.push_back(Expect::Execute { portal: portal.to_string() });
+                    q.push_back(Expect::DescribePortal { name: Name::from(portal), injected: true });
+                    q.push_back(Expect::Execute { portal: Name::from(portal) });
                     return Ok(Verdict::Replaced);
                 }
-                Expect::Execute { portal: portal.to_string() }
+                Expect::Execute { portal: Name::from(portal) }
             }
             Frontend::Close { target, name } => {
                 match target {

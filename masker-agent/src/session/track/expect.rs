@@ -7,6 +7,12 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use crate::sql::{Analysis, SqlError};
 use crate::wire::ResultFormats;
 
+/// A statement or portal name as the client sent it: kept inline up to 24
+/// bytes (driver names like `""`, `P_0`, `S_12`, `__asyncpg_stmt_1f__` are
+/// shorter), so noting and looking one up on every Bind, Describe and
+/// Execute neither allocates nor follows a pointer.
+pub type Name = compact_str::CompactString;
+
 /// What [`crate::sql::analyze`] says of a text (shared by every text of
 /// the same shape).
 pub type Analyzed = Arc<Result<Analysis, SqlError>>;
@@ -53,7 +59,7 @@ pub enum Expect {
     /// place, which the server's parser rejects; `sql` is then the
     /// refusal's `DO` text (what the audit trail records).
     Parse {
-        name: String,
+        name: Name,
         sql: Arc<Text>,
         /// Masker refused the client's statement with this message and
         /// sent [`crate::plan::lineage::refused_parse_statement`] in its
@@ -62,21 +68,21 @@ pub enum Expect {
         refused: Option<Arc<str>>,
     },
     Bind {
-        portal: String,
-        statement: String,
+        portal: Name,
+        statement: Name,
         formats: ResultFormats,
     },
     DescribeStatement {
-        name: String,
+        name: Name,
     },
     /// `injected`: the agent sent this Describe itself; its answer is
     /// consumed here and never reaches the client.
     DescribePortal {
-        name: String,
+        name: Name,
         injected: bool,
     },
     Execute {
-        portal: String,
+        portal: Name,
     },
     Close,
     Sync,

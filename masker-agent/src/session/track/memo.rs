@@ -25,7 +25,7 @@
 
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::expect::Analyzed;
 use crate::masking::RowPlan;
@@ -95,8 +95,17 @@ struct Slot {
     /// Keeps the analysis (and so the key's address) alive.
     _analysis: Analyzed,
     stamp: Stamp,
-    since: Instant,
+    /// When it was worked out ([`coarse_now`]).
+    since: Duration,
     entry: Entry,
+}
+
+/// The monotonic clock as of the last timer tick (a few milliseconds
+/// coarse, and read without asking the clock source: several entries are
+/// consulted for every statement, and [`MEMO_TTL`] is a second).
+fn coarse_now() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::MonotonicCoarse);
+    Duration::new(t.tv_sec.try_into().unwrap_or(0), t.tv_nsec.try_into().unwrap_or(0))
 }
 
 /// A session's memo of worked-out decisions.
@@ -111,8 +120,8 @@ impl Memo {
     /// [`MEMO_TTL`] ago, else an empty entry to fill.
     pub fn entry(&mut self, analysis: &Analyzed, index: usize, stamp: Stamp) -> &mut Entry {
         let key = (Arc::as_ptr(analysis) as usize, index);
-        let now = Instant::now();
-        let fresh = self.slots.get(&key).is_some_and(|s| s.stamp == stamp && now.duration_since(s.since) < MEMO_TTL);
+        let now = coarse_now();
+        let fresh = self.slots.get(&key).is_some_and(|s| s.stamp == stamp && now.saturating_sub(s.since) < MEMO_TTL);
         if !fresh {
             if self.slots.len() >= ENTRIES && !self.slots.contains_key(&key) {
                 self.slots.clear();

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use bytes::{BufMut, BytesMut};
 use tracing::warn;
 
-use super::expect::{Expect, ExpectQueue, Text, lock};
+use super::expect::{Expect, ExpectQueue, Name, Text, lock};
 use super::memo::{Memo, Stamp};
 use super::model::{Published, SearchPath, SessionModel};
 use crate::audit::trail::StatementTrail;
@@ -30,7 +30,7 @@ struct Statement {
 }
 
 struct Portal {
-    statement: String,
+    statement: Name,
     formats: ResultFormats,
     plan: Option<Arc<RowPlan>>,
 }
@@ -44,8 +44,8 @@ pub struct ServerTracker {
     // Looked up by name for every Bind, Execute and result: a fast hash
     // (names come from the client, which gains nothing by colliding them
     // but its own session's speed).
-    statements: FxHashMap<String, Statement>,
-    portals: FxHashMap<String, Portal>,
+    statements: FxHashMap<Name, Statement>,
+    portals: FxHashMap<Name, Portal>,
     /// Plan for the rows now arriving.
     current: Option<Arc<RowPlan>>,
     copy: Option<CopyMasker>,
@@ -174,43 +174,59 @@ impl ServerTracker {
 
     /// [`ServerTracker::attribution`] of `now`, the statement being answered.
     async fn attribution_of(&mut self, now: Option<(Arc<Text>, usize)>) -> Attribution {
+        if let Some(a) = self.attribution_known(&now) {
+            return a;
+        }
         let Some((sql, index)) = now else { return Attribution::None };
-        let key = (Arc::as_ptr(&sql) as *const u8 as usize, index);
+        let Ok(analysis) = sql.analysis().as_ref() else { return Attribution::Unparsed };
+        let Some(stmt) = analysis.statements.get(index) else { return Attribution::Clean };
+        let stamp = self.stamp();
+        let mark = self.planner.catalog.failure_mark();
+        let tainted = self.planner.resolver(&self.model).taint(stmt).await.is_some();
+        if self.catalog_answered_since(mark) {
+            self.memo.entry(sql.analysis(), index, stamp).tainted = Some(tainted);
+        }
+        let a = if tainted { Attribution::Tainted } else { Attribution::Clean };
+        self.attributed(&sql, index, a);
+        a
+    }
+
+    /// [`ServerTracker::attribution_of`] `now` if it is known without a
+    /// catalog look-up (worked out for this statement already, or
+    /// remembered in the memo); `None`: it has to be worked out.
+    fn attribution_known(&mut self, now: &Option<(Arc<Text>, usize)>) -> Option<Attribution> {
+        let Some((sql, index)) = now else { return Some(Attribution::None) };
+        let key = (Arc::as_ptr(sql) as *const u8 as usize, *index);
         if let Some((k, a)) = self.attribution
             && k == key
         {
-            return a;
+            return Some(a);
         }
         let a = if is_refusal(sql.sql()) {
             Attribution::Refusal
         } else {
             match sql.analysis().as_ref() {
                 Err(_) => Attribution::Unparsed,
-                Ok(analysis) => match analysis.statements.get(index) {
-                    None => Attribution::Clean,
-                    Some(stmt) => {
-                        let stamp = self.stamp();
-                        let tainted = match self.memo.entry(sql.analysis(), index, stamp).tainted {
-                            Some(t) => t,
-                            None => {
-                                let mark = self.planner.catalog.failure_mark();
-                                let t = self.planner.resolver(&self.model).taint(stmt).await.is_some();
-                                if self.catalog_answered_since(mark) {
-                                    self.memo.entry(sql.analysis(), index, stamp).tainted = Some(t);
-                                }
-                                t
-                            }
-                        };
-                        if tainted { Attribution::Tainted } else { Attribution::Clean }
+                Ok(analysis) if analysis.statements.get(*index).is_none() => Attribution::Clean,
+                Ok(_) => {
+                    let stamp = self.stamp();
+                    match self.memo.entry(sql.analysis(), *index, stamp).tainted? {
+                        true => Attribution::Tainted,
+                        false => Attribution::Clean,
                     }
-                },
+                }
             }
         };
+        self.attributed(sql, *index, a);
+        Some(a)
+    }
+
+    /// Notes that statement `index` of `sql` is `a`.
+    fn attributed(&mut self, sql: &Arc<Text>, index: usize, a: Attribution) {
         if a == Attribution::Tainted {
             self.batch_tainted = true;
         }
-        self.attribution = Some((key, a));
-        a
+        self.attribution = Some(((Arc::as_ptr(sql) as *const u8 as usize, index), a));
     }
 
     /// The session model follows a statement that completed.
@@ -340,6 +356,8 @@ impl ServerTracker {
         Ok(plan)
     }
 
+    /// Columns described: the plan for the rows that follow (the memo's,
+    /// if [`ServerTracker::row_description_now`] found none, is made here).
     async fn on_row_description(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
         let front = lock(&self.queue).pop_front();
         match front {
@@ -353,7 +371,7 @@ impl ServerTracker {
             Some(Expect::DescribeStatement { name }) => {
                 let fields = Arc::new(wire::parse_row_description(msg.body())?);
                 let sql = self.statements.get(&name).map(|s| s.sql.clone());
-                let waiting: Vec<String> = self
+                let waiting: Vec<Name> = self
                     .portals
                     .iter()
                     .filter(|(_, p)| p.statement == name && p.plan.is_none())
@@ -390,6 +408,8 @@ impl ServerTracker {
         }
     }
 
+    /// A portal is bound: its plan, made here when
+    /// [`ServerTracker::bind_complete_now`] found that it needs one.
     async fn on_bind_complete(&mut self) -> Result<Verdict, RelayError> {
         let front = lock(&self.queue).pop_front();
         let Some(Expect::Bind { portal, statement, formats }) = front else {
@@ -415,6 +435,113 @@ impl ServerTracker {
         };
         self.portals.insert(portal, Portal { statement, formats, plan });
         Ok(Verdict::Forward)
+    }
+
+    /// [`ServerTracker::on_bind_complete`] when the portal's plan needs no
+    /// work: the statement's columns are not known yet (its Execute plans
+    /// them), or its plan for these result formats is made. `None`: it
+    /// needs a plan, and the queue is as it was.
+    fn bind_complete_now(&mut self) -> Option<Result<Verdict, RelayError>> {
+        let front = lock(&self.queue).pop_front();
+        let Some(Expect::Bind { portal, statement, formats }) = front else {
+            return Some(Err(RelayError::refused("masker: BindComplete that answers no Bind; closing the session")));
+        };
+        let plan = match self.statements.get(statement.as_str()) {
+            Some(s) if s.fields.is_some() => match &s.plan {
+                Some((f, plan)) if *f == formats => Some(plan.clone()),
+                _ => {
+                    lock(&self.queue).push_front(Expect::Bind { portal, statement, formats });
+                    return None;
+                }
+            },
+            _ => None,
+        };
+        self.portals.insert(portal, Portal { statement, formats, plan });
+        Some(Ok(Verdict::Forward))
+    }
+
+    /// [`ServerTracker::on_row_description`] of a query's or a portal's
+    /// columns when the memo holds their plan; `None`: it has to be made,
+    /// and nothing changed.
+    fn row_description_now(&mut self, msg: Message<'_>) -> Option<Result<Verdict, RelayError>> {
+        if self.observe_only {
+            return None;
+        }
+        let stamp = self.stamp();
+        let mut q = lock(&self.queue);
+        match q.front()? {
+            Expect::Query { sql } => {
+                let plan = self.memo.entry(sql.analysis(), self.query_index, stamp).plan(msg.body(), None)?;
+                self.current = Some(plan);
+                Some(Ok(Verdict::Forward))
+            }
+            Expect::DescribePortal { name, injected } => {
+                let injected = *injected;
+                let portal = self.portals.get_mut(name.as_str())?;
+                let sql = &self.statements.get(portal.statement.as_str())?.sql;
+                let plan = self.memo.entry(sql.analysis(), 0, stamp).plan(msg.body(), None)?;
+                portal.plan = Some(plan);
+                q.pop_front();
+                Some(Ok(if injected { Verdict::Replaced } else { Verdict::Forward }))
+            }
+            _ => None,
+        }
+    }
+
+    fn on_parse_complete(&mut self) -> Result<Verdict, RelayError> {
+        let front = lock(&self.queue).pop_front();
+        match front {
+            Some(Expect::Parse { refused: Some(_), .. }) => Err(RelayError::refused(
+                "masker: the server accepted the text that stands for a refused statement; closing the session",
+            )),
+            Some(Expect::Parse { name, sql, refused: None }) => {
+                if let Ok(a) = sql.analysis().as_ref() {
+                    self.model.protocol_prepared(&name, a.statements.first());
+                }
+                self.statements.insert(name, Statement { sql, fields: None, plan: None });
+                Ok(Verdict::Forward)
+            }
+            _ => Err(RelayError::refused("masker: ParseComplete that answers no Parse; closing the session")),
+        }
+    }
+
+    fn on_no_data(&mut self) -> Verdict {
+        let front = lock(&self.queue).pop_front();
+        match front {
+            Some(Expect::DescribePortal { injected: true, .. }) => Verdict::Replaced,
+            Some(Expect::DescribeStatement { name }) => {
+                if let Some(s) = self.statements.get_mut(&name) {
+                    s.fields = Some(Arc::new(Vec::new()));
+                }
+                Verdict::Forward
+            }
+            _ => Verdict::Forward,
+        }
+    }
+
+    fn on_ready_for_query(&mut self, msg: Message<'_>) -> Verdict {
+        self.trail.ready();
+        self.model.ready(msg.body().first().copied().unwrap_or(b'I'));
+        self.published.publish(&self.model);
+        self.attribution = None;
+        self.batch_tainted = false;
+        self.query_index = 0;
+        self.current = None;
+        self.copy = None;
+        self.swallowing = false;
+        let mut q = lock(&self.queue);
+        if std::mem::take(&mut self.skipping_to_sync) {
+            // The error came before the client's Sync: the server
+            // skipped everything the client sent up to it.
+            while let Some(e) = q.pop_front() {
+                if matches!(e, Expect::Sync) {
+                    break;
+                }
+            }
+        } else if matches!(q.front(), Some(Expect::Query { .. } | Expect::Sync)) {
+            q.pop_front();
+        }
+        Verdict::Forward
     }
 
     fn on_data_row(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
@@ -454,15 +581,44 @@ impl ServerTracker {
     /// End of one statement's result: CommandComplete, EmptyQueryResponse or
     /// PortalSuspended.
     async fn on_result_end(&mut self, msg: Message<'_>) -> Result<Verdict, RelayError> {
+        let mut now = None;
         if msg.tag() == backend::COMMAND_COMPLETE {
-            // The statement answered, looked up once for all three uses.
-            let now = self.current();
-            let stats = self.trail.end(now.as_ref().map(|(t, _)| t.sql()), Some(msg.body()), None);
-            self.session.entry.counters.add_masked(&stats);
+            // The statement answered, looked up once for all its uses.
+            now = self.current();
+            self.trail_end(msg, &now);
             if !self.observe_only {
                 // Settings it changed are reported before ReadyForQuery.
                 self.attribution_of(now.clone()).await;
             }
+        }
+        Ok(self.result_ended(msg, now))
+    }
+
+    /// [`ServerTracker::on_result_end`] when the statement's attribution is
+    /// known without a catalog look-up; `None`: it is not.
+    fn result_end_now(&mut self, msg: Message<'_>) -> Option<Verdict> {
+        let mut now = None;
+        if msg.tag() == backend::COMMAND_COMPLETE {
+            now = self.current();
+            if !self.observe_only {
+                self.attribution_known(&now)?;
+            }
+            self.trail_end(msg, &now);
+        }
+        Some(self.result_ended(msg, now))
+    }
+
+    /// The audit trail and the counters note the statement `now` that
+    /// CommandComplete `msg` ends.
+    fn trail_end(&mut self, msg: Message<'_>, now: &Option<(Arc<Text>, usize)>) {
+        let stats = self.trail.end(now.as_ref().map(|(t, _)| t.sql()), Some(msg.body()), None);
+        self.session.entry.counters.add_masked(&stats);
+    }
+
+    /// The end of a result whose statement (`now`, for CommandComplete) is
+    /// attributed and noted in the trail.
+    fn result_ended(&mut self, msg: Message<'_>, now: Option<(Arc<Text>, usize)>) -> Verdict {
+        if msg.tag() == backend::COMMAND_COMPLETE {
             self.completed(now, msg.body());
         }
         self.current = None;
@@ -481,9 +637,9 @@ impl ServerTracker {
             self.planner.catalog.invalidate(&self.planner.destination, &self.planner.database);
         }
         if std::mem::take(&mut self.swallowing) {
-            return Ok(Verdict::Replaced);
+            return Verdict::Replaced;
         }
-        Ok(Verdict::Forward)
+        Verdict::Forward
     }
 
     async fn on_copy_out(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
@@ -605,7 +761,7 @@ impl ServerTracker {
 
     /// The statement name and refusal message of the Parse the server is
     /// answering now, if masker refused it.
-    fn refused_parse(&self) -> Option<(String, Arc<str>)> {
+    fn refused_parse(&self) -> Option<(Name, Arc<str>)> {
         match lock(&self.queue).front()? {
             Expect::Parse { name, refused: Some(message), .. } => Some((name.clone(), message.clone())),
             _ => None,
@@ -860,74 +1016,38 @@ impl Filter for ServerTracker {
         })
     }
 
-    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+    fn on_message_now(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Option<Result<Verdict, RelayError>> {
         match msg.tag() {
-            backend::DATA_ROW => self.on_data_row(msg, out),
-            backend::ROW_DESCRIPTION => self.on_row_description(msg).await,
-            backend::BIND_COMPLETE => self.on_bind_complete().await,
-            backend::PARSE_COMPLETE => {
-                let front = lock(&self.queue).pop_front();
-                match front {
-                    Some(Expect::Parse { refused: Some(_), .. }) => Err(RelayError::refused(
-                        "masker: the server accepted the text that stands for a refused statement; closing the session",
-                    )),
-                    Some(Expect::Parse { name, sql, refused: None }) => {
-                        if let Ok(a) = sql.analysis().as_ref() {
-                            self.model.protocol_prepared(&name, a.statements.first());
-                        }
-                        self.statements.insert(name, Statement { sql, fields: None, plan: None });
-                        Ok(Verdict::Forward)
-                    }
-                    _ => Err(RelayError::refused("masker: ParseComplete that answers no Parse; closing the session")),
-                }
+            backend::DATA_ROW => Some(self.on_data_row(msg, out)),
+            backend::ROW_DESCRIPTION => self.row_description_now(msg),
+            backend::BIND_COMPLETE => self.bind_complete_now(),
+            backend::COMMAND_COMPLETE | backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED => {
+                self.result_end_now(msg).map(Ok)
             }
-            backend::NO_DATA => {
-                let front = lock(&self.queue).pop_front();
-                match front {
-                    Some(Expect::DescribePortal { injected: true, .. }) => Ok(Verdict::Replaced),
-                    Some(Expect::DescribeStatement { name }) => {
-                        if let Some(s) = self.statements.get_mut(&name) {
-                            s.fields = Some(Arc::new(Vec::new()));
-                        }
-                        Ok(Verdict::Forward)
-                    }
-                    _ => Ok(Verdict::Forward),
-                }
-            }
+            backend::PARSE_COMPLETE => Some(self.on_parse_complete()),
+            backend::NO_DATA => Some(Ok(self.on_no_data())),
             backend::CLOSE_COMPLETE => {
                 let mut q = lock(&self.queue);
                 if matches!(q.front(), Some(Expect::Close)) {
                     q.pop_front();
                 }
-                Ok(Verdict::Forward)
+                Some(Ok(Verdict::Forward))
             }
+            backend::PARAMETER_STATUS => Some(on_parameter_status(msg.body(), out)),
+            backend::READY_FOR_QUERY => Some(Ok(self.on_ready_for_query(msg))),
+            _ => None,
+        }
+    }
+
+    async fn on_message(&mut self, msg: Message<'_>, out: &mut BytesMut) -> Result<Verdict, RelayError> {
+        if let Some(v) = self.on_message_now(msg, out) {
+            return v;
+        }
+        match msg.tag() {
+            backend::ROW_DESCRIPTION => self.on_row_description(msg).await,
+            backend::BIND_COMPLETE => self.on_bind_complete().await,
             backend::COMMAND_COMPLETE | backend::EMPTY_QUERY_RESPONSE | backend::PORTAL_SUSPENDED => {
                 self.on_result_end(msg).await
-            }
-            backend::PARAMETER_STATUS => on_parameter_status(msg.body(), out),
-            backend::READY_FOR_QUERY => {
-                self.trail.ready();
-                self.model.ready(msg.body().first().copied().unwrap_or(b'I'));
-                self.published.publish(&self.model);
-                self.attribution = None;
-                self.batch_tainted = false;
-                self.query_index = 0;
-                self.current = None;
-                self.copy = None;
-                self.swallowing = false;
-                let mut q = lock(&self.queue);
-                if std::mem::take(&mut self.skipping_to_sync) {
-                    // The error came before the client's Sync: the server
-                    // skipped everything the client sent up to it.
-                    while let Some(e) = q.pop_front() {
-                        if matches!(e, Expect::Sync) {
-                            break;
-                        }
-                    }
-                } else if matches!(q.front(), Some(Expect::Query { .. } | Expect::Sync)) {
-                    q.pop_front();
-                }
-                Ok(Verdict::Forward)
             }
             backend::ERROR_RESPONSE | backend::NOTICE_RESPONSE => self.on_error(msg, out).await,
             backend::NOTIFICATION_RESPONSE if self.observing => Ok(Verdict::Forward),
