@@ -63,8 +63,8 @@ pub struct Options {
     /// the same rounds, for a before/after in one run.
     #[arg(long, value_name = "PATH")]
     pub baseline: Option<PathBuf>,
-    /// `cpu`, `lineage`: rounds per configuration, the median is reported (default 3, 1
-    /// with --quick).
+    /// `cpu`, `lineage`: rounds per configuration, the median is reported (default 3 for
+    /// `cpu`, 5 for `lineage`; 1 with --quick).
     #[arg(long)]
     pub rounds: Option<usize>,
     /// `cpu`: pgbench client counts (default 1,8,32).
