@@ -883,6 +883,8 @@ async fn simple_extended_and_execute_without_describe() {
             assert!(e.ends_with(".invalid") && e.contains("@d"), "format-preserving email pseudonym: {e:?}");
         }
         check_path_rows("simple query", &raw, &text, &emails);
+        // Sent again: decided from what the session remembers, alike.
+        check_path_rows("simple query, again", &raw, &simple_rows(&proxied, PATH_SQL).await, &emails);
         check_path_rows("prepared, binary", &raw, &binary_rows(&proxied, PATH_SQL).await, &emails);
         // psycopg: text, binary, server-side prepared (binary).
         let snippet = format!(
@@ -940,7 +942,8 @@ async fn simple_extended_and_execute_without_describe() {
         frontend::sync(&mut prep);
         conn.send(&prep).await.unwrap();
         conn.read_until_ready().await.unwrap();
-        for formats in [&[1i16][..], &[0][..]] {
+        // Each format twice: the second Bind finds the plan the first made.
+        for formats in [&[1i16][..], &[1][..], &[0][..], &[0][..]] {
             conn.send(&parse_bind_execute("s1", None, formats)).await.unwrap();
             let got = conn.read_until_ready().await.unwrap();
             check_path_rows(&format!("raw named {formats:?}"), &raw, &decode(&got, formats), &emails);
