@@ -44,6 +44,12 @@ impl<V: Clone> ShapeCache<V> {
     }
 }
 
+/// Whether `c` may be part of an unquoted identifier (or a number's
+/// digits), as PostgreSQL's scanner reads them.
+fn ident(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+}
+
 /// Bytes where [`cache_key`] may find a literal, an identifier in quotes
 /// or a comment starting.
 const LITERAL_START: [bool; 256] = {
@@ -90,7 +96,6 @@ const KEYWORD_START: [bool; 256] = {
 /// starting with that letter are compared (the text of a statement sent
 /// again is scanned on every send, before its cache look-up).
 fn keywords(text: &[u8]) -> Keywords {
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     let at = |i: usize, word: &[u8]| text.get(i..i + word.len()).is_some_and(|w| w.eq_ignore_ascii_case(word));
     let mut k = Keywords::default();
     for (i, &c) in text.iter().enumerate() {
@@ -140,7 +145,6 @@ pub fn cache_key(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut i = 0;
     let mut run_start = 0;
-    let ident = |c: u8| c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80;
     while i < b.len() {
         let c = b[i];
         if !LITERAL_START[usize::from(c)] {
